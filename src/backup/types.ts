@@ -1,0 +1,90 @@
+import type { S3Settings } from '../s3/settings';
+import type { Workload } from '../workload/workload';
+
+export interface Progress {
+  phase: 'create' | 'restore' | 'verify' | 'decrypt';
+  /** Plaintext (tar) bytes processed so far. */
+  bytes: number;
+  /** Average plaintext bytes per second since the start. */
+  bytesPerSecond: number;
+  elapsedSeconds: number;
+}
+
+export interface EngineOptions {
+  s3: S3Settings;
+  passphrase: string;
+  workload: Workload;
+  /** Synapse's data directory inside the workload. Default /data. */
+  dataDir?: string;
+  /** ESDK frame length in bytes: a multiple of 128, at most 2^31-1. */
+  frameLength?: number;
+  /** Multipart part size in bytes (>= 5 MiB). Max backup size = 10,000 x partSize. */
+  partSize?: number;
+  /** Parts uploaded at once. Memory ~ (queueSize + 3) x partSize. */
+  queueSize?: number;
+  onProgress?: (progress: Progress) => void;
+  /** How often onProgress fires. Default 2000 ms. */
+  progressIntervalMs?: number;
+}
+
+export interface CreateRequest {
+  /** Backup id; default the UTC time YYYYMMDDHHMMSS. */
+  id?: string;
+}
+
+export interface CreateResult {
+  backupId: string;
+  /** Bytes stored in S3 (ciphertext). */
+  size: number;
+  plaintextBytes: number;
+  files: number;
+  sha256: string;
+  durationSeconds: number;
+}
+
+export interface BackupInfo {
+  backupId: string;
+  /** ISO time: the manifest's start time, or the object's last-modified time when incomplete. */
+  created: string;
+  /** Ciphertext bytes in S3. */
+  size: number;
+  status: 'complete' | 'incomplete';
+  files?: number;
+}
+
+export interface InProgressUpload {
+  key: string;
+  uploadId: string;
+  initiated?: string;
+}
+
+export interface ListResult {
+  backups: BackupInfo[];
+  uploads: InProgressUpload[];
+}
+
+export interface RestoreRequest {
+  id: string;
+  /** Workload services to stop before writing and start after (the charm passes ['synapse']). */
+  services?: string[];
+}
+
+export interface RestoreResult {
+  backupId: string;
+  files: number;
+  plaintextBytes: number;
+  durationSeconds: number;
+}
+
+export interface VerifyResult {
+  backupId: string;
+  files: number;
+  plaintextBytes: number;
+  sha256: string;
+  durationSeconds: number;
+}
+
+export interface DeleteResult {
+  backupId: string;
+  deletedKeys: string[];
+}
