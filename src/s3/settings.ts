@@ -37,18 +37,23 @@ export const DEFAULT_REGION = 'us-east-1';
 /** Validates raw settings (from config, the relation or CLI flags); each problem has its own message. */
 export function parseS3Settings(input: S3SettingsInput): S3Settings {
   const bucket = input.bucket?.trim();
-  if (!bucket) throw new ConfigError('no S3 bucket is set: set s3-bucket (or relate s3-integrator)');
+  if (!bucket)
+    throw new ConfigError('no S3 bucket is set: set s3-bucket (or relate s3-integrator)');
   const endpoint = input.endpoint?.trim() || undefined;
   const region = input.region?.trim() || undefined;
   if (!endpoint && !region) {
-    throw new ConfigError('neither an S3 region nor an S3 endpoint is set: set s3-region or s3-endpoint');
+    throw new ConfigError(
+      'neither an S3 region nor an S3 endpoint is set: set s3-region or s3-endpoint',
+    );
   }
   if (endpoint) {
     let url: URL;
     try {
       url = new URL(endpoint);
     } catch {
-      throw new ConfigError(`the S3 endpoint "${endpoint}" is not a URL: use e.g. https://s3.example.com`);
+      throw new ConfigError(
+        `the S3 endpoint "${endpoint}" is not a URL: use e.g. https://s3.example.com`,
+      );
     }
     if (url.protocol !== 'http:' && url.protocol !== 'https:') {
       throw new ConfigError(`the S3 endpoint "${endpoint}" must start with http:// or https://`);
@@ -56,7 +61,9 @@ export function parseS3Settings(input: S3SettingsInput): S3Settings {
   }
   const uriStyle = (input.uriStyle?.trim() || 'host').toLowerCase();
   if (uriStyle !== 'host' && uriStyle !== 'path') {
-    throw new ConfigError(`the S3 URI style "${input.uriStyle}" is not valid: use "host" or "path"`);
+    throw new ConfigError(
+      `the S3 URI style "${input.uriStyle}" is not valid: use "host" or "path"`,
+    );
   }
   const checksumMode = (input.checksumMode?.trim() || 'WHEN_REQUIRED').toUpperCase();
   if (checksumMode !== 'WHEN_REQUIRED' && checksumMode !== 'WHEN_SUPPORTED') {
@@ -66,10 +73,14 @@ export function parseS3Settings(input: S3SettingsInput): S3Settings {
   }
   const maxAttempts = input.maxAttempts ?? 5;
   if (!Number.isInteger(maxAttempts) || maxAttempts < 1 || maxAttempts > 20) {
-    throw new ConfigError(`S3 max attempts must be a whole number from 1 to 20, not ${maxAttempts}`);
+    throw new ConfigError(
+      `S3 max attempts must be a whole number from 1 to 20, not ${maxAttempts}`,
+    );
   }
   if (Boolean(input.accessKeyId) !== Boolean(input.secretAccessKey)) {
-    throw new ConfigError('S3 credentials are incomplete: both an access key and a secret key are needed');
+    throw new ConfigError(
+      'S3 credentials are incomplete: both an access key and a secret key are needed',
+    );
   }
   return {
     bucket,

@@ -1,0 +1,56 @@
+import { BackupError } from '../errors';
+import type { EncryptionParameters } from '../crypto/esdk';
+
+export const MANIFEST_FORMAT = 'synapse-backup-manifest';
+export const MANIFEST_VERSION = 1;
+
+/** Written after the upload completes: a backup without one is incomplete. Holds no key material. */
+export interface Manifest {
+  format: typeof MANIFEST_FORMAT;
+  version: number;
+  id: string;
+  object: string;
+  startedAt: string;
+  finishedAt: string;
+  plaintextBytes: number;
+  ciphertextBytes: number;
+  /** Regular files in the archive. */
+  files: number;
+  /** All archive entries: files, directories, links. */
+  entries: number;
+  /** SHA-256 of the plaintext tar, hex. */
+  sha256: string;
+  encryption: EncryptionParameters;
+  dataDir: string;
+  engine: { name: string; version: string };
+}
+
+export function parseManifest(text: string, key: string): Manifest {
+  let value: unknown;
+  try {
+    value = JSON.parse(text);
+  } catch {
+    throw new BackupError('corrupt', `the manifest ${key} is not valid JSON`);
+  }
+  const m = value as Partial<Manifest>;
+  if (m?.format !== MANIFEST_FORMAT || typeof m.version !== 'number') {
+    throw new BackupError('corrupt', `${key} is not a synapse-backup manifest`);
+  }
+  if (m.version > MANIFEST_VERSION) {
+    throw new BackupError(
+      'corrupt',
+      `the manifest ${key} has format version ${m.version}; this engine reads up to ${MANIFEST_VERSION}: upgrade the charm`,
+    );
+  }
+  for (const field of ['id', 'sha256', 'startedAt'] as const) {
+    if (typeof m[field] !== 'string') {
+      throw new BackupError('corrupt', `the manifest ${key} lacks "${field}"`);
+    }
+  }
+  for (const field of ['plaintextBytes', 'ciphertextBytes', 'files', 'entries'] as const) {
+    if (typeof m[field] !== 'number') {
+      throw new BackupError('corrupt', `the manifest ${key} lacks "${field}"`);
+    }
+  }
+  return m as Manifest;
+}

@@ -1,0 +1,116 @@
+import { createHash } from 'node:crypto';
+import type { Duplex } from 'node:stream';
+import { buildDecrypt } from '@aws-crypto/decrypt-node';
+import { buildEncrypt } from '@aws-crypto/encrypt-node';
+import { AlgorithmSuiteIdentifier, CommitmentPolicy } from '@aws-crypto/material-management-node';
+import { RawAesKeyringNode, RawAesWrappingSuiteIdentifier } from '@aws-crypto/raw-aes-keyring-node';
+import { BackupError, ConfigError } from '../errors';
+
+/**
+ * The seed's on-disk format: an AWS Encryption SDK message, unsigned committing
+ * suite 0x0478, a raw AES keyring named static-random/master_key whose wrapping
+ * key is SHA-256 of the passphrase. Python's RawMasterKey with the same
+ * provider id and key id reads and writes the same messages.
+ */
+export const KEY_NAMESPACE = 'static-random';
+export const KEY_NAME = 'master_key';
+export const SUITE_ID = AlgorithmSuiteIdentifier.ALG_AES256_GCM_IV12_TAG16_HKDF_SHA512_COMMIT_KEY;
+export const SUITE_NAME = 'ALG_AES256_GCM_IV12_TAG16_HKDF_SHA512_COMMIT_KEY';
+export const DEFAULT_FRAME_LENGTH = 1024 * 1024;
+const MAX_FRAME_LENGTH = 2 ** 31 - 1;
+
+export interface EncryptionParameters {
+  format: 'aws-encryption-sdk';
+  algorithmSuite: string;
+  algorithmSuiteId: number;
+  commitmentPolicy: 'REQUIRE_ENCRYPT_REQUIRE_DECRYPT';
+  keyNamespace: string;
+  keyName: string;
+  wrappingAlgorithm: 'AES256_GCM_IV12_TAG16_NO_PADDING';
+  keyDerivation: 'sha256(passphrase-utf8)';
+  frameLength: number;
+}
+
+export function encryptionParameters(frameLength: number): EncryptionParameters {
+  return {
+    format: 'aws-encryption-sdk',
+    algorithmSuite: SUITE_NAME,
+    algorithmSuiteId: SUITE_ID,
+    commitmentPolicy: 'REQUIRE_ENCRYPT_REQUIRE_DECRYPT',
+    keyNamespace: KEY_NAMESPACE,
+    keyName: KEY_NAME,
+    wrappingAlgorithm: 'AES256_GCM_IV12_TAG16_NO_PADDING',
+    keyDerivation: 'sha256(passphrase-utf8)',
+    frameLength,
+  };
+}
+
+export function validateFrameLength(frameLength: number): number {
+  if (!Number.isInteger(frameLength) || frameLength <= 0 || frameLength > MAX_FRAME_LENGTH) {
+    throw new ConfigError(`frame length must be a whole number from 128 to ${MAX_FRAME_LENGTH}`);
+  }
+  if (frameLength % 128 !== 0) {
+    throw new ConfigError(`frame length ${frameLength} is not a multiple of 128 bytes`);
+  }
+  return frameLength;
+}
+
+function keyring(passphrase: string): RawAesKeyringNode {
+  if (!passphrase) throw new ConfigError('the backup passphrase is empty');
+  const unencryptedMasterKey = createHash('sha256').update(passphrase, 'utf8').digest();
+  return new RawAesKeyringNode({
+    keyNamespace: KEY_NAMESPACE,
+    keyName: KEY_NAME,
+    unencryptedMasterKey,
+    wrappingSuite: RawAesWrappingSuiteIdentifier.AES256_GCM_IV12_TAG16_NO_PADDING,
+  });
+}
+
+const { encryptStream } = buildEncrypt(CommitmentPolicy.REQUIRE_ENCRYPT_REQUIRE_DECRYPT);
+const { decryptUnsignedMessageStream } = buildDecrypt(
+  CommitmentPolicy.REQUIRE_ENCRYPT_REQUIRE_DECRYPT,
+);
+
+/** A duplex: plaintext in, ESDK message out. */
+export function createEncryptStream(
+  passphrase: string,
+  frameLength = DEFAULT_FRAME_LENGTH,
+): Duplex {
+  return encryptStream(keyring(passphrase), {
+    suiteId: SUITE_ID,
+    frameLength: validateFrameLength(frameLength),
+  });
+}
+
+/** A duplex: ESDK message in, plaintext out. Errors are mapped by {@link describeDecryptError}. */
+export function createDecryptStream(passphrase: string): Duplex {
+  return decryptUnsignedMessageStream(keyring(passphrase));
+}
+
+/**
+ * Turns the SDK's terse errors into the operator's terms. Plaintext of earlier
+ * frames may already have been emitted when these fire: callers must never
+ * treat output as good before the stream has ended cleanly.
+ */
+export function describeDecryptError(err: unknown, what: string): BackupError {
+  if (err instanceof BackupError) return err;
+  const message = err instanceof Error ? err.message : String(err);
+  if (/unencryptedDataKey has not been set/.test(message)) {
+    return new BackupError(
+      'wrong-passphrase',
+      `cannot decrypt ${what}: the passphrase does not match the one it was encrypted with`,
+    );
+  }
+  if (/Incomplete (message|Header)/i.test(message)) {
+    return new BackupError('corrupt', `${what} is truncated (${message}); it cannot be restored`);
+  }
+  if (/unable to authenticate data|Commitment does not match|Invalid tag/i.test(message)) {
+    return new BackupError(
+      'corrupt',
+      `${what} is damaged: its authentication check failed (${message}); it cannot be restored`,
+    );
+  }
+  return new BackupError('decrypt', `${what} is not a readable encrypted backup (${message})`, {
+    cause: err,
+  });
+}

@@ -1,0 +1,174 @@
+import type { Readable } from 'node:stream';
+import { Writable } from 'node:stream';
+import { WorkloadCommandError } from '../errors';
+import type { ExecOptions, ExecProcess, ExitStatus, Workload } from './workload';
+
+/** Keeps the last `limit` bytes of a stream (a command's stderr) and drains the rest. */
+export class TailCollector {
+  private chunks: Buffer[] = [];
+  private size = 0;
+
+  constructor(
+    stream: Readable,
+    private readonly limit = 16 * 1024,
+  ) {
+    stream.on('data', (chunk: Buffer) => this.add(chunk));
+    stream.on('error', () => undefined);
+  }
+
+  private add(chunk: Buffer): void {
+    this.chunks.push(chunk);
+    this.size += chunk.length;
+    while (this.size - (this.chunks[0]?.length ?? 0) >= this.limit && this.chunks.length > 1) {
+      this.size -= this.chunks.shift()!.length;
+    }
+  }
+
+  text(): string {
+    const all = Buffer.concat(this.chunks);
+    return all
+      .subarray(Math.max(0, all.length - this.limit))
+      .toString('utf8')
+      .trim();
+  }
+}
+
+/** Builds the error for a command that did not exit 0, quoting the end of its stderr. */
+export function commandFailure(
+  what: string,
+  status: ExitStatus,
+  stderr: string,
+): WorkloadCommandError {
+  const how =
+    status.exitCode === null
+      ? `was killed${status.signal ? ` by ${status.signal}` : ''}`
+      : `exited with status ${status.exitCode}`;
+  const lines = stderr.split('\n').filter(Boolean);
+  const detail = lines.slice(-3).join('; ');
+  return new WorkloadCommandError(
+    `${what} ${how}${detail ? `: ${detail}` : ''}`,
+    status.exitCode,
+    stderr,
+  );
+}
+
+/**
+ * A writable that feeds a workload command's stdin, starting the command only
+ * when the first byte arrives (so a stream that fails before producing data,
+ * such as a wrong passphrase, never runs the command). Ending the writable
+ * delivers EOF and waits for a zero exit.
+ */
+export class CommandSink extends Writable {
+  private proc: ExecProcess | undefined;
+  private stderr: TailCollector | undefined;
+
+  constructor(
+    private readonly workload: Workload,
+    private readonly options: Omit<ExecOptions, 'stdin'>,
+    private readonly what: string,
+    private readonly beforeStart: () => Promise<void> = async () => undefined,
+  ) {
+    super({ highWaterMark: 1024 * 1024 });
+  }
+
+  get started(): boolean {
+    return this.proc !== undefined;
+  }
+
+  override _write(chunk: Buffer, _enc: BufferEncoding, done: (err?: Error | null) => void): void {
+    this.ensureStarted()
+      .then((proc) => writeAll(proc, chunk))
+      .then(
+        () => done(),
+        (err: Error) => this.failWith(err).then(done),
+      );
+  }
+
+  override _final(done: (err?: Error | null) => void): void {
+    const proc = this.proc;
+    if (!proc) {
+      done();
+      return;
+    }
+    proc.stdin!.end();
+    this.exitStatus(proc).then(
+      () => done(),
+      (err: Error) => done(err),
+    );
+  }
+
+  override _destroy(err: Error | null, done: (err?: Error | null) => void): void {
+    this.proc?.kill();
+    done(err);
+  }
+
+  private async ensureStarted(): Promise<ExecProcess> {
+    if (this.proc) return this.proc;
+    await this.beforeStart();
+    const proc = this.workload.exec({ ...this.options, stdin: true });
+    this.proc = proc;
+    this.stderr = new TailCollector(proc.stderr);
+    proc.stdout.resume();
+    proc.stdin!.on('error', () => undefined);
+    return proc;
+  }
+
+  private async exitStatus(proc: ExecProcess): Promise<void> {
+    const status = await proc.wait();
+    if (status.exitCode !== 0) throw commandFailure(this.what, status, this.stderr?.text() ?? '');
+  }
+
+  /** A write failed (usually EPIPE): the command's own exit status says more. */
+  private async failWith(err: Error): Promise<Error> {
+    const proc = this.proc;
+    if (!proc) return err;
+    try {
+      await Promise.race([
+        this.exitStatus(proc),
+        new Promise((resolve) => setTimeout(resolve, 5000)),
+      ]);
+    } catch (exitErr) {
+      return exitErr as Error;
+    }
+    return err;
+  }
+}
+
+function writeAll(proc: ExecProcess, chunk: Buffer): Promise<void> {
+  const stdin = proc.stdin!;
+  return new Promise((resolve, reject) => {
+    const onError = (err: Error) => {
+      stdin.off('drain', onDrain);
+      reject(err);
+    };
+    const onDrain = () => {
+      stdin.off('error', onError);
+      resolve();
+    };
+    if (stdin.destroyed) {
+      reject(new Error('the command closed its input'));
+      return;
+    }
+    if (stdin.write(chunk)) {
+      resolve();
+      return;
+    }
+    stdin.once('drain', onDrain);
+    stdin.once('error', onError);
+  });
+}
+
+/** Runs a command to completion, collecting stdout (small outputs only). */
+export async function runCommand(
+  workload: Workload,
+  command: string[],
+  what: string,
+): Promise<string> {
+  const proc = workload.exec({ command, stdin: false });
+  const stderr = new TailCollector(proc.stderr);
+  const chunks: Buffer[] = [];
+  proc.stdout.on('data', (chunk: Buffer) => chunks.push(chunk));
+  const status = await proc.wait();
+  if (status.exitCode !== 0) throw commandFailure(what, status, stderr.text());
+  return Buffer.concat(chunks).toString('utf8');
+}
