@@ -135,6 +135,13 @@ export class BackupEngine {
         .catch(fail),
     ]);
     ticker.stop(failure === undefined);
+    if (failure !== undefined && !(failure instanceof BackupError)) {
+      // A bare stream error (premature close) is usually tar dying: its exit status says why.
+      failure = await tarSucceeded().then(
+        () => failure,
+        (tarError: unknown) => tarError,
+      );
+    }
 
     if (failure === undefined) {
       const manifest: Manifest = {
@@ -264,8 +271,14 @@ export class BackupEngine {
     };
   }
 
-  /** Loads the manifest of a complete backup, with a specific error for each way it can be missing. */
-  private async completeManifest(id: string): Promise<Manifest> {
+  /**
+   * Loads the manifest of a complete backup, with a specific error for each way
+   * it can be missing. With `allowMissing`, a backup written by the original
+   * Python charm (which wrote no manifests) yields undefined instead.
+   */
+  private async completeManifest(id: string, allowMissing: true): Promise<Manifest | undefined>;
+  private async completeManifest(id: string, allowMissing?: false): Promise<Manifest>;
+  private async completeManifest(id: string, allowMissing = false): Promise<Manifest | undefined> {
     const manifestKey = this.manifestKey(id);
     const objectKey = this.objectKey(id);
     const [manifestHead, objectHead] = await Promise.all([
@@ -285,9 +298,10 @@ export class BackupEngine {
       );
     }
     if (!manifestHead) {
+      if (allowMissing) return undefined;
       throw new BackupError(
         'corrupt',
-        `backup ${id} is incomplete: it has no manifest (the run that made it did not finish); it cannot be trusted`,
+        `backup ${id} is incomplete: it has no manifest (the run that made it did not finish, or an older charm wrote it); if it is an old charm's backup, restore it with allow-no-manifest`,
       );
     }
     const manifest = parseManifest(await this.store.getText(manifestKey), manifestKey);
@@ -403,7 +417,9 @@ export class BackupEngine {
 
   async restore(request: RestoreRequest): Promise<RestoreResult> {
     const id = validateBackupId(request.id);
-    const manifest = await this.completeManifest(id);
+    const manifest = request.allowMissingManifest
+      ? await this.completeManifest(id, true)
+      : await this.completeManifest(id);
     const services = request.services ?? [];
     let stopped = false;
     const sink = new CommandSink(
@@ -425,12 +441,14 @@ export class BackupEngine {
         sink,
         scanner,
       );
-      this.compareWithManifest(manifest, {
-        plaintextBytes: plaintext.bytes,
-        ciphertextBytes: ciphertext.bytes,
-        sha256: plaintext.sha256,
-        files: scanner.files,
-      });
+      if (manifest) {
+        this.compareWithManifest(manifest, {
+          plaintextBytes: plaintext.bytes,
+          ciphertextBytes: ciphertext.bytes,
+          sha256: plaintext.sha256,
+          files: scanner.files,
+        });
+      }
       return {
         backupId: id,
         files: scanner.files,

@@ -67,6 +67,12 @@ export interface RestoreRequest {
   id: string;
   /** Workload services to stop before writing and start after (the charm passes ['synapse']). */
   services?: string[];
+  /**
+   * Restore a backup that has no manifest (the original Python charm wrote
+   * none). Decryption still authenticates every byte; only the comparison with
+   * the manifest's counts and SHA-256 is skipped.
+   */
+  allowMissingManifest?: boolean;
 }
 
 export interface RestoreResult {

@@ -13,7 +13,7 @@ import { formatBytes, formatBackupTable } from './format';
 const USAGE = `usage:
   synapse-backup create  --data-dir DIR [--id ID]
   synapse-backup list
-  synapse-backup restore --id ID --data-dir DIR
+  synapse-backup restore --id ID --data-dir DIR [--allow-no-manifest]
   synapse-backup delete  --id ID
   synapse-backup verify  --id ID
   synapse-backup decrypt --id ID            # plain tar on stdout
@@ -40,6 +40,7 @@ const OPTIONS = {
   'pebble-socket': { type: 'string' },
   'data-dir': { type: 'string' },
   id: { type: 'string' },
+  'allow-no-manifest': { type: 'boolean' },
   help: { type: 'boolean', short: 'h' },
 } as const;
 
@@ -162,7 +163,7 @@ async function run(argv: string[]): Promise<void> {
       case 'restore': {
         required(values['data-dir'], 'data-dir', 'restore');
         const id = required(values.id, 'id', 'restore');
-        const r = await engine.restore({ id });
+        const r = await engine.restore({ id, allowMissingManifest: values['allow-no-manifest'] });
         print(
           `restored backup ${r.backupId} into ${values['data-dir']}: ${r.files} files, ${formatBytes(r.plaintextBytes)}`,
           r,

@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import type { Duplex } from 'node:stream';
+import { Duplex } from 'node:stream';
 import { buildDecrypt } from '@aws-crypto/decrypt-node';
 import { buildEncrypt } from '@aws-crypto/encrypt-node';
 import { AlgorithmSuiteIdentifier, CommitmentPolicy } from '@aws-crypto/material-management-node';
@@ -76,10 +76,66 @@ export function createEncryptStream(
   passphrase: string,
   frameLength = DEFAULT_FRAME_LENGTH,
 ): Duplex {
-  return encryptStream(keyring(passphrase), {
-    suiteId: SUITE_ID,
-    frameLength: validateFrameLength(frameLength),
-  });
+  return new TeardownSafeDuplex(
+    encryptStream(keyring(passphrase), {
+      suiteId: SUITE_ID,
+      frameLength: validateFrameLength(frameLength),
+    }),
+  );
+}
+
+/**
+ * Shields an SDK encrypt stream from being destroyed. The SDK joins its inner
+ * streams with readable-stream 3's pipeline() and no callback, which rethrows
+ * any error as an uncaught exception: destroying the stream mid-message (what
+ * stream.pipeline does on any failure) would crash the process. This wrapper
+ * is what the pipeline sees and destroys; the inner stream is instead ended
+ * quietly and its output discarded.
+ */
+class TeardownSafeDuplex extends Duplex {
+  private finalCallback: ((err?: Error | null) => void) | undefined;
+  private readonly onData = (chunk: Buffer): void => {
+    if (!this.push(chunk)) this.inner.pause();
+  };
+  private readonly onEnd = (): void => {
+    this.push(null);
+    this.finalCallback?.();
+  };
+  private readonly onError = (err: Error): void => {
+    this.destroy(err);
+  };
+
+  constructor(private readonly inner: Duplex) {
+    super({ readableHighWaterMark: 1024 * 1024, writableHighWaterMark: 1024 * 1024 });
+    inner.on('data', this.onData);
+    inner.on('end', this.onEnd);
+    inner.on('error', this.onError);
+  }
+
+  override _read(): void {
+    this.inner.resume();
+  }
+
+  override _write(chunk: Buffer, _enc: BufferEncoding, done: (err?: Error | null) => void): void {
+    if (this.inner.write(chunk)) done();
+    else this.inner.once('drain', () => done());
+  }
+
+  override _final(done: (err?: Error | null) => void): void {
+    // Finish only once the inner stream has sealed the message and ended.
+    this.finalCallback = done;
+    this.inner.end();
+  }
+
+  override _destroy(err: Error | null, done: (err?: Error | null) => void): void {
+    this.inner.off('data', this.onData);
+    this.inner.off('end', this.onEnd);
+    this.inner.off('error', this.onError);
+    this.inner.on('error', () => undefined);
+    this.inner.resume();
+    if (!this.inner.writableEnded) this.inner.end();
+    done(err);
+  }
 }
 
 /** A duplex: ESDK message in, plaintext out. Errors are mapped by {@link describeDecryptError}. */

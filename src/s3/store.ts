@@ -141,10 +141,15 @@ export class ObjectStore {
     return out;
   }
 
-  /** In-progress multipart uploads whose key starts with `keyPrefix` (default: the store's prefix). */
+  /**
+   * In-progress multipart uploads whose key starts with `keyPrefix` (default:
+   * the store's prefix). The bucket is listed whole and filtered here: MinIO
+   * treats ListMultipartUploads' Prefix as an exact key, so a folder prefix
+   * finds nothing there.
+   */
   async listUploads(keyPrefix?: string): Promise<MultipartUploadInfo[]> {
     const out: MultipartUploadInfo[] = [];
-    const Prefix = keyPrefix ?? (this.settings.prefix ? `${this.settings.prefix}/` : undefined);
+    const wanted = keyPrefix ?? (this.settings.prefix ? `${this.settings.prefix}/` : '');
     let KeyMarker: string | undefined;
     let UploadIdMarker: string | undefined;
     try {
@@ -153,14 +158,14 @@ export class ObjectStore {
         const page = await this.client.send(
           new ListMultipartUploadsCommand({
             Bucket: this.settings.bucket,
-            Prefix,
             KeyMarker,
             UploadIdMarker,
           }),
         );
         for (const u of page.Uploads ?? []) {
-          if (u.Key && u.UploadId)
+          if (u.Key?.startsWith(wanted) && u.UploadId) {
             out.push({ key: u.Key, uploadId: u.UploadId, initiated: u.Initiated });
+          }
         }
         if (!page.IsTruncated) break;
         KeyMarker = page.NextKeyMarker;

@@ -1,0 +1,9 @@
+# shellcheck shell=sh
+# Source me (`. scripts/peers/env.sh`) to point tests at the peers built by install.sh.
+# Paths only: install.sh builds them; tests/support/peers.ts checks that they exist.
+SYNAPSE_PEERS_CACHE="${SYNAPSE_PEERS_CACHE:-$HOME/.cache/synapse-backup-peers}"
+SYNAPSE_PEERS_BIN="$SYNAPSE_PEERS_CACHE/bin"
+PEBBLE_BIN="$SYNAPSE_PEERS_BIN/pebble"
+MINIO_BIN="$SYNAPSE_PEERS_BIN/minio"
+SYNAPSE_PEERS_PYTHON="$SYNAPSE_PEERS_CACHE/venv/bin/python"
+export SYNAPSE_PEERS_BIN PEBBLE_BIN MINIO_BIN SYNAPSE_PEERS_PYTHON

@@ -1,0 +1,104 @@
+#!/usr/bin/env bash
+# Builds the real peers the tests run against, into a cache that survives between runs:
+#   pebble  (the workload container's API)  built from source with Go, pinned below
+#   minio   (S3)                             built from source with Go, pinned below
+#   venv    (Python aws-encryption-sdk, for the interop test), every package pinned
+# Cache: ${SYNAPSE_PEERS_CACHE:-$HOME/.cache/synapse-backup-peers} (bin/, venv/, stamps/, src/).
+# Needs: Go (1.26 used), Python 3 with venv + pip, network for the first run.
+# Idempotent: a stamp per peer records the pin it was built from; a changed pin rebuilds,
+# otherwise a warm run takes under a second. Cold (empty Go + pip caches, 2 CPUs): ~6.5 min
+# (pebble ~40 s, minio ~5 min, venv ~1 min).
+# Tests find the peers through `. scripts/peers/env.sh` (or the default cache path).
+# Usage: bash scripts/peers/install.sh [--force]
+set -euo pipefail
+
+PEBBLE_MODULE=github.com/canonical/pebble
+PEBBLE_PKG=github.com/canonical/pebble/cmd/pebble
+PEBBLE_VERSION=v1.26.0
+# MinIO's RELEASE.* tags are not valid semver, so the proxy refuses them: pin a commit.
+MINIO_MODULE=github.com/minio/minio
+MINIO_VERSION=v0.0.0-20260212201848-7aac2a2c5b7c
+# `pip freeze` of a fresh venv holding aws-encryption-sdk 4.0.7, the newest when pinned.
+ESDK_PINS=(
+  aws-encryption-sdk==4.0.7
+  attrs==26.1.0 boto3==1.44.8 botocore==1.44.8 cffi==2.1.1 cryptography==50.0.2
+  jmespath==1.1.0 pycparser==3.12 python-dateutil==2.9.0.post0 s3transfer==0.19.3
+  six==1.17.0 urllib3==2.8.0 wrapt==2.5.2
+)
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source=env.sh
+. "$here/env.sh"
+cache="$SYNAPSE_PEERS_CACHE"
+force=0
+[[ "${1:-}" == "--force" ]] && force=1
+
+die() { echo "install.sh: $*" >&2; exit 1; }
+log() { echo "==> $*" >&2; }
+
+mkdir -p "$SYNAPSE_PEERS_BIN" "$cache/stamps" "$cache/src"
+exec 9>"$cache/.lock"
+flock 9 2>/dev/null || true # one installer at a time (flock is util-linux; best effort)
+
+# fresh NAME WANT: true if the stamp for NAME records WANT and its artefact exists.
+fresh() { [[ $force == 0 && -e "$3" && "$(cat "$cache/stamps/$1" 2>/dev/null)" == "$2" ]]; }
+stamp() { printf '%s\n' "$2" >"$cache/stamps/$1"; }
+
+# Main module@version a Go binary was built from (empty if unreadable).
+go_binary_pin() { go version -m "$1" 2>/dev/null | awk '$1 == "mod" { print $2 "@" $3 }'; }
+
+# go_peer NAME MODULE PKG VERSION METHOD OUT
+go_peer() {
+  local name=$1 module=$2 pkg=$3 version=$4 method=$5 out=$6 want="$2@$4"
+  if fresh "$name" "$want" "$out"; then return; fi
+  command -v go >/dev/null || die "Go is required to build $name (https://go.dev/dl/)"
+  if [[ $force == 0 && -x "$out" && "$(go_binary_pin "$out")" == "$want" ]]; then
+    stamp "$name" "$want" # adopt a matching build made before stamps existed
+    return
+  fi
+  log "building $name $version (first run only; minio takes minutes)"
+  local t0=$SECONDS tmp="$out.tmp.$$"
+  if [[ $method == install ]]; then
+    local gobin="$cache/src/$name-gobin"
+    rm -rf "$gobin" && mkdir -p "$gobin"
+    GOBIN="$gobin" go install "$pkg@$version"
+    mv "$gobin/$(basename "$pkg")" "$tmp" && rmdir "$gobin"
+  else
+    # `go install pkg@version` reads the module's version list (deprecation check), which
+    # the proxy refuses for some modules; a throwaway module needs only the pinned version.
+    local mod="$cache/src/$name"
+    rm -rf "$mod" && mkdir -p "$mod"
+    printf 'module synapse-backup-peers/%s\n\ngo 1.22\n' "$name" >"$mod/go.mod"
+    printf '//go:build tools\n\npackage tools\n\nimport _ "%s"\n' "$pkg" >"$mod/tools.go"
+    (cd "$mod" && go get "$pkg@$version" && go build -o "$tmp" "$pkg")
+  fi
+  [[ "$(go_binary_pin "$tmp")" == "$want" ]] || die "$name: built binary is not $want"
+  mv -f "$tmp" "$out"
+  stamp "$name" "$want"
+  log "built $name in $((SECONDS - t0)) s"
+}
+
+venv_peer() {
+  local py="${PYTHON:-python3}" venv="$cache/venv"
+  command -v "$py" >/dev/null || die "Python 3 is required ($py not found)"
+  local want
+  want="$("$py" -c 'import sys; print("python%d.%d" % sys.version_info[:2])') ${ESDK_PINS[*]}"
+  if fresh venv "$want" "$SYNAPSE_PEERS_PYTHON"; then return; fi
+  log "creating $venv"
+  local t0=$SECONDS
+  rm -f "$cache/stamps/venv" && rm -rf "$venv"
+  "$py" -m venv "$venv" || die "'$py -m venv' failed (Debian/Ubuntu: apt-get install python3-venv)"
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-input "${ESDK_PINS[@]}"
+  "$venv/bin/python" -c 'import aws_encryption_sdk' || die "venv: aws_encryption_sdk does not import"
+  stamp venv "$want"
+  log "venv ready in $((SECONDS - t0)) s"
+}
+
+go_peer pebble "$PEBBLE_MODULE" "$PEBBLE_PKG" "$PEBBLE_VERSION" module "$PEBBLE_BIN"
+go_peer minio "$MINIO_MODULE" "$MINIO_MODULE" "$MINIO_VERSION" install "$MINIO_BIN"
+venv_peer
+
+echo "pebble  $PEBBLE_BIN  ($(cat "$cache/stamps/pebble"))"
+echo "minio   $MINIO_BIN  ($(cat "$cache/stamps/minio"))"
+echo "python  $SYNAPSE_PEERS_PYTHON  (aws-encryption-sdk ${ESDK_PINS[0]#*==})"
+echo "tests:  . scripts/peers/env.sh && npx jest"

@@ -1,0 +1,71 @@
+import { BackupError } from '../errors';
+import { PebbleClient } from './pebble/client';
+import { PebbleExecProcess } from './pebble/exec';
+import type { ExecOptions, ExecProcess, ServiceStatus, Workload } from './workload';
+
+export interface PebbleWorkloadOptions {
+  /** Pebble's unix socket, e.g. `/charm/containers/synapse/pebble.socket`. */
+  socketPath: string;
+}
+
+/** The workload container, reached through its Pebble daemon (the Juju sidecar transport). */
+export class PebbleWorkload implements Workload {
+  readonly description: string;
+  private readonly client: PebbleClient;
+
+  constructor(options: PebbleWorkloadOptions) {
+    this.client = new PebbleClient(options.socketPath);
+    this.description = `Pebble at ${options.socketPath}`;
+  }
+
+  exec(options: ExecOptions): ExecProcess {
+    if (!options.command[0]) throw new BackupError('workload', 'empty command');
+    return new PebbleExecProcess(this.client, options);
+  }
+
+  async stopServices(names: string[]): Promise<void> {
+    await this.changeServices('stop', names);
+  }
+
+  async startServices(names: string[]): Promise<void> {
+    await this.changeServices('start', names);
+  }
+
+  async serviceStatus(names: string[]): Promise<ServiceStatus[]> {
+    const query = names.length > 0 ? `?names=${encodeURIComponent(names.join(','))}` : '';
+    const services = await this.client.sync<{ name: string; current: string }[]>(
+      'GET',
+      `/v1/services${query}`,
+      { what: `cannot get the status of services ${names.join(', ') || '(all)'}` },
+    );
+    return services.map(({ name, current }) => ({ name, current }));
+  }
+
+  /** Adds (or, with `combine`, merges into) the configuration layer `label`. */
+  async addLayer(label: string, yamlText: string, combine = true): Promise<void> {
+    await this.client.sync('POST', '/v1/layers', {
+      what: `cannot add the Pebble layer ${JSON.stringify(label)}`,
+      body: { action: 'add', combine, label, format: 'yaml', layer: yamlText },
+    });
+  }
+
+  /** Starts or restarts services so that they match the current plan. */
+  async replan(): Promise<void> {
+    const what = 'cannot replan the Pebble services';
+    const { changeId } = await this.client.async('POST', '/v1/services', {
+      what,
+      body: { action: 'replan' },
+    });
+    await this.client.waitChangeSucceeded(changeId, what);
+  }
+
+  private async changeServices(action: 'start' | 'stop', names: string[]): Promise<void> {
+    if (names.length === 0) return;
+    const what = `cannot ${action} services ${names.join(', ')}`;
+    const { changeId } = await this.client.async('POST', '/v1/services', {
+      what,
+      body: { action, services: names },
+    });
+    await this.client.waitChangeSucceeded(changeId, what);
+  }
+}

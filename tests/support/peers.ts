@@ -1,0 +1,460 @@
+/**
+ * Real test peers: MinIO (S3), Pebble (the workload container's API) and the Python
+ * aws-encryption-sdk. Build them with `bash scripts/peers/install.sh`; binaries are found
+ * through the variables set by scripts/peers/env.sh, else in the default cache.
+ *
+ * Whatever a test file starts here and forgets to stop is killed (and every tmpDir removed)
+ * after the file's tests; a daemon is also killed if the test process dies.
+ */
+import { spawn, type ChildProcess, type ChildProcessWithoutNullStreams } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import * as fs from 'node:fs';
+import * as fsp from 'node:fs/promises';
+import * as http from 'node:http';
+import * as net from 'node:net';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { CreateBucketCommand, S3Client } from '@aws-sdk/client-s3';
+
+export type PeerName = 'minio' | 'pebble' | 'esdk';
+
+export const INSTALL_COMMAND = 'bash scripts/peers/install.sh';
+
+// ---------------------------------------------------------------- cleanup registry
+
+// Inside jest, `process` is a per-file copy whose 'exit' event never fires, so leftovers are
+// swept after each test file instead; a daemon's watchdog (see launch) covers a test process
+// that dies without sweeping (crash, SIGKILL, jest killing a worker).
+const cleanups = new Set<() => Promise<void>>();
+
+async function sweep(): Promise<void> {
+  for (const fn of [...cleanups].reverse()) await fn().catch(() => undefined);
+}
+
+try {
+  if (typeof afterAll === 'function') afterAll(sweep);
+} catch {
+  // imported from inside a test: hooks can no longer be added; watchdogs still apply
+}
+
+/** Registers an idempotent async cleanup for the sweep; returns its unregister function. */
+function track(fn: () => Promise<void>): () => void {
+  cleanups.add(fn);
+  return () => void cleanups.delete(fn);
+}
+
+// ---------------------------------------------------------------- small helpers
+
+export interface TmpDir {
+  path: string;
+  /** Removes the directory and everything in it. Idempotent. */
+  cleanup(): Promise<void>;
+}
+
+/** A fresh directory under the OS temp dir; removed at the latest after the test file. */
+export async function tmpDir(prefix: string): Promise<TmpDir> {
+  const dir = await fsp.mkdtemp(path.join(os.tmpdir(), `${prefix}-`));
+  const cleanup = async () => {
+    untrack();
+    await fsp.rm(dir, { recursive: true, force: true });
+  };
+  const untrack = track(cleanup);
+  return { path: dir, cleanup };
+}
+
+/** A TCP port on 127.0.0.1 that was free a moment ago. */
+export function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = net.createServer();
+    server.unref();
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', () => {
+      const { port } = server.address() as net.AddressInfo;
+      server.close(() => resolve(port));
+    });
+  });
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+// ---------------------------------------------------------------- peer resolution
+
+function cacheDir(): string {
+  return (
+    process.env.SYNAPSE_PEERS_CACHE ?? path.join(os.homedir(), '.cache', 'synapse-backup-peers')
+  );
+}
+
+function binDir(): string {
+  return process.env.SYNAPSE_PEERS_BIN ?? path.join(cacheDir(), 'bin');
+}
+
+/** Where a peer's executable is expected (it may not exist). */
+export function peerPath(name: PeerName): string {
+  switch (name) {
+    case 'minio':
+      return process.env.MINIO_BIN ?? path.join(binDir(), 'minio');
+    case 'pebble':
+      return process.env.PEBBLE_BIN ?? path.join(binDir(), 'pebble');
+    case 'esdk':
+      return process.env.SYNAPSE_PEERS_PYTHON ?? path.join(cacheDir(), 'venv', 'bin', 'python');
+  }
+}
+
+function isExecutable(file: string): boolean {
+  try {
+    fs.accessSync(file, fs.constants.X_OK);
+    return fs.statSync(file).isFile();
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * True when every named peer is installed. When one is missing: throws if CI=true,
+ * otherwise prints a loud warning and returns false (the caller skips its tests).
+ */
+export function requirePeers(...names: PeerName[]): boolean {
+  const missing = names.filter((n) => !isExecutable(peerPath(n)));
+  if (missing.length === 0) return true;
+  const list = missing.map((n) => `${n} (${peerPath(n)})`).join(', ');
+  const message = `test peer(s) missing: ${list}. Install them with: ${INSTALL_COMMAND}`;
+  if (process.env.CI === 'true') throw new Error(message);
+  const bar = '!'.repeat(78);
+  console.warn(
+    [
+      bar,
+      `!!! SKIPPING TESTS: ${message}`,
+      `!!! (with CI=true this is a failure, not a skip)`,
+      bar,
+    ].join('\n'),
+  );
+  return false;
+}
+
+/** `describe` when the peers are installed, else `describe.skip` (see requirePeers). */
+export function describeWithPeers(names: PeerName[]): jest.Describe {
+  return requirePeers(...names) ? describe : describe.skip;
+}
+
+// ---------------------------------------------------------------- processes
+
+interface Launched {
+  child: ChildProcess;
+  watchdog?: ChildProcess;
+  exited: Promise<void>;
+}
+
+// Reads its stdin, a pipe from this process, until EOF: that is, until this process is gone
+// however it died. Then kills the daemon ($1) and removes its directory ($2).
+const WATCHDOG = 'read _; kill -9 "$1" 2>/dev/null; rm -rf "$2"';
+
+/** Spawns a daemon with output appended to logFile, and its watchdog. */
+function launch(
+  command: string,
+  args: string[],
+  env: NodeJS.ProcessEnv,
+  logFile: string,
+  dir: string,
+): Launched {
+  const fd = fs.openSync(logFile, 'a');
+  let child: ChildProcess;
+  try {
+    child = spawn(command, args, { env, stdio: ['ignore', fd, fd] });
+  } finally {
+    fs.closeSync(fd);
+  }
+  child.unref(); // a forgotten peer must not keep jest alive
+  const exited = new Promise<void>((resolve) => {
+    child.once('error', () => resolve()); // e.g. ENOENT: no 'exit' follows
+    child.once('exit', () => resolve());
+  });
+  if (child.pid === undefined) return { child, exited };
+  const watchdog = spawn('/bin/sh', ['-c', WATCHDOG, 'peer-watchdog', String(child.pid), dir], {
+    stdio: ['pipe', 'ignore', 'ignore'],
+    detached: true, // outlives a Ctrl-C to our process group, to clean up after it
+  });
+  watchdog.on('error', () => undefined);
+  watchdog.unref();
+  (watchdog.stdin as unknown as net.Socket).unref();
+  void exited.then(() => watchdog.kill('SIGKILL'));
+  return { child, watchdog, exited };
+}
+
+function isRunning(child: ChildProcess): boolean {
+  return child.exitCode === null && child.signalCode === null;
+}
+
+async function killHard(p: Launched): Promise<void> {
+  p.watchdog?.kill('SIGKILL'); // first, so that it does not remove the directory
+  if (isRunning(p.child)) p.child.kill('SIGKILL');
+  await p.exited;
+}
+
+function logTail(logFile: string): string {
+  try {
+    return fs.readFileSync(logFile, 'utf8').split('\n').slice(-20).join('\n');
+  } catch {
+    return '(no log)';
+  }
+}
+
+/** Polls probe until it returns true; fails early if the process dies. */
+async function waitUntil(
+  what: string,
+  p: Launched,
+  logFile: string,
+  probe: () => Promise<boolean>,
+  timeoutMs = 30_000,
+): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  let spawnError: Error | undefined;
+  p.child.once('error', (err) => (spawnError = err));
+  while (Date.now() < deadline) {
+    if (spawnError || !isRunning(p.child)) {
+      const why = spawnError?.message ?? `exit ${p.child.exitCode ?? p.child.signalCode}`;
+      throw new Error(`${what} died while starting (${why}); log:\n${logTail(logFile)}`);
+    }
+    if (await probe().catch(() => false)) return;
+    await sleep(100);
+  }
+  await killHard(p);
+  throw new Error(`${what} not ready after ${timeoutMs} ms; log:\n${logTail(logFile)}`);
+}
+
+/** Status code of a GET, over TCP or a unix socket. */
+function httpStatus(options: http.RequestOptions): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const req = http.get({ ...options, agent: false, timeout: 2000 }, (res) => {
+      res.resume();
+      res.on('end', () => resolve(res.statusCode ?? 0));
+    });
+    req.on('timeout', () => req.destroy(new Error('timeout')));
+    req.on('error', reject);
+  });
+}
+
+// ---------------------------------------------------------------- MinIO
+
+export interface MinioPeer {
+  endpoint: string;
+  accessKeyId: string;
+  secretAccessKey: string;
+  region: 'us-east-1';
+  /** A fresh, empty bucket created at start. */
+  bucket: string;
+  dataDir: string;
+  /** An S3 client for this server (path style, checksums only when required). */
+  client: S3Client;
+  createBucket(name: string): Promise<void>;
+  /** kill -9, then start again on the same port and data. */
+  restart(): Promise<void>;
+  /** Kills the server and removes its data. Idempotent. */
+  stop(): Promise<void>;
+}
+
+export async function startMinio(): Promise<MinioPeer> {
+  const bin = peerPath('minio');
+  const root = await tmpDir('minio');
+  const dataDir = path.join(root.path, 'data');
+  const certsDir = path.join(root.path, 'certs');
+  await fsp.mkdir(dataDir);
+  const logFile = path.join(root.path, 'minio.log');
+  const [port, consolePort] = [await freePort(), await freePort()];
+  const accessKeyId = `test${randomBytes(6).toString('hex')}`;
+  const secretAccessKey = randomBytes(20).toString('hex');
+  const endpoint = `http://127.0.0.1:${port}`;
+  const env = {
+    ...process.env,
+    MINIO_ROOT_USER: accessKeyId,
+    MINIO_ROOT_PASSWORD: secretAccessKey,
+    MINIO_UPDATE: 'off',
+    HOME: root.path, // minio creates ~/.minio
+  };
+  const args = [
+    'server',
+    dataDir,
+    '--address',
+    `127.0.0.1:${port}`,
+    '--console-address',
+    `127.0.0.1:${consolePort}`,
+    '--certs-dir',
+    certsDir,
+  ];
+
+  let proc: Launched;
+  const start = async () => {
+    proc = launch(bin, args, env, logFile, root.path);
+    await waitUntil('minio', proc, logFile, async () => {
+      const status = await httpStatus({ host: '127.0.0.1', port, path: '/minio/health/live' });
+      return status === 200;
+    });
+  };
+  await start().catch(async (err) => {
+    await root.cleanup();
+    throw err;
+  });
+
+  const client = new S3Client({
+    endpoint,
+    region: 'us-east-1',
+    credentials: { accessKeyId, secretAccessKey },
+    forcePathStyle: true,
+    requestChecksumCalculation: 'WHEN_REQUIRED',
+    responseChecksumValidation: 'WHEN_REQUIRED',
+  });
+  const createBucket = async (name: string) => {
+    await client.send(new CreateBucketCommand({ Bucket: name }));
+  };
+  const bucket = `test-${randomBytes(8).toString('hex')}`;
+  const stop = async () => {
+    untrack();
+    client.destroy();
+    await killHard(proc);
+    await root.cleanup();
+  };
+  const untrack = track(stop);
+  try {
+    await createBucket(bucket);
+  } catch (err) {
+    await stop();
+    throw err;
+  }
+
+  return {
+    endpoint,
+    accessKeyId,
+    secretAccessKey,
+    region: 'us-east-1',
+    bucket,
+    dataDir,
+    client,
+    createBucket,
+    async restart() {
+      await killHard(proc);
+      await start();
+    },
+    stop,
+  };
+}
+
+// ---------------------------------------------------------------- Pebble
+
+export interface PebblePeer {
+  /** $PEBBLE: layers, state and the socket live here. */
+  dir: string;
+  socketPath: string;
+  /** kill -9, then start again on the same directory. */
+  restart(): Promise<void>;
+  /** Kills pebble and removes its directory. Idempotent. */
+  stop(): Promise<void>;
+}
+
+export async function startPebble(): Promise<PebblePeer> {
+  const bin = peerPath('pebble');
+  const root = await tmpDir('pebble');
+  const dir = root.path;
+  const socketPath = path.join(dir, '.pebble.socket');
+  const logFile = path.join(dir, 'pebble.log');
+  const env = { ...process.env, PEBBLE: dir };
+
+  let proc: Launched;
+  const start = async () => {
+    proc = launch(bin, ['run', '--create-dirs', '--hold'], env, logFile, dir);
+    await waitUntil('pebble', proc, logFile, async () => {
+      return (await httpStatus({ socketPath, path: '/v1/system-info' })) === 200;
+    });
+  };
+  await start().catch(async (err) => {
+    await root.cleanup();
+    throw err;
+  });
+
+  const stop = async () => {
+    untrack();
+    await killHard(proc);
+    await root.cleanup();
+  };
+  const untrack = track(stop);
+  return {
+    dir,
+    socketPath,
+    async restart() {
+      await killHard(proc);
+      await start();
+    },
+    stop,
+  };
+}
+
+// ---------------------------------------------------------------- Python ESDK
+
+export interface EsdkRunResult {
+  code: number | null;
+  stdout: Buffer;
+  stderr: string;
+}
+
+export interface EsdkOptions {
+  /** Encrypt only: bytes per frame (a multiple of 128). The SDK default is 4096. */
+  frameLength?: number;
+}
+
+export interface PythonEsdk {
+  /** The venv's python. */
+  python: string;
+  /** tests/support/esdk_tool.py: `encrypt|decrypt [--frame-length N]`, stdin to stdout. */
+  script: string;
+  /** Starts the tool; the passphrase goes through the environment. Killed by the sweep. */
+  spawn(
+    command: 'encrypt' | 'decrypt',
+    passphrase: string,
+    options?: EsdkOptions,
+  ): ChildProcessWithoutNullStreams;
+  /** Feeds input, collects output. Resolves with the exit code; rejects only if spawn fails. */
+  run(
+    command: 'encrypt' | 'decrypt',
+    passphrase: string,
+    input: Buffer,
+    options?: EsdkOptions,
+  ): Promise<EsdkRunResult>;
+}
+
+export function pythonEsdk(): PythonEsdk {
+  const python = peerPath('esdk');
+  const script = path.join(__dirname, 'esdk_tool.py');
+  const spawnTool: PythonEsdk['spawn'] = (command, passphrase, options = {}) => {
+    const args = [script, command];
+    if (options.frameLength !== undefined) args.push('--frame-length', String(options.frameLength));
+    const env = { ...process.env, SYNAPSE_BACKUP_PASSPHRASE: passphrase };
+    const child = spawn(python, args, { env, stdio: 'pipe' });
+    const untrack = track(async () => void child.kill('SIGKILL'));
+    child.once('exit', untrack);
+    child.once('error', untrack);
+    return child;
+  };
+  return {
+    python,
+    script,
+    spawn: spawnTool,
+    run(command, passphrase, input, options) {
+      return new Promise((resolve, reject) => {
+        const child = spawnTool(command, passphrase, options);
+        const out: Buffer[] = [];
+        const err: Buffer[] = [];
+        child.stdout.on('data', (b: Buffer) => out.push(b));
+        child.stderr.on('data', (b: Buffer) => err.push(b));
+        child.stdin.on('error', () => undefined); // EPIPE when the tool fails early
+        child.once('error', reject);
+        child.once('close', (code) =>
+          resolve({
+            code,
+            stdout: Buffer.concat(out),
+            stderr: Buffer.concat(err).toString('utf8'),
+          }),
+        );
+        child.stdin.end(input);
+      });
+    },
+  };
+}

@@ -1,0 +1,105 @@
+import { createHash, randomBytes } from 'node:crypto';
+import { promises as fsp } from 'node:fs';
+import path from 'node:path';
+
+/** Files Synapse's backup guide says to keep, plus the caches it says to skip. */
+export async function makeSynapseTree(
+  root: string,
+  options: { mediaFiles?: number; bigFileBytes?: number } = {},
+): Promise<void> {
+  const w = async (rel: string, data: string | Buffer, mode = 0o644) => {
+    const file = path.join(root, rel);
+    await fsp.mkdir(path.dirname(file), { recursive: true });
+    await fsp.writeFile(file, data, { mode });
+    await fsp.chmod(file, mode);
+  };
+  await w('homeserver.yaml', 'server_name: "example.org"\ndatabase:\n  name: sqlite3\n');
+  await w('example.org.signing.key', 'ed25519 a_abcd SGVsbG8gd29ybGQ\n', 0o600);
+  await w('example.org.log.config', 'version: 1\n');
+  await w('homeserver.db', randomBytes(64 * 1024));
+  const media = options.mediaFiles ?? 20;
+  for (let i = 0; i < media; i++) {
+    await w(`media_store/local_content/ab/cd/file${i}`, randomBytes(1000 + i * 37));
+  }
+  await w('media_store/local_content/sp/with space and ünïcødé', randomBytes(333));
+  await w('media_store/local_content/sp/new\nline', 'newline in name');
+  await w('media_store/local_thumbnails/ab/cd/thumb 1', randomBytes(500), 0o640);
+  if (options.bigFileBytes) {
+    await w('media_store/local_content/big/blob', randomBytes(options.bigFileBytes));
+  }
+  await fsp.symlink('../ab/cd/file0', path.join(root, 'media_store/local_content/sp/link'));
+  // Caches that must never be backed up.
+  await w('media_store/remote_content/x/y', 'remote');
+  await w('media_store/remote_thumbnails/x/y', 'remote thumb');
+  await w('media_store/url_cache/x', 'url cache');
+  await w('media_store/url_cache_thumbnails/x', 'url cache thumb');
+  // Fixed mtimes so a restore that loses them is caught.
+  const past = new Date('2024-02-03T04:05:06Z');
+  for (const rel of ['homeserver.yaml', 'media_store/local_content/ab/cd/file0']) {
+    await fsp.utimes(path.join(root, rel), past, past);
+  }
+}
+
+export const SKIPPED_PATHS = [
+  'media_store/remote_content',
+  'media_store/remote_thumbnails',
+  'media_store/url_cache',
+  'media_store/url_cache_thumbnails',
+];
+
+export interface TreeEntry {
+  type: 'file' | 'dir' | 'symlink';
+  mode: number;
+  mtimeMs?: number;
+  sha256?: string;
+  target?: string;
+}
+
+/** Every entry below `root` with type, mode, mtime (files) and content hash or link target. */
+export async function snapshotTree(root: string): Promise<Map<string, TreeEntry>> {
+  const out = new Map<string, TreeEntry>();
+  const walk = async (rel: string): Promise<void> => {
+    const entries = await fsp.readdir(path.join(root, rel), { withFileTypes: true });
+    for (const entry of entries) {
+      const childRel = rel ? `${rel}/${entry.name}` : entry.name;
+      const full = path.join(root, childRel);
+      const st = await fsp.lstat(full);
+      if (st.isSymbolicLink()) {
+        out.set(childRel, { type: 'symlink', mode: 0, target: await fsp.readlink(full) });
+      } else if (st.isDirectory()) {
+        out.set(childRel, { type: 'dir', mode: st.mode & 0o7777 });
+        await walk(childRel);
+      } else {
+        const sha256 = createHash('sha256')
+          .update(await fsp.readFile(full))
+          .digest('hex');
+        out.set(childRel, {
+          type: 'file',
+          mode: st.mode & 0o7777,
+          mtimeMs: Math.floor(st.mtimeMs / 1000) * 1000,
+          sha256,
+        });
+      }
+    }
+  };
+  await walk('');
+  return out;
+}
+
+/** One hash over the whole tree snapshot: equal trees, equal hashes. */
+export async function treeHash(root: string): Promise<string> {
+  const snap = await snapshotTree(root);
+  const h = createHash('sha256');
+  for (const key of [...snap.keys()].sort()) h.update(`${JSON.stringify([key, snap.get(key)])}\n`);
+  return h.digest('hex');
+}
+
+/** The snapshot without the paths a backup skips. */
+export function withoutSkipped(snap: Map<string, TreeEntry>): Map<string, TreeEntry> {
+  const out = new Map<string, TreeEntry>();
+  for (const [key, value] of snap) {
+    if (SKIPPED_PATHS.some((p) => key === p || key.startsWith(`${p}/`))) continue;
+    out.set(key, value);
+  }
+  return out;
+}
