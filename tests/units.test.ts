@@ -1,0 +1,78 @@
+import { readFileSync } from 'node:fs';
+import { defaultBackupId, validateBackupId } from '../src/backup/ids';
+import { parseManifest } from '../src/backup/manifest';
+import { tarCreateCommand } from '../src/backup/selection';
+import { formatBackupTable, formatBytes } from '../src/cli/format';
+import { validateFrameLength } from '../src/crypto/esdk';
+import { redact } from '../src/errors';
+import { partSizeFor } from '../src/s3/store';
+import { ENGINE_VERSION } from '../src/version';
+
+describe('small pieces', () => {
+  test("the engine version is package.json's", () => {
+    const pkg = JSON.parse(readFileSync(`${__dirname}/../package.json`, 'utf8')) as {
+      version: string;
+    };
+    expect(ENGINE_VERSION).toBe(pkg.version);
+  });
+
+  test('default backup ids are the UTC time as YYYYMMDDHHMMSS, as in the seed', () => {
+    expect(defaultBackupId(new Date('2026-11-26T07:08:09.123Z'))).toBe('20261126070809');
+  });
+
+  test.each(['', '../x', 'a/b', '-lead', 'a..b', 'x'.repeat(101), 'sp ace'])(
+    'backup id %j is refused',
+    (id) => {
+      expect(() => validateBackupId(id)).toThrow(`backup id "${id}" is not valid`);
+    },
+  );
+
+  test('frame lengths must suit the Python SDK', () => {
+    expect(validateFrameLength(4096)).toBe(4096);
+    expect(() => validateFrameLength(1000)).toThrow('is not a multiple of 128 bytes');
+    expect(() => validateFrameLength(2 ** 31)).toThrow('from 128 to 2147483647');
+  });
+
+  test('part size grows so 10,000 parts hold the largest backup', () => {
+    expect(partSizeFor(1)).toBe(5 * 1024 * 1024);
+    expect(partSizeFor(1024 ** 4)).toBe(105 * 1024 * 1024);
+  });
+
+  test('manifests from a newer engine or of another kind are refused with a reason', () => {
+    expect(() => parseManifest('{', 'k')).toThrow('the manifest k is not valid JSON');
+    expect(() => parseManifest('{"format":"x","version":1}', 'k')).toThrow(
+      'k is not a synapse-backup manifest',
+    );
+    expect(() => parseManifest('{"format":"synapse-backup-manifest","version":99}', 'k')).toThrow(
+      'upgrade the charm',
+    );
+  });
+
+  test('the data dir is an argument of the tar script, never part of its text', () => {
+    const command = tarCreateCommand('/data/$(reboot)');
+    expect(command.slice(-1)).toEqual(['/data/$(reboot)']);
+    expect(command[2]).not.toContain('reboot');
+  });
+
+  test('secrets are redacted from text', () => {
+    expect(redact('key=s3cr3t-value and s3cr3t-value', ['s3cr3t-value'])).toBe('key=*** and ***');
+  });
+
+  test('the backup table is aligned', () => {
+    const table = formatBackupTable([
+      {
+        backupId: '20261126070809',
+        created: '2026-11-26T07:08:09.000Z',
+        size: 1536,
+        status: 'complete',
+      },
+      { backupId: 'x', created: '2026-11-26T07:09:00.000Z', size: 10, status: 'incomplete' },
+    ]);
+    expect(table.split('\n')).toEqual([
+      'backup-id       created                   size     status',
+      '20261126070809  2026-11-26T07:08:09.000Z  1.5 KiB  complete',
+      'x               2026-11-26T07:09:00.000Z  10 B     incomplete',
+    ]);
+    expect(formatBytes(3 * 1024 ** 3)).toBe('3.0 GiB');
+  });
+});
