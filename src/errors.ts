@@ -20,7 +20,9 @@ export type ErrorCode =
   | 's3-bucket'
   | 's3-unreachable'
   | 'cleanup'
-  | 'too-large';
+  | 'too-large'
+  | 'wrong-server'
+  | 'no-space';
 
 export class BackupError extends Error {
   readonly code: ErrorCode;

@@ -2,7 +2,7 @@ import { readFileSync } from 'node:fs';
 import { defaultBackupId, validateBackupId } from '../src/backup/ids';
 import { parseManifest } from '../src/backup/manifest';
 import { tarCreateCommand } from '../src/backup/selection';
-import { formatBackupTable, formatBytes } from '../src/cli/format';
+import { formatBackupTable, formatBytes } from '../src/format';
 import { validateFrameLength } from '../src/crypto/esdk';
 import { redact } from '../src/errors';
 import { partSizeFor } from '../src/s3/store';

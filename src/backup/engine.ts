@@ -9,14 +9,34 @@ import {
   validateFrameLength,
 } from '../crypto/esdk';
 import { BackupError, ConfigError, errorMessage } from '../errors';
+import { checkBucket } from '../s3/client';
 import { MIN_PART_SIZE, ObjectStore } from '../s3/store';
 import { ENGINE_NAME, ENGINE_VERSION } from '../version';
-import { CommandSink, TailCollector, commandFailure } from '../workload/command';
+import { formatBytes } from '../format';
+import { CommandSink, TailCollector, commandFailure, runCommand } from '../workload/command';
 import { MANIFEST_SUFFIX, OBJECT_SUFFIX, defaultBackupId, validateBackupId } from './ids';
 import { MANIFEST_FORMAT, MANIFEST_VERSION, type Manifest, parseManifest } from './manifest';
-import { EMPTY_SELECTION_EXIT, tarCreateCommand, tarExtractCommand } from './selection';
+import { readServerIdentity } from './identity';
+import { type RetentionPolicy, backupsToForget } from './retention';
+import {
+  EMPTY_SELECTION_EXIT,
+  SNAPSHOT_FAILED_EXIT,
+  tarCreateCommand,
+  tarExtractCommand,
+} from './selection';
 import { ByteCounter, EndGate, HashingCounter, ProgressTicker } from './stages';
 import { TarScanner, confinedEntryPolicy } from './tar-scanner';
+import {
+  PREVIOUS_PREFIX,
+  STAGING_PREFIX,
+  freeSpaceCommand,
+  makeDirCommand,
+  removeLeftoversCommand,
+  removeOneTimeKeysCommand,
+  removeTreeCommand,
+  rollbackCommand,
+  swapCommand,
+} from './workload-scripts';
 import type {
   BackupInfo,
   CreateRequest,
@@ -24,6 +44,8 @@ import type {
   DeleteResult,
   EngineOptions,
   ListResult,
+  PruneRequest,
+  PruneResult,
   RestoreRequest,
   RestoreResult,
   VerifyResult,
@@ -87,8 +109,11 @@ export class BackupEngine {
     const manifestKey = this.manifestKey(id);
     await this.refuseExisting(id, objectKey, manifestKey);
 
+    const workload = this.options.workload;
+    await runCommand(workload, removeLeftoversCommand(this.dataDir), 'removing leftovers');
+    const identity = await readServerIdentity(workload, this.dataDir);
     const startedAt = new Date();
-    const proc = this.options.workload.exec({
+    const proc = workload.exec({
       command: tarCreateCommand(this.dataDir),
       stdin: false,
     });
@@ -101,8 +126,15 @@ export class BackupEngine {
           `nothing to back up in ${this.dataDir}: no homeserver.yaml, signing key, homeserver.db or local media; check that Synapse's data is there`,
         );
       }
+      if (status.exitCode === SNAPSHOT_FAILED_EXIT) {
+        const lines = stderr.text().split('\n').filter(Boolean).slice(-2);
+        throw new BackupError(
+          'workload-command',
+          lines.join(': ') || 'the database snapshot failed',
+        );
+      }
       if (status.exitCode !== 0) {
-        throw commandFailure(`tar in ${this.options.workload.description}`, status, stderr.text());
+        throw commandFailure(`tar in ${workload.description}`, status, stderr.text());
       }
     };
     const scanner = new TarScanner();
@@ -158,6 +190,8 @@ export class BackupEngine {
         sha256: plaintext.sha256,
         encryption: encryptionParameters(this.frameLength),
         dataDir: this.dataDir,
+        serverName: identity.serverName,
+        signingKeyId: identity.signingKeyId,
         engine: { name: ENGINE_NAME, version: ENGINE_VERSION },
       };
       try {
@@ -213,6 +247,12 @@ export class BackupEngine {
             cause: failure,
           });
     try {
+      // The snapshot file survives if the workload's script was killed.
+      await runCommand(
+        this.options.workload,
+        removeLeftoversCommand(this.dataDir),
+        'removing leftovers',
+      ).catch(() => undefined);
       await this.store.removeFailedUpload(objectKey);
     } catch (cleanupErr) {
       return new BackupError(
@@ -258,6 +298,8 @@ export class BackupEngine {
         size: object?.size ?? 0,
         status: complete ? 'complete' : 'incomplete',
         files: manifest?.files,
+        lastModified: object?.lastModified?.toISOString(),
+        serverName: manifest?.serverName,
       });
     }
     backups.sort((a, b) => a.backupId.localeCompare(b.backupId));
@@ -285,12 +327,7 @@ export class BackupEngine {
       this.store.head(manifestKey),
       this.store.head(objectKey),
     ]);
-    if (!manifestHead && !objectHead) {
-      throw new BackupError(
-        'not-found',
-        `backup ${id} does not exist in bucket "${this.options.s3.bucket}"; run list-backups to see the ids`,
-      );
-    }
+    if (!manifestHead && !objectHead) throw await this.notFound(id);
     if (!objectHead) {
       throw new BackupError(
         'corrupt',
@@ -415,49 +452,212 @@ export class BackupEngine {
     };
   }
 
+  /**
+   * Restores without risking the live data: every check comes first, the
+   * archive is extracted into a staging directory beside the data, and only a
+   * fully authenticated archive that matches its manifest is swapped in (by
+   * renames), with Synapse stopped just for the swap. A failure before the swap
+   * leaves the live data as it was; a failure during or after it moves the
+   * previous files back.
+   */
   async restore(request: RestoreRequest): Promise<RestoreResult> {
     const id = validateBackupId(request.id);
+    const workload = this.options.workload;
     const manifest = request.allowMissingManifest
       ? await this.completeManifest(id, true)
       : await this.completeManifest(id);
-    const services = request.services ?? [];
-    let stopped = false;
-    const sink = new CommandSink(
-      this.options.workload,
-      { command: tarExtractCommand(this.dataDir) },
-      `tar extracting into ${this.dataDir}`,
-      async () => {
-        if (services.length > 0) {
-          await this.options.workload.stopServices(services);
-          stopped = true;
-        }
-      },
-    );
+    await this.refuseOtherServer(id, manifest?.serverName, request);
+    await this.checkPassphrase(id);
+    await this.checkFreeSpace(id, manifest);
+
+    await runCommand(workload, removeLeftoversCommand(this.dataDir), 'removing leftovers');
+    const stamp = new Date().toISOString().replace(/[-:.]/g, '');
+    const staging = `${STAGING_PREFIX}${stamp}`;
+    const previous = `${PREVIOUS_PREFIX}${stamp}`;
+    const stagingPath = `${this.dataDir}/${staging}`;
+    await runCommand(workload, makeDirCommand(stagingPath), 'creating the staging directory');
+
     const scanner = new TarScanner(confinedEntryPolicy());
+    let extracted: Awaited<ReturnType<BackupEngine['readArchive']>>;
     try {
-      const { plaintext, ciphertext, elapsedSeconds } = await this.readArchive(
-        id,
-        'restore',
-        sink,
-        scanner,
+      const sink = new CommandSink(
+        workload,
+        { command: tarExtractCommand(stagingPath) },
+        `tar extracting into ${stagingPath}`,
       );
+      extracted = await this.readArchive(id, 'restore', sink, scanner);
       if (manifest) {
         this.compareWithManifest(manifest, {
-          plaintextBytes: plaintext.bytes,
-          ciphertextBytes: ciphertext.bytes,
-          sha256: plaintext.sha256,
+          plaintextBytes: extracted.plaintext.bytes,
+          ciphertextBytes: extracted.ciphertext.bytes,
+          sha256: extracted.plaintext.sha256,
           files: scanner.files,
         });
       }
-      return {
-        backupId: id,
-        files: scanner.files,
-        plaintextBytes: plaintext.bytes,
-        durationSeconds: elapsedSeconds,
-      };
-    } finally {
-      if (stopped) await this.options.workload.startServices(services);
+    } catch (err) {
+      await this.removeTree(stagingPath, err);
+      throw err;
     }
+
+    const services = request.services ?? [];
+    await workload.stopServices(services);
+    let oneTimeKeysRemoved: number | undefined;
+    try {
+      await runCommand(
+        workload,
+        swapCommand(this.dataDir, staging, previous),
+        `moving the restored files into ${this.dataDir}`,
+      );
+      try {
+        oneTimeKeysRemoved = await this.removeOneTimeKeys();
+        await workload.startServices(services);
+      } catch (err) {
+        await workload.stopServices(services).catch(() => undefined);
+        await runCommand(
+          workload,
+          rollbackCommand(this.dataDir, staging, previous),
+          'moving the previous files back',
+        );
+        throw err;
+      }
+    } catch (err) {
+      await this.removeTree(stagingPath, err);
+      await workload.startServices(services).catch(() => undefined);
+      throw err;
+    }
+
+    const previousPath = `${this.dataDir}/${previous}`;
+    if (!request.keepPrevious) await this.removeTree(previousPath);
+    return {
+      backupId: id,
+      files: scanner.files,
+      plaintextBytes: extracted.plaintext.bytes,
+      durationSeconds: extracted.elapsedSeconds,
+      previousPath: request.keepPrevious ? previousPath : undefined,
+      oneTimeKeysRemoved,
+    };
+  }
+
+  private async refuseOtherServer(
+    id: string,
+    backupServer: string | undefined,
+    request: RestoreRequest,
+  ): Promise<void> {
+    if (!backupServer || request.force) return;
+    const live = await readServerIdentity(this.options.workload, this.dataDir);
+    const current = live.serverName ?? request.expectedServerName;
+    if (current && current !== backupServer) {
+      throw new BackupError(
+        'wrong-server',
+        `backup ${id} is of server "${backupServer}" but this Synapse is "${current}": restoring it would replace this server's identity; run again with force=true if that is what you want`,
+      );
+    }
+  }
+
+  /** An id that is not there. A missing bucket also answers 404 to HEAD: name that instead. */
+  private async notFound(id: string): Promise<BackupError> {
+    await checkBucket(this.options.s3, this.store.client);
+    return new BackupError(
+      'not-found',
+      `backup ${id} does not exist in bucket "${this.options.s3.bucket}"; run list-backups to see the ids`,
+    );
+  }
+
+  /** Decrypts just the message header: a wrong passphrase fails here, before anything is written. */
+  private async checkPassphrase(id: string): Promise<void> {
+    const { body } = await this.store.getStream(this.objectKey(id), { end: 64 * 1024 - 1 });
+    const decrypt = createDecryptStream(this.options.passphrase);
+    try {
+      await new Promise<void>((resolve, reject) => {
+        decrypt.once('MessageHeader', () => resolve());
+        // `on`, not `once`: the SDK can emit more than one error for one failure.
+        decrypt.on('error', reject);
+        decrypt.on('data', () => undefined);
+        body.on('error', reject);
+        body.pipe(decrypt);
+      });
+    } catch (err) {
+      throw describeDecryptError(err, `backup ${id}`);
+    } finally {
+      body.destroy();
+      decrypt.destroy();
+    }
+  }
+
+  private async checkFreeSpace(id: string, manifest: Manifest | undefined): Promise<void> {
+    const needed =
+      manifest?.plaintextBytes ?? (await this.store.head(this.objectKey(id)))?.size ?? 0;
+    const output = await runCommand(
+      this.options.workload,
+      freeSpaceCommand(this.dataDir),
+      `checking free space in ${this.dataDir}`,
+    );
+    const free = Number(output.trim());
+    if (!Number.isFinite(free)) return;
+    if (free < needed) {
+      throw new BackupError(
+        'no-space',
+        `restoring backup ${id} needs ${formatBytes(needed)} free in ${this.dataDir} for the staged copy, but only ${formatBytes(free)} is free: grow the data volume or free space, then retry`,
+      );
+    }
+  }
+
+  private async removeOneTimeKeys(): Promise<number | undefined> {
+    const db = `${this.dataDir}/homeserver.db`;
+    const exists = await runCommand(
+      this.options.workload,
+      ['sh', '-c', '[ -f "$1" ] && echo yes || true', 'synapse-backup', db],
+      `checking ${db}`,
+    );
+    if (exists.trim() !== 'yes') return undefined;
+    const out = await runCommand(
+      this.options.workload,
+      removeOneTimeKeysCommand(db),
+      'removing one-time keys from the restored database',
+    );
+    return out.trim() ? Number(out.trim()) : 0;
+  }
+
+  /** Removes a tree the engine made; a failure is added to `cause`'s story rather than hiding it. */
+  private async removeTree(path: string, cause?: unknown): Promise<void> {
+    try {
+      await runCommand(this.options.workload, removeTreeCommand(path), `removing ${path}`);
+    } catch (err) {
+      if (cause instanceof Error)
+        cause.message += `; also could not remove ${path}: ${errorMessage(err)}`;
+      else throw err;
+    }
+  }
+
+  /**
+   * Applies the retention policy to complete backups and removes what
+   * interrupted runs left: in-progress uploads and incomplete backups older
+   * than `staleAfterSeconds`. The newest complete backup is never removed.
+   */
+  async prune(policy: RetentionPolicy, request: PruneRequest = {}): Promise<PruneResult> {
+    const now = request.now ?? new Date();
+    const staleBefore = now.getTime() - (request.staleAfterSeconds ?? 86_400) * 1000;
+    const dryRun = Boolean(request.dryRun);
+    const { backups, uploads } = await this.list();
+    const forgotten = backupsToForget(backups, policy, now);
+    const incomplete = backups.filter(
+      (b) => b.status === 'incomplete' && Date.parse(b.lastModified ?? b.created) < staleBefore,
+    );
+    const staleUploads = uploads.filter(
+      (u) => u.initiated !== undefined && Date.parse(u.initiated) < staleBefore,
+    );
+    if (!dryRun) {
+      for (const backup of [...forgotten, ...incomplete]) await this.delete(backup.backupId);
+      for (const u of staleUploads)
+        await this.store.abortUpload({ key: u.key, uploadId: u.uploadId });
+    }
+    return {
+      dryRun,
+      forgotten: forgotten.map((b) => b.backupId),
+      incompleteRemoved: incomplete.map((b) => b.backupId),
+      uploadsAborted: staleUploads.map((u) => u.key),
+      kept: backups.filter((b) => b.status === 'complete').length - forgotten.length,
+    };
   }
 
   /** Writes the plain tar of a backup to `output` (recovery without Juju). */
@@ -484,12 +684,7 @@ export class BackupEngine {
       this.store.head(manifestKey),
       this.store.head(objectKey),
     ]);
-    if (!manifest && !object) {
-      throw new BackupError(
-        'not-found',
-        `backup ${id} does not exist in bucket "${this.options.s3.bucket}"; run list-backups to see the ids`,
-      );
-    }
+    if (!manifest && !object) throw await this.notFound(id);
     // Manifest first: a half-deleted backup must never look complete.
     const deletedKeys: string[] = [];
     for (const key of [manifest ? manifestKey : undefined, object ? objectKey : undefined]) {

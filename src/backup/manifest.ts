@@ -22,6 +22,10 @@ export interface Manifest {
   sha256: string;
   encryption: EncryptionParameters;
   dataDir: string;
+  /** Synapse's server_name from homeserver.yaml, when there was one. */
+  serverName?: string;
+  /** The signing key's id (e.g. ed25519:a_AbCd), never the key. */
+  signingKeyId?: string;
   engine: { name: string; version: string };
 }
 

@@ -7,6 +7,8 @@ const BLOCK = 512;
 const MAX_META_BYTES = 1024 * 1024;
 /** Linux PATH_MAX. */
 const MAX_NAME_BYTES = 4096;
+/** Metadata headers held back for one entry (a pax header plus GNU long name and link). */
+const MAX_PENDING_META_BYTES = 4 * MAX_META_BYTES;
 
 export type EntryType = 'file' | 'directory' | 'symlink' | 'hardlink' | 'device' | 'fifo' | 'other';
 
@@ -38,9 +40,15 @@ function display(latin1: string): string {
 /**
  * A pass-through that parses tar headers as the bytes flow (ustar, GNU long
  * names, pax), counts entries and lets each header through only after the
- * policy accepted it, so a rejected entry never reaches the extracting tar.
+ * policy accepted it, so a rejected entry never reaches the extracting tar:
+ * the bytes of an entry's headers (its pax and GNU long-name records too) are
+ * held back until the entry is accepted, even when they span chunks.
  * Our own scanner rather than tar-stream's Extract: that one is a streamx
  * Writable with no per-chunk callback to gate bytes on.
+ *
+ * Where readers disagree on an archive's layout (GNU tar lists a symlink's
+ * data but extracts it as headers; it ignores a malformed pax size, applies a
+ * global one to every entry) the scanner refuses it rather than guess.
  */
 export class TarScanner extends Transform {
   entries = 0;
@@ -60,6 +68,11 @@ export class TarScanner extends Transform {
   private longLink: string | null = null;
   private ended = false;
   private offset = 0;
+  /** True from the first byte of an entry's headers until the policy accepts it. */
+  private holding = false;
+  /** Bytes of earlier chunks that `holding` kept back. */
+  private held: Buffer[] = [];
+  private pendingMetaBytes = 0;
 
   constructor(private readonly policy?: EntryPolicy) {
     super({ highWaterMark: 1024 * 1024 });
@@ -71,13 +84,23 @@ export class TarScanner extends Transform {
   }
 
   override _transform(chunk: Buffer, _enc: BufferEncoding, done: TransformCallback): void {
+    let release: number;
     try {
-      this.scan(chunk);
+      release = this.scan(chunk);
     } catch (err) {
+      this.held = [];
       done(err as Error);
       return;
     }
-    done(null, chunk);
+    // Once anything of this chunk is released, so is everything held before it.
+    let out: Buffer | undefined;
+    if (release > 0) {
+      const head = release === chunk.length ? chunk : chunk.subarray(0, release);
+      out = this.held.length > 0 ? Buffer.concat([...this.held, head]) : head;
+      this.held = [];
+    }
+    if (release < chunk.length) this.held.push(Buffer.from(chunk.subarray(release)));
+    done(null, out);
   }
 
   override _flush(done: TransformCallback): void {
@@ -92,9 +115,12 @@ export class TarScanner extends Transform {
     done();
   }
 
-  private scan(chunk: Buffer): void {
+  /** Parses `chunk`; returns how many of its leading bytes may pass (see `holding`). */
+  private scan(chunk: Buffer): number {
     let pos = 0;
+    let release = 0;
     while (pos < chunk.length) {
+      if (!this.holding) release = pos;
       if (this.ended) {
         for (let i = pos; i < chunk.length; i++) {
           if (chunk[i] !== 0) {
@@ -104,7 +130,7 @@ export class TarScanner extends Transform {
           }
         }
         this.offset += chunk.length - pos;
-        return;
+        return chunk.length;
       }
       if (this.meta) {
         const take = Math.min(this.meta.size - this.meta.fill, chunk.length - pos);
@@ -122,6 +148,7 @@ export class TarScanner extends Transform {
         this.offset += take;
         continue;
       }
+      this.holding = true;
       const take = Math.min(BLOCK - this.headerFill, chunk.length - pos);
       chunk.copy(this.header, this.headerFill, pos, pos + take);
       this.headerFill += take;
@@ -132,11 +159,13 @@ export class TarScanner extends Transform {
         this.onHeader(this.header);
       }
     }
+    return this.holding ? release : chunk.length;
   }
 
   private onHeader(block: Buffer): void {
     if (block.every((b) => b === 0)) {
       this.ended = true;
+      this.holding = false;
       return;
     }
     verifyChecksum(block, this.offset - BLOCK);
@@ -147,15 +176,33 @@ export class TarScanner extends Transform {
       if (size > MAX_META_BYTES) {
         throw new ArchiveRejectedError(`the archive has a ${size}-byte metadata header: refused`);
       }
+      this.pendingMetaBytes += BLOCK + padded;
+      if (this.pendingMetaBytes > MAX_PENDING_META_BYTES) {
+        throw new ArchiveRejectedError(
+          `the archive has more than ${MAX_PENDING_META_BYTES} bytes of metadata headers before an entry: refused`,
+        );
+      }
       this.meta = { kind: typeflag, size, chunks: [], fill: 0 };
       this.metaPadding = padded - size;
       if (size === 0) this.finishMeta();
       return;
     }
     const entry = this.buildEntry(block, typeflag);
-    const dataSize = this.pax.size !== undefined ? Number(this.pax.size) : size;
-    if (!Number.isSafeInteger(dataSize) || dataSize < 0) {
+    // GNU tar ignores a pax size that is not plain digits (" 512", "0x200") and
+    // uses the header's: refuse rather than read a different layout than it does.
+    const paxSize = this.pax.size;
+    const dataSize =
+      paxSize === undefined ? size : /^[0-9]+$/.test(paxSize) ? Number(paxSize) : NaN;
+    if (!Number.isSafeInteger(dataSize)) {
       throw new ArchiveRejectedError(`entry ${display(entry.name)} has an invalid size`);
+    }
+    // Hard links, symlinks, directories, devices and FIFOs store no data, yet
+    // GNU tar skips a symlink's or FIFO's declared size when listing, not when
+    // extracting: a size there could hide a header from one reader or the other.
+    if (dataSize > 0 && entry.type !== 'file' && entry.type !== 'other') {
+      throw new ArchiveRejectedError(
+        `entry ${display(entry.name)} is a ${entry.type} with ${dataSize} bytes of data: refused`,
+      );
     }
     entry.size = entry.type === 'file' ? dataSize : 0;
     this.pax = {};
@@ -167,14 +214,14 @@ export class TarScanner extends Transform {
       );
     }
     this.policy?.(entry);
+    this.holding = false;
+    this.pendingMetaBytes = 0;
     this.entries += 1;
     if (entry.type === 'file') {
       this.files += 1;
       this.contentBytes += dataSize;
     }
-    // Hard links, symlinks and directories may carry a size but tar stores no data for them.
-    const hasData = entry.type === 'file' || entry.type === 'other';
-    this.skip = hasData ? Math.ceil(dataSize / BLOCK) * BLOCK : 0;
+    this.skip = Math.ceil(dataSize / BLOCK) * BLOCK;
   }
 
   private finishMeta(): void {
@@ -195,9 +242,10 @@ export class TarScanner extends Transform {
       throw new ArchiveRejectedError('the archive contains sparse files, which restore refuses');
     }
     if (meta.kind === 'g') {
-      if ('path' in records || 'linkpath' in records) {
+      // GNU tar applies a global header's records to every entry after it.
+      if ('path' in records || 'linkpath' in records || 'size' in records) {
         throw new ArchiveRejectedError(
-          'the archive has a global header that renames entries: refused',
+          'the archive has a global header that renames or resizes entries: refused',
         );
       }
       this.globalPax = { ...this.globalPax, ...records };
@@ -287,19 +335,28 @@ function verifyChecksum(block: Buffer, offset: number): void {
   }
 }
 
+/** Records "<length> <key>=<value>\n"; GNU tar drops what follows a malformed one, so refuse it. */
 function parsePax(data: Buffer): Record<string, string> {
   const out: Record<string, string> = {};
   let pos = 0;
-  while (pos < data.length) {
+  // GNU tar stops at a NUL where a record should start (padding some writers leave).
+  while (pos < data.length && data[pos] !== 0) {
     const space = data.indexOf(0x20, pos);
-    if (space === -1) break;
-    const length = parseInt(data.subarray(pos, space).toString('ascii'), 10);
-    if (!Number.isSafeInteger(length) || length <= 0 || pos + length > data.length) {
+    const digits = space === -1 ? '' : data.subarray(pos, space).toString('latin1');
+    const length = /^[0-9]{1,10}$/.test(digits) ? Number(digits) : NaN;
+    if (
+      !(length > space - pos + 1) ||
+      pos + length > data.length ||
+      data[pos + length - 1] !== 0x0a
+    ) {
       throw new ArchiveRejectedError('the archive has a malformed pax header');
     }
     const record = data.subarray(space + 1, pos + length - 1).toString('utf8');
     const eq = record.indexOf('=');
-    if (eq > 0) out[record.slice(0, eq)] = record.slice(eq + 1);
+    // GNU tar skips blanks before the keyword: " size" would be its "size".
+    if (eq <= 0 || record[0] === ' ' || record[0] === '\t')
+      throw new ArchiveRejectedError('the archive has a malformed pax header');
+    out[record.slice(0, eq)] = record.slice(eq + 1);
     pos += length;
   }
   return out;
@@ -309,7 +366,14 @@ function parsePax(data: Buffer): Record<string, string> {
  * The restore policy: every entry must land inside the extraction root.
  * Rejects absolute paths, `..`, device nodes and FIFOs, symlinks that point
  * outside, hard links to anything but an earlier regular file, and entries
- * whose path runs through an earlier symlink.
+ * whose path runs through a name that was a symlink earlier in the archive,
+ * even if a later entry replaced it: whether an extracting tar removes the
+ * symlink first (GNU tar does) or keeps it (busybox, --keep-directory-symlink)
+ * is not ours to know.
+ *
+ * Symlink targets are checked lexically, which is exact only without
+ * symlinks inside them, so a ".." after a name ("d/s/..", where d/s may be a
+ * symlink) is refused; leading ".." climb from the symlink's real directory.
  */
 export function confinedEntryPolicy(): EntryPolicy {
   const symlinks = new Set<string>();
@@ -329,15 +393,21 @@ export function confinedEntryPolicy(): EntryPolicy {
     switch (entry.type) {
       case 'file':
         regularFiles.add(name);
-        symlinks.delete(name);
         return;
       case 'directory':
-        symlinks.delete(name);
+        regularFiles.delete(name);
         return;
       case 'symlink': {
         if (entry.linkname.startsWith('/')) {
           throw new ArchiveRejectedError(
             `symlink ${shown} points to the absolute path ${display(entry.linkname)}: refused`,
+          );
+        }
+        const steps = entry.linkname.split('/').filter((p) => p !== '' && p !== '.');
+        const firstName = steps.findIndex((p) => p !== '..');
+        if (firstName !== -1 && steps.indexOf('..', firstName) !== -1) {
+          throw new ArchiveRejectedError(
+            `symlink ${shown} has ".." after a directory name in its target (${display(entry.linkname)}), which another symlink could lead outside: refused`,
           );
         }
         const resolved = posix.normalize(posix.join(posix.dirname(name), entry.linkname));

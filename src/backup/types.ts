@@ -50,6 +50,9 @@ export interface BackupInfo {
   size: number;
   status: 'complete' | 'incomplete';
   files?: number;
+  /** The object's (or, without one, the manifest's) last-modified time. */
+  lastModified?: string;
+  serverName?: string;
 }
 
 export interface InProgressUpload {
@@ -73,6 +76,15 @@ export interface RestoreRequest {
    * the manifest's counts and SHA-256 is skipped.
    */
   allowMissingManifest?: boolean;
+  /** Keep the replaced files in `<data dir>/.pre-restore-<time>` after a successful restore. */
+  keepPrevious?: boolean;
+  /** Restore a backup of another server name. */
+  force?: boolean;
+  /**
+   * The server name this Synapse should have (the charm's server-name), used
+   * when the live data dir has no homeserver.yaml to read it from.
+   */
+  expectedServerName?: string;
 }
 
 export interface RestoreResult {
@@ -80,6 +92,29 @@ export interface RestoreResult {
   files: number;
   plaintextBytes: number;
   durationSeconds: number;
+  /** Where the replaced files were kept (keepPrevious), else undefined. */
+  previousPath?: string;
+  /** Rows deleted from e2e_one_time_keys_json; undefined when there was no SQLite database. */
+  oneTimeKeysRemoved?: number;
+}
+
+export interface PruneRequest {
+  /** Report what would go, delete nothing. */
+  dryRun?: boolean;
+  /** In-progress uploads and incomplete backups older than this are removed. Default 24 h. */
+  staleAfterSeconds?: number;
+  now?: Date;
+}
+
+export interface PruneResult {
+  dryRun: boolean;
+  /** Complete backups removed by the retention policy. */
+  forgotten: string[];
+  /** Incomplete backups (object or manifest without the other) removed. */
+  incompleteRemoved: string[];
+  /** Keys of in-progress multipart uploads aborted. */
+  uploadsAborted: string[];
+  kept: number;
 }
 
 export interface VerifyResult {

@@ -1,5 +1,6 @@
 #!/usr/bin/env node
-import { readFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, rmdirSync, statSync } from 'node:fs';
+import * as path from 'node:path';
 import { parseArgs } from 'node:util';
 import { BackupEngine } from '../backup/engine';
 import type { EngineOptions, Progress } from '../backup/types';
@@ -8,7 +9,7 @@ import { parseS3Settings } from '../s3/settings';
 import { LocalWorkload } from '../workload/local';
 import { PebbleWorkload } from '../workload/pebble';
 import type { Workload } from '../workload/workload';
-import { formatBytes, formatBackupTable } from './format';
+import { formatBytes, formatBackupTable } from '../format';
 
 const USAGE = `usage:
   synapse-backup create  --data-dir DIR [--id ID]
@@ -48,13 +49,27 @@ type Values = ReturnType<
   typeof parseArgs<{ options: typeof OPTIONS; allowPositionals: true }>
 >['values'];
 
+const COMMANDS = ['create', 'list', 'restore', 'delete', 'verify', 'decrypt'];
+
+/** Secrets this run knows, for the redaction of error messages. */
+const secrets: (string | undefined)[] = [
+  process.env.SYNAPSE_BACKUP_PASSPHRASE,
+  process.env.AWS_SECRET_ACCESS_KEY,
+];
+
 function readPassphrase(values: Values): string {
   if (values['passphrase-file']) {
+    let fromFile: string;
     try {
-      return readFileSync(values['passphrase-file'], 'utf8').replace(/\r?\n$/, '');
+      fromFile = readFileSync(values['passphrase-file'], 'utf8').replace(/\r?\n$/, '');
     } catch (err) {
       throw new ConfigError(`cannot read the passphrase file: ${errorMessage(err)}`);
     }
+    if (!fromFile) {
+      throw new ConfigError(`the passphrase file ${values['passphrase-file']} is empty`);
+    }
+    secrets.push(fromFile);
+    return fromFile;
   }
   const fromEnv = process.env.SYNAPSE_BACKUP_PASSPHRASE;
   if (!fromEnv) {
@@ -74,7 +89,76 @@ function required(value: string | undefined, flag: string, command: string): str
   return value;
 }
 
-function engineFor(command: string, values: Values, json: boolean): BackupEngine {
+function readCaFile(file: string): string {
+  try {
+    return readFileSync(file, 'utf8');
+  } catch (err) {
+    throw new ConfigError(`cannot read the CA file: ${errorMessage(err)}`);
+  }
+}
+
+/**
+ * The data directory as the engine wants it: absolute. On this host a relative path is
+ * taken from the current directory, and create needs it to be a directory. Through Pebble
+ * the path is the workload container's, so it is passed on as given.
+ */
+function dataDirFor(command: string, values: Values): string | undefined {
+  const given = values['data-dir'];
+  if (!given || values['pebble-socket']) return given;
+  const dir = path.resolve(given);
+  if (command !== 'create' && command !== 'restore') return dir;
+  let isDir: boolean | undefined;
+  try {
+    isDir = statSync(dir).isDirectory();
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') {
+      throw new ConfigError(`cannot use the data directory ${dir}: ${errorMessage(err)}`);
+    }
+  }
+  if (isDir === false) throw new ConfigError(`the data directory ${dir} is not a directory`);
+  if (isDir === undefined && command === 'create') {
+    throw new ConfigError(`the data directory ${dir} does not exist`);
+  }
+  return dir;
+}
+
+/**
+ * Makes a missing restore directory on this host (tar needs it to exist). Returns an undo
+ * that removes what it made if it is still empty, for a restore that fails before writing.
+ */
+function makeRestoreDir(dir: string): () => void {
+  let first: string | undefined;
+  try {
+    first = mkdirSync(dir, { recursive: true, mode: 0o700 });
+  } catch (err) {
+    throw new ConfigError(`cannot create the data directory ${dir}: ${errorMessage(err)}`);
+  }
+  return () => {
+    if (!first) return;
+    for (let d = dir; d.length >= first.length; d = path.dirname(d)) {
+      try {
+        rmdirSync(d);
+      } catch {
+        return;
+      }
+    }
+  };
+}
+
+/** Set once a progress line has been drawn on stderr (which then needs a newline). */
+let progressShown = false;
+
+function endProgressLine(): void {
+  if (progressShown) process.stderr.write('\n');
+  progressShown = false;
+}
+
+function engineFor(
+  command: string,
+  values: Values,
+  json: boolean,
+  dataDir: string | undefined,
+): BackupEngine {
   const s3 = parseS3Settings({
     bucket: values.bucket,
     prefix: values.prefix,
@@ -83,7 +167,7 @@ function engineFor(command: string, values: Values, json: boolean): BackupEngine
     uriStyle: values['uri-style'],
     accessKeyId: process.env.AWS_ACCESS_KEY_ID,
     secretAccessKey: process.env.AWS_SECRET_ACCESS_KEY,
-    caChain: values['ca-file'] ? readFileSync(values['ca-file'], 'utf8') : undefined,
+    caChain: values['ca-file'] ? readCaFile(values['ca-file']) : undefined,
     checksumMode: values.checksum,
   });
   const workload: Workload = values['pebble-socket']
@@ -96,7 +180,7 @@ function engineFor(command: string, values: Values, json: boolean): BackupEngine
     // list and delete never decrypt; the engine still wants a non-empty value.
     passphrase: needsPassphrase ? readPassphrase(values) : 'unused-by-this-command',
     workload,
-    dataDir: values['data-dir'],
+    dataDir,
     frameLength: wholeNumber(values['frame-length'], 'frame-length'),
     partSize: partMiB === undefined ? undefined : partMiB * 1024 * 1024,
     queueSize: wholeNumber(values['queue-size'], 'queue-size'),
@@ -106,6 +190,7 @@ function engineFor(command: string, values: Values, json: boolean): BackupEngine
 }
 
 function showProgress(p: Progress): void {
+  progressShown = true;
   process.stderr.write(
     `\r${p.phase}: ${formatBytes(p.bytes)} in ${p.elapsedSeconds.toFixed(0)} s (${formatBytes(p.bytesPerSecond)}/s)   `,
   );
@@ -114,30 +199,42 @@ function showProgress(p: Progress): void {
 async function run(argv: string[]): Promise<void> {
   // The SDK nags about Node 20 on every run; the charm itself ships Node 24.
   process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
-  const { values, positionals } = parseArgs({
-    args: argv,
-    options: OPTIONS,
-    allowPositionals: true,
-  });
+  let parsed: { values: Values; positionals: string[] };
+  try {
+    parsed = parseArgs({ args: argv, options: OPTIONS, allowPositionals: true });
+  } catch (err) {
+    // Unknown option, missing option value, ...: a usage error like an unknown command.
+    throw new ConfigError(`${errorMessage(err).split('. ')[0]}; see synapse-backup --help`);
+  }
+  const { values, positionals } = parsed;
   const command = positionals[0];
-  if (values.help || !command) {
+  if (values.help) {
     process.stdout.write(`${USAGE}\n`);
-    if (!command && !values.help) process.exitCode = 2;
     return;
   }
-  if (positionals.length > 1) throw new ConfigError(`unexpected argument "${positionals[1]}"`);
-  const json = Boolean(values.json);
-  const print = (human: string, data: unknown): void => {
-    process.stdout.write(json ? `${JSON.stringify(data)}\n` : `${human}\n`);
-  };
-  if (!['create', 'list', 'restore', 'delete', 'verify', 'decrypt'].includes(command)) {
+  if (!command) {
+    process.stderr.write(`${USAGE}\n`);
+    process.exitCode = 2;
+    return;
+  }
+  if (!COMMANDS.includes(command)) {
     throw new ConfigError(`unknown command "${command}"; see synapse-backup --help`);
   }
-  const engine = engineFor(command, values, json);
+  if (positionals.length > 1) throw new ConfigError(`unexpected argument "${positionals[1]}"`);
+  // Missing options first: before the passphrase, the S3 settings or any directory is touched.
+  if (command === 'create' || command === 'restore')
+    required(values['data-dir'], 'data-dir', command);
+  if (command !== 'create' && command !== 'list') required(values.id, 'id', command);
+  const json = Boolean(values.json);
+  const print = (human: string, data: unknown): void => {
+    endProgressLine();
+    process.stdout.write(json ? `${JSON.stringify(data)}\n` : `${human}\n`);
+  };
+  const dataDir = dataDirFor(command, values);
+  const engine = engineFor(command, values, json, dataDir);
   try {
     switch (command) {
       case 'create': {
-        required(values['data-dir'], 'data-dir', 'create');
         const r = await engine.create({ id: values.id });
         print(
           `created backup ${r.backupId}: ${r.files} files, ${formatBytes(r.plaintextBytes)} archived, ${formatBytes(r.size)} stored, sha256 ${r.sha256}, ${r.durationSeconds.toFixed(1)} s`,
@@ -161,11 +258,16 @@ async function run(argv: string[]): Promise<void> {
         return;
       }
       case 'restore': {
-        required(values['data-dir'], 'data-dir', 'restore');
         const id = required(values.id, 'id', 'restore');
-        const r = await engine.restore({ id, allowMissingManifest: values['allow-no-manifest'] });
+        const undoMkdir = values['pebble-socket'] ? () => undefined : makeRestoreDir(dataDir!);
+        const r = await engine
+          .restore({ id, allowMissingManifest: values['allow-no-manifest'] })
+          .catch((err: unknown) => {
+            undoMkdir();
+            throw err;
+          });
         print(
-          `restored backup ${r.backupId} into ${values['data-dir']}: ${r.files} files, ${formatBytes(r.plaintextBytes)}`,
+          `restored backup ${r.backupId} into ${dataDir}: ${r.files} files, ${formatBytes(r.plaintextBytes)}`,
           r,
         );
         return;
@@ -190,6 +292,7 @@ async function run(argv: string[]): Promise<void> {
             'decrypt writes a tar archive: redirect stdout to a file or a pipe',
           );
         const r = await engine.decryptTo(id, process.stdout);
+        endProgressLine();
         process.stderr.write(
           `decrypted backup ${id}: ${formatBytes(r.plaintextBytes)}, sha256 ${r.sha256}\n`,
         );
@@ -202,11 +305,8 @@ async function run(argv: string[]): Promise<void> {
 }
 
 run(process.argv.slice(2)).catch((err: unknown) => {
-  if (process.stderr.isTTY) process.stderr.write('\n');
-  const message = redact(errorMessage(err), [
-    process.env.SYNAPSE_BACKUP_PASSPHRASE,
-    process.env.AWS_SECRET_ACCESS_KEY,
-  ]);
+  endProgressLine();
+  const message = redact(errorMessage(err), secrets);
   process.stderr.write(`synapse-backup: error: ${message.split('\n')[0]}\n`);
   process.exitCode = err instanceof BackupError && err.code === 'config' ? 2 : 1;
 });

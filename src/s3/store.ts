@@ -72,10 +72,15 @@ export class ObjectStore {
     }
   }
 
-  async getStream(key: string): Promise<{ body: Readable; size: number }> {
+  /** Streams an object, or with `range` only its first bytes (`end` inclusive). */
+  async getStream(key: string, range?: { end: number }): Promise<{ body: Readable; size: number }> {
     try {
       const out = await this.client.send(
-        new GetObjectCommand({ Bucket: this.settings.bucket, Key: key }),
+        new GetObjectCommand({
+          Bucket: this.settings.bucket,
+          Key: key,
+          Range: range ? `bytes=0-${range.end}` : undefined,
+        }),
       );
       return { body: out.Body as Readable, size: out.ContentLength ?? 0 };
     } catch (err) {

@@ -1,4 +1,5 @@
 import { createHash, randomBytes } from 'node:crypto';
+import { spawnSync } from 'node:child_process';
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 
@@ -16,7 +17,7 @@ export async function makeSynapseTree(
   await w('homeserver.yaml', 'server_name: "example.org"\ndatabase:\n  name: sqlite3\n');
   await w('example.org.signing.key', 'ed25519 a_abcd SGVsbG8gd29ybGQ\n', 0o600);
   await w('example.org.log.config', 'version: 1\n');
-  await w('homeserver.db', randomBytes(64 * 1024));
+  makeSqliteDb(path.join(root, 'homeserver.db'));
   const media = options.mediaFiles ?? 20;
   for (let i = 0; i < media; i++) {
     await w(`media_store/local_content/ab/cd/file${i}`, randomBytes(1000 + i * 37));
@@ -38,6 +39,41 @@ export async function makeSynapseTree(
   for (const rel of ['homeserver.yaml', 'media_store/local_content/ab/cd/file0']) {
     await fsp.utimes(path.join(root, rel), past, past);
   }
+}
+
+/** A real SQLite database with a few rows and one-time keys (which a restore must remove). */
+export function makeSqliteDb(file: string): void {
+  const script = [
+    'import sqlite3, sys, os',
+    'db = sqlite3.connect(sys.argv[1])',
+    'db.execute("CREATE TABLE events (id INTEGER PRIMARY KEY, body BLOB)")',
+    'db.executemany("INSERT INTO events (body) VALUES (?)", [(os.urandom(200),) for _ in range(300)])',
+    'db.execute("CREATE TABLE e2e_one_time_keys_json (user_id TEXT, key_json TEXT)")',
+    'db.executemany("INSERT INTO e2e_one_time_keys_json VALUES (?, ?)", [("@a:example.org", "{}")] * 5)',
+    'db.commit()',
+  ].join('\n');
+  const out = spawnSync('python3', ['-c', script, file]);
+  if (out.status !== 0) throw new Error(`cannot create ${file}: ${out.stderr.toString()}`);
+}
+
+/** Rows in the database's tables, and SQLite's integrity check. */
+export function inspectSqliteDb(file: string): {
+  events: number;
+  oneTimeKeys: number;
+  integrity: string;
+} {
+  const script = [
+    'import json, sqlite3, sys',
+    'db = sqlite3.connect(sys.argv[1])',
+    'print(json.dumps({',
+    '  "events": db.execute("SELECT count(*) FROM events").fetchone()[0],',
+    '  "oneTimeKeys": db.execute("SELECT count(*) FROM e2e_one_time_keys_json").fetchone()[0],',
+    '  "integrity": db.execute("PRAGMA integrity_check").fetchone()[0],',
+    '}))',
+  ].join('\n');
+  const out = spawnSync('python3', ['-c', script, file]);
+  if (out.status !== 0) throw new Error(`cannot inspect ${file}: ${out.stderr.toString()}`);
+  return JSON.parse(out.stdout.toString()) as ReturnType<typeof inspectSqliteDb>;
 }
 
 export const SKIPPED_PATHS = [

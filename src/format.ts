@@ -1,4 +1,4 @@
-import type { BackupInfo } from '../backup/types';
+import type { BackupInfo } from './backup/types';
 
 export function formatBytes(bytes: number): string {
   const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];

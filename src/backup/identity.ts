@@ -1,0 +1,48 @@
+import { parse } from 'yaml';
+import { runCommand } from '../workload/command';
+import type { Workload } from '../workload/workload';
+import { fileExistsCommand, readSmallFileCommand } from './workload-scripts';
+
+/** Which Synapse a data dir belongs to, as recorded in manifests and checked before restores. */
+export interface ServerIdentity {
+  serverName?: string;
+  /** e.g. `ed25519:a_AbCd` */
+  signingKeyId?: string;
+}
+
+async function readIfExists(workload: Workload, path: string): Promise<string | undefined> {
+  const exists = await runCommand(workload, fileExistsCommand(path), `checking ${path}`);
+  if (exists.trim() !== 'yes') return undefined;
+  return runCommand(workload, readSmallFileCommand(path), `reading ${path}`);
+}
+
+/** Reads server_name from homeserver.yaml and the signing key's id; missing pieces stay undefined. */
+export async function readServerIdentity(
+  workload: Workload,
+  dataDir: string,
+): Promise<ServerIdentity> {
+  const configText = await readIfExists(workload, `${dataDir}/homeserver.yaml`);
+  if (configText === undefined) return {};
+  let config: Record<string, unknown> = {};
+  try {
+    const parsed: unknown = parse(configText);
+    if (parsed && typeof parsed === 'object') config = parsed as Record<string, unknown>;
+  } catch {
+    return {};
+  }
+  const serverName = typeof config.server_name === 'string' ? config.server_name : undefined;
+  const keyPath =
+    typeof config.signing_key_path === 'string'
+      ? config.signing_key_path
+      : serverName
+        ? `${dataDir}/${serverName}.signing.key`
+        : undefined;
+  const keyText = keyPath ? await readIfExists(workload, keyPath) : undefined;
+  return { serverName, signingKeyId: keyText ? parseSigningKeyId(keyText) : undefined };
+}
+
+/** A Synapse signing key file line is `<algorithm> <version> <base64 seed>`. */
+export function parseSigningKeyId(text: string): string | undefined {
+  const [algorithm, version] = text.trim().split(/\s+/);
+  return algorithm && version ? `${algorithm}:${version}` : undefined;
+}

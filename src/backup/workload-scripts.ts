@@ -1,0 +1,131 @@
+/**
+ * Small POSIX sh and Python programs run inside the workload container.
+ * Every path reaches them as an argument ($1, sys.argv[1]), never as text
+ * spliced into the program, so odd characters cannot change what they do.
+ */
+
+/** Hidden names the engine creates inside the data dir; never backed up, never swapped. */
+export const STAGING_PREFIX = '.synapse-restore-';
+export const PREVIOUS_PREFIX = '.pre-restore-';
+export const SNAPSHOT_NAME = '.synapse-backup-snapshot.db';
+
+function sh(script: string[], ...args: string[]): string[] {
+  return ['sh', '-c', script.join('\n'), 'synapse-backup', ...args];
+}
+
+/** Prints the bytes available to unprivileged writers on the data dir's filesystem. */
+export function freeSpaceCommand(dataDir: string): string[] {
+  return sh(['set -e', `df -Pk -- "$1" | awk 'NR==2 { print $4 * 1024 }'`], dataDir);
+}
+
+/** Creates an empty directory; fails if it exists. */
+export function makeDirCommand(path: string): string[] {
+  return ['mkdir', '-m', '0700', '--', path];
+}
+
+/** Removes a tree the engine created (staging, a previous copy). */
+export function removeTreeCommand(path: string): string[] {
+  return ['rm', '-rf', '--', path];
+}
+
+/** Removes leftovers of interrupted runs: snapshot files and staging dirs (never previous copies). */
+export function removeLeftoversCommand(dataDir: string): string[] {
+  return sh(
+    [
+      'cd -- "$1" || exit 0',
+      `rm -f -- ${SNAPSHOT_NAME}`,
+      `for d in ${STAGING_PREFIX}*; do [ -d "$d" ] && rm -rf -- "$d"; done`,
+      'exit 0',
+    ],
+    dataDir,
+  );
+}
+
+const MOVE_TOP_LEVEL = [
+  // move_all FROM TO: moves every entry of FROM (dotfiles too) into TO, skipping the engine's own dirs.
+  'move_all() {',
+  '  for f in "$1"/* "$1"/.[!.]* "$1"/..?*; do',
+  '    [ -e "$f" ] || [ -L "$f" ] || continue',
+  '    case "${f##*/}" in',
+  `      ${STAGING_PREFIX}*|${PREVIOUS_PREFIX}*) continue ;;`,
+  '    esac',
+  '    mv -- "$f" "$2"/',
+  '  done',
+  '}',
+];
+
+/**
+ * The swap: current files into $3 (previous), staged files from $2 into the
+ * data dir ($1). Renames on one filesystem. On any failure it moves back what
+ * it moved and exits non-zero.
+ */
+export function swapCommand(dataDir: string, staging: string, previous: string): string[] {
+  return sh(
+    [
+      'set -u',
+      ...MOVE_TOP_LEVEL,
+      'cd -- "$1" || exit 1',
+      'mkdir -m 0700 -- "$3" || exit 1',
+      'if ! move_all . "$3"; then move_all "$3" .; rmdir -- "$3"; exit 1; fi',
+      'if ! move_all "$2" .; then',
+      '  move_all . "$2"; move_all "$3" .; rmdir -- "$3"; exit 1',
+      'fi',
+      'rmdir -- "$2"',
+    ],
+    dataDir,
+    staging,
+    previous,
+  );
+}
+
+/** Undoes a completed swap: restored files go back into $2 (to be removed), previous ones return. */
+export function rollbackCommand(dataDir: string, staging: string, previous: string): string[] {
+  return sh(
+    [
+      'set -eu',
+      ...MOVE_TOP_LEVEL,
+      'cd -- "$1"',
+      'mkdir -p -m 0700 -- "$2"',
+      'move_all . "$2"',
+      'move_all "$3" .',
+      'rmdir -- "$3"',
+      'rm -rf -- "$2"',
+    ],
+    dataDir,
+    staging,
+    previous,
+  );
+}
+
+/**
+ * Synapse's backup guide: restored one-time keys cause decryption errors, so
+ * they are deleted from the restored database. A database without the table
+ * (a fresh or Postgres-backed server) is left alone.
+ */
+export function removeOneTimeKeysCommand(dbPath: string): string[] {
+  return [
+    'python3',
+    '-c',
+    [
+      'import sqlite3, sys',
+      'db = sqlite3.connect(sys.argv[1])',
+      'tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type=\'table\'")}',
+      'if "e2e_one_time_keys_json" in tables:',
+      '    n = db.execute("DELETE FROM e2e_one_time_keys_json").rowcount',
+      '    db.commit()',
+      '    print(n)',
+      'db.close()',
+    ].join('\n'),
+    dbPath,
+  ];
+}
+
+/** Prints `yes` when a file exists. */
+export function fileExistsCommand(path: string): string[] {
+  return sh(['[ -f "$1" ] && echo yes || true'], path);
+}
+
+/** Prints a small file (homeserver.yaml, a signing key), at most 1 MiB. */
+export function readSmallFileCommand(path: string): string[] {
+  return ['head', '-c', '1048576', '--', path];
+}
