@@ -1,0 +1,126 @@
+import { CreateMultipartUploadCommand } from '@aws-sdk/client-s3';
+import { BackupEngine } from '../src/backup/engine';
+import { backupsToForget, parseRetention } from '../src/backup/retention';
+import type { BackupInfo } from '../src/backup/types';
+import { parseS3Settings } from '../src/s3/settings';
+import { LocalWorkload } from '../src/workload/local';
+import { buildTar, encrypt, putBackup } from './support/backups';
+import { type MinioPeer, describeWithPeers, startMinio } from './support/peers';
+
+const day = 86_400_000;
+const now = new Date('2026-11-26T12:00:00Z');
+const backup = (
+  id: string,
+  daysAgo: number,
+  status: BackupInfo['status'] = 'complete',
+): BackupInfo => ({
+  backupId: id,
+  created: new Date(now.getTime() - daysAgo * day).toISOString(),
+  size: 1,
+  status,
+});
+
+describe('retention policy', () => {
+  test('parses restic-style rules and names what is wrong', () => {
+    expect(parseRetention('keep-last=7,keep-days=30')).toEqual({ keepLast: 7, keepDays: 30 });
+    expect(parseRetention(' keep-days = 3 ')).toEqual({ keepDays: 3 });
+    expect(parseRetention('')).toEqual({});
+    expect(() => parseRetention('keep-weekly=4')).toThrow(
+      'backup-retention "keep-weekly=4" is not valid: use keep-last=N and/or keep-days=N',
+    );
+    expect(() => parseRetention('keep-last=0')).toThrow('keep-last must be at least 1');
+  });
+
+  const backups = [
+    backup('a', 40),
+    backup('b', 20),
+    backup('c', 10),
+    backup('d', 1),
+    backup('x', 50, 'incomplete'),
+  ];
+
+  test('a backup is kept when any rule keeps it; incomplete ones are not its business', () => {
+    expect(backupsToForget(backups, { keepLast: 2 }, now).map((b) => b.backupId)).toEqual([
+      'a',
+      'b',
+    ]);
+    expect(backupsToForget(backups, { keepDays: 15 }, now).map((b) => b.backupId)).toEqual([
+      'a',
+      'b',
+    ]);
+    expect(
+      backupsToForget(backups, { keepLast: 1, keepDays: 25 }, now).map((b) => b.backupId),
+    ).toEqual(['a']);
+    expect(backupsToForget(backups, {}, now)).toEqual([]);
+  });
+
+  test('the newest complete backup is never forgotten, however old', () => {
+    const old = [backup('p', 400), backup('q', 300)];
+    expect(backupsToForget(old, { keepDays: 1 }, now).map((b) => b.backupId)).toEqual(['p']);
+  });
+});
+
+describeWithPeers(['minio'])('prune against MinIO', () => {
+  let minio: MinioPeer;
+  beforeAll(async () => {
+    minio = await startMinio();
+  });
+  afterAll(async () => {
+    await minio?.stop();
+  });
+
+  test('dry-run reports, a real run removes forgotten, stale incomplete backups and stale uploads', async () => {
+    const prefix = 'prune';
+    const engine = new BackupEngine({
+      s3: parseS3Settings({
+        bucket: minio.bucket,
+        prefix,
+        endpoint: minio.endpoint,
+        uriStyle: 'path',
+        accessKeyId: minio.accessKeyId,
+        secretAccessKey: minio.secretAccessKey,
+      }),
+      passphrase: 'p',
+      workload: new LocalWorkload(),
+    });
+    const tar = await buildTar([{ name: 'homeserver.yaml', content: 'x' }]);
+    const ciphertext = await encrypt(tar, 'p');
+    for (const id of ['20261101000000', '20261110000000', '20261120000000']) {
+      await putBackup(minio.client, minio.bucket, prefix, id, tar, ciphertext, {
+        files: 1,
+        entries: 1,
+      });
+    }
+    await putBackup(minio.client, minio.bucket, prefix, 'orphan', tar, ciphertext, {
+      files: 1,
+      entries: 1,
+      withManifest: false,
+    });
+    await minio.client.send(
+      new CreateMultipartUploadCommand({ Bucket: minio.bucket, Key: `${prefix}/stale.tar.enc` }),
+    );
+    const later = new Date(Date.now() + 2 * day);
+
+    const dry = await engine.prune({ keepLast: 1 }, { dryRun: true, now: later });
+    // Manifests written now all carry the same start time; ids order the rest.
+    expect(dry).toEqual({
+      dryRun: true,
+      forgotten: ['20261101000000', '20261110000000'],
+      incompleteRemoved: ['orphan'],
+      uploadsAborted: [`${prefix}/stale.tar.enc`],
+      kept: 1,
+    });
+    expect((await engine.list()).backups).toHaveLength(4);
+
+    const fresh = await engine.prune({ keepLast: 1 }, { now: new Date() });
+    expect(fresh.incompleteRemoved).toEqual([]); // younger than 24 h: maybe still being written
+    expect(fresh.uploadsAborted).toEqual([]);
+
+    const real = await engine.prune({ keepLast: 1 }, { now: later });
+    expect(real.dryRun).toBe(false);
+    const listed = await engine.list();
+    expect(listed.backups.map((b) => b.backupId)).toEqual(['20261120000000']);
+    expect(listed.uploads).toEqual([]);
+    engine.close();
+  });
+});

@@ -1,0 +1,333 @@
+import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
+import { promises as fsp } from 'node:fs';
+import path from 'node:path';
+import { DeleteObjectCommand, GetObjectCommand, PutObjectCommand } from '@aws-sdk/client-s3';
+import { BackupEngine } from '../src/backup/engine';
+import type { EngineOptions } from '../src/backup/types';
+import { parseS3Settings } from '../src/s3/settings';
+import { PebbleWorkload } from '../src/workload/pebble';
+import { buildTar, encrypt, putBackup } from './support/backups';
+import {
+  type MinioPeer,
+  type PebblePeer,
+  describeWithPeers,
+  startMinio,
+  startPebble,
+  tmpDir,
+} from './support/peers';
+import {
+  inspectSqliteDb,
+  makeSynapseTree,
+  snapshotTree,
+  treeHash,
+  withoutSkipped,
+} from './support/synapse-tree';
+
+const PASSPHRASE = 'restore-tests passphrase';
+const SERVICES = ['synapse'];
+
+/** Issue 4: whatever fails, the live data stays as it was and Synapse keeps running. */
+describeWithPeers(['minio', 'pebble'])('a restore that cannot lose data', () => {
+  let minio: MinioPeer;
+  let pebble: PebblePeer;
+  let workload: PebbleWorkload;
+  const prefix = 'restore';
+
+  beforeAll(async () => {
+    minio = await startMinio();
+    pebble = await startPebble();
+    workload = new PebbleWorkload({ socketPath: pebble.socketPath });
+    // A stand-in for Synapse: what matters here is that the engine stops and starts it.
+    await workload.addLayer(
+      'synapse',
+      'services:\n  synapse:\n    override: replace\n    command: sleep 1000000\n    startup: enabled\n',
+    );
+    await workload.replan();
+  });
+  afterAll(async () => {
+    await pebble?.stop();
+    await minio?.stop();
+  });
+
+  const engineFor = (dataDir: string, extra: Partial<EngineOptions> = {}) =>
+    new BackupEngine({
+      s3: parseS3Settings({
+        bucket: minio.bucket,
+        prefix,
+        endpoint: minio.endpoint,
+        uriStyle: 'path',
+        accessKeyId: minio.accessKeyId,
+        secretAccessKey: minio.secretAccessKey,
+      }),
+      passphrase: PASSPHRASE,
+      workload,
+      dataDir,
+      ...extra,
+    });
+
+  const synapseState = async () => (await workload.serviceStatus(SERVICES))[0]?.current;
+  let counter = 0;
+  const newId = () => `r${Date.now()}-${counter++}`;
+
+  async function changeLiveData(dir: string): Promise<void> {
+    await fsp.writeFile(
+      path.join(dir, 'homeserver.yaml'),
+      'server_name: "example.org"\n# changed\n',
+    );
+    await fsp.rm(path.join(dir, 'media_store/local_content/ab/cd/file3'));
+    await fsp.writeFile(path.join(dir, 'media_store/local_content/new-since-backup'), 'new');
+  }
+
+  test('over a changed data dir it yields exactly the backed-up tree; Synapse runs after', async () => {
+    const live = await tmpDir('live');
+    await makeSynapseTree(live.path);
+    const backedUp = withoutSkipped(await snapshotTree(live.path));
+    const engine = engineFor(live.path);
+    const id = newId();
+    const created = await engine.create({ id });
+    await changeLiveData(live.path);
+
+    const restored = await engine.restore({ id, services: SERVICES });
+    expect(restored).toMatchObject({ backupId: id, files: created.files, oneTimeKeysRemoved: 5 });
+    expect(restored.previousPath).toBeUndefined();
+    const after = await snapshotTree(live.path);
+    expect([...after.keys()].sort()).toEqual([...backedUp.keys()].sort());
+    backedUp.delete('homeserver.db');
+    for (const [key, entry] of backedUp) expect([key, after.get(key)]).toEqual([key, entry]);
+    expect(inspectSqliteDb(path.join(live.path, 'homeserver.db'))).toEqual({
+      events: 300,
+      oneTimeKeys: 0,
+      integrity: 'ok',
+    });
+    expect(await synapseState()).toBe('active');
+    engine.close();
+  });
+
+  test('keep-previous keeps the replaced files beside the data', async () => {
+    const live = await tmpDir('live');
+    await makeSynapseTree(live.path, { mediaFiles: 4 });
+    const engine = engineFor(live.path);
+    const id = newId();
+    await engine.create({ id });
+    await changeLiveData(live.path);
+    const changed = await treeHash(live.path);
+    const restored = await engine.restore({ id, services: SERVICES, keepPrevious: true });
+    expect(restored.previousPath).toMatch(new RegExp(`^${live.path}/\\.pre-restore-\\d{8}T\\d+Z$`));
+    expect(await treeHash(restored.previousPath!)).toBe(changed);
+    engine.close();
+  });
+
+  describe('each failure leaves the live data byte-identical and Synapse running', () => {
+    async function expectUntouched(
+      live: string,
+      run: () => Promise<unknown>,
+      expected: { code: string; message: string | RegExp },
+    ): Promise<string> {
+      const before = await treeHash(live);
+      const err = (await run().then(
+        () => undefined,
+        (e: unknown) => e,
+      )) as { code?: string; message?: string } | undefined;
+      expect(err).toBeDefined();
+      expect(err!.code).toBe(expected.code);
+      expect(err!.message).toMatch(expected.message);
+      expect(await treeHash(live)).toBe(before);
+      expect(await synapseState()).toBe('active');
+      return err!.message!;
+    }
+
+    async function liveWithBackup(): Promise<{ live: string; id: string; engine: BackupEngine }> {
+      const live = await tmpDir('live');
+      await makeSynapseTree(live.path, { mediaFiles: 6, bigFileBytes: 2 * 1024 * 1024 });
+      const engine = engineFor(live.path);
+      const id = newId();
+      await engine.create({ id });
+      await changeLiveData(live.path);
+      return { live: live.path, id, engine };
+    }
+
+    const objectKey = (id: string) => `${prefix}/${id}.tar.enc`;
+    const getObject = async (id: string) =>
+      Buffer.from(
+        await (
+          await minio.client.send(
+            new GetObjectCommand({ Bucket: minio.bucket, Key: objectKey(id) }),
+          )
+        ).Body!.transformToByteArray(),
+      );
+    const putObject = (id: string, body: Buffer) =>
+      minio.client.send(
+        new PutObjectCommand({ Bucket: minio.bucket, Key: objectKey(id), Body: body }),
+      );
+
+    test('wrong passphrase', async () => {
+      const { live, id } = await liveWithBackup();
+      const wrong = engineFor(live, { passphrase: 'not it' });
+      await expectUntouched(live, () => wrong.restore({ id, services: SERVICES }), {
+        code: 'wrong-passphrase',
+        message: `cannot decrypt backup ${id}: the passphrase does not match the one it was encrypted with`,
+      });
+    });
+
+    test('truncated object', async () => {
+      const { live, id, engine } = await liveWithBackup();
+      const bytes = await getObject(id);
+      await putObject(id, bytes.subarray(0, Math.floor(bytes.length / 2)));
+      await expectUntouched(live, () => engine.restore({ id, services: SERVICES }), {
+        code: 'corrupt',
+        message: /is damaged: its object holds \d+ bytes but the manifest says \d+/,
+      });
+      // Without a manifest to compare sizes, decryption itself notices.
+      await minio.client.send(
+        new DeleteObjectCommand({ Bucket: minio.bucket, Key: `${prefix}/${id}.manifest.json` }),
+      );
+      await expectUntouched(
+        live,
+        () => engine.restore({ id, services: SERVICES, allowMissingManifest: true }),
+        { code: 'corrupt', message: `backup ${id} is truncated (Incomplete message)` },
+      );
+    });
+
+    test('a flipped byte in the middle', async () => {
+      const { live, id, engine } = await liveWithBackup();
+      const bytes = await getObject(id);
+      bytes[Math.floor(bytes.length / 2)] ^= 0x40;
+      await putObject(id, bytes);
+      await expectUntouched(live, () => engine.restore({ id, services: SERVICES }), {
+        code: 'corrupt',
+        message: `backup ${id} is damaged: its authentication check failed`,
+      });
+    });
+
+    test('a backup from another server name, unless forced', async () => {
+      const { live, id, engine } = await liveWithBackup();
+      await fsp.writeFile(path.join(live, 'homeserver.yaml'), 'server_name: "other.example"\n');
+      await expectUntouched(live, () => engine.restore({ id, services: SERVICES }), {
+        code: 'wrong-server',
+        message: `backup ${id} is of server "example.org" but this Synapse is "other.example"`,
+      });
+      await expect(engine.restore({ id, services: SERVICES, force: true })).resolves.toMatchObject({
+        backupId: id,
+      });
+      expect(await fsp.readFile(path.join(live, 'homeserver.yaml'), 'utf8')).toContain(
+        'example.org',
+      );
+    });
+
+    test.each([
+      ['an absolute path', [{ name: '/tmp/evil', content: 'x' }], 'has an absolute path'],
+      ['".."', [{ name: 'a/../../evil', content: 'x' }], 'contains ".."'],
+      [
+        'a symlink escape',
+        [{ name: 'l', type: 'symlink' as const, linkname: '../../x' }],
+        'points outside',
+      ],
+      [
+        'a hard link escape',
+        [{ name: 'h', type: 'link' as const, linkname: '../outside' }],
+        'contains ".."',
+      ],
+      ['a device node', [{ name: 'd', type: 'character-device' as const }], 'is a device node'],
+    ])('a malicious archive: %s', async (_label, entries, message) => {
+      const live = await tmpDir('live');
+      await makeSynapseTree(live.path, { mediaFiles: 2 });
+      const tar = await buildTar([
+        { name: 'homeserver.yaml', content: 'server_name: "example.org"\n' },
+        { name: 'media_store/local_content/ok', content: 'fine' },
+        ...entries,
+      ]);
+      const id = newId();
+      await putBackup(minio.client, minio.bucket, prefix, id, tar, await encrypt(tar, PASSPHRASE), {
+        files: 2 + entries.length,
+        entries: 2 + entries.length,
+      });
+      const engine = engineFor(live.path);
+      await expectUntouched(live.path, () => engine.restore({ id, services: SERVICES }), {
+        code: 'archive-rejected',
+        message,
+      });
+    });
+
+    const isRoot = process.getuid?.() === 0;
+    (isRoot ? test : test.skip)('a data volume too small for the staged copy', async () => {
+      const volume = await tmpDir('small-volume');
+      const mounted = spawnSync('mount', ['-t', 'tmpfs', '-o', 'size=4m', 'tmpfs', volume.path]);
+      if (mounted.status !== 0) {
+        throw new Error(`cannot mount a tmpfs for this test: ${mounted.stderr.toString()}`);
+      }
+      try {
+        await makeSynapseTree(volume.path, { mediaFiles: 2 });
+        const source = await tmpDir('big-source');
+        await makeSynapseTree(source.path, { mediaFiles: 2, bigFileBytes: 6 * 1024 * 1024 });
+        const id = newId();
+        await engineFor(source.path).create({ id });
+        const engine = engineFor(volume.path);
+        const message = await expectUntouched(
+          volume.path,
+          () => engine.restore({ id, services: SERVICES }),
+          {
+            code: 'no-space',
+            message:
+              /needs [\d.]+ MiB free in .* for the staged copy, but only [\d.]+ (MiB|KiB) is free/,
+          },
+        );
+        expect(message).toContain(volume.path);
+      } finally {
+        spawnSync('umount', [volume.path]);
+      }
+    });
+  });
+
+  test('a backup taken while a writer is busy holds a consistent prefix of its writes', async () => {
+    const live = await tmpDir('live');
+    await makeSynapseTree(live.path, { mediaFiles: 2, bigFileBytes: 8 * 1024 * 1024 });
+    const db = path.join(live.path, 'homeserver.db');
+    const writer: ChildProcess = spawn('python3', [
+      '-c',
+      [
+        'import sqlite3, sys, time',
+        'db = sqlite3.connect(sys.argv[1], timeout=60, isolation_level=None)',
+        'db.execute("PRAGMA journal_mode=WAL")',
+        'db.execute("CREATE TABLE IF NOT EXISTS writes (n INTEGER PRIMARY KEY, pad BLOB)")',
+        'n = 0',
+        'while True:',
+        '    n += 1',
+        '    db.execute("INSERT INTO writes VALUES (?, randomblob(2000))", (n,))',
+        '    if n == 200: print("ready", flush=True)',
+      ].join('\n'),
+      db,
+    ]);
+    await new Promise<void>((resolve, reject) => {
+      writer.stdout!.once('data', () => resolve());
+      writer.once('exit', (code) => reject(new Error(`writer exited with ${code}`)));
+    });
+    const id = newId();
+    const engine = engineFor(live.path);
+    try {
+      await engine.create({ id });
+    } finally {
+      writer.kill('SIGKILL');
+    }
+    expect((await fsp.readdir(live.path)).filter((f) => f.startsWith('.synapse-backup'))).toEqual(
+      [],
+    );
+    const dst = await tmpDir('restored');
+    await engineFor(dst.path).restore({ id });
+    const check = spawnSync('python3', [
+      '-c',
+      [
+        'import sqlite3, sys',
+        'db = sqlite3.connect(sys.argv[1])',
+        'print(db.execute("PRAGMA integrity_check").fetchone()[0])',
+        'print(*db.execute("SELECT count(*), min(n), max(n) FROM writes").fetchone())',
+      ].join('\n'),
+      path.join(dst.path, 'homeserver.db'),
+    ]);
+    const [integrity, counts] = check.stdout.toString().trim().split('\n');
+    expect(integrity).toBe('ok');
+    const [count, min, max] = counts.split(' ').map(Number);
+    expect(count).toBeGreaterThanOrEqual(200);
+    expect(min).toBe(1);
+    expect(max).toBe(count); // a prefix: rows 1..count with no gaps
+  });
+});
