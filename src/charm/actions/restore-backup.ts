@@ -1,0 +1,49 @@
+import type { ActionResults } from '../../juju/hook-tools';
+import { SERVICE_NAME } from '../overrides';
+import { formatBytes, formatSeconds, ProgressReporter } from '../format';
+import { serviceState } from '../synapse';
+import { booleanParam, requireBackupId, type ActionHandler } from './context';
+
+export const restoreBackup: ActionHandler = async (a) => {
+  const id = requireBackupId(a);
+  const reporter = new ProgressReporter(a.log, 'restore-backup');
+  const { engine, setup } = await a.engine(reporter.onProgress);
+  // Stop Synapse while its files are replaced, when it is in the plan at all
+  // (a fresh unit without server-name has no service yet).
+  let services: string[] = [];
+  try {
+    services = (await serviceState(a.workload)) ? [SERVICE_NAME] : [];
+  } catch {
+    services = [];
+  }
+  await a.log(
+    `restoring backup ${id} from ${setup.description} into ${a.overrides.dataDir}` +
+      (services.length ? ' (Synapse stops only while the files are swapped in)' : ''),
+  );
+  reporter.start();
+  try {
+    const result = await engine.restore({
+      id,
+      services,
+      force: booleanParam(a, 'force'),
+      keepPrevious: booleanParam(a, 'keep-previous'),
+      expectedServerName: a.config.serverName,
+    });
+    await a.log(
+      `restored backup ${result.backupId}: ${result.files} files, ${formatBytes(result.plaintextBytes)}`,
+    );
+    const results: ActionResults = {
+      'backup-id': result.backupId,
+      files: String(result.files),
+      'plaintext-bytes': String(result.plaintextBytes),
+      'duration-seconds': formatSeconds(result.durationSeconds),
+    };
+    if (result.oneTimeKeysRemoved !== undefined) {
+      results['one-time-keys-removed'] = String(result.oneTimeKeysRemoved);
+    }
+    if (result.previousPath) results['previous-path'] = result.previousPath;
+    return results;
+  } finally {
+    reporter.stop();
+  }
+};

@@ -1,0 +1,252 @@
+/**
+ * The synapse charm: maps Juju events to the workload and the unit status,
+ * and actions to the backup engine.
+ */
+import { BackupEngine } from '../backup/engine';
+import type { Progress } from '../backup/types';
+import { BackupError, errorMessage } from '../errors';
+import type { JujuContext } from '../juju/context';
+import {
+  ActionResultError,
+  type ActionResults,
+  type HookTools,
+  type StatusName,
+} from '../juju/hook-tools';
+import { checkBucket } from '../s3/client';
+import { ActionFailure, type ActionContext, type ActionHandler } from './actions/context';
+import { createBackup } from './actions/create-backup';
+import { deleteBackup } from './actions/delete-backup';
+import { listBackups } from './actions/list-backups';
+import { restoreBackup } from './actions/restore-backup';
+import { verifyBackup } from './actions/verify-backup';
+import {
+  BACKUP_ENDPOINT,
+  findBackupRelation,
+  notConfiguredMessage,
+  requestedBucket,
+  resolveBackupSetup,
+} from './backup-setup';
+import { parseCharmConfig, type CharmConfig } from './config';
+import type { Overrides } from './overrides';
+import { reconcileSynapse, type SynapseContainer, type WorkloadState } from './synapse';
+
+export const ACTIONS: Record<string, ActionHandler> = {
+  'create-backup': createBackup,
+  'list-backups': listBackups,
+  'restore-backup': restoreBackup,
+  'delete-backup': deleteBackup,
+  'verify-backup': verifyBackup,
+};
+
+/** Hooks after which the container may be going away: nothing to reconcile. */
+const TEARDOWN_HOOKS = new Set([
+  'stop',
+  'remove',
+  'synapse-storage-detaching',
+  'data-storage-detaching',
+]);
+
+/** Hooks on which the leader (re)states the bucket it asks s3-integrator for. */
+const BUCKET_REQUEST_HOOKS = new Set([
+  `${BACKUP_ENDPOINT}-relation-joined`,
+  'leader-elected',
+  'upgrade-charm',
+  'config-changed',
+]);
+
+export interface CharmOptions {
+  ctx: JujuContext;
+  tools: HookTools;
+  overrides: Overrides;
+  workload: SynapseContainer;
+}
+
+type BackupHealth =
+  { kind: 'none' } | { kind: 'blocked'; message: string } | { kind: 'ok'; description: string };
+
+export class SynapseCharm {
+  private readonly ctx: JujuContext;
+  private readonly tools: HookTools;
+  private readonly overrides: Overrides;
+  private readonly workload: SynapseContainer;
+
+  constructor(options: CharmOptions) {
+    this.ctx = options.ctx;
+    this.tools = options.tools;
+    this.overrides = options.overrides;
+    this.workload = options.workload;
+  }
+
+  /** Runs the hook or action Juju asked for; returns the process exit code. */
+  async dispatch(): Promise<number> {
+    await this.tools.jujuLog(
+      'DEBUG',
+      `dispatching ${this.ctx.dispatchPath} on node ${process.version} (${process.execPath})`,
+    );
+    if (this.ctx.kind === 'action') return this.runAction(this.ctx.actionName!);
+    try {
+      await this.runHook(this.ctx.hookName!);
+      return 0;
+    } catch (err) {
+      await this.tools.jujuLog(
+        'ERROR',
+        this.tools.redact(
+          `hook ${this.ctx.hookName} failed: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}`,
+        ),
+      );
+      return 1;
+    }
+  }
+
+  private async loadConfig(): Promise<CharmConfig> {
+    return parseCharmConfig(await this.tools.configGet());
+  }
+
+  // --- hooks ---
+
+  async runHook(name: string): Promise<void> {
+    if (TEARDOWN_HOOKS.has(name)) return;
+    const config = await this.loadConfig();
+    if (BUCKET_REQUEST_HOOKS.has(name)) await this.requestBucket(config);
+
+    let workload: WorkloadState;
+    if (!config.serverName) {
+      workload = {
+        kind: 'blocked',
+        message: `server-name is not set: juju config ${this.ctx.appName} server-name=<matrix domain> (it cannot be changed later)`,
+      };
+    } else {
+      workload = await reconcileSynapse(this.workload, this.overrides, config.serverName, {
+        progress: (message) => this.tools.statusSet('maintenance', message),
+        log: (message) => this.tools.jujuLog('INFO', message),
+      });
+      if ('detail' in workload && workload.detail) {
+        await this.tools.jujuLog('WARNING', `${workload.message}: ${workload.detail}`);
+      }
+    }
+
+    const backup = await this.backupHealth(config);
+
+    let status: StatusName;
+    let message: string;
+    if (workload.kind === 'blocked') {
+      [status, message] = ['blocked', workload.message];
+    } else if (backup.kind === 'blocked') {
+      [status, message] = ['blocked', backup.message];
+    } else if (workload.kind === 'unreachable' || workload.kind === 'starting') {
+      [status, message] = ['waiting', workload.message];
+    } else {
+      status = 'active';
+      message = backup.kind === 'ok' ? `backups: ${backup.description}` : 'backups not configured';
+    }
+    if (workload.kind === 'blocked' && backup.kind === 'blocked') {
+      await this.tools.jujuLog('WARNING', `also: ${backup.message}`);
+    }
+    await this.tools.statusSet(status, message);
+  }
+
+  /** The leader asks the provider for a bucket in our application databag. */
+  private async requestBucket(config: CharmConfig): Promise<void> {
+    const relation = await findBackupRelation(this.ctx, this.tools);
+    if (!relation) return;
+    if (!(await this.tools.isLeader())) return;
+    await this.tools.relationSet(
+      relation.id,
+      { bucket: requestedBucket(config, relation.id) },
+      { app: true },
+    );
+  }
+
+  private async backupHealth(config: CharmConfig): Promise<BackupHealth> {
+    const setup = await resolveBackupSetup(this.ctx, this.tools, config);
+    if (setup.state === 'none') return { kind: 'none' };
+    if (setup.state === 'invalid') return { kind: 'blocked', message: setup.message };
+    try {
+      await checkBucket(setup.s3);
+    } catch (err) {
+      const message =
+        err instanceof BackupError
+          ? err.message
+          : `cannot check the S3 bucket "${setup.s3.bucket}": ${errorMessage(err)}`;
+      return { kind: 'blocked', message: this.tools.redact(message) };
+    }
+    return { kind: 'ok', description: setup.description };
+  }
+
+  // --- actions ---
+
+  async runAction(name: string): Promise<number> {
+    const handler = ACTIONS[name];
+    const engines: BackupEngine[] = [];
+    try {
+      if (!handler) throw new ActionFailure(`unknown action "${name}"`);
+      const params = await this.tools.actionGet();
+      const config = await this.loadConfig();
+      const context: ActionContext = {
+        ctx: this.ctx,
+        tools: this.tools,
+        overrides: this.overrides,
+        params,
+        config,
+        workload: this.workload,
+        engine: async (onProgress) => {
+          const made = await this.makeEngine(config, onProgress);
+          engines.push(made.engine);
+          return made;
+        },
+        log: (message) => this.tools.actionLog(message),
+      };
+      const results: ActionResults = await handler(context);
+      await this.tools.actionSet(results);
+      return 0;
+    } catch (err) {
+      const message = this.tools.redact(this.failureMessage(name, err));
+      if (!(err instanceof ActionFailure || err instanceof BackupError)) {
+        await this.tools
+          .jujuLog(
+            'ERROR',
+            this.tools.redact(
+              `action ${name} failed: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}`,
+            ),
+          )
+          .catch(() => undefined);
+      }
+      await this.tools.actionFail(message);
+      return 0;
+    } finally {
+      for (const engine of engines) engine.close();
+    }
+  }
+
+  private failureMessage(name: string, err: unknown): string {
+    if (err instanceof ActionFailure) return err.message;
+    if (err instanceof BackupError) {
+      if (err.code === 'not-found' && !/list-backups/.test(err.message)) {
+        return `${err.message}; run list-backups to see the backups that exist`;
+      }
+      return err.message;
+    }
+    if (err instanceof ActionResultError)
+      return `${name} produced results Juju cannot take: ${err.message}`;
+    return `${name} failed unexpectedly: ${errorMessage(err)}; see juju debug-log`;
+  }
+
+  private async makeEngine(config: CharmConfig, onProgress?: (p: Progress) => void) {
+    const setup = await resolveBackupSetup(this.ctx, this.tools, config);
+    if (setup.state === 'none') throw new ActionFailure(notConfiguredMessage(this.ctx.appName));
+    if (setup.state === 'invalid') {
+      throw new ActionFailure(`backups are not usable: ${setup.message}`);
+    }
+    this.tools.addSecret(setup.passphrase);
+    this.tools.addSecret(setup.s3.secretAccessKey);
+    const engine = new BackupEngine({
+      s3: setup.s3,
+      passphrase: setup.passphrase,
+      workload: this.workload,
+      dataDir: this.overrides.dataDir,
+      onProgress,
+      progressIntervalMs: 2000,
+    });
+    return { engine, setup };
+  }
+}

@@ -1,0 +1,48 @@
+/** The charm's config options (config.yaml), read with config-get. */
+
+export interface CharmConfig {
+  serverName?: string;
+  s3Endpoint?: string;
+  s3Bucket?: string;
+  s3Region?: string;
+  s3Path?: string;
+  s3UriStyle?: string;
+  /** URI of a user secret with keys access-key and secret-key. */
+  s3Credentials?: string;
+  s3CaChain?: string;
+  /** URI of a user secret with key passphrase. */
+  backupPassphrase?: string;
+}
+
+function str(raw: Record<string, unknown>, key: string): string | undefined {
+  const value = raw[key];
+  if (value === undefined || value === null) return undefined;
+  const text = String(value).trim();
+  return text === '' ? undefined : text;
+}
+
+export function parseCharmConfig(raw: Record<string, unknown>): CharmConfig {
+  return {
+    serverName: str(raw, 'server-name'),
+    s3Endpoint: str(raw, 's3-endpoint'),
+    s3Bucket: str(raw, 's3-bucket'),
+    s3Region: str(raw, 's3-region'),
+    s3Path: str(raw, 's3-path'),
+    s3UriStyle: str(raw, 's3-uri-style'),
+    s3Credentials: str(raw, 's3-credentials'),
+    s3CaChain: str(raw, 's3-ca-chain'),
+    backupPassphrase: str(raw, 'backup-passphrase'),
+  };
+}
+
+/** True when any S3 option is set (s3-uri-style alone, which has a default, does not count). */
+export function hasS3Config(config: CharmConfig): boolean {
+  return Boolean(
+    config.s3Endpoint ||
+    config.s3Bucket ||
+    config.s3Region ||
+    config.s3Path ||
+    config.s3Credentials ||
+    config.s3CaChain,
+  );
+}

@@ -1,0 +1,88 @@
+/** Formatting for action output: sizes, rates, tables, progress. */
+import type { Progress } from '../backup/types';
+
+const UNITS = ['B', 'KiB', 'MiB', 'GiB', 'TiB', 'PiB'];
+
+export function formatBytes(bytes: number): string {
+  if (!Number.isFinite(bytes) || bytes < 0) return `${bytes} B`;
+  let value = bytes;
+  let unit = 0;
+  while (value >= 1024 && unit < UNITS.length - 1) {
+    value /= 1024;
+    unit++;
+  }
+  return unit === 0 ? `${value} B` : `${value.toFixed(1)} ${UNITS[unit]}`;
+}
+
+export function formatSeconds(seconds: number): string {
+  return (Math.round(seconds * 10) / 10).toFixed(1);
+}
+
+/** Left-aligned columns separated by two spaces; trailing spaces trimmed. */
+export function formatTable(header: string[], rows: string[][]): string {
+  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? '').length)));
+  const line = (cells: string[]) =>
+    cells
+      .map((c, i) => c.padEnd(widths[i]))
+      .join('  ')
+      .trimEnd();
+  return [line(header), ...rows.map(line)].join('\n');
+}
+
+const VERB: Record<Progress['phase'], string> = {
+  create: 'backed up',
+  restore: 'restored',
+  verify: 'verified',
+  decrypt: 'decrypted',
+};
+
+export function describeProgress(p: Progress): string {
+  return `${VERB[p.phase] ?? p.phase} ${formatBytes(p.bytes)} so far (${formatBytes(p.bytesPerSecond)}/s, ${Math.round(p.elapsedSeconds)} s)`;
+}
+
+/**
+ * Sends progress to action-log: every engine progress event, and a heartbeat
+ * when nothing was logged for `maxSilenceMs`, so the operator hears from the
+ * action at least every 5 seconds even while the engine waits on S3.
+ */
+export class ProgressReporter {
+  private last: Progress | undefined;
+  private lastLoggedAt = Date.now();
+  private readonly started = Date.now();
+  private timer: NodeJS.Timeout | undefined;
+
+  constructor(
+    private readonly log: (message: string) => Promise<void>,
+    private readonly what: string,
+    private readonly maxSilenceMs = 4000,
+  ) {}
+
+  start(): void {
+    this.timer = setInterval(() => {
+      if (Date.now() - this.lastLoggedAt >= this.maxSilenceMs) {
+        const elapsed = Math.round((Date.now() - this.started) / 1000);
+        this.emit(
+          this.last
+            ? `${describeProgress(this.last)}; still working (${elapsed} s)`
+            : `${this.what}: working (${elapsed} s)`,
+        );
+      }
+    }, 500);
+    this.timer.unref();
+  }
+
+  onProgress = (p: Progress): void => {
+    this.last = p;
+    this.emit(describeProgress(p));
+  };
+
+  stop(): void {
+    if (this.timer) clearInterval(this.timer);
+    this.timer = undefined;
+  }
+
+  private emit(message: string): void {
+    this.lastLoggedAt = Date.now();
+    this.log(message).catch(() => undefined);
+  }
+}

@@ -1,0 +1,30 @@
+/**
+ * The charm's entry point: `dispatch` runs this file (bundled as build/charm.js)
+ * for every hook and action; JUJU_DISPATCH_PATH says which.
+ */
+import { errorMessage } from '../errors';
+import { parseJujuContext } from '../juju/context';
+import { HookTools } from '../juju/hook-tools';
+import { PebbleWorkload } from '../workload/pebble';
+import { SynapseCharm } from './charm';
+import { loadOverrides } from './overrides';
+
+async function main(): Promise<number> {
+  const tools = new HookTools();
+  try {
+    const ctx = parseJujuContext();
+    const overrides = loadOverrides();
+    const workload = new PebbleWorkload({ socketPath: overrides.pebbleSocket });
+    return await new SynapseCharm({ ctx, tools, overrides, workload }).dispatch();
+  } catch (err) {
+    // Juju keeps a hook's stderr in the unit log.
+    process.stderr.write(`synapse charm: ${tools.redact(errorMessage(err))}\n`);
+    return 1;
+  }
+}
+
+main().then(
+  // Exit explicitly: keep-alive sockets (S3, Pebble) must not hold the hook open.
+  (code) => process.exit(code),
+  () => process.exit(1),
+);

@@ -1,0 +1,66 @@
+/**
+ * The charm's only test seams: where Pebble's socket and Synapse's data live,
+ * and which commands the image provides. Juju never sets these variables, so
+ * a deployed charm always uses the defaults (the real Juju and image paths);
+ * tests set them to run the charm against a Pebble started on the test host.
+ *
+ *   SYNAPSE_CHARM_CONTAINERS_DIR      default /charm/containers
+ *       Juju mounts each workload container's Pebble socket at
+ *       <dir>/<container>/pebble.socket in the charm container.
+ *   SYNAPSE_CHARM_DATA_DIR            default /data
+ *       Synapse's data directory inside the workload (homeserver.yaml, media, signing key).
+ *   SYNAPSE_CHARM_GENERATE_COMMAND    default ["/start.py","generate"]
+ *       The image's step that writes homeserver.yaml (JSON array of argv).
+ *   SYNAPSE_CHARM_SERVICE_COMMAND     default /start.py
+ *       The Pebble service command that runs Synapse.
+ */
+import { join } from 'node:path';
+
+export const CONTAINER_NAME = 'synapse';
+export const SERVICE_NAME = 'synapse';
+
+export interface Overrides {
+  containersDir: string;
+  pebbleSocket: string;
+  dataDir: string;
+  configPath: string;
+  generateCommand: string[];
+  serviceCommand: string;
+}
+
+type Env = Record<string, string | undefined>;
+
+function parseCommand(raw: string | undefined, fallback: string[], name: string): string[] {
+  if (!raw) return fallback;
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(raw);
+  } catch {
+    throw new Error(`${name} must be a JSON array of strings`);
+  }
+  if (
+    !Array.isArray(parsed) ||
+    parsed.length === 0 ||
+    !parsed.every((p): p is string => typeof p === 'string')
+  ) {
+    throw new Error(`${name} must be a non-empty JSON array of strings`);
+  }
+  return parsed;
+}
+
+export function loadOverrides(env: Env = process.env): Overrides {
+  const containersDir = env.SYNAPSE_CHARM_CONTAINERS_DIR || '/charm/containers';
+  const dataDir = (env.SYNAPSE_CHARM_DATA_DIR || '/data').replace(/\/+$/, '') || '/';
+  return {
+    containersDir,
+    pebbleSocket: join(containersDir, CONTAINER_NAME, 'pebble.socket'),
+    dataDir,
+    configPath: `${dataDir}/homeserver.yaml`,
+    generateCommand: parseCommand(
+      env.SYNAPSE_CHARM_GENERATE_COMMAND,
+      ['/start.py', 'generate'],
+      'SYNAPSE_CHARM_GENERATE_COMMAND',
+    ),
+    serviceCommand: env.SYNAPSE_CHARM_SERVICE_COMMAND || '/start.py',
+  };
+}

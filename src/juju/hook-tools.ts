@@ -1,0 +1,310 @@
+/**
+ * Juju's hook tools, called with the argv that ops (canonical/operator,
+ * ops/hookcmds) uses. Every call to Juju from the charm goes through here.
+ *
+ * Secrets: callers register secret values with `addSecret`; every argument
+ * and stdin sent to a tool, and every error message built here, has them
+ * replaced by `***` (belt and braces: the charm never passes them on purpose).
+ * secret-get's output (the secret content) is returned, never logged.
+ */
+import { spawn } from 'node:child_process';
+import { redact } from '../errors';
+
+export type StatusName = 'active' | 'blocked' | 'maintenance' | 'waiting';
+export type LogLevel = 'TRACE' | 'DEBUG' | 'INFO' | 'WARNING' | 'ERROR';
+
+export interface ToolResult {
+  stdout: string;
+  stderr: string;
+  exitCode: number;
+}
+
+/** Runs one tool; the default spawns it from PATH. Injected in unit tests. */
+export type ToolRunner = (tool: string, args: string[], input?: string) => Promise<ToolResult>;
+
+export class HookToolError extends Error {
+  readonly tool: string;
+  readonly exitCode: number;
+  readonly stderr: string;
+
+  constructor(tool: string, exitCode: number, stderr: string) {
+    const detail = stderr.trim().split('\n').filter(Boolean).slice(-2).join('; ');
+    super(`${tool} failed (exit ${exitCode})${detail ? `: ${detail}` : ''}`);
+    this.name = 'HookToolError';
+    this.tool = tool;
+    this.exitCode = exitCode;
+    this.stderr = stderr;
+  }
+}
+
+/** Raised before calling action-set when a result would be rejected by Juju. */
+export class ActionResultError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'ActionResultError';
+  }
+}
+
+/** One segment of an action-set key: lowercase alphanumerics and hyphens, alphanumeric at both ends. */
+export const ACTION_KEY_SEGMENT = /^[a-z0-9](?:[a-z0-9-]*[a-z0-9])?$/;
+export const RESERVED_ACTION_KEYS: readonly string[] = [
+  'stdout',
+  'stdout-encoding',
+  'stderr',
+  'stderr-encoding',
+];
+/** Action results travel in argv; stay well under the kernel's per-argument and total limits. */
+export const ACTION_RESULTS_BUDGET = 100 * 1024;
+/** ops splits juju-log messages longer than this. */
+export const MAX_LOG_LINE = 131071;
+
+export function isValidActionKeySegment(segment: string): boolean {
+  return ACTION_KEY_SEGMENT.test(segment);
+}
+
+export type ActionResults = { [key: string]: string | number | boolean | ActionResults };
+
+/**
+ * Flattens nested results into `a.b=value` pairs, validating every key the
+ * way Juju does, so a bad key fails here with a clear message rather than in
+ * the middle of an action-set call.
+ */
+export function flattenActionResults(results: ActionResults): Map<string, string> {
+  const out = new Map<string, string>();
+  const walk = (obj: ActionResults, prefix: string): void => {
+    for (const [key, value] of Object.entries(obj)) {
+      if (!isValidActionKeySegment(key)) {
+        throw new ActionResultError(
+          `invalid action result key "${prefix}${key}": keys are lowercase letters, digits and hyphens, starting and ending with a letter or digit`,
+        );
+      }
+      const full = prefix + key;
+      if (!prefix && RESERVED_ACTION_KEYS.includes(key)) {
+        throw new ActionResultError(`action result key "${key}" is reserved by Juju`);
+      }
+      if (value !== null && typeof value === 'object') {
+        walk(value, `${full}.`);
+      } else {
+        if (out.has(full)) throw new ActionResultError(`duplicate action result key "${full}"`);
+        out.set(full, String(value));
+      }
+    }
+  };
+  walk(results, '');
+  return out;
+}
+
+export const spawnRunner: ToolRunner = (tool, args, input) =>
+  new Promise((resolve, reject) => {
+    const child = spawn(tool, args, { stdio: ['pipe', 'pipe', 'pipe'] });
+    const out: Buffer[] = [];
+    const err: Buffer[] = [];
+    child.stdout.on('data', (c: Buffer) => out.push(c));
+    child.stderr.on('data', (c: Buffer) => err.push(c));
+    child.stdin.on('error', () => undefined);
+    child.once('error', (e: NodeJS.ErrnoException) => {
+      if (e.code === 'ENOENT') {
+        resolve({ stdout: '', stderr: `command not found: ${tool}`, exitCode: 127 });
+      } else {
+        reject(e);
+      }
+    });
+    child.once('close', (code, signal) => {
+      resolve({
+        stdout: Buffer.concat(out).toString('utf8'),
+        stderr: Buffer.concat(err).toString('utf8') + (signal ? `killed by ${signal}` : ''),
+        exitCode: code ?? 128,
+      });
+    });
+    child.stdin.end(input ?? '');
+  });
+
+export interface HookToolsOptions {
+  runner?: ToolRunner;
+}
+
+export class HookTools {
+  private readonly runner: ToolRunner;
+  private readonly secrets = new Set<string>();
+  /** Calls go out one at a time, in order (action-log from a timer must not overtake action-set). */
+  private queue: Promise<unknown> = Promise.resolve();
+
+  constructor(options: HookToolsOptions = {}) {
+    this.runner = options.runner ?? spawnRunner;
+  }
+
+  /** Registers a secret value: it is redacted from everything sent to Juju from now on. */
+  addSecret(value: string | undefined): void {
+    if (value && value.length >= 4) this.secrets.add(value);
+  }
+
+  /** Replaces registered secrets in `text`. */
+  redact(text: string): string {
+    return redact(text, [...this.secrets]);
+  }
+
+  private run(tool: string, args: string[], input?: string): Promise<string> {
+    const task = this.queue.then(async () => {
+      const safeArgs = args.map((a) => this.redact(a));
+      const safeInput = input === undefined ? undefined : this.redact(input);
+      const result = await this.runner(tool, safeArgs, safeInput);
+      if (result.exitCode !== 0) {
+        throw new HookToolError(tool, result.exitCode, this.redact(result.stderr));
+      }
+      return result.stdout;
+    });
+    this.queue = task.catch(() => undefined);
+    return task;
+  }
+
+  private async runJson<T>(tool: string, args: string[]): Promise<T> {
+    const stdout = await this.run(tool, args);
+    try {
+      return JSON.parse(stdout) as T;
+    } catch {
+      throw new HookToolError(tool, 0, 'output is not JSON');
+    }
+  }
+
+  // --- actions ---
+
+  async actionGet(): Promise<Record<string, unknown>> {
+    const params = await this.runJson<Record<string, unknown> | null>('action-get', [
+      '--format=json',
+    ]);
+    return params ?? {};
+  }
+
+  async actionSet(results: ActionResults): Promise<void> {
+    const flat = flattenActionResults(results);
+    if (flat.size === 0) return;
+    const args = [...flat].map(([k, v]) => `${k}=${v}`);
+    const total = args.reduce((n, a) => n + Buffer.byteLength(a) + 1, 0);
+    if (total > ACTION_RESULTS_BUDGET) {
+      throw new ActionResultError(
+        `action results are too large (${total} bytes; the budget is ${ACTION_RESULTS_BUDGET})`,
+      );
+    }
+    await this.run('action-set', args);
+  }
+
+  async actionLog(message: string): Promise<void> {
+    await this.run('action-log', ['--', message]);
+  }
+
+  async actionFail(message: string): Promise<void> {
+    await this.run('action-fail', ['--', message]);
+  }
+
+  // --- config, status, logging, leadership ---
+
+  /** Options that are set or have a default; unset options are absent. Secret options are URIs. */
+  async configGet(): Promise<Record<string, string | number | boolean>> {
+    return (
+      (await this.runJson<Record<string, string | number | boolean> | null>('config-get', [
+        '--format=json',
+      ])) ?? {}
+    );
+  }
+
+  async statusSet(
+    status: StatusName,
+    message: string,
+    options: { app?: boolean } = {},
+  ): Promise<void> {
+    const args = options.app ? ['--application', status] : [status];
+    await this.run('status-set', [...args, '--', message]);
+  }
+
+  async jujuLog(level: LogLevel, message: string): Promise<void> {
+    let text = message;
+    if (text.length > MAX_LOG_LINE) {
+      await this.run('juju-log', [
+        '--log-level',
+        level,
+        '--',
+        `Log string greater than ${MAX_LOG_LINE}. Splitting into multiple chunks: `,
+      ]);
+    }
+    do {
+      await this.run('juju-log', ['--log-level', level, '--', text.slice(0, MAX_LOG_LINE)]);
+      text = text.slice(MAX_LOG_LINE);
+    } while (text);
+  }
+
+  async isLeader(): Promise<boolean> {
+    return (await this.runJson<boolean>('is-leader', ['--format=json'])) === true;
+  }
+
+  async applicationVersionSet(version: string): Promise<void> {
+    await this.run('application-version-set', ['--', version]);
+  }
+
+  // --- relations ---
+
+  /** Relation ids on an endpoint, e.g. ['backup:3']. */
+  async relationIds(endpoint: string): Promise<string[]> {
+    return (await this.runJson<string[] | null>('relation-ids', [endpoint, '--format=json'])) ?? [];
+  }
+
+  /** Remote units of a relation. */
+  async relationList(relationId: number): Promise<string[]> {
+    return (
+      (await this.runJson<string[] | null>('relation-list', [
+        '--format=json',
+        '-r',
+        String(relationId),
+      ])) ?? []
+    );
+  }
+
+  /** The remote application of a relation. */
+  async relationRemoteApp(relationId: number): Promise<string | undefined> {
+    const app = await this.runJson<string | null>('relation-list', [
+      '--format=json',
+      '--app',
+      '-r',
+      String(relationId),
+    ]);
+    return app || undefined;
+  }
+
+  /** All keys of a unit's (or, with app, an application's) databag. */
+  async relationGet(
+    relationId: number,
+    member: string,
+    options: { app?: boolean } = {},
+  ): Promise<Record<string, string>> {
+    const args = ['--format=json', '-r', String(relationId)];
+    if (options.app) args.push('--app');
+    args.push('-', member);
+    return (await this.runJson<Record<string, string> | null>('relation-get', args)) ?? {};
+  }
+
+  /** Updates keys in our unit's (or, with app and leadership, our application's) databag; '' deletes. */
+  async relationSet(
+    relationId: number,
+    data: Record<string, string>,
+    options: { app?: boolean } = {},
+  ): Promise<void> {
+    const args = ['-r', String(relationId)];
+    if (options.app) args.push('--app');
+    args.push('--file', '-');
+    await this.run('relation-set', args, JSON.stringify(data));
+  }
+
+  // --- secrets ---
+
+  /** Content of a secret as key/value pairs. With refresh, tracks the latest revision. */
+  async secretGet(
+    uri: string,
+    options: { refresh?: boolean; peek?: boolean } = {},
+  ): Promise<Record<string, string>> {
+    const args = ['--format=json', uri];
+    if (options.refresh) args.push('--refresh');
+    else if (options.peek) args.push('--peek');
+    const content = (await this.runJson<Record<string, string> | null>('secret-get', args)) ?? {};
+    for (const value of Object.values(content)) this.addSecret(value);
+    return content;
+  }
+}

@@ -1,0 +1,308 @@
+/**
+ * The backup actions, run through the built dispatch with fake hook tools
+ * against a real Pebble (the workload) and a real MinIO. Every action's
+ * output, as `juju run` would show it, goes to build/charm-actions-transcript.txt.
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { BackupEngine } from '../../src/backup/engine';
+import { parseS3Settings } from '../../src/s3/settings';
+import { LocalWorkload } from '../../src/workload/local';
+import {
+  describeAction,
+  findSecretLeaks,
+  JujuHarness,
+  REPO_ROOT,
+  type ActionResult,
+  type DispatchResult,
+} from '../support/juju-harness';
+import {
+  describeWithPeers,
+  startMinio,
+  startPebble,
+  tmpDir,
+  type MinioPeer,
+  type PebblePeer,
+} from '../support/peers';
+import {
+  inspectSqliteDb,
+  makeSynapseTree,
+  snapshotTree,
+  withoutSkipped,
+} from '../support/synapse-tree';
+
+const TRANSCRIPT = path.join(REPO_ROOT, 'build', 'charm-actions-transcript.txt');
+
+describeWithPeers(['minio', 'pebble'])('charm actions', () => {
+  let minio: MinioPeer;
+  let pebble: PebblePeer;
+  let h: JujuHarness;
+  const passphrase = 'correct horse battery staple 42';
+  const outputs: DispatchResult[] = [];
+  let passUri: string;
+
+  async function action(name: string, params: Record<string, unknown> = {}): Promise<ActionResult> {
+    const r = await h.action(name, params);
+    outputs.push(r);
+    const args = Object.entries(params)
+      .map(([k, v]) => ` ${k}=${String(v)}`)
+      .join('');
+    fs.appendFileSync(TRANSCRIPT, `${describeAction(`${name}${args}`, r)}\n\n`);
+    expect(r.exitCode).toBe(0);
+    return r;
+  }
+
+  beforeAll(async () => {
+    fs.mkdirSync(path.dirname(TRANSCRIPT), { recursive: true });
+    fs.writeFileSync(TRANSCRIPT, '');
+    minio = await startMinio();
+    pebble = await startPebble();
+    h = await JujuHarness.create({ pebbleSocket: pebble.socketPath });
+    await makeSynapseTree(h.dataDir, { mediaFiles: 30 });
+    const creds = h.addSecret({
+      'access-key': minio.accessKeyId,
+      'secret-key': minio.secretAccessKey,
+    });
+    passUri = h.addSecret({ passphrase });
+    h.setConfig({
+      'server-name': 'example.org',
+      's3-endpoint': minio.endpoint,
+      's3-bucket': minio.bucket,
+      's3-path': 'synapse/prod',
+      's3-uri-style': 'path',
+      's3-credentials': creds,
+      'backup-passphrase': passUri,
+    });
+    const ready = await h.hook('synapse-pebble-ready');
+    outputs.push(ready);
+    expect(ready.status?.status).toBe('active');
+  });
+
+  afterAll(async () => {
+    await pebble?.stop();
+    await minio?.stop();
+  });
+
+  it('fail with what to configure when backups are not configured', async () => {
+    const bare = await JujuHarness.create({ pebbleSocket: pebble.socketPath });
+    bare.setConfig({ 'server-name': 'example.org' });
+    const r = await bare.action('create-backup');
+    outputs.push(r);
+    fs.appendFileSync(TRANSCRIPT, `${describeAction('create-backup (nothing configured)', r)}\n\n`);
+    expect(r.failed).toBe(true);
+    expect(r.failMessage).toBe(
+      'backups are not configured: relate an s3-integrator (juju integrate synapse:backup s3-integrator) or set s3-bucket, s3-region or s3-endpoint and s3-credentials (juju config synapse ...), and set backup-passphrase',
+    );
+    for (const name of ['list-backups', 'restore-backup', 'verify-backup', 'delete-backup']) {
+      const other = await bare.action(
+        name,
+        name === 'list-backups' ? {} : { 'backup-id': '20250101000000' },
+      );
+      expect(other.failMessage).toBe(r.failMessage);
+    }
+  });
+
+  let backupId: string;
+  let before: Awaited<ReturnType<typeof snapshotTree>>;
+
+  it('create-backup', async () => {
+    before = withoutSkipped(await snapshotTree(h.dataDir));
+    const r = await action('create-backup');
+    expect(r.failed).toBe(false);
+    expect(Object.keys(r.results).sort()).toEqual(
+      ['backup-id', 'duration-seconds', 'files', 'sha256', 'size'].sort(),
+    );
+    backupId = r.results['backup-id'] as string;
+    expect(backupId).toMatch(/^\d{14}$/);
+    expect(r.results.sha256).toMatch(/^[0-9a-f]{64}$/);
+    expect(Number(r.results.size)).toBeGreaterThan(1000);
+    expect(Number(r.results.files)).toBeGreaterThan(30);
+    expect(r.results['duration-seconds']).toMatch(/^\d+\.\d$/);
+    expect(r.logs[0]).toBe(
+      `creating a backup of ${h.dataDir} in s3://${minio.bucket}/synapse/prod at ${minio.endpoint} (from config)`,
+    );
+    expect(r.logs.at(-1)).toMatch(new RegExp(`^backup ${backupId} complete: \\d+ files, `));
+    // No two action-log calls more than 5 s apart while the action ran.
+    const times = r.calls.filter((c) => c.tool === 'action-log').map((c) => c.t);
+    for (let i = 1; i < times.length; i++)
+      expect(times[i] - times[i - 1]).toBeLessThanOrEqual(5000);
+  });
+
+  it('list-backups', async () => {
+    // A second backup with an id that is not a valid action-set key.
+    const engine = new BackupEngine({
+      s3: parseS3Settings({
+        bucket: minio.bucket,
+        prefix: 'synapse/prod',
+        endpoint: minio.endpoint,
+        uriStyle: 'path',
+        accessKeyId: minio.accessKeyId,
+        secretAccessKey: minio.secretAccessKey,
+      }),
+      passphrase,
+      workload: new LocalWorkload(),
+      dataDir: h.dataDir,
+    });
+    await engine.create({ id: 'Weekly_2025.01' });
+    engine.close();
+
+    const r = await action('list-backups');
+    expect(r.failed).toBe(false);
+    const backups = r.results.backups as Record<string, Record<string, string>>;
+    expect(backups[backupId]).toEqual({
+      created: expect.stringMatching(/^\d{4}-\d\d-\d\dT/),
+      size: expect.stringMatching(/^\d+$/),
+      status: 'complete',
+    });
+    const odd = Object.entries(backups).find(([k]) => k.startsWith('weekly-2025-01-'));
+    expect(odd?.[1]).toMatchObject({ id: 'Weekly_2025.01', status: 'complete' });
+    const lines = (r.results.formatted as string).split('\n');
+    expect(lines[0]).toMatch(/^backup-id\s+created\s+size\s+status$/);
+    expect(lines.some((l) => l.startsWith(backupId) && l.endsWith('complete'))).toBe(true);
+    expect(lines.some((l) => l.startsWith('Weekly_2025.01'))).toBe(true);
+    // Columns are aligned: every row has "created" at the same offset.
+    const col = lines[0].indexOf('created');
+    for (const l of lines.slice(1)) expect(l.slice(col, col + 4)).toMatch(/^\d{4}$/);
+  });
+
+  it('verify-backup', async () => {
+    const r = await action('verify-backup', { 'backup-id': backupId });
+    expect(r.failed).toBe(false);
+    expect(r.results).toEqual({
+      'backup-id': backupId,
+      files: expect.stringMatching(/^\d+$/),
+      'plaintext-bytes': expect.stringMatching(/^\d+$/),
+      sha256: expect.stringMatching(/^[0-9a-f]{64}$/),
+      'duration-seconds': expect.stringMatching(/^\d+\.\d$/),
+    });
+  });
+
+  it('restore-backup', async () => {
+    fs.rmSync(path.join(h.dataDir, 'media_store/local_content/ab/cd/file3'));
+    fs.writeFileSync(
+      path.join(h.dataDir, 'homeserver.yaml'),
+      'server_name: "example.org"\n# broken\n',
+    );
+    fs.writeFileSync(
+      path.join(h.dataDir, 'media_store/local_content/ab/cd/stray'),
+      'not in the backup',
+    );
+    const r = await action('restore-backup', { 'backup-id': backupId });
+    expect(r.failed).toBe(false);
+    expect(r.results).toEqual({
+      'backup-id': backupId,
+      files: expect.stringMatching(/^\d+$/),
+      'plaintext-bytes': expect.stringMatching(/^\d+$/),
+      'duration-seconds': expect.stringMatching(/^\d+\.\d$/),
+      'one-time-keys-removed': '5',
+    });
+    expect(r.logs[0]).toContain('(Synapse stops only while the files are swapped in)');
+    const after = withoutSkipped(await snapshotTree(h.dataDir));
+    expect([...after.keys()].sort()).toEqual([...before.keys()].sort());
+    // The database is a consistent snapshot with one-time keys removed: compare its content.
+    for (const [rel, entry] of before) {
+      if (rel !== 'homeserver.db') expect([rel, after.get(rel)]).toEqual([rel, entry]);
+    }
+    expect(inspectSqliteDb(path.join(h.dataDir, 'homeserver.db'))).toEqual({
+      events: 300,
+      oneTimeKeys: 0,
+      integrity: 'ok',
+    });
+    // Synapse runs again and the charm is still happy.
+    const status = await h.hook('update-status');
+    outputs.push(status);
+    expect(status.status?.status).toBe('active');
+  });
+
+  it.each(['restore-backup', 'verify-backup', 'delete-backup'])(
+    '%s needs a backup-id',
+    async (name) => {
+      const r = await action(name);
+      expect(r.failed).toBe(true);
+      expect(r.failMessage).toBe(
+        `backup-id is required: juju run synapse/0 ${name} backup-id=<id> (list-backups shows the ids)`,
+      );
+    },
+  );
+
+  it('verify-backup fails, saying what to do, for a backup that does not exist', async () => {
+    const r = await action('verify-backup', { 'backup-id': '19990101000000' });
+    expect(r.failed).toBe(true);
+    expect(r.failMessage).toMatch(/19990101000000/);
+    expect(r.failMessage).toMatch(/list-backups/);
+  });
+
+  it('verify-backup fails with a wrong passphrase', async () => {
+    h.state.secrets[passUri].content = { passphrase: 'not the passphrase' };
+    try {
+      const r = await action('verify-backup', { 'backup-id': backupId });
+      expect(r.failed).toBe(true);
+      expect(r.failMessage).toMatch(/passphrase/);
+    } finally {
+      h.state.secrets[passUri].content = { passphrase };
+    }
+  });
+
+  it('delete-backup', async () => {
+    const r = await action('delete-backup', { 'backup-id': backupId });
+    expect(r.failed).toBe(false);
+    expect(r.results['backup-id']).toBe(backupId);
+    expect(r.results['deleted-objects']).toBe('2');
+    const list = await action('list-backups');
+    expect(Object.keys(list.results.backups as object).some((k) => k === backupId)).toBe(false);
+    const again = await action('delete-backup', { 'backup-id': backupId });
+    expect(again.failed).toBe(true);
+    expect(again.failMessage).toMatch(/does not exist/);
+  });
+
+  it("restore-backup refuses another server's backup unless forced", async () => {
+    const other = await tmpDir('other-server');
+    await makeSynapseTree(other.path, { mediaFiles: 2 });
+    fs.writeFileSync(path.join(other.path, 'homeserver.yaml'), 'server_name: "other.org"\n');
+    const engine = new BackupEngine({
+      s3: parseS3Settings({
+        bucket: minio.bucket,
+        prefix: 'synapse/prod',
+        endpoint: minio.endpoint,
+        uriStyle: 'path',
+        accessKeyId: minio.accessKeyId,
+        secretAccessKey: minio.secretAccessKey,
+      }),
+      passphrase,
+      workload: new LocalWorkload(),
+      dataDir: other.path,
+    });
+    await engine.create({ id: 'other-org-1' });
+    engine.close();
+
+    const refused = await action('restore-backup', { 'backup-id': 'other-org-1' });
+    expect(refused.failed).toBe(true);
+    expect(refused.failMessage).toBe(
+      'backup other-org-1 is of server "other.org" but this Synapse is "example.org": restoring it would replace this server\'s identity; run again with force=true if that is what you want',
+    );
+    const forced = await action('restore-backup', {
+      'backup-id': 'other-org-1',
+      force: true,
+      'keep-previous': true,
+    });
+    expect(forced.failed).toBe(false);
+    expect(forced.results['previous-path']).toMatch(new RegExp(`^${h.dataDir}/\\.`));
+    // The charm now says what to do about the server name.
+    const status = await h.hook('update-status');
+    outputs.push(status);
+    expect(status.status).toEqual({
+      status: 'blocked',
+      message: `server-name "example.org" differs from server_name "other.org" in ${h.dataDir}/homeserver.yaml: Synapse cannot change its name; set server-name to "other.org"`,
+    });
+  });
+
+  it('never lets a secret reach hook-tool argv, stdin, logs or output', () => {
+    expect(h.calls.some((c) => c.tool === 'action-set')).toBe(true);
+    const leaks = findSecretLeaks(
+      [passphrase, 'not the passphrase', minio.secretAccessKey],
+      h.calls,
+      outputs,
+    );
+    expect(leaks).toEqual([]);
+  });
+});

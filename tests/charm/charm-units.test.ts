@@ -1,0 +1,133 @@
+import { resultKeyForId } from '../../src/charm/actions/list-backups';
+import { decodeCaChain, decodeRelationValue } from '../../src/charm/backup-setup';
+import { formatBytes, formatTable, ProgressReporter } from '../../src/charm/format';
+import { loadOverrides } from '../../src/charm/overrides';
+import { synapseLayer } from '../../src/charm/synapse';
+import { isValidActionKeySegment } from '../../src/juju/hook-tools';
+
+describe('ProgressReporter', () => {
+  beforeEach(() => jest.useFakeTimers());
+  afterEach(() => jest.useRealTimers());
+
+  it('logs every progress event and a heartbeat whenever 5 s pass without one', async () => {
+    const logged: number[] = [];
+    const messages: string[] = [];
+    const reporter = new ProgressReporter(async (m) => {
+      logged.push(Date.now());
+      messages.push(m);
+    }, 'create-backup');
+    const start = Date.now();
+    reporter.start();
+    // The engine reports every 2 s for 10 s, then stalls (S3 slow) for 20 s.
+    for (let t = 2000; t <= 10_000; t += 2000) {
+      await jest.advanceTimersByTimeAsync(2000);
+      reporter.onProgress({
+        phase: 'create',
+        bytes: t * 1000,
+        bytesPerSecond: 1e6,
+        elapsedSeconds: t / 1000,
+      });
+    }
+    await jest.advanceTimersByTimeAsync(20_000);
+    reporter.stop();
+    const gaps = [logged[0] - start, ...logged.slice(1).map((t, i) => t - logged[i])];
+    expect(Math.max(...gaps)).toBeLessThanOrEqual(5000);
+    expect(messages[0]).toBe('backed up 1.9 MiB so far (976.6 KiB/s, 2 s)');
+    expect(messages.at(-1)).toMatch(
+      /^backed up 9\.5 MiB so far \(976\.6 KiB\/s, 10 s\); still working \(\d+ s\)$/,
+    );
+    const count = messages.length;
+    await jest.advanceTimersByTimeAsync(20_000);
+    expect(messages.length).toBe(count);
+  });
+});
+
+describe('list-backups result keys', () => {
+  it('keeps ids that are valid keys and maps the others to distinct valid keys', () => {
+    expect(resultKeyForId('20261126070000')).toBe('20261126070000');
+    expect(resultKeyForId('nightly-1')).toBe('nightly-1');
+    const ids = ['Weekly_1', 'weekly_1', 'weekly.1', 'A', 'a', '_', 'x-'];
+    const keys = ids.map(resultKeyForId);
+    expect(new Set(keys).size).toBe(ids.length);
+    for (const k of keys) expect([k, isValidActionKeySegment(k)]).toEqual([k, true]);
+    expect(resultKeyForId('Weekly_1')).toMatch(/^weekly-1-[0-9a-f]{8}$/);
+  });
+});
+
+describe('formatting', () => {
+  it('aligns table columns and formats sizes', () => {
+    expect(
+      formatTable(
+        ['id', 'size'],
+        [
+          ['1', '10 B'],
+          ['123456', '1.0 KiB'],
+        ],
+      ),
+    ).toBe('id      size\n1       10 B\n123456  1.0 KiB');
+    expect(formatBytes(0)).toBe('0 B');
+    expect(formatBytes(1536)).toBe('1.5 KiB');
+    expect(formatBytes(5 * 1024 ** 3)).toBe('5.0 GiB');
+  });
+});
+
+describe('s3 relation values', () => {
+  it('accepts JSON-encoded and raw values', () => {
+    expect(decodeRelationValue('"bucket"')).toBe('bucket');
+    expect(decodeRelationValue('bucket')).toBe('bucket');
+    expect(
+      decodeRelationValue('["-----BEGIN CERTIFICATE-----\\nA\\n-----END CERTIFICATE-----"]'),
+    ).toEqual(['-----BEGIN CERTIFICATE-----\nA\n-----END CERTIFICATE-----']);
+  });
+
+  it('takes s3-ca-chain as PEM or base64 PEM', () => {
+    const pem = '-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n';
+    expect(decodeCaChain(pem)).toBe(pem);
+    expect(decodeCaChain(Buffer.from(pem).toString('base64'))).toBe(pem);
+    expect(() => decodeCaChain('not a cert')).toThrow(/s3-ca-chain is not a PEM certificate/);
+  });
+});
+
+describe('overrides', () => {
+  it('defaults to the real Juju and image paths', () => {
+    expect(loadOverrides({})).toEqual({
+      containersDir: '/charm/containers',
+      pebbleSocket: '/charm/containers/synapse/pebble.socket',
+      dataDir: '/data',
+      configPath: '/data/homeserver.yaml',
+      generateCommand: ['/start.py', 'generate'],
+      serviceCommand: '/start.py',
+    });
+    expect(() => loadOverrides({ SYNAPSE_CHARM_GENERATE_COMMAND: '/start.py generate' })).toThrow(
+      /JSON array/,
+    );
+  });
+
+  it('builds the Pebble layer for the synapse service', () => {
+    expect(synapseLayer(loadOverrides({}), 'example.com')).toBe(
+      [
+        'summary: Synapse',
+        'description: Matrix Synapse homeserver, managed by the synapse charm',
+        'services:',
+        '  synapse:',
+        '    override: replace',
+        '    summary: Synapse homeserver',
+        '    command: /start.py',
+        '    startup: enabled',
+        '    environment:',
+        '      SYNAPSE_SERVER_NAME: example.com',
+        '      SYNAPSE_REPORT_STATS: "no"',
+        '      SYNAPSE_CONFIG_DIR: /data',
+        '      SYNAPSE_CONFIG_PATH: /data/homeserver.yaml',
+        '      SYNAPSE_DATA_DIR: /data',
+        'checks:',
+        '  synapse-ready:',
+        '    override: replace',
+        '    level: ready',
+        '    http:',
+        '      url: http://localhost:8008/health',
+        '',
+      ].join('\n'),
+    );
+  });
+});
