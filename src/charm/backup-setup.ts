@@ -7,6 +7,7 @@
  * The encryption passphrase always comes from the `backup-passphrase` secret.
  * Each problem yields its own operator-readable message (never secret values).
  */
+import { type RetentionPolicy, parseRetention } from '../backup/retention';
 import { ConfigError, errorMessage } from '../errors';
 import type { JujuContext } from '../juju/context';
 import { parseRelationId } from '../juju/context';
@@ -28,6 +29,8 @@ export type BackupSetup =
       passphrase: string;
       /** e.g. `s3://bucket/prefix at https://minio:9000 (from the backup relation)` */
       description: string;
+      /** backup-retention, applied after each successful create-backup. */
+      retention: RetentionPolicy;
     };
 
 /** What the operator should do when backups are not configured at all. */
@@ -111,7 +114,8 @@ export async function resolveBackupSetup(
       description = `${where(s3)} (from config)`;
     }
     const passphrase = await readPassphrase(ctx, tools, config);
-    return { state: 'ready', source, s3, passphrase, description };
+    const retention = parseRetention(config.backupRetention);
+    return { state: 'ready', source, s3, passphrase, description, retention };
   } catch (err) {
     if (err instanceof SetupError || err instanceof ConfigError) {
       return { state: 'invalid', source, message: tools.redact(err.message) };

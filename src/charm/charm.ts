@@ -17,6 +17,7 @@ import { ActionFailure, type ActionContext, type ActionHandler } from './actions
 import { createBackup } from './actions/create-backup';
 import { deleteBackup } from './actions/delete-backup';
 import { listBackups } from './actions/list-backups';
+import { pruneBackups } from './actions/prune-backups';
 import { restoreBackup } from './actions/restore-backup';
 import { verifyBackup } from './actions/verify-backup';
 import {
@@ -36,6 +37,7 @@ export const ACTIONS: Record<string, ActionHandler> = {
   'restore-backup': restoreBackup,
   'delete-backup': deleteBackup,
   'verify-backup': verifyBackup,
+  'prune-backups': pruneBackups,
 };
 
 /** Hooks after which the container may be going away: nothing to reconcile. */

@@ -12,6 +12,8 @@ export interface CharmConfig {
   s3CaChain?: string;
   /** URI of a user secret with key passphrase. */
   backupPassphrase?: string;
+  /** e.g. keep-last=7,keep-days=30; unset keeps every backup. */
+  backupRetention?: string;
 }
 
 function str(raw: Record<string, unknown>, key: string): string | undefined {
@@ -32,6 +34,7 @@ export function parseCharmConfig(raw: Record<string, unknown>): CharmConfig {
     s3Credentials: str(raw, 's3-credentials'),
     s3CaChain: str(raw, 's3-ca-chain'),
     backupPassphrase: str(raw, 'backup-passphrase'),
+    backupRetention: str(raw, 'backup-retention'),
   };
 }
 

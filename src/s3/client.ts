@@ -53,6 +53,20 @@ const NETWORK_CODES = new Set([
 ]);
 
 const TLS_CODES = /CERT|SELF_SIGNED|UNABLE_TO_VERIFY|UNABLE_TO_GET_ISSUER/;
+/** Node's texts for the same, for errors that reach us without their code. */
+const TLS_TEXTS = /certificate|unable to verify|unable to get (local )?issuer/i;
+/** OpenSSL's complaints when the other end does not speak TLS at all. */
+const NOT_TLS = /EPROTO|wrong version number|packet length too long|SSL routines/i;
+
+/**
+ * The code of a network error, else its message. Errors created in another
+ * realm (as under jest) reach us through the SDK's wrapper, without a code.
+ */
+function networkDetail(e: SdkErrorShape): string {
+  if (e.code) return e.code;
+  const text = (e.message ?? '').replace(/^AWS SDK error wrapper for (Error: )?/, '').trim();
+  return text.length > 200 ? `${text.slice(0, 200)}…` : text || (e.name ?? 'unknown error');
+}
 
 /** Classifies an S3 SDK error into a BackupError that tells the operator what to fix. */
 export function describeS3Error(err: unknown, settings: S3Settings, doing: string): BackupError {
@@ -61,21 +75,35 @@ export function describeS3Error(err: unknown, settings: S3Settings, doing: strin
   const status = e.$metadata?.httpStatusCode;
   const where = settings.endpoint ?? `AWS S3 region ${settings.region}`;
   const code = e.code ?? e.name ?? '';
-  if (TLS_CODES.test(code) || TLS_CODES.test(e.message ?? '')) {
+  const text = e.message ?? '';
+  if (
+    TLS_CODES.test(code) ||
+    TLS_CODES.test(text) ||
+    (status === undefined && TLS_TEXTS.test(text))
+  ) {
     return new BackupError(
       's3-unreachable',
-      `cannot ${doing}: the TLS certificate of ${where} is not trusted (${code || e.message}); set s3-ca-chain to the CA that signed it`,
+      `cannot ${doing}: the TLS certificate of ${where} is not trusted (${networkDetail(e)}); set s3-ca-chain to the CA that signed it`,
+      { cause: err },
+    );
+  }
+  if (status === undefined && (code === 'EPROTO' || NOT_TLS.test(text))) {
+    return new BackupError(
+      's3-unreachable',
+      `cannot ${doing}: ${where} did not answer in TLS (${networkDetail(e)}); if it serves plain HTTP, set s3-endpoint to http:// rather than https://`,
       { cause: err },
     );
   }
   if (
     status === undefined &&
     (NETWORK_CODES.has(code) ||
-      /ECONNREFUSED|ENOTFOUND|socket hang up|timed? ?out/i.test(e.message ?? ''))
+      /ECONNREFUSED|ENOTFOUND|EAI_AGAIN|ECONNRESET|EHOSTUNREACH|ENETUNREACH|socket hang up|timed? ?out/i.test(
+        text,
+      ))
   ) {
     return new BackupError(
       's3-unreachable',
-      `cannot ${doing}: the S3 endpoint ${where} is unreachable (${code || e.message}); check s3-endpoint and the network`,
+      `cannot ${doing}: the S3 endpoint ${where} is unreachable (${networkDetail(e)}); check s3-endpoint and the network`,
       { cause: err },
     );
   }
@@ -85,9 +113,13 @@ export function describeS3Error(err: unknown, settings: S3Settings, doing: strin
     e.name === 'SignatureDoesNotMatch' ||
     e.name === 'AccessDenied'
   ) {
+    // The access key id is no secret, and names which credentials to fix.
+    const credentials = settings.accessKeyId
+      ? `the access key "${settings.accessKeyId}" and its secret key`
+      : 'the credentials (none are set: the default AWS chain applied)';
     return new BackupError(
       's3-auth',
-      `cannot ${doing}: access to bucket "${settings.bucket}" was denied (HTTP 403${e.name && e.name !== 'Unknown' ? ` ${e.name}` : ''}); check the access key and secret key and the bucket policy`,
+      `cannot ${doing}: access to bucket "${settings.bucket}" was denied (HTTP 403${e.name && e.name !== 'Unknown' ? ` ${e.name}` : ''}); check ${credentials} and the bucket policy`,
       { cause: err },
     );
   }

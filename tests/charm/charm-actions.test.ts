@@ -296,6 +296,41 @@ describeWithPeers(['minio', 'pebble'])('charm actions', () => {
     });
   });
 
+  it('prune-backups and backup-retention', async () => {
+    // Earlier tests may have restored another server's data: follow its name so that
+    // the only problem left is the retention setting.
+    const yaml = fs.readFileSync(path.join(h.dataDir, 'homeserver.yaml'), 'utf8');
+    const serverName = /server_name:\s*"?([^"\n]+)"?/.exec(yaml)![1];
+    h.setConfig({ 'server-name': serverName, 'backup-retention': 'keep-weekly=2' });
+    const status = await h.hook('config-changed');
+    outputs.push(status);
+    expect(status.status?.status).toBe('blocked');
+    expect(status.status?.message).toContain(
+      'backup-retention "keep-weekly=2" is not valid: use keep-last=N and/or keep-days=N',
+    );
+
+    h.setConfig({ 'backup-retention': 'keep-last=1' });
+    const dry = await action('prune-backups', { 'dry-run': true });
+    expect(dry.failed).toBe(false);
+    expect(dry.results['dry-run']).toBe('true');
+    expect(dry.results.kept).toBe('1');
+    const listedBefore = await action('list-backups');
+    const idsBefore = Object.keys(listedBefore.results.backups as object);
+    expect(idsBefore.length).toBeGreaterThan(1);
+
+    // create-backup applies the policy once its own backup is complete.
+    const created = await action('create-backup');
+    expect(created.failed).toBe(false);
+    const newest = created.results['backup-id'] as string;
+    expect(created.results.pruned).not.toBe('');
+    const listed = await action('list-backups');
+    expect(Object.keys(listed.results.backups as object)).toEqual([newest]);
+
+    const again = await action('prune-backups', { 'stale-hours': 0 });
+    expect(again.results).toMatchObject({ 'dry-run': 'false', forgotten: 'none', kept: '1' });
+    h.setConfig({ 'backup-retention': null });
+  });
+
   it('never lets a secret reach hook-tool argv, stdin, logs or output', () => {
     expect(h.calls.some((c) => c.tool === 'action-set')).toBe(true);
     const leaks = findSecretLeaks(

@@ -6,15 +6,22 @@
  * Whatever a test file starts here and forgets to stop is killed (and every tmpDir removed)
  * after the file's tests; a daemon is also killed if the test process dies.
  */
-import { spawn, type ChildProcess, type ChildProcessWithoutNullStreams } from 'node:child_process';
+import {
+  execFileSync,
+  spawn,
+  type ChildProcess,
+  type ChildProcessWithoutNullStreams,
+} from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as fsp from 'node:fs/promises';
 import * as http from 'node:http';
+import * as https from 'node:https';
 import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { CreateBucketCommand, S3Client } from '@aws-sdk/client-s3';
+import { NodeHttpHandler } from '@smithy/node-http-handler';
 
 export type PeerName = 'minio' | 'pebble' | 'esdk';
 
@@ -222,10 +229,11 @@ async function waitUntil(
   throw new Error(`${what} not ready after ${timeoutMs} ms; log:\n${logTail(logFile)}`);
 }
 
-/** Status code of a GET, over TCP or a unix socket. */
-function httpStatus(options: http.RequestOptions): Promise<number> {
+/** Status code of a GET, over TCP or a unix socket; over TLS when `ca` is given. */
+function httpStatus(options: http.RequestOptions & { ca?: string }): Promise<number> {
   return new Promise((resolve, reject) => {
-    const req = http.get({ ...options, agent: false, timeout: 2000 }, (res) => {
+    const get = options.ca ? https.get : http.get;
+    const req = get({ ...options, agent: false, timeout: 2000 }, (res) => {
       res.resume();
       res.on('end', () => resolve(res.statusCode ?? 0));
     });
@@ -234,10 +242,93 @@ function httpStatus(options: http.RequestOptions): Promise<number> {
   });
 }
 
+// ---------------------------------------------------------------- TLS certificates
+
+export interface TestCertificates {
+  /** PEM of the CA that signed the server certificate (what s3-ca-chain would hold). */
+  caCert: string;
+  /** PEM server certificate for 127.0.0.1 and localhost, and its key. */
+  serverCert: string;
+  serverKey: string;
+}
+
+/** A throwaway CA and a server certificate it signed, made with the host's `openssl` in `dir`. */
+export function makeTestCertificates(dir: string): TestCertificates {
+  const file = (name: string) => path.join(dir, name);
+  const openssl = (...args: string[]) => execFileSync('openssl', args, { stdio: 'pipe' });
+  const newKey = ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes'];
+  const ca = ['-subj', '/CN=synapse-backup test CA', '-days', '2'];
+  const caExtensions = [
+    'basicConstraints=critical,CA:TRUE',
+    'keyUsage=critical,keyCertSign,cRLSign',
+  ];
+  openssl(
+    'req',
+    '-x509',
+    ...newKey,
+    ...ca,
+    '-keyout',
+    file('ca.key'),
+    '-out',
+    file('ca.crt'),
+    ...caExtensions.flatMap((e) => ['-addext', e]),
+  );
+  openssl(
+    'req',
+    '-new',
+    ...newKey,
+    '-subj',
+    '/CN=127.0.0.1',
+    '-keyout',
+    file('server.key'),
+    '-out',
+    file('server.csr'),
+  );
+  fs.writeFileSync(
+    file('server.ext'),
+    'subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n',
+  );
+  openssl(
+    'x509',
+    '-req',
+    '-in',
+    file('server.csr'),
+    '-CA',
+    file('ca.crt'),
+    '-CAkey',
+    file('ca.key'),
+    '-set_serial',
+    '1',
+    '-days',
+    '2',
+    '-extfile',
+    file('server.ext'),
+    '-out',
+    file('server.crt'),
+  );
+  return {
+    caCert: fs.readFileSync(file('ca.crt'), 'utf8'),
+    serverCert: fs.readFileSync(file('server.crt'), 'utf8'),
+    serverKey: fs.readFileSync(file('server.key'), 'utf8'),
+  };
+}
+
 // ---------------------------------------------------------------- MinIO
 
+export interface MinioOptions {
+  /**
+   * Serve HTTPS with a certificate from a fresh test CA (MinIO reads public.crt
+   * and private.key from its --certs-dir). The endpoint is then https:// and
+   * `caCert` holds the CA's PEM.
+   */
+  tls?: boolean;
+}
+
 export interface MinioPeer {
+  /** http://127.0.0.1:port, or https:// with `tls`. */
   endpoint: string;
+  /** With `tls`: the PEM CA certificate that signed the server's. */
+  caCert?: string;
   accessKeyId: string;
   secretAccessKey: string;
   region: 'us-east-1';
@@ -253,17 +344,32 @@ export interface MinioPeer {
   stop(): Promise<void>;
 }
 
-export async function startMinio(): Promise<MinioPeer> {
+export async function startMinio(options: MinioOptions = {}): Promise<MinioPeer> {
   const bin = peerPath('minio');
   const root = await tmpDir('minio');
   const dataDir = path.join(root.path, 'data');
   const certsDir = path.join(root.path, 'certs');
   await fsp.mkdir(dataDir);
+  let caCert: string | undefined;
+  if (options.tls) {
+    const caDir = path.join(root.path, 'ca');
+    await fsp.mkdir(caDir);
+    await fsp.mkdir(certsDir);
+    try {
+      const certs = makeTestCertificates(caDir);
+      await fsp.writeFile(path.join(certsDir, 'public.crt'), certs.serverCert);
+      await fsp.writeFile(path.join(certsDir, 'private.key'), certs.serverKey);
+      caCert = certs.caCert;
+    } catch (err) {
+      await root.cleanup();
+      throw err;
+    }
+  }
   const logFile = path.join(root.path, 'minio.log');
   const [port, consolePort] = [await freePort(), await freePort()];
   const accessKeyId = `test${randomBytes(6).toString('hex')}`;
   const secretAccessKey = randomBytes(20).toString('hex');
-  const endpoint = `http://127.0.0.1:${port}`;
+  const endpoint = `${caCert ? 'https' : 'http'}://127.0.0.1:${port}`;
   const env = {
     ...process.env,
     MINIO_ROOT_USER: accessKeyId,
@@ -286,7 +392,8 @@ export async function startMinio(): Promise<MinioPeer> {
   const start = async () => {
     proc = launch(bin, args, env, logFile, root.path);
     await waitUntil('minio', proc, logFile, async () => {
-      const status = await httpStatus({ host: '127.0.0.1', port, path: '/minio/health/live' });
+      const probe = { host: '127.0.0.1', port, path: '/minio/health/live', ca: caCert };
+      const status = await httpStatus(probe);
       return status === 200;
     });
   };
@@ -302,6 +409,9 @@ export async function startMinio(): Promise<MinioPeer> {
     forcePathStyle: true,
     requestChecksumCalculation: 'WHEN_REQUIRED',
     responseChecksumValidation: 'WHEN_REQUIRED',
+    ...(caCert
+      ? { requestHandler: new NodeHttpHandler({ httpsAgent: new https.Agent({ ca: caCert }) }) }
+      : {}),
   });
   const createBucket = async (name: string) => {
     await client.send(new CreateBucketCommand({ Bucket: name }));
@@ -323,6 +433,7 @@ export async function startMinio(): Promise<MinioPeer> {
 
   return {
     endpoint,
+    caCert,
     accessKeyId,
     secretAccessKey,
     region: 'us-east-1',

@@ -1,4 +1,7 @@
 import { formatBytes, formatSeconds, ProgressReporter } from '../format';
+import { describeRetention } from '../../backup/retention';
+import { errorMessage } from '../../errors';
+import type { ActionResults } from '../../juju/hook-tools';
 import type { ActionHandler } from './context';
 
 export const createBackup: ActionHandler = async (a) => {
@@ -11,13 +14,29 @@ export const createBackup: ActionHandler = async (a) => {
     await a.log(
       `backup ${result.backupId} complete: ${result.files} files, ${formatBytes(result.plaintextBytes)} archived, ${formatBytes(result.size)} stored, ${formatSeconds(result.durationSeconds)} s`,
     );
-    return {
+    const results: ActionResults = {
       'backup-id': result.backupId,
       size: String(result.size),
       files: String(result.files),
       sha256: result.sha256,
       'duration-seconds': formatSeconds(result.durationSeconds),
     };
+    if (setup.retention.keepLast !== undefined || setup.retention.keepDays !== undefined) {
+      // The backup is good whatever happens here: a failed prune is reported, not fatal.
+      try {
+        const pruned = await engine.prune(setup.retention);
+        const removed = [...pruned.forgotten, ...pruned.incompleteRemoved];
+        await a.log(
+          `backup-retention (${describeRetention(setup.retention)}): removed ${removed.length ? removed.join(', ') : 'nothing'}`,
+        );
+        results.pruned = removed.join(', ');
+      } catch (err) {
+        const message = `backup ${result.backupId} is complete, but applying backup-retention failed: ${errorMessage(err)}; run prune-backups to retry`;
+        await a.log(message);
+        results['prune-error'] = message;
+      }
+    }
+    return results;
   } finally {
     reporter.stop();
   }
