@@ -9,7 +9,8 @@
 # otherwise a warm run takes under a second. Cold (empty Go + pip caches, 2 CPUs): ~6.5 min
 # (pebble ~40 s, minio ~5 min, venv ~1 min).
 # Tests find the peers through `. scripts/peers/env.sh` (or the default cache path).
-# Usage: bash scripts/peers/install.sh [--force]
+# Usage: bash scripts/peers/install.sh [--force] [minio|pebble|esdk ...]
+#   With no names, installs all three; with names, only those (`install.sh minio` for the demo).
 set -euo pipefail
 
 PEBBLE_MODULE=github.com/canonical/pebble
@@ -30,11 +31,28 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=env.sh
 . "$here/env.sh"
 cache="$SYNAPSE_PEERS_CACHE"
-force=0
-[[ "${1:-}" == "--force" ]] && force=1
 
 die() { echo "install.sh: $*" >&2; exit 1; }
 log() { echo "==> $*" >&2; }
+
+force=0
+want_pebble=0 want_minio=0 want_esdk=0
+for arg in "$@"; do
+  case "$arg" in
+    --force) force=1 ;;
+    pebble) want_pebble=1 ;;
+    minio) want_minio=1 ;;
+    esdk | venv | python) want_esdk=1 ;;
+    -h | --help)
+      echo "usage: bash scripts/peers/install.sh [--force] [minio|pebble|esdk ...] (default: all)"
+      exit 0
+      ;;
+    *) die "unknown argument '$arg' (usage: install.sh [--force] [minio|pebble|esdk ...])" ;;
+  esac
+done
+if ((want_pebble + want_minio + want_esdk == 0)); then
+  want_pebble=1 want_minio=1 want_esdk=1
+fi
 
 mkdir -p "$SYNAPSE_PEERS_BIN" "$cache/stamps" "$cache/src"
 exec 9>"$cache/.lock"
@@ -94,11 +112,19 @@ venv_peer() {
   log "venv ready in $((SECONDS - t0)) s"
 }
 
-go_peer pebble "$PEBBLE_MODULE" "$PEBBLE_PKG" "$PEBBLE_VERSION" module "$PEBBLE_BIN"
-go_peer minio "$MINIO_MODULE" "$MINIO_MODULE" "$MINIO_VERSION" install "$MINIO_BIN"
-venv_peer
+if ((want_pebble)); then
+  go_peer pebble "$PEBBLE_MODULE" "$PEBBLE_PKG" "$PEBBLE_VERSION" module "$PEBBLE_BIN"
+fi
+if ((want_minio)); then
+  go_peer minio "$MINIO_MODULE" "$MINIO_MODULE" "$MINIO_VERSION" install "$MINIO_BIN"
+fi
+if ((want_esdk)); then venv_peer; fi
 
-echo "pebble  $PEBBLE_BIN  ($(cat "$cache/stamps/pebble"))"
-echo "minio   $MINIO_BIN  ($(cat "$cache/stamps/minio"))"
-echo "python  $SYNAPSE_PEERS_PYTHON  (aws-encryption-sdk ${ESDK_PINS[0]#*==})"
-echo "tests:  . scripts/peers/env.sh && npx jest"
+if ((want_pebble)); then echo "pebble  $PEBBLE_BIN  ($(cat "$cache/stamps/pebble"))"; fi
+if ((want_minio)); then echo "minio   $MINIO_BIN  ($(cat "$cache/stamps/minio"))"; fi
+if ((want_esdk)); then
+  echo "python  $SYNAPSE_PEERS_PYTHON  (aws-encryption-sdk ${ESDK_PINS[0]#*==})"
+fi
+if ((want_pebble && want_minio && want_esdk)); then
+  echo "tests:  . scripts/peers/env.sh && npx jest"
+fi

@@ -14,7 +14,7 @@ import { formatBytes, formatBackupTable } from '../format';
 const USAGE = `usage:
   synapse-backup create  --data-dir DIR [--id ID]
   synapse-backup list
-  synapse-backup restore --id ID --data-dir DIR [--allow-no-manifest]
+  synapse-backup restore --id ID --data-dir DIR [--allow-no-manifest] [--keep-previous] [--force]
   synapse-backup delete  --id ID
   synapse-backup verify  --id ID
   synapse-backup decrypt --id ID            # plain tar on stdout
@@ -42,6 +42,8 @@ const OPTIONS = {
   'data-dir': { type: 'string' },
   id: { type: 'string' },
   'allow-no-manifest': { type: 'boolean' },
+  'keep-previous': { type: 'boolean' },
+  force: { type: 'boolean' },
   help: { type: 'boolean', short: 'h' },
 } as const;
 
@@ -261,13 +263,22 @@ async function run(argv: string[]): Promise<void> {
         const id = required(values.id, 'id', 'restore');
         const undoMkdir = values['pebble-socket'] ? () => undefined : makeRestoreDir(dataDir!);
         const r = await engine
-          .restore({ id, allowMissingManifest: values['allow-no-manifest'] })
+          .restore({
+            id,
+            allowMissingManifest: values['allow-no-manifest'],
+            keepPrevious: values['keep-previous'],
+            force: values.force,
+          })
           .catch((err: unknown) => {
             undoMkdir();
             throw err;
           });
+        const notes = [
+          r.oneTimeKeysRemoved ? `${r.oneTimeKeysRemoved} one-time keys removed` : undefined,
+          r.previousPath ? `previous files kept in ${r.previousPath}` : undefined,
+        ].filter(Boolean);
         print(
-          `restored backup ${r.backupId} into ${dataDir}: ${r.files} files, ${formatBytes(r.plaintextBytes)}`,
+          `restored backup ${r.backupId} into ${dataDir}: ${r.files} files, ${formatBytes(r.plaintextBytes)}${notes.map((n) => `; ${n}`).join('')}`,
           r,
         );
         return;

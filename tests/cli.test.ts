@@ -1,0 +1,502 @@
+/**
+ * The CLI's contract, through the built bundle (`node build/synapse-backup.js`, what `npm test`
+ * builds first) against a real MinIO: output formats, exit codes, one-line errors, and that
+ * no run ever prints the passphrase or the S3 secret key.
+ */
+import { spawn, spawnSync } from 'node:child_process';
+import { createHash, randomBytes } from 'node:crypto';
+import { existsSync, promises as fsp, readdirSync, statSync } from 'node:fs';
+import path from 'node:path';
+import { buildTar, encrypt, putBackup } from './support/backups';
+import {
+  type MinioPeer,
+  type TmpDir,
+  describeWithPeers,
+  startMinio,
+  tmpDir,
+} from './support/peers';
+import {
+  inspectSqliteDb,
+  makeSynapseTree,
+  snapshotTree,
+  withoutSkipped,
+} from './support/synapse-tree';
+
+const ROOT = path.resolve(__dirname, '..');
+const BUNDLE = path.join(ROOT, 'build', 'synapse-backup.js');
+const PASSPHRASE = `cli passphrase ${randomBytes(12).toString('hex')}`;
+const PREFIX = 'cli';
+
+interface CliRun {
+  code: number | null;
+  stdout: Buffer;
+  /** stdout as text. */
+  out: string;
+  stderr: string;
+}
+
+interface CliOptions {
+  /** Environment changes; undefined removes a variable. */
+  env?: Record<string, string | undefined>;
+  /** Default: the test bucket. */
+  bucket?: string;
+  /** Default true: add --endpoint, --region, --uri-style, --bucket and --prefix. */
+  s3Flags?: boolean;
+  cwd?: string;
+}
+
+/** Newest mtime of the files below `dir`. */
+function newestMtime(dir: string): number {
+  let newest = 0;
+  for (const entry of readdirSync(dir, { withFileTypes: true })) {
+    const full = path.join(dir, entry.name);
+    const mtime = entry.isDirectory() ? newestMtime(full) : statSync(full).mtimeMs;
+    newest = Math.max(newest, mtime);
+  }
+  return newest;
+}
+
+function requireBundle(): void {
+  if (!existsSync(BUNDLE)) {
+    throw new Error(
+      `${path.relative(ROOT, BUNDLE)} is missing: run "npm run build" first (npm test builds before it runs jest)`,
+    );
+  }
+  if (newestMtime(path.join(ROOT, 'src')) > statSync(BUNDLE).mtimeMs) {
+    console.warn(
+      `${path.relative(ROOT, BUNDLE)} is older than src/: these tests run the old bundle; run "npm run build"`,
+    );
+  }
+}
+
+/** The single line of a failed run's stderr. */
+function errorLine(run: CliRun): string {
+  const lines = run.stderr.split('\n');
+  expect(lines).toHaveLength(2); // one line and its newline
+  expect(lines[1]).toBe('');
+  expect(lines[0]).toMatch(/^synapse-backup: error: /);
+  return lines[0];
+}
+
+describeWithPeers(['minio'])('synapse-backup CLI (built bundle, real MinIO)', () => {
+  let minio: MinioPeer;
+  let src: TmpDir;
+  let runs = 0;
+
+  beforeAll(async () => {
+    requireBundle();
+    minio = await startMinio();
+    src = await tmpDir('cli-src');
+    await makeSynapseTree(src.path, { bigFileBytes: 7 * 1024 * 1024 });
+  });
+  afterAll(async () => {
+    await minio?.stop();
+  });
+
+  /**
+   * Runs the bundle with the test's credentials and passphrase in the environment (and no
+   * other AWS_ or SYNAPSE_BACKUP_ variable), and checks that neither the passphrase nor any
+   * secret key it was given appears in its output.
+   */
+  async function cli(args: string[], options: CliOptions = {}): Promise<CliRun> {
+    const env: Record<string, string | undefined> = {};
+    for (const [k, v] of Object.entries(process.env)) {
+      if (!k.startsWith('AWS_') && !k.startsWith('SYNAPSE_BACKUP_')) env[k] = v;
+    }
+    Object.assign(
+      env,
+      {
+        AWS_ACCESS_KEY_ID: minio.accessKeyId,
+        AWS_SECRET_ACCESS_KEY: minio.secretAccessKey,
+        SYNAPSE_BACKUP_PASSPHRASE: PASSPHRASE,
+      },
+      options.env,
+    );
+    for (const k of Object.keys(env)) if (env[k] === undefined) delete env[k];
+    const flags =
+      options.s3Flags === false
+        ? []
+        : [
+            ...['--endpoint', minio.endpoint, '--region', 'us-east-1', '--uri-style', 'path'],
+            ...['--bucket', options.bucket ?? minio.bucket, '--prefix', PREFIX],
+          ];
+    const run = await new Promise<CliRun>((resolve, reject) => {
+      const child = spawn(process.execPath, [BUNDLE, ...args, ...flags], {
+        env,
+        cwd: options.cwd ?? ROOT,
+        stdio: ['ignore', 'pipe', 'pipe'],
+      });
+      const out: Buffer[] = [];
+      const err: Buffer[] = [];
+      child.stdout.on('data', (b: Buffer) => out.push(b));
+      child.stderr.on('data', (b: Buffer) => err.push(b));
+      const timer = setTimeout(() => child.kill('SIGKILL'), 90_000);
+      child.once('error', reject);
+      child.once('close', (code) => {
+        clearTimeout(timer);
+        const stdout = Buffer.concat(out);
+        resolve({
+          code,
+          stdout,
+          out: stdout.toString('utf8'),
+          stderr: Buffer.concat(err).toString('utf8'),
+        });
+      });
+    });
+    runs += 1;
+    const secrets = [
+      PASSPHRASE,
+      minio.secretAccessKey,
+      env.AWS_SECRET_ACCESS_KEY,
+      env.SYNAPSE_BACKUP_PASSPHRASE,
+    ];
+    for (const secret of secrets) {
+      if (!secret) continue;
+      const leaked = run.stdout.includes(secret) || run.stderr.includes(secret);
+      expect({ args, leaked }).toEqual({ args, leaked: false });
+    }
+    return run;
+  }
+
+  let created: { 'backup-id': string; size: number; files: number; sha256: string };
+
+  test('create --json prints exactly one JSON object with backup-id, size, files and sha256', async () => {
+    const run = await cli(['create', '--data-dir', src.path, '--id', 'cli-1', '--json']);
+    expect(run.stderr).toBe('');
+    expect(run.code).toBe(0);
+    expect(run.out.endsWith('\n')).toBe(true);
+    expect(run.out.trimEnd().split('\n')).toHaveLength(1);
+    created = JSON.parse(run.out);
+    expect(created).toEqual(
+      expect.objectContaining({
+        'backup-id': 'cli-1',
+        size: expect.any(Number),
+        files: 28,
+        sha256: expect.stringMatching(/^[0-9a-f]{64}$/),
+      }),
+    );
+    expect(created.size).toBeGreaterThan(7 * 1024 * 1024);
+  });
+
+  test('create without --json prints one human line; an existing id is refused', async () => {
+    const run = await cli(['create', '--data-dir', src.path, '--id', 'cli-2', '--part-size', '5']);
+    expect(run.code).toBe(0);
+    expect(run.stderr).toBe('');
+    expect(run.out).toMatch(/^created backup cli-2: 28 files, .* sha256 [0-9a-f]{64}, .* s\n$/);
+
+    const again = await cli(['create', '--data-dir', src.path, '--id', 'cli-2']);
+    expect(again.code).toBe(1);
+    expect(again.out).toBe('');
+    expect(errorLine(again)).toContain('backup cli-2 already exists');
+  });
+
+  test('list --json: every backup with its status and size; list: a table', async () => {
+    const run = await cli(['list', '--json']);
+    expect(run.code).toBe(0);
+    expect(run.stderr).toBe('');
+    expect(run.out.trimEnd().split('\n')).toHaveLength(1);
+    const listed = JSON.parse(run.out) as { backups: unknown[]; uploads: unknown[] };
+    expect(listed.backups).toEqual([
+      expect.objectContaining({
+        backupId: 'cli-1',
+        status: 'complete',
+        size: created.size,
+        files: created.files,
+      }),
+      expect.objectContaining({ backupId: 'cli-2', status: 'complete' }),
+    ]);
+    expect(listed.uploads).toEqual([]);
+
+    const table = await cli(['list']);
+    expect(table.code).toBe(0);
+    const lines = table.out.trimEnd().split('\n');
+    expect(lines[0]).toMatch(/^backup-id +created +size +status/);
+    expect(lines[1]).toMatch(/^cli-1 +\S+ +[\d.]+ MiB +complete$/);
+  });
+
+  test('list and delete need no passphrase', async () => {
+    const run = await cli(['list', '--json'], { env: { SYNAPSE_BACKUP_PASSPHRASE: undefined } });
+    expect(run.code).toBe(0);
+  });
+
+  test('verify checks the backup against its manifest', async () => {
+    const run = await cli(['verify', '--id', 'cli-1']);
+    expect(run.code).toBe(0);
+    expect(run.stderr).toBe('');
+    expect(run.out).toMatch(
+      new RegExp(`^backup cli-1 is good: 28 files, [\\d.]+ MiB, sha256 ${created.sha256}\n$`),
+    );
+
+    const json = await cli(['verify', '--id', 'cli-1', '--json']);
+    expect(json.code).toBe(0);
+    expect(JSON.parse(json.out)).toMatchObject({
+      backupId: 'cli-1',
+      ok: true,
+      files: created.files,
+      sha256: created.sha256,
+    });
+  });
+
+  test('restore into an empty directory gives identical files', async () => {
+    const dst = await tmpDir('cli-dst');
+    const run = await cli(['restore', '--id', 'cli-1', '--data-dir', dst.path, '--json']);
+    expect(run.stderr).toBe('');
+    expect(run.code).toBe(0);
+    expect(JSON.parse(run.out)).toMatchObject({
+      backupId: 'cli-1',
+      files: created.files,
+      oneTimeKeysRemoved: 5,
+    });
+
+    const expected = withoutSkipped(await snapshotTree(src.path));
+    const actual = await snapshotTree(dst.path);
+    expect([...actual.keys()].sort()).toEqual([...expected.keys()].sort());
+    // homeserver.db is a snapshot (SQLite's backup API) with the one-time keys removed: its
+    // bytes and mtime are its own, its permissions and rows are the source's.
+    expect(actual.get('homeserver.db')?.mode).toBe(expected.get('homeserver.db')?.mode);
+    expected.delete('homeserver.db');
+    for (const [key, entry] of expected) expect([key, actual.get(key)]).toEqual([key, entry]);
+    expect(inspectSqliteDb(path.join(dst.path, 'homeserver.db'))).toEqual({
+      events: 300,
+      oneTimeKeys: 0,
+      integrity: 'ok',
+    });
+  });
+
+  test('restore makes a missing directory, and takes a relative path from the current one', async () => {
+    const parent = await tmpDir('cli-rel');
+    const run = await cli(['restore', '--id', 'cli-1', '--data-dir', 'new/data'], {
+      cwd: parent.path,
+    });
+    expect(run.stderr).toBe('');
+    expect(run.code).toBe(0);
+    const dir = path.join(parent.path, 'new/data');
+    expect(run.out).toMatch(new RegExp(`^restored backup cli-1 into ${dir}: 28 files, `));
+    expect((await fsp.readFile(path.join(dir, 'homeserver.yaml'), 'utf8')).length).toBeGreaterThan(
+      0,
+    );
+
+    // A restore that fails before writing leaves no directory behind.
+    const failed = await cli(['restore', '--id', 'no-such-backup', '--data-dir', 'other/data'], {
+      cwd: parent.path,
+    });
+    expect(failed.code).toBe(1);
+    expect(errorLine(failed)).toContain('backup no-such-backup does not exist');
+    expect(existsSync(path.join(parent.path, 'other'))).toBe(false);
+  });
+
+  test("restore over another server's data needs --force; --keep-previous keeps the old files", async () => {
+    const dst = await tmpDir('cli-other');
+    await fsp.writeFile(path.join(dst.path, 'homeserver.yaml'), 'server_name: "other.org"\n');
+    const refused = await cli(['restore', '--id', 'cli-1', '--data-dir', dst.path]);
+    expect(refused.code).toBe(1);
+    expect(refused.out).toBe('');
+    expect(errorLine(refused)).toContain(
+      'backup cli-1 is of server "example.org" but this Synapse is "other.org"',
+    );
+    expect(await fsp.readdir(dst.path)).toEqual(['homeserver.yaml']);
+
+    const run = await cli([
+      'restore',
+      ...['--id', 'cli-1', '--data-dir', dst.path],
+      ...['--force', '--keep-previous'],
+    ]);
+    expect(run.stderr).toBe('');
+    expect(run.code).toBe(0);
+    const kept = run.out.match(/; previous files kept in (\S+)\n$/)?.[1];
+    expect(run.out).toMatch(/: 28 files, .*; 5 one-time keys removed; previous files kept in /);
+    expect(kept).toBeDefined();
+    expect(await fsp.readFile(path.join(kept!, 'homeserver.yaml'), 'utf8')).toBe(
+      'server_name: "other.org"\n',
+    );
+    expect(await fsp.readFile(path.join(dst.path, 'homeserver.yaml'), 'utf8')).toContain(
+      'server_name: "example.org"',
+    );
+  });
+
+  test('decrypt --id writes the plain tar to stdout: GNU tar lists it, its SHA-256 is the manifest one', async () => {
+    const run = await cli(['decrypt', '--id', 'cli-1']);
+    expect(run.code).toBe(0);
+    expect(run.stderr).toMatch(/^decrypted backup cli-1: .*, sha256 [0-9a-f]{64}\n$/);
+    expect(createHash('sha256').update(run.stdout).digest('hex')).toBe(created.sha256);
+
+    const dir = await tmpDir('cli-tar');
+    const tarFile = path.join(dir.path, 'cli-1.tar');
+    await fsp.writeFile(tarFile, run.stdout);
+    const listing = spawnSync('tar', ['-tf', tarFile], { encoding: 'utf8' });
+    expect(listing.stderr).toBe('');
+    expect(listing.status).toBe(0);
+    const names = listing.stdout.split('\n').filter(Boolean);
+    expect(names).toEqual(
+      expect.arrayContaining([
+        'homeserver.yaml',
+        'example.org.signing.key',
+        'homeserver.db',
+        'media_store/local_content/ab/cd/file0',
+        'media_store/local_content/big/blob',
+      ]),
+    );
+    expect(names.filter((n) => /remote_|url_cache/.test(n))).toEqual([]);
+  });
+
+  test('--passphrase-file works without the environment variable', async () => {
+    const dir = await tmpDir('cli-pass');
+    const file = path.join(dir.path, 'passphrase');
+    await fsp.writeFile(file, `${PASSPHRASE}\n`, { mode: 0o600 });
+    const noEnv = { SYNAPSE_BACKUP_PASSPHRASE: undefined };
+    const run = await cli(['verify', '--id', 'cli-1', '--passphrase-file', file], { env: noEnv });
+    expect(run.stderr).toBe('');
+    expect(run.code).toBe(0);
+    expect(run.out).toContain('backup cli-1 is good');
+
+    const wrongFile = path.join(dir.path, 'wrong');
+    await fsp.writeFile(wrongFile, 'not the passphrase\n');
+    const wrong = await cli(['verify', '--id', 'cli-1', '--passphrase-file', wrongFile], {
+      env: noEnv,
+    });
+    expect(wrong.code).toBe(1);
+    expect(errorLine(wrong)).toBe(
+      'synapse-backup: error: cannot decrypt backup cli-1: the passphrase does not match the one it was encrypted with',
+    );
+  });
+
+  test.each([
+    ['create', ['create', '--data-dir', '<src>', '--id', 'nopass']],
+    ['verify', ['verify', '--id', 'cli-1']],
+    ['restore', ['restore', '--id', 'cli-1', '--data-dir', '<dst>']],
+    ['decrypt', ['decrypt', '--id', 'cli-1']],
+  ])('%s without a passphrase: non-zero exit, one error line, nothing done', async (_, args) => {
+    const dst = await tmpDir('cli-nopass');
+    const target = path.join(dst.path, 'restore-here');
+    const argv = args.map((a) => (a === '<src>' ? src.path : a === '<dst>' ? target : a));
+    const run = await cli(argv, { env: { SYNAPSE_BACKUP_PASSPHRASE: undefined } });
+    expect(run.code).not.toBe(0);
+    expect(run.out).toBe('');
+    expect(errorLine(run)).toBe(
+      'synapse-backup: error: no passphrase: set SYNAPSE_BACKUP_PASSPHRASE or pass --passphrase-file',
+    );
+    expect(existsSync(target)).toBe(false);
+  });
+
+  test.each([
+    ['list', ['list']],
+    ['create', ['create', '--data-dir', '<src>']],
+    ['verify', ['verify', '--id', 'cli-1']],
+    ['restore', ['restore', '--id', 'cli-1', '--data-dir', '<dst>']],
+    ['delete', ['delete', '--id', 'cli-1']],
+  ])('%s on a missing bucket: one error line naming the bucket', async (_, args) => {
+    const dst = await tmpDir('cli-nobucket');
+    const argv = args.map((a) => (a === '<src>' ? src.path : a === '<dst>' ? dst.path : a));
+    const run = await cli(argv, { bucket: 'no-such-bucket-here' });
+    expect(run.code).toBe(1);
+    expect(run.out).toBe('');
+    const line = errorLine(run);
+    expect(line).toContain('bucket "no-such-bucket-here" does not exist');
+    expect(line).toContain(minio.endpoint);
+  });
+
+  test('a wrong S3 secret key is an access error that does not echo the key', async () => {
+    const wrongSecret = `${minio.secretAccessKey.slice(0, -4)}beef`;
+    const run = await cli(['list'], { env: { AWS_SECRET_ACCESS_KEY: wrongSecret } });
+    expect(run.code).toBe(1);
+    expect(errorLine(run)).toContain(`access to bucket "${minio.bucket}" was denied`);
+  });
+
+  test('usage errors exit 2 with one error line', async () => {
+    const unknown = await cli(['frobnicate']);
+    expect(unknown.code).toBe(2);
+    expect(unknown.out).toBe('');
+    expect(errorLine(unknown)).toBe(
+      'synapse-backup: error: unknown command "frobnicate"; see synapse-backup --help',
+    );
+
+    const option = await cli(['list', '--frobnicate']);
+    expect(option.code).toBe(2);
+    expect(errorLine(option)).toContain("Unknown option '--frobnicate'");
+
+    const missing = await cli(['verify']);
+    expect(missing.code).toBe(2);
+    expect(errorLine(missing)).toBe('synapse-backup: error: verify needs --id');
+
+    const bare = await cli([], { s3Flags: false });
+    expect(bare.code).toBe(2);
+    expect(bare.out).toBe('');
+    expect(bare.stderr).toMatch(/^usage:\n/);
+
+    const help = await cli(['--help'], { s3Flags: false });
+    expect(help.code).toBe(0);
+    expect(help.out).toMatch(/^usage:\n/);
+    expect(help.stderr).toBe('');
+  });
+
+  test('restore --allow-no-manifest restores a backup that has no manifest', async () => {
+    const tar = await buildTar([
+      { name: 'homeserver.yaml', content: 'server_name: "legacy.example.org"\n' },
+      { name: 'media_store/', type: 'directory' },
+      { name: 'media_store/local_content/', type: 'directory' },
+      { name: 'media_store/local_content/old', content: 'media from the Python charm' },
+    ]);
+    await putBackup(
+      minio.client,
+      minio.bucket,
+      PREFIX,
+      'legacy',
+      tar,
+      await encrypt(tar, PASSPHRASE),
+      {
+        files: 2,
+        entries: 4,
+        withManifest: false,
+      },
+    );
+    const listed = JSON.parse((await cli(['list', '--json'])).out) as {
+      backups: { backupId: string; status: string }[];
+    };
+    expect(listed.backups).toContainEqual(
+      expect.objectContaining({ backupId: 'legacy', status: 'incomplete' }),
+    );
+
+    const dst = await tmpDir('cli-legacy');
+    const refused = await cli(['restore', '--id', 'legacy', '--data-dir', dst.path]);
+    expect(refused.code).toBe(1);
+    expect(errorLine(refused)).toContain('backup legacy is incomplete: it has no manifest');
+    expect(await fsp.readdir(dst.path)).toEqual([]);
+
+    const run = await cli([
+      'restore',
+      '--id',
+      'legacy',
+      '--data-dir',
+      dst.path,
+      '--allow-no-manifest',
+    ]);
+    expect(run.stderr).toBe('');
+    expect(run.code).toBe(0);
+    expect(run.out).toMatch(/^restored backup legacy into .*: 2 files, /);
+    expect(await fsp.readFile(path.join(dst.path, 'homeserver.yaml'), 'utf8')).toBe(
+      'server_name: "legacy.example.org"\n',
+    );
+    expect(await fsp.readFile(path.join(dst.path, 'media_store/local_content/old'), 'utf8')).toBe(
+      'media from the Python charm',
+    );
+  });
+
+  test('delete removes a backup; list no longer shows it', async () => {
+    const run = await cli(['delete', '--id', 'cli-2'], {
+      env: { SYNAPSE_BACKUP_PASSPHRASE: undefined },
+    });
+    expect(run.code).toBe(0);
+    expect(run.out).toBe(
+      `deleted backup cli-2 (${PREFIX}/cli-2.manifest.json, ${PREFIX}/cli-2.tar.enc)\n`,
+    );
+    const listed = JSON.parse((await cli(['list', '--json'])).out) as {
+      backups: { backupId: string }[];
+    };
+    expect(listed.backups.map((b) => b.backupId)).not.toContain('cli-2');
+  });
+
+  test('no run printed the passphrase or a secret key', () => {
+    // Each run is checked as it ends (see cli()); this guards against the check being skipped.
+    expect(runs).toBeGreaterThanOrEqual(30);
+  });
+});
