@@ -198,12 +198,12 @@ describeWithPeers(['minio'])('synapse-backup CLI (built bundle, real MinIO)', ()
     const listed = JSON.parse(run.out) as { backups: unknown[]; uploads: unknown[] };
     expect(listed.backups).toEqual([
       expect.objectContaining({
-        backupId: 'cli-1',
+        'backup-id': 'cli-1',
         status: 'complete',
         size: created.size,
         files: created.files,
       }),
-      expect.objectContaining({ backupId: 'cli-2', status: 'complete' }),
+      expect.objectContaining({ 'backup-id': 'cli-2', status: 'complete' }),
     ]);
     expect(listed.uploads).toEqual([]);
 
@@ -230,7 +230,7 @@ describeWithPeers(['minio'])('synapse-backup CLI (built bundle, real MinIO)', ()
     const json = await cli(['verify', '--id', 'cli-1', '--json']);
     expect(json.code).toBe(0);
     expect(JSON.parse(json.out)).toMatchObject({
-      backupId: 'cli-1',
+      'backup-id': 'cli-1',
       ok: true,
       files: created.files,
       sha256: created.sha256,
@@ -243,9 +243,9 @@ describeWithPeers(['minio'])('synapse-backup CLI (built bundle, real MinIO)', ()
     expect(run.stderr).toBe('');
     expect(run.code).toBe(0);
     expect(JSON.parse(run.out)).toMatchObject({
-      backupId: 'cli-1',
+      'backup-id': 'cli-1',
       files: created.files,
-      oneTimeKeysRemoved: 5,
+      'one-time-keys-removed': 5,
     });
 
     const expected = withoutSkipped(await snapshotTree(src.path));
@@ -450,10 +450,10 @@ describeWithPeers(['minio'])('synapse-backup CLI (built bundle, real MinIO)', ()
       },
     );
     const listed = JSON.parse((await cli(['list', '--json'])).out) as {
-      backups: { backupId: string; status: string }[];
+      backups: { 'backup-id': string; status: string }[];
     };
     expect(listed.backups).toContainEqual(
-      expect.objectContaining({ backupId: 'legacy', status: 'incomplete' }),
+      expect.objectContaining({ 'backup-id': 'legacy', status: 'incomplete' }),
     );
 
     const dst = await tmpDir('cli-legacy');
@@ -490,9 +490,34 @@ describeWithPeers(['minio'])('synapse-backup CLI (built bundle, real MinIO)', ()
       `deleted backup cli-2 (${PREFIX}/cli-2.manifest.json, ${PREFIX}/cli-2.tar.enc)\n`,
     );
     const listed = JSON.parse((await cli(['list', '--json'])).out) as {
-      backups: { backupId: string }[];
+      backups: { 'backup-id': string }[];
     };
-    expect(listed.backups.map((b) => b.backupId)).not.toContain('cli-2');
+    expect(listed.backups.map((b) => b['backup-id'])).not.toContain('cli-2');
+  });
+
+  test('prune previews with --dry-run, then removes stale incomplete backups', async () => {
+    const dry = await cli(['prune', '--dry-run', '--stale-hours', '0', '--json'], {
+      env: { SYNAPSE_BACKUP_PASSPHRASE: undefined },
+    });
+    expect(dry.code).toBe(0);
+    const preview = JSON.parse(dry.out) as Record<string, unknown>;
+    expect(preview).toMatchObject({ 'dry-run': true, forgotten: [] });
+    expect(preview['incomplete-removed']).toContain('legacy');
+
+    const real = await cli(['prune', '--keep-last', '1', '--stale-hours', '0']);
+    expect(real.code).toBe(0);
+    expect(real.out).toMatch(/^removed incomplete backups older than 0 h: .*legacy/m);
+    const listed = JSON.parse((await cli(['list', '--json'])).out) as {
+      backups: { 'backup-id': string; status: string }[];
+    };
+    expect(listed.backups.filter((b) => b.status === 'complete')).toHaveLength(1);
+    expect(listed.backups.map((b) => b['backup-id'])).not.toContain('legacy');
+
+    const bad = await cli(['prune', '--keep-last', 'many']);
+    expect(bad.code).toBe(2);
+    expect(bad.stderr).toBe(
+      'synapse-backup: error: --keep-last takes a whole number, not "many"\n',
+    );
   });
 
   test('no run printed the passphrase or a secret key', () => {

@@ -664,15 +664,20 @@ export class BackupEngine {
   async decryptTo(
     id: string,
     output: Writable,
+    options: { allowMissingManifest?: boolean } = {},
   ): Promise<{ plaintextBytes: number; sha256: string }> {
     validateBackupId(id);
-    const manifest = await this.completeManifest(id);
+    const manifest = options.allowMissingManifest
+      ? await this.completeManifest(id, true)
+      : await this.completeManifest(id);
     const { plaintext, ciphertext } = await this.readArchive(id, 'decrypt', output);
-    this.compareWithManifest(manifest, {
-      plaintextBytes: plaintext.bytes,
-      ciphertextBytes: ciphertext.bytes,
-      sha256: plaintext.sha256,
-    });
+    if (manifest) {
+      this.compareWithManifest(manifest, {
+        plaintextBytes: plaintext.bytes,
+        ciphertextBytes: ciphertext.bytes,
+        sha256: plaintext.sha256,
+      });
+    }
     return { plaintextBytes: plaintext.bytes, sha256: plaintext.sha256 };
   }
 

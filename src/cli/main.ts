@@ -10,6 +10,7 @@ import { LocalWorkload } from '../workload/local';
 import { PebbleWorkload } from '../workload/pebble';
 import type { Workload } from '../workload/workload';
 import { formatBytes, formatBackupTable } from '../format';
+import { describeRetention } from '../backup/retention';
 
 const USAGE = `usage:
   synapse-backup create  --data-dir DIR [--id ID]
@@ -17,7 +18,8 @@ const USAGE = `usage:
   synapse-backup restore --id ID --data-dir DIR [--allow-no-manifest] [--keep-previous] [--force]
   synapse-backup delete  --id ID
   synapse-backup verify  --id ID
-  synapse-backup decrypt --id ID            # plain tar on stdout
+  synapse-backup decrypt --id ID [--allow-no-manifest]   # plain tar on stdout
+  synapse-backup prune   [--keep-last N] [--keep-days N] [--stale-hours H] [--dry-run]
 common: --bucket B [--prefix P] [--endpoint URL] [--region R] [--uri-style host|path] [--json]
         [--passphrase-file F] [--ca-file PEM] [--checksum when_required|when_supported]
         [--frame-length BYTES] [--part-size MIB] [--queue-size N]
@@ -44,6 +46,10 @@ const OPTIONS = {
   'allow-no-manifest': { type: 'boolean' },
   'keep-previous': { type: 'boolean' },
   force: { type: 'boolean' },
+  'keep-last': { type: 'string' },
+  'keep-days': { type: 'string' },
+  'stale-hours': { type: 'string' },
+  'dry-run': { type: 'boolean' },
   help: { type: 'boolean', short: 'h' },
 } as const;
 
@@ -51,7 +57,7 @@ type Values = ReturnType<
   typeof parseArgs<{ options: typeof OPTIONS; allowPositionals: true }>
 >['values'];
 
-const COMMANDS = ['create', 'list', 'restore', 'delete', 'verify', 'decrypt'];
+const COMMANDS = ['create', 'list', 'restore', 'delete', 'verify', 'decrypt', 'prune'];
 
 /** Secrets this run knows, for the redaction of error messages. */
 const secrets: (string | undefined)[] = [
@@ -176,7 +182,7 @@ function engineFor(
     ? new PebbleWorkload({ socketPath: values['pebble-socket'] })
     : new LocalWorkload();
   const partMiB = wholeNumber(values['part-size'], 'part-size');
-  const needsPassphrase = !['list', 'delete'].includes(command);
+  const needsPassphrase = !['list', 'delete', 'prune'].includes(command);
   const options: EngineOptions = {
     s3,
     // list and delete never decrypt; the engine still wants a non-empty value.
@@ -226,11 +232,11 @@ async function run(argv: string[]): Promise<void> {
   // Missing options first: before the passphrase, the S3 settings or any directory is touched.
   if (command === 'create' || command === 'restore')
     required(values['data-dir'], 'data-dir', command);
-  if (command !== 'create' && command !== 'list') required(values.id, 'id', command);
+  if (!['create', 'list', 'prune'].includes(command)) required(values.id, 'id', command);
   const json = Boolean(values.json);
   const print = (human: string, data: unknown): void => {
     endProgressLine();
-    process.stdout.write(json ? `${JSON.stringify(data)}\n` : `${human}\n`);
+    process.stdout.write(json ? `${JSON.stringify(kebabKeys(data))}\n` : `${human}\n`);
   };
   const dataDir = dataDirFor(command, values);
   const engine = engineFor(command, values, json, dataDir);
@@ -302,10 +308,34 @@ async function run(argv: string[]): Promise<void> {
           throw new ConfigError(
             'decrypt writes a tar archive: redirect stdout to a file or a pipe',
           );
-        const r = await engine.decryptTo(id, process.stdout);
+        const r = await engine.decryptTo(id, process.stdout, {
+          allowMissingManifest: values['allow-no-manifest'],
+        });
         endProgressLine();
         process.stderr.write(
           `decrypted backup ${id}: ${formatBytes(r.plaintextBytes)}, sha256 ${r.sha256}\n`,
+        );
+        return;
+      }
+      case 'prune': {
+        const policy = {
+          keepLast: wholeNumber(values['keep-last'], 'keep-last'),
+          keepDays: wholeNumber(values['keep-days'], 'keep-days'),
+        };
+        const staleHours = wholeNumber(values['stale-hours'], 'stale-hours') ?? 24;
+        const r = await engine.prune(policy, {
+          dryRun: values['dry-run'],
+          staleAfterSeconds: staleHours * 3600,
+        });
+        const list = (items: string[]) => (items.length ? items.join(', ') : 'none');
+        print(
+          [
+            `${r.dryRun ? 'would remove' : 'removed'} by the retention policy (${describeRetention(policy)}): ${list(r.forgotten)}`,
+            `${r.dryRun ? 'would remove' : 'removed'} incomplete backups older than ${staleHours} h: ${list(r.incompleteRemoved)}`,
+            `${r.dryRun ? 'would abort' : 'aborted'} unfinished uploads older than ${staleHours} h: ${list(r.uploadsAborted)}`,
+            `complete backups kept: ${r.kept}`,
+          ].join('\n'),
+          r,
         );
         return;
       }
@@ -315,9 +345,30 @@ async function run(argv: string[]): Promise<void> {
   }
 }
 
+/** JSON output uses kebab-case keys throughout, as create's contract does. */
+function kebabKeys(value: unknown): unknown {
+  if (Array.isArray(value)) return value.map(kebabKeys);
+  if (value === null || typeof value !== 'object') return value;
+  return Object.fromEntries(
+    Object.entries(value).map(([k, v]) => [
+      k.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`),
+      kebabKeys(v),
+    ]),
+  );
+}
+
+/** The engine's hints name the charm's action params; say them as this CLI's flags. */
+function cliWording(message: string): string {
+  return message
+    .replace(/\bforce=true\b/g, '--force')
+    .replace(/\bwith allow-no-manifest\b/g, 'with --allow-no-manifest')
+    .replace(/\bprune stale uploads\b/g, 'run synapse-backup prune')
+    .replace(/\brun list-backups\b/g, 'run synapse-backup list');
+}
+
 run(process.argv.slice(2)).catch((err: unknown) => {
   endProgressLine();
-  const message = redact(errorMessage(err), secrets);
+  const message = cliWording(redact(errorMessage(err), secrets));
   process.stderr.write(`synapse-backup: error: ${message.split('\n')[0]}\n`);
   process.exitCode = err instanceof BackupError && err.code === 'config' ? 2 : 1;
 });
