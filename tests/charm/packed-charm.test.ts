@@ -137,6 +137,7 @@ describeWithPeers(['minio', 'pebble'])('the packed charm', () => {
       'create-backup',
       'delete-backup',
       'list-backups',
+      'prune-backups',
       'restore-backup',
       'verify-backup',
     ]);
