@@ -1,3 +1,4 @@
+import { minioEngine } from './support/engines';
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import {
@@ -5,10 +6,8 @@ import {
   PutObjectCommand,
   CreateMultipartUploadCommand,
 } from '@aws-sdk/client-s3';
-import { BackupEngine } from '../src/backup/engine';
 import type { EngineOptions } from '../src/backup/types';
 import { BackupError } from '../src/errors';
-import { parseS3Settings } from '../src/s3/settings';
 import { LocalWorkload } from '../src/workload/local';
 import { PebbleWorkload } from '../src/workload/pebble';
 import type { ExecOptions, ExecProcess, Workload } from '../src/workload/workload';
@@ -80,20 +79,7 @@ for (const transport of ['local', 'pebble'] as Transport[]) {
       });
 
       const engineFor = (dataDir: string, extra: Partial<EngineOptions> = {}) =>
-        new BackupEngine({
-          s3: parseS3Settings({
-            bucket: minio.bucket,
-            prefix,
-            endpoint: minio.endpoint,
-            uriStyle: 'path',
-            accessKeyId: minio.accessKeyId,
-            secretAccessKey: minio.secretAccessKey,
-          }),
-          passphrase: PASSPHRASE,
-          workload,
-          dataDir,
-          ...extra,
-        });
+        minioEngine(minio, prefix, { passphrase: PASSPHRASE, workload, dataDir, ...extra });
 
       const uploadsLeft = async () => {
         const engine = engineFor('/nonexistent');

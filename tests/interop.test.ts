@@ -1,9 +1,7 @@
+import { minioEngine } from './support/engines';
 import { spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { GetObjectCommand, PutObjectCommand } from '@aws-sdk/client-s3';
-import { BackupEngine } from '../src/backup/engine';
-import { parseS3Settings } from '../src/s3/settings';
-import { LocalWorkload } from '../src/workload/local';
 import { type MinioPeer, describeWithPeers, pythonEsdk, startMinio, tmpDir } from './support/peers';
 import {
   inspectSqliteDb,
@@ -23,20 +21,7 @@ describeWithPeers(['minio', 'esdk'])('interoperability with the Python AWS Encry
   });
 
   const engineFor = (passphrase: string, dataDir: string, frameLength?: number) =>
-    new BackupEngine({
-      s3: parseS3Settings({
-        bucket: minio.bucket,
-        prefix: 'interop',
-        endpoint: minio.endpoint,
-        uriStyle: 'path',
-        accessKeyId: minio.accessKeyId,
-        secretAccessKey: minio.secretAccessKey,
-      }),
-      passphrase,
-      workload: new LocalWorkload(),
-      dataDir,
-      frameLength,
-    });
+    minioEngine(minio, 'interop', { passphrase, dataDir, frameLength });
 
   const getObject = async (key: string): Promise<Buffer> => {
     const out = await minio.client.send(new GetObjectCommand({ Bucket: minio.bucket, Key: key }));

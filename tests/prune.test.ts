@@ -1,9 +1,7 @@
+import { minioEngine } from './support/engines';
 import { CreateMultipartUploadCommand } from '@aws-sdk/client-s3';
-import { BackupEngine } from '../src/backup/engine';
 import { backupsToForget, parseRetention } from '../src/backup/retention';
 import type { BackupInfo } from '../src/backup/types';
-import { parseS3Settings } from '../src/s3/settings';
-import { LocalWorkload } from '../src/workload/local';
 import { buildTar, encrypt, putBackup } from './support/backups';
 import { type MinioPeer, describeWithPeers, startMinio } from './support/peers';
 
@@ -71,18 +69,7 @@ describeWithPeers(['minio'])('prune against MinIO', () => {
 
   test('dry-run reports, a real run removes forgotten, stale incomplete backups and stale uploads', async () => {
     const prefix = 'prune';
-    const engine = new BackupEngine({
-      s3: parseS3Settings({
-        bucket: minio.bucket,
-        prefix,
-        endpoint: minio.endpoint,
-        uriStyle: 'path',
-        accessKeyId: minio.accessKeyId,
-        secretAccessKey: minio.secretAccessKey,
-      }),
-      passphrase: 'p',
-      workload: new LocalWorkload(),
-    });
+    const engine = minioEngine(minio, prefix, { passphrase: 'p' });
     const tar = await buildTar([{ name: 'homeserver.yaml', content: 'x' }]);
     const ciphertext = await encrypt(tar, 'p');
     for (const id of ['20261101000000', '20261110000000', '20261120000000']) {

@@ -1,10 +1,10 @@
+import { minioEngine } from './support/engines';
 import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import { DeleteObjectCommand, GetObjectCommand, PutObjectCommand } from '@aws-sdk/client-s3';
-import { BackupEngine } from '../src/backup/engine';
+import type { BackupEngine } from '../src/backup/engine';
 import type { EngineOptions } from '../src/backup/types';
-import { parseS3Settings } from '../src/s3/settings';
 import { PebbleWorkload } from '../src/workload/pebble';
 import { buildTar, encrypt, putBackup } from './support/backups';
 import {
@@ -50,20 +50,7 @@ describeWithPeers(['minio', 'pebble'])('a restore that cannot lose data', () => 
   });
 
   const engineFor = (dataDir: string, extra: Partial<EngineOptions> = {}) =>
-    new BackupEngine({
-      s3: parseS3Settings({
-        bucket: minio.bucket,
-        prefix,
-        endpoint: minio.endpoint,
-        uriStyle: 'path',
-        accessKeyId: minio.accessKeyId,
-        secretAccessKey: minio.secretAccessKey,
-      }),
-      passphrase: PASSPHRASE,
-      workload,
-      dataDir,
-      ...extra,
-    });
+    minioEngine(minio, prefix, { passphrase: PASSPHRASE, workload, dataDir, ...extra });
 
   const synapseState = async () => (await workload.serviceStatus(SERVICES))[0]?.current;
   let counter = 0;

@@ -3,11 +3,9 @@
  * against a real Pebble (the workload) and a real MinIO. Every action's
  * output, as `juju run` would show it, goes to build/charm-actions-transcript.txt.
  */
+import { minioEngine } from '../support/engines';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { BackupEngine } from '../../src/backup/engine';
-import { parseS3Settings } from '../../src/s3/settings';
-import { LocalWorkload } from '../../src/workload/local';
 import {
   describeAction,
   findSecretLeaks,
@@ -130,19 +128,7 @@ describeWithPeers(['minio', 'pebble'])('charm actions', () => {
 
   it('list-backups', async () => {
     // A second backup with an id that is not a valid action-set key.
-    const engine = new BackupEngine({
-      s3: parseS3Settings({
-        bucket: minio.bucket,
-        prefix: 'synapse/prod',
-        endpoint: minio.endpoint,
-        uriStyle: 'path',
-        accessKeyId: minio.accessKeyId,
-        secretAccessKey: minio.secretAccessKey,
-      }),
-      passphrase,
-      workload: new LocalWorkload(),
-      dataDir: h.dataDir,
-    });
+    const engine = minioEngine(minio, 'synapse/prod', { passphrase, dataDir: h.dataDir });
     await engine.create({ id: 'Weekly_2025.01' });
     engine.close();
 
@@ -259,19 +245,7 @@ describeWithPeers(['minio', 'pebble'])('charm actions', () => {
     const other = await tmpDir('other-server');
     await makeSynapseTree(other.path, { mediaFiles: 2 });
     fs.writeFileSync(path.join(other.path, 'homeserver.yaml'), 'server_name: "other.org"\n');
-    const engine = new BackupEngine({
-      s3: parseS3Settings({
-        bucket: minio.bucket,
-        prefix: 'synapse/prod',
-        endpoint: minio.endpoint,
-        uriStyle: 'path',
-        accessKeyId: minio.accessKeyId,
-        secretAccessKey: minio.secretAccessKey,
-      }),
-      passphrase,
-      workload: new LocalWorkload(),
-      dataDir: other.path,
-    });
+    const engine = minioEngine(minio, 'synapse/prod', { passphrase, dataDir: other.path });
     await engine.create({ id: 'other-org-1' });
     engine.close();
 
