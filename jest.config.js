@@ -6,7 +6,16 @@ module.exports = {
   testEnvironment: 'node',
   roots: ['<rootDir>/tests'],
   testMatch: ['**/*.test.ts'],
-  transform: { '^.+\\.ts$': ['ts-jest', { tsconfig: 'tsconfig.json' }] },
+  // The fault suite has its own config and runner: npm run test:faults.
+  testPathIgnorePatterns: ['/node_modules/', '<rootDir>/tests/faults/'],
+  transform: {
+    '^.+\\.ts$': ['ts-jest', { tsconfig: 'tsconfig.json' }],
+    // @kubernetes/client-node 1.x and a few of its dependencies are ES modules only.
+    '^.+\\.js$': '<rootDir>/tests/support/esm-transform.js',
+  },
+  transformIgnorePatterns: [
+    '/node_modules/(?!(@kubernetes/client-node|openid-client|oauth4webapi|jose)/)',
+  ],
   testTimeout: 120000,
   maxWorkers: 2,
 };

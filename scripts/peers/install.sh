@@ -3,14 +3,17 @@
 #   pebble  (the workload container's API)  built from source with Go, pinned below
 #   minio   (S3)                             built from source with Go, pinned below
 #   venv    (Python aws-encryption-sdk, for the interop test), every package pinned
+#   kube    (the Kubernetes exec rig: kube-apiserver, etcd, the test kubelet), see kube.sh
 # Cache: ${SYNAPSE_PEERS_CACHE:-$HOME/.cache/synapse-backup-peers} (bin/, venv/, stamps/, src/).
 # Needs: Go (1.26 used), Python 3 with venv + pip, network for the first run.
 # Idempotent: a stamp per peer records the pin it was built from; a changed pin rebuilds,
 # otherwise a warm run takes under a second. Cold (empty Go + pip caches, 2 CPUs): ~6.5 min
 # (pebble ~40 s, minio ~5 min, venv ~1 min).
 # Tests find the peers through `. scripts/peers/env.sh` (or the default cache path).
-# Usage: bash scripts/peers/install.sh [--force] [minio|pebble|esdk ...]
-#   With no names, installs all three; with names, only those (`install.sh minio` for the demo).
+# The kube rig adds ~19 min cold (kube-apiserver is most of it), see kube.sh: a cold run of
+# everything measured 32 min on a busy 2-CPU machine (pebble 2 min, minio 11, venv 1, kube 19).
+# Usage: bash scripts/peers/install.sh [--force] [minio|pebble|esdk|kube ...]
+#   With no names, installs all four; with names, only those (`install.sh minio` for the demo).
 set -euo pipefail
 
 PEBBLE_MODULE=github.com/canonical/pebble
@@ -36,22 +39,23 @@ die() { echo "install.sh: $*" >&2; exit 1; }
 log() { echo "==> $*" >&2; }
 
 force=0
-want_pebble=0 want_minio=0 want_esdk=0
+want_pebble=0 want_minio=0 want_esdk=0 want_kube=0
 for arg in "$@"; do
   case "$arg" in
     --force) force=1 ;;
     pebble) want_pebble=1 ;;
     minio) want_minio=1 ;;
     esdk | venv | python) want_esdk=1 ;;
+    kube | kubernetes) want_kube=1 ;;
     -h | --help)
-      echo "usage: bash scripts/peers/install.sh [--force] [minio|pebble|esdk ...] (default: all)"
+      echo "usage: bash scripts/peers/install.sh [--force] [minio|pebble|esdk|kube ...] (default: all)"
       exit 0
       ;;
-    *) die "unknown argument '$arg' (usage: install.sh [--force] [minio|pebble|esdk ...])" ;;
+    *) die "unknown argument '$arg' (usage: install.sh [--force] [minio|pebble|esdk|kube ...])" ;;
   esac
 done
-if ((want_pebble + want_minio + want_esdk == 0)); then
-  want_pebble=1 want_minio=1 want_esdk=1
+if ((want_pebble + want_minio + want_esdk + want_kube == 0)); then
+  want_pebble=1 want_minio=1 want_esdk=1 want_kube=1
 fi
 
 mkdir -p "$SYNAPSE_PEERS_BIN" "$cache/stamps" "$cache/src"
@@ -119,12 +123,22 @@ if ((want_minio)); then
   go_peer minio "$MINIO_MODULE" "$MINIO_MODULE" "$MINIO_VERSION" install "$MINIO_BIN"
 fi
 if ((want_esdk)); then venv_peer; fi
+if ((want_kube)); then
+  # shellcheck source=kube.sh
+  . "$here/kube.sh"
+  kube_peers
+fi
 
 if ((want_pebble)); then echo "pebble  $PEBBLE_BIN  ($(cat "$cache/stamps/pebble"))"; fi
 if ((want_minio)); then echo "minio   $MINIO_BIN  ($(cat "$cache/stamps/minio"))"; fi
 if ((want_esdk)); then
   echo "python  $SYNAPSE_PEERS_PYTHON  (aws-encryption-sdk ${ESDK_PINS[0]#*==})"
 fi
-if ((want_pebble && want_minio && want_esdk)); then
+if ((want_kube)); then
+  echo "kube    $KUBE_APISERVER_BIN  ($(cat "$cache/stamps/kube-apiserver"))"
+  echo "        $ETCD_BIN  ($(cat "$cache/stamps/etcd"))"
+  echo "        $TEST_KUBELET_BIN  ($(cat "$cache/stamps/test-kubelet"))"
+fi
+if ((want_pebble && want_minio && want_esdk && want_kube)); then
   echo "tests:  . scripts/peers/env.sh && npx jest"
 fi

@@ -13,6 +13,7 @@ import {
   type StatusName,
 } from '../juju/hook-tools';
 import { checkBucket } from '../s3/client';
+import type { Workload } from '../workload/workload';
 import { ActionFailure, type ActionContext, type ActionHandler } from './actions/context';
 import { createBackup } from './actions/create-backup';
 import { deleteBackup } from './actions/delete-backup';
@@ -28,7 +29,7 @@ import {
   resolveBackupSetup,
 } from './backup-setup';
 import { parseCharmConfig, type CharmConfig } from './config';
-import type { Overrides } from './overrides';
+import { CONTAINER_NAME, type Overrides } from './overrides';
 import { reconcileSynapse, type SynapseContainer, type WorkloadState } from './synapse';
 
 export const ACTIONS: Record<string, ActionHandler> = {
@@ -244,11 +245,33 @@ export class SynapseCharm {
     const engine = new BackupEngine({
       s3: setup.s3,
       passphrase: setup.passphrase,
-      workload: this.workload,
+      workload: await this.backupWorkload(config),
       dataDir: this.overrides.dataDir,
       onProgress,
       progressIntervalMs: 2000,
     });
     return { engine, setup };
+  }
+
+  /**
+   * Backups reach the container through Pebble unless workload-exec=kubernetes
+   * asks for the Kubernetes exec API (which needs `juju trust`). The Kubernetes
+   * client is loaded only then: it is large and most hooks never need it.
+   */
+  private async backupWorkload(config: CharmConfig): Promise<Workload> {
+    const mode = config.workloadExec ?? 'pebble';
+    if (mode === 'pebble') return this.workload;
+    if (mode !== 'kubernetes') {
+      throw new ActionFailure(
+        `workload-exec "${mode}" is not valid: use "pebble" or "kubernetes" (juju config ${this.ctx.appName} workload-exec=pebble)`,
+      );
+    }
+    const { KubernetesWorkload } = await import('../workload/kubernetes');
+    return KubernetesWorkload.fromCluster({
+      appName: this.ctx.appName,
+      unitNumber: Number(this.ctx.unitName.split('/')[1]),
+      container: CONTAINER_NAME,
+      modelName: this.ctx.modelName,
+    });
   }
 }

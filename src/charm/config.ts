@@ -14,6 +14,8 @@ export interface CharmConfig {
   backupPassphrase?: string;
   /** e.g. keep-last=7,keep-days=30; unset keeps every backup. */
   backupRetention?: string;
+  /** How backups reach the container: pebble (default) or kubernetes. */
+  workloadExec?: string;
 }
 
 function str(raw: Record<string, unknown>, key: string): string | undefined {
@@ -35,6 +37,7 @@ export function parseCharmConfig(raw: Record<string, unknown>): CharmConfig {
     s3CaChain: str(raw, 's3-ca-chain'),
     backupPassphrase: str(raw, 'backup-passphrase'),
     backupRetention: str(raw, 'backup-retention'),
+    workloadExec: str(raw, 'workload-exec'),
   };
 }
 

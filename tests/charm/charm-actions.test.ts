@@ -305,6 +305,21 @@ describeWithPeers(['minio', 'pebble'])('charm actions', () => {
     h.setConfig({ 'backup-retention': null });
   });
 
+  it('workload-exec picks the transport, with a clear message when it cannot work', async () => {
+    h.setConfig({ 'workload-exec': 'ssh' });
+    const bad = await action('list-backups');
+    expect(bad.failMessage).toBe(
+      'workload-exec "ssh" is not valid: use "pebble" or "kubernetes" (juju config synapse workload-exec=pebble)',
+    );
+    // Outside a pod the Kubernetes transport says so instead of failing obscurely.
+    h.setConfig({ 'workload-exec': 'kubernetes' });
+    const outside = await action('create-backup');
+    expect(outside.failMessage).toBe(
+      'cannot reach the Kubernetes API: KUBERNETES_SERVICE_HOST/PORT are not set (is the charm running in a pod?)',
+    );
+    h.setConfig({ 'workload-exec': null });
+  });
+
   it('never lets a secret reach hook-tool argv, stdin, logs or output', () => {
     expect(h.calls.some((c) => c.tool === 'action-set')).toBe(true);
     const leaks = findSecretLeaks(

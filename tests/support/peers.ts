@@ -1,6 +1,7 @@
 /**
- * Real test peers: MinIO (S3), Pebble (the workload container's API) and the Python
- * aws-encryption-sdk. Build them with `bash scripts/peers/install.sh`; binaries are found
+ * Real test peers: MinIO (S3), Pebble (the workload container's API), the Python
+ * aws-encryption-sdk, and the Kubernetes exec rig (`kube`: kube-apiserver, etcd and a
+ * test kubelet, started by tests/support/kube.ts). Build them with `bash scripts/peers/install.sh`; binaries are found
  * through the variables set by scripts/peers/env.sh, else in the default cache.
  *
  * Whatever a test file starts here and forgets to stop is killed (and every tmpDir removed)
@@ -23,7 +24,8 @@ import * as path from 'node:path';
 import { CreateBucketCommand, S3Client } from '@aws-sdk/client-s3';
 import { NodeHttpHandler } from '@smithy/node-http-handler';
 
-export type PeerName = 'minio' | 'pebble' | 'esdk';
+/** `kube` is the Kubernetes exec rig: etcd, kube-apiserver and the test kubelet (tests/support/kube.ts). */
+export type PeerName = 'minio' | 'pebble' | 'esdk' | 'kube';
 
 export const INSTALL_COMMAND = 'bash scripts/peers/install.sh';
 
@@ -45,7 +47,7 @@ try {
 }
 
 /** Registers an idempotent async cleanup for the sweep; returns its unregister function. */
-function track(fn: () => Promise<void>): () => void {
+export function track(fn: () => Promise<void>): () => void {
   cleanups.add(fn);
   return () => void cleanups.delete(fn);
 }
@@ -105,7 +107,23 @@ export function peerPath(name: PeerName): string {
       return process.env.PEBBLE_BIN ?? path.join(binDir(), 'pebble');
     case 'esdk':
       return process.env.SYNAPSE_PEERS_PYTHON ?? path.join(cacheDir(), 'venv', 'bin', 'python');
+    case 'kube':
+      return kubePeerPaths().apiserver;
   }
+}
+
+/** The Kubernetes exec rig's executables (scripts/peers/kube.sh builds them). */
+export function kubePeerPaths(): { apiserver: string; etcd: string; kubelet: string } {
+  return {
+    apiserver: process.env.KUBE_APISERVER_BIN ?? path.join(binDir(), 'kube-apiserver'),
+    etcd: process.env.ETCD_BIN ?? path.join(binDir(), 'etcd'),
+    kubelet: process.env.TEST_KUBELET_BIN ?? path.join(binDir(), 'test-kubelet'),
+  };
+}
+
+/** Every executable a peer needs: one for most, three for the kube rig. */
+function peerFiles(name: PeerName): string[] {
+  return name === 'kube' ? Object.values(kubePeerPaths()) : [peerPath(name)];
 }
 
 function isExecutable(file: string): boolean {
@@ -122,9 +140,9 @@ function isExecutable(file: string): boolean {
  * otherwise prints a loud warning and returns false (the caller skips its tests).
  */
 export function requirePeers(...names: PeerName[]): boolean {
-  const missing = names.filter((n) => !isExecutable(peerPath(n)));
+  const missing = names.filter((n) => !peerFiles(n).every(isExecutable));
   if (missing.length === 0) return true;
-  const list = missing.map((n) => `${n} (${peerPath(n)})`).join(', ');
+  const list = missing.map((n) => `${n} (${peerFiles(n).join(', ')})`).join(', ');
   const message = `test peer(s) missing: ${list}. Install them with: ${INSTALL_COMMAND}`;
   if (process.env.CI === 'true') throw new Error(message);
   const bar = '!'.repeat(78);
@@ -146,7 +164,7 @@ export function describeWithPeers(names: PeerName[]): jest.Describe {
 
 // ---------------------------------------------------------------- processes
 
-interface Launched {
+export interface Launched {
   child: ChildProcess;
   watchdog?: ChildProcess;
   exited: Promise<void>;
@@ -157,17 +175,18 @@ interface Launched {
 const WATCHDOG = 'read _; kill -9 "$1" 2>/dev/null; rm -rf "$2"';
 
 /** Spawns a daemon with output appended to logFile, and its watchdog. */
-function launch(
+export function launch(
   command: string,
   args: string[],
   env: NodeJS.ProcessEnv,
   logFile: string,
   dir: string,
+  user: { uid?: number; gid?: number } = {},
 ): Launched {
   const fd = fs.openSync(logFile, 'a');
   let child: ChildProcess;
   try {
-    child = spawn(command, args, { env, stdio: ['ignore', fd, fd] });
+    child = spawn(command, args, { env, stdio: ['ignore', fd, fd], ...user });
   } finally {
     fs.closeSync(fd);
   }
@@ -188,17 +207,17 @@ function launch(
   return { child, watchdog, exited };
 }
 
-function isRunning(child: ChildProcess): boolean {
+export function isRunning(child: ChildProcess): boolean {
   return child.exitCode === null && child.signalCode === null;
 }
 
-async function killHard(p: Launched): Promise<void> {
+export async function killHard(p: Launched): Promise<void> {
   p.watchdog?.kill('SIGKILL'); // first, so that it does not remove the directory
   if (isRunning(p.child)) p.child.kill('SIGKILL');
   await p.exited;
 }
 
-function logTail(logFile: string): string {
+export function logTail(logFile: string): string {
   try {
     return fs.readFileSync(logFile, 'utf8').split('\n').slice(-20).join('\n');
   } catch {
@@ -207,7 +226,7 @@ function logTail(logFile: string): string {
 }
 
 /** Polls probe until it returns true; fails early if the process dies. */
-async function waitUntil(
+export async function waitUntil(
   what: string,
   p: Launched,
   logFile: string,
@@ -230,7 +249,7 @@ async function waitUntil(
 }
 
 /** Status code of a GET, over TCP or a unix socket; over TLS when `ca` is given. */
-function httpStatus(options: http.RequestOptions & { ca?: string }): Promise<number> {
+export function httpStatus(options: http.RequestOptions & { ca?: string }): Promise<number> {
   return new Promise((resolve, reject) => {
     const get = options.ca ? https.get : http.get;
     const req = get({ ...options, agent: false, timeout: 2000 }, (res) => {
@@ -451,6 +470,15 @@ export async function startMinio(options: MinioOptions = {}): Promise<MinioPeer>
 
 // ---------------------------------------------------------------- Pebble
 
+export interface PebbleOptions {
+  /**
+   * Run the daemon (and so every command it execs) as this user and group
+   * instead of the test's own. Its directory is handed to that user.
+   */
+  uid?: number;
+  gid?: number;
+}
+
 export interface PebblePeer {
   /** $PEBBLE: layers, state and the socket live here. */
   dir: string;
@@ -461,17 +489,27 @@ export interface PebblePeer {
   stop(): Promise<void>;
 }
 
-export async function startPebble(): Promise<PebblePeer> {
-  const bin = peerPath('pebble');
+export async function startPebble(options: PebbleOptions = {}): Promise<PebblePeer> {
+  let bin = peerPath('pebble');
   const root = await tmpDir('pebble');
   const dir = root.path;
   const socketPath = path.join(dir, '.pebble.socket');
   const logFile = path.join(dir, 'pebble.log');
-  const env = { ...process.env, PEBBLE: dir };
+  const env: NodeJS.ProcessEnv = { ...process.env, PEBBLE: dir };
+  const user = { uid: options.uid, gid: options.gid ?? options.uid };
+  if (user.uid !== undefined) {
+    env.HOME = dir;
+    await fsp.chown(dir, user.uid, user.gid!);
+    // The cached binary may sit where that user cannot reach it (under /root).
+    const copy = path.join(dir, 'pebble-bin');
+    await fsp.copyFile(bin, copy);
+    await fsp.chmod(copy, 0o755);
+    bin = copy;
+  }
 
   let proc: Launched;
   const start = async () => {
-    proc = launch(bin, ['run', '--create-dirs', '--hold'], env, logFile, dir);
+    proc = launch(bin, ['run', '--create-dirs', '--hold'], env, logFile, dir, user);
     await waitUntil('pebble', proc, logFile, async () => {
       return (await httpStatus({ socketPath, path: '/v1/system-info' })) === 200;
     });

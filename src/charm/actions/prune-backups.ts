@@ -1,4 +1,7 @@
 import { describeRetention } from '../../backup/retention';
+import { removeLeftoversCommand } from '../../backup/workload-scripts';
+import { errorMessage } from '../../errors';
+import { runCommand } from '../../workload/command';
 import { ActionFailure, booleanParam, type ActionHandler } from './context';
 
 export const pruneBackups: ActionHandler = async (a) => {
@@ -19,6 +22,16 @@ export const pruneBackups: ActionHandler = async (a) => {
     dryRun,
     staleAfterSeconds: staleHours * 3600,
   });
+  if (!dryRun) {
+    // A charm killed mid-create or mid-restore leaves its database snapshot or staging
+    // directory in the data dir. Juju runs one action at a time: none is in use now.
+    const dataDir = a.overrides.dataDir;
+    await runCommand(a.workload, removeLeftoversCommand(dataDir), 'removing leftovers').then(
+      () => a.log(`removed what interrupted runs left in ${dataDir}, if anything`),
+      (err: unknown) =>
+        a.log(`could not remove what interrupted runs left in ${dataDir}: ${errorMessage(err)}`),
+    );
+  }
   const list = (items: string[]) => (items.length ? items.join(', ') : 'none');
   return {
     'dry-run': String(result.dryRun),
