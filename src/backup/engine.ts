@@ -148,6 +148,7 @@ export class BackupEngine {
     );
 
     let failure: unknown;
+    let uploadFailure: unknown;
     const fail = (err: unknown): void => {
       failure ??= err;
       proc.kill();
@@ -164,15 +165,25 @@ export class BackupEngine {
       ).catch(fail),
       this.store
         .upload(objectKey, ciphertext, { partSize: this.partSize, queueSize: this.queueSize })
-        .catch(fail),
+        .catch((err: unknown) => {
+          uploadFailure = err;
+          fail(err);
+        }),
     ]);
     ticker.stop(failure === undefined);
     if (failure !== undefined && !(failure instanceof BackupError)) {
-      // A bare stream error (premature close) is usually tar dying: its exit status says why.
-      failure = await tarSucceeded().then(
-        () => failure,
-        (tarError: unknown) => tarError,
-      );
+      // A bare error is the teardown reaching this side first. An S3 SDK error (it carries
+      // $metadata) came from the upload, whose own error, reported once the upload is aborted,
+      // says what S3 did (tar's status would only say that `fail` killed it); anything else
+      // (premature close) is usually tar dying: its exit status says why.
+      const fromS3 = (failure as { $metadata?: unknown }).$metadata !== undefined;
+      failure =
+        fromS3 && uploadFailure instanceof BackupError
+          ? uploadFailure
+          : await tarSucceeded().then(
+              () => failure,
+              (tarError: unknown) => tarError,
+            );
     }
 
     if (failure === undefined) {
@@ -219,7 +230,7 @@ export class BackupEngine {
     const [object, manifest, uploads] = await Promise.all([
       this.store.head(objectKey),
       this.store.head(manifestKey),
-      this.store.listUploads(objectKey),
+      this.store.uploadsOf(objectKey),
     ]);
     if (object || manifest) {
       throw new BackupError(

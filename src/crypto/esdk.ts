@@ -1,10 +1,10 @@
 import { createHash } from 'node:crypto';
-import { Duplex } from 'node:stream';
+import type { Duplex, Transform } from 'node:stream';
 import { buildDecrypt } from '@aws-crypto/decrypt-node';
-import { buildEncrypt } from '@aws-crypto/encrypt-node';
 import { AlgorithmSuiteIdentifier, CommitmentPolicy } from '@aws-crypto/material-management-node';
 import { RawAesKeyringNode, RawAesWrappingSuiteIdentifier } from '@aws-crypto/raw-aes-keyring-node';
 import { BackupError, ConfigError } from '../errors';
+import { FramedEncryptStream, startMessage } from './framed-encrypt';
 
 /**
  * The seed's on-disk format: an AWS Encryption SDK message, unsigned committing
@@ -55,7 +55,8 @@ export function validateFrameLength(frameLength: number): number {
   return frameLength;
 }
 
-function keyring(passphrase: string): RawAesKeyringNode {
+/** The seed's keyring: raw AES, static-random/master_key, wrapping key SHA-256(passphrase). */
+export function createKeyring(passphrase: string): RawAesKeyringNode {
   if (!passphrase) throw new ConfigError('the backup passphrase is empty');
   const unencryptedMasterKey = createHash('sha256').update(passphrase, 'utf8').digest();
   return new RawAesKeyringNode({
@@ -66,81 +67,34 @@ function keyring(passphrase: string): RawAesKeyringNode {
   });
 }
 
-const { encryptStream } = buildEncrypt(CommitmentPolicy.REQUIRE_ENCRYPT_REQUIRE_DECRYPT);
 const { decryptUnsignedMessageStream } = buildDecrypt(
   CommitmentPolicy.REQUIRE_ENCRYPT_REQUIRE_DECRYPT,
 );
 
-/** A duplex: plaintext in, ESDK message out. */
+/** Buffered output of the encryption stage: one 1 MiB frame and its header and tag. */
+const ENCRYPT_HIGH_WATER_MARK = 1024 * 1024 + 64 * 1024;
+
+/**
+ * A transform: plaintext in, ESDK message out, byte-compatible with the SDK's
+ * `encryptStream` (see framed-encrypt.ts). The SDK's own stream costs several
+ * times the CPU (a setImmediate per input chunk, readable-stream and duplexify
+ * layers) and cannot be destroyed mid-message without an uncaught exception.
+ */
 export function createEncryptStream(
   passphrase: string,
   frameLength = DEFAULT_FRAME_LENGTH,
-): Duplex {
-  return new TeardownSafeDuplex(
-    encryptStream(keyring(passphrase), {
-      suiteId: SUITE_ID,
-      frameLength: validateFrameLength(frameLength),
-    }),
-  );
-}
-
-/**
- * Shields an SDK encrypt stream from being destroyed. The SDK joins its inner
- * streams with readable-stream 3's pipeline() and no callback, which rethrows
- * any error as an uncaught exception: destroying the stream mid-message (what
- * stream.pipeline does on any failure) would crash the process. This wrapper
- * is what the pipeline sees and destroys; the inner stream is instead ended
- * quietly and its output discarded.
- */
-class TeardownSafeDuplex extends Duplex {
-  private finalCallback: ((err?: Error | null) => void) | undefined;
-  private readonly onData = (chunk: Buffer): void => {
-    if (!this.push(chunk)) this.inner.pause();
-  };
-  private readonly onEnd = (): void => {
-    this.push(null);
-    this.finalCallback?.();
-  };
-  private readonly onError = (err: Error): void => {
-    this.destroy(err);
-  };
-
-  constructor(private readonly inner: Duplex) {
-    super({ readableHighWaterMark: 1024 * 1024, writableHighWaterMark: 1024 * 1024 });
-    inner.on('data', this.onData);
-    inner.on('end', this.onEnd);
-    inner.on('error', this.onError);
-  }
-
-  override _read(): void {
-    this.inner.resume();
-  }
-
-  override _write(chunk: Buffer, _enc: BufferEncoding, done: (err?: Error | null) => void): void {
-    if (this.inner.write(chunk)) done();
-    else this.inner.once('drain', () => done());
-  }
-
-  override _final(done: (err?: Error | null) => void): void {
-    // Finish only once the inner stream has sealed the message and ended.
-    this.finalCallback = done;
-    this.inner.end();
-  }
-
-  override _destroy(err: Error | null, done: (err?: Error | null) => void): void {
-    this.inner.off('data', this.onData);
-    this.inner.off('end', this.onEnd);
-    this.inner.off('error', this.onError);
-    this.inner.on('error', () => undefined);
-    this.inner.resume();
-    if (!this.inner.writableEnded) this.inner.end();
-    done(err);
-  }
+): Transform {
+  const session = startMessage(createKeyring(passphrase), {
+    suiteId: SUITE_ID,
+    frameLength: validateFrameLength(frameLength),
+    commitmentPolicy: CommitmentPolicy.REQUIRE_ENCRYPT_REQUIRE_DECRYPT,
+  });
+  return new FramedEncryptStream(session, { readableHighWaterMark: ENCRYPT_HIGH_WATER_MARK });
 }
 
 /** A duplex: ESDK message in, plaintext out. Errors are mapped by {@link describeDecryptError}. */
 export function createDecryptStream(passphrase: string): Duplex {
-  return decryptUnsignedMessageStream(keyring(passphrase));
+  return decryptUnsignedMessageStream(createKeyring(passphrase));
 }
 
 /**

@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# `npm run bench`: our engine against the alternatives, on generated Synapse data, against a
+# local MinIO; prints a table and writes bench-results/latest.json (see bench/run.ts).
+#
+#   1. tools: GNU tar, GNU time, gpg, curl (apt-get installs missing ones when run as root)
+#   2. builds build/synapse-backup.js if the sources changed, bundles the bench drivers
+#   3. peers: MinIO and Pebble (scripts/peers/install.sh: cached after the first build)
+#   4. a Python venv for the baselines: awscli, boto3 and aws-encryption-sdk, all pinned
+#      (cached in $SYNAPSE_BENCH_CACHE, default ~/.cache/synapse-backup-bench)
+#   5. Synapse-like data dirs of each size (bench/gen_data.py; cached, ~15 s per GiB)
+#   6. runs everything: node .bench/run.js
+#
+# Settings (environment):
+#   BENCH_SIZES=1024,4096      data sizes in MiB; ours and the floor run at each
+#   BENCH_BASELINES_AT=1024    sizes at which gpg, the seed's design and ours-local also run
+#   BENCH_REPEAT=1             runs per case (the median is kept)
+#   BENCH_SKIP=                any of: seed,gpg,local,floor,ours
+# Extra arguments go to bench/run.ts (e.g. `npm run bench -- --out /tmp/x.json`).
+set -euo pipefail
+
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$repo"
+cache="${SYNAPSE_BENCH_CACHE:-$HOME/.cache/synapse-backup-bench}"
+sizes="${BENCH_SIZES:-1024,4096}"
+baselines_at="${BENCH_BASELINES_AT:-${sizes%%,*}}"
+repeat="${BENCH_REPEAT:-1}"
+skip="${BENCH_SKIP:-}"
+
+# awscli's pins are those of scripts/peers/install.sh's ESDK venv plus what awscli needs.
+BENCH_PINS=(
+  awscli==1.46.3 aws-encryption-sdk==4.0.7
+  attrs==26.1.0 boto3==1.44.8 botocore==1.44.8 cffi==2.1.1 colorama==0.4.6
+  cryptography==50.0.2 docutils==0.19 jmespath==1.1.0 pyasn1==0.6.5 pycparser==3.12
+  python-dateutil==2.9.0.post0 PyYAML==6.0.4 rsa==4.7.2 s3transfer==0.19.3 six==1.17.0
+  urllib3==2.8.0 wrapt==2.5.2
+)
+
+log() { printf '==> %s\n' "$*" >&2; }
+die() {
+  printf 'bench.sh: %s\n' "$*" >&2
+  exit 1
+}
+t_start=$SECONDS
+
+# ---------------------------------------------------------------- 1. tools
+missing=()
+tar --version 2>/dev/null | grep -q 'GNU tar' || missing+=(tar)
+[[ -x /usr/bin/time ]] || missing+=(time)
+command -v gpg >/dev/null || missing+=(gnupg)
+command -v curl >/dev/null || missing+=(curl)
+if ((${#missing[@]})); then
+  if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
+    log "installing ${missing[*]} with apt-get"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  else
+    die "missing tools: ${missing[*]} (install them, e.g. apt-get install ${missing[*]})"
+  fi
+fi
+for tool in node python3; do command -v "$tool" >/dev/null || die "$tool is required"; done
+
+# ---------------------------------------------------------------- 2. build
+cli_js="$repo/build/synapse-backup.js"
+if [[ ! -f "$cli_js" || -n "$(find src scripts/bundle.mjs package.json package-lock.json \
+  tsconfig.json tsconfig.build.json -newer "$cli_js" -print -quit)" ]]; then
+  log "building build/synapse-backup.js"
+  npm run --silent build
+fi
+mkdir -p .bench
+for driver in run crypto-stage; do
+  npx --no-install esbuild "bench/$driver.ts" --bundle --platform=node --target=node20 \
+    --outfile=".bench/$driver.js" --log-level=warning
+done
+
+# ---------------------------------------------------------------- 3. peers
+bash scripts/peers/install.sh minio pebble >&2
+# shellcheck source=peers/env.sh
+. "$repo/scripts/peers/env.sh"
+
+# ---------------------------------------------------------------- 4. the baselines' venv
+venv="$cache/venv"
+want="$(python3 -c 'import sys; print("python%d.%d" % sys.version_info[:2])') ${BENCH_PINS[*]}"
+if [[ "$(cat "$cache/venv.stamp" 2>/dev/null)" != "$want" || ! -x "$venv/bin/aws" ]]; then
+  log "creating $venv (awscli, boto3, aws-encryption-sdk; about a minute)"
+  rm -rf "$venv" "$cache/venv.stamp"
+  mkdir -p "$cache"
+  python3 -m venv "$venv" || die "'python3 -m venv' failed (Debian/Ubuntu: apt-get install python3-venv)"
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-input "${BENCH_PINS[@]}"
+  printf '%s\n' "$want" >"$cache/venv.stamp"
+fi
+
+# ---------------------------------------------------------------- 5. data
+IFS=, read -r -a size_list <<<"$sizes"
+for size in "${size_list[@]}"; do
+  log "data: $size MiB in $cache/data-$size"
+  python3 bench/gen_data.py "$cache/data-$size" "$size" >&2
+done
+
+# ---------------------------------------------------------------- 6. run
+log "preparation took $((SECONDS - t_start)) s; running the benchmark"
+node .bench/run.js --data-root "$cache" --sizes "$sizes" --baselines-at "$baselines_at" \
+  --venv "$venv" --repeat "$repeat" --skip "$skip" "$@"
+log "npm run bench took $((SECONDS - t_start)) s"
