@@ -1,0 +1,79 @@
+/**
+ * The charm process killed mid-create (SIGTERM, as Juju does to a hook or
+ * action it gives up on, and SIGKILL): the run leaves a multipart upload
+ * behind; list-backups shows it and the next prune-backups (stale-hours=0)
+ * aborts it. The workload's tar does not outlive the charm, the live data is
+ * untouched and Synapse keeps running.
+ */
+import { promises as fsp } from 'node:fs';
+import * as path from 'node:path';
+import { SNAPSHOT_NAME } from '../../src/backup/workload-scripts';
+import { describeWithPeers } from '../support/peers';
+import { FaultBed, until } from './support/bed';
+import { expected, observed } from './support/report';
+
+const MiB = 1024 * 1024;
+
+describeWithPeers(['minio', 'pebble'])('the charm killed mid-create', () => {
+  let bed: FaultBed;
+
+  beforeAll(async () => {
+    bed = await FaultBed.start({ blobBytes: 18 * MiB });
+  });
+  afterAll(async () => {
+    await bed?.stop();
+  });
+
+  test.each(['SIGTERM', 'SIGKILL'] as const)(
+    'charm: killed with %s mid-create; prune-backups cleans up',
+    async (signal) => {
+      expected(
+        'the killed run leaves one upload; list-backups shows it as unfinished (no backup listed complete); prune-backups stale-hours=0 aborts it',
+      );
+      const before = await bed.before();
+      let release!: () => void;
+      // Parts wait at the proxy: the upload is certainly in progress when the charm dies.
+      bed.s3.addRule({
+        op: 'UploadPart',
+        fault: { kind: 'stall', release: new Promise<void>((r) => (release = r)) },
+      });
+      let key = '';
+      const run = await bed.run('create-backup', {}, async () => {
+        key = await bed.waitForUpload();
+        await until('a part is held', () => bed.s3.stalled() > 0);
+        const pid = await bed.dispatchPid();
+        expect(pid).toBeDefined();
+        process.kill(pid!, signal);
+        observed(`charm (pid ${pid}) sent ${signal} with ${key} in progress`);
+      });
+      bed.s3.clearRules();
+      release();
+      expect(run.result.exitCode).toBeNull();
+      expect(run.result.failed).toBe(false);
+      observed(`dispatch ended by ${signal}, no action-fail`);
+      await bed.noTarLeft();
+      const snapshot = path.join(bed.h.dataDir, SNAPSHOT_NAME);
+      const left = await fsp.stat(snapshot).then(
+        () => true,
+        () => false,
+      );
+      observed(left ? `${SNAPSHOT_NAME} left in the data dir` : 'no snapshot left');
+
+      const list = await bed.run('list-backups');
+      expect(list.result.failed).toBe(false);
+      const formatted = list.result.results.formatted as string;
+      expect(formatted).toContain(`1 unfinished upload(s): ${key} since `);
+      expect(formatted).not.toMatch(/\bcomplete\b/);
+      observed(`list-backups: "${formatted.split('\n').at(-1)}"`);
+
+      const prune = await bed.run('prune-backups', { 'stale-hours': 0 });
+      expect(prune.result.failed).toBe(false);
+      expect(prune.result.results['uploads-aborted']).toBe(key);
+      observed(`prune-backups: uploads-aborted=${String(prune.result.results['uploads-aborted'])}`);
+      expect(prune.result.logs).toContain(
+        `removed what interrupted runs left in ${bed.h.dataDir}, if anything`,
+      );
+      observed(await bed.afterFault(before, [run, list, prune]));
+    },
+  );
+});

@@ -1,0 +1,133 @@
+/**
+ * Workload faults during create-backup, through the charm's action: tar exits
+ * non-zero mid-stream (a directory vanishes while tar is blocked on its pipe;
+ * a file it may not read, with Pebble running as an unprivileged user), the
+ * charm's connection to Pebble drops, and the Pebble daemon is killed and
+ * restarted (Juju then runs pebble-ready, which brings Synapse back).
+ */
+import { promises as fsp } from 'node:fs';
+import * as path from 'node:path';
+import { describeWithPeers, tmpDir } from '../support/peers';
+import { FaultBed, within } from './support/bed';
+import { expected, observed } from './support/report';
+
+const MiB = 1024 * 1024;
+const NOBODY = 65534;
+const isTarCreate = (command: string[]) => command[2]?.includes('tar --create') ?? false;
+
+describeWithPeers(['minio', 'pebble'])('workload faults during create-backup', () => {
+  let bed: FaultBed;
+
+  beforeAll(async () => {
+    bed = await FaultBed.start({ blobBytes: 18 * MiB });
+  });
+  afterAll(async () => {
+    await bed?.stop();
+  });
+
+  /**
+   * Runs create-backup with tar's output held once 17 MiB have passed (the
+   * first 16 MiB part is on its way, so a multipart upload is in progress, and
+   * tar is blocked on its pipe in the middle of local media); `fault` runs
+   * while it is held, then the output flows again.
+   */
+  async function createWithHeldTar(fault: () => Promise<void>) {
+    const hold = bed.pebbleProxy.holdOutput(isTarCreate, 17 * MiB);
+    return bed.run('create-backup', {}, async () => {
+      await within('tar to produce 17 MiB', hold.reached).catch((err: unknown) => {
+        hold.release();
+        throw err;
+      });
+      const key = await bed.waitForUpload();
+      observed(`tar held mid-stream with ${key} in progress`);
+      await fault();
+      hold.release();
+    });
+  }
+
+  const workload = () => `Pebble at ${bed.charmSocket}`;
+
+  test('workload: tar exits 2 mid-stream (a directory vanishes)', async () => {
+    expected(
+      'fails quoting tar: "Cannot stat: No such file or directory", exit status 2; the upload is aborted',
+    );
+    const before = await bed.before();
+    const thumbs = path.join(bed.h.dataDir, 'media_store/local_thumbnails');
+    const away = path.join(bed.h.dir, 'thumbnails-away');
+    const run = await createWithHeldTar(async () => {
+      await fsp.rename(thumbs, away);
+    });
+    await fsp.rename(away, thumbs);
+    const msg = FaultBed.failure(run);
+    observed(`action failed: ${msg}`);
+    expect(msg).toBe(
+      `tar in ${workload()} exited with status 2: tar: media_store/local_thumbnails: Cannot stat: No such file or directory; tar: Exiting with failure status due to previous errors`,
+    );
+    observed(await bed.afterFault(before, [run]));
+  });
+
+  test('workload: the connection to Pebble drops mid-create', async () => {
+    expected(
+      'fails saying the connection to Pebble dropped; the upload is aborted; Pebble and Synapse unaffected',
+    );
+    const before = await bed.before();
+    const run = await createWithHeldTar(async () => {
+      bed.pebbleProxy.dropAll();
+    });
+    const msg = FaultBed.failure(run);
+    observed(`action failed: ${msg}`);
+    expect(msg).toMatch(
+      /^cannot run "sh" in the workload: (the stdout websocket closed \(code \d+\) before the end of the output; did Pebble stop or the connection drop\?|lost the connection to Pebble at .*)$/,
+    );
+    observed(await bed.afterFault(before, [run]));
+  });
+
+  test('workload: Pebble killed and restarted mid-create', async () => {
+    expected(
+      'fails saying the connection to Pebble was lost; the upload is aborted; after pebble-ready Synapse runs again',
+    );
+    const before = await bed.before();
+    const run = await createWithHeldTar(async () => {
+      await bed.pebble.restart();
+    });
+    const msg = FaultBed.failure(run);
+    observed(`action failed: ${msg}`);
+    expect(msg).toMatch(
+      /^cannot run "sh" in the workload: (the stdout websocket closed \(code \d+\) before the end of the output; did Pebble stop or the connection drop\?|lost the connection to Pebble at .*|Pebble reports: .*)$/,
+    );
+    // A restarted Pebble has lost the charm's layer (as a restarted container does): Juju
+    // runs pebble-ready, and the charm puts Synapse back.
+    expect(await bed.synapseState()).toBe('(no synapse service)');
+    const ready = await bed.pebbleReady();
+    observed(`synapse after the restart: no service; pebble-ready: ${ready.status?.status}`);
+    observed(await bed.afterFault(before, [run]));
+  });
+
+  describe('with Pebble running as an unprivileged user', () => {
+    let unprivileged: FaultBed;
+    let locked: string;
+
+    beforeAll(async () => {
+      const data = await tmpDir('synapse-data');
+      unprivileged = await FaultBed.start({ pebbleUid: NOBODY, dataDir: data.path });
+      // A file Synapse's user may not read (owned by root, mode 0600).
+      locked = path.join(data.path, 'media_store/local_content/ab/locked');
+      await fsp.writeFile(locked, 'root only\n', { mode: 0o600 });
+    });
+    afterAll(async () => {
+      await unprivileged?.stop();
+    });
+
+    test('workload: tar exits 2 on a file it may not read (permission denied)', async () => {
+      expected('fails quoting tar: "Cannot open: Permission denied", exit status 2');
+      const before = await unprivileged.before();
+      const run = await unprivileged.run('create-backup');
+      const msg = FaultBed.failure(run);
+      observed(`action failed: ${msg}`);
+      expect(msg).toBe(
+        `tar in Pebble at ${unprivileged.charmSocket} exited with status 2: tar: media_store/local_content/ab/locked: Cannot open: Permission denied; tar: Exiting with failure status due to previous errors`,
+      );
+      observed(await unprivileged.afterFault(before, [run]));
+    });
+  });
+});
