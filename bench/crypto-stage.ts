@@ -2,7 +2,7 @@
  * The encryption and decryption stages alone, in memory: MiB of plaintext pushed through
  * each implementation in 64 KiB chunks (what a pipe or a websocket delivers), output
  * discarded. Prints one JSON line per case:
- *   {"stage","impl","frameLength","bytes","seconds","mbPerSecond","cpuSeconds"}
+ *   {"stage","impl","frameLength","bytes","seconds","mbPerSecond","cpuSeconds","mbPerCpuSecond"}
  *
  * Usage: node .bench/crypto-stage.js [MIB] [FRAME_LENGTH,...]   (default 1024 MiB, 4096,1048576)
  */
@@ -75,6 +75,8 @@ async function measure(
       seconds: +seconds.toFixed(3),
       mbPerSecond: +(bytes / 1e6 / seconds).toFixed(1),
       cpuSeconds: +((cpu.user + cpu.system) / 1e6).toFixed(3),
+      // Throughput per second of CPU: what the stage costs, whatever else runs on the machine.
+      mbPerCpuSecond: +(bytes / 1e6 / ((cpu.user + cpu.system) / 1e6)).toFixed(1),
     }),
   );
 }

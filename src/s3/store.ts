@@ -497,7 +497,8 @@ class MultipartSink extends Writable {
         },
         (err: Error) => {
           this.inFlight.delete(request);
-          this.fail(err);
+          // In the operator's terms already: this error also tears the rest of the pipeline down.
+          this.fail(describeS3Error(err, this.settings, `upload ${this.key}`));
         },
       );
       this.inFlight.add(request);

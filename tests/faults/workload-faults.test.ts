@@ -77,7 +77,7 @@ describeWithPeers(['minio', 'pebble'])('workload faults during create-backup', (
     const msg = FaultBed.failure(run);
     observed(`action failed: ${msg}`);
     expect(msg).toMatch(
-      /^cannot run "sh" in the workload: (the stdout websocket closed \(code \d+\) before the end of the output; did Pebble stop or the connection drop\?|lost the connection to Pebble at .*)$/,
+      /^cannot run "sh" in the workload: (the (stdout|stderr) websocket closed \(code \d+\) before the end of the output; did Pebble stop or the connection drop\?|lost the connection to Pebble at .*)$/,
     );
     observed(await bed.afterFault(before, [run]));
   });
@@ -93,7 +93,7 @@ describeWithPeers(['minio', 'pebble'])('workload faults during create-backup', (
     const msg = FaultBed.failure(run);
     observed(`action failed: ${msg}`);
     expect(msg).toMatch(
-      /^cannot run "sh" in the workload: (the stdout websocket closed \(code \d+\) before the end of the output; did Pebble stop or the connection drop\?|lost the connection to Pebble at .*|Pebble reports: .*)$/,
+      /^cannot run "sh" in the workload: (the (stdout|stderr) websocket closed \(code \d+\) before the end of the output; did Pebble stop or the connection drop\?|lost the connection to Pebble at .*|Pebble reports: .*)$/,
     );
     // A restarted Pebble has lost the charm's layer (as a restarted container does): Juju
     // runs pebble-ready, and the charm puts Synapse back.
