@@ -54,7 +54,7 @@ import type {
 export const DEFAULT_DATA_DIR = '/data';
 /** 16 MiB parts x 10,000 parts: backups up to 156.25 GiB. */
 export const DEFAULT_PART_SIZE = 16 * 1024 * 1024;
-/** Memory for upload buffers is about (queueSize + 3) x partSize: 80 MiB by default. */
+/** Parts in flight. The sink holds queueSize + 1 reused part buffers: 24 MiB up to 15.6 GiB, then 54 MiB. */
 export const DEFAULT_QUEUE_SIZE = 2;
 
 /**
