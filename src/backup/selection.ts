@@ -42,8 +42,8 @@ export function tarCreateCommand(dataDir: string): string[] {
     '  set -- "$@" "$snap"',
     'fi',
     `[ "$#" -gt 0 ] || { echo "nothing to back up in $PWD: no homeserver.yaml, signing key, homeserver.db or local media" >&2; exit ${EMPTY_SELECTION_EXIT}; }`,
-    'status=0',
-    `tar --create --file=- --format=posix --numeric-owner --transform='s|^${snapshotPattern}$|homeserver.db|' -- "$@" || status=$?`,
+    `archive() { tar --create --file=- --format=posix --numeric-owner --transform='s|^${snapshotPattern}$|homeserver.db|' -- "$@"; }`,
+    ...REBLOCKED_ARCHIVE,
     'rm -f -- "$snap"',
     'exit "$status"',
   ].join('\n');
@@ -51,7 +51,35 @@ export function tarCreateCommand(dataDir: string): string[] {
 }
 
 /**
+ * Runs `archive "$@"` and sets `status`. Its output goes out in 1 MiB blocks (dd with
+ * iflag=fullblock) through a 1 MiB pipe (F_SETPIPE_SZ is 1031): Pebble's exec relay
+ * sends one websocket message per read of its stdout pipe, up to 128 KiB, and tar
+ * writes 10 KiB records, so without this a GiB crosses in 20-25 thousand messages,
+ * with it in about 8 thousand, which halves Pebble's CPU and the engine's per-message
+ * work. The bytes are the same. POSIX sh has no pipefail: tar's and dd's exit statuses
+ * come back on fd 3, tagged, and either failing fails the backup. Without a dd that
+ * knows iflag=fullblock, tar writes straight to stdout.
+ */
+const REBLOCKED_ARCHIVE = [
+  'status=0',
+  'if dd bs=1M iflag=fullblock status=none </dev/null >/dev/null 2>&1; then',
+  `  python3 -c 'import fcntl; fcntl.fcntl(1, 1031, 1 << 20)' 2>/dev/null || true`,
+  '  exec 4>&1',
+  '  statuses=$( { { st=0; archive "$@" 3>&- 4>&- || st=$?; echo "tar=$st" >&3; } | { st=0; dd bs=1M iflag=fullblock status=none >&4 3>&- 4>&- || st=$?; echo "dd=$st" >&3; }; } 3>&1 )',
+  '  exec 4>&-',
+  '  tar_status=1 dd_status=1',
+  '  for s in $statuses; do case "$s" in tar=*) tar_status=${s#tar=} ;; dd=*) dd_status=${s#dd=} ;; esac; done',
+  '  status=$tar_status',
+  '  [ "$status" != 0 ] || status=$dd_status',
+  'else',
+  '  archive "$@" || status=$?',
+  'fi',
+];
+
+/**
  * One consistent copy in a single backup step, waiting up to 60 s for a writer's lock. The
+ * copy is written without a journal or fsync: it is a scratch file that tar reads at once and
+ * that is removed whatever happens, and syncing it cost 1.4 s of a 4 GiB backup. The
  * copy is made private (umask 077) and then given the database's mode and, when root, its
  * owner: tar stores the snapshot's, and a restored database owned by root, or readable by
  * all, would break Synapse or leak it. (Spliced into sh in double quotes: no " $ ` \.)
@@ -61,6 +89,8 @@ const SQLITE_SNAPSHOT = [
   'os.umask(0o077)',
   'src = sqlite3.connect(sys.argv[1], timeout=60)',
   'dst = sqlite3.connect(sys.argv[2])',
+  "dst.execute('PRAGMA journal_mode=OFF')",
+  "dst.execute('PRAGMA synchronous=OFF')",
   'src.backup(dst)',
   'dst.close()',
   'src.close()',

@@ -1,0 +1,124 @@
+/**
+ * The create script (src/backup/selection.ts) run by the host's sh, with fake
+ * tar and dd on PATH where a failure must be provoked: tar's output is
+ * reblocked through dd, and a failure of either must fail the script, since
+ * POSIX sh has no pipefail and a lost status would seal a truncated archive.
+ */
+import { spawnSync } from 'node:child_process';
+import { promises as fsp } from 'node:fs';
+import * as path from 'node:path';
+import { tarCreateCommand } from '../src/backup/selection';
+import { tmpDir } from './support/peers';
+
+interface Run {
+  status: number | null;
+  stdout: Buffer;
+  stderr: string;
+}
+
+async function tree(): Promise<string> {
+  const dir = (await tmpDir('selection')).path;
+  await fsp.mkdir(path.join(dir, 'media_store/local_content'), { recursive: true });
+  await fsp.writeFile(path.join(dir, 'homeserver.yaml'), 'server_name: example.org\n');
+  // Larger than dd's 1 MiB block, so the output crosses several blocks.
+  const media = Buffer.alloc(3 * 1024 * 1024 + 12345);
+  for (let i = 0; i < media.length; i += 4096) media.writeUInt32BE(i, i);
+  await fsp.writeFile(path.join(dir, 'media_store/local_content/a'), media);
+  return dir;
+}
+
+/** Runs the script; `fakes` are sh scripts put first on PATH under their names. */
+async function runScript(dataDir: string, fakes: Record<string, string> = {}): Promise<Run> {
+  const bin = (await tmpDir('fake-bin')).path;
+  for (const [name, body] of Object.entries(fakes)) {
+    await fsp.writeFile(path.join(bin, name), `#!/bin/sh\n${body}\n`, { mode: 0o755 });
+  }
+  const [cmd, ...args] = tarCreateCommand(dataDir);
+  const out = spawnSync(cmd!, args, {
+    env: { ...process.env, PATH: `${bin}:${process.env.PATH ?? ''}` },
+    maxBuffer: 64 * 1024 * 1024,
+  });
+  return { status: out.status, stdout: out.stdout, stderr: out.stderr.toString() };
+}
+
+/** The entries of a tar archive, as GNU tar lists them. */
+function entries(archive: Buffer): string[] {
+  const out = spawnSync('tar', ['-t', '-f', '-'], { input: archive });
+  expect(out.status).toBe(0);
+  return out.stdout.toString().trim().split('\n');
+}
+
+describe('the create script', () => {
+  test("tar's output goes through dd in 1 MiB blocks, and the archive is whole", async () => {
+    const dir = await tree();
+    const realDd = spawnSync('sh', ['-c', 'command -v dd']).stdout.toString().trim();
+    const log = path.join(dir, '..', `${path.basename(dir)}-dd.log`);
+    const run = await runScript(dir, { dd: `echo "$*" >>'${log}'\nexec '${realDd}' "$@"` });
+    expect(run.stderr).toBe('');
+    expect(run.status).toBe(0);
+    expect(entries(run.stdout)).toEqual([
+      'homeserver.yaml',
+      'media_store/local_content/',
+      'media_store/local_content/a',
+    ]);
+    // The probe, then the pipeline.
+    expect((await fsp.readFile(log, 'utf8')).trim().split('\n')).toEqual([
+      'bs=1M iflag=fullblock status=none',
+      'bs=1M iflag=fullblock status=none',
+    ]);
+    await fsp.rm(log);
+  });
+
+  test('without a dd that knows iflag=fullblock, tar writes the same archive itself', async () => {
+    const dir = await tree();
+    const reblocked = await runScript(dir);
+    const plain = await runScript(dir, {
+      dd: 'echo "dd: invalid input flag: fullblock" >&2; exit 1',
+    });
+    expect(plain.status).toBe(0);
+    expect(plain.stderr).toBe('');
+    expect(plain.stdout.length).toBe(reblocked.stdout.length);
+    expect(entries(plain.stdout)).toEqual(entries(reblocked.stdout));
+  });
+
+  test("tar's failure is the script's exit status", async () => {
+    const dir = await tree();
+    const run = await runScript(dir, {
+      tar: 'head -c 50000 /dev/zero; echo "tar: a: Cannot open: Permission denied" >&2; exit 2',
+    });
+    expect(run.status).toBe(2);
+    expect(run.stderr).toContain('Permission denied');
+    expect(run.stdout.length).toBe(50000);
+  });
+
+  test('dd failing mid-stream fails the script even though tar wrote everything', async () => {
+    const dir = await tree();
+    // Passes the probe (stdin is /dev/null), then loses the rest of the stream.
+    const run = await runScript(dir, {
+      dd: [
+        'if [ "$(readlink /proc/self/fd/0)" = /dev/null ]; then exit 0; fi',
+        'head -c 4096',
+        'cat >/dev/null',
+        'echo "dd: error writing \'standard output\': No space left on device" >&2',
+        'exit 1',
+      ].join('\n'),
+    });
+    expect(run.stdout.length).toBe(4096);
+    expect(run.status).toBe(1);
+    expect(run.stderr).toContain('No space left on device');
+  });
+
+  test('dd dying mid-stream fails the script (tar meets a broken pipe)', async () => {
+    const dir = await tree();
+    const run = await runScript(dir, {
+      dd: [
+        'if [ "$(readlink /proc/self/fd/0)" = /dev/null ]; then exit 0; fi',
+        'head -c 4096',
+        'kill -9 $$',
+      ].join('\n'),
+    });
+    expect(run.stdout.length).toBe(4096);
+    expect(run.status).not.toBe(0);
+    expect(run.status).not.toBeNull();
+  });
+});
