@@ -82,11 +82,6 @@ export class PebbleClient {
     return change;
   }
 
-  /** Where websockets for this Pebble live (the `ws` package's unix socket URL form). */
-  websocketUrl(path: string): string {
-    return `ws+unix:${this.socketPath}:${path}`;
-  }
-
   /** Describes a transport failure talking to this Pebble. */
   connectionError(what: string, err: unknown): BackupError {
     const code = (err as NodeJS.ErrnoException | undefined)?.code;

@@ -1,13 +1,13 @@
 import { Readable, Writable } from 'node:stream';
-import WebSocket from 'ws';
 import { BackupError } from '../../errors';
 import type { ExecOptions, ExecProcess, ExitStatus } from '../workload';
 import type { PebbleChange, PebbleClient } from './client';
+import { UnixWebSocket } from './websocket';
 
 /** The TEXT frame that ends a stream in either direction. */
 const END_COMMAND = '{"command":"end"}';
 const KILL_COMMAND = JSON.stringify({ command: 'signal', signal: { name: 'SIGKILL' } });
-/** Bytes buffered in each stream before the websocket is paused (Pebble frames are ≤128 KiB). */
+/** Bytes buffered in each stream before the websocket is paused (Pebble messages are ≤128 KiB). */
 const STREAM_HIGH_WATER_MARK = 256 * 1024;
 /**
  * Input chunks waiting while a message is being sent go out together as one
@@ -15,16 +15,6 @@ const STREAM_HIGH_WATER_MARK = 256 * 1024;
  * and a pipe write each), so fewer, larger messages leave more CPU for the rest.
  */
 const STDIN_MESSAGE_BYTES = 1024 * 1024;
-/**
- * Client frames are masked with this key: all zeros, which ws sends without
- * copying or XOR-ing the payload (a random key costs a copy and a byte loop per
- * frame, about 3 s of CPU per GiB of restore input). Masking protects
- * intermediaries that cache HTTP from a browser's crafted frames (RFC 6455
- * section 10.3); this connection is a unix socket to Pebble, with no intermediary.
- */
-const zeroMask = (mask: Buffer): void => {
-  mask.fill(0);
-};
 /** How long kill() waits for a still-connecting control websocket before giving up on it. */
 const KILL_GRACE_MS = 2000;
 const KILLED: ExitStatus = { exitCode: null, signal: 'SIGKILL' };
@@ -47,15 +37,9 @@ function deferred<T>(): Deferred<T> {
   return { promise, resolve, reject };
 }
 
-function toBuffer(data: WebSocket.RawData): Buffer {
-  if (Buffer.isBuffer(data)) return data;
-  if (Array.isArray(data)) return Buffer.concat(data);
-  return Buffer.from(data);
-}
-
-function isEndCommand(data: WebSocket.RawData): boolean {
+function isEndCommand(text: string): boolean {
   try {
-    return (JSON.parse(toBuffer(data).toString()) as { command?: unknown }).command === 'end';
+    return (JSON.parse(text) as { command?: unknown }).command === 'end';
   } catch {
     return false;
   }
@@ -75,7 +59,7 @@ function destroyQuietly(stream: Readable | Writable | null, err?: Error): void {
 class WebsocketOutput extends Readable {
   /** Settles when all output has arrived or the consumer abandoned it; rejects if the websocket failed first. */
   readonly finished = deferred<void>();
-  private socket: WebSocket | null = null;
+  private socket: UnixWebSocket | null = null;
   private endReceived = false;
   private abandoned = false;
 
@@ -86,20 +70,18 @@ class WebsocketOutput extends Readable {
     super({ highWaterMark: STREAM_HIGH_WATER_MARK });
   }
 
-  attach(socket: WebSocket): void {
+  attach(socket: UnixWebSocket): void {
     this.socket = socket;
     if (this.abandoned) socket.terminate();
-    socket.on('message', (data, isBinary) => {
+    socket.on('binary', (piece) => {
       if (this.endReceived || this.abandoned) return;
-      if (!isBinary) {
-        if (isEndCommand(data)) {
-          this.endReceived = true;
-          this.push(null);
-          this.finished.resolve();
-        }
-        return;
-      }
-      if (!this.push(toBuffer(data))) socket.pause();
+      if (!this.push(piece)) socket.pause();
+    });
+    socket.on('text', (text) => {
+      if (this.endReceived || this.abandoned || !isEndCommand(text)) return;
+      this.endReceived = true;
+      this.push(null);
+      this.finished.resolve();
     });
     socket.on('close', (code) => {
       if (this.endReceived || this.abandoned) return;
@@ -144,9 +126,10 @@ export class PebbleExecProcess implements ExecProcess {
 
   private readonly what: string;
   private readonly outcome = deferred<ExitStatus>();
-  private readonly stdioOpen = deferred<WebSocket>();
+  private readonly stdioOpen = deferred<UnixWebSocket>();
   private readonly abortWait = new AbortController();
-  private sockets: { control: WebSocket; stdio: WebSocket; stderr: WebSocket } | null = null;
+  private sockets: { control: UnixWebSocket; stdio: UnixWebSocket; stderr: UnixWebSocket } | null =
+    null;
   private settled = false;
   private killed = false;
 
@@ -162,10 +145,9 @@ export class PebbleExecProcess implements ExecProcess {
     this.stdin = options.stdin
       ? new Writable({
           highWaterMark: STREAM_HIGH_WATER_MARK,
-          write: (chunk: Buffer, _encoding, callback) =>
-            this.sendStdin(chunk, { binary: true }, callback),
+          write: (chunk: Buffer, _encoding, callback) => this.sendStdin(chunk, callback),
           writev: (chunks, callback) => this.sendStdinBatch(chunks, callback),
-          final: (callback) => this.sendStdin(END_COMMAND, { binary: false }, callback),
+          final: (callback) => this.sendStdin(END_COMMAND, callback),
         })
       : null;
     this.run().then(
@@ -195,8 +177,8 @@ export class PebbleExecProcess implements ExecProcess {
     // Pebble also SIGKILLs the command when the control websocket drops
     // abnormally, so tearing down is enough if the signal cannot be sent.
     const sendSignal = () => control.send(KILL_COMMAND, () => this.teardown());
-    if (control.readyState === WebSocket.OPEN) sendSignal();
-    else if (control.readyState === WebSocket.CONNECTING) control.once('open', sendSignal);
+    if (control.state === 'open') sendSignal();
+    else if (control.state === 'connecting') control.once('open', sendSignal);
     else this.teardown();
     setTimeout(() => this.teardown(), KILL_GRACE_MS).unref();
   }
@@ -230,7 +212,7 @@ export class PebbleExecProcess implements ExecProcess {
     stderrOutput.attach(stderr);
     stdio.once('open', () => {
       this.stdioOpen.resolve(stdio);
-      if (!this.stdin) stdio.send(END_COMMAND, { binary: false });
+      if (!this.stdin) stdio.send(END_COMMAND, () => undefined);
     });
 
     const [change] = await Promise.all([
@@ -241,11 +223,8 @@ export class PebbleExecProcess implements ExecProcess {
     return this.exitStatus(change);
   }
 
-  private connect(path: string, output: WebsocketOutput | null): WebSocket {
-    const socket = new WebSocket(this.client.websocketUrl(path), {
-      perMessageDeflate: false,
-      generateMask: zeroMask,
-    });
+  private connect(path: string, output: WebsocketOutput | null): UnixWebSocket {
+    const socket = new UnixWebSocket(this.client.socketPath, path);
     // Without a listener an 'error' event would crash the process. Errors on
     // the output websockets fail the command; the control websocket is
     // best effort (Pebble drops it when the command exits).
@@ -262,13 +241,10 @@ export class PebbleExecProcess implements ExecProcess {
     );
   }
 
-  private sendStdin(
-    data: Buffer | string,
-    options: { binary: boolean },
-    callback: (err?: Error | null) => void,
-  ): void {
+  /** A Buffer goes out as a binary message, a string as a text message. */
+  private sendStdin(data: Buffer | string, callback: (err?: Error | null) => void): void {
     this.stdioOpen.promise.then(
-      (socket) => socket.send(data, options, (err) => callback(err ? this.inputError(err) : null)),
+      (socket) => socket.send(data, (err) => callback(err ? this.inputError(err) : null)),
       (err: Error) => callback(err),
     );
   }
@@ -296,7 +272,7 @@ export class PebbleExecProcess implements ExecProcess {
         callback();
         return;
       }
-      this.sendStdin(messages[i]!, { binary: true }, (err) => (err ? callback(err) : next(i + 1)));
+      this.sendStdin(messages[i]!, (err) => (err ? callback(err) : next(i + 1)));
     };
     next(0);
   }
