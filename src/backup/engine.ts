@@ -107,11 +107,16 @@ export class BackupEngine {
     const id = validateBackupId(request.id ?? defaultBackupId());
     const objectKey = this.objectKey(id);
     const manifestKey = this.manifestKey(id);
-    await this.refuseExisting(id, objectKey, manifestKey);
-
     const workload = this.options.workload;
-    await runCommand(workload, removeLeftoversCommand(this.dataDir), 'removing leftovers');
-    const identity = await readServerIdentity(workload, this.dataDir);
+    // Independent round trips, at once; an S3 problem is reported before a workload one.
+    const [existing, leftovers, identityRead] = await Promise.allSettled([
+      this.refuseExisting(id, objectKey, manifestKey),
+      runCommand(workload, removeLeftoversCommand(this.dataDir), 'removing leftovers'),
+      readServerIdentity(workload, this.dataDir),
+    ]);
+    settledValue(existing);
+    settledValue(leftovers);
+    const identity = settledValue(identityRead);
     const startedAt = new Date();
     const proc = workload.exec({
       command: tarCreateCommand(this.dataDir),
@@ -710,4 +715,10 @@ export class BackupEngine {
     }
     return { backupId: id, deletedKeys };
   }
+}
+
+/** The value of a settled promise, or its reason thrown. */
+function settledValue<T>(result: PromiseSettledResult<T>): T {
+  if (result.status === 'rejected') throw result.reason;
+  return result.value;
 }
