@@ -6,6 +6,7 @@ import { DeleteObjectCommand, GetObjectCommand, PutObjectCommand } from '@aws-sd
 import type { BackupEngine } from '../src/backup/engine';
 import type { EngineOptions } from '../src/backup/types';
 import { PebbleWorkload } from '../src/workload/pebble';
+import type { Workload } from '../src/workload/workload';
 import { buildTar, encrypt, putBackup } from './support/backups';
 import {
   type MinioPeer,
@@ -86,6 +87,55 @@ describeWithPeers(['minio', 'pebble'])('a restore that cannot lose data', () => 
       oneTimeKeys: 0,
       integrity: 'ok',
     });
+    expect(await synapseState()).toBe('active');
+    engine.close();
+  });
+
+  test('the restored files are flushed to disk before Synapse stops, and the swap before the previous files go', async () => {
+    const live = await tmpDir('live');
+    await makeSynapseTree(live.path, { mediaFiles: 2 });
+    const steps: string[] = [];
+    const recording: Workload = {
+      description: workload.description,
+      exec: (options) => {
+        const [cmd, , script] = options.command;
+        steps.push(
+          cmd === 'sh' && script?.includes('sync -f')
+            ? 'sync'
+            : cmd === 'tar' && options.command[1] === '--extract'
+              ? 'extract'
+              : cmd === 'rm' && options.command.at(-1)?.includes('.pre-restore-')
+                ? 'remove previous'
+                : cmd === 'sh' && script?.includes('move_all')
+                  ? 'swap'
+                  : 'other',
+        );
+        return workload.exec(options);
+      },
+      stopServices: async (names) => {
+        steps.push('stop');
+        await workload.stopServices(names);
+      },
+      startServices: async (names) => {
+        steps.push('start');
+        await workload.startServices(names);
+      },
+      serviceStatus: (names) => workload.serviceStatus(names),
+    };
+    const engine = engineFor(live.path, { workload: recording });
+    const id = newId();
+    await engine.create({ id });
+    steps.length = 0;
+    await engine.restore({ id, services: SERVICES });
+    expect(steps.filter((s) => s !== 'other')).toEqual([
+      'extract',
+      'sync',
+      'stop',
+      'swap',
+      'start',
+      'sync',
+      'remove previous',
+    ]);
     expect(await synapseState()).toBe('active');
     engine.close();
   });

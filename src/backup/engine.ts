@@ -36,6 +36,7 @@ import {
   removeTreeCommand,
   rollbackCommand,
   swapCommand,
+  syncCommand,
 } from './workload-scripts';
 import type {
   BackupInfo,
@@ -510,6 +511,8 @@ export class BackupEngine {
           files: scanner.files,
         });
       }
+      // On disk before Synapse stops: the swap below is renames only.
+      await runCommand(workload, syncCommand(stagingPath), 'flushing the restored files to disk');
     } catch (err) {
       await this.removeTree(stagingPath, err);
       throw err;
@@ -543,13 +546,26 @@ export class BackupEngine {
     }
 
     const previousPath = `${this.dataDir}/${previous}`;
-    if (!request.keepPrevious) await this.removeTree(previousPath);
+    // The previous files go only once the swap itself is on disk; if it cannot be
+    // flushed, they stay, and the result says where.
+    let keepPrevious = Boolean(request.keepPrevious);
+    if (!keepPrevious) {
+      keepPrevious = await runCommand(
+        workload,
+        syncCommand(this.dataDir),
+        'flushing the swap',
+      ).then(
+        () => false,
+        () => true,
+      );
+      if (!keepPrevious) await this.removeTree(previousPath);
+    }
     return {
       backupId: id,
       files: scanner.files,
       plaintextBytes: extracted.plaintext.bytes,
       durationSeconds: extracted.elapsedSeconds,
-      previousPath: request.keepPrevious ? previousPath : undefined,
+      previousPath: keepPrevious ? previousPath : undefined,
       oneTimeKeysRemoved,
     };
   }

@@ -28,6 +28,16 @@ export function removeTreeCommand(path: string): string[] {
   return ['rm', '-rf', '--', path];
 }
 
+/**
+ * Flushes the filesystem that holds `path` to disk (syncfs; all filesystems where
+ * `sync -f` is missing). Renames and deletions reach the disk in the journal's
+ * order, but the data of newly written files may not: without this, a crash soon
+ * after a restore could leave restored files empty with the previous ones deleted.
+ */
+export function syncCommand(path: string): string[] {
+  return sh(['sync -f -- "$1" 2>/dev/null || sync'], path);
+}
+
 /** Removes leftovers of interrupted runs: snapshot files and staging dirs (never previous copies). */
 export function removeLeftoversCommand(dataDir: string): string[] {
   return sh(
