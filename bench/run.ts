@@ -15,6 +15,18 @@
  *
  * Usage: node .bench/run.js --data-root DIR --sizes 1024,4096 --baselines-at 1024
  *          --venv DIR --out FILE [--repeat N] [--skip seed,gpg,local] [--cli BUNDLE]
+ *          [--minio-dir DIR]
+ *
+ * Noise control (2 shared cores; see README):
+ *   - MinIO keeps its data on tmpfs (/dev/shm) when it has room for the largest size three
+ *     times over, so that this VM's disk writeback does not decide the result for everyone;
+ *     --minio-dir (BENCH_MINIO_DIR) picks another place, e.g. a disk.
+ *   - Between runs: the object is deleted, MinIO's trash of deleted objects is emptied (else
+ *     MinIO frees it in the background during the next run), dirty pages are synced, and the
+ *     run starts once MinIO is idle.
+ *   - ours (pebble) and the floor, which decide the main ratio, run --repeat times (default 3)
+ *     at the first size and the median is kept; everything else runs once.
+ *   - The in-memory encryption stage runs first, while nothing else runs.
  */
 import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
@@ -23,7 +35,7 @@ import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { parseArgs } from 'node:util';
-import { SELECTED_GLOBS, SELECTED_PATHS } from '../src/backup/selection';
+import { SELECTED_GLOBS, SELECTED_PATHS, SQLITE_SNAPSHOT } from '../src/backup/selection';
 
 const REPO = path.resolve(__dirname, '..');
 const DEFAULT_CLI = path.join(REPO, 'build', 'synapse-backup.js');
@@ -59,7 +71,8 @@ const { values: args } = parseArgs({
     'baselines-at': { type: 'string', default: '1024' },
     venv: { type: 'string' },
     out: { type: 'string', default: path.join(REPO, 'bench-results', 'latest.json') },
-    repeat: { type: 'string', default: '1' },
+    repeat: { type: 'string', default: '3' },
+    'minio-dir': { type: 'string', default: process.env.BENCH_MINIO_DIR ?? '' },
     skip: { type: 'string', default: '' },
     /** Another build of the CLI to measure as "ours" (e.g. a proposed change). */
     cli: { type: 'string', default: DEFAULT_CLI },
@@ -143,6 +156,7 @@ for (const signal of ['SIGINT', 'SIGTERM'] as const) {
 
 interface Env {
   work: string;
+  minioDir: string;
   endpoint: string;
   bucket: string;
   socket: string;
@@ -210,7 +224,7 @@ function timeSnapshot(dataDir: string, work: string): number {
   const t0 = process.hrtime.bigint();
   const out = spawnSync('python3', [
     '-c',
-    'import sqlite3, sys\ns = sqlite3.connect(sys.argv[1]); d = sqlite3.connect(sys.argv[2])\ns.backup(d); d.close(); s.close()',
+    SQLITE_SNAPSHOT,
     path.join(dataDir, 'homeserver.db'),
     copy,
   ]);
@@ -302,12 +316,14 @@ async function start(): Promise<Env> {
   const [port, consolePort] = [await freePort(), await freePort()];
   const user = `bench${randomBytes(4).toString('hex')}`;
   const secret = randomBytes(16).toString('hex');
-  fs.mkdirSync(path.join(work, 'minio'));
+  const minioDir = args['minio-dir'] || defaultMinioDir(work);
+  fs.mkdirSync(minioDir, { recursive: true });
+  log(`MinIO stores its data in ${minioDir}`);
   const minio = daemon(
     minioBin,
     [
       'server',
-      path.join(work, 'minio'),
+      minioDir,
       '--address',
       `127.0.0.1:${port}`,
       '--console-address',
@@ -342,7 +358,7 @@ async function start(): Promise<Env> {
   };
   fs.mkdirSync(env.GNUPGHOME!, { mode: 0o700 });
   fs.writeFileSync(path.join(work, 'passphrase'), PASSPHRASE, { mode: 0o600 });
-  const e: Env = { work, endpoint, bucket: 'bench', socket, minio, pebble, env };
+  const e: Env = { work, endpoint, bucket: 'bench', socket, minio, pebble, env, minioDir };
   await waitFor(
     'minio',
     () => spawnSync('curl', ['-sf', `${endpoint}/minio/health/live`]).status === 0,
@@ -372,6 +388,36 @@ function machine(): Record<string, string | number> {
   };
 }
 
+/** tmpfs when it holds three times the largest size (object, trash, slack); else the work dir. */
+function defaultMinioDir(work: string): string {
+  const need = 3 * Math.max(...sizes) * 1024 * 1024;
+  try {
+    const st = fs.statfsSync('/dev/shm');
+    if (st.bavail * st.bsize > need) return fs.mkdtempSync('/dev/shm/synapse-bench-minio-');
+  } catch {
+    // no /dev/shm
+  }
+  return path.join(work, 'minio');
+}
+
+/**
+ * Leaves MinIO with nothing to do before the next timed run: empties its trash (deleted
+ * objects, which it otherwise frees in the background), syncs dirty pages, and waits (up
+ * to 20 s) until MinIO uses under 5% of a CPU.
+ */
+async function settle(e: Env): Promise<void> {
+  fs.rmSync(path.join(e.minioDir, '.minio.sys', 'tmp', '.trash'), {
+    recursive: true,
+    force: true,
+  });
+  spawnSync('sync');
+  for (let i = 0; i < 40; i++) {
+    const before = cpuSecondsOf(e.minio.pid!);
+    await sleep(500);
+    if (cpuSecondsOf(e.minio.pid!) - before < 0.025) return;
+  }
+}
+
 /** The engine's own encryption stage, in memory (bench/crypto-stage.ts). */
 function cryptoStage(): unknown[] {
   const out = spawnSync('node', [path.join(REPO, '.bench', 'crypto-stage.js'), '1024', '1048576'], {
@@ -392,6 +438,8 @@ function median(values: number[]): number {
 
 async function main(): Promise<void> {
   const started = Date.now();
+  log('encryption stage alone (in memory, 1 GiB, 1 MiB frames)');
+  const stage = cryptoStage();
   const e = await start();
   const rows: Row[] = [];
   const snapshots: Record<number, number> = {};
@@ -418,13 +466,16 @@ async function main(): Promise<void> {
         if (isBaseline && !baselineSizes.has(size)) continue;
         type Run = Measure & { ok: boolean; stderr: string; load: number };
         const runs: Record<'create' | 'restore', Run[]> = { create: [], restore: [] };
-        for (let i = 0; i < repeat; i++) {
+        const repeated = (key === 'ours' || key === 'floor') && size === sizes[0];
+        const times = repeated ? repeat : 1;
+        for (let i = 0; i < times; i++) {
           // Create (timed), then restore that object (timed), then remove it.
           const id = `${key}-${size}-${Date.now()}`;
           const target = path.join(e.work, `restore-${id}`);
           fs.mkdirSync(target);
           for (const operation of ['create', 'restore'] as const) {
-            log(`${size} MiB ${tool.name} ${operation}${repeat > 1 ? ` #${i + 1}` : ''}`);
+            log(`${size} MiB ${tool.name} ${operation}${times > 1 ? ` #${i + 1}` : ''}`);
+            await settle(e);
             const load = loadAverage();
             const m = timed(
               e,
@@ -474,8 +525,6 @@ async function main(): Promise<void> {
         }
       }
     }
-    log('encryption stage alone (in memory, 1 GiB, 1 MiB frames)');
-    const stage = cryptoStage();
 
     // Ratios: ours over each alternative, same size and operation (their wall / ours).
     for (const row of rows) {
@@ -490,7 +539,12 @@ async function main(): Promise<void> {
     const result = {
       date: new Date().toISOString(),
       machine: machine(),
-      settings: { sizesMiB: sizes, baselinesAtMiB: [...baselineSizes], repeat },
+      settings: {
+        sizesMiB: sizes,
+        baselinesAtMiB: [...baselineSizes],
+        repeat,
+        minioDir: e.minioDir.startsWith('/dev/shm') ? 'tmpfs (/dev/shm)' : e.minioDir,
+      },
       rows,
       encryptionStage: stage,
       snapshotSeconds: snapshots,
@@ -504,6 +558,7 @@ async function main(): Promise<void> {
     stopDaemons();
     await sleep(200);
     fs.rmSync(e.work, { recursive: true, force: true });
+    if (!e.minioDir.startsWith(e.work)) fs.rmSync(e.minioDir, { recursive: true, force: true });
   }
 }
 
@@ -513,10 +568,12 @@ export function table(result: {
   rows: Row[];
   encryptionStage: unknown[];
   snapshotSeconds?: Record<number, number>;
+  settings?: { repeat?: number; minioDir?: string; sizesMiB?: number[] };
 }): string {
   const m = result.machine;
+  const st = result.settings;
   const lines = [
-    `Machine: ${m.cpu}, ${m.cpus} CPUs, ${m.memoryGiB} GiB RAM, Linux ${m.kernel}; node ${m.node}; MinIO ${String(m.minio).split('@')[1]} and the engine on the same host.`,
+    `Machine: ${m.cpu}, ${m.cpus} CPUs, ${m.memoryGiB} GiB RAM, Linux ${m.kernel}; node ${m.node}; MinIO ${String(m.minio).split('@')[1]} and the engine on the same host${st?.minioDir ? `; MinIO data on ${st.minioDir}` : ''}.${st?.repeat && st.repeat > 1 ? ` ours (pebble) and the floor: median of ${st.repeat} runs at ${st.sizesMiB?.[0] ?? '?'} MiB.` : ''}`,
     '',
     '| size | op | tool | wall s | MB/s | CPU s | all CPU s | peak RSS MiB | vs floor | vs gpg | vs seed |',
     '|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|',

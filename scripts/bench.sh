@@ -13,7 +13,8 @@
 # Settings (environment):
 #   BENCH_SIZES=1024,4096      data sizes in MiB; ours and the floor run at each
 #   BENCH_BASELINES_AT=1024    sizes at which gpg, the seed's design and ours-local also run
-#   BENCH_REPEAT=1             runs per case (the median is kept)
+#   BENCH_REPEAT=3             runs of ours (pebble) and the floor at the first size (median kept)
+#   BENCH_MINIO_DIR=           where MinIO keeps data (default: /dev/shm when it has room)
 #   BENCH_SKIP=                any of: seed,gpg,local,floor,ours
 # Extra arguments go to bench/run.ts (e.g. `npm run bench -- --out /tmp/x.json`).
 set -euo pipefail
@@ -23,7 +24,7 @@ cd "$repo"
 cache="${SYNAPSE_BENCH_CACHE:-$HOME/.cache/synapse-backup-bench}"
 sizes="${BENCH_SIZES:-1024,4096}"
 baselines_at="${BENCH_BASELINES_AT:-${sizes%%,*}}"
-repeat="${BENCH_REPEAT:-1}"
+repeat="${BENCH_REPEAT:-3}"
 skip="${BENCH_SKIP:-}"
 
 # awscli's pins are those of scripts/peers/install.sh's ESDK venv plus what awscli needs.

@@ -84,7 +84,7 @@ const REBLOCKED_ARCHIVE = [
  * owner: tar stores the snapshot's, and a restored database owned by root, or readable by
  * all, would break Synapse or leak it. (Spliced into sh in double quotes: no " $ ` \.)
  */
-const SQLITE_SNAPSHOT = [
+export const SQLITE_SNAPSHOT = [
   'import os, sqlite3, sys',
   'os.umask(0o077)',
   'src = sqlite3.connect(sys.argv[1], timeout=60)',
