@@ -4,10 +4,10 @@
 #
 #   1. tools: GNU tar, GNU time, gpg, curl (apt-get installs missing ones when run as root)
 #   2. builds build/synapse-backup.js if the sources changed, bundles the bench drivers
-#   3. peers: MinIO and Pebble (scripts/peers/install.sh: cached after the first build)
-#   4. a Python venv for the baselines: awscli, boto3 and aws-encryption-sdk, all pinned
-#      (cached in $SYNAPSE_BENCH_CACHE, default ~/.cache/synapse-backup-bench)
-#   5. Synapse-like data dirs of each size (bench/gen_data.py; cached, ~15 s per GiB)
+#   3. peers: MinIO and Pebble (scripts/peers/install.sh: cached after the first build, ~6 min)
+#   4. meanwhile, a Python venv for the baselines: awscli, boto3 and aws-encryption-sdk, all
+#      pinned (cached in $SYNAPSE_BENCH_CACHE, default ~/.cache/synapse-backup-bench)
+#   5. meanwhile, Synapse-like data dirs of each size (bench/gen_data.py; cached, ~15 s per GiB)
 #   6. runs everything: node .bench/run.js
 #
 # Settings (environment):
@@ -72,29 +72,45 @@ for driver in run crypto-stage; do
     --outfile=".bench/$driver.js" --log-level=warning
 done
 
-# ---------------------------------------------------------------- 3. peers
-bash scripts/peers/install.sh minio pebble >&2
+# ---------------------------------------------------------------- 3-5. peers, venv, data
+# The venv (network, pip) and the data (disk) are made while the peers build (CPU): on a
+# fresh machine that saves the two or three minutes that keep the whole run under 15.
+venv="$cache/venv"
+mkdir -p "$cache"
+
+make_venv() {
+  local want
+  want="$(python3 -c 'import sys; print("python%d.%d" % sys.version_info[:2])') ${BENCH_PINS[*]}"
+  if [[ "$(cat "$cache/venv.stamp" 2>/dev/null)" != "$want" || ! -x "$venv/bin/aws" ]]; then
+    log "creating $venv (awscli, boto3, aws-encryption-sdk; about a minute)"
+    rm -rf "$venv" "$cache/venv.stamp"
+    python3 -m venv "$venv" || die "'python3 -m venv' failed (Debian/Ubuntu: apt-get install python3-venv)"
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-input "${BENCH_PINS[@]}"
+    printf '%s\n' "$want" >"$cache/venv.stamp"
+  fi
+}
+
+make_data() {
+  local size
+  IFS=, read -r -a size_list <<<"$sizes"
+  for size in "${size_list[@]}"; do
+    log "data: $size MiB in $cache/data-$size"
+    python3 bench/gen_data.py "$cache/data-$size" "$size" >&2
+  done
+}
+
+make_venv &
+venv_job=$!
+make_data &
+data_job=$!
+bash scripts/peers/install.sh minio pebble >&2 || {
+  kill "$venv_job" "$data_job" 2>/dev/null || true
+  die "building the peers failed (see above)"
+}
+wait "$venv_job" || die "creating the venv failed (see above)"
+wait "$data_job" || die "generating the data failed (see above)"
 # shellcheck source=peers/env.sh
 . "$repo/scripts/peers/env.sh"
-
-# ---------------------------------------------------------------- 4. the baselines' venv
-venv="$cache/venv"
-want="$(python3 -c 'import sys; print("python%d.%d" % sys.version_info[:2])') ${BENCH_PINS[*]}"
-if [[ "$(cat "$cache/venv.stamp" 2>/dev/null)" != "$want" || ! -x "$venv/bin/aws" ]]; then
-  log "creating $venv (awscli, boto3, aws-encryption-sdk; about a minute)"
-  rm -rf "$venv" "$cache/venv.stamp"
-  mkdir -p "$cache"
-  python3 -m venv "$venv" || die "'python3 -m venv' failed (Debian/Ubuntu: apt-get install python3-venv)"
-  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-input "${BENCH_PINS[@]}"
-  printf '%s\n' "$want" >"$cache/venv.stamp"
-fi
-
-# ---------------------------------------------------------------- 5. data
-IFS=, read -r -a size_list <<<"$sizes"
-for size in "${size_list[@]}"; do
-  log "data: $size MiB in $cache/data-$size"
-  python3 bench/gen_data.py "$cache/data-$size" "$size" >&2
-done
 
 # ---------------------------------------------------------------- 6. run
 log "preparation took $((SECONDS - t_start)) s; running the benchmark"
