@@ -3,6 +3,8 @@
  * alternatives a user would pick, on the same generated data and the same MinIO.
  *
  *   ours (pebble)  node build/synapse-backup.js --pebble-socket …   create / restore
+ *   ours (direct)  the same through Pebble, but create's archive over a unix socket in
+ *                  Pebble's directory instead of Pebble's websocket (--direct-output)
  *   ours (local)   the same engine with tar run on this host (no Pebble)
  *   floor          tar -c | aws s3 cp -            (no encryption: the least work possible)
  *   gpg            tar -c | gpg --symmetric | aws s3 cp -   (the released Python charm's way)
@@ -261,22 +263,25 @@ interface Tool {
 function tools(e: Env): Tool[] {
   const aws = `${q(path.join(venv, 'bin', 'aws'))} --endpoint-url ${q(e.endpoint)}`;
   const py = q(path.join(venv, 'bin', 'python'));
-  const cli = (pebble: boolean) =>
+  const cli = (pebble: boolean, direct = false) =>
     `node ${q(CLI)} --bucket ${e.bucket} --prefix bench --endpoint ${q(e.endpoint)} --uri-style path` +
-    (pebble ? ` --pebble-socket ${q(e.socket)}` : '');
+    (pebble ? ` --pebble-socket ${q(e.socket)}` : '') +
+    (direct ? ' --direct-output' : '');
   const tar = (dataDir: string) =>
     `tar -c -f - --format=posix -C ${q(dataDir)} -- ${selection(dataDir).map(q).join(' ')}`;
   const object = (id: string) => `s3://${e.bucket}/bench/${id}`;
   const passFile = path.join(e.work, 'passphrase');
   const gpg = `gpg --batch --quiet --pinentry-mode loopback --passphrase-file ${q(passFile)}`;
-  const ours = (name: string, pebble: boolean): Tool => ({
+  const ours = (name: string, pebble: boolean, direct = false): Tool => ({
     name,
-    create: (dataDir, id) => `${cli(pebble)} create --data-dir ${q(dataDir)} --id ${id} --json`,
+    create: (dataDir, id) =>
+      `${cli(pebble, direct)} create --data-dir ${q(dataDir)} --id ${id} --json`,
     restore: (id, target) => `${cli(pebble)} restore --id ${id} --data-dir ${q(target)} --json`,
     cleanup: (id) => `${cli(false)} delete --id ${id} --json`,
   });
   return [
     ours('ours (pebble)', true),
+    ours('ours (direct)', true, true),
     ours('ours (local)', false),
     {
       name: 'floor',
@@ -305,6 +310,7 @@ function tools(e: Env): Tool[] {
 
 const TOOL_KEYS: Record<string, string> = {
   'ours (pebble)': 'ours',
+  'ours (direct)': 'direct',
   'ours (local)': 'local',
   floor: 'floor',
   gpg: 'gpg',
@@ -462,7 +468,7 @@ async function main(): Promise<void> {
       for (const tool of tools(e)) {
         const key = TOOL_KEYS[tool.name]!;
         if (skip.has(key)) continue;
-        const isBaseline = key === 'gpg' || key === 'seed' || key === 'local';
+        const isBaseline = key === 'gpg' || key === 'seed' || key === 'local' || key === 'direct';
         if (isBaseline && !baselineSizes.has(size)) continue;
         type Run = Measure & { ok: boolean; stderr: string; load: number };
         const runs: Record<'create' | 'restore', Run[]> = { create: [], restore: [] };
@@ -528,7 +534,7 @@ async function main(): Promise<void> {
 
     // Ratios: ours over each alternative, same size and operation (their wall / ours).
     for (const row of rows) {
-      if (row.tool !== 'ours (pebble)' && row.tool !== 'ours (local)') continue;
+      if (!row.tool.startsWith('ours')) continue;
       row.ratios = {};
       for (const other of rows) {
         if (other.sizeMiB !== row.sizeMiB || other.operation !== row.operation) continue;

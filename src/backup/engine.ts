@@ -122,6 +122,7 @@ export class BackupEngine {
     const proc = workload.exec({
       command: tarCreateCommand(this.dataDir),
       stdin: false,
+      directStdout: true,
     });
     const stderr = new TailCollector(proc.stderr);
     const tarSucceeded = async (): Promise<void> => {

@@ -2,6 +2,7 @@
  * The synapse charm: maps Juju events to the workload and the unit status,
  * and actions to the backup engine.
  */
+import { dirname } from 'node:path';
 import { BackupEngine } from '../backup/engine';
 import type { Progress } from '../backup/types';
 import { BackupError, errorMessage } from '../errors';
@@ -13,6 +14,7 @@ import {
   type StatusName,
 } from '../juju/hook-tools';
 import { checkBucket } from '../s3/client';
+import { PebbleWorkload } from '../workload/pebble';
 import type { Workload } from '../workload/workload';
 import { ActionFailure, type ActionContext, type ActionHandler } from './actions/context';
 import { createBackup } from './actions/create-backup';
@@ -257,13 +259,24 @@ export class SynapseCharm {
    * Backups reach the container through Pebble unless workload-exec=kubernetes
    * asks for the Kubernetes exec API (which needs `juju trust`). The Kubernetes
    * client is loaded only then: it is large and most hooks never need it.
+   * workload-exec=pebble-direct is Pebble with create-backup's archive coming over
+   * a unix socket in the directory Juju mounts in both containers.
    */
   private async backupWorkload(config: CharmConfig): Promise<Workload> {
     const mode = config.workloadExec ?? 'pebble';
     if (mode === 'pebble') return this.workload;
+    if (mode === 'pebble-direct') {
+      return new PebbleWorkload({
+        socketPath: this.overrides.pebbleSocket,
+        sharedDir: {
+          local: dirname(this.overrides.pebbleSocket),
+          workload: this.overrides.workloadSharedDir,
+        },
+      });
+    }
     if (mode !== 'kubernetes') {
       throw new ActionFailure(
-        `workload-exec "${mode}" is not valid: use "pebble" or "kubernetes" (juju config ${this.ctx.appName} workload-exec=pebble)`,
+        `workload-exec "${mode}" is not valid: use "pebble", "pebble-direct" or "kubernetes" (juju config ${this.ctx.appName} workload-exec=pebble)`,
       );
     }
     const { KubernetesWorkload } = await import('../workload/kubernetes');

@@ -14,7 +14,7 @@ export interface CharmConfig {
   backupPassphrase?: string;
   /** e.g. keep-last=7,keep-days=30; unset keeps every backup. */
   backupRetention?: string;
-  /** How backups reach the container: pebble (default) or kubernetes. */
+  /** How backups reach the container: pebble (default), pebble-direct or kubernetes. */
   workloadExec?: string;
 }
 

@@ -22,6 +22,8 @@ export const SERVICE_NAME = 'synapse';
 export interface Overrides {
   containersDir: string;
   pebbleSocket: string;
+  /** The Pebble socket's directory as the workload container sees it (Juju: /charm/container). */
+  workloadSharedDir: string;
   dataDir: string;
   configPath: string;
   generateCommand: string[];
@@ -54,6 +56,7 @@ export function loadOverrides(env: Env = process.env): Overrides {
   return {
     containersDir,
     pebbleSocket: join(containersDir, CONTAINER_NAME, 'pebble.socket'),
+    workloadSharedDir: env.SYNAPSE_CHARM_WORKLOAD_SHARED_DIR || '/charm/container',
     dataDir,
     configPath: `${dataDir}/homeserver.yaml`,
     generateCommand: parseCommand(

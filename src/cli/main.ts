@@ -24,6 +24,10 @@ common: --bucket B [--prefix P] [--endpoint URL] [--region R] [--uri-style host|
         [--passphrase-file F] [--ca-file PEM] [--checksum when_required|when_supported]
         [--frame-length BYTES] [--part-size MIB] [--queue-size N]
         [--pebble-socket PATH]   run tar through Pebble instead of on this host
+        [--direct-output [--workload-dir PATH]]   with --pebble-socket: create's archive comes
+                                 over a unix socket in the socket's directory, not through
+                                 Pebble (PATH: that directory as the workload sees it;
+                                 default the same path, as when Pebble runs on this host)
 credentials: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or the AWS SDK's default chain)
 passphrase:  SYNAPSE_BACKUP_PASSPHRASE or --passphrase-file (never a flag value)`;
 
@@ -41,6 +45,8 @@ const OPTIONS = {
   'part-size': { type: 'string' },
   'queue-size': { type: 'string' },
   'pebble-socket': { type: 'string' },
+  'direct-output': { type: 'boolean' },
+  'workload-dir': { type: 'string' },
   'data-dir': { type: 'string' },
   id: { type: 'string' },
   'allow-no-manifest': { type: 'boolean' },
@@ -178,8 +184,22 @@ function engineFor(
     caChain: values['ca-file'] ? readCaFile(values['ca-file']) : undefined,
     checksumMode: values.checksum,
   });
+  if (values['direct-output'] && !values['pebble-socket']) {
+    throw new ConfigError('--direct-output is for Pebble: give --pebble-socket too');
+  }
+  if (values['workload-dir'] && !values['direct-output']) {
+    throw new ConfigError('--workload-dir goes with --direct-output');
+  }
   const workload: Workload = values['pebble-socket']
-    ? new PebbleWorkload({ socketPath: values['pebble-socket'] })
+    ? new PebbleWorkload({
+        socketPath: values['pebble-socket'],
+        sharedDir: values['direct-output']
+          ? {
+              local: path.dirname(values['pebble-socket']),
+              workload: values['workload-dir'] ?? path.dirname(values['pebble-socket']),
+            }
+          : undefined,
+      })
     : new LocalWorkload();
   const partMiB = wholeNumber(values['part-size'], 'part-size');
   const needsPassphrase = !['list', 'delete', 'prune'].includes(command);

@@ -1,25 +1,38 @@
 import { BackupError } from '../errors';
 import { PebbleClient } from './pebble/client';
+import { DirectOutputProcess, type SharedDir } from './pebble/direct-output';
 import { PebbleExecProcess } from './pebble/exec';
 import type { ExecOptions, ExecProcess, ServiceStatus, Workload } from './workload';
 
 export interface PebbleWorkloadOptions {
   /** Pebble's unix socket, e.g. `/charm/containers/synapse/pebble.socket`. */
   socketPath: string;
+  /**
+   * A directory both containers see, for output that bypasses Pebble's websocket relay
+   * (`directStdout`). Juju mounts the socket's directory in the workload container too,
+   * at /charm/container: `{ local: '/charm/containers/synapse', workload: '/charm/container' }`.
+   * On one host, the socket's directory on both sides.
+   */
+  sharedDir?: SharedDir;
 }
 
 /** The workload container, reached through its Pebble daemon (the Juju sidecar transport). */
 export class PebbleWorkload implements Workload {
   readonly description: string;
   private readonly client: PebbleClient;
+  private readonly sharedDir: SharedDir | undefined;
 
   constructor(options: PebbleWorkloadOptions) {
     this.client = new PebbleClient(options.socketPath);
+    this.sharedDir = options.sharedDir;
     this.description = `Pebble at ${options.socketPath}`;
   }
 
   exec(options: ExecOptions): ExecProcess {
     if (!options.command[0]) throw new BackupError('workload', 'empty command');
+    if (options.directStdout && !options.stdin && this.sharedDir) {
+      return new DirectOutputProcess(this.client, options, this.sharedDir);
+    }
     return new PebbleExecProcess(this.client, options);
   }
 

@@ -6,6 +6,11 @@ export interface ExecOptions {
   environment?: Record<string, string>;
   /** When false the command's stdin is closed at once. */
   stdin?: boolean;
+  /**
+   * Bulk output: the transport may carry stdout by a faster path than its own stream
+   * (Pebble: a unix socket in a shared directory, when configured). Without stdin only.
+   */
+  directStdout?: boolean;
 }
 
 export interface ExitStatus {

@@ -309,8 +309,21 @@ describeWithPeers(['minio', 'pebble'])('charm actions', () => {
     h.setConfig({ 'workload-exec': 'ssh' });
     const bad = await action('list-backups');
     expect(bad.failMessage).toBe(
-      'workload-exec "ssh" is not valid: use "pebble" or "kubernetes" (juju config synapse workload-exec=pebble)',
+      'workload-exec "ssh" is not valid: use "pebble", "pebble-direct" or "kubernetes" (juju config synapse workload-exec=pebble)',
     );
+    // pebble-direct: the archive over a unix socket beside Pebble's; the rest through Pebble.
+    h.setConfig({ 'workload-exec': 'pebble-direct' });
+    const direct = await action('create-backup');
+    expect(direct.failMessage).toBeUndefined();
+    const directId = direct.results['backup-id'] as string;
+    const verified = await action('verify-backup', { 'backup-id': directId });
+    expect(verified.results).toMatchObject({ 'backup-id': directId, files: direct.results.files });
+    expect(
+      fs
+        .readdirSync(path.join(h.containersDir, 'synapse'))
+        .filter((n) => n.startsWith('.synapse-backup-')),
+    ).toEqual([]);
+    await action('delete-backup', { 'backup-id': directId });
     // Outside a pod the Kubernetes transport says so instead of failing obscurely.
     h.setConfig({ 'workload-exec': 'kubernetes' });
     const outside = await action('create-backup');

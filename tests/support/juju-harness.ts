@@ -286,6 +286,8 @@ export class JujuHarness {
     fs.writeFileSync(this.statePath, JSON.stringify(this.state, null, 2));
     const seams: Record<string, string> = {
       SYNAPSE_CHARM_CONTAINERS_DIR: this.containersDir,
+      // Pebble runs on this host: the shared directory has the same path on both sides.
+      SYNAPSE_CHARM_WORKLOAD_SHARED_DIR: path.join(this.containersDir, 'synapse'),
       SYNAPSE_CHARM_DATA_DIR: this.dataDir,
       SYNAPSE_CHARM_GENERATE_COMMAND: JSON.stringify(
         this.options.generateCommand ?? [path.join(FAKE_SYNAPSE, 'generate')],

@@ -1,0 +1,193 @@
+/**
+ * The Pebble transport's direct output (src/workload/pebble/direct-output.ts)
+ * against a real Pebble: the command's stdout comes over a unix socket in a
+ * directory both sides see, while start, stderr, exit status and kill stay
+ * with Pebble's exec. Then a whole create/restore round trip through it.
+ */
+import { readdirSync } from 'node:fs';
+import * as net from 'node:net';
+import * as path from 'node:path';
+import { Readable } from 'node:stream';
+import { PebbleWorkload } from '../src/workload/pebble';
+import type { ExecProcess } from '../src/workload/workload';
+import { minioEngine } from './support/engines';
+import {
+  type MinioPeer,
+  type PebblePeer,
+  describeWithPeers,
+  startMinio,
+  startPebble,
+  tmpDir,
+} from './support/peers';
+import { makeSynapseTree, snapshotTree, withoutSkipped } from './support/synapse-tree';
+
+async function readAll(stream: Readable): Promise<Buffer> {
+  const chunks: Buffer[] = [];
+  for await (const chunk of stream) chunks.push(chunk as Buffer);
+  return Buffer.concat(chunks);
+}
+
+/** The sockets the transport left in the shared directory (it should leave none). */
+const leftovers = (dir: string) => readdirSync(dir).filter((n) => n.startsWith('.synapse-backup-'));
+
+describeWithPeers(['minio', 'pebble'])('Pebble direct output', () => {
+  let pebble: PebblePeer;
+  let minio: MinioPeer;
+  let workload: PebbleWorkload;
+  let shared: string;
+
+  beforeAll(async () => {
+    [pebble, minio] = await Promise.all([startPebble(), startMinio()]);
+    shared = path.dirname(pebble.socketPath);
+    workload = new PebbleWorkload({
+      socketPath: pebble.socketPath,
+      sharedDir: { local: shared, workload: shared },
+    });
+  });
+  afterAll(async () => {
+    await pebble?.stop();
+    await minio?.stop();
+  });
+
+  const direct = (script: string, extra: { environment?: Record<string, string> } = {}) =>
+    workload.exec({ command: ['sh', '-c', script], directStdout: true, ...extra });
+
+  test('stdout arrives whole over the socket; stderr and the exit status come from Pebble', async () => {
+    const proc = direct(
+      'head -c 5000000 /dev/urandom | tee /dev/null | wc -c >&2; printf end; exit 3',
+    );
+    const [out, err, status] = await Promise.all([
+      readAll(proc.stdout),
+      readAll(proc.stderr),
+      proc.wait(),
+    ]);
+    expect(out.toString()).toBe('end');
+    expect(err.toString().trim()).toBe('5000000');
+    expect(status).toEqual({ exitCode: 3 });
+    expect(leftovers(shared)).toEqual([]);
+  });
+
+  test('megabytes keep every byte and their order, with the consumer slower than the command', async () => {
+    const proc = direct(
+      'i=0; while [ $i -lt 3000 ]; do printf "%08d" $i; i=$((i+1)); done; head -c 4000000 /dev/zero',
+    );
+    const chunks: Buffer[] = [];
+    for await (const chunk of proc.stdout) {
+      chunks.push(chunk as Buffer);
+      await new Promise((r) => setTimeout(r, 1));
+    }
+    const out = Buffer.concat(chunks);
+    expect(out.length).toBe(24000 + 4000000);
+    expect(out.subarray(0, 16).toString()).toBe('0000000000000001');
+    expect(out.subarray(23992, 24000).toString()).toBe('00002999');
+    expect(await proc.wait()).toEqual({ exitCode: 0 });
+  });
+
+  test('the environment is passed, without the token that proves the connection', async () => {
+    const proc = direct('printf "%s|%s" "$GREETING" "${SYNAPSE_BACKUP_OUTPUT_TOKEN:-none}"', {
+      environment: { GREETING: 'hello' },
+    });
+    expect((await readAll(proc.stdout)).toString()).toBe('hello|none');
+    expect(await proc.wait()).toEqual({ exitCode: 0 });
+  });
+
+  test('a connection without the token is dropped and the real output still arrives', async () => {
+    const proc = direct('sleep 0.5; printf real');
+    let rogueClosed = false;
+    for (let i = 0; i < 50 && leftovers(shared).length === 0; i++) {
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    const [name] = leftovers(shared);
+    const rogue = net.connect(path.join(shared, name!));
+    rogue.on('error', () => undefined);
+    rogue.on('close', () => (rogueClosed = true));
+    rogue.write(Buffer.alloc(32, 1));
+    rogue.write('fake archive');
+    expect((await readAll(proc.stdout)).toString()).toBe('real');
+    expect(await proc.wait()).toEqual({ exitCode: 0 });
+    expect(rogueClosed).toBe(true);
+  });
+
+  test('a wrong workload-side directory fails with the reason, not a hang', async () => {
+    const wrong = new PebbleWorkload({
+      socketPath: pebble.socketPath,
+      sharedDir: { local: shared, workload: '/nonexistent/charm/container' },
+    });
+    const proc = wrong.exec({ command: ['true'], directStdout: true });
+    const [out, err, status] = await Promise.all([
+      readAll(proc.stdout),
+      readAll(proc.stderr),
+      proc.wait(),
+    ]);
+    expect(out.length).toBe(0);
+    expect(status.exitCode).not.toBe(0);
+    expect(err.toString()).toContain('FileNotFoundError');
+    expect(leftovers(shared)).toEqual([]);
+  });
+
+  test('a local directory that does not exist is a clear error', async () => {
+    const wrong = new PebbleWorkload({
+      socketPath: pebble.socketPath,
+      sharedDir: { local: '/nonexistent/shared', workload: shared },
+    });
+    const proc = wrong.exec({ command: ['true'], directStdout: true });
+    const failure = readAll(proc.stdout).catch((e: Error) => e.message);
+    await expect(proc.wait()).rejects.toThrow(
+      /cannot listen on \/nonexistent\/shared\/\.synapse-backup-[0-9a-f]+\.sock for its output .*is the directory shared with the workload container\?/,
+    );
+    expect(await failure).toMatch(/cannot listen on/);
+  });
+
+  test('kill() stops a command that is still writing', async () => {
+    const proc: ExecProcess = direct('cat /dev/zero');
+    const first = await new Promise<Buffer>((resolve) => proc.stdout.once('data', resolve));
+    expect(first.length).toBeGreaterThan(0);
+    proc.kill();
+    const status = await proc.wait();
+    expect(status.exitCode).toBeNull();
+    expect(leftovers(shared)).toEqual([]);
+  });
+
+  test('a create whose tar fails names tar and its status, and leaves nothing in S3', async () => {
+    const engine = minioEngine(minio, 'direct-fail', {
+      passphrase: 'direct-output passphrase',
+      workload,
+      dataDir: '/nonexistent/synapse-data',
+    });
+    await expect(engine.create({ id: 'direct-fail-1' })).rejects.toThrow(
+      /^tar in Pebble at .* exited with status 2: .*nonexistent\/synapse-data/,
+    );
+    const listed = await engine.list();
+    expect(listed.backups).toEqual([]);
+    expect(listed.uploads).toEqual([]);
+    expect(leftovers(shared)).toEqual([]);
+    engine.close();
+  });
+
+  test('create and restore round-trip through it', async () => {
+    const src = await tmpDir('direct-src');
+    const dst = await tmpDir('direct-dst');
+    await makeSynapseTree(src.path, { bigFileBytes: 6 * 1024 * 1024 });
+    const engine = minioEngine(minio, 'direct', {
+      passphrase: 'direct-output passphrase',
+      workload,
+      dataDir: src.path,
+    });
+    const created = await engine.create({ id: 'direct-1' });
+    expect(created.files).toBeGreaterThan(5);
+    const restorer = minioEngine(minio, 'direct', {
+      passphrase: 'direct-output passphrase',
+      workload,
+      dataDir: dst.path,
+    });
+    const restored = await restorer.restore({ id: 'direct-1' });
+    expect(restored.files).toBe(created.files);
+    const before = withoutSkipped(await snapshotTree(src.path));
+    const after = await snapshotTree(dst.path);
+    before.delete('homeserver.db');
+    for (const [key, entry] of before) expect([key, after.get(key)]).toEqual([key, entry]);
+    expect(leftovers(shared)).toEqual([]);
+    engine.close();
+    restorer.close();
+  });
+});
