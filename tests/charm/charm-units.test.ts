@@ -93,11 +93,16 @@ describe('overrides', () => {
     expect(loadOverrides({})).toEqual({
       containersDir: '/charm/containers',
       pebbleSocket: '/charm/containers/synapse/pebble.socket',
+      workloadSharedDir: '/charm/container',
       dataDir: '/data',
       configPath: '/data/homeserver.yaml',
       generateCommand: ['/start.py', 'generate'],
       serviceCommand: '/start.py',
     });
+    expect(
+      loadOverrides({ SYNAPSE_CHARM_WORKLOAD_SHARED_DIR: '/tmp/h/containers/synapse' })
+        .workloadSharedDir,
+    ).toBe('/tmp/h/containers/synapse');
     expect(() => loadOverrides({ SYNAPSE_CHARM_GENERATE_COMMAND: '/start.py generate' })).toThrow(
       /JSON array/,
     );
