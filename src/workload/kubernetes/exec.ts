@@ -4,6 +4,7 @@ import { Readable, Writable } from 'node:stream';
 import WebSocket from 'ws';
 import { BackupError, errorMessage } from '../../errors';
 import type { ExecOptions, ExecProcess, ExitStatus } from '../workload';
+import { deferred, destroyQuietly } from '../settling';
 
 /** The remote command protocol (channel.k8s.io) over a websocket: one byte of channel, then data. */
 export const V5_PROTOCOL = 'v5.channel.k8s.io';
@@ -79,34 +80,10 @@ export class KubernetesForbiddenError extends BackupError {
   }
 }
 
-interface Deferred<T> {
-  promise: Promise<T>;
-  resolve: (value: T) => void;
-  reject: (err: Error) => void;
-}
-
-function deferred<T>(): Deferred<T> {
-  let resolve!: (value: T) => void;
-  let reject!: (err: Error) => void;
-  const promise = new Promise<T>((res, rej) => {
-    resolve = res;
-    reject = rej;
-  });
-  // Failures are reported through whoever awaits; never as an unhandled rejection.
-  promise.catch(() => undefined);
-  return { promise, resolve, reject };
-}
-
 function toBuffer(data: WebSocket.RawData): Buffer {
   if (Buffer.isBuffer(data)) return data;
   if (Array.isArray(data)) return Buffer.concat(data);
   return Buffer.from(data);
-}
-
-/** Destroys a stream, carrying `err` only if someone listens (an unheard 'error' would crash). */
-function destroyQuietly(stream: Readable | Writable | null, err?: Error): void {
-  if (!stream || stream.destroyed) return;
-  stream.destroy(err && stream.listenerCount('error') > 0 ? err : undefined);
 }
 
 /** A Kubernetes `Status` object, as sent on the status channel and in refused handshakes. */

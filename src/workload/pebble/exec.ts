@@ -1,6 +1,7 @@
 import { Readable, Writable } from 'node:stream';
 import { BackupError } from '../../errors';
 import type { ExecOptions, ExecProcess, ExitStatus } from '../workload';
+import { deferred, destroyQuietly } from '../settling';
 import type { PebbleChange, PebbleClient } from './client';
 import { UnixWebSocket } from './websocket';
 
@@ -19,36 +20,12 @@ const STDIN_MESSAGE_BYTES = 1024 * 1024;
 const KILL_GRACE_MS = 2000;
 const KILLED: ExitStatus = { exitCode: null, signal: 'SIGKILL' };
 
-interface Deferred<T> {
-  promise: Promise<T>;
-  resolve: (value: T) => void;
-  reject: (err: Error) => void;
-}
-
-function deferred<T>(): Deferred<T> {
-  let resolve!: (value: T) => void;
-  let reject!: (err: Error) => void;
-  const promise = new Promise<T>((res, rej) => {
-    resolve = res;
-    reject = rej;
-  });
-  // Failures are reported through whoever awaits; never as an unhandled rejection.
-  promise.catch(() => undefined);
-  return { promise, resolve, reject };
-}
-
 function isEndCommand(text: string): boolean {
   try {
     return (JSON.parse(text) as { command?: unknown }).command === 'end';
   } catch {
     return false;
   }
-}
-
-/** Destroys a stream, carrying `err` only if someone listens (an unheard 'error' would crash). */
-function destroyQuietly(stream: Readable | Writable | null, err?: Error): void {
-  if (!stream || stream.destroyed) return;
-  stream.destroy(err && stream.listenerCount('error') > 0 ? err : undefined);
 }
 
 /**
