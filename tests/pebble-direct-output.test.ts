@@ -108,6 +108,32 @@ describeWithPeers(['minio', 'pebble'])('Pebble direct output', () => {
     expect(rogueClosed).toBe(true);
   });
 
+  test('a connection that never sends the token is closed when the command ends', async () => {
+    const proc = direct('sleep 0.5; printf real');
+    for (let i = 0; i < 50 && leftovers(shared).length === 0; i++) {
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    const [name] = leftovers(shared);
+    const silent = net.connect(path.join(shared, name!));
+    silent.on('error', () => undefined);
+    const closed = new Promise<void>((resolve) => silent.on('close', () => resolve()));
+    expect((await readAll(proc.stdout)).toString()).toBe('real');
+    expect(await proc.wait()).toEqual({ exitCode: 0 });
+    await closed;
+  });
+
+  test('Pebble unreachable: wait() and stdout fail with the reason, not a hang', async () => {
+    const nowhere = new PebbleWorkload({
+      socketPath: path.join(shared, 'no-such-pebble.socket'),
+      sharedDir: { local: shared, workload: shared },
+    });
+    const proc = nowhere.exec({ command: ['true'], directStdout: true });
+    const failure = readAll(proc.stdout).catch((e: Error) => e.message);
+    await expect(proc.wait()).rejects.toThrow(/cannot reach Pebble at .*no-such-pebble\.socket/);
+    expect(await failure).toMatch(/cannot reach Pebble/);
+    expect(leftovers(shared)).toEqual([]);
+  });
+
   test('a wrong workload-side directory fails with the reason, not a hang', async () => {
     const wrong = new PebbleWorkload({
       socketPath: pebble.socketPath,

@@ -52,6 +52,8 @@ export class DirectOutputProcess implements ExecProcess {
   private readonly server: net.Server;
   private readonly outcome: Promise<ExitStatus>;
   private inner: PebbleExecProcess | null = null;
+  /** Connections not yet admitted or refused. */
+  private readonly pending = new Set<net.Socket>();
   private killed = false;
 
   constructor(client: PebbleClient, options: ExecOptions, dir: SharedDir) {
@@ -99,7 +101,11 @@ export class DirectOutputProcess implements ExecProcess {
     inner.stderr.pipe(this.stderr);
     inner.stdout.resume(); // nothing comes this way: fd 1 is the socket
     try {
-      const status = await inner.wait();
+      const status = await inner.wait().catch((err: Error) => {
+        // Pebble failed (unreachable, dropped): output that never connected never will.
+        if (!this.stdout.connected) this.stdout.destroy(err);
+        throw err;
+      });
       if (!this.stdout.connected) {
         // Never connected: the wrapper failed (its traceback is on stderr), or the command did.
         if (status.exitCode === 0) {
@@ -134,12 +140,15 @@ export class DirectOutputProcess implements ExecProcess {
       conn.destroy();
       return;
     }
+    this.pending.add(conn);
+    conn.once('close', () => this.pending.delete(conn));
     let received = Buffer.alloc(0);
     const onData = (chunk: Buffer): void => {
       received = Buffer.concat([received, chunk]);
       if (received.length < TOKEN_BYTES) return;
       conn.off('data', onData);
       conn.pause();
+      this.pending.delete(conn);
       const token = received.subarray(0, TOKEN_BYTES);
       if (this.stdout.connected || !timingSafeEqual(token, this.token)) {
         conn.destroy();
@@ -156,6 +165,8 @@ export class DirectOutputProcess implements ExecProcess {
 
   private closeServer(): void {
     if (this.server.listening) this.server.close();
+    for (const conn of this.pending) conn.destroy();
+    this.pending.clear();
     fsp.rm(this.localPath, { force: true }).catch(() => undefined);
   }
 }
