@@ -37,16 +37,11 @@ import {
 } from './support/peers';
 import type { ChildConfig, ChildReport } from './support/rss-child';
 import { makeSynapseTree, snapshotTree, withoutSkipped } from './support/synapse-tree';
+import { readAll } from './support/streams';
 
 const MiB = 1024 * 1024;
 const PASSPHRASE = 'correct horse battery staple';
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
-async function readAll(stream: Readable): Promise<Buffer> {
-  const chunks: Buffer[] = [];
-  for await (const chunk of stream) chunks.push(chunk as Buffer);
-  return Buffer.concat(chunks);
-}
 
 async function run(proc: ExecProcess) {
   const [stdout, stderr, status] = await Promise.all([

@@ -7,7 +7,6 @@
 import { readdirSync } from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
-import { Readable } from 'node:stream';
 import { PebbleWorkload } from '../src/workload/pebble';
 import type { ExecProcess } from '../src/workload/workload';
 import { minioEngine } from './support/engines';
@@ -20,12 +19,7 @@ import {
   tmpDir,
 } from './support/peers';
 import { makeSynapseTree, snapshotTree, withoutSkipped } from './support/synapse-tree';
-
-async function readAll(stream: Readable): Promise<Buffer> {
-  const chunks: Buffer[] = [];
-  for await (const chunk of stream) chunks.push(chunk as Buffer);
-  return Buffer.concat(chunks);
-}
+import { readAll } from './support/streams';
 
 /** The sockets the transport left in the shared directory (it should leave none). */
 const leftovers = (dir: string) => readdirSync(dir).filter((n) => n.startsWith('.synapse-backup-'));

@@ -8,6 +8,7 @@ import { pipeline } from 'node:stream/promises';
 import { BackupError } from '../src/errors';
 import { PebbleWorkload } from '../src/workload/pebble';
 import type { ExecProcess } from '../src/workload/workload';
+import { readAll } from './support/streams';
 
 const PEBBLE_BIN =
   process.env.PEBBLE_BIN ??
@@ -82,12 +83,6 @@ async function startLocalPebble(): Promise<LocalPebble> {
 }
 
 // ------------------------------------------------------------------ helpers
-
-async function readAll(stream: Readable): Promise<Buffer> {
-  const chunks: Buffer[] = [];
-  for await (const chunk of stream) chunks.push(chunk as Buffer);
-  return Buffer.concat(chunks);
-}
 
 async function run(proc: ExecProcess) {
   const [stdout, stderr, status] = await Promise.all([
