@@ -4,7 +4,7 @@
  * directory both sides see, while start, stderr, exit status and kill stay
  * with Pebble's exec. Then a whole create/restore round trip through it.
  */
-import { readdirSync } from 'node:fs';
+import { readdirSync, readFileSync, symlinkSync } from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
 import { PebbleWorkload } from '../src/workload/pebble';
@@ -128,34 +128,103 @@ describeWithPeers(['minio', 'pebble'])('Pebble direct output', () => {
     expect(leftovers(shared)).toEqual([]);
   });
 
-  test('a wrong workload-side directory fails with the reason, not a hang', async () => {
-    const wrong = new PebbleWorkload({
+  /** A workload whose direct output cannot be set up; says why through `reasons`. */
+  const fallingBack = (sharedDir: { local: string; workload: string }) => {
+    const reasons: string[] = [];
+    const w = new PebbleWorkload({
       socketPath: pebble.socketPath,
-      sharedDir: { local: shared, workload: '/nonexistent/charm/container' },
+      sharedDir,
+      onDirectOutputUnavailable: (reason) => reasons.push(reason),
     });
-    const proc = wrong.exec({ command: ['true'], directStdout: true });
+    return { reasons, w };
+  };
+  const relayed = async (proc: ExecProcess) => {
     const [out, err, status] = await Promise.all([
       readAll(proc.stdout),
       readAll(proc.stderr),
       proc.wait(),
     ]);
-    expect(out.length).toBe(0);
-    expect(status.exitCode).not.toBe(0);
-    expect(err.toString()).toContain('FileNotFoundError');
+    return { out: out.toString(), err: err.toString(), status };
+  };
+  const script = 'printf "%s" "${MARK:-unset}"; printf "to stderr" >&2; exit 4';
+
+  test('the workload cannot reach the socket: the command runs through the relay instead, and says why', async () => {
+    const { reasons, w } = fallingBack({ local: shared, workload: '/nonexistent/charm/container' });
+    const proc = w.exec({
+      command: ['sh', '-c', script],
+      environment: { MARK: 'relayed' },
+      directStdout: true,
+    });
+    // Only the command's own output and status: nothing of the failed attempt.
+    expect(await relayed(proc)).toEqual({
+      out: 'relayed',
+      err: 'to stderr',
+      status: { exitCode: 4 },
+    });
+    expect(reasons).toEqual([
+      expect.stringMatching(
+        /^cannot connect to \/nonexistent\/charm\/container\/\.synapse-backup-[0-9a-f]{16}\.sock in the workload: \[Errno 2\] No such file or directory$/,
+      ),
+    ]);
     expect(leftovers(shared)).toEqual([]);
   });
 
-  test('a local directory that does not exist is a clear error', async () => {
-    const wrong = new PebbleWorkload({
-      socketPath: pebble.socketPath,
-      sharedDir: { local: '/nonexistent/shared', workload: shared },
+  test('no local directory to listen in: the relay, and the reason names the path', async () => {
+    const { reasons, w } = fallingBack({ local: '/nonexistent/shared', workload: shared });
+    const proc = w.exec({ command: ['sh', '-c', script], directStdout: true });
+    expect(await relayed(proc)).toEqual({
+      out: 'unset',
+      err: 'to stderr',
+      status: { exitCode: 4 },
     });
-    const proc = wrong.exec({ command: ['true'], directStdout: true });
-    const failure = readAll(proc.stdout).catch((e: Error) => e.message);
-    await expect(proc.wait()).rejects.toThrow(
-      /cannot listen on \/nonexistent\/shared\/\.synapse-backup-[0-9a-f]+\.sock for its output .*is the directory shared with the workload container\?/,
-    );
-    expect(await failure).toMatch(/cannot listen on/);
+    expect(reasons).toEqual([
+      expect.stringMatching(
+        /^cannot listen on \/nonexistent\/shared\/\.synapse-backup-[0-9a-f]{16}\.sock \(.*listen E[A-Z]+/,
+      ),
+    ]);
+  });
+
+  test('no python3 in the workload: Pebble refuses the wrapper, and the relay runs the command', async () => {
+    // Pebble looks commands up on its own PATH: one with a shell and no python3.
+    const bin = await tmpDir('direct-no-python');
+    symlinkSync('/bin/sh', path.join(bin.path, 'sh'));
+    const bare = await startPebble({ path: bin.path });
+    try {
+      const reasons: string[] = [];
+      const w = new PebbleWorkload({
+        socketPath: bare.socketPath,
+        sharedDir: { local: shared, workload: shared },
+        onDirectOutputUnavailable: (reason) => reasons.push(reason),
+      });
+      const proc = w.exec({
+        command: ['sh', '-c', script],
+        environment: { MARK: 'no python' },
+        directStdout: true,
+      });
+      expect(await relayed(proc)).toEqual({
+        out: 'no python',
+        err: 'to stderr',
+        status: { exitCode: 4 },
+      });
+      expect(reasons).toEqual([
+        expect.stringMatching(/Pebble refused POST \/v1\/exec \(400\): .*python3/),
+      ]);
+      expect(leftovers(shared)).toEqual([]);
+    } finally {
+      await bare.stop();
+    }
+  });
+
+  test('a command that fails after connecting is not run again', async () => {
+    const { reasons, w } = fallingBack({ local: shared, workload: shared });
+    const marker = path.join(shared, `ran-${Date.now()}`);
+    const proc = w.exec({
+      command: ['sh', '-c', `echo x >> ${marker}; printf partial; exit 86`],
+      directStdout: true,
+    });
+    expect(await relayed(proc)).toEqual({ out: 'partial', err: '', status: { exitCode: 86 } });
+    expect(reasons).toEqual([]);
+    expect(readFileSync(marker, 'utf8')).toBe('x\n');
   });
 
   test('kill() stops a command that is still writing', async () => {

@@ -259,24 +259,27 @@ export class SynapseCharm {
    * Backups reach the container through Pebble unless workload-exec=kubernetes
    * asks for the Kubernetes exec API (which needs `juju trust`). The Kubernetes
    * client is loaded only then: it is large and most hooks never need it.
-   * workload-exec=pebble-direct is Pebble with create-backup's archive coming over
-   * a unix socket in the directory Juju mounts in both containers.
+   * With Pebble, create-backup's archive comes over a unix socket in the
+   * directory Juju mounts in both containers, and through Pebble's websocket
+   * when that socket cannot be set up (said in the action's log) or when
+   * workload-exec=pebble-relay.
    */
   private async backupWorkload(config: CharmConfig): Promise<Workload> {
     const mode = config.workloadExec ?? 'pebble';
-    if (mode === 'pebble') return this.workload;
-    if (mode === 'pebble-direct') {
+    if (mode === 'pebble-relay') return this.workload;
+    if (mode === 'pebble' || mode === 'pebble-direct') {
       return new PebbleWorkload({
         socketPath: this.overrides.pebbleSocket,
         sharedDir: {
           local: dirname(this.overrides.pebbleSocket),
           workload: this.overrides.workloadSharedDir,
         },
+        onDirectOutputUnavailable: (reason) => this.directOutputUnavailable(reason),
       });
     }
     if (mode !== 'kubernetes') {
       throw new ActionFailure(
-        `workload-exec "${mode}" is not valid: use "pebble", "pebble-direct" or "kubernetes" (juju config ${this.ctx.appName} workload-exec=pebble)`,
+        `workload-exec "${mode}" is not valid: use "pebble", "pebble-relay" or "kubernetes" (juju config ${this.ctx.appName} workload-exec=pebble)`,
       );
     }
     const { KubernetesWorkload } = await import('../workload/kubernetes');
@@ -286,5 +289,11 @@ export class SynapseCharm {
       container: CONTAINER_NAME,
       modelName: this.ctx.modelName,
     });
+  }
+
+  private directOutputUnavailable(reason: string): void {
+    const message = `the archive comes through Pebble's websocket, which is slower, because the direct socket could not be used: ${reason}; set workload-exec=pebble-relay to skip the attempt`;
+    this.tools.actionLog(message).catch(() => undefined);
+    this.tools.jujuLog('WARNING', message).catch(() => undefined);
   }
 }

@@ -199,6 +199,10 @@ function engineFor(
               workload: values['workload-dir'] ?? path.dirname(values['pebble-socket']),
             }
           : undefined,
+        onDirectOutputUnavailable: (reason) =>
+          process.stderr.write(
+            `synapse-backup: warning: the archive comes through Pebble's websocket instead: ${reason}\n`,
+          ),
       })
     : new LocalWorkload();
   const partMiB = wholeNumber(values['part-size'], 'part-size');

@@ -1,6 +1,10 @@
 import { BackupError } from '../errors';
 import { PebbleClient } from './pebble/client';
-import { DirectOutputProcess, type SharedDir } from './pebble/direct-output';
+import {
+  DirectOutputProcess,
+  type DirectOutputUnavailable,
+  type SharedDir,
+} from './pebble/direct-output';
 import { PebbleExecProcess } from './pebble/exec';
 import type { ExecOptions, ExecProcess, ServiceStatus, Workload } from './workload';
 
@@ -10,10 +14,13 @@ export interface PebbleWorkloadOptions {
   /**
    * A directory both containers see, for output that bypasses Pebble's websocket relay
    * (`directStdout`). Juju mounts the socket's directory in the workload container too,
-   * at /charm/container: `{ local: '/charm/containers/synapse', workload: '/charm/container' }`.
-   * On one host, the socket's directory on both sides.
+   * at /charm/container: `{ local: '/charm/containers/synapse', workload: '/charm/container' }`
+   * (juju/juju caas/kubernetes/provider/application: the `charm-data` volume's
+   * `charm/containers/<name>` at both paths). On one host, the socket's directory on both sides.
    */
   sharedDir?: SharedDir;
+  /** Told why, when output meant to bypass the relay goes through it after all. */
+  onDirectOutputUnavailable?: DirectOutputUnavailable;
 }
 
 /** The workload container, reached through its Pebble daemon (the Juju sidecar transport). */
@@ -21,17 +28,24 @@ export class PebbleWorkload implements Workload {
   readonly description: string;
   private readonly client: PebbleClient;
   private readonly sharedDir: SharedDir | undefined;
+  private readonly onDirectOutputUnavailable: DirectOutputUnavailable | undefined;
 
   constructor(options: PebbleWorkloadOptions) {
     this.client = new PebbleClient(options.socketPath);
     this.sharedDir = options.sharedDir;
+    this.onDirectOutputUnavailable = options.onDirectOutputUnavailable;
     this.description = `Pebble at ${options.socketPath}`;
   }
 
   exec(options: ExecOptions): ExecProcess {
     if (!options.command[0]) throw new BackupError('workload', 'empty command');
     if (options.directStdout && !options.stdin && this.sharedDir) {
-      return new DirectOutputProcess(this.client, options, this.sharedDir);
+      return new DirectOutputProcess(
+        this.client,
+        options,
+        this.sharedDir,
+        this.onDirectOutputUnavailable,
+      );
     }
     return new PebbleExecProcess(this.client, options);
   }

@@ -39,8 +39,12 @@ describeWithPeers(['minio', 'pebble'])('charm actions', () => {
   const outputs: DispatchResult[] = [];
   let passUri: string;
 
-  async function action(name: string, params: Record<string, unknown> = {}): Promise<ActionResult> {
-    const r = await h.action(name, params);
+  async function action(
+    name: string,
+    params: Record<string, unknown> = {},
+    env: Record<string, string> = {},
+  ): Promise<ActionResult> {
+    const r = await h.action(name, params, env);
     outputs.push(r);
     const args = Object.entries(params)
       .map(([k, v]) => ` ${k}=${String(v)}`)
@@ -309,21 +313,52 @@ describeWithPeers(['minio', 'pebble'])('charm actions', () => {
     h.setConfig({ 'workload-exec': 'ssh' });
     const bad = await action('list-backups');
     expect(bad.failMessage).toBe(
-      'workload-exec "ssh" is not valid: use "pebble", "pebble-direct" or "kubernetes" (juju config synapse workload-exec=pebble)',
+      'workload-exec "ssh" is not valid: use "pebble", "pebble-relay" or "kubernetes" (juju config synapse workload-exec=pebble)',
     );
-    // pebble-direct: the archive over a unix socket beside Pebble's; the rest through Pebble.
-    h.setConfig({ 'workload-exec': 'pebble-direct' });
+    const socketsLeft = () =>
+      fs
+        .readdirSync(path.join(h.containersDir, 'synapse'))
+        .filter((n) => n.startsWith('.synapse-backup-'));
+    const fellBack = (r: ActionResult) =>
+      r.logs.filter((l) => l.includes("the archive comes through Pebble's websocket"));
+
+    // The default: the archive over a unix socket beside Pebble's; the rest through Pebble.
+    h.setConfig({ 'workload-exec': null });
     const direct = await action('create-backup');
     expect(direct.failMessage).toBeUndefined();
+    expect(fellBack(direct)).toEqual([]);
     const directId = direct.results['backup-id'] as string;
     const verified = await action('verify-backup', { 'backup-id': directId });
     expect(verified.results).toMatchObject({ 'backup-id': directId, files: direct.results.files });
-    expect(
-      fs
-        .readdirSync(path.join(h.containersDir, 'synapse'))
-        .filter((n) => n.startsWith('.synapse-backup-')),
-    ).toEqual([]);
+    expect(socketsLeft()).toEqual([]);
     await action('delete-backup', { 'backup-id': directId });
+
+    // The workload cannot reach the socket (here: a wrong path on its side): the
+    // backup still happens, through Pebble's websocket, and the log says why.
+    const wrongDir = { SYNAPSE_CHARM_WORKLOAD_SHARED_DIR: '/nonexistent/charm/container' };
+    const relayed = await action('create-backup', {}, wrongDir);
+    expect(relayed.failMessage).toBeUndefined();
+    expect(fellBack(relayed)).toEqual([
+      expect.stringMatching(
+        /because the direct socket could not be used: cannot connect to \/nonexistent\/charm\/container\/\.synapse-backup-[0-9a-f]+\.sock in the workload: \[Errno 2\] No such file or directory; set workload-exec=pebble-relay to skip the attempt$/,
+      ),
+    ]);
+    expect(relayed.results.files).toBe(direct.results.files);
+    expect(socketsLeft()).toEqual([]);
+    await action('delete-backup', { 'backup-id': relayed.results['backup-id'] as string });
+
+    // pebble-relay makes no attempt; pebble-direct (the old opt-in) is the default's name.
+    h.setConfig({ 'workload-exec': 'pebble-relay' });
+    const relayOnly = await action('create-backup', {}, wrongDir);
+    expect(relayOnly.failMessage).toBeUndefined();
+    expect(fellBack(relayOnly)).toEqual([]);
+    await action('delete-backup', { 'backup-id': relayOnly.results['backup-id'] as string });
+    h.setConfig({ 'workload-exec': 'pebble-direct' });
+    const named = await action('create-backup');
+    expect(named.failMessage).toBeUndefined();
+    expect(fellBack(named)).toEqual([]);
+    await action('delete-backup', { 'backup-id': named.results['backup-id'] as string });
+
     // Outside a pod the Kubernetes transport says so instead of failing obscurely.
     h.setConfig({ 'workload-exec': 'kubernetes' });
     const outside = await action('create-backup');

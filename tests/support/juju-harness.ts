@@ -266,9 +266,15 @@ export class JujuHarness {
     return this.dispatch(`hooks/${name}`, env);
   }
 
-  async action(name: string, params: Record<string, unknown> = {}): Promise<ActionResult> {
+  /** Runs an action; `env` overrides the environment (the seams too) for this run only. */
+  async action(
+    name: string,
+    params: Record<string, unknown> = {},
+    env: Record<string, string> = {},
+  ): Promise<ActionResult> {
     this.state.action = { params, results: {}, failed: false, logs: [] };
     const result = await this.dispatch(`actions/${name}`, {
+      ...env,
       JUJU_ACTION_NAME: name,
       JUJU_ACTION_UUID: randomBytes(8).toString('hex'),
     });

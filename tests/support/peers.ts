@@ -477,6 +477,8 @@ export interface PebbleOptions {
    */
   uid?: number;
   gid?: number;
+  /** The daemon's PATH, where it looks up the commands it execs (not the request's). */
+  path?: string;
 }
 
 export interface PebblePeer {
@@ -496,6 +498,7 @@ export async function startPebble(options: PebbleOptions = {}): Promise<PebblePe
   const socketPath = path.join(dir, '.pebble.socket');
   const logFile = path.join(dir, 'pebble.log');
   const env: NodeJS.ProcessEnv = { ...process.env, PEBBLE: dir };
+  if (options.path !== undefined) env.PATH = options.path;
   const user = { uid: options.uid, gid: options.gid ?? options.uid };
   if (user.uid !== undefined) {
     env.HOME = dir;

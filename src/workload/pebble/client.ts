@@ -38,6 +38,17 @@ export interface RequestOptions {
   signal?: AbortSignal;
 }
 
+/** Pebble answered, with an error: it is reachable, and said no (a missing executable, a bad request). */
+export class PebbleRefusedError extends BackupError {
+  constructor(
+    message: string,
+    readonly statusCode: number,
+  ) {
+    super('workload', message);
+    this.name = 'PebbleRefusedError';
+  }
+}
+
 /**
  * A minimal client for Pebble's HTTP API over its unix socket. One connection
  * per request (no shared agent), so instances share no state.
@@ -143,9 +154,9 @@ export class PebbleClient {
     }
     if (response.type === 'error') {
       const message = (response.result as { message?: string } | undefined)?.message;
-      throw new BackupError(
-        'workload',
+      throw new PebbleRefusedError(
         `${what}: Pebble refused ${method} ${path} (${response['status-code']}): ${message ?? text.slice(0, 200)}`,
+        response['status-code'],
       );
     }
     return response;

@@ -3,9 +3,10 @@ import { promises as fsp } from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
 import { PassThrough, Readable } from 'node:stream';
+import { finished } from 'node:stream/promises';
 import { BackupError, errorMessage } from '../../errors';
 import type { ExecOptions, ExecProcess, ExitStatus } from '../workload';
-import type { PebbleClient } from './client';
+import { PebbleRefusedError, type PebbleClient } from './client';
 import { PebbleExecProcess } from './exec';
 
 /** A directory both containers see: in Juju, the Pebble socket's (see PebbleWorkloadOptions). */
@@ -19,20 +20,33 @@ export interface SharedDir {
 const TOKEN_BYTES = 32;
 const TOKEN_ENV = 'SYNAPSE_BACKUP_OUTPUT_TOKEN';
 /**
+ * The wrapper's exit status when it cannot connect, before the command has
+ * started: the command is then run again through Pebble's relay.
+ */
+const UNAVAILABLE_STATUS = 86;
+/**
  * Run in the workload before the command: connects to our socket, proves it is the
  * command we started (the token comes in its environment, which other users cannot
  * read), makes the connection its stdout and becomes the command.
  */
 const CONNECT_AND_EXEC = [
   'import os, socket, sys',
-  's = socket.socket(socket.AF_UNIX)',
-  's.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)',
-  's.connect(sys.argv[1])',
-  `s.sendall(bytes.fromhex(os.environ.pop('${TOKEN_ENV}')))`,
+  'try:',
+  '    s = socket.socket(socket.AF_UNIX)',
+  '    s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)',
+  '    s.connect(sys.argv[1])',
+  `    s.sendall(bytes.fromhex(os.environ.pop('${TOKEN_ENV}')))`,
+  'except OSError as e:',
+  "    sys.stderr.write('cannot connect to %s in the workload: %s' % (sys.argv[1], e))",
+  `    sys.exit(${UNAVAILABLE_STATUS})`,
   'os.dup2(s.fileno(), 1)',
   's.close()',
   'os.execvp(sys.argv[2], sys.argv[2:])',
 ].join('\n');
+const KILLED: ExitStatus = { exitCode: null, signal: 'SIGKILL' };
+
+/** Why the command's output could not come directly; it comes through Pebble's relay instead. */
+export type DirectOutputUnavailable = (reason: string) => void;
 
 /**
  * A command whose stdout comes straight over a unix socket in a directory both
@@ -40,6 +54,11 @@ const CONNECT_AND_EXEC = [
  * Pebble a message and a fresh buffer per 128 KiB read (about 3 CPU s per GiB)
  * and the engine the websocket framing. Everything else (start, stderr, exit
  * status, kill) still goes through Pebble's exec.
+ *
+ * When the socket cannot be set up (the directory is not there or not
+ * writable, the workload cannot reach it, it has no python3) the command has
+ * not started, and it runs through Pebble's relay instead; `onUnavailable`
+ * says why. A failure after the command started is the command's.
  */
 export class DirectOutputProcess implements ExecProcess {
   readonly stdin = null;
@@ -56,7 +75,12 @@ export class DirectOutputProcess implements ExecProcess {
   private readonly pending = new Set<net.Socket>();
   private killed = false;
 
-  constructor(client: PebbleClient, options: ExecOptions, dir: SharedDir) {
+  constructor(
+    client: PebbleClient,
+    options: ExecOptions,
+    dir: SharedDir,
+    private readonly onUnavailable: DirectOutputUnavailable = () => undefined,
+  ) {
     this.what = `cannot run ${JSON.stringify(options.command[0])} in the workload`;
     const name = `.synapse-backup-${randomBytes(8).toString('hex')}.sock`;
     this.localPath = path.join(dir.local, name);
@@ -82,15 +106,27 @@ export class DirectOutputProcess implements ExecProcess {
     try {
       await this.listen();
     } catch (err) {
-      const error = new BackupError(
-        'workload',
-        `${this.what}: cannot listen on ${this.localPath} for its output (${errorMessage(err)}); is the directory shared with the workload container?`,
-        { cause: err },
+      this.closeServer();
+      return this.relay(
+        client,
+        options,
+        `cannot listen on ${this.localPath} (${errorMessage(err)})`,
       );
-      this.stdout.destroy(error);
-      throw error;
     }
-    if (this.killed) return { exitCode: null, signal: 'SIGKILL' };
+    if (this.killed) {
+      this.closeServer();
+      return KILLED;
+    }
+    const outcome = await this.runConnected(client, options).finally(() => this.closeServer());
+    if ('unavailable' in outcome) return this.relay(client, options, outcome.unavailable);
+    return outcome.status;
+  }
+
+  /** The command behind the wrapper that connects its stdout to our socket. */
+  private async runConnected(
+    client: PebbleClient,
+    options: ExecOptions,
+  ): Promise<{ status: ExitStatus } | { unavailable: string }> {
     const inner = new PebbleExecProcess(client, {
       ...options,
       command: ['python3', '-c', CONNECT_AND_EXEC, this.workloadPath, ...options.command],
@@ -98,29 +134,77 @@ export class DirectOutputProcess implements ExecProcess {
       stdin: false,
     });
     this.inner = inner;
-    inner.stderr.pipe(this.stderr);
     inner.stdout.resume(); // nothing comes this way: fd 1 is the socket
+    // Until the command connects, stderr is the wrapper's: held back, so that
+    // a fallback to the relay does not pass it off as the command's.
+    const held: Buffer[] = [];
+    let forwarding = false;
+    const forward = (): void => {
+      if (forwarding) return;
+      forwarding = true;
+      for (const chunk of held.splice(0)) this.stderr.write(chunk);
+    };
+    inner.stderr.on('data', (chunk: Buffer) => {
+      if (forwarding) this.stderr.write(chunk);
+      else held.push(chunk);
+    });
+    const stderrDone = finished(inner.stderr).catch(() => undefined);
+    this.stdout.once('connected', forward);
+
+    const unavailable = (reason: string) => {
+      this.stdout.off('connected', forward);
+      held.length = 0;
+      return { unavailable: reason };
+    };
+
+    let status: ExitStatus;
     try {
-      const status = await inner.wait().catch((err: Error) => {
-        // Pebble failed (unreachable, dropped): output that never connected never will.
-        if (!this.stdout.connected) this.stdout.destroy(err);
-        throw err;
-      });
-      if (!this.stdout.connected) {
-        // Never connected: the wrapper failed (its traceback is on stderr), or the command did.
-        if (status.exitCode === 0) {
-          this.stdout.destroy(
-            new BackupError(
-              'workload',
-              `${this.what}: it exited without connecting to ${this.workloadPath} in the workload`,
-            ),
-          );
-        } else this.stdout.push(null);
+      status = await inner.wait();
+    } catch (err) {
+      if (!this.stdout.connected && !this.killed && err instanceof PebbleRefusedError) {
+        // Pebble is there but would not start the wrapper (no python3 in the image).
+        return unavailable(err.message);
       }
-      return status;
-    } finally {
-      this.closeServer();
+      // Pebble failed (unreachable, dropped): output that never connected never will.
+      if (!this.stdout.connected) this.stdout.destroy(err as Error);
+      forward();
+      this.stderr.end();
+      throw err;
     }
+    await stderrDone;
+    if (!this.stdout.connected && !this.killed && status.exitCode === UNAVAILABLE_STATUS) {
+      const said = Buffer.concat(held).toString().trim();
+      return unavailable(said || `the wrapper exited with status ${UNAVAILABLE_STATUS}`);
+    }
+    forward();
+    this.stderr.end();
+    if (!this.stdout.connected) {
+      // Never connected, and not for want of a socket: the wrapper itself failed.
+      if (status.exitCode === 0) {
+        this.stdout.destroy(
+          new BackupError(
+            'workload',
+            `${this.what}: it exited without connecting to ${this.workloadPath} in the workload`,
+          ),
+        );
+      } else this.stdout.push(null);
+    }
+    return { status };
+  }
+
+  /** Runs the command through Pebble's websocket relay, after saying why. */
+  private async relay(
+    client: PebbleClient,
+    options: ExecOptions,
+    reason: string,
+  ): Promise<ExitStatus> {
+    if (this.killed) return KILLED;
+    this.onUnavailable(reason);
+    const relay = new PebbleExecProcess(client, options);
+    this.inner = relay;
+    relay.stderr.pipe(this.stderr);
+    this.stdout.attach(relay.stdout, Buffer.alloc(0));
+    return relay.wait();
   }
 
   private listen(): Promise<void> {
@@ -173,16 +257,18 @@ export class DirectOutputProcess implements ExecProcess {
 
 /** The command's stdout from the accepted connection, paused when the consumer is. */
 class DirectOutput extends Readable {
+  /** A source is attached: the socket the command connected, or the relay's stdout. */
   connected = false;
-  private conn: net.Socket | null = null;
+  private conn: Readable | null = null;
 
   constructor() {
     super({ highWaterMark: 256 * 1024 });
   }
 
-  attach(conn: net.Socket, head: Buffer): void {
+  attach(conn: Readable, head: Buffer): void {
     this.connected = true;
     this.conn = conn;
+    this.emit('connected');
     if (this.destroyed) {
       conn.destroy();
       return;
