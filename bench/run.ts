@@ -2,9 +2,11 @@
  * `npm run bench` (scripts/bench.sh prepares, then runs this): our engine against the
  * alternatives a user would pick, on the same generated data and the same MinIO.
  *
- *   ours (pebble)  node build/synapse-backup.js --pebble-socket …   create / restore
- *   ours (direct)  the same through Pebble, but create's archive over a unix socket in
- *                  Pebble's directory instead of Pebble's websocket (--direct-output)
+ *   ours (pebble)  node build/synapse-backup.js --pebble-socket … --direct-output: the charm's
+ *                  default (workload-exec=pebble): create's archive over a unix socket in
+ *                  Pebble's directory, restore's through Pebble's websocket
+ *   ours (relay)   the same with create's archive through Pebble's websocket too
+ *                  (workload-exec=pebble-relay, and the fallback when the socket cannot be used)
  *   ours (local)   the same engine with tar run on this host (no Pebble)
  *   floor          tar -c | aws s3 cp -            (no encryption: the least work possible)
  *   gpg            tar -c | gpg --symmetric | aws s3 cp -   (the released Python charm's way)
@@ -256,7 +258,8 @@ function treeStats(root: string): { files: number; bytes: number } {
 interface Tool {
   name: string;
   create(dataDir: string, id: string): string;
-  restore(id: string, target: string): string;
+  /** Absent when the restore is another row's (ours (relay) restores as ours (pebble)). */
+  restore?(id: string, target: string): string;
   cleanup(id: string): string;
 }
 
@@ -272,16 +275,18 @@ function tools(e: Env): Tool[] {
   const object = (id: string) => `s3://${e.bucket}/bench/${id}`;
   const passFile = path.join(e.work, 'passphrase');
   const gpg = `gpg --batch --quiet --pinentry-mode loopback --passphrase-file ${q(passFile)}`;
-  const ours = (name: string, pebble: boolean, direct = false): Tool => ({
+  const ours = (name: string, pebble: boolean, direct = false, restore = true): Tool => ({
     name,
     create: (dataDir, id) =>
       `${cli(pebble, direct)} create --data-dir ${q(dataDir)} --id ${id} --json`,
-    restore: (id, target) => `${cli(pebble)} restore --id ${id} --data-dir ${q(target)} --json`,
+    restore: restore
+      ? (id, target) => `${cli(pebble)} restore --id ${id} --data-dir ${q(target)} --json`
+      : undefined,
     cleanup: (id) => `${cli(false)} delete --id ${id} --json`,
   });
   return [
-    ours('ours (pebble)', true),
-    ours('ours (direct)', true, true),
+    ours('ours (pebble)', true, true),
+    ours('ours (relay)', true, false, false),
     ours('ours (local)', false),
     {
       name: 'floor',
@@ -310,7 +315,7 @@ function tools(e: Env): Tool[] {
 
 const TOOL_KEYS: Record<string, string> = {
   'ours (pebble)': 'ours',
-  'ours (direct)': 'direct',
+  'ours (relay)': 'relay',
   'ours (local)': 'local',
   floor: 'floor',
   gpg: 'gpg',
@@ -468,7 +473,7 @@ async function main(): Promise<void> {
       for (const tool of tools(e)) {
         const key = TOOL_KEYS[tool.name]!;
         if (skip.has(key)) continue;
-        const isBaseline = key === 'gpg' || key === 'seed' || key === 'local' || key === 'direct';
+        const isBaseline = key === 'gpg' || key === 'seed' || key === 'local' || key === 'relay';
         if (isBaseline && !baselineSizes.has(size)) continue;
         type Run = Measure & { ok: boolean; stderr: string; load: number };
         const runs: Record<'create' | 'restore', Run[]> = { create: [], restore: [] };
@@ -479,13 +484,16 @@ async function main(): Promise<void> {
           const id = `${key}-${size}-${Date.now()}`;
           const target = path.join(e.work, `restore-${id}`);
           fs.mkdirSync(target);
-          for (const operation of ['create', 'restore'] as const) {
+          const operations = tool.restore
+            ? (['create', 'restore'] as const)
+            : (['create'] as const);
+          for (const operation of operations) {
             log(`${size} MiB ${tool.name} ${operation}${times > 1 ? ` #${i + 1}` : ''}`);
             await settle(e);
             const load = loadAverage();
             const m = timed(
               e,
-              operation === 'create' ? tool.create(dataDir, id) : tool.restore(id, target),
+              operation === 'create' ? tool.create(dataDir, id) : tool.restore!(id, target),
             );
             if (m.ok && operation === 'restore') {
               // Everything back? (Ours also checks SHA-256 and counts against its manifest.)

@@ -15,7 +15,7 @@
 #   BENCH_BASELINES_AT=1024    sizes at which gpg, the seed's design and ours-local also run
 #   BENCH_REPEAT=3             runs of ours (pebble) and the floor at the first size (median kept)
 #   BENCH_MINIO_DIR=           where MinIO keeps data (default: /dev/shm when it has room)
-#   BENCH_SKIP=                any of: seed,gpg,local,direct,floor,ours
+#   BENCH_SKIP=                any of: seed,gpg,local,relay,floor,ours
 # Extra arguments go to bench/run.ts (e.g. `npm run bench -- --out /tmp/x.json`).
 set -euo pipefail
 

@@ -4,6 +4,7 @@
  * directory both sides see, while start, stderr, exit status and kill stay
  * with Pebble's exec. Then a whole create/restore round trip through it.
  */
+import { execFileSync } from 'node:child_process';
 import { readdirSync, readFileSync, symlinkSync } from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
@@ -225,6 +226,28 @@ describeWithPeers(['minio', 'pebble'])('Pebble direct output', () => {
     expect(await relayed(proc)).toEqual({ out: 'partial', err: '', status: { exitCode: 86 } });
     expect(reasons).toEqual([]);
     expect(readFileSync(marker, 'utf8')).toBe('x\n');
+  });
+
+  test('sockets that killed runs left behind are removed; a live one is not', async () => {
+    const stale = path.join(shared, '.synapse-backup-00000000000000aa.sock');
+    // What a SIGKILLed charm leaves: a bound socket file with nobody listening.
+    execFileSync('python3', [
+      '-c',
+      'import socket, sys; socket.socket(socket.AF_UNIX).bind(sys.argv[1])',
+      stale,
+    ]);
+    const live = path.join(shared, '.synapse-backup-00000000000000bb.sock');
+    const server = net.createServer((c) => c.destroy());
+    await new Promise<void>((resolve) => server.listen(live, resolve));
+    try {
+      expect(leftovers(shared).sort()).toEqual([path.basename(stale), path.basename(live)]);
+      const proc = direct('printf fresh');
+      expect((await readAll(proc.stdout)).toString()).toBe('fresh');
+      expect(await proc.wait()).toEqual({ exitCode: 0 });
+      expect(leftovers(shared)).toEqual([path.basename(live)]);
+    } finally {
+      await new Promise((resolve) => server.close(resolve));
+    }
   });
 
   test('kill() stops a command that is still writing', async () => {

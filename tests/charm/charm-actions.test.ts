@@ -3,6 +3,7 @@
  * against a real Pebble (the workload) and a real MinIO. Every action's
  * output, as `juju run` would show it, goes to build/charm-actions-transcript.txt.
  */
+import { execFileSync } from 'node:child_process';
 import { minioEngine } from '../support/engines';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -304,7 +305,15 @@ describeWithPeers(['minio', 'pebble'])('charm actions', () => {
     const listed = await action('list-backups');
     expect(Object.keys(listed.results.backups as object)).toEqual([newest]);
 
+    // A socket left by a charm killed between opening it and tar connecting.
+    const stale = '.synapse-backup-00000000000000cc.sock';
+    execFileSync('python3', [
+      '-c',
+      'import socket, sys; socket.socket(socket.AF_UNIX).bind(sys.argv[1])',
+      path.join(h.containersDir, 'synapse', stale),
+    ]);
     const again = await action('prune-backups', { 'stale-hours': 0 });
+    expect(again.logs).toContain(`removed stale sockets: ${stale}`);
     expect(again.results).toMatchObject({ 'dry-run': 'false', forgotten: 'none', kept: '1' });
     h.setConfig({ 'backup-retention': null });
   });

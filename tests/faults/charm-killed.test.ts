@@ -2,8 +2,8 @@
  * The charm process killed mid-create (SIGTERM, as Juju does to a hook or
  * action it gives up on, and SIGKILL): the run leaves a multipart upload
  * behind; list-backups shows it and the next prune-backups (stale-hours=0)
- * aborts it. The workload's tar does not outlive the charm, the live data is
- * untouched and Synapse keeps running.
+ * aborts it. The workload's tar does not outlive the charm, no direct-output
+ * socket is left, the live data is untouched and Synapse keeps running.
  */
 import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
@@ -28,7 +28,7 @@ describeWithPeers(['minio', 'pebble'])('the charm killed mid-create', () => {
     'charm: killed with %s mid-create; prune-backups cleans up',
     async (signal) => {
       expected(
-        'the killed run leaves one upload; list-backups shows it as unfinished (no backup listed complete); prune-backups stale-hours=0 aborts it',
+        'the killed run leaves one upload (and no socket); list-backups shows it as unfinished (no backup listed complete); prune-backups stale-hours=0 aborts it',
       );
       const before = await bed.before();
       let release!: () => void;
@@ -58,6 +58,10 @@ describeWithPeers(['minio', 'pebble'])('the charm killed mid-create', () => {
         () => false,
       );
       observed(left ? `${SNAPSHOT_NAME} left in the data dir` : 'no snapshot left');
+      // The archive came over a socket beside Pebble's (workload-exec=pebble), whose file
+      // goes as soon as tar connects: nothing of it is left.
+      expect(bed.directOutputSockets()).toEqual([]);
+      observed("no direct-output socket left beside Pebble's");
 
       const list = await bed.run('list-backups');
       expect(list.result.failed).toBe(false);

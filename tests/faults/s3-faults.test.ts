@@ -35,6 +35,7 @@ describeWithPeers(['minio', 'pebble'])('S3 faults during create-backup', () => {
   afterEach(() => {
     bed.s3.clearRules();
     bed.s3.setRefusing(false);
+    bed.h.setConfig({ 'workload-exec': null });
   });
 
   /** "2 of 3 UploadPart requests answered 503" from the proxy's log. */
@@ -98,6 +99,8 @@ describeWithPeers(['minio', 'pebble'])('S3 faults during create-backup', () => {
     expected(expectText);
     const before = await bed.before();
     bed.s3.log.length = 0;
+    // Holding tar's output in the Pebble proxy needs it to come through Pebble's websocket.
+    bed.h.setConfig({ 'workload-exec': holdTar ? 'pebble-relay' : null });
     const hold = holdTar ? bed.pebbleProxy.holdOutput(isTarCreate, 17 * MiB) : undefined;
     // The first attempt waits for tar to be held, so that the upload cannot give up first.
     if (hold)

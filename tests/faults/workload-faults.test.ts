@@ -22,6 +22,10 @@ describeWithPeers(['minio', 'pebble'])('workload faults during create-backup', (
     // The held stream stops 17 MiB in, inside the blob: tar itself runs up to about 3 MiB
     // further (dd's 1 MiB block, its 1 MiB pipe, Pebble's reads), and must still be in it.
     bed = await FaultBed.start({ blobBytes: 24 * MiB });
+    // These cases hold tar's output in the Pebble proxy: the archive must go through
+    // Pebble's websocket (the default takes it over a socket beside Pebble's:
+    // direct-output-faults.test.ts).
+    bed.h.setConfig({ 'workload-exec': 'pebble-relay' });
   });
   afterAll(async () => {
     await bed?.stop();

@@ -1,7 +1,9 @@
+import { dirname } from 'node:path';
 import { describeRetention } from '../../backup/retention';
 import { removeLeftoversCommand } from '../../backup/workload-scripts';
 import { errorMessage } from '../../errors';
 import { runCommand } from '../../workload/command';
+import { removeStaleSockets } from '../../workload/pebble/direct-output';
 import { ActionFailure, booleanParam, type ActionHandler } from './context';
 
 export const pruneBackups: ActionHandler = async (a) => {
@@ -31,6 +33,9 @@ export const pruneBackups: ActionHandler = async (a) => {
       (err: unknown) =>
         a.log(`could not remove what interrupted runs left in ${dataDir}: ${errorMessage(err)}`),
     );
+    // ... and a charm killed mid-create, its direct-output socket beside Pebble's.
+    const sockets = await removeStaleSockets(dirname(a.overrides.pebbleSocket));
+    if (sockets.length > 0) await a.log(`removed stale sockets: ${sockets.join(', ')}`);
   }
   const list = (items: string[]) => (items.length ? items.join(', ') : 'none');
   return {

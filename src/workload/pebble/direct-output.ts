@@ -104,6 +104,7 @@ export class DirectOutputProcess implements ExecProcess {
 
   private async run(client: PebbleClient, options: ExecOptions): Promise<ExitStatus> {
     try {
+      await removeStaleSockets(path.dirname(this.localPath));
       await this.listen();
     } catch (err) {
       this.closeServer();
@@ -127,12 +128,16 @@ export class DirectOutputProcess implements ExecProcess {
     client: PebbleClient,
     options: ExecOptions,
   ): Promise<{ status: ExitStatus } | { unavailable: string }> {
-    const inner = new PebbleExecProcess(client, {
-      ...options,
-      command: ['python3', '-c', CONNECT_AND_EXEC, this.workloadPath, ...options.command],
-      environment: { ...options.environment, [TOKEN_ENV]: this.token.toString('hex') },
-      stdin: false,
-    });
+    const inner = new PebbleExecProcess(
+      client,
+      {
+        ...options,
+        command: ['python3', '-c', CONNECT_AND_EXEC, this.workloadPath, ...options.command],
+        environment: { ...options.environment, [TOKEN_ENV]: this.token.toString('hex') },
+        stdin: false,
+      },
+      options.command[0],
+    );
     this.inner = inner;
     inner.stdout.resume(); // nothing comes this way: fd 1 is the socket
     // Until the command connects, stderr is the wrapper's: held back, so that
@@ -165,8 +170,9 @@ export class DirectOutputProcess implements ExecProcess {
         // Pebble is there but would not start the wrapper (no python3 in the image).
         return unavailable(err.message);
       }
-      // Pebble failed (unreachable, dropped): output that never connected never will.
-      if (!this.stdout.connected) this.stdout.destroy(err as Error);
+      // Pebble failed (unreachable, dropped, restarted): the exit status is lost, so the
+      // output cannot be trusted to be whole, and a command still writing gets EPIPE.
+      this.stdout.destroy(err as Error);
       forward();
       this.stderr.end();
       throw err;
@@ -253,6 +259,38 @@ export class DirectOutputProcess implements ExecProcess {
     this.pending.clear();
     fsp.rm(this.localPath, { force: true }).catch(() => undefined);
   }
+}
+
+const SOCKET_NAME = /^\.synapse-backup-[0-9a-f]{16}\.sock$/;
+
+/**
+ * Removes the sockets that runs killed before they could clean up left in
+ * `dir` (a charm killed with SIGKILL): those that refuse connections. A live
+ * one accepts, and drops the probe as it drops any connection without the token.
+ */
+export async function removeStaleSockets(dir: string): Promise<string[]> {
+  const names = (await fsp.readdir(dir).catch(() => [])).filter((n) => SOCKET_NAME.test(n));
+  const removed: string[] = [];
+  for (const name of names) {
+    const file = path.join(dir, name);
+    const stale = await new Promise<boolean>((resolve) => {
+      const probe = net.connect(file);
+      probe.once('connect', () => {
+        probe.destroy();
+        resolve(false);
+      });
+      probe.once('error', (err: NodeJS.ErrnoException) => resolve(err.code === 'ECONNREFUSED'));
+    });
+    if (
+      stale &&
+      (await fsp.rm(file).then(
+        () => true,
+        () => false,
+      ))
+    )
+      removed.push(name);
+  }
+  return removed;
 }
 
 /** The command's stdout from the accepted connection, paused when the consumer is. */

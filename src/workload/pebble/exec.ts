@@ -110,11 +110,13 @@ export class PebbleExecProcess implements ExecProcess {
   private settled = false;
   private killed = false;
 
+  /** `name`: the command's name in messages, when `options.command` wraps it. */
   constructor(
     private readonly client: PebbleClient,
     private readonly options: ExecOptions,
+    name = options.command[0],
   ) {
-    this.what = `cannot run ${JSON.stringify(options.command[0])} in the workload`;
+    this.what = `cannot run ${JSON.stringify(name)} in the workload`;
     this.output = {
       stdout: new WebsocketOutput('stdout', this.what),
       stderr: new WebsocketOutput('stderr', this.what),

@@ -11,7 +11,7 @@
  */
 import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { promises as fsp } from 'node:fs';
+import { promises as fsp, readdirSync } from 'node:fs';
 import * as path from 'node:path';
 import { inspect } from 'node:util';
 import { ListMultipartUploadsCommand, ListObjectsV2Command } from '@aws-sdk/client-s3';
@@ -384,6 +384,13 @@ export class FaultBed {
     }
   }
 
+  /** Direct-output sockets in the directory the charm shares with the workload. */
+  directOutputSockets(): string[] {
+    return readdirSync(path.dirname(this.charmSocket)).filter((n) =>
+      n.startsWith('.synapse-backup-'),
+    );
+  }
+
   async synapseState(): Promise<string> {
     const workload = new PebbleWorkload({ socketPath: this.pebble.socketPath });
     const services = await workload.serviceStatus(['synapse']);
@@ -415,6 +422,7 @@ export class FaultBed {
     const uploads = await this.uploads(minio);
     expect(uploads).toEqual([]);
     await this.noTarLeft();
+    expect(this.directOutputSockets()).toEqual([]);
     expect(await treeHash(this.h.dataDir)).toBe(before.tree);
     expect(await this.synapseState()).toBe('active');
     const secrets = this.secretsSummary(runs);
@@ -425,6 +433,7 @@ export class FaultBed {
       incomplete.length ? `${incomplete.length} object(s) without manifest` : undefined,
       'uploads: 0',
       'no tar left',
+      'no socket left',
       'tree: unchanged',
       'synapse: active',
       secrets,

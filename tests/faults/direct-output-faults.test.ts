@@ -1,0 +1,114 @@
+/**
+ * Workload faults during create-backup on the default path, where the archive
+ * comes over a unix socket beside Pebble's (workload-exec=pebble) and Pebble
+ * still starts tar and reports its exit status: tar exits non-zero
+ * mid-stream, the charm's connection to Pebble drops, and the Pebble daemon is
+ * killed and restarted while tar is still writing to the socket. Tar is held
+ * mid-stream by stalling the upload's parts at the S3 proxy: the engine stops
+ * reading, and tar blocks on the socket.
+ */
+import { promises as fsp } from 'node:fs';
+import * as path from 'node:path';
+import { describeWithPeers } from '../support/peers';
+import { FaultBed, until } from './support/bed';
+import { expected, observed } from './support/report';
+
+const MiB = 1024 * 1024;
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+describeWithPeers(['minio', 'pebble'])('workload faults on the direct-output path', () => {
+  let bed: FaultBed;
+
+  beforeAll(async () => {
+    // With the parts stalled the engine holds up to three 16 MiB part buffers and its stages'
+    // buffers; tar runs a few MiB further (the socket's) and must still be in the blob.
+    bed = await FaultBed.start({ blobBytes: 160 * MiB });
+  });
+  afterAll(async () => {
+    await bed?.stop();
+  });
+  afterEach(() => bed.s3.clearRules());
+
+  /**
+   * Runs create-backup with every UploadPart held at the S3 proxy until
+   * `fault` has run: tar is blocked on the socket in the middle of the blob.
+   */
+  async function createWithStalledUpload(fault: () => Promise<void>) {
+    let release!: () => void;
+    bed.s3.addRule({
+      op: 'UploadPart',
+      fault: { kind: 'stall', release: new Promise<void>((r) => (release = r)) },
+    });
+    return bed.run('create-backup', {}, async () => {
+      try {
+        const key = await bed.waitForUpload();
+        await until('two parts are held', () => bed.s3.stalled() >= 2);
+        await sleep(500); // the buffers behind them fill, and tar blocks
+        expect(await bed.tarsRunning()).toHaveLength(1);
+        observed(`parts of ${key} held at the proxy; tar blocked on the direct socket`);
+        await fault();
+      } finally {
+        bed.s3.clearRules();
+        release();
+      }
+    });
+  }
+
+  test('direct: tar exits 2 mid-stream (a directory vanishes)', async () => {
+    expected(
+      'fails quoting tar: "Cannot stat: No such file or directory", exit status 2 (from Pebble); the upload is aborted; the socket is removed',
+    );
+    const before = await bed.before();
+    const thumbs = path.join(bed.h.dataDir, 'media_store/local_thumbnails');
+    const away = path.join(bed.h.dir, 'thumbnails-away');
+    const run = await createWithStalledUpload(async () => {
+      await fsp.rename(thumbs, away);
+    });
+    await fsp.rename(away, thumbs);
+    const msg = FaultBed.failure(run);
+    observed(`action failed: ${msg}`);
+    expect(msg).toBe(
+      `tar in Pebble at ${bed.charmSocket} exited with status 2: tar: media_store/local_thumbnails: Cannot stat: No such file or directory; tar: Exiting with failure status due to previous errors`,
+    );
+    expect(run.pebble.bytes).toBeLessThan(MiB);
+    observed(
+      `through Pebble: ${run.pebble.execs} execs, ${run.pebble.bytes} bytes (not the archive)`,
+    );
+    observed(await bed.afterFault(before, [run]));
+  });
+
+  test('direct: the connection to Pebble drops mid-create', async () => {
+    expected(
+      "fails saying the connection to Pebble dropped (tar's exit status is lost, so the archive is not trusted); tar ends; the upload is aborted",
+    );
+    const before = await bed.before();
+    const run = await createWithStalledUpload(async () => {
+      bed.pebbleProxy.dropAll();
+    });
+    const msg = FaultBed.failure(run);
+    observed(`action failed: ${msg}`);
+    expect(msg).toMatch(
+      /^cannot run "sh" in the workload: (the (stdout|stderr) websocket closed \(code \d+\) before the end of the output; did Pebble stop or the connection drop\?|lost the connection to Pebble at .*)$/,
+    );
+    observed(await bed.afterFault(before, [run]));
+  });
+
+  test('direct: Pebble killed and restarted while tar writes to the socket', async () => {
+    expected(
+      'fails saying the connection to Pebble was lost; tar, orphaned but still writing, gets EPIPE and ends; the upload is aborted; after pebble-ready Synapse runs again',
+    );
+    const before = await bed.before();
+    const run = await createWithStalledUpload(async () => {
+      await bed.pebble.restart();
+    });
+    const msg = FaultBed.failure(run);
+    observed(`action failed: ${msg}`);
+    expect(msg).toMatch(
+      /^cannot run "sh" in the workload: (the (stdout|stderr) websocket closed \(code \d+\) before the end of the output; did Pebble stop or the connection drop\?|lost the connection to Pebble at .*|Pebble reports: .*)$/,
+    );
+    expect(await bed.synapseState()).toBe('(no synapse service)');
+    const ready = await bed.pebbleReady();
+    observed(`synapse after the restart: no service; pebble-ready: ${ready.status?.status}`);
+    observed(await bed.afterFault(before, [run]));
+  });
+});
