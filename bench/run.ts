@@ -2,10 +2,10 @@
  * `npm run bench` (scripts/bench.sh prepares, then runs this): our engine against the
  * alternatives a user would pick, on the same generated data and the same MinIO.
  *
- *   ours (pebble)  node build/synapse-backup.js --pebble-socket … --direct-output: the charm's
- *                  default (workload-exec=pebble): create's archive over a unix socket in
- *                  Pebble's directory, restore's through Pebble's websocket
- *   ours (relay)   the same with create's archive through Pebble's websocket too
+ *   ours (pebble)  node build/synapse-backup.js --pebble-socket … --direct: the charm's default
+ *                  (workload-exec=pebble): the archive goes between tar and the engine over a
+ *                  unix socket in Pebble's directory; Pebble starts tar and reports its status
+ *   ours (relay)   the same with the archive through Pebble's exec websocket
  *                  (workload-exec=pebble-relay, and the fallback when the socket cannot be used)
  *   ours (local)   the same engine with tar run on this host (no Pebble)
  *   floor          tar -c | aws s3 cp -            (no encryption: the least work possible)
@@ -258,8 +258,7 @@ function treeStats(root: string): { files: number; bytes: number } {
 interface Tool {
   name: string;
   create(dataDir: string, id: string): string;
-  /** Absent when the restore is another row's (ours (relay) restores as ours (pebble)). */
-  restore?(id: string, target: string): string;
+  restore(id: string, target: string): string;
   cleanup(id: string): string;
 }
 
@@ -269,24 +268,23 @@ function tools(e: Env): Tool[] {
   const cli = (pebble: boolean, direct = false) =>
     `node ${q(CLI)} --bucket ${e.bucket} --prefix bench --endpoint ${q(e.endpoint)} --uri-style path` +
     (pebble ? ` --pebble-socket ${q(e.socket)}` : '') +
-    (direct ? ' --direct-output' : '');
+    (direct ? ' --direct' : '');
   const tar = (dataDir: string) =>
     `tar -c -f - --format=posix -C ${q(dataDir)} -- ${selection(dataDir).map(q).join(' ')}`;
   const object = (id: string) => `s3://${e.bucket}/bench/${id}`;
   const passFile = path.join(e.work, 'passphrase');
   const gpg = `gpg --batch --quiet --pinentry-mode loopback --passphrase-file ${q(passFile)}`;
-  const ours = (name: string, pebble: boolean, direct = false, restore = true): Tool => ({
+  const ours = (name: string, pebble: boolean, direct = false): Tool => ({
     name,
     create: (dataDir, id) =>
       `${cli(pebble, direct)} create --data-dir ${q(dataDir)} --id ${id} --json`,
-    restore: restore
-      ? (id, target) => `${cli(pebble)} restore --id ${id} --data-dir ${q(target)} --json`
-      : undefined,
+    restore: (id, target) =>
+      `${cli(pebble, direct)} restore --id ${id} --data-dir ${q(target)} --json`,
     cleanup: (id) => `${cli(false)} delete --id ${id} --json`,
   });
   return [
     ours('ours (pebble)', true, true),
-    ours('ours (relay)', true, false, false),
+    ours('ours (relay)', true),
     ours('ours (local)', false),
     {
       name: 'floor',
@@ -484,16 +482,13 @@ async function main(): Promise<void> {
           const id = `${key}-${size}-${Date.now()}`;
           const target = path.join(e.work, `restore-${id}`);
           fs.mkdirSync(target);
-          const operations = tool.restore
-            ? (['create', 'restore'] as const)
-            : (['create'] as const);
-          for (const operation of operations) {
+          for (const operation of ['create', 'restore'] as const) {
             log(`${size} MiB ${tool.name} ${operation}${times > 1 ? ` #${i + 1}` : ''}`);
             await settle(e);
             const load = loadAverage();
             const m = timed(
               e,
-              operation === 'create' ? tool.create(dataDir, id) : tool.restore!(id, target),
+              operation === 'create' ? tool.create(dataDir, id) : tool.restore(id, target),
             );
             if (m.ok && operation === 'restore') {
               // Everything back? (Ours also checks SHA-256 and counts against its manifest.)

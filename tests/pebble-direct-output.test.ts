@@ -5,6 +5,7 @@
  * with Pebble's exec. Then a whole create/restore round trip through it.
  */
 import { execFileSync } from 'node:child_process';
+import { createHash, randomBytes } from 'node:crypto';
 import { readdirSync, readFileSync, symlinkSync } from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
@@ -135,7 +136,7 @@ describeWithPeers(['minio', 'pebble'])('Pebble direct output', () => {
     const w = new PebbleWorkload({
       socketPath: pebble.socketPath,
       sharedDir,
-      onDirectOutputUnavailable: (reason) => reasons.push(reason),
+      onDirectStreamUnavailable: (reason) => reasons.push(reason),
     });
     return { reasons, w };
   };
@@ -195,7 +196,7 @@ describeWithPeers(['minio', 'pebble'])('Pebble direct output', () => {
       const w = new PebbleWorkload({
         socketPath: bare.socketPath,
         sharedDir: { local: shared, workload: shared },
-        onDirectOutputUnavailable: (reason) => reasons.push(reason),
+        onDirectStreamUnavailable: (reason) => reasons.push(reason),
       });
       const proc = w.exec({
         command: ['sh', '-c', script],
@@ -226,6 +227,78 @@ describeWithPeers(['minio', 'pebble'])('Pebble direct output', () => {
     expect(await relayed(proc)).toEqual({ out: 'partial', err: '', status: { exitCode: 86 } });
     expect(reasons).toEqual([]);
     expect(readFileSync(marker, 'utf8')).toBe('x\n');
+  });
+
+  /** Writes `input` to the command's stdin; collects stdout, stderr and the exit status. */
+  const feed = async (proc: ExecProcess, input: Buffer) => {
+    const writing = new Promise<void>((resolve, reject) => {
+      proc.stdin!.once('error', reject);
+      proc.stdin!.end(input, () => resolve());
+    }).then(
+      () => 'all',
+      (e: Error) => e.message,
+    );
+    const [out, err, status] = await Promise.all([
+      readAll(proc.stdout),
+      readAll(proc.stderr),
+      proc.wait(),
+    ]);
+    const written = await writing;
+    return { out: out.toString(), err: err.toString(), status, written };
+  };
+  const sha256 = (data: Buffer) => createHash('sha256').update(data).digest('hex');
+
+  test('stdin comes over the socket: every byte in order; stdout and the exit status through Pebble', async () => {
+    const input = randomBytes(8 * 1024 * 1024 + 17);
+    const proc = workload.exec({
+      command: ['sh', '-c', 'readlink /proc/$$/fd/0 >&2; sha256sum | cut -c1-64; exit 5'],
+      stdin: true,
+      directStdin: true,
+    });
+    const r = await feed(proc, input);
+    expect(r.err).toMatch(/^socket:\[\d+\]\n$/);
+    expect(r.out.trim()).toBe(sha256(input));
+    expect(r.status).toEqual({ exitCode: 5 });
+    expect(r.written).toBe('all');
+    expect(leftovers(shared)).toEqual([]);
+  });
+
+  test('stdin: the workload cannot reach the socket, so the input goes through the relay', async () => {
+    const { reasons, w } = fallingBack({ local: shared, workload: '/nonexistent/charm/container' });
+    const input = randomBytes(3 * 1024 * 1024);
+    const proc = w.exec({
+      command: ['sh', '-c', 'readlink /proc/$$/fd/0 >&2; sha256sum | cut -c1-64'],
+      stdin: true,
+      directStdin: true,
+    });
+    const r = await feed(proc, input);
+    expect(r.err).toMatch(/^pipe:\[\d+\]\n$/);
+    expect(r.out.trim()).toBe(sha256(input));
+    expect(r.status).toEqual({ exitCode: 0 });
+    expect(reasons).toEqual([expect.stringMatching(/^cannot connect to \/nonexistent\/charm/)]);
+  });
+
+  test('stdin: a command that stops reading and exits has its status reported; writing fails', async () => {
+    const proc = workload.exec({
+      command: ['sh', '-c', 'head -c 10 >/dev/null; echo stopped >&2; exit 3'],
+      stdin: true,
+      directStdin: true,
+    });
+    const r = await feed(proc, randomBytes(16 * 1024 * 1024));
+    expect(r.status).toEqual({ exitCode: 3 });
+    expect(r.err).toBe('stopped\n');
+    expect(r.written).toMatch(/EPIPE|ECONNRESET|write after end|destroyed/);
+  });
+
+  test('stdout comes over the socket: the command sees a socket as its fd 1', async () => {
+    // Read in a subshell: a redirection on the shell's own command would move its fd 1.
+    const proc = direct('fd1=$(readlink /proc/$$/fd/1); printf "%s\\n" "$fd1" >&2; printf x');
+    const r = await relayed(proc);
+    expect(r).toEqual({
+      out: 'x',
+      err: expect.stringMatching(/^socket:\[\d+\]\n$/),
+      status: { exitCode: 0 },
+    });
   });
 
   test('sockets that killed runs left behind are removed; a live one is not', async () => {

@@ -500,7 +500,7 @@ export class BackupEngine {
     try {
       const sink = new CommandSink(
         workload,
-        { command: tarExtractCommand(stagingPath) },
+        { command: tarExtractCommand(stagingPath), directStdin: true },
         `tar extracting into ${stagingPath}`,
       );
       extracted = await this.readArchive(id, 'restore', sink, scanner);

@@ -259,10 +259,10 @@ export class SynapseCharm {
    * Backups reach the container through Pebble unless workload-exec=kubernetes
    * asks for the Kubernetes exec API (which needs `juju trust`). The Kubernetes
    * client is loaded only then: it is large and most hooks never need it.
-   * With Pebble, create-backup's archive comes over a unix socket in the
-   * directory Juju mounts in both containers, and through Pebble's websocket
-   * when that socket cannot be set up (said in the action's log) or when
-   * workload-exec=pebble-relay.
+   * With Pebble, the archive (create's and restore's) goes over a unix socket
+   * in the directory Juju mounts in both containers, and through Pebble's
+   * websocket when that socket cannot be set up (said in the action's log) or
+   * when workload-exec=pebble-relay.
    */
   private async backupWorkload(config: CharmConfig): Promise<Workload> {
     const mode = config.workloadExec ?? 'pebble';
@@ -274,7 +274,7 @@ export class SynapseCharm {
           local: dirname(this.overrides.pebbleSocket),
           workload: this.overrides.workloadSharedDir,
         },
-        onDirectOutputUnavailable: (reason) => this.directOutputUnavailable(reason),
+        onDirectStreamUnavailable: (reason) => this.directStreamUnavailable(reason),
       });
     }
     if (mode !== 'kubernetes') {
@@ -291,7 +291,7 @@ export class SynapseCharm {
     });
   }
 
-  private directOutputUnavailable(reason: string): void {
+  private directStreamUnavailable(reason: string): void {
     const message = `the archive comes through Pebble's websocket, which is slower, because the direct socket could not be used: ${reason}; set workload-exec=pebble-relay to skip the attempt`;
     this.tools.actionLog(message).catch(() => undefined);
     this.tools.jujuLog('WARNING', message).catch(() => undefined);

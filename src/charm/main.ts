@@ -13,6 +13,7 @@ async function main(): Promise<number> {
   const tools = new HookTools();
   try {
     const ctx = parseJujuContext();
+    process.once('uncaughtException', (err) => reportCrash(tools, ctx.actionName, err));
     const overrides = loadOverrides();
     const workload = new PebbleWorkload({ socketPath: overrides.pebbleSocket });
     return await new SynapseCharm({ ctx, tools, overrides, workload }).dispatch();
@@ -21,6 +22,21 @@ async function main(): Promise<number> {
     process.stderr.write(`synapse charm: ${tools.redact(errorMessage(err))}\n`);
     return 1;
   }
+}
+
+/**
+ * A bug that escapes every handler (an 'error' event nobody listens to) ends the
+ * process; an action still says why, instead of failing without a message.
+ */
+function reportCrash(tools: HookTools, action: string | undefined, err: unknown): void {
+  const detail = err instanceof Error ? (err.stack ?? err.message) : String(err);
+  process.stderr.write(`synapse charm: crashed: ${tools.redact(detail)}\n`);
+  const failed = action
+    ? tools.actionFail(
+        tools.redact(`${action} failed unexpectedly: ${errorMessage(err)}; see juju debug-log`),
+      )
+    : Promise.resolve();
+  failed.catch(() => undefined).finally(() => process.exit(1));
 }
 
 main().then(

@@ -24,10 +24,11 @@ common: --bucket B [--prefix P] [--endpoint URL] [--region R] [--uri-style host|
         [--passphrase-file F] [--ca-file PEM] [--checksum when_required|when_supported]
         [--frame-length BYTES] [--part-size MIB] [--queue-size N]
         [--pebble-socket PATH]   run tar through Pebble instead of on this host
-        [--direct-output [--workload-dir PATH]]   with --pebble-socket: create's archive comes
-                                 over a unix socket in the socket's directory, not through
-                                 Pebble (PATH: that directory as the workload sees it;
-                                 default the same path, as when Pebble runs on this host)
+        [--direct [--workload-dir PATH]]   with --pebble-socket: the archive (create's output,
+                                 restore's input) goes over a unix socket in the socket's
+                                 directory, not through Pebble's websocket (PATH: that
+                                 directory as the workload sees it; default the same path,
+                                 as when Pebble runs on this host)
 credentials: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or the AWS SDK's default chain)
 passphrase:  SYNAPSE_BACKUP_PASSPHRASE or --passphrase-file (never a flag value)`;
 
@@ -45,6 +46,8 @@ const OPTIONS = {
   'part-size': { type: 'string' },
   'queue-size': { type: 'string' },
   'pebble-socket': { type: 'string' },
+  direct: { type: 'boolean' },
+  /** The name of --direct when it was for create only. */
   'direct-output': { type: 'boolean' },
   'workload-dir': { type: 'string' },
   'data-dir': { type: 'string' },
@@ -184,22 +187,23 @@ function engineFor(
     caChain: values['ca-file'] ? readCaFile(values['ca-file']) : undefined,
     checksumMode: values.checksum,
   });
-  if (values['direct-output'] && !values['pebble-socket']) {
-    throw new ConfigError('--direct-output is for Pebble: give --pebble-socket too');
+  const direct = values.direct || values['direct-output'];
+  if (direct && !values['pebble-socket']) {
+    throw new ConfigError('--direct is for Pebble: give --pebble-socket too');
   }
-  if (values['workload-dir'] && !values['direct-output']) {
-    throw new ConfigError('--workload-dir goes with --direct-output');
+  if (values['workload-dir'] && !direct) {
+    throw new ConfigError('--workload-dir goes with --direct');
   }
   const workload: Workload = values['pebble-socket']
     ? new PebbleWorkload({
         socketPath: values['pebble-socket'],
-        sharedDir: values['direct-output']
+        sharedDir: direct
           ? {
               local: path.dirname(values['pebble-socket']),
               workload: values['workload-dir'] ?? path.dirname(values['pebble-socket']),
             }
           : undefined,
-        onDirectOutputUnavailable: (reason) =>
+        onDirectStreamUnavailable: (reason) =>
           process.stderr.write(
             `synapse-backup: warning: the archive comes through Pebble's websocket instead: ${reason}\n`,
           ),

@@ -1,10 +1,10 @@
 import { BackupError } from '../errors';
 import { PebbleClient } from './pebble/client';
 import {
-  DirectOutputProcess,
-  type DirectOutputUnavailable,
+  DirectStreamProcess,
+  type DirectStreamUnavailable,
   type SharedDir,
-} from './pebble/direct-output';
+} from './pebble/direct-stream';
 import { PebbleExecProcess } from './pebble/exec';
 import type { ExecOptions, ExecProcess, ServiceStatus, Workload } from './workload';
 
@@ -12,15 +12,15 @@ export interface PebbleWorkloadOptions {
   /** Pebble's unix socket, e.g. `/charm/containers/synapse/pebble.socket`. */
   socketPath: string;
   /**
-   * A directory both containers see, for output that bypasses Pebble's websocket relay
-   * (`directStdout`). Juju mounts the socket's directory in the workload container too,
+   * A directory both containers see, for bulk streams that bypass Pebble's websocket relay
+   * (`directStdout`, `directStdin`). Juju mounts the socket's directory in the workload container too,
    * at /charm/container: `{ local: '/charm/containers/synapse', workload: '/charm/container' }`
    * (juju/juju caas/kubernetes/provider/application: the `charm-data` volume's
    * `charm/containers/<name>` at both paths). On one host, the socket's directory on both sides.
    */
   sharedDir?: SharedDir;
-  /** Told why, when output meant to bypass the relay goes through it after all. */
-  onDirectOutputUnavailable?: DirectOutputUnavailable;
+  /** Told why, when a stream meant to bypass the relay goes through it after all. */
+  onDirectStreamUnavailable?: DirectStreamUnavailable;
 }
 
 /** The workload container, reached through its Pebble daemon (the Juju sidecar transport). */
@@ -28,23 +28,27 @@ export class PebbleWorkload implements Workload {
   readonly description: string;
   private readonly client: PebbleClient;
   private readonly sharedDir: SharedDir | undefined;
-  private readonly onDirectOutputUnavailable: DirectOutputUnavailable | undefined;
+  private readonly onDirectStreamUnavailable: DirectStreamUnavailable | undefined;
 
   constructor(options: PebbleWorkloadOptions) {
     this.client = new PebbleClient(options.socketPath);
     this.sharedDir = options.sharedDir;
-    this.onDirectOutputUnavailable = options.onDirectOutputUnavailable;
+    this.onDirectStreamUnavailable = options.onDirectStreamUnavailable;
     this.description = `Pebble at ${options.socketPath}`;
   }
 
   exec(options: ExecOptions): ExecProcess {
     if (!options.command[0]) throw new BackupError('workload', 'empty command');
-    if (options.directStdout && !options.stdin && this.sharedDir) {
-      return new DirectOutputProcess(
+    const direct = options.stdin
+      ? options.directStdin && 'stdin'
+      : options.directStdout && 'stdout';
+    if (direct && this.sharedDir) {
+      return new DirectStreamProcess(
         this.client,
         options,
         this.sharedDir,
-        this.onDirectOutputUnavailable,
+        direct,
+        this.onDirectStreamUnavailable,
       );
     }
     return new PebbleExecProcess(this.client, options);

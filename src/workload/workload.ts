@@ -11,6 +11,8 @@ export interface ExecOptions {
    * (Pebble: a unix socket in a shared directory, when configured). Without stdin only.
    */
   directStdout?: boolean;
+  /** Bulk input: the same for stdin (with `stdin: true`). */
+  directStdin?: boolean;
 }
 
 export interface ExitStatus {

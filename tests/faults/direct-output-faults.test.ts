@@ -1,16 +1,18 @@
 /**
- * Workload faults during create-backup on the default path, where the archive
- * comes over a unix socket beside Pebble's (workload-exec=pebble) and Pebble
- * still starts tar and reports its exit status: tar exits non-zero
- * mid-stream, the charm's connection to Pebble drops, and the Pebble daemon is
- * killed and restarted while tar is still writing to the socket. Tar is held
- * mid-stream by stalling the upload's parts at the S3 proxy: the engine stops
- * reading, and tar blocks on the socket.
+ * Workload faults on the default path, where the archive goes over a unix
+ * socket beside Pebble's (workload-exec=pebble: create's tar writes to it,
+ * restore's reads from it) and Pebble still starts tar and reports its exit
+ * status. create-backup: tar exits non-zero mid-stream, the charm's connection
+ * to Pebble drops, and the Pebble daemon is killed and restarted while tar is
+ * still writing to the socket (tar is held mid-stream by stalling the upload's
+ * parts at the S3 proxy: the engine stops reading, and tar blocks on the
+ * socket). restore-backup: Pebble killed and restarted while tar is stopped
+ * mid-archive (SIGSTOP), before the swap.
  */
 import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
 import { describeWithPeers } from '../support/peers';
-import { FaultBed, until } from './support/bed';
+import { FaultBed, until, within } from './support/bed';
 import { expected, observed } from './support/report';
 
 const MiB = 1024 * 1024;
@@ -109,6 +111,65 @@ describeWithPeers(['minio', 'pebble'])('workload faults on the direct-output pat
     expect(await bed.synapseState()).toBe('(no synapse service)');
     const ready = await bed.pebbleReady();
     observed(`synapse after the restart: no service; pebble-ready: ${ready.status?.status}`);
+    observed(await bed.afterFault(before, [run]));
+  });
+
+  /** The pids of `tar --extract` processes extracting into this bed's data dir. */
+  async function extractingTars(): Promise<number[]> {
+    const found: number[] = [];
+    for (const pid of (await fsp.readdir('/proc')).filter((e) => /^\d+$/.test(e))) {
+      try {
+        const cmdline = (await fsp.readFile(`/proc/${pid}/cmdline`)).toString();
+        if (cmdline.startsWith('tar\0--extract\0') && cmdline.includes(bed.h.dataDir)) {
+          found.push(Number(pid));
+        }
+      } catch {
+        // gone
+      }
+    }
+    return found;
+  }
+
+  test('direct: Pebble killed and restarted mid-restore, before the swap', async () => {
+    expected(
+      'fails saying the connection to Pebble was lost; the staging directory is removed; the live data untouched; after pebble-ready Synapse runs again',
+    );
+    const created = await bed.run('create-backup');
+    const id = FaultBed.succeeded(created);
+    const before = await bed.before();
+    let stopped: number[] = [];
+    const run = await bed.run('restore-backup', { 'backup-id': id }, async () => {
+      try {
+        await within(
+          'tar --extract to start',
+          (async () => {
+            while ((stopped = await extractingTars()).length === 0) await sleep(5);
+          })(),
+        );
+        for (const pid of stopped) process.kill(pid, 'SIGSTOP');
+        observed(`tar --extract (pid ${stopped.join(', ')}) stopped mid-archive`);
+        await bed.pebble.restart();
+      } finally {
+        for (const pid of stopped) {
+          try {
+            process.kill(pid, 'SIGCONT');
+          } catch {
+            // gone
+          }
+        }
+      }
+    });
+    const msg = FaultBed.failure(run);
+    observed(`action failed: ${msg}`);
+    expect(msg).toMatch(
+      /^cannot run "tar" in the workload: (the (stdout|stderr) websocket closed \(code \d+\) before the end of the output; did Pebble stop or the connection drop\?|lost the connection to Pebble at .*|Pebble reports: .*)$/,
+    );
+    await until('the stopped tar to end', async () => (await extractingTars()).length === 0);
+    const staged = (await fsp.readdir(bed.h.dataDir)).filter((f) => f.startsWith('.'));
+    expect(staged).toEqual([]);
+    observed('no staging directory left');
+    const ready = await bed.pebbleReady();
+    observed(`pebble-ready after the restart: ${ready.status?.status}`);
     observed(await bed.afterFault(before, [run]));
   });
 });

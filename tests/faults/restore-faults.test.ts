@@ -133,9 +133,14 @@ describeWithPeers(['minio', 'pebble'])('restore faults through restore-backup', 
       path.join(bed.h.dataDir, 'homeserver.yaml'),
       'server_name: "example.org"\n# changed\n',
     );
+    // By default the archive goes to tar over a socket beside Pebble's, which the proxy
+    // cannot see: this restore takes Pebble's websocket, to show that the proxy looks.
+    bed.h.setConfig({ 'workload-exec': 'pebble-relay' });
     bed.pebbleProxy.watchCanary(canary);
-    const restore = await bed.run('restore-backup', { 'backup-id': id });
-    bed.pebbleProxy.watchCanary(undefined);
+    const restore = await bed.run('restore-backup', { 'backup-id': id }).finally(() => {
+      bed.pebbleProxy.watchCanary(undefined);
+      bed.h.setConfig({ 'workload-exec': null });
+    });
     expect(restore.result.failed).toBe(false);
     expect(bed.pebbleProxy.canarySightings).toEqual(['websocket stdio of "tar" (payload)']);
     observed("the Pebble proxy saw a canary from the data in tar's stdin, and no secret");

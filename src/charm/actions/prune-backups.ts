@@ -3,7 +3,7 @@ import { describeRetention } from '../../backup/retention';
 import { removeLeftoversCommand } from '../../backup/workload-scripts';
 import { errorMessage } from '../../errors';
 import { runCommand } from '../../workload/command';
-import { removeStaleSockets } from '../../workload/pebble/direct-output';
+import { removeStaleSockets } from '../../workload/pebble/direct-stream';
 import { ActionFailure, booleanParam, type ActionHandler } from './context';
 
 export const pruneBackups: ActionHandler = async (a) => {

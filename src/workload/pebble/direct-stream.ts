@@ -2,9 +2,10 @@ import { randomBytes, timingSafeEqual } from 'node:crypto';
 import { promises as fsp } from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
-import { PassThrough, Readable } from 'node:stream';
+import { PassThrough, Readable, Writable } from 'node:stream';
 import { finished } from 'node:stream/promises';
 import { BackupError, errorMessage } from '../../errors';
+import { deferred, destroyQuietly } from '../settling';
 import type { ExecOptions, ExecProcess, ExitStatus } from '../workload';
 import { PebbleRefusedError, type PebbleClient } from './client';
 import { PebbleExecProcess } from './exec';
@@ -17,6 +18,12 @@ export interface SharedDir {
   workload: string;
 }
 
+/** Which of the command's streams goes over the socket. */
+export type DirectStream = 'stdin' | 'stdout';
+
+/** Why a stream could not go directly; it goes through Pebble's relay instead. */
+export type DirectStreamUnavailable = (reason: string) => void;
+
 const TOKEN_BYTES = 32;
 const TOKEN_ENV = 'SYNAPSE_BACKUP_OUTPUT_TOKEN';
 /**
@@ -24,45 +31,48 @@ const TOKEN_ENV = 'SYNAPSE_BACKUP_OUTPUT_TOKEN';
  * started: the command is then run again through Pebble's relay.
  */
 const UNAVAILABLE_STATUS = 86;
+const KILLED: ExitStatus = { exitCode: null, signal: 'SIGKILL' };
+const SOCKET_NAME = /^\.synapse-backup-[0-9a-f]{16}\.sock$/;
+
 /**
  * Run in the workload before the command: connects to our socket, proves it is the
  * command we started (the token comes in its environment, which other users cannot
- * read), makes the connection its stdout and becomes the command.
+ * read), makes the connection its stdin or stdout and becomes the command.
  */
-const CONNECT_AND_EXEC = [
-  'import os, socket, sys',
-  'try:',
-  '    s = socket.socket(socket.AF_UNIX)',
-  '    s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)',
-  '    s.connect(sys.argv[1])',
-  `    s.sendall(bytes.fromhex(os.environ.pop('${TOKEN_ENV}')))`,
-  'except OSError as e:',
-  "    sys.stderr.write('cannot connect to %s in the workload: %s' % (sys.argv[1], e))",
-  `    sys.exit(${UNAVAILABLE_STATUS})`,
-  'os.dup2(s.fileno(), 1)',
-  's.close()',
-  'os.execvp(sys.argv[2], sys.argv[2:])',
-].join('\n');
-const KILLED: ExitStatus = { exitCode: null, signal: 'SIGKILL' };
-
-/** Why the command's output could not come directly; it comes through Pebble's relay instead. */
-export type DirectOutputUnavailable = (reason: string) => void;
+function connectAndExec(stream: DirectStream): string {
+  const [fd, buffer] = stream === 'stdout' ? [1, 'SO_SNDBUF'] : [0, 'SO_RCVBUF'];
+  return [
+    'import os, socket, sys',
+    'try:',
+    '    s = socket.socket(socket.AF_UNIX)',
+    `    s.setsockopt(socket.SOL_SOCKET, socket.${buffer}, 1 << 20)`,
+    '    s.connect(sys.argv[1])',
+    `    s.sendall(bytes.fromhex(os.environ.pop('${TOKEN_ENV}')))`,
+    'except OSError as e:',
+    "    sys.stderr.write('cannot connect to %s in the workload: %s' % (sys.argv[1], e))",
+    `    sys.exit(${UNAVAILABLE_STATUS})`,
+    `os.dup2(s.fileno(), ${fd})`,
+    's.close()',
+    'os.execvp(sys.argv[2], sys.argv[2:])',
+  ].join('\n');
+}
 
 /**
- * A command whose stdout comes straight over a unix socket in a directory both
- * containers share, instead of through Pebble's websocket relay, which costs
- * Pebble a message and a fresh buffer per 128 KiB read (about 3 CPU s per GiB)
- * and the engine the websocket framing. Everything else (start, stderr, exit
- * status, kill) still goes through Pebble's exec.
+ * A command whose bulk stream (create's archive on stdout, restore's on stdin)
+ * goes straight over a unix socket in a directory both containers share,
+ * instead of through Pebble's websocket relay, which costs Pebble a message
+ * and a fresh buffer per 128 KiB (about 3 CPU s per GiB) and the engine the
+ * websocket framing. Everything else (start, the other streams, exit status,
+ * kill) still goes through Pebble's exec.
  *
  * When the socket cannot be set up (the directory is not there or not
  * writable, the workload cannot reach it, it has no python3) the command has
  * not started, and it runs through Pebble's relay instead; `onUnavailable`
  * says why. A failure after the command started is the command's.
  */
-export class DirectOutputProcess implements ExecProcess {
-  readonly stdin = null;
-  readonly stdout: DirectOutput;
+export class DirectStreamProcess implements ExecProcess {
+  readonly stdin: LateWritable | null;
+  readonly stdout = new LateReadable();
   readonly stderr = new PassThrough();
   private readonly what: string;
   private readonly localPath: string;
@@ -73,19 +83,23 @@ export class DirectOutputProcess implements ExecProcess {
   private inner: PebbleExecProcess | null = null;
   /** Connections not yet admitted or refused. */
   private readonly pending = new Set<net.Socket>();
+  /** The command connected: its stream is attached, and it has started. */
+  private connected = false;
+  private onConnected: () => void = () => undefined;
   private killed = false;
 
   constructor(
     client: PebbleClient,
     options: ExecOptions,
     dir: SharedDir,
-    private readonly onUnavailable: DirectOutputUnavailable = () => undefined,
+    private readonly stream: DirectStream,
+    private readonly onUnavailable: DirectStreamUnavailable = () => undefined,
   ) {
     this.what = `cannot run ${JSON.stringify(options.command[0])} in the workload`;
+    this.stdin = stream === 'stdin' ? new LateWritable() : null;
     const name = `.synapse-backup-${randomBytes(8).toString('hex')}.sock`;
     this.localPath = path.join(dir.local, name);
     this.workloadPath = path.posix.join(dir.workload, name);
-    this.stdout = new DirectOutput();
     this.server = net.createServer({ pauseOnConnect: true }, (conn) => this.accept(conn));
     this.outcome = this.run(client, options);
     this.outcome.catch(() => undefined);
@@ -99,6 +113,7 @@ export class DirectOutputProcess implements ExecProcess {
     this.killed = true;
     this.inner?.kill();
     this.stdout.destroy();
+    this.stdin?.destroy();
     this.closeServer();
   }
 
@@ -123,7 +138,7 @@ export class DirectOutputProcess implements ExecProcess {
     return outcome.status;
   }
 
-  /** The command behind the wrapper that connects its stdout to our socket. */
+  /** The command behind the wrapper that connects it to our socket. */
   private async runConnected(
     client: PebbleClient,
     options: ExecOptions,
@@ -132,33 +147,44 @@ export class DirectOutputProcess implements ExecProcess {
       client,
       {
         ...options,
-        command: ['python3', '-c', CONNECT_AND_EXEC, this.workloadPath, ...options.command],
+        command: [
+          'python3',
+          '-c',
+          connectAndExec(this.stream),
+          this.workloadPath,
+          ...options.command,
+        ],
         environment: { ...options.environment, [TOKEN_ENV]: this.token.toString('hex') },
         stdin: false,
       },
       options.command[0],
     );
     this.inner = inner;
-    inner.stdout.resume(); // nothing comes this way: fd 1 is the socket
-    // Until the command connects, stderr is the wrapper's: held back, so that
-    // a fallback to the relay does not pass it off as the command's.
+    // Until the command connects, stderr (and stdout) are the wrapper's: held back, so
+    // that a fallback to the relay does not pass them off as the command's.
     const held: Buffer[] = [];
     let forwarding = false;
-    const forward = (): void => {
-      if (forwarding) return;
-      forwarding = true;
-      for (const chunk of held.splice(0)) this.stderr.write(chunk);
-    };
     inner.stderr.on('data', (chunk: Buffer) => {
       if (forwarding) this.stderr.write(chunk);
       else held.push(chunk);
     });
     const stderrDone = finished(inner.stderr).catch(() => undefined);
-    this.stdout.once('connected', forward);
-
+    const forward = (): void => {
+      if (forwarding) return;
+      forwarding = true;
+      for (const chunk of held.splice(0)) this.stderr.write(chunk);
+    };
+    if (this.stream === 'stdout') {
+      inner.stdout.resume(); // nothing comes this way: fd 1 is the socket
+    }
+    this.onConnected = () => {
+      forward();
+      if (this.stream === 'stdin') this.stdout.attach(inner.stdout);
+    };
     const unavailable = (reason: string) => {
-      this.stdout.off('connected', forward);
+      this.onConnected = () => undefined;
       held.length = 0;
+      inner.stdout.resume();
       return { unavailable: reason };
     };
 
@@ -166,34 +192,34 @@ export class DirectOutputProcess implements ExecProcess {
     try {
       status = await inner.wait();
     } catch (err) {
-      if (!this.stdout.connected && !this.killed && err instanceof PebbleRefusedError) {
+      if (!this.connected && !this.killed && err instanceof PebbleRefusedError) {
         // Pebble is there but would not start the wrapper (no python3 in the image).
         return unavailable(err.message);
       }
       // Pebble failed (unreachable, dropped, restarted): the exit status is lost, so the
-      // output cannot be trusted to be whole, and a command still writing gets EPIPE.
-      this.stdout.destroy(err as Error);
+      // output cannot be trusted to be whole, and a command still using the socket gets EPIPE.
+      destroyQuietly(this.stdout, err as Error);
+      destroyQuietly(this.stdin, err as Error);
       forward();
       this.stderr.end();
       throw err;
     }
     await stderrDone;
-    if (!this.stdout.connected && !this.killed && status.exitCode === UNAVAILABLE_STATUS) {
+    if (!this.connected && !this.killed && status.exitCode === UNAVAILABLE_STATUS) {
       const said = Buffer.concat(held).toString().trim();
       return unavailable(said || `the wrapper exited with status ${UNAVAILABLE_STATUS}`);
     }
     forward();
     this.stderr.end();
-    if (!this.stdout.connected) {
+    if (!this.connected) {
       // Never connected, and not for want of a socket: the wrapper itself failed.
-      if (status.exitCode === 0) {
-        this.stdout.destroy(
-          new BackupError(
-            'workload',
-            `${this.what}: it exited without connecting to ${this.workloadPath} in the workload`,
-          ),
-        );
-      } else this.stdout.push(null);
+      const error = new BackupError(
+        'workload',
+        `${this.what}: it exited without connecting to ${this.workloadPath} in the workload`,
+      );
+      destroyQuietly(this.stdin, error);
+      if (status.exitCode === 0) destroyQuietly(this.stdout, error);
+      else this.stdout.attach(Readable.from([]));
     }
     return { status };
   }
@@ -209,7 +235,8 @@ export class DirectOutputProcess implements ExecProcess {
     const relay = new PebbleExecProcess(client, options);
     this.inner = relay;
     relay.stderr.pipe(this.stderr);
-    this.stdout.attach(relay.stdout, Buffer.alloc(0));
+    this.stdout.attach(relay.stdout);
+    if (this.stdin && relay.stdin) this.stdin.attach(relay.stdin);
     return relay.wait();
   }
 
@@ -224,9 +251,9 @@ export class DirectOutputProcess implements ExecProcess {
     });
   }
 
-  /** The first connection that presents the token becomes stdout; any other is dropped. */
+  /** The first connection that presents the token becomes the stream; any other is dropped. */
   private accept(conn: net.Socket): void {
-    if (this.stdout.connected) {
+    if (this.connected) {
       conn.destroy();
       return;
     }
@@ -240,13 +267,15 @@ export class DirectOutputProcess implements ExecProcess {
       conn.pause();
       this.pending.delete(conn);
       const token = received.subarray(0, TOKEN_BYTES);
-      if (this.stdout.connected || !timingSafeEqual(token, this.token)) {
+      if (this.connected || !timingSafeEqual(token, this.token)) {
         conn.destroy();
         return;
       }
+      this.connected = true;
       this.closeServer();
-      const rest = received.subarray(TOKEN_BYTES);
-      this.stdout.attach(conn, rest);
+      if (this.stream === 'stdout') this.stdout.attach(conn, received.subarray(TOKEN_BYTES));
+      else this.stdin!.attach(conn);
+      this.onConnected();
     };
     conn.on('data', onData);
     conn.on('error', () => undefined);
@@ -260,8 +289,6 @@ export class DirectOutputProcess implements ExecProcess {
     fsp.rm(this.localPath, { force: true }).catch(() => undefined);
   }
 }
-
-const SOCKET_NAME = /^\.synapse-backup-[0-9a-f]{16}\.sock$/;
 
 /**
  * Removes the sockets that runs killed before they could clean up left in
@@ -287,45 +314,86 @@ export async function removeStaleSockets(dir: string): Promise<string[]> {
         () => true,
         () => false,
       ))
-    )
+    ) {
       removed.push(name);
+    }
   }
   return removed;
 }
 
-/** The command's stdout from the accepted connection, paused when the consumer is. */
-class DirectOutput extends Readable {
-  /** A source is attached: the socket the command connected, or the relay's stdout. */
-  connected = false;
-  private conn: Readable | null = null;
+/** A Readable whose source comes later: the connected socket, or the relay's stream. */
+class LateReadable extends Readable {
+  private source: Readable | null = null;
 
   constructor() {
     super({ highWaterMark: 256 * 1024 });
   }
 
-  attach(conn: Readable, head: Buffer): void {
-    this.connected = true;
-    this.conn = conn;
-    this.emit('connected');
+  attach(source: Readable, head: Buffer = Buffer.alloc(0)): void {
+    this.source = source;
     if (this.destroyed) {
-      conn.destroy();
+      source.destroy();
       return;
     }
     if (head.length > 0) this.push(head);
-    conn.on('data', (chunk: Buffer) => {
-      if (!this.push(chunk)) conn.pause();
+    source.on('data', (chunk: Buffer) => {
+      if (!this.push(chunk)) source.pause();
     });
-    conn.on('end', () => this.push(null));
-    conn.on('error', (err) => this.destroy(err));
-    conn.resume();
+    source.on('end', () => this.push(null));
+    source.on('error', (err) => destroyQuietly(this, err));
+    source.resume();
   }
 
   override _read(): void {
-    this.conn?.resume();
+    this.source?.resume();
   }
 
   override _destroy(err: Error | null, callback: (err?: Error | null) => void): void {
-    this.conn?.destroy();
+    this.source?.destroy();
+    callback(err);
+  }
+}
+
+/**
+ * A Writable whose destination comes later: the connected socket, or the
+ * relay's stdin. Writes wait for it, and each waits until the destination has
+ * taken it (the socket's backpressure).
+ */
+class LateWritable extends Writable {
+  private dest: Writable | null = null;
+  private readonly ready = deferred<Writable>();
+
+  constructor() {
+    super({ highWaterMark: 1024 * 1024 });
+  }
+
+  attach(dest: Writable): void {
+    this.dest = dest;
+    if (this.destroyed) {
+      dest.destroy();
+      return;
+    }
+    dest.on('error', (err) => destroyQuietly(this, err));
+    this.ready.resolve(dest);
+  }
+
+  override _write(chunk: Buffer, _enc: BufferEncoding, done: (err?: Error | null) => void): void {
+    this.ready.promise.then(
+      (dest) => dest.write(chunk, (err) => done(err ?? null)),
+      (err: Error) => done(err),
+    );
+  }
+
+  override _final(done: (err?: Error | null) => void): void {
+    this.ready.promise.then(
+      (dest) => dest.end(() => done()),
+      (err: Error) => done(err),
+    );
+  }
+
+  override _destroy(err: Error | null, callback: (err?: Error | null) => void): void {
+    this.ready.reject(err ?? new Error('destroyed before the command connected'));
+    this.dest?.destroy();
     callback(err);
   }
 }
