@@ -4,10 +4,10 @@
  * reblocked through dd, and a failure of either must fail the script, since
  * POSIX sh has no pipefail and a lost status would seal a truncated archive.
  */
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
-import { tarCreateCommand } from '../src/backup/selection';
+import { SNAPSHOT_FAILED_EXIT, tarCreateCommand } from '../src/backup/selection';
 import { tmpDir } from './support/peers';
 
 interface Run {
@@ -106,6 +106,97 @@ describe('the create script', () => {
     expect(run.stdout.length).toBe(4096);
     expect(run.status).toBe(1);
     expect(run.stderr).toContain('No space left on device');
+  });
+
+  /** A tree with a SQLite homeserver.db (of `rows` KiB-sized rows) besides the media. */
+  async function treeWithDb(rows = 200): Promise<string> {
+    const dir = await tree();
+    const made = spawnSync('python3', [
+      '-c',
+      'import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); c.execute("create table t(x)"); c.executemany("insert into t values (?)", [(bytes(1000),)] * int(sys.argv[2])); c.commit()',
+      path.join(dir, 'homeserver.db'),
+      String(rows),
+    ]);
+    expect(made.status).toBe(0);
+    return dir;
+  }
+
+  test('the snapshot is taken while tar streams the media, and goes in last as homeserver.db', async () => {
+    const dir = await treeWithDb();
+    const release = path.join(dir, '..', `${path.basename(dir)}-release`);
+    const realPython = spawnSync('sh', ['-c', 'command -v python3']).stdout.toString().trim();
+    const bin = (await tmpDir('fake-bin')).path;
+    // The snapshot waits until the test has read media from tar's output: a tar that
+    // waited for the snapshot before streaming would never get there.
+    await fsp.writeFile(
+      path.join(bin, 'python3'),
+      [
+        '#!/bin/sh',
+        'case "$*" in *sqlite3*) while [ ! -e ' +
+          `'${release}'` +
+          ' ]; do sleep 0.05; done ;; esac',
+        `exec '${realPython}' "$@"`,
+      ].join('\n'),
+      { mode: 0o755 },
+    );
+    const [cmd, ...args] = tarCreateCommand(dir);
+    const child = spawn(cmd!, args, {
+      env: { ...process.env, PATH: `${bin}:${process.env.PATH ?? ''}` },
+    });
+    const chunks: Buffer[] = [];
+    let released = false;
+    let stderr = '';
+    child.stderr.on('data', (c: Buffer) => (stderr += c.toString()));
+    child.stdout.on('data', (c: Buffer) => {
+      chunks.push(c);
+      if (!released && Buffer.concat(chunks).length > 1024 * 1024) {
+        released = true;
+        void fsp.writeFile(release, '');
+      }
+    });
+    const status = await new Promise<number | null>((resolve) => child.on('close', resolve));
+    expect(stderr).toBe('');
+    expect(status).toBe(0);
+    expect(released).toBe(true);
+    expect(entries(Buffer.concat(chunks))).toEqual([
+      'homeserver.yaml',
+      'media_store/local_content/',
+      'media_store/local_content/a',
+      'homeserver.db',
+    ]);
+    expect((await fsp.readdir(dir)).filter((n) => n.startsWith('.synapse-backup'))).toEqual([]);
+    await fsp.rm(release);
+  });
+
+  test('a snapshot that fails fails the script with its own status, after tar, and leaves no file', async () => {
+    const dir = await treeWithDb();
+    await fsp.writeFile(path.join(dir, 'homeserver.db'), 'not a database');
+    const run = await runScript(dir);
+    expect(run.status).toBe(SNAPSHOT_FAILED_EXIT);
+    expect(run.stderr).toMatch(
+      /file is not a database\ncannot snapshot homeserver\.db with SQLite's online backup API/,
+    );
+    // The media went out meanwhile, without the database.
+    expect(entries(run.stdout)).toEqual([
+      'homeserver.yaml',
+      'media_store/local_content/',
+      'media_store/local_content/a',
+    ]);
+    expect((await fsp.readdir(dir)).filter((n) => n.startsWith('.synapse-backup'))).toEqual([]);
+  });
+
+  test('only a database: the archive holds just its snapshot', async () => {
+    const dir = (await tmpDir('selection-db-only')).path;
+    const made = spawnSync('python3', [
+      '-c',
+      'import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); c.execute("create table t(x)"); c.commit()',
+      path.join(dir, 'homeserver.db'),
+    ]);
+    expect(made.status).toBe(0);
+    const run = await runScript(dir);
+    expect(run.stderr).toBe('');
+    expect(run.status).toBe(0);
+    expect(entries(run.stdout)).toEqual(['homeserver.db']);
   });
 
   test('dd dying mid-stream fails the script (tar meets a broken pipe)', async () => {

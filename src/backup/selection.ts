@@ -19,9 +19,14 @@ export const SNAPSHOT_FAILED_EXIT = 67;
  * A POSIX sh script run in the workload: picks the existing selected paths,
  * snapshots homeserver.db with SQLite's online backup API (never a raw copy of
  * a file Synapse is writing), and runs GNU tar, storing the snapshot as
- * homeserver.db. The snapshot file is removed whether tar succeeds or not; if
- * the script itself is killed, the engine removes it afterwards. The data dir
- * arrives as $1, never interpolated, so odd characters cannot change the script.
+ * homeserver.db. tar reads the names it archives as they come (`--files-from`
+ * a pipe): the selected paths at once, the snapshot's once it is made, so the
+ * snapshot is taken while tar streams the media instead of before (0.6 s of a
+ * 1 GiB backup here, 2 s of a 4 GiB one). A failed snapshot fails the script
+ * with its own status after tar. The snapshot file is removed whether tar
+ * succeeds or not; if the script itself is killed, the engine removes it
+ * afterwards. The data dir arrives as $1, never interpolated, so odd characters
+ * cannot change the script.
  */
 export function tarCreateCommand(dataDir: string): string[] {
   const snapshotPattern = SNAPSHOT_NAME.replace(/\./g, '\\.');
@@ -32,48 +37,66 @@ export function tarCreateCommand(dataDir: string): string[] {
     'set --',
     `for f in ${SELECTED_GLOBS.join(' ')}; do [ -f "$f" ] && set -- "$@" "$f"; done`,
     `for f in ${SELECTED_PATHS.join(' ')}; do [ -e "$f" ] && set -- "$@" "$f"; done`,
-    'if [ -f homeserver.db ]; then',
-    '  rm -f -- "$snap"',
-    `  if ! python3 -c "${SQLITE_SNAPSHOT}" homeserver.db "$snap"; then`,
-    '    rm -f -- "$snap"',
-    `    echo "cannot snapshot homeserver.db with SQLite's online backup API (the workload needs python3 with sqlite3)" >&2`,
-    `    exit ${SNAPSHOT_FAILED_EXIT}`,
-    '  fi',
-    '  set -- "$@" "$snap"',
-    'fi',
-    `[ "$#" -gt 0 ] || { echo "nothing to back up in $PWD: no homeserver.yaml, signing key, homeserver.db or local media" >&2; exit ${EMPTY_SELECTION_EXIT}; }`,
-    `archive() { tar --create --file=- --format=posix --numeric-owner --transform='s|^${snapshotPattern}$|homeserver.db|' -- "$@"; }`,
+    'db=0',
+    '[ -f homeserver.db ] && db=1',
+    `[ "$#" -gt 0 ] || [ "$db" = 1 ] || { echo "nothing to back up in $PWD: no homeserver.yaml, signing key, homeserver.db or local media" >&2; exit ${EMPTY_SELECTION_EXIT}; }`,
+    'rm -f -- "$snap"',
+    ...namesAsTheyCome(),
+    `archive() { names "$@" | tar --create --file=- --format=posix --numeric-owner --transform='s|^${snapshotPattern}$|homeserver.db|' --null --verbatim-files-from --files-from=- 3>&-; }`,
     ...REBLOCKED_ARCHIVE,
     'rm -f -- "$snap"',
+    'if [ "$snap_status" != 0 ]; then',
+    `  echo "cannot snapshot homeserver.db with SQLite's online backup API (the workload needs python3 with sqlite3)" >&2`,
+    `  exit ${SNAPSHOT_FAILED_EXIT}`,
+    'fi',
     'exit "$status"',
   ].join('\n');
   return ['sh', '-c', script, 'synapse-backup', dataDir];
 }
 
 /**
- * Runs `archive "$@"` and sets `status`. Its output goes out in 1 MiB blocks (dd with
- * iflag=fullblock) through a 1 MiB pipe (F_SETPIPE_SZ is 1031): Pebble's exec relay
- * sends one websocket message per read of its stdout pipe, up to 128 KiB, and tar
- * writes 10 KiB records, so without this a GiB crosses in 20-25 thousand messages,
- * with it in about 8 thousand, which halves Pebble's CPU and the engine's per-message
- * work. The bytes are the same. POSIX sh has no pipefail: tar's and dd's exit statuses
- * come back on fd 3, tagged, and either failing fails the backup. Without a dd that
- * knows iflag=fullblock, tar writes straight to stdout.
+ * `names "$@"` writes the names for tar, NUL-terminated: its arguments, then,
+ * once the snapshot (started in the background) is made, the snapshot's; and
+ * `snap=<status>` on fd 3. It ignores SIGPIPE, so that a tar that failed early
+ * does not leave the snapshot running on its own: it always waits for it.
+ */
+function namesAsTheyCome(): string[] {
+  return [
+    'names() {',
+    "  trap '' PIPE",
+    `  [ "$db" = 0 ] || { python3 -c "${SQLITE_SNAPSHOT}" homeserver.db "$snap" 3>&- & snapshot=$!; }`,
+    `  [ "$#" -eq 0 ] || printf '%s\\0' "$@" || true`,
+    '  [ "$db" = 1 ] || return 0',
+    '  st=0; wait "$snapshot" || st=$?',
+    '  echo "snap=$st" >&3',
+    `  [ "$st" != 0 ] || printf '%s\\0' "$snap" || true`,
+    '}',
+  ];
+}
+
+/**
+ * Runs `archive "$@"` and sets `status` (and `snap_status`, from `names`). Its output
+ * goes out in 1 MiB blocks (dd with iflag=fullblock) through a 1 MiB pipe (F_SETPIPE_SZ
+ * is 1031): Pebble's exec relay sends one websocket message per read of its stdout
+ * pipe, up to 128 KiB, and tar writes 10 KiB records, so without this a GiB crosses in
+ * 20-25 thousand messages, with it in about 8 thousand, which halves Pebble's CPU and
+ * the engine's per-message work. The bytes are the same. POSIX sh has no pipefail:
+ * tar's and dd's exit statuses come back on fd 3, tagged, and either failing fails the
+ * backup. Without a dd that knows iflag=fullblock, tar writes straight to stdout.
  */
 const REBLOCKED_ARCHIVE = [
-  'status=0',
+  'exec 4>&1',
   'if dd bs=1M iflag=fullblock status=none </dev/null >/dev/null 2>&1; then',
   `  python3 -c 'import fcntl; fcntl.fcntl(1, 1031, 1 << 20)' 2>/dev/null || true`,
-  '  exec 4>&1',
-  '  statuses=$( { { st=0; archive "$@" 3>&- 4>&- || st=$?; echo "tar=$st" >&3; } | { st=0; dd bs=1M iflag=fullblock status=none >&4 3>&- 4>&- || st=$?; echo "dd=$st" >&3; }; } 3>&1 )',
-  '  exec 4>&-',
-  '  tar_status=1 dd_status=1',
-  '  for s in $statuses; do case "$s" in tar=*) tar_status=${s#tar=} ;; dd=*) dd_status=${s#dd=} ;; esac; done',
-  '  status=$tar_status',
-  '  [ "$status" != 0 ] || status=$dd_status',
+  '  statuses=$( { { st=0; archive "$@" 4>&- || st=$?; echo "tar=$st" >&3; } | { st=0; dd bs=1M iflag=fullblock status=none >&4 3>&- 4>&- || st=$?; echo "dd=$st" >&3; }; } 3>&1 )',
   'else',
-  '  archive "$@" || status=$?',
+  '  statuses=$( { st=0; archive "$@" >&4 4>&- || st=$?; echo "tar=$st dd=0" >&3; } 3>&1 )',
   'fi',
+  'exec 4>&-',
+  'tar_status=1 dd_status=1 snap_status=0',
+  'for s in $statuses; do case "$s" in tar=*) tar_status=${s#tar=} ;; dd=*) dd_status=${s#dd=} ;; snap=*) snap_status=${s#snap=} ;; esac; done',
+  'status=$tar_status',
+  '[ "$status" != 0 ] || status=$dd_status',
 ];
 
 /**

@@ -74,6 +74,20 @@ export async function until(
 }
 
 /** Resolves as `promise` does, or rejects after `timeoutMs` naming `what`. */
+/**
+ * What a run says when its connection to Pebble went while `command` ran: a
+ * websocket closed early or the HTTP connection dropped; after a restart, also
+ * what the new Pebble says of a change it does not know.
+ */
+export function pebbleLost(command: string, restarted = false): RegExp {
+  const reasons = [
+    'the (stdout|stderr) websocket closed \\(code \\d+\\) before the end of the output; did Pebble stop or the connection drop\\?',
+    'lost the connection to Pebble at .*',
+    ...(restarted ? ['Pebble reports: .*'] : []),
+  ];
+  return new RegExp(`^cannot run "${command}" in the workload: (${reasons.join('|')})$`);
+}
+
 export function within<T>(what: string, promise: Promise<T>, timeoutMs = 60_000): Promise<T> {
   let timer: NodeJS.Timeout | undefined;
   const timeout = new Promise<never>((_, reject) => {
