@@ -27,13 +27,23 @@ async function tree(): Promise<string> {
   return dir;
 }
 
-/** Runs the script; `fakes` are sh scripts put first on PATH under their names. */
-async function runScript(dataDir: string, fakes: Record<string, string> = {}): Promise<Run> {
+/**
+ * Runs the script; `fakes` are sh scripts put first on PATH under their names. Its
+ * stdout is a pipe, as Pebble's exec gives (`stdout: 'socket'`: a socket, as the
+ * direct path gives, and as Node gives a child by default).
+ */
+async function runScript(
+  dataDir: string,
+  fakes: Record<string, string> = {},
+  stdout: 'pipe' | 'socket' = 'pipe',
+): Promise<Run> {
   const bin = (await tmpDir('fake-bin')).path;
   for (const [name, body] of Object.entries(fakes)) {
     await fsp.writeFile(path.join(bin, name), `#!/bin/sh\n${body}\n`, { mode: 0o755 });
   }
-  const [cmd, ...args] = tarCreateCommand(dataDir);
+  const script = tarCreateCommand(dataDir);
+  const [cmd, ...args] =
+    stdout === 'pipe' ? ['bash', '-c', 'set -o pipefail; "$@" | cat', 'bash', ...script] : script;
   const out = spawnSync(cmd!, args, {
     env: { ...process.env, PATH: `${bin}:${process.env.PATH ?? ''}` },
     maxBuffer: 64 * 1024 * 1024,
@@ -67,6 +77,22 @@ describe('the create script', () => {
       'bs=1M iflag=fullblock status=none',
     ]);
     await fsp.rm(log);
+  });
+
+  test('when stdout is a socket (the direct path), tar writes to it without dd: the same archive', async () => {
+    const dir = await tree();
+    const realDd = spawnSync('sh', ['-c', 'command -v dd']).stdout.toString().trim();
+    const log = path.join(dir, '..', `${path.basename(dir)}-dd.log`);
+    const fakes = { dd: `echo "$*" >>'${log}'\nexec '${realDd}' "$@"` };
+    const piped = await runScript(dir, fakes);
+    await fsp.rm(log);
+    const socket = await runScript(dir, fakes, 'socket');
+    expect(socket.stderr).toBe('');
+    expect(socket.status).toBe(0);
+    expect(await fsp.stat(log).catch(() => 'no dd run')).toBe('no dd run');
+    // (Not byte for byte: the pax headers carry each file's atime.)
+    expect(socket.stdout.length).toBe(piped.stdout.length);
+    expect(entries(socket.stdout)).toEqual(entries(piped.stdout));
   });
 
   test('without a dd that knows iflag=fullblock, tar writes the same archive itself', async () => {
