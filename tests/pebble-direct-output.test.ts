@@ -1,8 +1,9 @@
 /**
- * The Pebble transport's direct output (src/workload/pebble/direct-output.ts)
- * against a real Pebble: the command's stdout comes over a unix socket in a
- * directory both sides see, while start, stderr, exit status and kill stay
- * with Pebble's exec. Then a whole create/restore round trip through it.
+ * The Pebble transport's direct streams (src/workload/pebble/direct-stream.ts)
+ * against a real Pebble: the command's stdout or stdin goes over a unix socket
+ * in a directory both sides see, while start, stderr, exit status and kill stay
+ * with Pebble's exec; when the socket cannot be used, the relay. Then a whole
+ * create/restore round trip through it.
  */
 import { execFileSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
@@ -321,6 +322,35 @@ describeWithPeers(['minio', 'pebble'])('Pebble direct output', () => {
     } finally {
       await new Promise((resolve) => server.close(resolve));
     }
+  });
+
+  test('kill() before the command has connected: no hang, no socket left', async () => {
+    const proc = direct('printf never');
+    proc.kill();
+    const status = await proc.wait();
+    expect(status.exitCode).toBeNull();
+    await new Promise((r) => setTimeout(r, 200));
+    expect(leftovers(shared)).toEqual([]);
+  });
+
+  test('kill() while its input is being written: the writer fails, no hang', async () => {
+    const proc = workload.exec({
+      command: ['sh', '-c', 'sleep 0.2; cat >/dev/null'],
+      stdin: true,
+      directStdin: true,
+    });
+    const writing = new Promise<string>((resolve) => {
+      proc.stdin!.once('error', (e) => resolve(e.message));
+      proc.stdin!.write(randomBytes(4 * 1024 * 1024), () => {
+        proc.kill();
+      });
+      proc.stdin!.once('close', () => resolve('closed'));
+    });
+    const status = await proc.wait();
+    expect(status.exitCode).toBeNull();
+    expect(await writing).toBeDefined();
+    expect(proc.stdin!.destroyed).toBe(true);
+    expect(leftovers(shared)).toEqual([]);
   });
 
   test('kill() stops a command that is still writing', async () => {

@@ -150,18 +150,22 @@ describe('the create script', () => {
   test('the snapshot is taken while tar streams the media, and goes in last as homeserver.db', async () => {
     const dir = await treeWithDb();
     const release = path.join(dir, '..', `${path.basename(dir)}-release`);
-    const realPython = spawnSync('sh', ['-c', 'command -v python3']).stdout.toString().trim();
+    const realPython = spawnSync('python3', ['-c', 'import sys; print(sys.executable)'])
+      .stdout.toString()
+      .trim();
     const bin = (await tmpDir('fake-bin')).path;
-    // The snapshot waits until the test has read media from tar's output: a tar that
-    // waited for the snapshot before streaming would never get there.
+    // The copy waits until the test has read media from tar's output: a tar that waited
+    // for the snapshot before streaming would never get there.
     await fsp.writeFile(
       path.join(bin, 'python3'),
       [
-        '#!/bin/sh',
-        'case "$*" in *sqlite3*) while [ ! -e ' +
-          `'${release}'` +
-          ' ]; do sleep 0.05; done ;; esac',
-        `exec '${realPython}' "$@"`,
+        `#!${realPython}`,
+        'import os, sys',
+        'args = sys.argv[1:]',
+        "if args[:1] == ['-c'] and 'src.backup(dst)' in args[1]:",
+        `    wait = 'import time\\nwhile not os.path.exists(${JSON.stringify(release)}): time.sleep(0.05)\\n'`,
+        "    args[1] = args[1].replace('src.backup(dst)', wait + 'src.backup(dst)')",
+        `os.execv(${JSON.stringify(realPython)}, [${JSON.stringify(realPython)}] + args)`,
       ].join('\n'),
       { mode: 0o755 },
     );

@@ -9,11 +9,18 @@ import { PebbleWorkload } from '../workload/pebble';
 import { SynapseCharm } from './charm';
 import { loadOverrides } from './overrides';
 
-async function main(): Promise<number> {
+/** Set once a crash is being reported: the process then ends with status 1, after the report. */
+interface CrashState {
+  report?: Promise<void>;
+}
+
+async function main(crash: CrashState): Promise<number> {
   const tools = new HookTools();
   try {
     const ctx = parseJujuContext();
-    process.once('uncaughtException', (err) => reportCrash(tools, ctx.actionName, err));
+    process.once('uncaughtException', (err) => {
+      crash.report = reportCrash(tools, ctx.actionName, err);
+    });
     const overrides = loadOverrides();
     const workload = new PebbleWorkload({ socketPath: overrides.pebbleSocket });
     return await new SynapseCharm({ ctx, tools, overrides, workload }).dispatch();
@@ -28,7 +35,7 @@ async function main(): Promise<number> {
  * A bug that escapes every handler (an 'error' event nobody listens to) ends the
  * process; an action still says why, instead of failing without a message.
  */
-function reportCrash(tools: HookTools, action: string | undefined, err: unknown): void {
+function reportCrash(tools: HookTools, action: string | undefined, err: unknown): Promise<void> {
   const detail = err instanceof Error ? (err.stack ?? err.message) : String(err);
   process.stderr.write(`synapse charm: crashed: ${tools.redact(detail)}\n`);
   const failed = action
@@ -36,11 +43,12 @@ function reportCrash(tools: HookTools, action: string | undefined, err: unknown)
         tools.redact(`${action} failed unexpectedly: ${errorMessage(err)}; see juju debug-log`),
       )
     : Promise.resolve();
-  failed.catch(() => undefined).finally(() => process.exit(1));
+  return failed.catch(() => undefined).finally(() => process.exit(1));
 }
 
-main().then(
+const crash: CrashState = {};
+main(crash).then(
   // Exit explicitly: keep-alive sockets (S3, Pebble) must not hold the hook open.
-  (code) => process.exit(code),
-  () => process.exit(1),
+  (code) => (crash.report ? undefined : process.exit(code)),
+  () => (crash.report ? undefined : process.exit(1)),
 );

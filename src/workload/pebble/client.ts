@@ -43,6 +43,8 @@ export class PebbleRefusedError extends BackupError {
   constructor(
     message: string,
     readonly statusCode: number,
+    /** The refused request, e.g. `POST /v1/exec`. */
+    readonly request: string,
   ) {
     super('workload', message);
     this.name = 'PebbleRefusedError';
@@ -157,6 +159,7 @@ export class PebbleClient {
       throw new PebbleRefusedError(
         `${what}: Pebble refused ${method} ${path} (${response['status-code']}): ${message ?? text.slice(0, 200)}`,
         response['status-code'],
+        `${method} ${path}`,
       );
     }
     return response;

@@ -31,6 +31,14 @@ const TOKEN_ENV = 'SYNAPSE_BACKUP_OUTPUT_TOKEN';
  * started: the command is then run again through Pebble's relay.
  */
 const UNAVAILABLE_STATUS = 86;
+/**
+ * The wrapper's first line on stderr once it has sent the token: Pebble delivers
+ * stderr before the exit status, so a status that arrives before the connection is
+ * read does not pass for a command that never connected. Removed from stderr.
+ */
+const CONNECTED_MARKER = 'synapse-backup: connected';
+/** How long a command that said it connected may take to be seen connecting. */
+const CONNECT_GRACE_MS = 10_000;
 const KILLED: ExitStatus = { exitCode: null, signal: 'SIGKILL' };
 const SOCKET_NAME = /^\.synapse-backup-[0-9a-f]{16}\.sock$/;
 
@@ -51,6 +59,7 @@ function connectAndExec(stream: DirectStream): string {
     'except OSError as e:',
     "    sys.stderr.write('cannot connect to %s in the workload: %s' % (sys.argv[1], e))",
     `    sys.exit(${UNAVAILABLE_STATUS})`,
+    `os.write(2, b'${CONNECTED_MARKER}\\n')`,
     `os.dup2(s.fileno(), ${fd})`,
     's.close()',
     'os.execvp(sys.argv[2], sys.argv[2:])',
@@ -86,6 +95,7 @@ export class DirectStreamProcess implements ExecProcess {
   /** The command connected: its stream is attached, and it has started. */
   private connected = false;
   private onConnected: () => void = () => undefined;
+  private readonly connection = deferred<void>();
   private killed = false;
 
   constructor(
@@ -164,11 +174,29 @@ export class DirectStreamProcess implements ExecProcess {
     // that a fallback to the relay does not pass them off as the command's.
     const held: Buffer[] = [];
     let forwarding = false;
-    inner.stderr.on('data', (chunk: Buffer) => {
+    const marker = Buffer.from(`${CONNECTED_MARKER}\n`);
+    let head: Buffer | null = Buffer.alloc(0); // until the marker is found or ruled out
+    let saidConnected = false;
+    const take = (chunk: Buffer): void => {
+      if (chunk.length === 0) return;
       if (forwarding) this.stderr.write(chunk);
       else held.push(chunk);
+    };
+    inner.stderr.on('data', (chunk: Buffer) => {
+      if (head === null) return take(chunk);
+      head = Buffer.concat([head, chunk]);
+      if (head.length < marker.length && marker.subarray(0, head.length).equals(head)) return;
+      saidConnected = head.subarray(0, marker.length).equals(marker);
+      const rest = saidConnected ? head.subarray(marker.length) : head;
+      head = null;
+      take(rest);
     });
-    const stderrDone = finished(inner.stderr).catch(() => undefined);
+    const stderrDone = finished(inner.stderr)
+      .catch(() => undefined)
+      .then(() => {
+        if (head) take(head);
+        head = null;
+      });
     const forward = (): void => {
       if (forwarding) return;
       forwarding = true;
@@ -192,7 +220,12 @@ export class DirectStreamProcess implements ExecProcess {
     try {
       status = await inner.wait();
     } catch (err) {
-      if (!this.connected && !this.killed && err instanceof PebbleRefusedError) {
+      if (
+        !this.connected &&
+        !this.killed &&
+        err instanceof PebbleRefusedError &&
+        err.request === 'POST /v1/exec'
+      ) {
         // Pebble is there but would not start the wrapper (no python3 in the image).
         return unavailable(err.message);
       }
@@ -205,6 +238,13 @@ export class DirectStreamProcess implements ExecProcess {
       throw err;
     }
     await stderrDone;
+    if (!this.connected && saidConnected && !this.killed) {
+      // It connected and sent the token; reading them lost the race with the status.
+      await Promise.race([
+        this.connection.promise,
+        new Promise((resolve) => setTimeout(resolve, CONNECT_GRACE_MS).unref()),
+      ]);
+    }
     if (!this.connected && !this.killed && status.exitCode === UNAVAILABLE_STATUS) {
       const said = Buffer.concat(held).toString().trim();
       return unavailable(said || `the wrapper exited with status ${UNAVAILABLE_STATUS}`);
@@ -230,11 +270,15 @@ export class DirectStreamProcess implements ExecProcess {
     options: ExecOptions,
     reason: string,
   ): Promise<ExitStatus> {
-    if (this.killed) return KILLED;
+    // Killed, or nobody reads the output any more: nothing to run again for.
+    if (this.killed || this.stdout.destroyed) return KILLED;
     this.onUnavailable(reason);
     const relay = new PebbleExecProcess(client, options);
     this.inner = relay;
     relay.stderr.pipe(this.stderr);
+    relay.stderr.once('close', () => {
+      if (!this.stderr.writableEnded) this.stderr.end();
+    });
     this.stdout.attach(relay.stdout);
     if (this.stdin && relay.stdin) this.stdin.attach(relay.stdin);
     return relay.wait();
@@ -245,6 +289,8 @@ export class DirectStreamProcess implements ExecProcess {
       this.server.once('error', reject);
       this.server.listen(this.localPath, () => {
         this.server.off('error', reject);
+        // Accepting can fail too (EMFILE): the command's stream is then lost, not late.
+        this.server.on('error', (err) => this.lose(err));
         // The command may run as another user than the charm; the token keeps others out.
         fsp.chmod(this.localPath, 0o666).then(resolve, reject);
       });
@@ -274,12 +320,29 @@ export class DirectStreamProcess implements ExecProcess {
       this.connected = true;
       this.closeServer();
       if (this.stream === 'stdout') this.stdout.attach(conn, received.subarray(TOKEN_BYTES));
-      else this.stdin!.attach(conn);
+      else {
+        this.stdin!.attach(conn);
+        conn.resume(); // nothing comes this way; reading sees the command's end and closes
+      }
       this.onConnected();
+      this.connection.resolve();
     };
     conn.on('data', onData);
     conn.on('error', () => undefined);
     conn.resume();
+  }
+
+  private lose(err: Error): void {
+    if (this.connected) return;
+    const error = new BackupError(
+      'workload',
+      `${this.what}: cannot accept its connection (${errorMessage(err)})`,
+      { cause: err },
+    );
+    this.inner?.kill();
+    destroyQuietly(this.stdout, error);
+    destroyQuietly(this.stdin, error);
+    this.closeServer();
   }
 
   private closeServer(): void {

@@ -73,7 +73,6 @@ export async function until(
   }
 }
 
-/** Resolves as `promise` does, or rejects after `timeoutMs` naming `what`. */
 /**
  * What a run says when its connection to Pebble went while `command` ran: a
  * websocket closed early or the HTTP connection dropped; after a restart, also
@@ -88,6 +87,7 @@ export function pebbleLost(command: string, restarted = false): RegExp {
   return new RegExp(`^cannot run "${command}" in the workload: (${reasons.join('|')})$`);
 }
 
+/** Resolves as `promise` does, or rejects after `timeoutMs` naming `what`. */
 export function within<T>(what: string, promise: Promise<T>, timeoutMs = 60_000): Promise<T> {
   let timer: NodeJS.Timeout | undefined;
   const timeout = new Promise<never>((_, reject) => {
