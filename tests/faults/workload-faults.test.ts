@@ -8,7 +8,7 @@
 import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
 import { describeWithPeers, tmpDir } from '../support/peers';
-import { FaultBed, pebbleLost, within } from './support/bed';
+import { FaultBed, within } from './support/bed';
 import { expected, observed } from './support/report';
 
 const MiB = 1024 * 1024;
@@ -76,33 +76,14 @@ describeWithPeers(['minio', 'pebble'])('workload faults during create-backup', (
     expected(
       'fails saying the connection to Pebble dropped; the upload is aborted; Pebble and Synapse unaffected',
     );
-    const before = await bed.before();
-    const run = await createWithHeldTar(async () => {
-      bed.pebbleProxy.dropAll();
-    });
-    const msg = FaultBed.failure(run);
-    observed(`action failed: ${msg}`);
-    expect(msg).toMatch(pebbleLost('sh'));
-    observed(await bed.afterFault(before, [run]));
+    await bed.pebbleLostCase('sh', false, createWithHeldTar);
   });
 
   test('workload: Pebble killed and restarted mid-create', async () => {
     expected(
       'fails saying the connection to Pebble was lost; the upload is aborted; after pebble-ready Synapse runs again',
     );
-    const before = await bed.before();
-    const run = await createWithHeldTar(async () => {
-      await bed.pebble.restart();
-    });
-    const msg = FaultBed.failure(run);
-    observed(`action failed: ${msg}`);
-    expect(msg).toMatch(pebbleLost('sh', true));
-    // A restarted Pebble has lost the charm's layer (as a restarted container does): Juju
-    // runs pebble-ready, and the charm puts Synapse back.
-    expect(await bed.synapseState()).toBe('(no synapse service)');
-    const ready = await bed.pebbleReady();
-    observed(`synapse after the restart: no service; pebble-ready: ${ready.status?.status}`);
-    observed(await bed.afterFault(before, [run]));
+    await bed.pebbleLostCase('sh', true, createWithHeldTar);
   });
 
   describe('with Pebble running as an unprivileged user', () => {

@@ -30,6 +30,7 @@ import { startPebbleProxy, type PebbleProxy } from '../../support/pebble-proxy';
 import { startMinio, startPebble, type MinioPeer, type PebblePeer } from '../../support/peers';
 import { environHas, ProcSampler, type ProcSample } from '../../support/proc-sampler';
 import { makeSynapseTree, treeHash } from '../../support/synapse-tree';
+import { observed } from './report';
 
 export const PREFIX = 'synapse';
 
@@ -266,6 +267,34 @@ export class FaultBed {
       bytes: this.pebbleProxy.scannedBytes() - bytes,
     };
     return { result, proc, pebble };
+  }
+
+  /**
+   * A case where the charm loses Pebble while `command` runs: `runWith` runs the action and
+   * calls the fault it is given at the moment it means (the connection dropped, or with
+   * `restart` Pebble killed and restarted). The action must fail naming the loss; after a
+   * restart, pebble-ready must bring Synapse back, as Juju runs it when a container restarts.
+   */
+  async pebbleLostCase(
+    command: string,
+    restart: boolean,
+    runWith: (fault: () => Promise<void>) => Promise<Run>,
+  ): Promise<void> {
+    const before = await this.before();
+    const run = await runWith(async () => {
+      if (restart) await this.pebble.restart();
+      else this.pebbleProxy.dropAll();
+    });
+    const msg = FaultBed.failure(run);
+    observed(`action failed: ${msg}`);
+    expect(msg).toMatch(pebbleLost(command, restart));
+    if (restart) {
+      // A restarted Pebble has lost the charm's layer, as a restarted container does.
+      expect(await this.synapseState()).toBe('(no synapse service)');
+      const ready = await this.pebbleReady();
+      observed(`synapse after the restart: no service; pebble-ready: ${ready.status?.status}`);
+    }
+    observed(await this.afterFault(before, [run]));
   }
 
   /** The id of the backup a create-backup run made; fails the test if the run failed. */
