@@ -9,7 +9,7 @@
  * socket). restore-backup: Pebble killed and restarted while tar is stopped
  * mid-archive (SIGSTOP), before the swap.
  */
-import { promises as fsp } from 'node:fs';
+import { promises as fsp, readdirSync, readFileSync } from 'node:fs';
 import * as path from 'node:path';
 import { describeWithPeers } from '../support/peers';
 import { FaultBed, pebbleLost, until, within } from './support/bed';
@@ -94,11 +94,16 @@ describeWithPeers(['minio', 'pebble'])('workload faults on the direct-output pat
   });
 
   /** The pids of `tar --extract` processes extracting into this bed's data dir. */
-  async function extractingTars(): Promise<number[]> {
+  /**
+   * The pids of `tar --extract` processes extracting into this bed's data dir. Read
+   * synchronously: the run's /proc sampler keeps the thread pool busy, and tar may live
+   * for only two seconds.
+   */
+  function extractingTars(): number[] {
     const found: number[] = [];
-    for (const pid of (await fsp.readdir('/proc')).filter((e) => /^\d+$/.test(e))) {
+    for (const pid of readdirSync('/proc').filter((e) => /^\d+$/.test(e))) {
       try {
-        const cmdline = (await fsp.readFile(`/proc/${pid}/cmdline`)).toString();
+        const cmdline = readFileSync(`/proc/${pid}/cmdline`).toString();
         if (cmdline.startsWith('tar\0--extract\0') && cmdline.includes(bed.h.dataDir)) {
           found.push(Number(pid));
         }
@@ -123,7 +128,7 @@ describeWithPeers(['minio', 'pebble'])('workload faults on the direct-output pat
           'tar --extract to start',
           (async () => {
             while (stopped.length === 0) {
-              for (const pid of await extractingTars()) {
+              for (const pid of extractingTars()) {
                 try {
                   process.kill(pid, 'SIGSTOP');
                   stopped.push(pid);
@@ -131,7 +136,7 @@ describeWithPeers(['minio', 'pebble'])('workload faults on the direct-output pat
                   // gone meanwhile
                 }
               }
-              if (stopped.length === 0) await sleep(5);
+              if (stopped.length === 0) await sleep(2);
             }
           })(),
         );
@@ -152,7 +157,7 @@ describeWithPeers(['minio', 'pebble'])('workload faults on the direct-output pat
     expect(msg).toMatch(pebbleLost('tar', true));
     // The archive was on its way over the socket, not through Pebble.
     expect(run.pebble.bytes).toBeLessThan(MiB);
-    await until('the stopped tar to end', async () => (await extractingTars()).length === 0);
+    await until('the stopped tar to end', () => extractingTars().length === 0);
     const ready = await bed.pebbleReady();
     observed(`pebble-ready after the restart: ${ready.status?.status}`);
     // The engine removed the staging directory once the new Pebble answered; the tar the old
