@@ -134,16 +134,21 @@ describe('the create script', () => {
     expect(run.stderr).toContain('No space left on device');
   });
 
-  /** A tree with a SQLite homeserver.db (of `rows` KiB-sized rows) besides the media. */
-  async function treeWithDb(rows = 200): Promise<string> {
-    const dir = await tree();
+  /** Writes a SQLite database at `file` with `rows` KiB-sized rows. */
+  function makeDb(file: string, rows: number): void {
     const made = spawnSync('python3', [
       '-c',
       'import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); c.execute("create table t(x)"); c.executemany("insert into t values (?)", [(bytes(1000),)] * int(sys.argv[2])); c.commit()',
-      path.join(dir, 'homeserver.db'),
+      file,
       String(rows),
     ]);
     expect(made.status).toBe(0);
+  }
+
+  /** A tree with a SQLite homeserver.db besides the media. */
+  async function treeWithDb(): Promise<string> {
+    const dir = await tree();
+    makeDb(path.join(dir, 'homeserver.db'), 200);
     return dir;
   }
 
@@ -217,12 +222,7 @@ describe('the create script', () => {
 
   test('only a database: the archive holds just its snapshot', async () => {
     const dir = (await tmpDir('selection-db-only')).path;
-    const made = spawnSync('python3', [
-      '-c',
-      'import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); c.execute("create table t(x)"); c.commit()',
-      path.join(dir, 'homeserver.db'),
-    ]);
-    expect(made.status).toBe(0);
+    makeDb(path.join(dir, 'homeserver.db'), 0);
     const run = await runScript(dir);
     expect(run.stderr).toBe('');
     expect(run.status).toBe(0);
