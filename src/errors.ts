@@ -1,7 +1,9 @@
 /**
- * Typed errors. Every message is written for the operator: it says what went
- * wrong and, where there is one, what to do next. Messages never contain
- * secrets (passphrases, S3 secret keys).
+ * Typed errors. A message says what went wrong; what fixes it is a typed
+ * `Remedy`, which each front end words in its own terms (the charm with its
+ * config options and action params, src/charm/remedy.ts; the CLI with its
+ * flags and subcommands, src/cli/remedy.ts). Messages never contain secrets
+ * (passphrases, S3 secret keys).
  */
 export type ErrorCode =
   | 'config'
@@ -24,19 +26,63 @@ export type ErrorCode =
   | 'wrong-server'
   | 'no-space';
 
+/**
+ * A setting the operator can change, by its charm config name (config.yaml);
+ * the CLI maps each to its flag or environment variable.
+ */
+export type Setting =
+  | 's3-bucket'
+  | 's3-region'
+  | 's3-endpoint'
+  | 's3-path'
+  | 's3-uri-style'
+  | 's3-credentials'
+  | 's3-ca-chain'
+  | 'backup-passphrase';
+
+/** An option of one run that changes what the engine allows (restore-backup's params). */
+export type RunOption = 'force' | 'allow-no-manifest';
+
+/** An engine operation the operator can run next (charm action, CLI subcommand). */
+export type Operation = 'list' | 'prune' | 'delete';
+
+/**
+ * What fixes an error, independent of the front end:
+ * - `set`: change `setting`; `value` when one value is the fix (s3-uri-style=path),
+ *   `how` says what to set it to ("to the CA that signed it");
+ * - `run-again`: repeat the same run with `option`, `when` says when that is right;
+ * - `run`: run `operation` next, `why` says what it does here;
+ * - `grant-exec`: the charm may not exec into its pod (Kubernetes RBAC; Juju: `juju trust`);
+ * - `advice`: anything else, already neutral ("grow the data volume or free space").
+ */
+export type Remedy =
+  | { kind: 'set'; setting: Setting; value?: string; how?: string }
+  | { kind: 'run-again'; option: RunOption; when?: string }
+  | { kind: 'run'; operation: Operation; why?: string }
+  | { kind: 'grant-exec'; app: string }
+  | { kind: 'advice'; text: string };
+
+export interface BackupErrorOptions {
+  cause?: unknown;
+  remedy?: Remedy;
+}
+
 export class BackupError extends Error {
   readonly code: ErrorCode;
+  /** What fixes it, when something the operator can do does. */
+  readonly remedy: Remedy | undefined;
 
-  constructor(code: ErrorCode, message: string, options?: { cause?: unknown }) {
-    super(message, options);
+  constructor(code: ErrorCode, message: string, options?: BackupErrorOptions) {
+    super(message, options?.cause === undefined ? undefined : { cause: options.cause });
     this.code = code;
+    this.remedy = options?.remedy;
     this.name = 'BackupError';
   }
 }
 
 export class ConfigError extends BackupError {
-  constructor(message: string) {
-    super('config', message);
+  constructor(message: string, remedy?: Remedy) {
+    super('config', message, { remedy });
     this.name = 'ConfigError';
   }
 }
@@ -54,9 +100,25 @@ export class WorkloadCommandError extends BackupError {
   }
 }
 
+/** The message alone (no remedy): for logs and for nesting one error's text in another's. */
 export function errorMessage(err: unknown): string {
   if (err instanceof Error) return err.message;
   return String(err);
+}
+
+/** The remedy of `err`, if it is a BackupError that has one. */
+export function remedyOf(err: unknown): Remedy | undefined {
+  return err instanceof BackupError ? err.remedy : undefined;
+}
+
+/**
+ * The operator's line for `err`: its message, then `; ` and the remedy as
+ * `word` says it in the front end's terms.
+ */
+export function describeError(err: unknown, word: (remedy: Remedy) => string): string {
+  const remedy = remedyOf(err);
+  const message = errorMessage(err);
+  return remedy ? `${message}; ${word(remedy)}` : message;
 }
 
 /** Replaces every occurrence of each secret in `text`. Belt and braces for log lines. */

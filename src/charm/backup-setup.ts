@@ -9,6 +9,7 @@
  */
 import { type RetentionPolicy, parseRetention } from '../backup/retention';
 import { ConfigError, errorMessage } from '../errors';
+import { describeForCharm } from './remedy';
 import type { JujuContext } from '../juju/context';
 import { parseRelationId } from '../juju/context';
 import { HookToolError, type HookTools } from '../juju/hook-tools';
@@ -118,7 +119,7 @@ export async function resolveBackupSetup(
     return { state: 'ready', source, s3, passphrase, description, retention };
   } catch (err) {
     if (err instanceof SetupError || err instanceof ConfigError) {
-      return { state: 'invalid', source, message: tools.redact(err.message) };
+      return { state: 'invalid', source, message: tools.redact(describeForCharm(err)) };
     }
     throw err;
   }

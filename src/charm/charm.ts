@@ -6,6 +6,7 @@ import { dirname } from 'node:path';
 import { BackupEngine } from '../backup/engine';
 import type { Progress } from '../backup/types';
 import { BackupError, errorMessage } from '../errors';
+import { describeForCharm } from './remedy';
 import type { JujuContext } from '../juju/context';
 import {
   ActionResultError,
@@ -171,7 +172,7 @@ export class SynapseCharm {
     } catch (err) {
       const message =
         err instanceof BackupError
-          ? err.message
+          ? describeForCharm(err)
           : `cannot check the S3 bucket "${setup.s3.bucket}": ${errorMessage(err)}`;
       return { kind: 'blocked', message: this.tools.redact(message) };
     }
@@ -226,10 +227,10 @@ export class SynapseCharm {
   private failureMessage(name: string, err: unknown): string {
     if (err instanceof ActionFailure) return err.message;
     if (err instanceof BackupError) {
-      if (err.code === 'not-found' && !/list-backups/.test(err.message)) {
+      if (err.code === 'not-found' && !err.remedy && !/list-backups/.test(err.message)) {
         return `${err.message}; run list-backups to see the backups that exist`;
       }
-      return err.message;
+      return describeForCharm(err);
     }
     if (err instanceof ActionResultError)
       return `${name} produced results Juju cannot take: ${err.message}`;

@@ -5,6 +5,7 @@ import { parseArgs } from 'node:util';
 import { BackupEngine } from '../backup/engine';
 import type { EngineOptions, Progress } from '../backup/types';
 import { BackupError, ConfigError, errorMessage, redact } from '../errors';
+import { describeForCli } from './remedy';
 import { parseS3Settings } from '../s3/settings';
 import { LocalWorkload } from '../workload/local';
 import { PebbleWorkload } from '../workload/pebble';
@@ -396,7 +397,7 @@ function cliWording(message: string): string {
 
 run(process.argv.slice(2)).catch((err: unknown) => {
   endProgressLine();
-  const message = cliWording(redact(errorMessage(err), secrets));
+  const message = cliWording(redact(describeForCli(err), secrets));
   process.stderr.write(`synapse-backup: error: ${message.split('\n')[0]}\n`);
   process.exitCode = err instanceof BackupError && err.code === 'config' ? 2 : 1;
 });

@@ -1,0 +1,47 @@
+/**
+ * Remedies (src/errors.ts) in the CLI's terms: its flags and environment
+ * variables, and `synapse-backup <subcommand>`.
+ */
+import { type Remedy, type RunOption, type Setting, describeError } from '../errors';
+
+const FLAG: Record<Setting, string> = {
+  's3-bucket': '--bucket',
+  's3-region': '--region',
+  's3-endpoint': '--endpoint',
+  's3-path': '--prefix',
+  's3-uri-style': '--uri-style',
+  's3-credentials': 'AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY',
+  's3-ca-chain': '--ca-file',
+  'backup-passphrase': 'SYNAPSE_BACKUP_PASSPHRASE or --passphrase-file',
+};
+
+const RUN_FLAG: Record<RunOption, string> = {
+  force: '--force',
+  'allow-no-manifest': '--allow-no-manifest',
+};
+
+/** One remedy as the CLI says it, e.g. "pass --uri-style path", "run synapse-backup list to see the ids". */
+export function cliRemedy(remedy: Remedy): string {
+  switch (remedy.kind) {
+    case 'set': {
+      const flag = FLAG[remedy.setting];
+      const verb = flag.startsWith('--') ? 'pass' : 'set';
+      return [`${verb} ${flag}${remedy.value ? ` ${remedy.value}` : ''}`, remedy.how]
+        .filter(Boolean)
+        .join(' ');
+    }
+    case 'run-again':
+      return `${remedy.when ? `${remedy.when}, ` : ''}run again with ${RUN_FLAG[remedy.option]}`;
+    case 'run':
+      return [`run synapse-backup ${remedy.operation}`, remedy.why].filter(Boolean).join(' ');
+    case 'grant-exec':
+      return `give this identity the Kubernetes permission to create pods/exec in the pod's namespace (Juju: \`juju trust ${remedy.app} --scope=cluster\`)`;
+    case 'advice':
+      return remedy.text;
+  }
+}
+
+/** The operator's line for an error in the CLI: message, then the remedy in CLI terms. */
+export function describeForCli(err: unknown): string {
+  return describeError(err, cliRemedy);
+}
