@@ -49,4 +49,10 @@ export interface Workload {
   stopServices(names: string[]): Promise<void>;
   startServices(names: string[]): Promise<void>;
   serviceStatus(names: string[]): Promise<ServiceStatus[]>;
+  /**
+   * Removes what a run of this transport killed mid-way left outside the data dir
+   * (Pebble's direct streams: archive sockets beside Pebble's). Returns the paths
+   * removed. Transports that leave nothing omit it.
+   */
+  removeStale?(): Promise<string[]>;
 }
