@@ -84,7 +84,8 @@ etcd_peer() {
   (cd "$(kube_module_dir)" &&
     CGO_ENABLED=0 go build -buildvcs=false -ldflags "-s -w" -o "$tmp" go.etcd.io/etcd/server/v3)
   local got
-  got="$("$tmp" --version 2>&1 | head -1)"
+  # sed reads all of it: `head -1` could exit first, and etcd's SIGPIPE would fail the pipeline.
+  got="$("$tmp" --version 2>&1 | sed -n 1p)"
   [[ "$got" == "etcd Version: ${ETCD_VERSION#v}" ]] || die "etcd: built '$got', not $ETCD_VERSION"
   mv -f "$tmp" "$out"
   stamp etcd "$want"
