@@ -6,9 +6,19 @@ SYNAPSE_PEERS_BIN="$SYNAPSE_PEERS_CACHE/bin"
 PEBBLE_BIN="$SYNAPSE_PEERS_BIN/pebble"
 MINIO_BIN="$SYNAPSE_PEERS_BIN/minio"
 SYNAPSE_PEERS_PYTHON="$SYNAPSE_PEERS_CACHE/venv/bin/python"
+# matrix-synapse's venv. Tests run Synapse as uid 991 (like the official image), which cannot
+# enter a 0700 home directory: as root it defaults to /var/cache, elsewhere to the cache.
+if [ -z "${SYNAPSE_VENV:-}" ]; then
+  if [ "$(id -u)" = 0 ]; then
+    SYNAPSE_VENV=/var/cache/synapse-backup-peers/synapse-venv
+  else
+    SYNAPSE_VENV="$SYNAPSE_PEERS_CACHE/synapse-venv"
+  fi
+fi
+SYNAPSE_PEERS_SYNAPSE_PYTHON="$SYNAPSE_VENV/bin/python"
 # The Kubernetes exec rig (scripts/peers/kube.sh).
 KUBE_APISERVER_BIN="$SYNAPSE_PEERS_BIN/kube-apiserver"
 ETCD_BIN="$SYNAPSE_PEERS_BIN/etcd"
 TEST_KUBELET_BIN="$SYNAPSE_PEERS_BIN/test-kubelet"
 export SYNAPSE_PEERS_BIN PEBBLE_BIN MINIO_BIN SYNAPSE_PEERS_PYTHON
-export KUBE_APISERVER_BIN ETCD_BIN TEST_KUBELET_BIN
+export KUBE_APISERVER_BIN ETCD_BIN TEST_KUBELET_BIN SYNAPSE_VENV SYNAPSE_PEERS_SYNAPSE_PYTHON

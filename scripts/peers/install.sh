@@ -4,6 +4,8 @@
 #   minio   (S3)                             built from source with Go, pinned below
 #   venv    (Python aws-encryption-sdk, for the interop test), every package pinned
 #   kube    (the Kubernetes exec rig: kube-apiserver, etcd, the test kubelet), see kube.sh
+#   synapse (matrix-synapse from PyPI, pinned below, in a venv that uid 991 can read: tests run
+#            it as 991 like the official image, so it lives outside a 0700 home, see env.sh)
 # Cache: ${SYNAPSE_PEERS_CACHE:-$HOME/.cache/synapse-backup-peers} (bin/, venv/, stamps/, src/).
 # Needs: Go (1.26 used), Python 3 with venv + pip, network for the first run.
 # Idempotent: a stamp per peer records the pin it was built from; a changed pin rebuilds,
@@ -12,8 +14,8 @@
 # Tests find the peers through `. scripts/peers/env.sh` (or the default cache path).
 # The kube rig adds ~19 min cold (kube-apiserver is most of it), see kube.sh: a cold run of
 # everything measured 32 min on a busy 2-CPU machine (pebble 2 min, minio 11, venv 1, kube 19).
-# Usage: bash scripts/peers/install.sh [--force] [minio|pebble|esdk|kube ...]
-#   With no names, installs all four; with names, only those (`install.sh minio` for the demo).
+# Usage: bash scripts/peers/install.sh [--force] [minio|pebble|esdk|kube|synapse ...]
+#   With no names, installs all five; with names, only those (`install.sh minio` for the demo).
 set -euo pipefail
 
 PEBBLE_MODULE=github.com/canonical/pebble
@@ -29,6 +31,24 @@ ESDK_PINS=(
   jmespath==1.1.0 pycparser==3.12 python-dateutil==2.9.0.post0 s3transfer==0.19.3
   six==1.17.0 urllib3==2.8.0 wrapt==2.5.2
 )
+# `pip freeze` of a fresh venv holding matrix-synapse 1.163.2 (the image pin in metadata.yaml is
+# the same release). Binary wheels only: no Rust toolchain needed.
+SYNAPSE_PINS=(
+  matrix-synapse==1.163.2
+  annotated-types==0.8.0 attrs==26.1.0 Automat==25.4.16 bcrypt==5.0.0 bleach==6.4.0
+  canonicaljson==2.0.0 certifi==2026.10.19.post1 cffi==2.1.1 charset-normalizer==3.5.3
+  constantly==23.10.4 cryptography==50.0.2 hyperlink==21.0.0 idna==3.20 ijson==3.6.0
+  immutabledict==4.3.1 Incremental==24.11.0 Jinja2==3.1.6 jsonschema==4.26.0
+  jsonschema-specifications==2025.9.1 MarkupSafe==3.0.4 matrix-common==1.3.0 msgpack==1.2.4
+  multipart==2.0.1 netaddr==1.3.0 packaging==26.4 phonenumbers==9.0.43 pillow==13.0.0
+  prometheus_client==0.26.0 pyasn1==0.6.5 pyasn1_modules==0.4.2 pycparser==3.12 pydantic==2.14.4
+  pydantic_core==2.50.5 pymacaroons==0.13.0 PyNaCl==1.6.2 pyOpenSSL==26.4.0 pyparsing==3.3.3
+  pyrsistent==0.20.0 python-multipart==0.0.34 PyYAML==6.0.4 referencing==0.37.0 requests==2.34.2
+  rpds-py==2026.9.1 semantic-version==2.10.0 service-identity==26.1.0 setuptools-rust==1.13.0
+  signedjson==1.1.4 six==1.17.0 sortedcontainers==2.4.0 treq==26.7.0 Twisted==26.10.0
+  typing-inspection==0.4.5 typing_extensions==4.16.0 unpaddedbase64==2.1.0 urllib3==2.8.0
+  webencodings==0.6.1 zope.interface==8.7
+)
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=env.sh
@@ -39,7 +59,7 @@ die() { echo "install.sh: $*" >&2; exit 1; }
 log() { echo "==> $*" >&2; }
 
 force=0
-want_pebble=0 want_minio=0 want_esdk=0 want_kube=0
+want_pebble=0 want_minio=0 want_esdk=0 want_kube=0 want_synapse=0
 for arg in "$@"; do
   case "$arg" in
     --force) force=1 ;;
@@ -47,15 +67,16 @@ for arg in "$@"; do
     minio) want_minio=1 ;;
     esdk | venv | python) want_esdk=1 ;;
     kube | kubernetes) want_kube=1 ;;
+    synapse) want_synapse=1 ;;
     -h | --help)
-      echo "usage: bash scripts/peers/install.sh [--force] [minio|pebble|esdk|kube ...] (default: all)"
+      echo "usage: bash scripts/peers/install.sh [--force] [minio|pebble|esdk|kube|synapse ...] (default: all)"
       exit 0
       ;;
-    *) die "unknown argument '$arg' (usage: install.sh [--force] [minio|pebble|esdk|kube ...])" ;;
+    *) die "unknown argument '$arg' (usage: install.sh [--force] [minio|pebble|esdk|kube|synapse ...])" ;;
   esac
 done
-if ((want_pebble + want_minio + want_esdk + want_kube == 0)); then
-  want_pebble=1 want_minio=1 want_esdk=1 want_kube=1
+if ((want_pebble + want_minio + want_esdk + want_kube + want_synapse == 0)); then
+  want_pebble=1 want_minio=1 want_esdk=1 want_kube=1 want_synapse=1
 fi
 
 mkdir -p "$SYNAPSE_PEERS_BIN" "$cache/stamps" "$cache/src"
@@ -116,6 +137,37 @@ venv_peer() {
   log "venv ready in $((SECONDS - t0)) s"
 }
 
+# The Synapse venv: built with a Python that uid 991 can run (not one under a 0700 home, such
+# as pyenv's), in $SYNAPSE_VENV (env.sh), then checked by importing synapse as 991 when root.
+synapse_peer() {
+  local py="${SYNAPSE_PYTHON:-}" venv="$SYNAPSE_VENV"
+  if [[ -z $py ]]; then
+    if [[ -x /usr/bin/python3 ]]; then py=/usr/bin/python3; else py=python3; fi
+  fi
+  command -v "$py" >/dev/null || die "Python 3 is required for Synapse ($py not found)"
+  "$py" -c 'import sys; sys.exit(sys.version_info < (3, 10))' ||
+    die "matrix-synapse 1.163 needs Python >= 3.10; set SYNAPSE_PYTHON to one"
+  local want
+  want="$("$py" -c 'import sys; print("python%d.%d" % sys.version_info[:2])') $py ${SYNAPSE_PINS[*]}"
+  if fresh synapse "$want" "$SYNAPSE_PEERS_SYNAPSE_PYTHON"; then return; fi
+  log "creating the Synapse venv $venv (matrix-synapse ${SYNAPSE_PINS[0]#*==})"
+  local t0=$SECONDS
+  rm -f "$cache/stamps/synapse" && rm -rf "$venv"
+  mkdir -p "$(dirname "$venv")" && chmod 755 "$(dirname "$venv")"
+  "$py" -m venv "$venv" || die "'$py -m venv' failed (Debian/Ubuntu: apt-get install python3-venv)"
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-input \
+    --only-binary=:all: "${SYNAPSE_PINS[@]}"
+  chmod -R a+rX "$venv"
+  if [[ $(id -u) == 0 ]] && command -v setpriv >/dev/null; then
+    setpriv --reuid 991 --regid 991 --clear-groups "$venv/bin/python" -c 'import synapse.app.homeserver' ||
+      die "the Synapse venv $venv cannot be used by uid 991 (is a parent directory 0700?)"
+  else
+    "$venv/bin/python" -c 'import synapse.app.homeserver' || die "synapse does not import"
+  fi
+  stamp synapse "$want"
+  log "Synapse venv ready in $((SECONDS - t0)) s"
+}
+
 if ((want_pebble)); then
   go_peer pebble "$PEBBLE_MODULE" "$PEBBLE_PKG" "$PEBBLE_VERSION" module "$PEBBLE_BIN"
 fi
@@ -123,6 +175,7 @@ if ((want_minio)); then
   go_peer minio "$MINIO_MODULE" "$MINIO_MODULE" "$MINIO_VERSION" install "$MINIO_BIN"
 fi
 if ((want_esdk)); then venv_peer; fi
+if ((want_synapse)); then synapse_peer; fi
 if ((want_kube)); then
   # shellcheck source=kube.sh
   . "$here/kube.sh"
@@ -139,6 +192,9 @@ if ((want_kube)); then
   echo "        $ETCD_BIN  ($(cat "$cache/stamps/etcd"))"
   echo "        $TEST_KUBELET_BIN  ($(cat "$cache/stamps/test-kubelet"))"
 fi
-if ((want_pebble && want_minio && want_esdk && want_kube)); then
+if ((want_synapse)); then
+  echo "synapse $SYNAPSE_PEERS_SYNAPSE_PYTHON  (${SYNAPSE_PINS[0]})"
+fi
+if ((want_pebble && want_minio && want_esdk && want_kube && want_synapse)); then
   echo "tests:  . scripts/peers/env.sh && npx jest"
 fi

@@ -24,8 +24,12 @@ import * as path from 'node:path';
 import { CreateBucketCommand, S3Client } from '@aws-sdk/client-s3';
 import { NodeHttpHandler } from '@smithy/node-http-handler';
 
-/** `kube` is the Kubernetes exec rig: etcd, kube-apiserver and the test kubelet (tests/support/kube.ts). */
-export type PeerName = 'minio' | 'pebble' | 'esdk' | 'kube';
+/**
+ * `kube` is the Kubernetes exec rig: etcd, kube-apiserver and the test kubelet (tests/support/kube.ts).
+ * `synapse` is matrix-synapse's venv (tests/support/real-synapse.ts); it runs Synapse as uid 991,
+ * so it needs root, like the official image's start.py.
+ */
+export type PeerName = 'minio' | 'pebble' | 'esdk' | 'kube' | 'synapse';
 
 export const INSTALL_COMMAND = 'bash scripts/peers/install.sh';
 
@@ -109,7 +113,17 @@ export function peerPath(name: PeerName): string {
       return process.env.SYNAPSE_PEERS_PYTHON ?? path.join(cacheDir(), 'venv', 'bin', 'python');
     case 'kube':
       return kubePeerPaths().apiserver;
+    case 'synapse':
+      return process.env.SYNAPSE_PEERS_SYNAPSE_PYTHON ?? path.join(synapseVenv(), 'bin', 'python');
   }
+}
+
+/** The Synapse venv (scripts/peers/env.sh: outside a 0700 home when root, so uid 991 can use it). */
+export function synapseVenv(): string {
+  if (process.env.SYNAPSE_VENV) return process.env.SYNAPSE_VENV;
+  return process.getuid?.() === 0
+    ? '/var/cache/synapse-backup-peers/synapse-venv'
+    : path.join(cacheDir(), 'synapse-venv');
 }
 
 /** The Kubernetes exec rig's executables (scripts/peers/kube.sh builds them). */
@@ -141,9 +155,12 @@ function isExecutable(file: string): boolean {
  */
 export function requirePeers(...names: PeerName[]): boolean {
   const missing = names.filter((n) => !peerFiles(n).every(isExecutable));
-  if (missing.length === 0) return true;
+  const notRoot = names.includes('synapse') && process.getuid?.() !== 0;
+  if (missing.length === 0 && !notRoot) return true;
   const list = missing.map((n) => `${n} (${peerFiles(n).join(', ')})`).join(', ');
-  const message = `test peer(s) missing: ${list}. Install them with: ${INSTALL_COMMAND}`;
+  const message = notRoot
+    ? 'the real Synapse runs as uid 991 like the official image, which needs root: run the tests as root'
+    : `test peer(s) missing: ${list}. Install them with: ${INSTALL_COMMAND}`;
   if (process.env.CI === 'true') throw new Error(message);
   const bar = '!'.repeat(78);
   console.warn(

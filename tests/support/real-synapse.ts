@@ -1,0 +1,149 @@
+/**
+ * A real Synapse (matrix-synapse from PyPI, scripts/peers/install.sh `synapse`) in a real
+ * Pebble, started by the built charm's own hooks: the charm's generate step and Pebble layer
+ * run tests/support/synapse-image/start.py, which keeps the official image's /start.py
+ * contract (generate as uid 991, run as uid 991). Synapse listens on 8008 as the charm's
+ * layer expects, so one such rig runs on a host at a time: the rig takes a lock file.
+ */
+import { execFileSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { parse as parseYaml } from 'yaml';
+import { JujuHarness } from './juju-harness';
+import { MatrixClient } from './matrix-client';
+import { type MinioPeer, type PebblePeer, peerPath, startPebble, tmpDir, track } from './peers';
+
+export const SYNAPSE_UID = 991;
+export const SYNAPSE_URL = 'http://127.0.0.1:8008';
+export const START_PY = path.join(__dirname, 'synapse-image', 'start.py');
+const LOCK = '/tmp/synapse-backup-real-synapse.lock';
+
+export interface RealSynapseUnit {
+  h: JujuHarness;
+  pebble: PebblePeer;
+  dataDir: string;
+  client: MatrixClient;
+  /** homeserver.yaml's registration_shared_secret. */
+  sharedSecret(): string;
+  /** Waits until /health answers OK (bounded). Returns the seconds it took. */
+  waitHealthy(timeoutMs?: number): Promise<number>;
+  /** uid of the running Synapse process (from /proc), or undefined when none runs. */
+  synapseUid(): number | undefined;
+  stop(): Promise<void>;
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+async function takeLock(timeoutMs: number): Promise<() => void> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    try {
+      fs.mkdirSync(LOCK);
+      fs.writeFileSync(path.join(LOCK, 'pid'), String(process.pid));
+      return () => fs.rmSync(LOCK, { recursive: true, force: true });
+    } catch {
+      const holder = Number(fs.readFileSync(path.join(LOCK, 'pid'), 'utf8').trim() || 0);
+      let alive = false;
+      try {
+        process.kill(holder, 0);
+        alive = holder > 0;
+      } catch {
+        alive = false;
+      }
+      if (!alive) fs.rmSync(LOCK, { recursive: true, force: true });
+      else if (Date.now() > deadline) throw new Error(`port 8008 is held by process ${holder}`);
+      else await sleep(500);
+    }
+  }
+}
+
+/** Pids of processes whose command line runs synapse.app.homeserver on `configPath`. */
+function synapsePids(configPath: string): number[] {
+  const pids: number[] = [];
+  for (const entry of fs.readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      const cmd = fs.readFileSync(`/proc/${entry}/cmdline`, 'utf8').split('\0');
+      if (cmd.includes('synapse.app.homeserver') && cmd.includes(configPath)) pids.push(+entry);
+    } catch {
+      // gone meanwhile
+    }
+  }
+  return pids;
+}
+
+/**
+ * Starts Pebble and a harness whose charm generates and runs the real Synapse for
+ * `serverName`; `config` adds charm config (S3 and secrets). Runs config-changed and
+ * synapse-pebble-ready, then waits for /health.
+ */
+export async function startRealSynapseUnit(options: {
+  serverName: string;
+  minio?: MinioPeer;
+  configure?: (h: JujuHarness) => void;
+}): Promise<RealSynapseUnit> {
+  const release = await takeLock(300_000);
+  const python = peerPath('synapse');
+  const pebble = await startPebble();
+  const root = await tmpDir('real-synapse');
+  fs.chmodSync(root.path, 0o755); // Synapse runs as 991 and must reach its data dir
+  const dataDir = path.join(root.path, 'data');
+  fs.mkdirSync(dataDir);
+  const h = await JujuHarness.create({
+    pebbleSocket: pebble.socketPath,
+    dataDir,
+    generateCommand: [python, START_PY, 'generate'],
+    serviceCommand: `${python} ${START_PY}`,
+  });
+  h.setConfig({ 'server-name': options.serverName });
+  options.configure?.(h);
+  const configPath = path.join(dataDir, 'homeserver.yaml');
+  const stop = async () => {
+    untrack();
+    await pebble.stop();
+    for (const pid of synapsePids(configPath)) {
+      try {
+        process.kill(pid, 'SIGKILL');
+      } catch {
+        // already gone
+      }
+    }
+    await root.cleanup();
+    release();
+  };
+  const untrack = track(stop);
+  const unit: RealSynapseUnit = {
+    h,
+    pebble,
+    dataDir,
+    client: new MatrixClient(SYNAPSE_URL),
+    sharedSecret() {
+      const config = parseYaml(fs.readFileSync(configPath, 'utf8')) as {
+        registration_shared_secret: string;
+      };
+      return config.registration_shared_secret;
+    },
+    async waitHealthy(timeoutMs = 60_000) {
+      const started = Date.now();
+      while (Date.now() - started < timeoutMs) {
+        const ok = await fetch(`${SYNAPSE_URL}/health`, { signal: AbortSignal.timeout(2000) })
+          .then((r) => r.ok)
+          .catch(() => false);
+        if (ok) return (Date.now() - started) / 1000;
+        await sleep(200);
+      }
+      const log = execFileSync('tail', ['-n', '30', path.join(pebble.dir, 'pebble.log')], {
+        encoding: 'utf8',
+      });
+      throw new Error(`Synapse did not answer /health in ${timeoutMs} ms; Pebble's log:\n${log}`);
+    },
+    synapseUid() {
+      const pid = synapsePids(configPath)[0];
+      if (pid === undefined) return undefined;
+      const status = fs.readFileSync(`/proc/${pid}/status`, 'utf8');
+      return Number(/^Uid:\s+(\d+)/m.exec(status)?.[1]);
+    },
+    stop,
+  };
+  return unit;
+}
