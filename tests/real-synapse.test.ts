@@ -11,6 +11,8 @@ import type { JujuHarness } from './support/juju-harness';
 import { type Session, MatrixError, makePng } from './support/matrix-client';
 import { describeWithPeers, peerPath, startMinio, tmpDir, type MinioPeer } from './support/peers';
 import { type RealSynapseUnit, SYNAPSE_UID, startRealSynapseUnit } from './support/real-synapse';
+import { type KubeRig, startKubeRig } from './support/kube';
+import { KubernetesWorkload } from '../src/workload/kubernetes';
 
 const SERVER = 'real.test';
 const PASSPHRASE = 'real synapse passphrase 7';
@@ -220,5 +222,48 @@ print(json.dumps({"ok": ok, "messages": messages, "media": len(media), "missing"
       path.join(unit.dataDir, 'media_store', 'remote_content', 'x'),
     ]);
     expect(unit.synapseUid()).toBe(SYNAPSE_UID);
+  });
+  describeWithPeers(['kube'])('through the Kubernetes transport rig', () => {
+    let rig: KubeRig;
+    beforeAll(async () => {
+      rig = await startKubeRig();
+    });
+    afterAll(async () => {
+      await rig?.stop();
+    });
+
+    it("real Synapse: create and restore through the API server's exec bring back the backup state", async () => {
+      const workload = new KubernetesWorkload({
+        kubeConfig: rig.kubeConfig(),
+        namespace: rig.namespace,
+        pod: rig.pod,
+        container: 'synapse',
+        pebble: { command: [peerPath('pebble')], socket: unit.pebble.socketPath },
+      });
+      const engine = minioEngine(minio, PREFIX, {
+        passphrase: PASSPHRASE,
+        workload,
+        dataDir: unit.dataDir,
+      });
+      try {
+        const s = await unit.client.login('alice', 'alice-password-1');
+        await unit.client.sendText(s, roomId, 'kube before');
+        const png = makePng(33, 33, 3333);
+        const mxc = await unit.client.upload(s, png, 'image/png', 'kube.png');
+        const expected = await unit.client.messages(s, roomId);
+        const created = await engine.create();
+        await unit.client.sendText(s, roomId, 'kube after');
+        const restored = await engine.restore({ id: created.backupId, services: ['synapse'] });
+        expect(restored.files).toBe(created.files);
+        await unit.waitHealthy();
+        const again = await unit.client.login('alice', 'alice-password-1');
+        expect(await unit.client.messages(again, roomId)).toEqual(expected);
+        expect(await unit.client.download(again, mxc)).toEqual(png);
+        expect(unit.synapseUid()).toBe(SYNAPSE_UID);
+        expect(fs.statSync(path.join(unit.dataDir, 'media_store')).uid).toBe(SYNAPSE_UID);
+      } finally {
+        engine.close();
+      }
+    });
   });
 });
