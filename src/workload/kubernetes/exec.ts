@@ -47,7 +47,7 @@ export interface ExecTarget {
   /** Names the pod in messages: `namespace/pod`. */
   podName: string;
   container: string;
-  /** The Juju application, for the `juju trust` hint. */
+  /** The Juju application, for the remedy of a 403 (`juju trust <app>`). */
   appName: string;
 }
 
@@ -65,16 +65,19 @@ export function exitMarkerWrap(marker: string, argv: string[]): string[] {
   ];
 }
 
-/** The API server refused the exec (403): Juju's default role lacks `get` on `pods/exec`. */
+/**
+ * The API server refused the exec (403): Juju's default role lacks `get` on `pods/exec`.
+ * The message states the problem; the remedy `{ kind: 'grant-exec', app }` is worded by
+ * the front end (the charm: `juju trust <app> --scope=cluster`).
+ */
 export class KubernetesForbiddenError extends BackupError {
   /** What the API server said, e.g. `pods "synapse-0" is forbidden: User ... cannot get ...`. */
   readonly apiMessage: string;
 
   constructor(appName: string, apiMessage: string) {
-    super(
-      'workload',
-      `the charm may not exec into its pod: run \`juju trust ${appName} --scope=cluster\``,
-    );
+    super('workload', 'the charm may not exec into its pod', {
+      remedy: { kind: 'grant-exec', app: appName },
+    });
     this.apiMessage = apiMessage;
     this.name = 'KubernetesForbiddenError';
   }
