@@ -10,12 +10,15 @@ import type { ExecOptions, ExecProcess, ExitStatus } from '../workload';
 import { PebbleRefusedError, type PebbleClient } from './client';
 import { PebbleExecProcess } from './exec';
 import {
+  type DirectStream,
   TOKEN_BYTES,
   TOKEN_ENV,
   UNAVAILABLE_STATUS,
   WrapperStderr,
   connectAndExec,
 } from './direct-wrapper';
+
+export type { DirectStream } from './direct-wrapper';
 import { LateReadable, LateWritable } from './late-streams';
 
 /** A directory both containers see: in Juju, the Pebble socket's (see PebbleWorkloadOptions). */
@@ -25,9 +28,6 @@ export interface SharedDir {
   /** Its path in the workload container. */
   workload: string;
 }
-
-/** Which of the command's streams goes over the socket. */
-export type DirectStream = 'stdin' | 'stdout';
 
 /** Why a stream could not go directly; it goes through Pebble's relay instead. */
 export type DirectStreamUnavailable = (reason: string) => void;

@@ -6,7 +6,9 @@
  */
 import type { PassThrough, Readable } from 'node:stream';
 import { finished } from 'node:stream/promises';
-import type { DirectStream } from './direct-stream';
+
+/** Which of the command's streams goes over the socket. */
+export type DirectStream = 'stdin' | 'stdout';
 
 /** The secret that proves a connection is the command's: this many random bytes, hex in TOKEN_ENV. */
 export const TOKEN_BYTES = 32;
