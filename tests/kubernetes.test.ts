@@ -15,6 +15,7 @@ import { KubeConfig } from '@kubernetes/client-node';
 import { WebSocketServer } from 'ws';
 import { BackupEngine } from '../src/backup/engine';
 import type { EngineOptions } from '../src/backup/types';
+import { describeForCharm } from '../src/charm/remedy';
 import { BackupError } from '../src/errors';
 import { parseS3Settings } from '../src/s3/settings';
 import {
@@ -177,6 +178,56 @@ describe('KubernetesWorkload without a cluster', () => {
       );
     } finally {
       process.env = saved;
+    }
+  });
+
+  test('a 403 on the handshake: the problem in the message, the grant-exec remedy apart', async () => {
+    // What kube-apiserver answers a service account without `get` on pods/exec.
+    const status = JSON.stringify({
+      kind: 'Status',
+      status: 'Failure',
+      message: 'pods "synapse-0" is forbidden: User "u" cannot get resource "pods/exec"',
+      reason: 'Forbidden',
+      code: 403,
+    });
+    const server = http.createServer((_req, res) => res.writeHead(404).end());
+    server.on('upgrade', (_req, socket: net.Socket) => {
+      socket.end(
+        `HTTP/1.1 403 Forbidden\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(status)}\r\nConnection: close\r\n\r\n${status}`,
+      );
+    });
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    try {
+      const { port } = server.address() as net.AddressInfo;
+      const kubeConfig = new KubeConfig();
+      kubeConfig.loadFromOptions({
+        clusters: [{ name: 'c', server: `http://127.0.0.1:${port}`, skipTLSVerify: true }],
+        users: [{ name: 'u', token: 'x' }],
+        contexts: [{ name: 'c', cluster: 'c', user: 'u' }],
+        currentContext: 'c',
+      });
+      const workload = new KubernetesWorkload({
+        kubeConfig,
+        namespace: 'm',
+        pod: 'synapse-0',
+        container: 'synapse',
+        appName: 'matrix',
+      });
+      const proc = workload.exec({ command: ['true'] });
+      proc.stdout.on('error', () => undefined);
+      const err = await proc.wait().catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(KubernetesForbiddenError);
+      expect(err).toMatchObject({
+        code: 'workload',
+        message: 'the charm may not exec into its pod',
+        remedy: { kind: 'grant-exec', app: 'matrix' },
+        apiMessage: 'pods "synapse-0" is forbidden: User "u" cannot get resource "pods/exec"',
+      });
+      expect(describeForCharm(err)).toBe(
+        'the charm may not exec into its pod; run `juju trust matrix --scope=cluster`',
+      );
+    } finally {
+      await new Promise((resolve) => server.close(resolve));
     }
   });
 
@@ -431,7 +482,7 @@ describeWithPeers(['kube', 'minio', 'pebble'])(
     });
 
     describe('RBAC: Juju grants pods/exec create only; trust adds get', () => {
-      test('without get on pods/exec: the trust message, as a KubernetesForbiddenError', async () => {
+      test('without get on pods/exec: a KubernetesForbiddenError whose remedy the charm words as juju trust', async () => {
         const token = await rig.serviceAccountToken('synapse-untrusted', ['create']);
         const untrusted = new KubernetesWorkload({
           kubeConfig: rig.kubeConfig(token),
@@ -446,8 +497,12 @@ describeWithPeers(['kube', 'minio', 'pebble'])(
         expect(err).toBeInstanceOf(KubernetesForbiddenError);
         expect(err).toMatchObject({
           code: 'workload',
-          message: 'the charm may not exec into its pod: run `juju trust synapse --scope=cluster`',
+          message: 'the charm may not exec into its pod',
+          remedy: { kind: 'grant-exec', app: 'synapse' },
         });
+        expect(describeForCharm(err)).toBe(
+          'the charm may not exec into its pod; run `juju trust synapse --scope=cluster`',
+        );
         expect((err as KubernetesForbiddenError).apiMessage).toMatch(
           /cannot get resource "pods\/exec" in API group "" in the namespace "synapse-model"/,
         );

@@ -324,6 +324,29 @@ describeWithPeers(['minio', 'pebble'])('Pebble direct output', () => {
     }
   });
 
+  test('removeStale() sweeps the sockets killed runs left in the shared dir, not a live one', async () => {
+    const stale = path.join(shared, '.synapse-backup-00000000000000cc.sock');
+    execFileSync('python3', [
+      '-c',
+      'import socket, sys; socket.socket(socket.AF_UNIX).bind(sys.argv[1])',
+      stale,
+    ]);
+    const live = path.join(shared, '.synapse-backup-00000000000000dd.sock');
+    const server = net.createServer((c) => c.destroy());
+    await new Promise<void>((resolve) => server.listen(live, resolve));
+    try {
+      expect(await workload.removeStale()).toEqual([path.basename(stale)]);
+      expect(leftovers(shared)).toEqual([path.basename(live)]);
+      expect(await workload.removeStale()).toEqual([]);
+      // Without a shared dir the transport leaves no sockets, and sweeps none.
+      const relay = new PebbleWorkload({ socketPath: pebble.socketPath });
+      expect(await relay.removeStale()).toEqual([]);
+      expect(leftovers(shared)).toEqual([path.basename(live)]);
+    } finally {
+      await new Promise((resolve) => server.close(resolve));
+    }
+  });
+
   test('kill() before the command has connected: no hang, no socket left', async () => {
     const proc = direct('printf never');
     proc.kill();

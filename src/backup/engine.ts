@@ -13,7 +13,13 @@ import { checkBucket } from '../s3/client';
 import { MIN_PART_SIZE, ObjectStore } from '../s3/store';
 import { ENGINE_NAME, ENGINE_VERSION } from '../version';
 import { formatBytes } from '../format';
-import { CommandSink, TailCollector, commandFailure, runCommand } from '../workload/command';
+import {
+  CommandSink,
+  TailCollector,
+  commandFailure,
+  fileExists,
+  runCommand,
+} from '../workload/command';
 import { MANIFEST_SUFFIX, OBJECT_SUFFIX, defaultBackupId, validateBackupId } from './ids';
 import { MANIFEST_FORMAT, MANIFEST_VERSION, type Manifest, parseManifest } from './manifest';
 import { readServerIdentity } from './identity';
@@ -637,12 +643,7 @@ export class BackupEngine {
 
   private async removeOneTimeKeys(): Promise<number | undefined> {
     const db = `${this.dataDir}/homeserver.db`;
-    const exists = await runCommand(
-      this.options.workload,
-      ['sh', '-c', '[ -f "$1" ] && echo yes || true', 'synapse-backup', db],
-      `checking ${db}`,
-    );
-    if (exists.trim() !== 'yes') return undefined;
+    if (!(await fileExists(this.options.workload, db))) return undefined;
     const out = await runCommand(
       this.options.workload,
       removeOneTimeKeysCommand(db),

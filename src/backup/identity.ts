@@ -1,7 +1,7 @@
 import { parse } from 'yaml';
-import { runCommand } from '../workload/command';
+import { fileExists, runCommand } from '../workload/command';
 import type { Workload } from '../workload/workload';
-import { fileExistsCommand, readSmallFileCommand } from './workload-scripts';
+import { readSmallFileCommand } from './workload-scripts';
 
 /** Which Synapse a data dir belongs to, as recorded in manifests and checked before restores. */
 export interface ServerIdentity {
@@ -11,8 +11,7 @@ export interface ServerIdentity {
 }
 
 async function readIfExists(workload: Workload, path: string): Promise<string | undefined> {
-  const exists = await runCommand(workload, fileExistsCommand(path), `checking ${path}`);
-  if (exists.trim() !== 'yes') return undefined;
+  if (!(await fileExists(workload, path))) return undefined;
   return runCommand(workload, readSmallFileCommand(path), `reading ${path}`);
 }
 

@@ -130,11 +130,6 @@ export function removeOneTimeKeysCommand(dbPath: string): string[] {
   ];
 }
 
-/** Prints `yes` when a file exists. */
-export function fileExistsCommand(path: string): string[] {
-  return sh(['[ -f "$1" ] && echo yes || true'], path);
-}
-
 /** Prints a small file (homeserver.yaml, a signing key), at most 1 MiB. */
 export function readSmallFileCommand(path: string): string[] {
   return ['head', '-c', '1048576', '--', path];

@@ -2,7 +2,6 @@
  * The synapse charm: maps Juju events to the workload and the unit status,
  * and actions to the backup engine.
  */
-import { dirname } from 'node:path';
 import { BackupEngine } from '../backup/engine';
 import type { Progress } from '../backup/types';
 import { BackupError, errorMessage } from '../errors';
@@ -15,7 +14,13 @@ import {
   type StatusName,
 } from '../juju/hook-tools';
 import { checkBucket } from '../s3/client';
-import { PebbleWorkload } from '../workload/pebble';
+import {
+  type WorkloadMode,
+  WorkloadModeError,
+  loadWorkload,
+  parseWorkloadMode,
+  quotedList,
+} from '../workload/factory';
 import type { Workload } from '../workload/workload';
 import { ActionFailure, type ActionContext, type ActionHandler } from './actions/context';
 import { createBackup } from './actions/create-backup';
@@ -31,7 +36,7 @@ import {
   requestedBucket,
   resolveBackupSetup,
 } from './backup-setup';
-import { parseCharmConfig, type CharmConfig } from './config';
+import { WORKLOAD_EXEC_MODES, parseCharmConfig, type CharmConfig } from './config';
 import { CONTAINER_NAME, type Overrides } from './overrides';
 import { reconcileSynapse, type SynapseContainer, type WorkloadState } from './synapse';
 
@@ -258,37 +263,32 @@ export class SynapseCharm {
 
   /**
    * Backups reach the container through Pebble unless workload-exec=kubernetes
-   * asks for the Kubernetes exec API (which needs `juju trust`). The Kubernetes
-   * client is loaded only then: it is large and most hooks never need it.
-   * With Pebble, the archive (create's and restore's) goes over a unix socket
-   * in the directory Juju mounts in both containers, and through Pebble's
-   * websocket when that socket cannot be set up (said in the action's log) or
-   * when workload-exec=pebble-relay.
+   * asks for the Kubernetes exec API (which needs `juju trust`; its client is
+   * loaded only then). With Pebble, the archive (create's and restore's) goes
+   * over a unix socket in the directory Juju mounts in both containers, and
+   * through Pebble's websocket when that socket cannot be set up (said in the
+   * action's log) or when workload-exec=pebble-relay. See workload/factory.ts.
    */
   private async backupWorkload(config: CharmConfig): Promise<Workload> {
-    const mode = config.workloadExec ?? 'pebble';
-    if (mode === 'pebble-relay') return this.workload;
-    if (mode === 'pebble' || mode === 'pebble-direct') {
-      return new PebbleWorkload({
-        socketPath: this.overrides.pebbleSocket,
-        sharedDir: {
-          local: dirname(this.overrides.pebbleSocket),
-          workload: this.overrides.workloadSharedDir,
-        },
-        onDirectStreamUnavailable: (reason) => this.directStreamUnavailable(reason),
-      });
-    }
-    if (mode !== 'kubernetes') {
+    let mode: WorkloadMode;
+    try {
+      mode = parseWorkloadMode(config.workloadExec, WORKLOAD_EXEC_MODES);
+    } catch (err) {
+      if (!(err instanceof WorkloadModeError)) throw err;
       throw new ActionFailure(
-        `workload-exec "${mode}" is not valid: use "pebble", "pebble-relay" or "kubernetes" (juju config ${this.ctx.appName} workload-exec=pebble)`,
+        `workload-exec "${err.mode}" is not valid: use ${quotedList(err.allowed)} (juju config ${this.ctx.appName} workload-exec=pebble)`,
       );
     }
-    const { KubernetesWorkload } = await import('../workload/kubernetes');
-    return KubernetesWorkload.fromCluster({
-      appName: this.ctx.appName,
-      unitNumber: Number(this.ctx.unitName.split('/')[1]),
-      container: CONTAINER_NAME,
-      modelName: this.ctx.modelName,
+    return loadWorkload(mode, {
+      pebbleSocket: this.overrides.pebbleSocket,
+      workloadSharedDir: this.overrides.workloadSharedDir,
+      onDirectStreamUnavailable: (reason) => this.directStreamUnavailable(reason),
+      kubernetes: {
+        appName: this.ctx.appName,
+        unitNumber: Number(this.ctx.unitName.split('/')[1]),
+        container: CONTAINER_NAME,
+        modelName: this.ctx.modelName,
+      },
     });
   }
 

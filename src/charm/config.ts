@@ -1,4 +1,16 @@
 /** The charm's config options (config.yaml), read with config-get. */
+import type { WorkloadMode } from '../workload/factory';
+
+/**
+ * The transports `workload-exec` may name (config.yaml), in the order its
+ * message lists them; `pebble-direct` is an alias of `pebble`, and `local`
+ * is the CLI's (see workload/factory.ts, which validates the name).
+ */
+export const WORKLOAD_EXEC_MODES: readonly WorkloadMode[] = [
+  'pebble',
+  'pebble-relay',
+  'kubernetes',
+];
 
 export interface CharmConfig {
   serverName?: string;
@@ -14,7 +26,7 @@ export interface CharmConfig {
   backupPassphrase?: string;
   /** e.g. keep-last=7,keep-days=30; unset keeps every backup. */
   backupRetention?: string;
-  /** How backups reach the container: pebble (default), pebble-direct or kubernetes. */
+  /** How backups reach the container: a WORKLOAD_EXEC_MODES name or an alias; unset is pebble. */
   workloadExec?: string;
 }
 

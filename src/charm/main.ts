@@ -5,7 +5,7 @@
 import { errorMessage } from '../errors';
 import { parseJujuContext } from '../juju/context';
 import { HookTools } from '../juju/hook-tools';
-import { PebbleWorkload } from '../workload/pebble';
+import { createWorkload } from '../workload/factory';
 import { SynapseCharm } from './charm';
 import { loadOverrides } from './overrides';
 
@@ -22,7 +22,7 @@ async function main(crash: CrashState): Promise<number> {
       crash.report = reportCrash(tools, ctx.actionName, err);
     });
     const overrides = loadOverrides();
-    const workload = new PebbleWorkload({ socketPath: overrides.pebbleSocket });
+    const workload = createWorkload('pebble-relay', { pebbleSocket: overrides.pebbleSocket });
     return await new SynapseCharm({ ctx, tools, overrides, workload }).dispatch();
   } catch (err) {
     // Juju keeps a hook's stderr in the unit log.

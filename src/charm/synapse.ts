@@ -5,7 +5,8 @@
  */
 import { parse as parseYaml, stringify } from 'yaml';
 import { errorMessage } from '../errors';
-import type { ExecOptions, Workload } from '../workload/workload';
+import { execCollect, fileExists } from '../workload/command';
+import type { Workload } from '../workload/workload';
 import { SERVICE_NAME, type Overrides } from './overrides';
 
 /** What the charm needs from the container (PebbleWorkload provides it). */
@@ -19,37 +20,6 @@ export type WorkloadState =
   | { kind: 'blocked'; message: string; detail?: string }
   | { kind: 'starting'; message: string; detail?: string }
   | { kind: 'up'; message: string };
-
-export interface CommandResult {
-  exitCode: number | null;
-  stdout: string;
-  stderr: string;
-}
-
-/** Runs a short command in the container and collects its output (capped at 1 MiB each). */
-export async function execCollect(
-  workload: Workload,
-  options: Omit<ExecOptions, 'stdin'>,
-): Promise<CommandResult> {
-  const proc = workload.exec({ ...options, stdin: false });
-  const collect = (stream: NodeJS.ReadableStream) =>
-    new Promise<string>((resolve) => {
-      const chunks: Buffer[] = [];
-      let size = 0;
-      stream.on('data', (c: Buffer) => {
-        if (size < 1024 * 1024) chunks.push(c);
-        size += c.length;
-      });
-      stream.on('end', () => resolve(Buffer.concat(chunks).toString('utf8')));
-      stream.on('error', () => resolve(Buffer.concat(chunks).toString('utf8')));
-    });
-  const [stdout, stderr, status] = await Promise.all([
-    collect(proc.stdout),
-    collect(proc.stderr),
-    proc.wait(),
-  ]);
-  return { exitCode: status.exitCode, stdout, stderr };
-}
 
 function tail(text: string, lines = 3): string {
   return text.trim().split('\n').filter(Boolean).slice(-lines).join('; ');
@@ -124,8 +94,7 @@ export async function reconcileSynapse(
     };
   }
   try {
-    const exists = await execCollect(workload, { command: ['test', '-f', overrides.configPath] });
-    if (exists.exitCode !== 0) {
+    if (!(await fileExists(workload, overrides.configPath))) {
       await hooks.progress(`generating ${overrides.configPath}`);
       const gen = await execCollect(workload, {
         command: overrides.generateCommand,
@@ -138,8 +107,7 @@ export async function reconcileSynapse(
           message: `generating ${overrides.configPath} failed (exit ${gen.exitCode}): ${tail(gen.stderr || gen.stdout)}`,
         };
       }
-      const again = await execCollect(workload, { command: ['test', '-f', overrides.configPath] });
-      if (again.exitCode !== 0) {
+      if (!(await fileExists(workload, overrides.configPath))) {
         return {
           kind: 'blocked',
           message: `the image's generate step did not write ${overrides.configPath}`,

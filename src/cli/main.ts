@@ -7,9 +7,7 @@ import type { EngineOptions, Progress } from '../backup/types';
 import { BackupError, ConfigError, errorMessage, redact } from '../errors';
 import { describeForCli } from './remedy';
 import { parseS3Settings } from '../s3/settings';
-import { LocalWorkload } from '../workload/local';
-import { PebbleWorkload } from '../workload/pebble';
-import type { Workload } from '../workload/workload';
+import { createWorkload } from '../workload/factory';
 import { formatBytes, formatBackupTable } from '../format';
 import { describeRetention } from '../backup/retention';
 
@@ -195,21 +193,15 @@ function engineFor(
   if (values['workload-dir'] && !direct) {
     throw new ConfigError('--workload-dir goes with --direct');
   }
-  const workload: Workload = values['pebble-socket']
-    ? new PebbleWorkload({
-        socketPath: values['pebble-socket'],
-        sharedDir: direct
-          ? {
-              local: path.dirname(values['pebble-socket']),
-              workload: values['workload-dir'] ?? path.dirname(values['pebble-socket']),
-            }
-          : undefined,
-        onDirectStreamUnavailable: (reason) =>
-          process.stderr.write(
-            `synapse-backup: warning: the archive comes through Pebble's websocket instead: ${reason}\n`,
-          ),
-      })
-    : new LocalWorkload();
+  const pebbleMode = direct ? 'pebble' : 'pebble-relay';
+  const workload = createWorkload(values['pebble-socket'] ? pebbleMode : 'local', {
+    pebbleSocket: values['pebble-socket'],
+    workloadSharedDir: values['workload-dir'],
+    onDirectStreamUnavailable: (reason) =>
+      process.stderr.write(
+        `synapse-backup: warning: the archive comes through Pebble's websocket instead: ${reason}\n`,
+      ),
+  });
   const partMiB = wholeNumber(values['part-size'], 'part-size');
   const needsPassphrase = !['list', 'delete', 'prune'].includes(command);
   const options: EngineOptions = {

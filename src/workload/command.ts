@@ -1,5 +1,6 @@
 import type { Readable } from 'node:stream';
 import { Writable } from 'node:stream';
+import { finished } from 'node:stream/promises';
 import { WorkloadCommandError } from '../errors';
 import type { ExecOptions, ExecProcess, ExitStatus, Workload } from './workload';
 
@@ -158,17 +159,74 @@ function writeAll(proc: ExecProcess, chunk: Buffer): Promise<void> {
   });
 }
 
-/** Runs a command to completion, collecting stdout (small outputs only). */
+/** What a short command said and how it ended (see execCollect). */
+export interface CommandResult {
+  /** Exit code, or null when it was killed by a signal (`status.signal`). */
+  exitCode: number | null;
+  status: ExitStatus;
+  /** Its stdout as UTF-8: the first MiB (whole chunks until 1 MiB is reached). */
+  stdout: string;
+  /** The last 16 KiB of its stderr as UTF-8, trimmed (what error messages quote). */
+  stderr: string;
+}
+
+/** Bytes of stdout execCollect keeps; the rest is read and dropped. */
+const COLLECT_STDOUT_BYTES = 1024 * 1024;
+
+/**
+ * Runs a short command in the workload with its stdin closed, and collects its
+ * output. Resolves whatever the exit status; rejects when the transport fails
+ * (the workload's `wait()` rejects: Pebble unreachable, a dropped connection).
+ */
+export async function execCollect(
+  workload: Workload,
+  options: Omit<ExecOptions, 'stdin'>,
+): Promise<CommandResult> {
+  const proc = workload.exec({ ...options, stdin: false });
+  const stderr = new TailCollector(proc.stderr);
+  const chunks: Buffer[] = [];
+  let size = 0;
+  proc.stdout.on('data', (chunk: Buffer) => {
+    if (size < COLLECT_STDOUT_BYTES) chunks.push(chunk);
+    size += chunk.length;
+  });
+  // A stdout that fails also fails wait(), which says why.
+  const stdoutDone = finished(proc.stdout).catch(() => undefined);
+  const [status] = await Promise.all([proc.wait(), stdoutDone]);
+  return {
+    exitCode: status.exitCode,
+    status,
+    stdout: Buffer.concat(chunks).toString('utf8'),
+    stderr: stderr.text(),
+  };
+}
+
+/**
+ * Runs a command to completion and returns its stdout (see execCollect: the first MiB).
+ * Throws WorkloadCommandError (commandFailure: `<what> exited with status N: <stderr>`)
+ * when it does not exit 0.
+ */
 export async function runCommand(
   workload: Workload,
   command: string[],
   what: string,
 ): Promise<string> {
-  const proc = workload.exec({ command, stdin: false });
-  const stderr = new TailCollector(proc.stderr);
-  const chunks: Buffer[] = [];
-  proc.stdout.on('data', (chunk: Buffer) => chunks.push(chunk));
-  const status = await proc.wait();
-  if (status.exitCode !== 0) throw commandFailure(what, status, stderr.text());
-  return Buffer.concat(chunks).toString('utf8');
+  const result = await execCollect(workload, { command });
+  if (result.exitCode !== 0) throw commandFailure(what, result.status, result.stderr);
+  return result.stdout;
+}
+
+/**
+ * Whether `path` is a regular file in the workload (POSIX sh's `[ -f ]`; the path
+ * reaches the script as $1, never as script text). Throws WorkloadCommandError
+ * when sh itself fails.
+ */
+export async function fileExists(workload: Workload, path: string): Promise<boolean> {
+  const script = '[ -f "$1" ] && echo yes || true';
+  const out = await runCommand(
+    workload,
+    ['sh', '-c', script, 'synapse-backup', path],
+    `checking ${path}`,
+  );
+  return out.trim() === 'yes';
 }

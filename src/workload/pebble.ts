@@ -4,6 +4,7 @@ import {
   DirectStreamProcess,
   type DirectStreamUnavailable,
   type SharedDir,
+  removeStaleSockets,
 } from './pebble/direct-stream';
 import { PebbleExecProcess } from './pebble/exec';
 import type { ExecOptions, ExecProcess, ServiceStatus, Workload } from './workload';
@@ -70,6 +71,16 @@ export class PebbleWorkload implements Workload {
       { what: `cannot get the status of services ${names.join(', ') || '(all)'}` },
     );
     return services.map(({ name, current }) => ({ name, current }));
+  }
+
+  /**
+   * Removes the archive sockets that runs killed before they could clean up
+   * (a charm killed with SIGKILL mid-create) left in the shared dir's local
+   * side: those that refuse connections; a live run's socket stays. Returns
+   * their file names. Without a shared dir there are none: returns [].
+   */
+  async removeStale(): Promise<string[]> {
+    return this.sharedDir ? removeStaleSockets(this.sharedDir.local) : [];
   }
 
   /** Adds (or, with `combine`, merges into) the configuration layer `label`. */

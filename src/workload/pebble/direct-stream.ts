@@ -2,13 +2,24 @@ import { randomBytes, timingSafeEqual } from 'node:crypto';
 import { promises as fsp } from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
-import { PassThrough, Readable, Writable } from 'node:stream';
-import { finished } from 'node:stream/promises';
+import { PassThrough, Readable } from 'node:stream';
 import { BackupError, errorMessage } from '../../errors';
+import { KILLED } from '../remote-process';
 import { deferred, destroyQuietly } from '../settling';
 import type { ExecOptions, ExecProcess, ExitStatus } from '../workload';
 import { PebbleRefusedError, type PebbleClient } from './client';
 import { PebbleExecProcess } from './exec';
+import {
+  type DirectStream,
+  TOKEN_BYTES,
+  TOKEN_ENV,
+  UNAVAILABLE_STATUS,
+  WrapperStderr,
+  connectAndExec,
+} from './direct-wrapper';
+
+export type { DirectStream } from './direct-wrapper';
+import { LateReadable, LateWritable } from './late-streams';
 
 /** A directory both containers see: in Juju, the Pebble socket's (see PebbleWorkloadOptions). */
 export interface SharedDir {
@@ -18,53 +29,15 @@ export interface SharedDir {
   workload: string;
 }
 
-/** Which of the command's streams goes over the socket. */
-export type DirectStream = 'stdin' | 'stdout';
-
 /** Why a stream could not go directly; it goes through Pebble's relay instead. */
 export type DirectStreamUnavailable = (reason: string) => void;
 
-const TOKEN_BYTES = 32;
-const TOKEN_ENV = 'SYNAPSE_BACKUP_OUTPUT_TOKEN';
-/**
- * The wrapper's exit status when it cannot connect, before the command has
- * started: the command is then run again through Pebble's relay.
- */
-const UNAVAILABLE_STATUS = 86;
-/**
- * The wrapper's first line on stderr once it has sent the token: Pebble delivers
- * stderr before the exit status, so a status that arrives before the connection is
- * read does not pass for a command that never connected. Removed from stderr.
- */
-const CONNECTED_MARKER = 'synapse-backup: connected';
 /** How long a command that said it connected may take to be seen connecting. */
 const CONNECT_GRACE_MS = 10_000;
-const KILLED: ExitStatus = { exitCode: null, signal: 'SIGKILL' };
 const SOCKET_NAME = /^\.synapse-backup-[0-9a-f]{16}\.sock$/;
 
-/**
- * Run in the workload before the command: connects to our socket, proves it is the
- * command we started (the token comes in its environment, which other users cannot
- * read), makes the connection its stdin or stdout and becomes the command.
- */
-function connectAndExec(stream: DirectStream): string {
-  const [fd, buffer] = stream === 'stdout' ? [1, 'SO_SNDBUF'] : [0, 'SO_RCVBUF'];
-  return [
-    'import os, socket, sys',
-    'try:',
-    '    s = socket.socket(socket.AF_UNIX)',
-    `    s.setsockopt(socket.SOL_SOCKET, socket.${buffer}, 1 << 20)`,
-    '    s.connect(sys.argv[1])',
-    `    s.sendall(bytes.fromhex(os.environ.pop('${TOKEN_ENV}')))`,
-    'except OSError as e:',
-    "    sys.stderr.write('cannot connect to %s in the workload: %s' % (sys.argv[1], e))",
-    `    sys.exit(${UNAVAILABLE_STATUS})`,
-    `os.write(2, b'${CONNECTED_MARKER}\\n')`,
-    `os.dup2(s.fileno(), ${fd})`,
-    's.close()',
-    'os.execvp(sys.argv[2], sys.argv[2:])',
-  ].join('\n');
-}
+/** How a run with the direct socket ended: with a status, or unable to use the socket. */
+type Outcome = { status: ExitStatus } | { unavailable: string };
 
 /**
  * A command whose bulk stream (create's archive on stdout, restore's on stdin)
@@ -149,10 +122,7 @@ export class DirectStreamProcess implements ExecProcess {
   }
 
   /** The command behind the wrapper that connects it to our socket. */
-  private async runConnected(
-    client: PebbleClient,
-    options: ExecOptions,
-  ): Promise<{ status: ExitStatus } | { unavailable: string }> {
+  private async runConnected(client: PebbleClient, options: ExecOptions): Promise<Outcome> {
     const inner = new PebbleExecProcess(
       client,
       {
@@ -170,75 +140,48 @@ export class DirectStreamProcess implements ExecProcess {
       options.command[0],
     );
     this.inner = inner;
-    // Until the command connects, stderr (and stdout) are the wrapper's: held back, so
-    // that a fallback to the relay does not pass them off as the command's.
-    const held: Buffer[] = [];
-    let forwarding = false;
-    const marker = Buffer.from(`${CONNECTED_MARKER}\n`);
-    let head: Buffer | null = Buffer.alloc(0); // until the marker is found or ruled out
-    let saidConnected = false;
-    const take = (chunk: Buffer): void => {
-      if (chunk.length === 0) return;
-      if (forwarding) this.stderr.write(chunk);
-      else held.push(chunk);
-    };
-    inner.stderr.on('data', (chunk: Buffer) => {
-      if (head === null) return take(chunk);
-      head = Buffer.concat([head, chunk]);
-      if (head.length < marker.length && marker.subarray(0, head.length).equals(head)) return;
-      saidConnected = head.subarray(0, marker.length).equals(marker);
-      const rest = saidConnected ? head.subarray(marker.length) : head;
-      head = null;
-      take(rest);
-    });
-    const stderrDone = finished(inner.stderr)
-      .catch(() => undefined)
-      .then(() => {
-        if (head) take(head);
-        head = null;
-      });
-    const forward = (): void => {
-      if (forwarding) return;
-      forwarding = true;
-      for (const chunk of held.splice(0)) this.stderr.write(chunk);
-    };
-    if (this.stream === 'stdout') {
-      inner.stdout.resume(); // nothing comes this way: fd 1 is the socket
-    }
+    const stderr = new WrapperStderr(inner.stderr, this.stderr);
+    if (this.stream === 'stdout') inner.stdout.resume(); // nothing comes this way: fd 1 is the socket
     this.onConnected = () => {
-      forward();
+      stderr.forward();
       if (this.stream === 'stdin') this.stdout.attach(inner.stdout);
     };
-    const unavailable = (reason: string) => {
-      this.onConnected = () => undefined;
-      held.length = 0;
-      inner.stdout.resume();
-      return { unavailable: reason };
-    };
-
     let status: ExitStatus;
     try {
       status = await inner.wait();
     } catch (err) {
-      if (
-        !this.connected &&
-        !this.killed &&
-        err instanceof PebbleRefusedError &&
-        err.request === 'POST /v1/exec'
-      ) {
-        // Pebble is there but would not start the wrapper (no python3 in the image).
-        return unavailable(err.message);
-      }
-      // Pebble failed (unreachable, dropped, restarted): the exit status is lost, so the
-      // output cannot be trusted to be whole, and a command still using the socket gets EPIPE.
-      destroyQuietly(this.stdout, err as Error);
-      destroyQuietly(this.stdin, err as Error);
-      forward();
-      this.stderr.end();
-      throw err;
+      return this.wrapperFailed(err as Error, inner, stderr);
     }
-    await stderrDone;
-    if (!this.connected && saidConnected && !this.killed) {
+    await stderr.done;
+    return this.wrapperExited(status, inner, stderr);
+  }
+
+  /** Pebble failed the wrapper: not there to start it (the relay may do), or lost mid-way. */
+  private wrapperFailed(err: Error, inner: PebbleExecProcess, stderr: WrapperStderr): Outcome {
+    if (
+      !this.connected &&
+      !this.killed &&
+      err instanceof PebbleRefusedError &&
+      err.request === 'POST /v1/exec'
+    ) {
+      // Pebble is there but would not start the wrapper (no python3 in the image).
+      return this.unavailable(err.message, inner, stderr);
+    }
+    // Pebble failed (unreachable, dropped, restarted): the exit status is lost, so the
+    // output cannot be trusted to be whole, and a command still using the socket gets EPIPE.
+    destroyQuietly(this.stdout, err);
+    destroyQuietly(this.stdin, err);
+    stderr.forward();
+    this.stderr.end();
+    throw err;
+  }
+
+  private async wrapperExited(
+    status: ExitStatus,
+    inner: PebbleExecProcess,
+    stderr: WrapperStderr,
+  ): Promise<Outcome> {
+    if (!this.connected && stderr.saidConnected && !this.killed) {
       // It connected and sent the token; reading them lost the race with the status.
       await Promise.race([
         this.connection.promise,
@@ -246,10 +189,14 @@ export class DirectStreamProcess implements ExecProcess {
       ]);
     }
     if (!this.connected && !this.killed && status.exitCode === UNAVAILABLE_STATUS) {
-      const said = Buffer.concat(held).toString().trim();
-      return unavailable(said || `the wrapper exited with status ${UNAVAILABLE_STATUS}`);
+      const said = stderr.heldText();
+      return this.unavailable(
+        said || `the wrapper exited with status ${UNAVAILABLE_STATUS}`,
+        inner,
+        stderr,
+      );
     }
-    forward();
+    stderr.forward();
     this.stderr.end();
     if (!this.connected) {
       // Never connected, and not for want of a socket: the wrapper itself failed.
@@ -262,6 +209,14 @@ export class DirectStreamProcess implements ExecProcess {
       else this.stdout.attach(Readable.from([]));
     }
     return { status };
+  }
+
+  /** The command has not started: what the wrapper said is dropped, and the relay runs it. */
+  private unavailable(reason: string, inner: PebbleExecProcess, stderr: WrapperStderr): Outcome {
+    this.onConnected = () => undefined;
+    stderr.discard();
+    inner.stdout.resume();
+    return { unavailable: reason };
   }
 
   /** Runs the command through Pebble's websocket relay, after saying why. */
@@ -382,81 +337,4 @@ export async function removeStaleSockets(dir: string): Promise<string[]> {
     }
   }
   return removed;
-}
-
-/** A Readable whose source comes later: the connected socket, or the relay's stream. */
-class LateReadable extends Readable {
-  private source: Readable | null = null;
-
-  constructor() {
-    super({ highWaterMark: 256 * 1024 });
-  }
-
-  attach(source: Readable, head: Buffer = Buffer.alloc(0)): void {
-    this.source = source;
-    if (this.destroyed) {
-      source.destroy();
-      return;
-    }
-    if (head.length > 0) this.push(head);
-    source.on('data', (chunk: Buffer) => {
-      if (!this.push(chunk)) source.pause();
-    });
-    source.on('end', () => this.push(null));
-    source.on('error', (err) => destroyQuietly(this, err));
-    source.resume();
-  }
-
-  override _read(): void {
-    this.source?.resume();
-  }
-
-  override _destroy(err: Error | null, callback: (err?: Error | null) => void): void {
-    this.source?.destroy();
-    callback(err);
-  }
-}
-
-/**
- * A Writable whose destination comes later: the connected socket, or the
- * relay's stdin. Writes wait for it, and each waits until the destination has
- * taken it (the socket's backpressure).
- */
-class LateWritable extends Writable {
-  private dest: Writable | null = null;
-  private readonly ready = deferred<Writable>();
-
-  constructor() {
-    super({ highWaterMark: 1024 * 1024 });
-  }
-
-  attach(dest: Writable): void {
-    this.dest = dest;
-    if (this.destroyed) {
-      dest.destroy();
-      return;
-    }
-    dest.on('error', (err) => destroyQuietly(this, err));
-    this.ready.resolve(dest);
-  }
-
-  override _write(chunk: Buffer, _enc: BufferEncoding, done: (err?: Error | null) => void): void {
-    this.ready.promise.then(
-      (dest) => dest.write(chunk, (err) => done(err ?? null)),
-      (err: Error) => done(err),
-    );
-  }
-
-  override _final(done: (err?: Error | null) => void): void {
-    this.ready.promise.then(
-      (dest) => dest.end(() => done()),
-      (err: Error) => done(err),
-    );
-  }
-
-  override _destroy(err: Error | null, callback: (err?: Error | null) => void): void {
-    this.ready.reject(err ?? new Error('destroyed before the command connected'));
-    this.dest?.destroy();
-    callback(err);
-  }
 }

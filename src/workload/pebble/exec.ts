@@ -1,15 +1,13 @@
-import { Readable, Writable } from 'node:stream';
 import { BackupError } from '../../errors';
-import type { ExecOptions, ExecProcess, ExitStatus } from '../workload';
-import { deferred, destroyQuietly } from '../settling';
+import { KILLED, RemoteOutput, RemoteProcess, type SettleHow } from '../remote-process';
+import { deferred } from '../settling';
+import type { ExecOptions, ExitStatus } from '../workload';
 import type { PebbleChange, PebbleClient } from './client';
 import { UnixWebSocket } from './websocket';
 
-/** The TEXT frame that ends a stream in either direction. */
+/** The TEXT frame that ends a stream in either direction (Pebble: internals/wsutil/wsutil.go). */
 const END_COMMAND = '{"command":"end"}';
 const KILL_COMMAND = JSON.stringify({ command: 'signal', signal: { name: 'SIGKILL' } });
-/** Bytes buffered in each stream before the websocket is paused (Pebble messages are ≤128 KiB). */
-const STREAM_HIGH_WATER_MARK = 256 * 1024;
 /**
  * Input chunks waiting while a message is being sent go out together as one
  * message of up to this size: Pebble's cost is per message (a goroutine hand-off
@@ -18,7 +16,6 @@ const STREAM_HIGH_WATER_MARK = 256 * 1024;
 const STDIN_MESSAGE_BYTES = 1024 * 1024;
 /** How long kill() waits for a still-connecting control websocket before giving up on it. */
 const KILL_GRACE_MS = 2000;
-const KILLED: ExitStatus = { exitCode: null, signal: 'SIGKILL' };
 
 function isEndCommand(text: string): boolean {
   try {
@@ -29,39 +26,33 @@ function isEndCommand(text: string): boolean {
 }
 
 /**
- * One of the command's output streams (stdout on Pebble's "stdio" websocket,
- * or stderr) as a Readable. When the consumer stops reading, the websocket is
- * paused, so Pebble's blocking writes stall and the command blocks on its pipe.
+ * One of the command's output streams: stdout on Pebble's "stdio" websocket,
+ * or stderr on "stderr". Binary messages are the output, the end command ends
+ * it. Pausing the websocket stalls Pebble's blocking writes, and the command.
  */
-class WebsocketOutput extends Readable {
+class WebsocketOutput extends RemoteOutput {
   /** Settles when all output has arrived or the consumer abandoned it; rejects if the websocket failed first. */
   readonly finished = deferred<void>();
   private socket: UnixWebSocket | null = null;
-  private endReceived = false;
-  private abandoned = false;
 
   constructor(
     private readonly streamName: 'stdout' | 'stderr',
     private readonly what: string,
   ) {
-    super({ highWaterMark: STREAM_HIGH_WATER_MARK });
+    super();
   }
 
   attach(socket: UnixWebSocket): void {
     this.socket = socket;
-    if (this.abandoned) socket.terminate();
-    socket.on('binary', (piece) => {
-      if (this.endReceived || this.abandoned) return;
-      if (!this.push(piece)) socket.pause();
-    });
+    if (!this.isOpen) socket.terminate(); // abandoned before it connected
+    socket.on('binary', (piece) => this.deliver(piece));
     socket.on('text', (text) => {
-      if (this.endReceived || this.abandoned || !isEndCommand(text)) return;
-      this.endReceived = true;
-      this.push(null);
+      if (!this.isOpen || !isEndCommand(text)) return;
+      this.finish();
       this.finished.resolve();
     });
     socket.on('close', (code) => {
-      if (this.endReceived || this.abandoned) return;
+      if (!this.isOpen) return;
       this.finished.reject(
         new BackupError(
           'workload',
@@ -73,42 +64,35 @@ class WebsocketOutput extends Readable {
 
   /** Fails the websocket's side of the stream (the websocket reported an error). */
   lost(err: Error): void {
-    if (!this.endReceived && !this.abandoned) this.finished.reject(err);
+    if (this.isOpen) this.finished.reject(err);
   }
 
-  override _read(): void {
+  protected pauseSource(): void {
+    this.socket?.pause();
+  }
+
+  protected resumeSource(): void {
     this.socket?.resume();
   }
 
-  override _destroy(err: Error | null, callback: (err?: Error | null) => void): void {
-    if (!this.endReceived) {
-      // The consumer gave up on the output: drop the connection, as closing a
-      // pipe's read end would, and let the command meet EPIPE.
-      this.abandoned = true;
-      this.socket?.terminate();
-      this.finished.resolve();
-    }
-    callback(err);
+  protected abandonSource(): void {
+    this.socket?.terminate();
+    this.finished.resolve();
   }
 }
 
 /**
- * A command run through Pebble's exec API: `POST /v1/exec`, then websockets
- * "control", "stdio" (stdin and stdout) and "stderr" for the task, then
- * `GET /v1/changes/<id>/wait` for the exit code.
+ * A command run through Pebble's exec API (Pebble: internals/daemon/api_exec.go,
+ * client/exec.go): `POST /v1/exec`, then websockets "control", "stdio" (stdin
+ * and stdout) and "stderr" for the task, then `GET /v1/changes/<id>/wait` for
+ * the exit code (the task's `exit-code` data).
  */
-export class PebbleExecProcess implements ExecProcess {
-  readonly stdin: Writable | null;
-  private readonly output: { stdout: WebsocketOutput; stderr: WebsocketOutput };
-
-  private readonly what: string;
-  private readonly outcome = deferred<ExitStatus>();
-  private readonly stdioOpen = deferred<UnixWebSocket>();
+export class PebbleExecProcess extends RemoteProcess<UnixWebSocket> {
+  readonly stdout: WebsocketOutput;
+  readonly stderr: WebsocketOutput;
   private readonly abortWait = new AbortController();
   private sockets: { control: UnixWebSocket; stdio: UnixWebSocket; stderr: UnixWebSocket } | null =
     null;
-  private settled = false;
-  private killed = false;
 
   /** `name`: the command's name in messages, when `options.command` wraps it. */
   constructor(
@@ -116,50 +100,17 @@ export class PebbleExecProcess implements ExecProcess {
     private readonly options: ExecOptions,
     name = options.command[0],
   ) {
-    this.what = `cannot run ${JSON.stringify(name)} in the workload`;
-    this.output = {
-      stdout: new WebsocketOutput('stdout', this.what),
-      stderr: new WebsocketOutput('stderr', this.what),
-    };
-    this.stdin = options.stdin
-      ? new Writable({
-          highWaterMark: STREAM_HIGH_WATER_MARK,
-          write: (chunk: Buffer, _encoding, callback) => this.sendStdin(chunk, callback),
-          writev: (chunks, callback) => this.sendStdinBatch(chunks, callback),
-          final: (callback) => this.sendStdin(END_COMMAND, callback),
-        })
-      : null;
+    super(
+      `cannot run ${JSON.stringify(name)} in the workload`,
+      'Pebble',
+      options.stdin ? { maxMessageBytes: STDIN_MESSAGE_BYTES, splitChunks: false } : null,
+    );
+    this.stdout = new WebsocketOutput('stdout', this.what);
+    this.stderr = new WebsocketOutput('stderr', this.what);
     this.run().then(
       (status) => this.settle(status),
       (err: Error) => this.settle(err),
     );
-  }
-
-  get stdout(): Readable {
-    return this.output.stdout;
-  }
-
-  get stderr(): Readable {
-    return this.output.stderr;
-  }
-
-  wait(): Promise<ExitStatus> {
-    return this.outcome.promise;
-  }
-
-  kill(): void {
-    if (this.settled) return;
-    this.killed = true;
-    this.settle(KILLED);
-    const control = this.sockets?.control;
-    if (!control) return; // run() sees `killed` and never connects: the command never starts
-    // Pebble also SIGKILLs the command when the control websocket drops
-    // abnormally, so tearing down is enough if the signal cannot be sent.
-    const sendSignal = () => control.send(KILL_COMMAND, () => this.teardown());
-    if (control.state === 'open') sendSignal();
-    else if (control.state === 'connecting') control.once('open', sendSignal);
-    else this.teardown();
-    setTimeout(() => this.teardown(), KILL_GRACE_MS).unref();
   }
 
   private async run(): Promise<ExitStatus> {
@@ -169,35 +120,29 @@ export class PebbleExecProcess implements ExecProcess {
       '/v1/exec',
       {
         what: this.what,
-        body: {
-          command,
-          environment,
-          'working-dir': workingDir,
-          'split-stderr': true,
-        },
+        body: { command, environment, 'working-dir': workingDir, 'split-stderr': true },
       },
     );
-    if (this.killed) return KILLED;
+    if (this.killed) return KILLED; // never connect: the command never starts
 
     // Pebble starts the command once "stdio" and "stderr" are connected, and
     // gives up if they are not within 5 seconds: connect at once.
     const taskPath = `/v1/tasks/${encodeURIComponent(result['task-id'])}/websocket`;
-    const { stdout: stdoutOutput, stderr: stderrOutput } = this.output;
-    const stdio = this.connect(`${taskPath}/stdio`, stdoutOutput);
-    const stderr = this.connect(`${taskPath}/stderr`, stderrOutput);
+    const stdio = this.connect(`${taskPath}/stdio`, this.stdout);
+    const stderr = this.connect(`${taskPath}/stderr`, this.stderr);
     const control = this.connect(`${taskPath}/control`, null);
     this.sockets = { control, stdio, stderr };
-    stdoutOutput.attach(stdio);
-    stderrOutput.attach(stderr);
+    this.stdout.attach(stdio);
+    this.stderr.attach(stderr);
     stdio.once('open', () => {
-      this.stdioOpen.resolve(stdio);
+      this.connection.resolve(stdio);
       if (!this.stdin) stdio.send(END_COMMAND, () => undefined);
     });
 
     const [change] = await Promise.all([
       this.client.waitChange(changeId, this.what, this.abortWait.signal),
-      stdoutOutput.finished.promise,
-      stderrOutput.finished.promise,
+      this.stdout.finished.promise,
+      this.stderr.finished.promise,
     ]);
     return this.exitStatus(change);
   }
@@ -214,78 +159,42 @@ export class PebbleExecProcess implements ExecProcess {
   private exitStatus(change: PebbleChange): ExitStatus {
     const exitCode = change.tasks?.[0]?.data?.['exit-code'];
     if (typeof exitCode === 'number' && exitCode >= 0) return { exitCode };
-    throw new BackupError(
-      'workload',
-      `${this.what}: ${change.err ? `Pebble reports: ${change.err}` : 'Pebble reported no exit code'}`,
+    throw this.failure(
+      change.err ? `Pebble reports: ${change.err}` : 'Pebble reported no exit code',
     );
   }
 
-  /** A Buffer goes out as a binary message, a string as a text message. */
-  private sendStdin(data: Buffer | string, callback: (err?: Error | null) => void): void {
-    this.stdioOpen.promise.then(
-      (socket) => socket.send(data, (err) => callback(err ? this.inputError(err) : null)),
-      (err: Error) => callback(err),
-    );
-  }
-
-  /** Chunks that queued up while the previous message was sent: one message per MiB. */
-  private sendStdinBatch(
-    chunks: { chunk: Buffer }[],
+  /** One binary message (a Buffer is sent as binary, a string as text). */
+  protected sendInput(
+    socket: UnixWebSocket,
+    pieces: Buffer[],
+    size: number,
     callback: (err?: Error | null) => void,
   ): void {
-    const messages: Buffer[] = [];
-    let batch: Buffer[] = [];
-    let size = 0;
-    for (const { chunk } of chunks) {
-      if (size > 0 && size + chunk.length > STDIN_MESSAGE_BYTES) {
-        messages.push(batch.length === 1 ? batch[0]! : Buffer.concat(batch, size));
-        batch = [];
-        size = 0;
-      }
-      batch.push(chunk);
-      size += chunk.length;
+    socket.send(pieces.length === 1 ? pieces[0]! : Buffer.concat(pieces, size), callback);
+  }
+
+  protected endInput(socket: UnixWebSocket, callback: (err?: Error | null) => void): void {
+    socket.send(END_COMMAND, callback);
+  }
+
+  protected teardown(how: SettleHow): void {
+    if (how !== 'killed') {
+      this.dropConnections();
+      return;
     }
-    if (size > 0) messages.push(batch.length === 1 ? batch[0]! : Buffer.concat(batch, size));
-    const next = (i: number): void => {
-      if (i === messages.length) {
-        callback();
-        return;
-      }
-      this.sendStdin(messages[i]!, (err) => (err ? callback(err) : next(i + 1)));
-    };
-    next(0);
+    const control = this.sockets?.control;
+    if (!control) return; // run() sees `killed` and never connects
+    // Pebble also SIGKILLs the command when the control websocket drops
+    // abnormally, so tearing down is enough if the signal cannot be sent.
+    const sendSignal = () => control.send(KILL_COMMAND, () => this.dropConnections());
+    if (control.state === 'open') sendSignal();
+    else if (control.state === 'connecting') control.once('open', sendSignal);
+    else this.dropConnections();
+    setTimeout(() => this.dropConnections(), KILL_GRACE_MS).unref();
   }
 
-  private inputError(err: Error): BackupError {
-    return new BackupError(
-      'workload',
-      `${this.what}: cannot send its input; it has exited or the connection to Pebble dropped (${err.message})`,
-      { cause: err },
-    );
-  }
-
-  private settle(result: ExitStatus | Error): void {
-    if (this.settled) return;
-    this.settled = true;
-    if (result instanceof Error) {
-      destroyQuietly(this.stdin);
-      destroyQuietly(this.stderr);
-      destroyQuietly(this.stdout, result);
-      this.stdioOpen.reject(result);
-      this.outcome.reject(result);
-    } else {
-      if (this.killed) {
-        destroyQuietly(this.stdin);
-        destroyQuietly(this.stderr);
-        destroyQuietly(this.stdout);
-        this.stdioOpen.reject(new BackupError('workload', `${this.what}: it was killed`));
-      }
-      this.outcome.resolve(result);
-    }
-    if (!this.killed) this.teardown();
-  }
-
-  private teardown(): void {
+  private dropConnections(): void {
     this.abortWait.abort();
     if (!this.sockets) return;
     for (const socket of Object.values(this.sockets)) socket.terminate();

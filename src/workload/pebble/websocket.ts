@@ -1,3 +1,20 @@
+/**
+ * Why our own client and not `ws` (which the Kubernetes transport uses):
+ * measured again once the relay had become only the fallback of the direct
+ * socket (bench/relay-ab.ts: 1 GiB of `head -c 1073741824 /dev/zero` stdout
+ * through a real Pebble 1.26 exec relay, each run pushed into a Readable with
+ * backpressure, runs interleaved; 2 cores shared with other work, load 5):
+ *
+ *   run set  client  wall s (3 runs, median)   Node CPU s (3 runs, median)
+ *   1        ours    3.82 3.21 3.50   (3.50)    0.75 0.62 0.68   (0.68)
+ *   1        ws      4.27 3.97 3.64   (3.97)    1.00 0.99 0.83   (0.99)
+ *   2        ours    3.26 4.05 4.37   (4.05)    0.69 0.66 0.79   (0.69)
+ *   2        ws      3.56 4.11 4.66   (4.11)    0.83 0.87 1.04   (0.87)
+ *
+ * ws took 26-46% more of the engine's CPU (0.2-0.3 s per GiB: it copies each
+ * 128 KiB message that spans socket reads) and 1-13% more wall time; Pebble's
+ * own CPU was alike with either (3.1-4.3 s a run). Over 10% on CPU: ours stays.
+ */
 import { createHash, randomBytes } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import http from 'node:http';
