@@ -25,7 +25,7 @@ import {
   tarExtractCommand,
 } from './selection';
 import { ByteCounter, EndGate, HashingCounter, ProgressTicker } from './stages';
-import { TarScanner, confinedEntryPolicy } from './tar-scanner';
+import { TarScanner, confinedEntryPolicy } from './tar';
 import {
   PREVIOUS_PREFIX,
   STAGING_PREFIX,
