@@ -7,7 +7,7 @@
 import { spawn, spawnSync } from 'node:child_process';
 import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
-import { SNAPSHOT_FAILED_EXIT, tarCreateCommand } from '../src/backup/selection';
+import { SNAPSHOT_FAILED_EXIT, tarCreateCommand } from '../src/backup/scripts';
 import { tmpDir } from './support/peers';
 
 interface Run {

@@ -23,7 +23,7 @@ import {
   SNAPSHOT_FAILED_EXIT,
   tarCreateCommand,
   tarExtractCommand,
-} from './selection';
+} from './scripts';
 import { ByteCounter, EndGate, HashingCounter, ProgressTicker } from './stages';
 import { TarScanner, confinedEntryPolicy } from './tar';
 import {
@@ -37,7 +37,7 @@ import {
   rollbackCommand,
   swapCommand,
   syncCommand,
-} from './workload-scripts';
+} from './scripts';
 import type {
   BackupInfo,
   CreateRequest,

@@ -1,6 +1,6 @@
 import { dirname } from 'node:path';
 import { describeRetention } from '../../backup/retention';
-import { removeLeftoversCommand } from '../../backup/workload-scripts';
+import { removeLeftoversCommand } from '../../backup/scripts';
 import { errorMessage } from '../../errors';
 import { runCommand } from '../../workload/command';
 import { removeStaleSockets } from '../../workload/pebble/direct-stream';
