@@ -9,8 +9,8 @@ import {
   validateFrameLength,
 } from '../crypto/esdk';
 import { BackupError, ConfigError, errorMessage } from '../errors';
-import { checkBucket } from '../s3/client';
 import { MIN_PART_SIZE, ObjectStore } from '../s3/store';
+import type { BackupStore } from './store';
 import { ENGINE_NAME, ENGINE_VERSION } from '../version';
 import { formatBytes } from '../format';
 import { CommandSink, TailCollector, commandFailure, runCommand } from '../workload/command';
@@ -64,7 +64,7 @@ export const DEFAULT_QUEUE_SIZE = 2;
  * pipeline down and cleans up what it left in S3.
  */
 export class BackupEngine {
-  private readonly store: ObjectStore;
+  private readonly store: BackupStore;
   private readonly dataDir: string;
   private readonly frameLength: number;
   private readonly partSize: number;
@@ -89,7 +89,7 @@ export class BackupEngine {
       throw new ConfigError('the upload queue size must be a whole number from 1 to 16');
     }
     this.progressIntervalMs = options.progressIntervalMs ?? 2000;
-    this.store = new ObjectStore(options.s3);
+    this.store = options.store ?? new ObjectStore(options.s3);
   }
 
   close(): void {
@@ -589,7 +589,7 @@ export class BackupEngine {
 
   /** An id that is not there. A missing bucket also answers 404 to HEAD: name that instead. */
   private async notFound(id: string): Promise<BackupError> {
-    await checkBucket(this.options.s3, this.store.client);
+    await this.store.checkBucket();
     return new BackupError(
       'not-found',
       `backup ${id} does not exist in bucket "${this.options.s3.bucket}"; run list-backups to see the ids`,

@@ -1,5 +1,6 @@
 import type { S3Settings } from '../s3/settings';
 import type { Workload } from '../workload/workload';
+import type { BackupStore } from './store';
 
 export interface Progress {
   phase: 'create' | 'restore' | 'verify' | 'decrypt';
@@ -12,6 +13,8 @@ export interface Progress {
 
 export interface EngineOptions {
   s3: S3Settings;
+  /** Where backups are kept. Default: an ObjectStore (S3) on `s3`. */
+  store?: BackupStore;
   passphrase: string;
   workload: Workload;
   /** Synapse's data directory inside the workload. Default /data. */
