@@ -1,5 +1,4 @@
-import { type Readable, Writable } from 'node:stream';
-import { pipeline } from 'node:stream/promises';
+import { Writable } from 'node:stream';
 import {
   DEFAULT_FRAME_LENGTH,
   createDecryptStream,
@@ -24,6 +23,7 @@ import {
   tarCreateCommand,
   tarExtractCommand,
 } from './scripts';
+import { type Consumer, type Stage, runPipeline } from './pipeline';
 import { ByteCounter, EndGate, HashingCounter, ProgressTicker } from './stages';
 import { TarScanner, confinedEntryPolicy } from './tar';
 import {
@@ -154,41 +154,36 @@ export class BackupEngine {
       this.progressIntervalMs,
     );
 
-    let failure: unknown;
-    let uploadFailure: unknown;
-    const fail = (err: unknown): void => {
-      failure ??= err;
-      proc.kill();
-      ciphertext.destroy(err as Error);
+    const upload: Consumer = {
+      consume: (source) =>
+        this.store.upload(objectKey, source, {
+          partSize: this.partSize,
+          queueSize: this.queueSize,
+        }),
     };
-    await Promise.all([
-      pipeline(
+    const stageFailure = await runPipeline(
+      [
         proc.stdout,
         new EndGate(tarSucceeded),
         scanner,
         plaintext,
         createEncryptStream(this.options.passphrase, this.frameLength),
         ciphertext,
-      ).catch(fail),
-      this.store
-        .upload(objectKey, ciphertext, { partSize: this.partSize, queueSize: this.queueSize })
-        .catch((err: unknown) => {
-          uploadFailure = err;
-          fail(err);
-        }),
-    ]);
-    ticker.stop(failure === undefined);
-    if (failure !== undefined && !(failure instanceof BackupError)) {
-      // A bare error is the teardown reaching this side first. An S3 SDK error (it carries
-      // $metadata) came from the upload, whose own error, reported once the upload is aborted,
-      // says what S3 did (tar's status would only say that `fail` killed it); anything else
-      // (premature close) is usually tar dying: its exit status says why.
-      const fromS3 = (failure as { $metadata?: unknown }).$metadata !== undefined;
+      ],
+      { consumer: upload, onFailure: () => proc.kill() },
+    );
+    ticker.stop(stageFailure === undefined);
+    let failure: unknown;
+    if (stageFailure !== undefined) {
+      const { stage, error } = stageFailure;
+      // A BackupError says what failed (tar's status, the scanner, the upload's S3 error);
+      // so does what the upload itself rejected with. A bare error elsewhere is the
+      // teardown of tar dying (premature close): its exit status says why.
       failure =
-        fromS3 && uploadFailure instanceof BackupError
-          ? uploadFailure
+        error instanceof BackupError || stage === upload
+          ? error
           : await tarSucceeded().then(
-              () => failure,
+              () => error,
               (tarError: unknown) => tarError,
             );
     }
@@ -390,23 +385,15 @@ export class BackupEngine {
       this.progressIntervalMs,
     );
     const decrypt = createDecryptStream(this.options.passphrase);
-    const stages: (Readable | Writable)[] = [body as Readable, ciphertext, decrypt];
+    const stages: Stage[] = [body, ciphertext, decrypt];
     if (scanner) stages.push(scanner);
     stages.push(plaintext, sink);
-    // The first stage to fail names the cause; the others only see the teardown.
-    let origin: { stage: Readable | Writable; error: unknown } | undefined;
-    for (const stage of stages) {
-      stage.once('error', (error: unknown) => {
-        origin ??= { stage, error };
-      });
-    }
-    try {
-      await (pipeline as (...streams: (Readable | Writable)[]) => Promise<void>)(...stages);
-    } catch (err) {
+    const failure = await runPipeline(stages);
+    if (failure) {
       ticker.stop(false);
-      const error = origin?.error ?? err;
+      const { stage, error } = failure;
       if (error instanceof BackupError) throw error;
-      if (origin?.stage === decrypt) throw describeDecryptError(error, `backup ${id}`);
+      if (stage === decrypt) throw describeDecryptError(error, `backup ${id}`);
       throw new BackupError('s3', `reading backup ${id} failed: ${errorMessage(error)}`, {
         cause: error,
       });
