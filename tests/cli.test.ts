@@ -282,6 +282,7 @@ describeWithPeers(['minio'])('synapse-backup CLI (built bundle, real MinIO)', ()
     });
     expect(failed.code).toBe(1);
     expect(errorLine(failed)).toContain('backup no-such-backup does not exist');
+    expect(errorLine(failed)).toContain('; run synapse-backup list to see the ids');
     expect(existsSync(path.join(parent.path, 'other'))).toBe(false);
   });
 
@@ -294,6 +295,7 @@ describeWithPeers(['minio'])('synapse-backup CLI (built bundle, real MinIO)', ()
     expect(errorLine(refused)).toContain(
       'backup cli-1 is of server "example.org" but this Synapse is "other.org"',
     );
+    expect(errorLine(refused)).toContain('; if that is what you want, run again with --force');
     expect(await fsp.readdir(dst.path)).toEqual(['homeserver.yaml']);
 
     const run = await cli([
@@ -460,6 +462,9 @@ describeWithPeers(['minio'])('synapse-backup CLI (built bundle, real MinIO)', ()
     const refused = await cli(['restore', '--id', 'legacy', '--data-dir', dst.path]);
     expect(refused.code).toBe(1);
     expect(errorLine(refused)).toContain('backup legacy is incomplete: it has no manifest');
+    expect(errorLine(refused)).toContain(
+      "; if it is an old charm's backup, run again with --allow-no-manifest",
+    );
     expect(await fsp.readdir(dst.path)).toEqual([]);
 
     const run = await cli([

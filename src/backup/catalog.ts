@@ -118,7 +118,14 @@ export async function completeManifest(
     if (allowMissing) return undefined;
     throw new BackupError(
       'corrupt',
-      `backup ${id} is incomplete: it has no manifest (the run that made it did not finish, or an older charm wrote it); if it is an old charm's backup, restore it with allow-no-manifest`,
+      `backup ${id} is incomplete: it has no manifest (the run that made it did not finish, or an older charm wrote it)`,
+      {
+        remedy: {
+          kind: 'run-again',
+          option: 'allow-no-manifest',
+          when: "if it is an old charm's backup",
+        },
+      },
     );
   }
   const manifest = parseManifest(await ctx.store.getText(mKey), mKey);
@@ -134,10 +141,9 @@ export async function completeManifest(
 /** An id that is not there. A missing bucket also answers 404 to HEAD: name that instead. */
 export async function notFound(ctx: EngineContext, id: string): Promise<BackupError> {
   await ctx.store.checkBucket();
-  return new BackupError(
-    'not-found',
-    `backup ${id} does not exist in bucket "${ctx.bucket}"; run list-backups to see the ids`,
-  );
+  return new BackupError('not-found', `backup ${id} does not exist in bucket "${ctx.bucket}"`, {
+    remedy: { kind: 'run', operation: 'list', why: 'to see the ids' },
+  });
 }
 
 /** Deletes a backup's manifest, then its object: a half-deleted backup never looks complete. */

@@ -165,7 +165,14 @@ async function refuseExisting(ctx: EngineContext, id: string): Promise<void> {
   if (uploads.some((u) => u.key === oKey)) {
     throw new BackupError(
       'already-exists',
-      `an upload of backup ${id} is in progress or was left behind by an interrupted run: choose another id, or prune stale uploads first`,
+      `an upload of backup ${id} is in progress or was left behind by an interrupted run`,
+      {
+        remedy: {
+          kind: 'run',
+          operation: 'prune',
+          why: 'to abort stale uploads, or choose another id',
+        },
+      },
     );
   }
 }
@@ -196,7 +203,7 @@ async function cleanUpFailedCreate(
     return new BackupError(
       error.code,
       `${error.message}; cleanup also failed: ${errorMessage(cleanupErr)}`,
-      { cause: error },
+      { cause: error, remedy: error.remedy },
     );
   }
   return error;

@@ -174,7 +174,8 @@ async function refuseOtherServer(
   if (current && current !== backupServer) {
     throw new BackupError(
       'wrong-server',
-      `backup ${id} is of server "${backupServer}" but this Synapse is "${current}": restoring it would replace this server's identity; run again with force=true if that is what you want`,
+      `backup ${id} is of server "${backupServer}" but this Synapse is "${current}": restoring it would replace this server's identity`,
+      { remedy: { kind: 'run-again', option: 'force', when: 'if that is what you want' } },
     );
   }
 }
@@ -196,7 +197,8 @@ async function checkFreeSpace(
   if (free < needed) {
     throw new BackupError(
       'no-space',
-      `restoring backup ${id} needs ${formatBytes(needed)} free in ${ctx.dataDir} for the staged copy, but only ${formatBytes(free)} is free: grow the data volume or free space, then retry`,
+      `restoring backup ${id} needs ${formatBytes(needed)} free in ${ctx.dataDir} for the staged copy, but only ${formatBytes(free)} is free`,
+      { remedy: { kind: 'advice', text: 'grow the data volume or free space, then retry' } },
     );
   }
 }

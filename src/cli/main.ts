@@ -386,18 +386,9 @@ function kebabKeys(value: unknown): unknown {
   );
 }
 
-/** The engine's hints name the charm's action params; say them as this CLI's flags. */
-function cliWording(message: string): string {
-  return message
-    .replace(/\bforce=true\b/g, '--force')
-    .replace(/\bwith allow-no-manifest\b/g, 'with --allow-no-manifest')
-    .replace(/\bprune stale uploads\b/g, 'run synapse-backup prune')
-    .replace(/\brun list-backups\b/g, 'run synapse-backup list');
-}
-
 run(process.argv.slice(2)).catch((err: unknown) => {
   endProgressLine();
-  const message = cliWording(redact(describeForCli(err), secrets));
+  const message = redact(describeForCli(err), secrets);
   process.stderr.write(`synapse-backup: error: ${message.split('\n')[0]}\n`);
   process.exitCode = err instanceof BackupError && err.code === 'config' ? 2 : 1;
 });
