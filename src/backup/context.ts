@@ -1,3 +1,4 @@
+import { ConfigError } from '../errors';
 import type { Workload } from '../workload/workload';
 import { ProgressTicker } from './stages';
 import type { BackupStore } from './store';
@@ -14,7 +15,8 @@ export interface EngineContext {
   readonly dataDir: string;
   /** The bucket's name, for messages. */
   readonly bucket: string;
-  readonly passphrase: string;
+  /** Undefined when none was given: see {@link passphraseOf}. */
+  readonly passphrase: string | undefined;
   /** ESDK frame length in bytes. */
   readonly frameLength: number;
   /** Multipart part size in bytes. */
@@ -32,4 +34,15 @@ export function progressTicker(
   read: () => number,
 ): ProgressTicker {
   return new ProgressTicker(phase, read, ctx.onProgress, ctx.progressIntervalMs);
+}
+
+/** The passphrase, for the operations that encrypt or decrypt; ConfigError when none is set. */
+export function passphraseOf(ctx: EngineContext): string {
+  if (!ctx.passphrase) {
+    throw new ConfigError('no backup passphrase is set', {
+      kind: 'set',
+      setting: 'backup-passphrase',
+    });
+  }
+  return ctx.passphrase;
 }

@@ -9,7 +9,7 @@ import { ENGINE_NAME, ENGINE_VERSION } from '../version';
 import { TailCollector, commandFailure, runCommand } from '../workload/command';
 import type { ExecProcess } from '../workload/workload';
 import { manifestKey, objectKey } from './catalog';
-import { type EngineContext, progressTicker } from './context';
+import { type EngineContext, passphraseOf, progressTicker } from './context';
 import { readServerIdentity } from './identity';
 import { defaultBackupId, validateBackupId } from './ids';
 import { MANIFEST_FORMAT, MANIFEST_VERSION, type Manifest } from './manifest';
@@ -28,6 +28,7 @@ export async function createBackup(
   ctx: EngineContext,
   request: CreateRequest = {},
 ): Promise<CreateResult> {
+  const passphrase = passphraseOf(ctx);
   const id = validateBackupId(request.id ?? defaultBackupId());
   const oKey = objectKey(ctx, id);
   // Independent round trips, at once; an S3 problem is reported before a workload one.
@@ -60,7 +61,7 @@ export async function createBackup(
       new EndGate(tarSucceeded),
       scanner,
       plaintext,
-      createEncryptStream(ctx.passphrase, ctx.frameLength),
+      createEncryptStream(passphrase, ctx.frameLength),
       ciphertext,
     ],
     { consumer: upload, onFailure: () => proc.kill() },

@@ -39,9 +39,6 @@ export class BackupEngine {
 
   /** Throws ConfigError for a relative data dir, a part size under 5 MiB, a queue size outside 1-16. */
   constructor(options: EngineOptions) {
-    if (!options.passphrase) {
-      throw new ConfigError('no backup passphrase is set');
-    }
     const dataDir = options.dataDir ?? DEFAULT_DATA_DIR;
     if (!dataDir.startsWith('/')) {
       throw new ConfigError(`the data directory must be an absolute path, not "${dataDir}"`);

@@ -7,7 +7,7 @@ import { Writable } from 'node:stream';
 import { createDecryptStream, describeDecryptError } from '../crypto/esdk';
 import { BackupError, errorMessage } from '../errors';
 import { completeManifest, objectKey } from './catalog';
-import { type EngineContext, progressTicker } from './context';
+import { type EngineContext, passphraseOf, progressTicker } from './context';
 import { validateBackupId } from './ids';
 import type { Manifest } from './manifest';
 import { type Stage, runPipeline } from './pipeline';
@@ -35,11 +35,12 @@ export async function readArchive(
   sink: Writable,
   scanner?: TarScanner,
 ): Promise<ReadCounts> {
+  const passphrase = passphraseOf(ctx);
   const { body } = await ctx.store.getStream(objectKey(ctx, id));
   const ciphertext = new ByteCounter();
   const plaintext = new HashingCounter();
   const ticker = progressTicker(ctx, phase, () => plaintext.bytes);
-  const decrypt = createDecryptStream(ctx.passphrase);
+  const decrypt = createDecryptStream(passphrase);
   const stages: Stage[] = [body, ciphertext, decrypt];
   if (scanner) stages.push(scanner);
   stages.push(plaintext, sink);
@@ -89,6 +90,7 @@ export function compareWithManifest(
 
 /** Reads a complete backup whole, through restore's entry checks, and compares it with its manifest. */
 export async function verifyBackup(ctx: EngineContext, id: string): Promise<VerifyResult> {
+  passphraseOf(ctx);
   validateBackupId(id);
   const manifest = await completeManifest(ctx, id);
   const scanner = new TarScanner(confinedEntryPolicy());
@@ -122,6 +124,7 @@ export async function decryptBackup(
   output: Writable,
   options: { allowMissingManifest?: boolean } = {},
 ): Promise<{ plaintextBytes: number; sha256: string }> {
+  passphraseOf(ctx);
   validateBackupId(id);
   const manifest = options.allowMissingManifest
     ? await completeManifest(ctx, id, true)
@@ -139,8 +142,9 @@ export async function decryptBackup(
 
 /** Decrypts just the message header: a wrong passphrase fails here, before anything is written. */
 export async function checkPassphrase(ctx: EngineContext, id: string): Promise<void> {
+  const passphrase = passphraseOf(ctx);
   const { body } = await ctx.store.getStream(objectKey(ctx, id), { end: 64 * 1024 - 1 });
-  const decrypt = createDecryptStream(ctx.passphrase);
+  const decrypt = createDecryptStream(passphrase);
   try {
     await new Promise<void>((resolve, reject) => {
       decrypt.once('MessageHeader', () => resolve());

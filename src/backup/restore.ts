@@ -10,7 +10,7 @@ import { BackupError, errorMessage } from '../errors';
 import { formatBytes } from '../format';
 import { CommandSink, runCommand } from '../workload/command';
 import { completeManifest, objectKey } from './catalog';
-import type { EngineContext } from './context';
+import { type EngineContext, passphraseOf } from './context';
 import { readServerIdentity } from './identity';
 import { validateBackupId } from './ids';
 import type { Manifest } from './manifest';
@@ -42,6 +42,7 @@ export async function restoreBackup(
   ctx: EngineContext,
   request: RestoreRequest,
 ): Promise<RestoreResult> {
+  passphraseOf(ctx);
   const id = validateBackupId(request.id);
   const manifest = request.allowMissingManifest
     ? await completeManifest(ctx, id, true)

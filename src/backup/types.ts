@@ -15,7 +15,11 @@ export interface EngineOptions {
   s3: S3Settings;
   /** Where backups are kept. Default: an ObjectStore (S3) on `s3`. */
   store?: BackupStore;
-  passphrase: string;
+  /**
+   * The ESDK passphrase: create, verify, restore and decrypt need it (else ConfigError
+   * with a `set backup-passphrase` remedy); list, delete and prune never decrypt.
+   */
+  passphrase?: string;
   workload: Workload;
   /** Synapse's data directory inside the workload. Default /data. */
   dataDir?: string;

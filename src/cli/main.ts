@@ -214,8 +214,8 @@ function engineFor(
   const needsPassphrase = !['list', 'delete', 'prune'].includes(command);
   const options: EngineOptions = {
     s3,
-    // list and delete never decrypt; the engine still wants a non-empty value.
-    passphrase: needsPassphrase ? readPassphrase(values) : 'unused-by-this-command',
+    // list, delete and prune never decrypt.
+    passphrase: needsPassphrase ? readPassphrase(values) : undefined,
     workload,
     dataDir,
     frameLength: wholeNumber(values['frame-length'], 'frame-length'),
