@@ -517,6 +517,19 @@ describeWithPeers(['minio'])('synapse-backup CLI (built bundle, real MinIO)', ()
     };
     expect(listed.backups.filter((b) => b.status === 'complete')).toHaveLength(1);
     expect(listed.backups.map((b) => b['backup-id'])).not.toContain('legacy');
+    // Without --data-dir the workload is left alone.
+    expect(real.out).not.toMatch(/interrupted runs/);
+
+    const data = await tmpDir('cli-prune-data');
+    await fsp.writeFile(path.join(data.path, 'homeserver.yaml'), 'server_name: "example.org"\n');
+    await fsp.writeFile(path.join(data.path, '.synapse-backup-snapshot.db'), 'half a snapshot');
+    await fsp.mkdir(path.join(data.path, '.synapse-restore-20260101T000000000Z'));
+    const cleaned = await cli(['prune', '--keep-last', '1', '--data-dir', data.path]);
+    expect(cleaned.code).toBe(0);
+    expect(cleaned.out).toContain(
+      `removed what interrupted runs left in ${data.path}, if anything`,
+    );
+    expect(await fsp.readdir(data.path)).toEqual(['homeserver.yaml']);
 
     const bad = await cli(['prune', '--keep-last', 'many']);
     expect(bad.code).toBe(2);

@@ -1,13 +1,15 @@
 /**
  * What is in the bucket: the keys of a backup's object and manifest, the
- * listing, a complete backup's manifest, deletion and pruning. Nothing here
- * decrypts.
+ * listing, a complete backup's manifest, deletion and pruning (with what
+ * interrupted runs left in the workload). Nothing here decrypts.
  */
-import { BackupError } from '../errors';
+import { BackupError, errorMessage } from '../errors';
+import { runCommand } from '../workload/command';
 import type { EngineContext } from './context';
 import { MANIFEST_SUFFIX, OBJECT_SUFFIX, validateBackupId } from './ids';
 import { type Manifest, parseManifest } from './manifest';
 import { type RetentionPolicy, backupsToForget } from './retention';
+import { removeLeftoversCommand } from './scripts';
 import type { StoredObject } from './store';
 import type { BackupInfo, DeleteResult, ListResult, PruneRequest, PruneResult } from './types';
 
@@ -166,6 +168,8 @@ export async function deleteBackup(ctx: EngineContext, id: string): Promise<Dele
  * Applies the retention policy to complete backups and removes what
  * interrupted runs left: in-progress uploads and incomplete backups older
  * than `staleAfterSeconds`. The newest complete backup is never removed.
+ * Unless it is a dry run, then removes what interrupted runs left in the
+ * workload (see {@link cleanWorkload}).
  */
 export async function pruneBackups(
   ctx: EngineContext,
@@ -193,5 +197,32 @@ export async function pruneBackups(
     incompleteRemoved: incomplete.map((b) => b.backupId),
     uploadsAborted: staleUploads.map((u) => u.key),
     kept: backups.filter((b) => b.status === 'complete').length - forgotten.length,
+    ...(dryRun || request.workloadLeftovers === false
+      ? { leftoversRemoved: false, staleRemoved: [] }
+      : await cleanWorkload(ctx)),
   };
+}
+
+type WorkloadCleanup = Pick<
+  PruneResult,
+  'leftoversRemoved' | 'leftoversError' | 'staleRemoved' | 'staleError'
+>;
+
+/**
+ * Removes the database snapshot and staging directories that a killed create
+ * or restore left in the data dir, and what the transport's own interrupted
+ * runs left (Workload.removeStale). Failures are reported in the result, not
+ * thrown: the bucket's pruning is done by then.
+ */
+async function cleanWorkload(ctx: EngineContext): Promise<WorkloadCleanup> {
+  const out: WorkloadCleanup = { leftoversRemoved: false, staleRemoved: [] };
+  await runCommand(ctx.workload, removeLeftoversCommand(ctx.dataDir), 'removing leftovers').then(
+    () => (out.leftoversRemoved = true),
+    (err: unknown) => (out.leftoversError = errorMessage(err)),
+  );
+  await ctx.workload.removeStale?.().then(
+    (paths) => (out.staleRemoved = paths),
+    (err: unknown) => (out.staleError = errorMessage(err)),
+  );
+  return out;
 }

@@ -111,6 +111,14 @@ export interface PruneRequest {
   /** In-progress uploads and incomplete backups older than this are removed. Default 24 h. */
   staleAfterSeconds?: number;
   now?: Date;
+  /**
+   * Also remove what interrupted runs left in the workload: in the data dir, a
+   * create's database snapshot and a restore's staging directories (never the
+   * previous files a restore kept); outside it, the transport's (Workload.removeStale).
+   * Only while no other run uses the data dir (the charm runs one action at a
+   * time). Default true; never in a dry run.
+   */
+  workloadLeftovers?: boolean;
 }
 
 export interface PruneResult {
@@ -122,6 +130,17 @@ export interface PruneResult {
   /** Keys of in-progress multipart uploads aborted. */
   uploadsAborted: string[];
   kept: number;
+  /**
+   * True when the data dir's leftovers were removed (if there were any); false in a
+   * dry run, without `workloadLeftovers`, or when it failed.
+   */
+  leftoversRemoved: boolean;
+  /** Why the leftovers could not be removed (the workload command's error). */
+  leftoversError?: string;
+  /** Paths the transport removed of its own interrupted runs (Workload.removeStale: Pebble's stale direct-stream sockets). */
+  staleRemoved: string[];
+  /** Why the transport's stale files could not be removed. */
+  staleError?: string;
 }
 
 export interface VerifyResult {

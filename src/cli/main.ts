@@ -3,7 +3,7 @@ import { mkdirSync, readFileSync, rmdirSync, statSync } from 'node:fs';
 import * as path from 'node:path';
 import { parseArgs } from 'node:util';
 import { BackupEngine } from '../backup/engine';
-import type { EngineOptions, Progress } from '../backup/types';
+import type { EngineOptions, Progress, PruneResult } from '../backup/types';
 import { BackupError, ConfigError, errorMessage, redact } from '../errors';
 import { describeForCli } from './remedy';
 import { parseS3Settings } from '../s3/settings';
@@ -21,6 +21,7 @@ const USAGE = `usage:
   synapse-backup verify  --id ID
   synapse-backup decrypt --id ID [--allow-no-manifest]   # plain tar on stdout
   synapse-backup prune   [--keep-last N] [--keep-days N] [--stale-hours H] [--dry-run]
+                         [--data-dir DIR]   also remove what interrupted runs left in DIR
 common: --bucket B [--prefix P] [--endpoint URL] [--region R] [--uri-style host|path] [--json]
         [--passphrase-file F] [--ca-file PEM] [--checksum when_required|when_supported]
         [--frame-length BYTES] [--part-size MIB] [--queue-size N]
@@ -355,6 +356,8 @@ async function run(argv: string[]): Promise<void> {
         const r = await engine.prune(policy, {
           dryRun: values['dry-run'],
           staleAfterSeconds: staleHours * 3600,
+          // Only in a data dir the operator named: another run may be using the default one.
+          workloadLeftovers: dataDir !== undefined,
         });
         const list = (items: string[]) => (items.length ? items.join(', ') : 'none');
         print(
@@ -363,6 +366,7 @@ async function run(argv: string[]): Promise<void> {
             `${r.dryRun ? 'would remove' : 'removed'} incomplete backups older than ${staleHours} h: ${list(r.incompleteRemoved)}`,
             `${r.dryRun ? 'would abort' : 'aborted'} unfinished uploads older than ${staleHours} h: ${list(r.uploadsAborted)}`,
             `complete backups kept: ${r.kept}`,
+            ...workloadCleanupLines(r, dataDir),
           ].join('\n'),
           r,
         );
@@ -372,6 +376,20 @@ async function run(argv: string[]): Promise<void> {
   } finally {
     engine.close();
   }
+}
+
+/** What prune removed in the workload, for the human output (none in a dry run). */
+function workloadCleanupLines(r: PruneResult, dataDir: string | undefined): string[] {
+  if (r.dryRun) return [];
+  const lines: string[] = [];
+  if (r.leftoversRemoved)
+    lines.push(`removed what interrupted runs left in ${dataDir}, if anything`);
+  if (r.leftoversError) {
+    lines.push(`could not remove what interrupted runs left in ${dataDir}: ${r.leftoversError}`);
+  }
+  if (r.staleRemoved.length > 0) lines.push(`removed stale files: ${r.staleRemoved.join(', ')}`);
+  if (r.staleError) lines.push(`could not remove stale files: ${r.staleError}`);
+  return lines;
 }
 
 /** JSON output uses kebab-case keys throughout, as create's contract does. */
