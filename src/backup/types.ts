@@ -27,7 +27,12 @@ export interface EngineOptions {
   frameLength?: number;
   /** Multipart part size in bytes (>= 5 MiB). Max backup size = 10,000 x partSize. */
   partSize?: number;
-  /** Parts uploaded at once. Memory ~ (queueSize + 3) x partSize. */
+  /**
+   * Parts uploaded at once (1-16, default 2). The multipart sink holds queueSize + 1
+   * reused part buffers; parts 1-2,000 are half the part size, so memory is
+   * (queueSize + 1) x partSize / 2 up to 2,000 parts (24 MiB by default, to 15.6 GiB),
+   * then (queueSize + 1) x a little over partSize (54 MiB by default).
+   */
   queueSize?: number;
   onProgress?: (progress: Progress) => void;
   /** How often onProgress fires. Default 2000 ms. */
