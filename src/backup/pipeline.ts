@@ -37,9 +37,10 @@ export interface PipelineOptions {
  * else the FIRST failure: once one stage fails, the teardown makes every other
  * stage fail too, with errors that only say that they were torn down. Each
  * stage's first 'error' is listened to; the consumer counts as failing when
- * its outlet errors (it destroys its source when it fails) or when its promise
- * rejects, whichever comes first, so one mechanism orders both. A consumer's
- * failure destroys the outlet, which tears the pipeline down.
+ * its outlet errors or closes before its end (it destroys its source when it
+ * fails) or when its promise rejects, whichever comes first, so one mechanism
+ * orders both. A consumer's failure destroys the outlet, which tears the
+ * pipeline down.
  */
 export async function runPipeline(
   stages: Stage[],
@@ -55,6 +56,11 @@ export async function runPipeline(
   const outlet = consumer ? new PassThrough() : undefined;
   for (const stage of stages) stage.on('error', (error: unknown) => record(stage, error));
   outlet?.on('error', (error: unknown) => record(consumer, error));
+  // A consumer may also stop by destroying its source without an error. (Registered
+  // before the pipeline's own listener, which then tears the stages down.)
+  outlet?.on('close', () => {
+    if (!outlet.readableEnded) record(consumer, new Error('the consumer stopped reading'));
+  });
 
   const streams: Stage[] = outlet ? [...stages, outlet] : stages;
   const joined = (pipeline as (...streams: Stage[]) => Promise<void>)(...streams).catch(
