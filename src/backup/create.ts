@@ -10,7 +10,7 @@ import { TailCollector, commandFailure, runCommand } from '../workload/command';
 import type { ExecProcess } from '../workload/workload';
 import { manifestKey, objectKey } from './catalog';
 import { type EngineContext, passphraseOf, progressTicker } from './context';
-import { readServerIdentity } from './identity';
+import { type ServerIdentity, readServerIdentity } from './identity';
 import { defaultBackupId, validateBackupId } from './ids';
 import { MANIFEST_FORMAT, MANIFEST_VERSION, type Manifest } from './manifest';
 import { type Consumer, type StageFailure, runPipeline } from './pipeline';
@@ -24,6 +24,14 @@ import { ByteCounter, EndGate, HashingCounter } from './stages';
 import { TarScanner } from './tar';
 import type { CreateRequest, CreateResult } from './types';
 
+/**
+ * Creates backup `request.id` (default: the UTC time, YYYYMMDDHHMMSS): the
+ * object `<id>.tar.enc` (one ESDK message of a POSIX tar), then its manifest
+ * `<id>.manifest.json` with the counts and SHA-256. Throws `already-exists`
+ * for an id in use, `empty-selection`, `workload-command` (tar, the snapshot),
+ * the store's errors (`s3`, ...), or ConfigError without a passphrase; a
+ * failure leaves nothing in the store.
+ */
 export async function createBackup(
   ctx: EngineContext,
   request: CreateRequest = {},
@@ -69,24 +77,7 @@ export async function createBackup(
   ticker.stop(stageFailure === undefined);
   let failure = stageFailure && (await causeOf(stageFailure, upload, tarSucceeded));
   if (failure === undefined) {
-    const manifest: Manifest = {
-      format: MANIFEST_FORMAT,
-      version: MANIFEST_VERSION,
-      id,
-      object: oKey,
-      startedAt: startedAt.toISOString(),
-      finishedAt: new Date().toISOString(),
-      plaintextBytes: plaintext.bytes,
-      ciphertextBytes: ciphertext.bytes,
-      files: scanner.files,
-      entries: scanner.entries,
-      sha256: plaintext.sha256,
-      encryption: encryptionParameters(ctx.frameLength),
-      dataDir: ctx.dataDir,
-      serverName: identity.serverName,
-      signingKeyId: identity.signingKeyId,
-      engine: { name: ENGINE_NAME, version: ENGINE_VERSION },
-    };
+    const manifest = manifestOf(ctx, id, startedAt, identity, { scanner, plaintext, ciphertext });
     try {
       const text = `${JSON.stringify(manifest, null, 2)}\n`;
       await ctx.store.putText(manifestKey(ctx, id), text, 'application/json');
@@ -103,6 +94,35 @@ export async function createBackup(
     }
   }
   throw await cleanUpFailedCreate(ctx, id, failure);
+}
+
+/** The manifest of a finished upload: what was archived, counted as it streamed. */
+function manifestOf(
+  ctx: EngineContext,
+  id: string,
+  startedAt: Date,
+  identity: ServerIdentity,
+  counted: { scanner: TarScanner; plaintext: HashingCounter; ciphertext: ByteCounter },
+): Manifest {
+  const { scanner, plaintext, ciphertext } = counted;
+  return {
+    format: MANIFEST_FORMAT,
+    version: MANIFEST_VERSION,
+    id,
+    object: objectKey(ctx, id),
+    startedAt: startedAt.toISOString(),
+    finishedAt: new Date().toISOString(),
+    plaintextBytes: plaintext.bytes,
+    ciphertextBytes: ciphertext.bytes,
+    files: scanner.files,
+    entries: scanner.entries,
+    sha256: plaintext.sha256,
+    encryption: encryptionParameters(ctx.frameLength),
+    dataDir: ctx.dataDir,
+    serverName: identity.serverName,
+    signingKeyId: identity.signingKeyId,
+    engine: { name: ENGINE_NAME, version: ENGINE_VERSION },
+  };
 }
 
 /**

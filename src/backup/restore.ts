@@ -38,6 +38,13 @@ interface RestoreDirs {
   previous: string;
 }
 
+/**
+ * Restores backup `request.id` into the data dir (see the protocol above).
+ * Throws `not-found`, `corrupt` (no manifest unless allowMissingManifest),
+ * `wrong-server` (unless force), `wrong-passphrase`, `no-space`,
+ * `archive-rejected`, `manifest-mismatch`, `workload-command`, or ConfigError
+ * without a passphrase; before the swap, the live data is as it was.
+ */
 export async function restoreBackup(
   ctx: EngineContext,
   request: RestoreRequest,
