@@ -1,5 +1,5 @@
 /**
- * The create script (src/backup/selection.ts) run by the host's sh, with fake
+ * The create script (src/backup/scripts/create.ts) run by the host's sh, with fake
  * tar and dd on PATH where a failure must be provoked: tar's output is
  * reblocked through dd, and a failure of either must fail the script, since
  * POSIX sh has no pipefail and a lost status would seal a truncated archive.
