@@ -12,6 +12,7 @@ export interface Progress {
 }
 
 export interface EngineOptions {
+  /** The bucket and prefix; its bucket name is also what messages call it when `store` is given. */
   s3: S3Settings;
   /** Where backups are kept. Default: an ObjectStore (S3) on `s3`. */
   store?: BackupStore;
