@@ -39,7 +39,7 @@ import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { parseArgs } from 'node:util';
-import { SELECTED_GLOBS, SELECTED_PATHS, SQLITE_SNAPSHOT } from '../src/backup/selection';
+import { SELECTED_GLOBS, SELECTED_PATHS, SQLITE_SNAPSHOT } from '../src/backup/scripts';
 
 const REPO = path.resolve(__dirname, '..');
 const DEFAULT_CLI = path.join(REPO, 'build', 'synapse-backup.js');

@@ -282,6 +282,7 @@ describeWithPeers(['minio'])('synapse-backup CLI (built bundle, real MinIO)', ()
     });
     expect(failed.code).toBe(1);
     expect(errorLine(failed)).toContain('backup no-such-backup does not exist');
+    expect(errorLine(failed)).toContain('; run synapse-backup list to see the ids');
     expect(existsSync(path.join(parent.path, 'other'))).toBe(false);
   });
 
@@ -294,6 +295,7 @@ describeWithPeers(['minio'])('synapse-backup CLI (built bundle, real MinIO)', ()
     expect(errorLine(refused)).toContain(
       'backup cli-1 is of server "example.org" but this Synapse is "other.org"',
     );
+    expect(errorLine(refused)).toContain('; if that is what you want, run again with --force');
     expect(await fsp.readdir(dst.path)).toEqual(['homeserver.yaml']);
 
     const run = await cli([
@@ -460,6 +462,9 @@ describeWithPeers(['minio'])('synapse-backup CLI (built bundle, real MinIO)', ()
     const refused = await cli(['restore', '--id', 'legacy', '--data-dir', dst.path]);
     expect(refused.code).toBe(1);
     expect(errorLine(refused)).toContain('backup legacy is incomplete: it has no manifest');
+    expect(errorLine(refused)).toContain(
+      "; if it is an old charm's backup, run again with --allow-no-manifest",
+    );
     expect(await fsp.readdir(dst.path)).toEqual([]);
 
     const run = await cli([
@@ -512,6 +517,19 @@ describeWithPeers(['minio'])('synapse-backup CLI (built bundle, real MinIO)', ()
     };
     expect(listed.backups.filter((b) => b.status === 'complete')).toHaveLength(1);
     expect(listed.backups.map((b) => b['backup-id'])).not.toContain('legacy');
+    // Without --data-dir the workload is left alone.
+    expect(real.out).not.toMatch(/interrupted runs/);
+
+    const data = await tmpDir('cli-prune-data');
+    await fsp.writeFile(path.join(data.path, 'homeserver.yaml'), 'server_name: "example.org"\n');
+    await fsp.writeFile(path.join(data.path, '.synapse-backup-snapshot.db'), 'half a snapshot');
+    await fsp.mkdir(path.join(data.path, '.synapse-restore-20260101T000000000Z'));
+    const cleaned = await cli(['prune', '--keep-last', '1', '--data-dir', data.path]);
+    expect(cleaned.code).toBe(0);
+    expect(cleaned.out).toContain(
+      `removed what interrupted runs left in ${data.path}, if anything`,
+    );
+    expect(await fsp.readdir(data.path)).toEqual(['homeserver.yaml']);
 
     const bad = await cli(['prune', '--keep-last', 'many']);
     expect(bad.code).toBe(2);

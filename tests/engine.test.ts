@@ -293,6 +293,7 @@ for (const transport of ['local', 'pebble'] as Transport[]) {
         await expect(engine.delete('doomed')).rejects.toMatchObject({
           code: 'not-found',
           message: expect.stringContaining('backup doomed does not exist'),
+          remedy: { kind: 'run', operation: 'list', why: 'to see the ids' },
         });
         await expect(engine.restore({ id: 'never' })).rejects.toMatchObject({ code: 'not-found' });
         engine.close();
@@ -327,12 +328,18 @@ for (const transport of ['local', 'pebble'] as Transport[]) {
         expect(listed.uploads).toContainEqual(
           expect.objectContaining({ key: `${prefix}/stale.tar.enc`, uploadId: mpu.UploadId }),
         );
-        await expect(engine.restore({ id: 'orphan' })).rejects.toThrow(
-          'backup orphan is incomplete: it has no manifest',
-        );
-        await expect(engine.create({ id: 'stale' })).rejects.toThrow(
-          'an upload of backup stale is in progress',
-        );
+        await expect(engine.restore({ id: 'orphan' })).rejects.toMatchObject({
+          message: expect.stringContaining('backup orphan is incomplete: it has no manifest'),
+          remedy: {
+            kind: 'run-again',
+            option: 'allow-no-manifest',
+            when: "if it is an old charm's backup",
+          },
+        });
+        await expect(engine.create({ id: 'stale' })).rejects.toMatchObject({
+          message: expect.stringContaining('an upload of backup stale is in progress'),
+          remedy: { kind: 'run', operation: 'prune' },
+        });
         engine.close();
       });
     },

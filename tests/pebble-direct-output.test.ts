@@ -338,9 +338,15 @@ describeWithPeers(['minio', 'pebble'])('Pebble direct output', () => {
       expect(await workload.removeStale()).toEqual([path.basename(stale)]);
       expect(leftovers(shared)).toEqual([path.basename(live)]);
       expect(await workload.removeStale()).toEqual([]);
-      // Without a shared dir the transport leaves no sockets, and sweeps none.
+      // Without a shared dir (pebble-relay) it sweeps the socket's directory, where a run
+      // with one (the shared dir is that directory here) left them.
+      execFileSync('python3', [
+        '-c',
+        'import socket, sys; socket.socket(socket.AF_UNIX).bind(sys.argv[1])',
+        stale,
+      ]);
       const relay = new PebbleWorkload({ socketPath: pebble.socketPath });
-      expect(await relay.removeStale()).toEqual([]);
+      expect(await relay.removeStale()).toEqual([path.basename(stale)]);
       expect(leftovers(shared)).toEqual([path.basename(live)]);
     } finally {
       await new Promise((resolve) => server.close(resolve));

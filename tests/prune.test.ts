@@ -1,9 +1,11 @@
 import { minioEngine } from './support/engines';
+import { promises as fsp } from 'node:fs';
+import path from 'node:path';
 import { CreateMultipartUploadCommand } from '@aws-sdk/client-s3';
 import { backupsToForget, parseRetention } from '../src/backup/retention';
 import type { BackupInfo } from '../src/backup/types';
 import { buildTar, encrypt, putBackup } from './support/backups';
-import { type MinioPeer, describeWithPeers, startMinio } from './support/peers';
+import { type MinioPeer, describeWithPeers, startMinio, tmpDir } from './support/peers';
 
 const day = 86_400_000;
 const now = new Date('2026-11-26T12:00:00Z');
@@ -69,7 +71,8 @@ describeWithPeers(['minio'])('prune against MinIO', () => {
 
   test('dry-run reports, a real run removes forgotten, stale incomplete backups and stale uploads', async () => {
     const prefix = 'prune';
-    const engine = minioEngine(minio, prefix, { passphrase: 'p' });
+    const data = await tmpDir('prune-data');
+    const engine = minioEngine(minio, prefix, { dataDir: data.path });
     const tar = await buildTar([{ name: 'homeserver.yaml', content: 'x' }]);
     const ciphertext = await encrypt(tar, 'p');
     for (const id of ['20261101000000', '20261110000000', '20261120000000']) {
@@ -96,6 +99,8 @@ describeWithPeers(['minio'])('prune against MinIO', () => {
       incompleteRemoved: ['orphan'],
       uploadsAborted: [`${prefix}/stale.tar.enc`],
       kept: 1,
+      leftoversRemoved: false,
+      staleRemoved: [],
     });
     expect((await engine.list()).backups).toHaveLength(4);
 
@@ -103,8 +108,14 @@ describeWithPeers(['minio'])('prune against MinIO', () => {
     expect(fresh.incompleteRemoved).toEqual([]); // younger than 24 h: maybe still being written
     expect(fresh.uploadsAborted).toEqual([]);
 
+    // What a killed create and a killed restore leave in the data dir; a kept previous copy stays.
+    await fsp.writeFile(path.join(data.path, '.synapse-backup-snapshot.db'), 'half a snapshot');
+    await fsp.mkdir(path.join(data.path, '.synapse-restore-20261101T000000000Z'));
+    await fsp.mkdir(path.join(data.path, '.pre-restore-20261101T000000000Z'));
     const real = await engine.prune({ keepLast: 1 }, { now: later });
     expect(real.dryRun).toBe(false);
+    expect(real).toMatchObject({ leftoversRemoved: true, staleRemoved: [] });
+    expect(await fsp.readdir(data.path)).toEqual(['.pre-restore-20261101T000000000Z']);
     const listed = await engine.list();
     expect(listed.backups.map((b) => b.backupId)).toEqual(['20261120000000']);
     expect(listed.uploads).toEqual([]);

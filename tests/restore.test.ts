@@ -5,6 +5,7 @@ import path from 'node:path';
 import { DeleteObjectCommand, GetObjectCommand, PutObjectCommand } from '@aws-sdk/client-s3';
 import type { BackupEngine } from '../src/backup/engine';
 import type { EngineOptions } from '../src/backup/types';
+import type { BackupError, Remedy } from '../src/errors';
 import { PebbleWorkload } from '../src/workload/pebble';
 import type { Workload } from '../src/workload/workload';
 import { buildTar, encrypt, putBackup } from './support/backups';
@@ -158,7 +159,7 @@ describeWithPeers(['minio', 'pebble'])('a restore that cannot lose data', () => 
     async function expectUntouched(
       live: string,
       run: () => Promise<unknown>,
-      expected: { code: string; message: string | RegExp },
+      expected: { code: string; message: string | RegExp; remedy?: Remedy },
     ): Promise<string> {
       const before = await treeHash(live);
       const err = (await run().then(
@@ -168,6 +169,7 @@ describeWithPeers(['minio', 'pebble'])('a restore that cannot lose data', () => 
       expect(err).toBeDefined();
       expect(err!.code).toBe(expected.code);
       expect(err!.message).toMatch(expected.message);
+      if (expected.remedy) expect((err as BackupError).remedy).toEqual(expected.remedy);
       expect(await treeHash(live)).toBe(before);
       expect(await synapseState()).toBe('active');
       return err!.message!;
@@ -242,6 +244,7 @@ describeWithPeers(['minio', 'pebble'])('a restore that cannot lose data', () => 
       await expectUntouched(live, () => engine.restore({ id, services: SERVICES }), {
         code: 'wrong-server',
         message: `backup ${id} is of server "example.org" but this Synapse is "other.example"`,
+        remedy: { kind: 'run-again', option: 'force', when: 'if that is what you want' },
       });
       await expect(engine.restore({ id, services: SERVICES, force: true })).resolves.toMatchObject({
         backupId: id,

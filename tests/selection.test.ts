@@ -1,5 +1,5 @@
 /**
- * The create script (src/backup/selection.ts) run by the host's sh, with fake
+ * The create script (src/backup/scripts/create.ts) run by the host's sh, with fake
  * tar and dd on PATH where a failure must be provoked: tar's output is
  * reblocked through dd, and a failure of either must fail the script, since
  * POSIX sh has no pipefail and a lost status would seal a truncated archive.
@@ -7,7 +7,7 @@
 import { spawn, spawnSync } from 'node:child_process';
 import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
-import { SNAPSHOT_FAILED_EXIT, tarCreateCommand } from '../src/backup/selection';
+import { SNAPSHOT_FAILED_EXIT, tarCreateCommand } from '../src/backup/scripts';
 import { tmpDir } from './support/peers';
 
 interface Run {

@@ -3,7 +3,7 @@ import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import { Readable, Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import { ArchiveRejectedError, TarScanner, confinedEntryPolicy } from '../src/backup/tar-scanner';
+import { ArchiveRejectedError, TarScanner, confinedEntryPolicy } from '../src/backup/tar';
 import { buildTar } from './support/backups';
 import { tmpDir } from './support/peers';
 

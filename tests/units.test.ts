@@ -1,7 +1,7 @@
 import { readFileSync } from 'node:fs';
 import { defaultBackupId, validateBackupId } from '../src/backup/ids';
 import { parseManifest } from '../src/backup/manifest';
-import { tarCreateCommand } from '../src/backup/selection';
+import { tarCreateCommand } from '../src/backup/scripts';
 import { formatBackupTable, formatBytes } from '../src/format';
 import { validateFrameLength } from '../src/crypto/esdk';
 import { redact } from '../src/errors';

@@ -58,7 +58,7 @@ describe('createWorkload and loadWorkload', () => {
     const relay = createWorkload('pebble-relay', { pebbleSocket: socket });
     expect(relay).toBeInstanceOf(PebbleWorkload);
     expect(relay.description).toBe(`Pebble at ${socket}`);
-    // No shared dir: nothing to sweep.
+    // No shared dir: it sweeps the socket's directory (here missing: nothing to remove).
     expect(await relay.removeStale()).toEqual([]);
     const direct = createWorkload('pebble', {
       pebbleSocket: socket,

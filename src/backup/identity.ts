@@ -1,7 +1,7 @@
 import { parse } from 'yaml';
 import { fileExists, runCommand } from '../workload/command';
 import type { Workload } from '../workload/workload';
-import { readSmallFileCommand } from './workload-scripts';
+import { readSmallFileCommand } from './scripts';
 
 /** Which Synapse a data dir belongs to, as recorded in manifests and checked before restores. */
 export interface ServerIdentity {

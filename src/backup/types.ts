@@ -1,5 +1,6 @@
 import type { S3Settings } from '../s3/settings';
 import type { Workload } from '../workload/workload';
+import type { BackupStore } from './store';
 
 export interface Progress {
   phase: 'create' | 'restore' | 'verify' | 'decrypt';
@@ -11,8 +12,15 @@ export interface Progress {
 }
 
 export interface EngineOptions {
+  /** The bucket and prefix; its bucket name is also what messages call it when `store` is given. */
   s3: S3Settings;
-  passphrase: string;
+  /** Where backups are kept. Default: an ObjectStore (S3) on `s3`. */
+  store?: BackupStore;
+  /**
+   * The ESDK passphrase: create, verify, restore and decrypt need it (else ConfigError
+   * with a `set backup-passphrase` remedy); list, delete and prune never decrypt.
+   */
+  passphrase?: string;
   workload: Workload;
   /** Synapse's data directory inside the workload. Default /data. */
   dataDir?: string;
@@ -20,7 +28,12 @@ export interface EngineOptions {
   frameLength?: number;
   /** Multipart part size in bytes (>= 5 MiB). Max backup size = 10,000 x partSize. */
   partSize?: number;
-  /** Parts uploaded at once. Memory ~ (queueSize + 3) x partSize. */
+  /**
+   * Parts uploaded at once (1-16, default 2). The multipart sink holds queueSize + 1
+   * reused part buffers; parts 1-2,000 are half the part size, so memory is
+   * (queueSize + 1) x partSize / 2 up to 2,000 parts (24 MiB by default, to 15.6 GiB),
+   * then (queueSize + 1) x a little over partSize (54 MiB by default).
+   */
   queueSize?: number;
   onProgress?: (progress: Progress) => void;
   /** How often onProgress fires. Default 2000 ms. */
@@ -104,6 +117,14 @@ export interface PruneRequest {
   /** In-progress uploads and incomplete backups older than this are removed. Default 24 h. */
   staleAfterSeconds?: number;
   now?: Date;
+  /**
+   * Also remove what interrupted runs left in the workload: in the data dir, a
+   * create's database snapshot and a restore's staging directories (never the
+   * previous files a restore kept); outside it, the transport's (Workload.removeStale).
+   * Only while no other run uses the data dir (the charm runs one action at a
+   * time). Default true; never in a dry run.
+   */
+  workloadLeftovers?: boolean;
 }
 
 export interface PruneResult {
@@ -115,6 +136,17 @@ export interface PruneResult {
   /** Keys of in-progress multipart uploads aborted. */
   uploadsAborted: string[];
   kept: number;
+  /**
+   * True when the data dir's leftovers were removed (if there were any); false in a
+   * dry run, without `workloadLeftovers`, or when it failed.
+   */
+  leftoversRemoved: boolean;
+  /** Why the leftovers could not be removed (the workload command's error). */
+  leftoversError?: string;
+  /** Paths the transport removed of its own interrupted runs (Workload.removeStale: Pebble's stale direct-stream sockets). */
+  staleRemoved: string[];
+  /** Why the transport's stale files could not be removed. */
+  staleError?: string;
 }
 
 export interface VerifyResult {

@@ -3,7 +3,7 @@ import { mkdirSync, readFileSync, rmdirSync, statSync } from 'node:fs';
 import * as path from 'node:path';
 import { parseArgs } from 'node:util';
 import { BackupEngine } from '../backup/engine';
-import type { EngineOptions, Progress } from '../backup/types';
+import type { EngineOptions, Progress, PruneResult } from '../backup/types';
 import { BackupError, ConfigError, errorMessage, redact } from '../errors';
 import { describeForCli } from './remedy';
 import { parseS3Settings } from '../s3/settings';
@@ -19,6 +19,7 @@ const USAGE = `usage:
   synapse-backup verify  --id ID
   synapse-backup decrypt --id ID [--allow-no-manifest]   # plain tar on stdout
   synapse-backup prune   [--keep-last N] [--keep-days N] [--stale-hours H] [--dry-run]
+                         [--data-dir DIR]   also remove what interrupted runs left in DIR
 common: --bucket B [--prefix P] [--endpoint URL] [--region R] [--uri-style host|path] [--json]
         [--passphrase-file F] [--ca-file PEM] [--checksum when_required|when_supported]
         [--frame-length BYTES] [--part-size MIB] [--queue-size N]
@@ -206,8 +207,8 @@ function engineFor(
   const needsPassphrase = !['list', 'delete', 'prune'].includes(command);
   const options: EngineOptions = {
     s3,
-    // list and delete never decrypt; the engine still wants a non-empty value.
-    passphrase: needsPassphrase ? readPassphrase(values) : 'unused-by-this-command',
+    // list, delete and prune never decrypt.
+    passphrase: needsPassphrase ? readPassphrase(values) : undefined,
     workload,
     dataDir,
     frameLength: wholeNumber(values['frame-length'], 'frame-length'),
@@ -347,6 +348,8 @@ async function run(argv: string[]): Promise<void> {
         const r = await engine.prune(policy, {
           dryRun: values['dry-run'],
           staleAfterSeconds: staleHours * 3600,
+          // Only in a data dir the operator named: another run may be using the default one.
+          workloadLeftovers: dataDir !== undefined,
         });
         const list = (items: string[]) => (items.length ? items.join(', ') : 'none');
         print(
@@ -355,6 +358,7 @@ async function run(argv: string[]): Promise<void> {
             `${r.dryRun ? 'would remove' : 'removed'} incomplete backups older than ${staleHours} h: ${list(r.incompleteRemoved)}`,
             `${r.dryRun ? 'would abort' : 'aborted'} unfinished uploads older than ${staleHours} h: ${list(r.uploadsAborted)}`,
             `complete backups kept: ${r.kept}`,
+            ...workloadCleanupLines(r, dataDir),
           ].join('\n'),
           r,
         );
@@ -364,6 +368,20 @@ async function run(argv: string[]): Promise<void> {
   } finally {
     engine.close();
   }
+}
+
+/** What prune removed in the workload, for the human output (none in a dry run). */
+function workloadCleanupLines(r: PruneResult, dataDir: string | undefined): string[] {
+  if (r.dryRun) return [];
+  const lines: string[] = [];
+  if (r.leftoversRemoved)
+    lines.push(`removed what interrupted runs left in ${dataDir}, if anything`);
+  if (r.leftoversError) {
+    lines.push(`could not remove what interrupted runs left in ${dataDir}: ${r.leftoversError}`);
+  }
+  if (r.staleRemoved.length > 0) lines.push(`removed stale files: ${r.staleRemoved.join(', ')}`);
+  if (r.staleError) lines.push(`could not remove stale files: ${r.staleError}`);
+  return lines;
 }
 
 /** JSON output uses kebab-case keys throughout, as create's contract does. */
@@ -378,18 +396,9 @@ function kebabKeys(value: unknown): unknown {
   );
 }
 
-/** The engine's hints name the charm's action params; say them as this CLI's flags. */
-function cliWording(message: string): string {
-  return message
-    .replace(/\bforce=true\b/g, '--force')
-    .replace(/\bwith allow-no-manifest\b/g, 'with --allow-no-manifest')
-    .replace(/\bprune stale uploads\b/g, 'run synapse-backup prune')
-    .replace(/\brun list-backups\b/g, 'run synapse-backup list');
-}
-
 run(process.argv.slice(2)).catch((err: unknown) => {
   endProgressLine();
-  const message = cliWording(redact(describeForCli(err), secrets));
+  const message = redact(describeForCli(err), secrets);
   process.stderr.write(`synapse-backup: error: ${message.split('\n')[0]}\n`);
   process.exitCode = err instanceof BackupError && err.code === 'config' ? 2 : 1;
 });

@@ -15,7 +15,7 @@ import {
   paginateListObjectsV2,
 } from '@aws-sdk/client-s3';
 import { BackupError } from '../errors';
-import { createS3Client, describeS3Error } from './client';
+import { checkBucket, createS3Client, describeS3Error } from './client';
 import type { S3Settings } from './settings';
 
 export interface StoredObject {
@@ -61,6 +61,11 @@ export class ObjectStore {
 
   close(): void {
     this.client.destroy();
+  }
+
+  /** HeadBucket (see {@link checkBucket}): resolves when the bucket exists and may be used. */
+  async checkBucket(): Promise<void> {
+    await checkBucket(this.settings, this.client);
   }
 
   async head(key: string): Promise<StoredObject | undefined> {

@@ -1,3 +1,4 @@
+import { dirname } from 'node:path';
 import { BackupError } from '../errors';
 import { PebbleClient } from './pebble/client';
 import {
@@ -29,11 +30,13 @@ export class PebbleWorkload implements Workload {
   readonly description: string;
   private readonly client: PebbleClient;
   private readonly sharedDir: SharedDir | undefined;
+  private readonly socketPath: string;
   private readonly onDirectStreamUnavailable: DirectStreamUnavailable | undefined;
 
   constructor(options: PebbleWorkloadOptions) {
     this.client = new PebbleClient(options.socketPath);
     this.sharedDir = options.sharedDir;
+    this.socketPath = options.socketPath;
     this.onDirectStreamUnavailable = options.onDirectStreamUnavailable;
     this.description = `Pebble at ${options.socketPath}`;
   }
@@ -77,10 +80,11 @@ export class PebbleWorkload implements Workload {
    * Removes the archive sockets that runs killed before they could clean up
    * (a charm killed with SIGKILL mid-create) left in the shared dir's local
    * side: those that refuse connections; a live run's socket stays. Returns
-   * their file names. Without a shared dir there are none: returns [].
+   * their file names. Without a shared dir (pebble-relay) it still sweeps the
+   * socket's directory, where an earlier run with one left them.
    */
   async removeStale(): Promise<string[]> {
-    return this.sharedDir ? removeStaleSockets(this.sharedDir.local) : [];
+    return removeStaleSockets(this.sharedDir?.local ?? dirname(this.socketPath));
   }
 
   /** Adds (or, with `combine`, merges into) the configuration layer `label`. */

@@ -257,7 +257,7 @@ describeWithPeers(['minio', 'pebble'])('charm actions', () => {
     const refused = await action('restore-backup', { 'backup-id': 'other-org-1' });
     expect(refused.failed).toBe(true);
     expect(refused.failMessage).toBe(
-      'backup other-org-1 is of server "other.org" but this Synapse is "example.org": restoring it would replace this server\'s identity; run again with force=true if that is what you want',
+      'backup other-org-1 is of server "other.org" but this Synapse is "example.org": restoring it would replace this server\'s identity; if that is what you want, run again with force=true',
     );
     const forced = await action('restore-backup', {
       'backup-id': 'other-org-1',

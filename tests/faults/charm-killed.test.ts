@@ -7,7 +7,7 @@
  */
 import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
-import { SNAPSHOT_NAME } from '../../src/backup/workload-scripts';
+import { SNAPSHOT_NAME } from '../../src/backup/scripts';
 import { describeWithPeers } from '../support/peers';
 import { FaultBed, until } from './support/bed';
 import { expected, observed } from './support/report';

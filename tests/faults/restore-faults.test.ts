@@ -253,7 +253,7 @@ describeWithPeers(['minio', 'pebble'])('restore faults through restore-backup', 
       await failingRestore(
         'big',
         new RegExp(
-          `^restoring backup big needs 12\\.\\d+ MiB free in ${bed.h.dataDir} for the staged copy, but only [\\d.]+ (MiB|KiB) is free: grow the data volume or free space, then retry$`,
+          `^restoring backup big needs 12\\.\\d+ MiB free in ${bed.h.dataDir} for the staged copy, but only [\\d.]+ (MiB|KiB) is free; grow the data volume or free space, then retry$`,
         ),
       );
     },

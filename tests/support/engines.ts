@@ -25,7 +25,7 @@ export function minioSettings(
 export function minioEngine(
   minio: MinioPeer,
   prefix: string,
-  options: Partial<EngineOptions> & { passphrase: string },
+  options: Partial<EngineOptions> = {},
 ): BackupEngine {
   return new BackupEngine({
     s3: minioSettings(minio, prefix),

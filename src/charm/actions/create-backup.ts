@@ -24,7 +24,8 @@ export const createBackup: ActionHandler = async (a) => {
     if (setup.retention.keepLast !== undefined || setup.retention.keepDays !== undefined) {
       // The backup is good whatever happens here: a failed prune is reported, not fatal.
       try {
-        const pruned = await engine.prune(setup.retention);
+        // Retention only: create itself has just removed the data dir's leftovers.
+        const pruned = await engine.prune(setup.retention, { workloadLeftovers: false });
         const removed = [...pruned.forgotten, ...pruned.incompleteRemoved];
         await a.log(
           `backup-retention (${describeRetention(setup.retention)}): removed ${removed.length ? removed.join(', ') : 'nothing'}`,

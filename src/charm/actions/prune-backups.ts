@@ -1,9 +1,4 @@
-import { dirname } from 'node:path';
 import { describeRetention } from '../../backup/retention';
-import { removeLeftoversCommand } from '../../backup/workload-scripts';
-import { errorMessage } from '../../errors';
-import { runCommand } from '../../workload/command';
-import { removeStaleSockets } from '../../workload/pebble/direct-stream';
 import { ActionFailure, booleanParam, type ActionHandler } from './context';
 
 export const pruneBackups: ActionHandler = async (a) => {
@@ -25,17 +20,20 @@ export const pruneBackups: ActionHandler = async (a) => {
     staleAfterSeconds: staleHours * 3600,
   });
   if (!dryRun) {
-    // A charm killed mid-create or mid-restore leaves its database snapshot or staging
-    // directory in the data dir. Juju runs one action at a time: none is in use now.
+    // The engine's prune removed what a charm killed mid-create or mid-restore left in the
+    // data dir (its database snapshot, staging directories). Juju runs one action at a time:
+    // none was in use.
     const dataDir = a.overrides.dataDir;
-    await runCommand(a.workload, removeLeftoversCommand(dataDir), 'removing leftovers').then(
-      () => a.log(`removed what interrupted runs left in ${dataDir}, if anything`),
-      (err: unknown) =>
-        a.log(`could not remove what interrupted runs left in ${dataDir}: ${errorMessage(err)}`),
+    await a.log(
+      result.leftoversRemoved
+        ? `removed what interrupted runs left in ${dataDir}, if anything`
+        : `could not remove what interrupted runs left in ${dataDir}: ${result.leftoversError}`,
     );
-    // ... and a charm killed mid-create, its direct-output socket beside Pebble's.
-    const sockets = await removeStaleSockets(dirname(a.overrides.pebbleSocket));
+    // ... and a charm killed mid-create, its direct-output socket beside Pebble's
+    // (Workload.removeStale, which the engine's prune calls).
+    const sockets = result.staleRemoved;
     if (sockets.length > 0) await a.log(`removed stale sockets: ${sockets.join(', ')}`);
+    if (result.staleError) await a.log(`could not remove stale sockets: ${result.staleError}`);
   }
   const list = (items: string[]) => (items.length ? items.join(', ') : 'none');
   return {

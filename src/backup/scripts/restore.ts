@@ -1,17 +1,5 @@
-/**
- * Small POSIX sh and Python programs run inside the workload container.
- * Every path reaches them as an argument ($1, sys.argv[1]), never as text
- * spliced into the program, so odd characters cannot change what they do.
- */
-
-/** Hidden names the engine creates inside the data dir; never backed up, never swapped. */
-export const STAGING_PREFIX = '.synapse-restore-';
-export const PREVIOUS_PREFIX = '.pre-restore-';
-export const SNAPSHOT_NAME = '.synapse-backup-snapshot.db';
-
-function sh(script: string[], ...args: string[]): string[] {
-  return ['sh', '-c', script.join('\n'), 'synapse-backup', ...args];
-}
+/** The restore's scripts: free space, staging, extraction, the swap and its rollback, one-time keys. */
+import { PREVIOUS_PREFIX, STAGING_PREFIX, sh } from './common';
 
 /** Prints the bytes available to unprivileged writers on the data dir's filesystem. */
 export function freeSpaceCommand(dataDir: string): string[] {
@@ -36,19 +24,6 @@ export function removeTreeCommand(path: string): string[] {
  */
 export function syncCommand(path: string): string[] {
   return sh(['sync -f -- "$1" 2>/dev/null || sync'], path);
-}
-
-/** Removes leftovers of interrupted runs: snapshot files and staging dirs (never previous copies). */
-export function removeLeftoversCommand(dataDir: string): string[] {
-  return sh(
-    [
-      'cd -- "$1" || exit 0',
-      `rm -f -- ${SNAPSHOT_NAME}`,
-      `for d in ${STAGING_PREFIX}*; do [ -d "$d" ] && rm -rf -- "$d"; done`,
-      'exit 0',
-    ],
-    dataDir,
-  );
 }
 
 const MOVE_TOP_LEVEL = [
@@ -130,7 +105,16 @@ export function removeOneTimeKeysCommand(dbPath: string): string[] {
   ];
 }
 
-/** Prints a small file (homeserver.yaml, a signing key), at most 1 MiB. */
-export function readSmallFileCommand(path: string): string[] {
-  return ['head', '-c', '1048576', '--', path];
+/** GNU tar extracting stdin into `dir`, which must exist. */
+export function tarExtractCommand(dir: string): string[] {
+  return [
+    'tar',
+    '--extract',
+    '--file=-',
+    '--numeric-owner',
+    '--preserve-permissions',
+    '--delay-directory-restore',
+    '-C',
+    dir,
+  ];
 }

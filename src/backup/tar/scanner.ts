@@ -1,41 +1,19 @@
-import { posix } from 'node:path';
 import { Transform, type TransformCallback } from 'node:stream';
-import { BackupError } from '../errors';
-
-const BLOCK = 512;
-/** pax and GNU long-name records are small; a bigger one is hostile. */
-const MAX_META_BYTES = 1024 * 1024;
-/** Linux PATH_MAX. */
-const MAX_NAME_BYTES = 4096;
-/** Metadata headers held back for one entry (a pax header plus GNU long name and link). */
-const MAX_PENDING_META_BYTES = 4 * MAX_META_BYTES;
-
-export type EntryType = 'file' | 'directory' | 'symlink' | 'hardlink' | 'device' | 'fifo' | 'other';
-
-export interface TarEntry {
-  /** Path as stored (bytes decoded as latin1 so every byte maps to one char). */
-  name: string;
-  type: EntryType;
-  typeflag: string;
-  linkname: string;
-  size: number;
-}
-
-/** Decides whether an entry may pass; throws a BackupError('archive-rejected') when not. */
-export type EntryPolicy = (entry: TarEntry) => void;
-
-export class ArchiveRejectedError extends BackupError {
-  constructor(message: string) {
-    super('archive-rejected', message);
-    this.name = 'ArchiveRejectedError';
-  }
-}
-
-function display(latin1: string): string {
-  const text = Buffer.from(latin1, 'latin1').toString('utf8');
-  const clipped = text.length > 200 ? `${text.slice(0, 200)}… (${text.length} characters)` : text;
-  return JSON.stringify(clipped);
-}
+import {
+  ArchiveRejectedError,
+  BLOCK,
+  type EntryPolicy,
+  MAX_META_BYTES,
+  MAX_NAME_BYTES,
+  MAX_PENDING_META_BYTES,
+  type TarEntry,
+  cString,
+  display,
+  entryType,
+  parseNumber,
+  parsePax,
+  verifyChecksum,
+} from './header';
 
 /**
  * A pass-through that parses tar headers as the bytes flow (ustar, GNU long
@@ -271,187 +249,4 @@ export class TarScanner extends Transform {
     }
     return { name, linkname, typeflag, type: entryType(typeflag), size: 0 };
   }
-}
-
-function entryType(flag: string): EntryType {
-  switch (flag) {
-    case '0':
-    case '7':
-      return 'file';
-    case '1':
-      return 'hardlink';
-    case '2':
-      return 'symlink';
-    case '3':
-    case '4':
-      return 'device';
-    case '5':
-      return 'directory';
-    case '6':
-      return 'fifo';
-    default:
-      return 'other';
-  }
-}
-
-function cString(buf: Buffer): string {
-  const end = buf.indexOf(0);
-  return buf.subarray(0, end === -1 ? buf.length : end).toString('latin1');
-}
-
-function parseNumber(field: Buffer, what: string, offset: number): number {
-  if (field[0] & 0x80) {
-    // GNU base-256: big-endian, first byte's high bit set.
-    let value = field[0] & 0x7f;
-    for (let i = 1; i < field.length; i++) value = value * 256 + field[i];
-    if (!Number.isSafeInteger(value)) {
-      throw new ArchiveRejectedError(`tar header at offset ${offset}: ${what} is too large`);
-    }
-    return value;
-  }
-  const text = cString(field).trim();
-  if (text === '') return 0;
-  if (!/^[0-7]+$/.test(text)) {
-    throw new ArchiveRejectedError(
-      `not a tar archive: the header at offset ${offset} has an invalid ${what}`,
-    );
-  }
-  return parseInt(text, 8);
-}
-
-function verifyChecksum(block: Buffer, offset: number): void {
-  const stored = parseNumber(block.subarray(148, 156), 'checksum', offset);
-  let unsigned = 0;
-  let signed = 0;
-  for (let i = 0; i < BLOCK; i++) {
-    const b = i >= 148 && i < 156 ? 0x20 : block[i];
-    unsigned += b;
-    signed += b > 127 ? b - 256 : b;
-  }
-  if (stored !== unsigned && stored !== signed) {
-    throw new ArchiveRejectedError(
-      `not a tar archive, or a damaged one: header checksum mismatch at offset ${offset}`,
-    );
-  }
-}
-
-/** Records "<length> <key>=<value>\n"; GNU tar drops what follows a malformed one, so refuse it. */
-function parsePax(data: Buffer): Record<string, string> {
-  const out: Record<string, string> = {};
-  let pos = 0;
-  // GNU tar stops at a NUL where a record should start (padding some writers leave).
-  while (pos < data.length && data[pos] !== 0) {
-    const space = data.indexOf(0x20, pos);
-    const digits = space === -1 ? '' : data.subarray(pos, space).toString('latin1');
-    const length = /^[0-9]{1,10}$/.test(digits) ? Number(digits) : NaN;
-    if (
-      !(length > space - pos + 1) ||
-      pos + length > data.length ||
-      data[pos + length - 1] !== 0x0a
-    ) {
-      throw new ArchiveRejectedError('the archive has a malformed pax header');
-    }
-    const record = data.subarray(space + 1, pos + length - 1).toString('utf8');
-    const eq = record.indexOf('=');
-    // GNU tar skips blanks before the keyword: " size" would be its "size".
-    if (eq <= 0 || record[0] === ' ' || record[0] === '\t')
-      throw new ArchiveRejectedError('the archive has a malformed pax header');
-    out[record.slice(0, eq)] = record.slice(eq + 1);
-    pos += length;
-  }
-  return out;
-}
-
-/**
- * The restore policy: every entry must land inside the extraction root.
- * Rejects absolute paths, `..`, device nodes and FIFOs, symlinks that point
- * outside, hard links to anything but an earlier regular file, and entries
- * whose path runs through a name that was a symlink earlier in the archive,
- * even if a later entry replaced it: whether an extracting tar removes the
- * symlink first (GNU tar does) or keeps it (busybox, --keep-directory-symlink)
- * is not ours to know.
- *
- * Symlink targets are checked lexically, which is exact only without
- * symlinks inside them, so a ".." after a name ("d/s/..", where d/s may be a
- * symlink) is refused; leading ".." climb from the symlink's real directory.
- */
-export function confinedEntryPolicy(): EntryPolicy {
-  const symlinks = new Set<string>();
-  const regularFiles = new Set<string>();
-  return (entry) => {
-    const name = normalizeMemberName(entry.name);
-    const shown = display(entry.name);
-    const parts = name.split('/');
-    for (let i = 1; i < parts.length; i++) {
-      const parent = parts.slice(0, i).join('/');
-      if (symlinks.has(parent)) {
-        throw new ArchiveRejectedError(
-          `entry ${shown} is inside ${display(parent)}, which the archive made a symlink: refused`,
-        );
-      }
-    }
-    switch (entry.type) {
-      case 'file':
-        regularFiles.add(name);
-        return;
-      case 'directory':
-        regularFiles.delete(name);
-        return;
-      case 'symlink': {
-        if (entry.linkname.startsWith('/')) {
-          throw new ArchiveRejectedError(
-            `symlink ${shown} points to the absolute path ${display(entry.linkname)}: refused`,
-          );
-        }
-        const steps = entry.linkname.split('/').filter((p) => p !== '' && p !== '.');
-        const firstName = steps.findIndex((p) => p !== '..');
-        if (firstName !== -1 && steps.indexOf('..', firstName) !== -1) {
-          throw new ArchiveRejectedError(
-            `symlink ${shown} has ".." after a directory name in its target (${display(entry.linkname)}), which another symlink could lead outside: refused`,
-          );
-        }
-        const resolved = posix.normalize(posix.join(posix.dirname(name), entry.linkname));
-        if (resolved === '..' || resolved.startsWith('../')) {
-          throw new ArchiveRejectedError(
-            `symlink ${shown} points outside the data directory (${display(entry.linkname)}): refused`,
-          );
-        }
-        symlinks.add(name);
-        regularFiles.delete(name);
-        return;
-      }
-      case 'hardlink': {
-        const target = normalizeMemberName(entry.linkname, 'hard link target');
-        if (!regularFiles.has(target)) {
-          throw new ArchiveRejectedError(
-            `hard link ${shown} points to ${display(entry.linkname)}, which is not a file earlier in the archive: refused`,
-          );
-        }
-        regularFiles.add(name);
-        return;
-      }
-      case 'device':
-        throw new ArchiveRejectedError(`entry ${shown} is a device node: refused`);
-      case 'fifo':
-        throw new ArchiveRejectedError(`entry ${shown} is a FIFO: refused`);
-      default:
-        throw new ArchiveRejectedError(
-          `entry ${shown} has the unsupported tar type '${entry.typeflag}': refused`,
-        );
-    }
-  };
-}
-
-function normalizeMemberName(raw: string, what = 'entry'): string {
-  if (raw.includes('\0') || raw === '') {
-    throw new ArchiveRejectedError(`the archive has an ${what} with an empty or invalid name`);
-  }
-  if (raw.startsWith('/')) {
-    throw new ArchiveRejectedError(`${what} ${display(raw)} has an absolute path: refused`);
-  }
-  const parts = raw.split('/').filter((p) => p !== '' && p !== '.');
-  if (parts.includes('..')) {
-    throw new ArchiveRejectedError(`${what} ${display(raw)} contains "..": refused`);
-  }
-  return parts.join('/') || '.';
 }

@@ -1,4 +1,5 @@
-import { SNAPSHOT_NAME } from './workload-scripts';
+/** The create script: the selection, the SQLite snapshot and the tar that streams them. */
+import { SNAPSHOT_NAME } from './common';
 
 /**
  * What to back up, after Synapse's backup guide: signing keys, config files,
@@ -153,17 +154,3 @@ const SNAPSHOT_AND_NAMES = [
   'out.write(os.fsencode(sys.argv[2]) + bytes(1))',
   'out.flush()',
 ].join('\n');
-
-/** GNU tar extracting stdin into `dir`, which must exist. */
-export function tarExtractCommand(dir: string): string[] {
-  return [
-    'tar',
-    '--extract',
-    '--file=-',
-    '--numeric-owner',
-    '--preserve-permissions',
-    '--delay-directory-restore',
-    '-C',
-    dir,
-  ];
-}

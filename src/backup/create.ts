@@ -1,0 +1,237 @@
+/**
+ * Creating a backup: tar in the workload, streamed through the scanner, the
+ * counters and ESDK encryption into the store's upload, then the manifest.
+ * A failure anywhere tears the pipeline down and removes what it left.
+ */
+import { createEncryptStream, encryptionParameters } from '../crypto/esdk';
+import { BackupError, errorMessage } from '../errors';
+import { ENGINE_NAME, ENGINE_VERSION } from '../version';
+import { TailCollector, commandFailure, runCommand } from '../workload/command';
+import type { ExecProcess } from '../workload/workload';
+import { manifestKey, objectKey } from './catalog';
+import { type EngineContext, passphraseOf, progressTicker } from './context';
+import { type ServerIdentity, readServerIdentity } from './identity';
+import { defaultBackupId, validateBackupId } from './ids';
+import { MANIFEST_FORMAT, MANIFEST_VERSION, type Manifest } from './manifest';
+import { type Consumer, type StageFailure, runPipeline } from './pipeline';
+import {
+  EMPTY_SELECTION_EXIT,
+  SNAPSHOT_FAILED_EXIT,
+  removeLeftoversCommand,
+  tarCreateCommand,
+} from './scripts';
+import { ByteCounter, EndGate, HashingCounter } from './stages';
+import { TarScanner } from './tar';
+import type { CreateRequest, CreateResult } from './types';
+
+/**
+ * Creates backup `request.id` (default: the UTC time, YYYYMMDDHHMMSS): the
+ * object `<id>.tar.enc` (one ESDK message of a POSIX tar), then its manifest
+ * `<id>.manifest.json` with the counts and SHA-256. Throws `already-exists`
+ * for an id in use, `empty-selection`, `workload-command` (tar, the snapshot),
+ * the store's errors (`s3`, ...), or ConfigError without a passphrase; a
+ * failure leaves nothing in the store.
+ */
+export async function createBackup(
+  ctx: EngineContext,
+  request: CreateRequest = {},
+): Promise<CreateResult> {
+  const passphrase = passphraseOf(ctx);
+  const id = validateBackupId(request.id ?? defaultBackupId());
+  const oKey = objectKey(ctx, id);
+  // Independent round trips, at once; an S3 problem is reported before a workload one.
+  const [existing, leftovers, identityRead] = await Promise.allSettled([
+    refuseExisting(ctx, id),
+    runCommand(ctx.workload, removeLeftoversCommand(ctx.dataDir), 'removing leftovers'),
+    readServerIdentity(ctx.workload, ctx.dataDir),
+  ]);
+  settledValue(existing);
+  settledValue(leftovers);
+  const identity = settledValue(identityRead);
+  const startedAt = new Date();
+  const proc = ctx.workload.exec({
+    command: tarCreateCommand(ctx.dataDir),
+    stdin: false,
+    directStdout: true,
+  });
+  const tarSucceeded = tarStatusCheck(ctx, proc);
+  const scanner = new TarScanner();
+  const plaintext = new HashingCounter();
+  const ciphertext = new ByteCounter();
+  const ticker = progressTicker(ctx, 'create', () => plaintext.bytes);
+  const upload: Consumer = {
+    consume: (source) =>
+      ctx.store.upload(oKey, source, { partSize: ctx.partSize, queueSize: ctx.queueSize }),
+  };
+  const stageFailure = await runPipeline(
+    [
+      proc.stdout,
+      new EndGate(tarSucceeded),
+      scanner,
+      plaintext,
+      createEncryptStream(passphrase, ctx.frameLength),
+      ciphertext,
+    ],
+    { consumer: upload, onFailure: () => proc.kill() },
+  );
+  ticker.stop(stageFailure === undefined);
+  let failure = stageFailure && (await causeOf(stageFailure, upload, tarSucceeded));
+  if (failure === undefined) {
+    const manifest = manifestOf(ctx, id, startedAt, identity, { scanner, plaintext, ciphertext });
+    try {
+      const text = `${JSON.stringify(manifest, null, 2)}\n`;
+      await ctx.store.putText(manifestKey(ctx, id), text, 'application/json');
+      return {
+        backupId: id,
+        size: ciphertext.bytes,
+        plaintextBytes: plaintext.bytes,
+        files: scanner.files,
+        sha256: plaintext.sha256,
+        durationSeconds: ticker.elapsedSeconds,
+      };
+    } catch (err) {
+      failure = err;
+    }
+  }
+  throw await cleanUpFailedCreate(ctx, id, failure);
+}
+
+/** The manifest of a finished upload: what was archived, counted as it streamed. */
+function manifestOf(
+  ctx: EngineContext,
+  id: string,
+  startedAt: Date,
+  identity: ServerIdentity,
+  counted: { scanner: TarScanner; plaintext: HashingCounter; ciphertext: ByteCounter },
+): Manifest {
+  const { scanner, plaintext, ciphertext } = counted;
+  return {
+    format: MANIFEST_FORMAT,
+    version: MANIFEST_VERSION,
+    id,
+    object: objectKey(ctx, id),
+    startedAt: startedAt.toISOString(),
+    finishedAt: new Date().toISOString(),
+    plaintextBytes: plaintext.bytes,
+    ciphertextBytes: ciphertext.bytes,
+    files: scanner.files,
+    entries: scanner.entries,
+    sha256: plaintext.sha256,
+    encryption: encryptionParameters(ctx.frameLength),
+    dataDir: ctx.dataDir,
+    serverName: identity.serverName,
+    signingKeyId: identity.signingKeyId,
+    engine: { name: ENGINE_NAME, version: ENGINE_VERSION },
+  };
+}
+
+/**
+ * What the create script's exit status means: resolves when it succeeded,
+ * else rejects with the empty selection, the failed snapshot (the last lines
+ * of its stderr) or tar's own failure.
+ */
+function tarStatusCheck(ctx: EngineContext, proc: ExecProcess): () => Promise<void> {
+  const stderr = new TailCollector(proc.stderr);
+  return async () => {
+    const status = await proc.wait();
+    if (status.exitCode === EMPTY_SELECTION_EXIT) {
+      throw new BackupError(
+        'empty-selection',
+        `nothing to back up in ${ctx.dataDir}: no homeserver.yaml, signing key, homeserver.db or local media; check that Synapse's data is there`,
+      );
+    }
+    if (status.exitCode === SNAPSHOT_FAILED_EXIT) {
+      const lines = stderr.text().split('\n').filter(Boolean).slice(-2);
+      throw new BackupError('workload-command', lines.join(': ') || 'the database snapshot failed');
+    }
+    if (status.exitCode !== 0) {
+      throw commandFailure(`tar in ${ctx.workload.description}`, status, stderr.text());
+    }
+  };
+}
+
+/**
+ * The error to report for the pipeline's first failure. A BackupError says what
+ * failed (tar's status, the scanner), and so does what the upload rejected with
+ * (what S3 did). A bare error elsewhere is the teardown of tar dying (a
+ * premature close): its exit status says why.
+ */
+async function causeOf(
+  failure: StageFailure,
+  upload: Consumer,
+  tarSucceeded: () => Promise<void>,
+): Promise<unknown> {
+  const { stage, error } = failure;
+  if (error instanceof BackupError || stage === upload) return error;
+  return tarSucceeded().then(
+    () => error,
+    (tarError: unknown) => tarError,
+  );
+}
+
+/** Refuses an id that has an object, a manifest or an upload in progress: never overwrite. */
+async function refuseExisting(ctx: EngineContext, id: string): Promise<void> {
+  const oKey = objectKey(ctx, id);
+  const [object, manifest, uploads] = await Promise.all([
+    ctx.store.head(oKey),
+    ctx.store.head(manifestKey(ctx, id)),
+    ctx.store.uploadsOf(oKey),
+  ]);
+  if (object || manifest) {
+    throw new BackupError(
+      'already-exists',
+      `backup ${id} already exists and is never overwritten: choose another id, or delete it first`,
+    );
+  }
+  if (uploads.some((u) => u.key === oKey)) {
+    throw new BackupError(
+      'already-exists',
+      `an upload of backup ${id} is in progress or was left behind by an interrupted run`,
+      {
+        remedy: {
+          kind: 'run',
+          operation: 'prune',
+          why: 'to abort stale uploads, or choose another id',
+        },
+      },
+    );
+  }
+}
+
+/**
+ * Removes what a failed create left (the snapshot file in the data dir, the
+ * upload or object in the store) and returns the error to throw: `failure`
+ * as a BackupError, with a failed cleanup added to its message.
+ */
+async function cleanUpFailedCreate(
+  ctx: EngineContext,
+  id: string,
+  failure: unknown,
+): Promise<Error> {
+  const error =
+    failure instanceof BackupError
+      ? failure
+      : new BackupError('s3', `backup ${id} failed: ${errorMessage(failure)}`, {
+          cause: failure,
+        });
+  try {
+    // The snapshot file survives if the workload's script was killed.
+    await runCommand(ctx.workload, removeLeftoversCommand(ctx.dataDir), 'removing leftovers').catch(
+      () => undefined,
+    );
+    await ctx.store.removeFailedUpload(objectKey(ctx, id));
+  } catch (cleanupErr) {
+    return new BackupError(
+      error.code,
+      `${error.message}; cleanup also failed: ${errorMessage(cleanupErr)}`,
+      { cause: error, remedy: error.remedy },
+    );
+  }
+  return error;
+}
+
+/** The value of a settled promise, or its reason thrown. */
+function settledValue<T>(result: PromiseSettledResult<T>): T {
+  if (result.status === 'rejected') throw result.reason;
+  return result.value;
+}

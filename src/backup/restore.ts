@@ -1,0 +1,234 @@
+/**
+ * Restoring without risking the live data: every check comes first, the
+ * archive is extracted into a staging directory beside the data, and only a
+ * fully authenticated archive that matches its manifest is swapped in (by
+ * renames), with Synapse stopped just for the swap. A failure before the swap
+ * leaves the live data as it was; a failure during or after it moves the
+ * previous files back.
+ */
+import { BackupError, errorMessage } from '../errors';
+import { formatBytes } from '../format';
+import { CommandSink, fileExists, runCommand } from '../workload/command';
+import { completeManifest, objectKey } from './catalog';
+import { type EngineContext, passphraseOf } from './context';
+import { readServerIdentity } from './identity';
+import { validateBackupId } from './ids';
+import type { Manifest } from './manifest';
+import { type ReadCounts, checkPassphrase, compareWithManifest, readArchive } from './read';
+import {
+  PREVIOUS_PREFIX,
+  STAGING_PREFIX,
+  freeSpaceCommand,
+  makeDirCommand,
+  removeLeftoversCommand,
+  removeOneTimeKeysCommand,
+  removeTreeCommand,
+  rollbackCommand,
+  swapCommand,
+  syncCommand,
+  tarExtractCommand,
+} from './scripts';
+import { TarScanner, confinedEntryPolicy } from './tar';
+import type { RestoreRequest, RestoreResult } from './types';
+
+/** The hidden directories of one restore, as names in the data dir. */
+interface RestoreDirs {
+  staging: string;
+  previous: string;
+}
+
+/**
+ * Restores backup `request.id` into the data dir (see the protocol above).
+ * Throws `not-found`, `corrupt` (no manifest unless allowMissingManifest),
+ * `wrong-server` (unless force), `wrong-passphrase`, `no-space`,
+ * `archive-rejected`, `manifest-mismatch`, `workload-command`, or ConfigError
+ * without a passphrase; before the swap, the live data is as it was.
+ */
+export async function restoreBackup(
+  ctx: EngineContext,
+  request: RestoreRequest,
+): Promise<RestoreResult> {
+  passphraseOf(ctx);
+  const id = validateBackupId(request.id);
+  const manifest = request.allowMissingManifest
+    ? await completeManifest(ctx, id, true)
+    : await completeManifest(ctx, id);
+  await refuseOtherServer(ctx, id, manifest?.serverName, request);
+  await checkPassphrase(ctx, id);
+  await checkFreeSpace(ctx, id, manifest);
+
+  await runCommand(ctx.workload, removeLeftoversCommand(ctx.dataDir), 'removing leftovers');
+  const stamp = new Date().toISOString().replace(/[-:.]/g, '');
+  const dirs: RestoreDirs = {
+    staging: `${STAGING_PREFIX}${stamp}`,
+    previous: `${PREVIOUS_PREFIX}${stamp}`,
+  };
+  const scanner = new TarScanner(confinedEntryPolicy());
+  const extracted = await extractToStaging(ctx, id, manifest, dirs, scanner);
+  const oneTimeKeysRemoved = await swapIn(ctx, request.services ?? [], dirs);
+
+  const previousPath = `${ctx.dataDir}/${dirs.previous}`;
+  // The previous files go only once the swap itself is on disk; if it cannot be
+  // flushed, they stay, and the result says where.
+  let keepPrevious = Boolean(request.keepPrevious);
+  if (!keepPrevious) {
+    keepPrevious = await runCommand(
+      ctx.workload,
+      syncCommand(ctx.dataDir),
+      'flushing the swap',
+    ).then(
+      () => false,
+      () => true,
+    );
+    if (!keepPrevious) await removeTree(ctx, previousPath);
+  }
+  return {
+    backupId: id,
+    files: scanner.files,
+    plaintextBytes: extracted.plaintext.bytes,
+    durationSeconds: extracted.elapsedSeconds,
+    previousPath: keepPrevious ? previousPath : undefined,
+    oneTimeKeysRemoved,
+  };
+}
+
+/**
+ * Extracts the backup into a new staging directory, compares it with the
+ * manifest and flushes it to disk; on any failure the staging directory goes.
+ */
+async function extractToStaging(
+  ctx: EngineContext,
+  id: string,
+  manifest: Manifest | undefined,
+  dirs: RestoreDirs,
+  scanner: TarScanner,
+): Promise<ReadCounts> {
+  const stagingPath = `${ctx.dataDir}/${dirs.staging}`;
+  await runCommand(ctx.workload, makeDirCommand(stagingPath), 'creating the staging directory');
+  try {
+    const sink = new CommandSink(
+      ctx.workload,
+      { command: tarExtractCommand(stagingPath), directStdin: true },
+      `tar extracting into ${stagingPath}`,
+    );
+    const extracted = await readArchive(ctx, id, 'restore', sink, scanner);
+    if (manifest) {
+      compareWithManifest(manifest, {
+        plaintextBytes: extracted.plaintext.bytes,
+        ciphertextBytes: extracted.ciphertext.bytes,
+        sha256: extracted.plaintext.sha256,
+        files: scanner.files,
+      });
+    }
+    // On disk before Synapse stops: the swap below is renames only.
+    await runCommand(ctx.workload, syncCommand(stagingPath), 'flushing the restored files to disk');
+    return extracted;
+  } catch (err) {
+    await removeTree(ctx, stagingPath, err);
+    throw err;
+  }
+}
+
+/**
+ * With `services` stopped: moves the live files aside and the staged ones in,
+ * removes the one-time keys, and starts the services again. A failure after
+ * the swap moves the previous files back; any failure removes the staging
+ * directory and starts the services. Returns the one-time keys removed.
+ */
+async function swapIn(
+  ctx: EngineContext,
+  services: string[],
+  dirs: RestoreDirs,
+): Promise<number | undefined> {
+  const { workload, dataDir } = ctx;
+  await workload.stopServices(services);
+  try {
+    await runCommand(
+      workload,
+      swapCommand(dataDir, dirs.staging, dirs.previous),
+      `moving the restored files into ${dataDir}`,
+    );
+    try {
+      const removed = await removeOneTimeKeys(ctx);
+      await workload.startServices(services);
+      return removed;
+    } catch (err) {
+      await workload.stopServices(services).catch(() => undefined);
+      await runCommand(
+        workload,
+        rollbackCommand(dataDir, dirs.staging, dirs.previous),
+        'moving the previous files back',
+      );
+      throw err;
+    }
+  } catch (err) {
+    await removeTree(ctx, `${dataDir}/${dirs.staging}`, err);
+    await workload.startServices(services).catch(() => undefined);
+    throw err;
+  }
+}
+
+/** Refuses a backup of another server name than the live one, unless `force`. */
+async function refuseOtherServer(
+  ctx: EngineContext,
+  id: string,
+  backupServer: string | undefined,
+  request: RestoreRequest,
+): Promise<void> {
+  if (!backupServer || request.force) return;
+  const live = await readServerIdentity(ctx.workload, ctx.dataDir);
+  const current = live.serverName ?? request.expectedServerName;
+  if (current && current !== backupServer) {
+    throw new BackupError(
+      'wrong-server',
+      `backup ${id} is of server "${backupServer}" but this Synapse is "${current}": restoring it would replace this server's identity`,
+      { remedy: { kind: 'run-again', option: 'force', when: 'if that is what you want' } },
+    );
+  }
+}
+
+/** Refuses when the data dir's filesystem cannot hold the staged copy (plaintext bytes). */
+async function checkFreeSpace(
+  ctx: EngineContext,
+  id: string,
+  manifest: Manifest | undefined,
+): Promise<void> {
+  const needed = manifest?.plaintextBytes ?? (await ctx.store.head(objectKey(ctx, id)))?.size ?? 0;
+  const output = await runCommand(
+    ctx.workload,
+    freeSpaceCommand(ctx.dataDir),
+    `checking free space in ${ctx.dataDir}`,
+  );
+  const free = Number(output.trim());
+  if (!Number.isFinite(free)) return;
+  if (free < needed) {
+    throw new BackupError(
+      'no-space',
+      `restoring backup ${id} needs ${formatBytes(needed)} free in ${ctx.dataDir} for the staged copy, but only ${formatBytes(free)} is free`,
+      { remedy: { kind: 'advice', text: 'grow the data volume or free space, then retry' } },
+    );
+  }
+}
+
+/** Deletes the restored one-time keys; undefined when there is no SQLite database. */
+async function removeOneTimeKeys(ctx: EngineContext): Promise<number | undefined> {
+  const db = `${ctx.dataDir}/homeserver.db`;
+  if (!(await fileExists(ctx.workload, db))) return undefined;
+  const out = await runCommand(
+    ctx.workload,
+    removeOneTimeKeysCommand(db),
+    'removing one-time keys from the restored database',
+  );
+  return out.trim() ? Number(out.trim()) : 0;
+}
+
+/** Removes a tree the engine made; a failure is added to `cause`'s story rather than hiding it. */
+async function removeTree(ctx: EngineContext, path: string, cause?: unknown): Promise<void> {
+  try {
+    await runCommand(ctx.workload, removeTreeCommand(path), `removing ${path}`);
+  } catch (err) {
+    if (cause instanceof Error)
+      cause.message += `; also could not remove ${path}: ${errorMessage(err)}`;
+    else throw err;
+  }
+}

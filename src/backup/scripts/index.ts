@@ -1,0 +1,53 @@
+/**
+ * Every program the engine runs inside the workload container (POSIX sh, GNU
+ * tar, Python's sqlite3), in one place. Each is a function returning argv;
+ * every path reaches the program as an argument ($1, sys.argv[1]), never as
+ * text spliced into it, so odd characters cannot change what it does.
+ *
+ * create.ts
+ * - tarCreateCommand: the archive on stdout. Exit 0; 66 (EMPTY_SELECTION_EXIT)
+ *   when nothing is selected; 67 (SNAPSHOT_FAILED_EXIT) when the SQLite
+ *   snapshot failed; otherwise tar's or dd's own non-zero status.
+ * - SQLITE_SNAPSHOT: the snapshot alone, for the bench.
+ *
+ * restore.ts
+ * - tarExtractCommand: extracts stdin into a directory; tar's status.
+ * - freeSpaceCommand: prints the bytes free for the data dir; df's status.
+ * - makeDirCommand: mkdir; non-zero if the directory exists.
+ * - syncCommand: flushes the data dir's filesystem; sync's status.
+ * - swapCommand: staged files in, live ones aside; 1 after moving back what it moved.
+ * - rollbackCommand: undoes a swap; non-zero (set -e) on the first failed step.
+ * - removeTreeCommand: rm -rf; rm's status.
+ * - removeOneTimeKeysCommand: prints the rows deleted (nothing without the
+ *   table); python's status.
+ *
+ * common.ts
+ * - removeLeftoversCommand: removes an interrupted run's snapshot and staging
+ *   dirs; always 0 (a missing data dir is nothing to remove).
+ * - readSmallFileCommand: prints at most 1 MiB of a file; head's status.
+ */
+export {
+  PREVIOUS_PREFIX,
+  SNAPSHOT_NAME,
+  STAGING_PREFIX,
+  readSmallFileCommand,
+  removeLeftoversCommand,
+} from './common';
+export {
+  EMPTY_SELECTION_EXIT,
+  SELECTED_GLOBS,
+  SELECTED_PATHS,
+  SNAPSHOT_FAILED_EXIT,
+  SQLITE_SNAPSHOT,
+  tarCreateCommand,
+} from './create';
+export {
+  freeSpaceCommand,
+  makeDirCommand,
+  removeOneTimeKeysCommand,
+  removeTreeCommand,
+  rollbackCommand,
+  swapCommand,
+  syncCommand,
+  tarExtractCommand,
+} from './restore';

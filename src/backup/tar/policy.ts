@@ -1,0 +1,96 @@
+import { posix } from 'node:path';
+import { ArchiveRejectedError, type EntryPolicy, display } from './header';
+
+/**
+ * The restore policy: every entry must land inside the extraction root.
+ * Rejects absolute paths, `..`, device nodes and FIFOs, symlinks that point
+ * outside, hard links to anything but an earlier regular file, and entries
+ * whose path runs through a name that was a symlink earlier in the archive,
+ * even if a later entry replaced it: whether an extracting tar removes the
+ * symlink first (GNU tar does) or keeps it (busybox, --keep-directory-symlink)
+ * is not ours to know.
+ *
+ * Symlink targets are checked lexically, which is exact only without
+ * symlinks inside them, so a ".." after a name ("d/s/..", where d/s may be a
+ * symlink) is refused; leading ".." climb from the symlink's real directory.
+ */
+export function confinedEntryPolicy(): EntryPolicy {
+  const symlinks = new Set<string>();
+  const regularFiles = new Set<string>();
+  return (entry) => {
+    const name = normalizeMemberName(entry.name);
+    const shown = display(entry.name);
+    const parts = name.split('/');
+    for (let i = 1; i < parts.length; i++) {
+      const parent = parts.slice(0, i).join('/');
+      if (symlinks.has(parent)) {
+        throw new ArchiveRejectedError(
+          `entry ${shown} is inside ${display(parent)}, which the archive made a symlink: refused`,
+        );
+      }
+    }
+    switch (entry.type) {
+      case 'file':
+        regularFiles.add(name);
+        return;
+      case 'directory':
+        regularFiles.delete(name);
+        return;
+      case 'symlink': {
+        if (entry.linkname.startsWith('/')) {
+          throw new ArchiveRejectedError(
+            `symlink ${shown} points to the absolute path ${display(entry.linkname)}: refused`,
+          );
+        }
+        const steps = entry.linkname.split('/').filter((p) => p !== '' && p !== '.');
+        const firstName = steps.findIndex((p) => p !== '..');
+        if (firstName !== -1 && steps.indexOf('..', firstName) !== -1) {
+          throw new ArchiveRejectedError(
+            `symlink ${shown} has ".." after a directory name in its target (${display(entry.linkname)}), which another symlink could lead outside: refused`,
+          );
+        }
+        const resolved = posix.normalize(posix.join(posix.dirname(name), entry.linkname));
+        if (resolved === '..' || resolved.startsWith('../')) {
+          throw new ArchiveRejectedError(
+            `symlink ${shown} points outside the data directory (${display(entry.linkname)}): refused`,
+          );
+        }
+        symlinks.add(name);
+        regularFiles.delete(name);
+        return;
+      }
+      case 'hardlink': {
+        const target = normalizeMemberName(entry.linkname, 'hard link target');
+        if (!regularFiles.has(target)) {
+          throw new ArchiveRejectedError(
+            `hard link ${shown} points to ${display(entry.linkname)}, which is not a file earlier in the archive: refused`,
+          );
+        }
+        regularFiles.add(name);
+        return;
+      }
+      case 'device':
+        throw new ArchiveRejectedError(`entry ${shown} is a device node: refused`);
+      case 'fifo':
+        throw new ArchiveRejectedError(`entry ${shown} is a FIFO: refused`);
+      default:
+        throw new ArchiveRejectedError(
+          `entry ${shown} has the unsupported tar type '${entry.typeflag}': refused`,
+        );
+    }
+  };
+}
+
+function normalizeMemberName(raw: string, what = 'entry'): string {
+  if (raw.includes('\0') || raw === '') {
+    throw new ArchiveRejectedError(`the archive has an ${what} with an empty or invalid name`);
+  }
+  if (raw.startsWith('/')) {
+    throw new ArchiveRejectedError(`${what} ${display(raw)} has an absolute path: refused`);
+  }
+  const parts = raw.split('/').filter((p) => p !== '' && p !== '.');
+  if (parts.includes('..')) {
+    throw new ArchiveRejectedError(`${what} ${display(raw)} contains "..": refused`);
+  }
+  return parts.join('/') || '.';
+}

@@ -1,0 +1,298 @@
+/**
+ * The engine's logic on an in-memory store (tests/support/memory-store.ts)
+ * and this host's tar: no MinIO, no Pebble, seconds. What the store does
+ * over the network is tests/engine.test.ts's business.
+ */
+import { promises as fsp } from 'node:fs';
+import path from 'node:path';
+import { Writable } from 'node:stream';
+import { BackupEngine } from '../src/backup/engine';
+import type { EngineOptions } from '../src/backup/types';
+import { BackupError, ConfigError } from '../src/errors';
+import { parseS3Settings } from '../src/s3/settings';
+import { LocalWorkload } from '../src/workload/local';
+import type { ExecOptions, ExecProcess, Workload } from '../src/workload/workload';
+import { MemoryStore } from './support/memory-store';
+import { tmpDir } from './support/peers';
+import { makeSynapseTree, snapshotTree, withoutSkipped } from './support/synapse-tree';
+
+const PASSPHRASE = 'correct horse battery staple';
+const MiB = 1024 * 1024;
+const day = 86_400_000;
+
+function engineOn(
+  store: MemoryStore,
+  dataDir: string,
+  extra: Partial<EngineOptions> = {},
+): BackupEngine {
+  return new BackupEngine({
+    s3: parseS3Settings({ bucket: store.bucket, region: 'us-east-1' }),
+    store,
+    workload: new LocalWorkload(),
+    dataDir,
+    passphrase: PASSPHRASE,
+    partSize: 5 * MiB,
+    ...extra,
+  });
+}
+
+async function synapseDir(options: { mediaFiles?: number; bigFileBytes?: number } = {}) {
+  const dir = await tmpDir('synapse-logic');
+  await makeSynapseTree(dir.path, { mediaFiles: 2, ...options });
+  return dir.path;
+}
+
+/** Kills the command after `limit` bytes of its stdout: tar dying mid-stream. */
+class KillAfterBytes implements Workload {
+  readonly description: string;
+  constructor(
+    private readonly inner: Workload,
+    private readonly limit: number,
+  ) {
+    this.description = inner.description;
+  }
+  exec(options: ExecOptions): ExecProcess {
+    const proc = this.inner.exec(options);
+    let seen = 0;
+    proc.stdout.on('data', (chunk: Buffer) => {
+      seen += chunk.length;
+      if (seen > this.limit) proc.kill();
+    });
+    return proc;
+  }
+  stopServices = (n: string[]) => this.inner.stopServices(n);
+  startServices = (n: string[]) => this.inner.startServices(n);
+  serviceStatus = (n: string[]) => this.inner.serviceStatus(n);
+}
+
+describe('engine logic on an in-memory store', () => {
+  test('create, list, verify and restore round-trip the selected files', async () => {
+    const store = new MemoryStore();
+    const src = await synapseDir({ bigFileBytes: 6 * MiB });
+    const dst = (await tmpDir('synapse-logic-dst')).path;
+    const engine = engineOn(store, src);
+    const created = await engine.create({ id: 'one' });
+    expect(created).toMatchObject({ backupId: 'one', files: expect.any(Number) });
+    expect(store.keys()).toEqual(['backups/one.manifest.json', 'backups/one.tar.enc']);
+
+    const listed = await engine.list();
+    expect(listed.backups).toEqual([
+      expect.objectContaining({ backupId: 'one', status: 'complete', size: created.size }),
+    ]);
+    expect(listed.uploads).toEqual([]);
+    await expect(engine.verify('one')).resolves.toMatchObject({ sha256: created.sha256 });
+
+    const restored = await engineOn(store, dst).restore({ id: 'one' });
+    expect(restored).toMatchObject({ backupId: 'one', files: created.files });
+    const expected = withoutSkipped(await snapshotTree(src));
+    const actual = await snapshotTree(dst);
+    expect([...actual.keys()].sort()).toEqual([...expected.keys()].sort());
+    expected.delete('homeserver.db'); // a snapshot, one-time keys removed
+    for (const [key, entry] of expected) expect([key, actual.get(key)]).toEqual([key, entry]);
+
+    const plain: Buffer[] = [];
+    const out = new Writable({
+      write: (c: Buffer, _e, done) => {
+        plain.push(c);
+        done();
+      },
+    });
+    const decrypted = await engine.decryptTo('one', out);
+    expect(decrypted).toEqual({ plaintextBytes: created.plaintextBytes, sha256: created.sha256 });
+    expect(Buffer.concat(plain).length).toBe(created.plaintextBytes);
+  });
+
+  test('an existing id is refused, and so is one with an upload in progress', async () => {
+    const store = new MemoryStore();
+    const engine = engineOn(store, await synapseDir());
+    await engine.create({ id: 'once' });
+    await expect(engine.create({ id: 'once' })).rejects.toMatchObject({
+      code: 'already-exists',
+      message: expect.stringContaining('backup once already exists and is never overwritten'),
+    });
+    store.startUpload('backups/busy.tar.enc');
+    await expect(engine.create({ id: 'busy' })).rejects.toMatchObject({
+      code: 'already-exists',
+      message: 'an upload of backup busy is in progress or was left behind by an interrupted run',
+      remedy: { kind: 'run', operation: 'prune' },
+    });
+    expect(store.keys()).toEqual(['backups/once.manifest.json', 'backups/once.tar.enc']);
+  });
+
+  test('a backup without a manifest is listed incomplete and restored only when allowed', async () => {
+    const store = new MemoryStore();
+    const engine = engineOn(store, await synapseDir());
+    await engine.create({ id: 'legacy' });
+    store.objects.delete('backups/legacy.manifest.json');
+    expect((await engine.list()).backups).toEqual([
+      expect.objectContaining({ backupId: 'legacy', status: 'incomplete' }),
+    ]);
+    const dst = (await tmpDir('synapse-logic-legacy')).path;
+    const restorer = engineOn(store, dst);
+    await expect(restorer.restore({ id: 'legacy' })).rejects.toMatchObject({
+      code: 'corrupt',
+      message: expect.stringContaining('backup legacy is incomplete: it has no manifest'),
+      remedy: { kind: 'run-again', option: 'allow-no-manifest' },
+    });
+    expect(await fsp.readdir(dst)).toEqual([]);
+    await expect(
+      restorer.restore({ id: 'legacy', allowMissingManifest: true }),
+    ).resolves.toMatchObject({ backupId: 'legacy' });
+    expect(await fsp.readdir(dst)).toContain('homeserver.yaml');
+  });
+
+  test('prune applies the retention policy, aborts stale uploads and removes leftovers', async () => {
+    const store = new MemoryStore();
+    const data = await synapseDir();
+    const engine = engineOn(store, data, { passphrase: undefined });
+    const creator = engineOn(store, data);
+    for (const id of ['20261101000000', '20261110000000', '20261120000000']) {
+      await creator.create({ id });
+    }
+    const stale = store.startUpload('backups/stale.tar.enc', new Date(Date.now() - 2 * day));
+    await fsp.writeFile(path.join(data, '.synapse-backup-snapshot.db'), 'half a snapshot');
+    const later = new Date(Date.now() + day);
+
+    const dry = await engine.prune({ keepLast: 1 }, { dryRun: true, now: later });
+    expect(dry).toEqual({
+      dryRun: true,
+      forgotten: ['20261101000000', '20261110000000'],
+      incompleteRemoved: [],
+      uploadsAborted: ['backups/stale.tar.enc'],
+      kept: 1,
+      leftoversRemoved: false,
+      staleRemoved: [],
+    });
+    expect(store.keys()).toHaveLength(6);
+
+    const real = await engine.prune({ keepLast: 1 }, { now: later });
+    expect(real).toMatchObject({ forgotten: dry.forgotten, leftoversRemoved: true });
+    expect(store.keys()).toEqual([
+      'backups/20261120000000.manifest.json',
+      'backups/20261120000000.tar.enc',
+    ]);
+    expect(store.uploads.has(stale.uploadId)).toBe(false);
+    expect(await fsp.readdir(data)).not.toContain('.synapse-backup-snapshot.db');
+  });
+
+  test('prune asks the workload to remove its stale files, and reports a failure', async () => {
+    const store = new MemoryStore();
+    const local = new LocalWorkload();
+    const removeStale = jest.fn(async () => ['/run/stale.sock']);
+    const engine = engineOn(store, await synapseDir(), {
+      workload: Object.assign(Object.create(local) as LocalWorkload, { removeStale }),
+    });
+    expect(await engine.prune({ keepLast: 1 })).toMatchObject({
+      staleRemoved: ['/run/stale.sock'],
+    });
+    expect((await engine.prune({ keepLast: 1 }, { dryRun: true })).staleRemoved).toEqual([]);
+    expect(removeStale).toHaveBeenCalledTimes(1);
+    removeStale.mockRejectedValueOnce(new Error('permission denied'));
+    expect(await engine.prune({ keepLast: 1 })).toMatchObject({
+      staleRemoved: [],
+      staleError: 'permission denied',
+    });
+  });
+
+  test('a failed upload reports S3, not tar, and leaves nothing behind', async () => {
+    const store = new MemoryStore();
+    const data = await synapseDir({ bigFileBytes: 12 * MiB });
+    const engine = engineOn(store, data);
+    store.fail('upload', {
+      afterBytes: 6 * MiB,
+      error: new BackupError('s3', 'cannot upload backups/cut.tar.enc: HTTP 500 InternalError'),
+    });
+    await expect(engine.create({ id: 'cut' })).rejects.toMatchObject({
+      code: 's3',
+      message: 'cannot upload backups/cut.tar.enc: HTTP 500 InternalError',
+    });
+    expect(store.keys()).toEqual([]);
+    expect(store.uploads.size).toBe(0);
+    expect(store.calls.at(-1)).toEqual({
+      method: 'removeFailedUpload',
+      key: 'backups/cut.tar.enc',
+    });
+    expect(await fsp.readdir(data)).not.toContain('.synapse-backup-snapshot.db');
+
+    // At once, before a byte was read, too.
+    store.fail('upload', { error: new BackupError('s3-auth', 'cannot upload: access denied') });
+    await expect(engine.create({ id: 'denied' })).rejects.toMatchObject({ code: 's3-auth' });
+    expect(store.keys()).toEqual([]);
+  });
+
+  test('a failed manifest write removes the uploaded object', async () => {
+    const store = new MemoryStore();
+    const engine = engineOn(store, await synapseDir());
+    store.fail('putText');
+    await expect(engine.create({ id: 'half' })).rejects.toMatchObject({
+      message: 'cannot putText: injected failure',
+    });
+    expect(store.keys()).toEqual([]);
+  });
+
+  test("tar dying mid-stream reports tar's exit status", async () => {
+    const store = new MemoryStore();
+    const data = await synapseDir({ bigFileBytes: 12 * MiB });
+    const engine = engineOn(store, data, {
+      workload: new KillAfterBytes(new LocalWorkload(), 3 * MiB),
+    });
+    const err = await engine.create({ id: 'killed' }).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(BackupError);
+    expect((err as Error).message).toMatch(/tar in local host (was killed|exited with status)/);
+    expect(store.keys()).toEqual([]);
+    expect(store.uploads.size).toBe(0);
+  });
+
+  test('delete removes the manifest first: a half-deleted backup never looks complete', async () => {
+    const store = new MemoryStore();
+    const engine = engineOn(store, await synapseDir(), { passphrase: undefined });
+    await engineOn(store, await synapseDir()).create({ id: 'doomed' });
+    store.fail('delete', { key: 'backups/doomed.tar.enc' });
+    await expect(engine.delete('doomed')).rejects.toThrow('cannot delete: injected failure');
+    expect(store.keys()).toEqual(['backups/doomed.tar.enc']);
+    expect((await engine.list()).backups).toEqual([
+      expect.objectContaining({ backupId: 'doomed', status: 'incomplete' }),
+    ]);
+    const deleted = await engine.delete('doomed');
+    expect(deleted.deletedKeys).toEqual(['backups/doomed.tar.enc']);
+    expect(store.calls.filter((c) => c.method === 'delete').map((c) => c.key)).toEqual([
+      'backups/doomed.manifest.json',
+      'backups/doomed.tar.enc',
+      'backups/doomed.tar.enc',
+    ]);
+  });
+
+  test('an unknown id: not-found with a list remedy, or the missing bucket', async () => {
+    const store = new MemoryStore();
+    const engine = engineOn(store, await synapseDir());
+    await expect(engine.delete('nothing')).rejects.toMatchObject({
+      code: 'not-found',
+      message: 'backup nothing does not exist in bucket "memory"',
+      remedy: { kind: 'run', operation: 'list', why: 'to see the ids' },
+    });
+    store.bucketExists = false;
+    await expect(engine.verify('nothing')).rejects.toMatchObject({ code: 's3-bucket' });
+  });
+
+  test('without a passphrase, list, delete and prune work; the rest say which setting', async () => {
+    const store = new MemoryStore();
+    const data = await synapseDir();
+    await engineOn(store, data).create({ id: 'kept' });
+    const engine = engineOn(store, data, { passphrase: undefined });
+    const missing = {
+      code: 'config',
+      message: 'no backup passphrase is set',
+      remedy: { kind: 'set', setting: 'backup-passphrase' },
+    };
+    const calls = store.calls.length;
+    await expect(engine.create({ id: 'new' })).rejects.toMatchObject(missing);
+    await expect(engine.verify('kept')).rejects.toMatchObject(missing);
+    await expect(engine.restore({ id: 'kept' })).rejects.toMatchObject(missing);
+    const sink = new Writable({ write: (_c, _e, done) => done() });
+    await expect(engine.decryptTo('kept', sink)).rejects.toBeInstanceOf(ConfigError);
+    expect(store.calls.length).toBe(calls); // refused before touching the store
+    expect((await engine.list()).backups).toHaveLength(1);
+    await expect(engine.prune({ keepLast: 1 })).resolves.toMatchObject({ kept: 1 });
+    await expect(engine.delete('kept')).resolves.toMatchObject({ backupId: 'kept' });
+  });
+});
