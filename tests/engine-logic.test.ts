@@ -66,6 +66,27 @@ class KillAfterBytes implements Workload {
 }
 
 describe('engine logic on an in-memory store', () => {
+  test('the data dir and the parents of selected paths get their owner, group and mode back', async () => {
+    const store = new MemoryStore();
+    const src = await synapseDir();
+    await fsp.chmod(src, 0o750);
+    await fsp.chmod(path.join(src, 'media_store'), 0o751);
+    await fsp.chown(path.join(src, 'media_store'), 991, 991);
+    await fsp.chown(src, 991, 992);
+    const created = await engineOn(store, src).create({ id: 'modes' });
+    // In place (the parent is recreated by the swap) and into a fresh dir (the root too).
+    await fsp.chmod(src, 0o700);
+    await fsp.chown(src, 0, 0);
+    const fresh = (await tmpDir('synapse-logic-modes')).path;
+    for (const dir of [src, fresh]) {
+      await engineOn(store, dir).restore({ id: created.backupId, force: true });
+      const root = await fsp.stat(dir);
+      const media = await fsp.stat(path.join(dir, 'media_store'));
+      expect([root.uid, root.gid, root.mode & 0o7777]).toEqual([991, 992, 0o750]);
+      expect([media.uid, media.gid, media.mode & 0o7777]).toEqual([991, 991, 0o751]);
+    }
+  });
+
   test('create, list, verify and restore round-trip the selected files', async () => {
     const store = new MemoryStore();
     const src = await synapseDir({ bigFileBytes: 6 * MiB });

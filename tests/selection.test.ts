@@ -67,6 +67,8 @@ describe('the create script', () => {
     expect(run.stderr).toBe('');
     expect(run.status).toBe(0);
     expect(entries(run.stdout)).toEqual([
+      './',
+      'media_store/',
       'homeserver.yaml',
       'media_store/local_content/',
       'media_store/local_content/a',
@@ -194,6 +196,8 @@ describe('the create script', () => {
     expect(status).toBe(0);
     expect(released).toBe(true);
     expect(entries(Buffer.concat(chunks))).toEqual([
+      './',
+      'media_store/',
       'homeserver.yaml',
       'media_store/local_content/',
       'media_store/local_content/a',
@@ -213,6 +217,8 @@ describe('the create script', () => {
     );
     // The media went out meanwhile, without the database.
     expect(entries(run.stdout)).toEqual([
+      './',
+      'media_store/',
       'homeserver.yaml',
       'media_store/local_content/',
       'media_store/local_content/a',
@@ -226,7 +232,7 @@ describe('the create script', () => {
     const run = await runScript(dir);
     expect(run.stderr).toBe('');
     expect(run.status).toBe(0);
-    expect(entries(run.stdout)).toEqual(['homeserver.db']);
+    expect(entries(run.stdout)).toEqual(['./', 'homeserver.db']);
   });
 
   test('dd dying mid-stream fails the script (tar meets a broken pipe)', async () => {

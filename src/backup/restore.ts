@@ -35,6 +35,8 @@ import type { RestoreRequest, RestoreResult } from './types';
 interface RestoreDirs {
   staging: string;
   previous: string;
+  /** The archive had a `./` entry: its owner, group and mode are the data dir's at backup time. */
+  rootFromArchive?: boolean;
 }
 
 /**
@@ -63,7 +65,11 @@ export async function restoreBackup(
     staging: `${STAGING_PREFIX}${stamp}`,
     previous: `${PREVIOUS_PREFIX}${stamp}`,
   };
-  const scanner = new TarScanner(confinedEntryPolicy());
+  const policy = confinedEntryPolicy();
+  const scanner = new TarScanner((entry) => {
+    policy(entry);
+    if (entry.type === 'directory' && /^(\.\/*)+$/.test(entry.name)) dirs.rootFromArchive = true;
+  });
   const extracted = await extractToStaging(ctx, id, manifest, dirs, scanner);
   const oneTimeKeysRemoved = await swapIn(ctx, request.services ?? [], dirs);
 
@@ -145,7 +151,9 @@ async function swapIn(
   try {
     await runCommand(
       workload,
-      swapCommand(dataDir, dirs.staging, dirs.previous),
+      swapCommand(dataDir, dirs.staging, dirs.previous, {
+        rootFromArchive: dirs.rootFromArchive,
+      }),
       `moving the restored files into ${dataDir}`,
     );
     try {

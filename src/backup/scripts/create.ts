@@ -42,9 +42,10 @@ export function tarCreateCommand(dataDir: string): string[] {
     'db=0',
     '[ -f homeserver.db ] && db=1',
     `[ "$#" -gt 0 ] || [ "$db" = 1 ] || { echo "nothing to back up in $PWD: no homeserver.yaml, signing key, homeserver.db or local media" >&2; exit ${EMPTY_SELECTION_EXIT}; }`,
+    ...PARENT_ENTRIES,
     'rm -f -- "$snap"',
     ...namesAsTheyCome(),
-    `archive() { names "$@" | tar --create --file=- --format=posix --numeric-owner --transform='s|^${snapshotPattern}$|homeserver.db|' --null --verbatim-files-from --files-from=- 3>&-; }`,
+    `archive() { names "$@" | tar --create --file=- --format=posix --numeric-owner --transform='s|^${snapshotPattern}$|homeserver.db|' --no-recursion . $parents --recursion --null --verbatim-files-from --files-from=- 3>&-; }`,
     ...REBLOCKED_ARCHIVE,
     'rm -f -- "$snap"',
     // 141: the snapshot's script met a broken pipe because tar had failed: tar's status says why.
@@ -56,6 +57,25 @@ export function tarCreateCommand(dataDir: string): string[] {
   ].join('\n');
   return ['sh', '-c', script, 'synapse-backup', dataDir];
 }
+
+/**
+ * Sets `parents` to the directories above the selected paths (`media_store`), each
+ * once. tar stores them, and the data dir itself (`./`), without their contents
+ * (`--no-recursion` before them, `--recursion` again for the selection): their
+ * owner, group and mode come back with a restore, which would otherwise make
+ * `media_store/` root's 0755 and leave Synapse (uid 991 in the official image)
+ * unable to create `media_store/remote_content`. The names are constants: no
+ * quoting is needed.
+ */
+const PARENT_ENTRIES = [
+  "parents=''",
+  `for f in ${SELECTED_PATHS.join(' ')}; do`,
+  '  [ -e "$f" ] || continue',
+  '  p=${f%/*}',
+  '  [ "$p" != "$f" ] && [ -d "$p" ] || continue',
+  '  case " $parents " in *" $p "*) ;; *) parents="$parents $p" ;; esac',
+  'done',
+];
 
 /**
  * `names "$@"` writes the names for tar, NUL-terminated. With a database, the

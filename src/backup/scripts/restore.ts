@@ -42,9 +42,15 @@ const MOVE_TOP_LEVEL = [
 /**
  * The swap: current files into $3 (previous), staged files from $2 into the
  * data dir ($1). Renames on one filesystem. On any failure it moves back what
- * it moved and exits non-zero.
+ * it moved and exits non-zero. With `rootFromArchive` ($4 = 1) the data dir then
+ * takes the staging dir's owner, group and mode, which the archive's `./` entry set.
  */
-export function swapCommand(dataDir: string, staging: string, previous: string): string[] {
+export function swapCommand(
+  dataDir: string,
+  staging: string,
+  previous: string,
+  options: { rootFromArchive?: boolean } = {},
+): string[] {
   return sh(
     [
       'set -u',
@@ -55,11 +61,18 @@ export function swapCommand(dataDir: string, staging: string, previous: string):
       'if ! move_all "$2" .; then',
       '  move_all . "$2"; move_all "$3" .; rmdir -- "$3"; exit 1',
       'fi',
+      // The archive's `./` entry gave the staging dir the data dir's owner, group and mode
+      // at backup time: the data dir takes them (best effort: renames are what matter).
+      'if [ "$4" = 1 ]; then',
+      '  chown --reference="$2" -- . 2>/dev/null || true',
+      '  chmod --reference="$2" -- . 2>/dev/null || true',
+      'fi',
       'rmdir -- "$2"',
     ],
     dataDir,
     staging,
     previous,
+    options.rootFromArchive ? '1' : '0',
   );
 }
 
