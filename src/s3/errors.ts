@@ -1,6 +1,8 @@
 /**
  * S3 SDK errors in the operator's terms: each becomes a BackupError whose
- * message says what went wrong and what to fix (never a secret key).
+ * message says what went wrong (never a secret key) and whose typed remedy
+ * says which setting fixes it, worded by each front end (src/charm/remedy.ts,
+ * src/cli/remedy.ts).
  */
 import { BackupError } from '../errors';
 import type { S3Settings } from './settings';
@@ -84,23 +86,37 @@ function transportError(
   ) {
     return new BackupError(
       's3-unreachable',
-      `cannot ${doing}: the TLS certificate of ${where} is not trusted (${networkDetail(e)}); set s3-ca-chain to the CA that signed it`,
-      { cause },
+      `cannot ${doing}: the TLS certificate of ${where} is not trusted (${networkDetail(e)})`,
+      { cause, remedy: { kind: 'set', setting: 's3-ca-chain', how: 'to the CA that signed it' } },
     );
   }
   if (status !== undefined) return undefined;
   if (code === 'EPROTO' || NOT_TLS.test(text)) {
     return new BackupError(
       's3-unreachable',
-      `cannot ${doing}: ${where} did not answer in TLS (${networkDetail(e)}); if it serves plain HTTP, set s3-endpoint to http:// rather than https://`,
-      { cause },
+      `cannot ${doing}: ${where} did not answer in TLS (${networkDetail(e)})`,
+      {
+        cause,
+        remedy: {
+          kind: 'set',
+          setting: 's3-endpoint',
+          how: 'to http:// rather than https:// if it serves plain HTTP',
+        },
+      },
     );
   }
   if (NETWORK_CODES.has(code) || NETWORK_TEXTS.test(text)) {
     return new BackupError(
       's3-unreachable',
-      `cannot ${doing}: the S3 endpoint ${where} is unreachable (${networkDetail(e)}); check s3-endpoint and the network`,
-      { cause },
+      `cannot ${doing}: the S3 endpoint ${where} is unreachable (${networkDetail(e)})`,
+      {
+        cause,
+        remedy: {
+          kind: 'set',
+          setting: 's3-endpoint',
+          how: 'to the right URL, or fix the network',
+        },
+      },
     );
   }
   return undefined;
@@ -134,15 +150,23 @@ function responseError(
   if (status === 301 || e.name === 'PermanentRedirect') {
     return new BackupError(
       's3-bucket',
-      `cannot ${doing}: bucket "${settings.bucket}" is in another region than ${settings.region}; set s3-region to the bucket's region`,
-      { cause },
+      `cannot ${doing}: bucket "${settings.bucket}" is in another region than ${settings.region}`,
+      { cause, remedy: { kind: 'set', setting: 's3-region', how: "to the bucket's region" } },
     );
   }
   if (status === 400 && settings.uriStyle === 'host' && settings.endpoint) {
     return new BackupError(
       's3',
-      `cannot ${doing}: ${whereOf(settings)} rejected the request (HTTP 400); if it does not support virtual-host addressing set s3-uri-style=path`,
-      { cause },
+      `cannot ${doing}: ${whereOf(settings)} rejected the request (HTTP 400)`,
+      {
+        cause,
+        remedy: {
+          kind: 'set',
+          setting: 's3-uri-style',
+          value: 'path',
+          how: 'if the endpoint does not support virtual-host addressing',
+        },
+      },
     );
   }
   const detail = [status ? `HTTP ${status}` : undefined, e.name, e.message]
@@ -155,7 +179,10 @@ function responseError(
 export function missingBucket(settings: S3Settings, doing: string, cause: unknown): BackupError {
   return new BackupError(
     's3-bucket',
-    `cannot ${doing}: bucket "${settings.bucket}" does not exist at ${whereOf(settings)}; create it or fix s3-bucket`,
-    { cause },
+    `cannot ${doing}: bucket "${settings.bucket}" does not exist at ${whereOf(settings)}`,
+    {
+      cause,
+      remedy: { kind: 'set', setting: 's3-bucket', how: 'to an existing bucket, or create it' },
+    },
   );
 }

@@ -263,9 +263,8 @@ export class ObjectStore {
       for (const upload of pending) await this.abortUpload(upload);
       await new Promise((resolve) => setTimeout(resolve, 200 * (attempt + 1)));
     }
-    throw new BackupError(
-      'cleanup',
-      `could not abort the in-progress upload of ${key}; run prune-backups or abort it with your S3 tools`,
-    );
+    throw new BackupError('cleanup', `could not abort the in-progress upload of ${key}`, {
+      remedy: { kind: 'run', operation: 'prune', why: 'or abort it with your S3 tools' },
+    });
   }
 }

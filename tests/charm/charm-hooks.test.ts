@@ -247,7 +247,7 @@ describeWithPeers(['minio', 'pebble'])('charm hooks', () => {
       const r = await hook(h, 'config-changed');
       expect(r.status).toEqual({
         status: 'blocked',
-        message: `cannot use bucket "no-such-bucket": bucket "no-such-bucket" does not exist at ${minio.endpoint}; create it or fix s3-bucket`,
+        message: `cannot use bucket "no-such-bucket": bucket "no-such-bucket" does not exist at ${minio.endpoint}; set s3-bucket to an existing bucket, or create it`,
       });
     });
 
@@ -268,7 +268,7 @@ describeWithPeers(['minio', 'pebble'])('charm hooks', () => {
       const r = await hook(h, 'config-changed');
       expect(r.status?.status).toBe('blocked');
       expect(r.status?.message).toBe(
-        `cannot use bucket "${minio.bucket}": the S3 endpoint http://127.0.0.1:${port} is unreachable (ECONNREFUSED); check s3-endpoint and the network`,
+        `cannot use bucket "${minio.bucket}": the S3 endpoint http://127.0.0.1:${port} is unreachable (ECONNREFUSED); set s3-endpoint to the right URL, or fix the network`,
       );
     });
 
@@ -365,7 +365,7 @@ describeWithPeers(['minio', 'pebble'])('charm hooks', () => {
       // The relation being broken no longer counts: config applies again.
       r = await hook(h, 'backup-relation-broken', { relationId: rel.id });
       expect(r.status?.message).toBe(
-        `cannot use bucket "no-such-bucket": bucket "no-such-bucket" does not exist at ${minio.endpoint}; create it or fix s3-bucket`,
+        `cannot use bucket "no-such-bucket": bucket "no-such-bucket" does not exist at ${minio.endpoint}; set s3-bucket to an existing bucket, or create it`,
       );
       h.removeRelation(rel.id);
       h.setConfig({
