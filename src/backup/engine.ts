@@ -8,7 +8,7 @@ import {
   encryptionParameters,
   validateFrameLength,
 } from '../crypto/esdk';
-import { BackupError, ConfigError, errorMessage } from '../errors';
+import { BackupError, ConfigError, errorMessage, remedyOf } from '../errors';
 import { checkBucket } from '../s3/client';
 import { MIN_PART_SIZE, ObjectStore } from '../s3/store';
 import { ENGINE_NAME, ENGINE_VERSION } from '../version';
@@ -276,7 +276,8 @@ export class BackupEngine {
       return new BackupError(
         error.code,
         `${error.message}; cleanup also failed: ${errorMessage(cleanupErr)}`,
-        { cause: error },
+        // The messages no longer carry their fixes: keep one (the failure's, else the cleanup's).
+        { cause: error, remedy: error.remedy ?? remedyOf(cleanupErr) },
       );
     }
     return error;
