@@ -6,6 +6,7 @@
  *
  *   npx esbuild bench/upload-ab.ts --bundle --platform=node --outfile=.bench/upload-ab.js
  *   node .bench/upload-ab.js [--sizes 1024,4096] [--repeat 2] [--out FILE] [--minio-dir DIR]
+ *     [--uploaders sink,lib-storage,lib-storage-8mib]
  *
  * - The stream: `size` MiB of AES-256-CTR keystream (zeros through the cipher, 64 KiB
  *   chunks): incompressible and cheap to make (its own rate is printed first).
@@ -26,30 +27,29 @@
  * (default bench-results/upload-ab.json). Credentials reach the children in
  * their environment, never in argv.
  */
-import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import { createCipheriv, randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
-import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { Readable } from 'node:stream';
 import { parseArgs } from 'node:util';
-import {
-  CreateBucketCommand,
-  DeleteObjectCommand,
-  HeadObjectCommand,
-  type S3Client,
-} from '@aws-sdk/client-s3';
+import { DeleteObjectCommand, HeadObjectCommand, type S3Client } from '@aws-sdk/client-s3';
 import { Upload } from '@aws-sdk/lib-storage';
 import { createS3Client } from '../src/s3/client';
 import { parseS3Settings, type S3Settings } from '../src/s3/settings';
 import { ObjectStore } from '../src/s3/store';
+import { type Minio, settle, startMinio } from './minio';
 
 const MIB = 1024 * 1024;
 const PART_SIZE = 16 * MIB;
 const QUEUE_SIZE = 2;
 const CHUNK = 64 * 1024;
-const UPLOADERS = ['sink', 'lib-storage'] as const;
+/**
+ * The contestants: the sink; lib-storage with the engine's part size; and, with
+ * `--uploaders`, lib-storage with 8 MiB parts, the size of the sink's first 2,000.
+ */
+const UPLOADERS = ['sink', 'lib-storage', 'lib-storage-8mib'] as const;
 type Uploader = (typeof UPLOADERS)[number];
 
 /** What a child is told (in UPLOAD_AB_CHILD), and the secret key in UPLOAD_AB_SECRET. */
@@ -128,7 +128,7 @@ async function upload(config: ChildConfig, settings: S3Settings, client: S3Clien
       Body: body,
       ContentType: 'application/octet-stream',
     },
-    partSize: PART_SIZE,
+    partSize: config.uploader === 'lib-storage-8mib' ? 8 * MIB : PART_SIZE,
     queueSize: QUEUE_SIZE,
     leavePartsOnError: false,
   }).done();
@@ -157,108 +157,6 @@ async function child(): Promise<void> {
     process.stdout.write(`${JSON.stringify(report)}\n`);
   } finally {
     client.destroy();
-  }
-}
-
-// ---------------------------------------------------------------- MinIO (as bench/run.ts)
-
-interface Minio {
-  process: ChildProcess;
-  dir: string;
-  work: string;
-  endpoint: string;
-  user: string;
-  secret: string;
-}
-
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = net.createServer();
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const { port } = server.address() as net.AddressInfo;
-      server.close(() => resolve(port));
-    });
-  });
-}
-
-function cpuSecondsOf(pid: number): number {
-  const fields = fs.readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
-  return (Number(fields[11]) + Number(fields[12])) / 100;
-}
-
-/** tmpfs when it holds three times the largest size (object, trash, slack); else the work dir. */
-function minioDir(work: string, largestMiB: number, chosen: string): string {
-  if (chosen) return chosen;
-  try {
-    const st = fs.statfsSync('/dev/shm');
-    if (st.bavail * st.bsize > 3 * largestMiB * MIB) {
-      return fs.mkdtempSync('/dev/shm/synapse-upload-ab-');
-    }
-  } catch {
-    // no /dev/shm
-  }
-  return path.join(work, 'minio');
-}
-
-async function startMinio(largestMiB: number, chosenDir: string): Promise<Minio> {
-  const peers =
-    process.env.SYNAPSE_PEERS_CACHE ?? path.join(os.homedir(), '.cache', 'synapse-backup-peers');
-  const bin = process.env.MINIO_BIN ?? path.join(peers, 'bin', 'minio');
-  const work = fs.mkdtempSync(path.join(os.tmpdir(), 'synapse-upload-ab-'));
-  const dir = minioDir(work, largestMiB, chosenDir);
-  fs.mkdirSync(dir, { recursive: true });
-  const [port, consolePort] = [await freePort(), await freePort()];
-  const user = `bench${randomBytes(4).toString('hex')}`;
-  const secret = randomBytes(16).toString('hex');
-  const fd = fs.openSync(path.join(work, 'minio.log'), 'a');
-  const argv = ['server', dir, '--address', `127.0.0.1:${port}`];
-  const proc = spawn(bin, [...argv, '--console-address', `127.0.0.1:${consolePort}`], {
-    env: {
-      ...process.env,
-      MINIO_ROOT_USER: user,
-      MINIO_ROOT_PASSWORD: secret,
-      MINIO_UPDATE: 'off',
-      HOME: work,
-    },
-    stdio: ['ignore', fd, fd],
-  });
-  fs.closeSync(fd);
-  const minio = { process: proc, dir, work, endpoint: `http://127.0.0.1:${port}`, user, secret };
-  const settings = parseS3Settings({
-    bucket: 'bench',
-    endpoint: minio.endpoint,
-    uriStyle: 'path',
-    accessKeyId: user,
-    secretAccessKey: secret,
-  });
-  const client = createS3Client(settings);
-  try {
-    for (let i = 0; ; i++) {
-      if (proc.exitCode !== null) throw new Error('minio exited while starting');
-      try {
-        await client.send(new CreateBucketCommand({ Bucket: 'bench' }));
-        break;
-      } catch (err) {
-        if (i >= 300) throw err;
-        await sleep(100);
-      }
-    }
-  } finally {
-    client.destroy();
-  }
-  log(`MinIO at ${minio.endpoint}, data in ${dir}`);
-  return minio;
-}
-
-/** Empties MinIO's trash, syncs, and waits (up to 20 s) until MinIO uses under 5% of a CPU. */
-async function settle(minio: Minio): Promise<void> {
-  fs.rmSync(path.join(minio.dir, '.minio.sys', 'tmp', '.trash'), { recursive: true, force: true });
-  spawnSync('sync');
-  for (let i = 0; i < 40; i++) {
-    const before = cpuSecondsOf(minio.process.pid!);
-    await sleep(500);
-    if (cpuSecondsOf(minio.process.pid!) - before < 0.025) return;
   }
 }
 
@@ -291,7 +189,12 @@ async function sourceRate(): Promise<number> {
   return (1024 * MIB) / 1e6 / (Number(process.hrtime.bigint() - t0) / 1e9);
 }
 
-async function measure(minio: Minio, sizes: number[], repeat: number): Promise<Row[]> {
+async function measure(
+  minio: Minio,
+  sizes: number[],
+  repeat: number,
+  uploaders: Uploader[],
+): Promise<Row[]> {
   const rows: Row[] = [];
   const cleaner = createS3Client(
     parseS3Settings({
@@ -306,7 +209,7 @@ async function measure(minio: Minio, sizes: number[], repeat: number): Promise<R
     for (const [index, sizeMiB] of sizes.entries()) {
       const runs = index === 0 ? repeat : 1;
       for (let run = 1; run <= runs; run++) {
-        const order = run % 2 === 1 ? UPLOADERS : [...UPLOADERS].reverse();
+        const order = run % 2 === 1 ? uploaders : [...uploaders].reverse();
         for (const uploader of order) {
           const key = `ab/${uploader}-${sizeMiB}-${run}`;
           await settle(minio);
@@ -364,16 +267,21 @@ async function main(): Promise<void> {
     options: {
       sizes: { type: 'string', default: '1024,4096' },
       repeat: { type: 'string', default: '2' },
+      uploaders: { type: 'string', default: 'sink,lib-storage' },
       out: { type: 'string', default: path.resolve('bench-results', 'upload-ab.json') },
       'minio-dir': { type: 'string', default: process.env.BENCH_MINIO_DIR ?? '' },
     },
   });
   const sizes = args.sizes!.split(',').map(Number);
   const repeat = Math.max(1, Number(args.repeat));
+  const uploaders = args.uploaders!.split(',') as Uploader[];
+  const unknown = uploaders.filter((u) => !UPLOADERS.includes(u));
+  if (unknown.length) throw new Error(`unknown uploaders: ${unknown.join(', ')}`);
   log(`the source alone: ${(await sourceRate()).toFixed(0)} MB/s of AES-256-CTR keystream`);
   const minio = await startMinio(Math.max(...sizes), args['minio-dir']!);
+  log(`MinIO at ${minio.endpoint}, data in ${minio.dir}`);
   try {
-    const rows = await measure(minio, sizes, repeat);
+    const rows = await measure(minio, sizes, repeat, uploaders);
     const result = {
       date: new Date().toISOString(),
       cpus: os.cpus().length,
