@@ -6,7 +6,7 @@
  *
  *   npx esbuild bench/upload-ab.ts --bundle --platform=node --outfile=.bench/upload-ab.js
  *   node .bench/upload-ab.js [--sizes 1024,4096] [--repeat 2] [--out FILE] [--minio-dir DIR]
- *     [--uploaders sink,lib-storage,lib-storage-8mib]
+ *     [--uploaders sink,lib-storage,lib-storage-8mib,sink-32mib]
  *
  * - The stream: `size` MiB of AES-256-CTR keystream (zeros through the cipher, 64 KiB
  *   chunks): incompressible and cheap to make (its own rate is printed first).
@@ -47,9 +47,10 @@ const QUEUE_SIZE = 2;
 const CHUNK = 64 * 1024;
 /**
  * The contestants: the sink; lib-storage with the engine's part size; and, with
- * `--uploaders`, lib-storage with 8 MiB parts, the size of the sink's first 2,000.
+ * `--uploaders`, lib-storage with 8 MiB parts (the size of the sink's first 2,000)
+ * and the sink with a 32 MiB part size (16 MiB parts, as lib-storage's).
  */
-const UPLOADERS = ['sink', 'lib-storage', 'lib-storage-8mib'] as const;
+const UPLOADERS = ['sink', 'lib-storage', 'lib-storage-8mib', 'sink-32mib'] as const;
 type Uploader = (typeof UPLOADERS)[number];
 
 /** What a child is told (in UPLOAD_AB_CHILD), and the secret key in UPLOAD_AB_SECRET. */
@@ -111,10 +112,11 @@ function vmHwmBytes(): number {
 
 async function upload(config: ChildConfig, settings: S3Settings, client: S3Client): Promise<void> {
   const body = keystream(config.bytes);
-  if (config.uploader === 'sink') {
+  if (config.uploader === 'sink' || config.uploader === 'sink-32mib') {
+    const partSize = config.uploader === 'sink' ? PART_SIZE : 32 * MIB;
     const store = new ObjectStore(settings);
     try {
-      await store.upload(config.key, body, { partSize: PART_SIZE, queueSize: QUEUE_SIZE });
+      await store.upload(config.key, body, { partSize, queueSize: QUEUE_SIZE });
     } finally {
       store.close();
     }
