@@ -9,13 +9,15 @@
 #      pinned (cached in $SYNAPSE_BENCH_CACHE, default ~/.cache/synapse-backup-bench)
 #   5. meanwhile, Synapse-like data dirs of each size (bench/gen_data.py; cached, ~15 s per GiB)
 #   6. runs everything: node .bench/run.js
+#   7. the multipart uploader alone, ours against @aws-sdk/lib-storage: node .bench/upload-ab.js
+#      (bench/upload-ab.ts: 2 runs of each at the first size, 1 at the others)
 #
 # Settings (environment):
 #   BENCH_SIZES=1024,4096      data sizes in MiB; ours and the floor run at each
 #   BENCH_BASELINES_AT=1024    sizes at which gpg, the seed's design and ours-local also run
 #   BENCH_REPEAT=3             runs of ours (pebble) and the floor at the first size (median kept)
 #   BENCH_MINIO_DIR=           where MinIO keeps data (default: /dev/shm when it has room)
-#   BENCH_SKIP=                any of: seed,gpg,local,relay,floor,ours
+#   BENCH_SKIP=                any of: seed,gpg,local,relay,floor,ours,upload-ab
 # Extra arguments go to bench/run.ts (e.g. `npm run bench -- --out /tmp/x.json`).
 set -euo pipefail
 
@@ -67,7 +69,7 @@ if [[ ! -f "$cli_js" || -n "$(find src scripts/bundle.mjs package.json package-l
   npm run --silent build
 fi
 mkdir -p .bench
-for driver in run crypto-stage; do
+for driver in run crypto-stage upload-ab; do
   npx --no-install esbuild "bench/$driver.ts" --bundle --platform=node --target=node20 \
     --outfile=".bench/$driver.js" --log-level=warning
 done
@@ -116,4 +118,8 @@ wait "$data_job" || die "generating the data failed (see above)"
 log "preparation took $((SECONDS - t_start)) s; running the benchmark"
 node .bench/run.js --data-root "$cache" --sizes "$sizes" --baselines-at "$baselines_at" \
   --venv "$venv" --repeat "$repeat" --skip "$skip" "$@"
+if [[ ",$skip," != *,upload-ab,* ]]; then
+  log "the multipart uploader alone: ours against @aws-sdk/lib-storage"
+  node .bench/upload-ab.js --sizes "$sizes" --repeat 2
+fi
 log "npm run bench took $((SECONDS - t_start)) s"

@@ -1,29 +1,36 @@
+/** Formatting shared by the CLI, the engine and the charm's actions: sizes and tables. */
 import type { BackupInfo } from './backup/types';
 
+const UNITS = ['B', 'KiB', 'MiB', 'GiB', 'TiB', 'PiB'];
+
+/** `bytes` in binary units, one decimal above bytes: "0 B", "1.5 KiB", "5.0 GiB". */
 export function formatBytes(bytes: number): string {
-  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
+  if (!Number.isFinite(bytes) || bytes < 0) return `${bytes} B`;
   let value = bytes;
   let unit = 0;
-  while (value >= 1024 && unit < units.length - 1) {
+  while (value >= 1024 && unit < UNITS.length - 1) {
     value /= 1024;
-    unit += 1;
+    unit++;
   }
-  return `${unit === 0 ? value : value.toFixed(1)} ${units[unit]}`;
+  return unit === 0 ? `${value} B` : `${value.toFixed(1)} ${UNITS[unit]}`;
 }
 
-/** An aligned table: id, created, size, status. */
-export function formatBackupTable(backups: BackupInfo[]): string {
-  const rows = [
-    ['backup-id', 'created', 'size', 'status'],
-    ...backups.map((b) => [b.backupId, b.created, formatBytes(b.size), b.status]),
-  ];
-  const widths = rows[0].map((_, col) => Math.max(...rows.map((r) => r[col].length)));
-  const lines = rows.map((r) =>
-    r
-      .map((cell, col) => cell.padEnd(widths[col]))
+/** Left-aligned columns separated by two spaces; trailing spaces trimmed. */
+export function formatTable(header: string[], rows: string[][]): string {
+  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? '').length)));
+  const line = (cells: string[]) =>
+    cells
+      .map((c, i) => c.padEnd(widths[i]))
       .join('  ')
-      .trimEnd(),
+      .trimEnd();
+  return [line(header), ...rows.map(line)].join('\n');
+}
+
+/** An aligned table: id, created, size, status; "(no backups)" under the header when empty. */
+export function formatBackupTable(backups: BackupInfo[]): string {
+  const table = formatTable(
+    ['backup-id', 'created', 'size', 'status'],
+    backups.map((b) => [b.backupId, b.created, formatBytes(b.size), b.status]),
   );
-  if (backups.length === 0) lines.push('(no backups)');
-  return lines.join('\n');
+  return backups.length === 0 ? `${table}\n(no backups)` : table;
 }

@@ -395,6 +395,35 @@ describeWithPeers(['minio'])('synapse-backup CLI (built bundle, real MinIO)', ()
     const line = errorLine(run);
     expect(line).toContain('bucket "no-such-bucket-here" does not exist');
     expect(line).toContain(minio.endpoint);
+    expect(line).toContain('; pass --bucket to an existing bucket, or create it');
+  });
+
+  test('an endpoint whose TLS certificate is not trusted: the error says --ca-file; with it, list works', async () => {
+    const tls = await startMinio({ tls: true });
+    const dir = await tmpDir('cli-ca');
+    try {
+      const flags = ['--endpoint', tls.endpoint, '--uri-style', 'path', '--bucket', tls.bucket];
+      const env = {
+        AWS_ACCESS_KEY_ID: tls.accessKeyId,
+        AWS_SECRET_ACCESS_KEY: tls.secretAccessKey,
+      };
+      const untrusted = await cli(['list', ...flags], { s3Flags: false, env });
+      expect(untrusted.code).toBe(1);
+      const line = errorLine(untrusted);
+      expect(line).toMatch(
+        /the TLS certificate of https:\/\/\S+ is not trusted \(.+\); pass --ca-file to the CA that signed it$/,
+      );
+      expect(line).not.toContain('s3-ca-chain');
+
+      const caFile = path.join(dir.path, 'ca.pem');
+      await fsp.writeFile(caFile, tls.caCert!);
+      const trusted = await cli(['list', ...flags, '--ca-file', caFile], { s3Flags: false, env });
+      expect(trusted.stderr).toBe('');
+      expect(trusted.code).toBe(0);
+    } finally {
+      await dir.cleanup();
+      await tls.stop();
+    }
   });
 
   test('a wrong S3 secret key is an access error that does not echo the key', async () => {

@@ -4,7 +4,7 @@ import * as net from 'node:net';
 import path from 'node:path';
 import { Readable } from 'node:stream';
 import { buildSync } from 'esbuild';
-import { BackupError } from '../src/errors';
+import { BackupError, type Remedy } from '../src/errors';
 import { checkBucket } from '../src/s3/client';
 import { DEFAULT_REGION, parseS3Settings, type S3SettingsInput } from '../src/s3/settings';
 import { ObjectStore } from '../src/s3/store';
@@ -53,48 +53,76 @@ function storeOperations(store: ObjectStore): [string, () => Promise<unknown>][]
 describe('parseS3Settings', () => {
   const valid: S3SettingsInput = { bucket: 'b', endpoint: 'http://127.0.0.1:9000' };
 
-  test.each<[string, S3SettingsInput, RegExp]>([
-    ['no bucket', { ...valid, bucket: undefined }, /no S3 bucket is set: set s3-bucket/],
-    ['a blank bucket', { ...valid, bucket: '   ' }, /no S3 bucket is set/],
+  test.each<[string, S3SettingsInput, RegExp, Remedy?]>([
+    [
+      'no bucket',
+      { ...valid, bucket: undefined },
+      /^no S3 bucket is set$/,
+      { kind: 'set', setting: 's3-bucket' },
+    ],
+    [
+      'a blank bucket',
+      { ...valid, bucket: '   ' },
+      /no S3 bucket is set/,
+      { kind: 'set', setting: 's3-bucket' },
+    ],
     [
       'neither region nor endpoint',
       { bucket: 'b', region: ' ', endpoint: '' },
-      /neither an S3 region nor an S3 endpoint is set: set s3-region or s3-endpoint/,
+      /^neither an S3 region nor an S3 endpoint is set$/,
+      { kind: 'set', setting: 's3-endpoint', how: '(or the region, on AWS)' },
     ],
     [
       'an endpoint that is no URL',
       { ...valid, endpoint: ' s3.example.com ' },
       /the S3 endpoint "s3.example.com" is not a URL: use e.g. https:\/\/s3.example.com/,
+      undefined,
     ],
     [
       'an endpoint without http(s)',
       { ...valid, endpoint: 'ftp://s3.example.com' },
       /must start with http:\/\/ or https:\/\//,
+      undefined,
     ],
-    ['a host:port without scheme', { ...valid, endpoint: 'minio:9000' }, /must start with http/],
+    [
+      'a host:port without scheme',
+      { ...valid, endpoint: 'minio:9000' },
+      /must start with http/,
+      undefined,
+    ],
     [
       'a bad URI style',
       { ...valid, uriStyle: 'virtual' },
-      /URI style "virtual" is not valid: use "host" or "path"/,
+      /^the S3 URI style "virtual" is not valid$/,
+      { kind: 'set', setting: 's3-uri-style', how: 'to "host" or "path"' },
     ],
     [
       'an access key without a secret key',
       { ...valid, accessKeyId: 'AKIA' },
       /credentials are incomplete: both an access key and a secret key are needed/,
+      undefined,
     ],
-    ['a secret key without an access key', { ...valid, secretAccessKey: 's' }, /incomplete/],
+    [
+      'a secret key without an access key',
+      { ...valid, secretAccessKey: 's' },
+      /incomplete/,
+      undefined,
+    ],
     [
       'a bad checksum mode',
       { ...valid, checksumMode: 'always' },
       /checksum mode "always" is not valid: use "when_required" or "when_supported"/,
+      undefined,
     ],
     [
       'zero attempts',
       { ...valid, maxAttempts: 0 },
       /max attempts must be a whole number from 1 to 20, not 0/,
+      undefined,
     ],
-    ['fractional attempts', { ...valid, maxAttempts: 2.5 }, /not 2.5/],
-  ])('%s is refused with its own message', (_name, input, message) => {
+    ['fractional attempts', { ...valid, maxAttempts: 2.5 }, /not 2.5/, undefined],
+    // Every row has a remedy or undefined: jest takes a missing last argument for `done`.
+  ])('%s is refused with its own message', (_name, input, message, remedy) => {
     let thrown: unknown;
     try {
       parseS3Settings(input);
@@ -104,6 +132,7 @@ describe('parseS3Settings', () => {
     expect(thrown).toBeInstanceOf(BackupError);
     expect((thrown as BackupError).code).toBe('config');
     expect((thrown as BackupError).message).toMatch(message);
+    expect((thrown as BackupError).remedy).toEqual(remedy);
   });
 
   test('each problem has a message of its own', () => {
@@ -260,8 +289,13 @@ describeWithPeers(['minio'])('S3 errors against a real MinIO', () => {
         name,
         code: 's3-bucket',
         message: expect.stringMatching(
-          new RegExp(`bucket "no-such-bucket-here" does not exist at ${minio.endpoint}`),
+          new RegExp(`bucket "no-such-bucket-here" does not exist at ${minio.endpoint}$`),
         ),
+      });
+      expect(err.remedy).toEqual({
+        kind: 'set',
+        setting: 's3-bucket',
+        how: 'to an existing bucket, or create it',
       });
     }
   });
@@ -282,9 +316,14 @@ describeWithPeers(['minio'])('S3 errors against a real MinIO', () => {
         code: 's3-unreachable',
         message: expect.stringMatching(
           new RegExp(
-            `S3 endpoint http://127.0.0.1:${port} is unreachable \\([^)]*ECONNREFUSED[^)]*\\); check s3-endpoint`,
+            `S3 endpoint http://127.0.0.1:${port} is unreachable \\([^)]*ECONNREFUSED[^)]*\\)$`,
           ),
         ),
+      });
+      expect(err.remedy).toEqual({
+        kind: 'set',
+        setting: 's3-endpoint',
+        how: 'to the right URL, or fix the network',
       });
     }
   });
@@ -300,10 +339,20 @@ describeWithPeers(['minio'])('S3 errors against a real MinIO', () => {
     }
     for (const err of errors) {
       expect(err.code).toBe('s3-unreachable');
-      expect(err.message).toMatch(/TLS/);
-      expect(err.message).toMatch(/http:\/\/ rather than https:\/\//);
+      expect(err.message).toMatch(/did not answer in TLS/);
+      expect(err.remedy).toEqual({
+        kind: 'set',
+        setting: 's3-endpoint',
+        how: 'to http:// rather than https:// if it serves plain HTTP',
+      });
     }
   });
+
+  const caChainRemedy: Remedy = {
+    kind: 'set',
+    setting: 's3-ca-chain',
+    how: 'to the CA that signed it',
+  };
 
   test('TLS with a CA we do not know: not trusted, set s3-ca-chain; with it, everything works', async () => {
     const untrusted = settingsFor(tlsMinio);
@@ -319,11 +368,10 @@ describeWithPeers(['minio'])('S3 errors against a real MinIO', () => {
       expect({ code: err.code, message: err.message }).toEqual({
         code: 's3-unreachable',
         message: expect.stringMatching(
-          new RegExp(
-            `the TLS certificate of ${tlsMinio.endpoint} is not trusted \\(.+\\); set s3-ca-chain to the CA that signed it`,
-          ),
+          new RegExp(`the TLS certificate of ${tlsMinio.endpoint} is not trusted \\(.+\\)$`),
         ),
       });
+      expect(err.remedy).toEqual(caChainRemedy);
     }
 
     // The CA from s3-ca-chain is trusted in addition to the public roots.
@@ -367,7 +415,7 @@ describeWithPeers(['minio'])('S3 errors against a real MinIO', () => {
           '      await checkBucket(parseS3Settings(input));',
           "      out.push({ code: 'ok' });",
           '    } catch (e) {',
-          '      out.push({ code: e.code, message: e.message, cause: e.cause?.code ?? e.cause?.name });',
+          '      out.push({ code: e.code, message: e.message, remedy: e.remedy, cause: e.cause?.code ?? e.cause?.name });',
           '    }',
           '  }',
           '  process.stdout.write(JSON.stringify(out));',
@@ -399,6 +447,7 @@ describeWithPeers(['minio'])('S3 errors against a real MinIO', () => {
       const results = JSON.parse(run.stdout) as {
         code: string;
         message?: string;
+        remedy?: Remedy;
         cause?: string;
       }[];
       expect(results).toEqual([
@@ -410,25 +459,28 @@ describeWithPeers(['minio'])('S3 errors against a real MinIO', () => {
         {
           code: 's3-bucket',
           message: expect.stringContaining('bucket "no-such-bucket-here" does not exist'),
+          remedy: expect.objectContaining({ kind: 'set', setting: 's3-bucket' }),
           cause: expect.any(String),
         },
         {
           code: 's3-unreachable',
           message: expect.stringContaining(`127.0.0.1:${port} is unreachable (ECONNREFUSED)`),
+          remedy: expect.objectContaining({ kind: 'set', setting: 's3-endpoint' }),
           cause: 'ECONNREFUSED',
         },
         {
           code: 's3-unreachable',
-          message: expect.stringContaining(
-            'did not answer in TLS (EPROTO); if it serves plain HTTP',
-          ),
+          message: expect.stringMatching(/did not answer in TLS \(EPROTO\)$/),
+          remedy: expect.objectContaining({
+            setting: 's3-endpoint',
+            how: expect.stringContaining('if it serves plain HTTP'),
+          }),
           cause: 'EPROTO',
         },
         {
           code: 's3-unreachable',
-          message: expect.stringContaining(
-            'is not trusted (UNABLE_TO_VERIFY_LEAF_SIGNATURE); set s3-ca-chain',
-          ),
+          message: expect.stringMatching(/is not trusted \(UNABLE_TO_VERIFY_LEAF_SIGNATURE\)$/),
+          remedy: caChainRemedy,
           cause: 'UNABLE_TO_VERIFY_LEAF_SIGNATURE',
         },
         { code: 'ok' },

@@ -5,7 +5,6 @@ import { tarCreateCommand } from '../src/backup/scripts';
 import { formatBackupTable, formatBytes } from '../src/format';
 import { validateFrameLength } from '../src/crypto/esdk';
 import { redact } from '../src/errors';
-import { partSizeFor } from '../src/s3/store';
 import { ENGINE_VERSION } from '../src/version';
 
 describe('small pieces', () => {
@@ -31,11 +30,6 @@ describe('small pieces', () => {
     expect(validateFrameLength(4096)).toBe(4096);
     expect(() => validateFrameLength(1000)).toThrow('is not a multiple of 128 bytes');
     expect(() => validateFrameLength(2 ** 31)).toThrow('from 128 to 2147483647');
-  });
-
-  test('part size grows so 10,000 parts hold the largest backup', () => {
-    expect(partSizeFor(1)).toBe(5 * 1024 * 1024);
-    expect(partSizeFor(1024 ** 4)).toBe(105 * 1024 * 1024);
   });
 
   test('manifests from a newer engine or of another kind are refused with a reason', () => {

@@ -4,7 +4,7 @@
  * A failure anywhere tears the pipeline down and removes what it left.
  */
 import { createEncryptStream, encryptionParameters } from '../crypto/esdk';
-import { BackupError, errorMessage } from '../errors';
+import { BackupError, errorMessage, remedyOf } from '../errors';
 import { ENGINE_NAME, ENGINE_VERSION } from '../version';
 import { TailCollector, commandFailure, runCommand } from '../workload/command';
 import type { ExecProcess } from '../workload/workload';
@@ -224,7 +224,8 @@ async function cleanUpFailedCreate(
     return new BackupError(
       error.code,
       `${error.message}; cleanup also failed: ${errorMessage(cleanupErr)}`,
-      { cause: error, remedy: error.remedy },
+      // The messages carry no fixes: keep one (the failure's, else the cleanup's).
+      { cause: error, remedy: error.remedy ?? remedyOf(cleanupErr) },
     );
   }
   return error;

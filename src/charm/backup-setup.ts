@@ -8,8 +8,8 @@
  * Each problem yields its own operator-readable message (never secret values).
  */
 import { type RetentionPolicy, parseRetention } from '../backup/retention';
-import { ConfigError, errorMessage } from '../errors';
-import { describeForCharm } from './remedy';
+import { ConfigError } from '../errors';
+import { describeForCharm, type SettingsSource } from './remedy';
 import type { JujuContext } from '../juju/context';
 import { parseRelationId } from '../juju/context';
 import { HookToolError, type HookTools } from '../juju/hook-tools';
@@ -27,6 +27,8 @@ export type BackupSetup =
       state: 'ready';
       source: BackupSource;
       s3: S3Settings;
+      /** How to word remedies for `s3`: the s3-* options, or the provider's config. */
+      settingsSource: SettingsSource;
       passphrase: string;
       /** e.g. `s3://bucket/prefix at https://minio:9000 (from the backup relation)` */
       description: string;
@@ -101,6 +103,7 @@ export async function resolveBackupSetup(
   try {
     let s3: S3Settings;
     let description: string;
+    let settingsSource: SettingsSource = { kind: 'config' };
     if (relation) {
       if (hasS3Config(config)) {
         await tools.jujuLog(
@@ -108,7 +111,9 @@ export async function resolveBackupSetup(
           'the backup relation is present: its S3 settings are used and the s3-* options are ignored',
         );
       }
-      s3 = await settingsFromRelation(tools, relation.id, relation.remoteApp);
+      const provider = relation.remoteApp ?? 's3-integrator';
+      s3 = await settingsFromRelation(tools, relation.id, provider, relation.remoteApp);
+      settingsSource = { kind: 'relation', provider };
       description = `${where(s3)} (from the backup relation)`;
     } else {
       s3 = await settingsFromConfig(ctx, tools, config);
@@ -116,7 +121,7 @@ export async function resolveBackupSetup(
     }
     const passphrase = await readPassphrase(ctx, tools, config);
     const retention = parseRetention(config.backupRetention);
-    return { state: 'ready', source, s3, passphrase, description, retention };
+    return { state: 'ready', source, s3, settingsSource, passphrase, description, retention };
   } catch (err) {
     if (err instanceof SetupError || err instanceof ConfigError) {
       return { state: 'invalid', source, message: tools.redact(describeForCharm(err)) };
@@ -130,12 +135,16 @@ function where(s3: S3Settings): string {
   return s3.endpoint ? `${url} at ${s3.endpoint}` : `${url} in ${s3.region}`;
 }
 
+/**
+ * The provider's databag as S3 settings. parseS3Settings validates them; its
+ * errors come back worded for the relation (`juju config <provider> <key>=...`).
+ */
 async function settingsFromRelation(
   tools: HookTools,
   relationId: number,
+  provider: string,
   remoteApp: string | undefined,
 ): Promise<S3Settings> {
-  const provider = remoteApp ?? 's3-integrator';
   const raw = remoteApp ? await tools.relationGet(relationId, remoteApp, { app: true }) : {};
   const data: Record<string, unknown> = {};
   for (const [key, value] of Object.entries(raw)) data[key] = decodeRelationValue(value);
@@ -157,25 +166,12 @@ async function settingsFromRelation(
     secretAccessKey: secretKey,
     caChain: asText(data['tls-ca-chain']),
   };
-  if (!input.bucket) {
-    throw new SetupError(
-      `the backup relation has no bucket: juju config ${provider} bucket=<name>`,
-    );
-  }
-  if (!input.endpoint && !input.region) {
-    throw new SetupError(
-      `the backup relation has neither an S3 region nor an endpoint: juju config ${provider} endpoint=<url> (or region=<region>)`,
-    );
-  }
-  if (input.uriStyle && !['host', 'path'].includes(input.uriStyle.toLowerCase())) {
-    throw new SetupError(
-      `the backup relation's S3 URI style "${input.uriStyle}" is not valid: juju config ${provider} s3-uri-style=path (or host)`,
-    );
-  }
   try {
     return parseS3Settings(input);
   } catch (err) {
-    throw new SetupError(`the backup relation's S3 settings are invalid: ${errorMessage(err)}`);
+    // Its remedy names the provider's own config key (src/charm/remedy.ts).
+    const problem = describeForCharm(err, { kind: 'relation', provider });
+    throw new SetupError(`the backup relation's S3 settings are invalid: ${problem}`);
   }
 }
 

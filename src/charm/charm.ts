@@ -177,7 +177,7 @@ export class SynapseCharm {
     } catch (err) {
       const message =
         err instanceof BackupError
-          ? describeForCharm(err)
+          ? describeForCharm(err, setup.settingsSource)
           : `cannot check the S3 bucket "${setup.s3.bucket}": ${errorMessage(err)}`;
       return { kind: 'blocked', message: this.tools.redact(message) };
     }

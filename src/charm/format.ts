@@ -1,32 +1,11 @@
-/** Formatting for action output: sizes, rates, tables, progress. */
+/** Formatting for action output: sizes, rates, tables (src/format.ts), progress. */
 import type { Progress } from '../backup/types';
+import { formatBytes } from '../format';
 
-const UNITS = ['B', 'KiB', 'MiB', 'GiB', 'TiB', 'PiB'];
-
-export function formatBytes(bytes: number): string {
-  if (!Number.isFinite(bytes) || bytes < 0) return `${bytes} B`;
-  let value = bytes;
-  let unit = 0;
-  while (value >= 1024 && unit < UNITS.length - 1) {
-    value /= 1024;
-    unit++;
-  }
-  return unit === 0 ? `${value} B` : `${value.toFixed(1)} ${UNITS[unit]}`;
-}
+export { formatBytes, formatTable } from '../format';
 
 export function formatSeconds(seconds: number): string {
   return (Math.round(seconds * 10) / 10).toFixed(1);
-}
-
-/** Left-aligned columns separated by two spaces; trailing spaces trimmed. */
-export function formatTable(header: string[], rows: string[][]): string {
-  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? '').length)));
-  const line = (cells: string[]) =>
-    cells
-      .map((c, i) => c.padEnd(widths[i]))
-      .join('  ')
-      .trimEnd();
-  return [line(header), ...rows.map(line)].join('\n');
 }
 
 const VERB: Record<Progress['phase'], string> = {

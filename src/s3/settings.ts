@@ -34,17 +34,22 @@ export interface S3SettingsInput {
 
 export const DEFAULT_REGION = 'us-east-1';
 
-/** Validates raw settings (from config, the relation or CLI flags); each problem has its own message. */
+/**
+ * Validates raw settings (from config, the relation or CLI flags). Each problem
+ * is a ConfigError with a message of its own and, where one setting fixes it,
+ * a `set` remedy naming it (front ends word it: src/charm/remedy.ts, src/cli/remedy.ts).
+ */
 export function parseS3Settings(input: S3SettingsInput): S3Settings {
   const bucket = input.bucket?.trim();
-  if (!bucket)
-    throw new ConfigError('no S3 bucket is set: set s3-bucket (or relate s3-integrator)');
+  if (!bucket) throw new ConfigError('no S3 bucket is set', { kind: 'set', setting: 's3-bucket' });
   const endpoint = input.endpoint?.trim() || undefined;
   const region = input.region?.trim() || undefined;
   if (!endpoint && !region) {
-    throw new ConfigError(
-      'neither an S3 region nor an S3 endpoint is set: set s3-region or s3-endpoint',
-    );
+    throw new ConfigError('neither an S3 region nor an S3 endpoint is set', {
+      kind: 'set',
+      setting: 's3-endpoint',
+      how: '(or the region, on AWS)',
+    });
   }
   if (endpoint) {
     let url: URL;
@@ -61,9 +66,11 @@ export function parseS3Settings(input: S3SettingsInput): S3Settings {
   }
   const uriStyle = (input.uriStyle?.trim() || 'host').toLowerCase();
   if (uriStyle !== 'host' && uriStyle !== 'path') {
-    throw new ConfigError(
-      `the S3 URI style "${input.uriStyle}" is not valid: use "host" or "path"`,
-    );
+    throw new ConfigError(`the S3 URI style "${input.uriStyle}" is not valid`, {
+      kind: 'set',
+      setting: 's3-uri-style',
+      how: 'to "host" or "path"',
+    });
   }
   const checksumMode = (input.checksumMode?.trim() || 'WHEN_REQUIRED').toUpperCase();
   if (checksumMode !== 'WHEN_REQUIRED' && checksumMode !== 'WHEN_SUPPORTED') {

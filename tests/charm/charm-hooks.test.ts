@@ -247,7 +247,7 @@ describeWithPeers(['minio', 'pebble'])('charm hooks', () => {
       const r = await hook(h, 'config-changed');
       expect(r.status).toEqual({
         status: 'blocked',
-        message: `cannot use bucket "no-such-bucket": bucket "no-such-bucket" does not exist at ${minio.endpoint}; create it or fix s3-bucket`,
+        message: `cannot use bucket "no-such-bucket": bucket "no-such-bucket" does not exist at ${minio.endpoint}; set s3-bucket to an existing bucket, or create it`,
       });
     });
 
@@ -268,7 +268,7 @@ describeWithPeers(['minio', 'pebble'])('charm hooks', () => {
       const r = await hook(h, 'config-changed');
       expect(r.status?.status).toBe('blocked');
       expect(r.status?.message).toBe(
-        `cannot use bucket "${minio.bucket}": the S3 endpoint http://127.0.0.1:${port} is unreachable (ECONNREFUSED); check s3-endpoint and the network`,
+        `cannot use bucket "${minio.bucket}": the S3 endpoint http://127.0.0.1:${port} is unreachable (ECONNREFUSED); set s3-endpoint to the right URL, or fix the network`,
       );
     });
 
@@ -365,7 +365,7 @@ describeWithPeers(['minio', 'pebble'])('charm hooks', () => {
       // The relation being broken no longer counts: config applies again.
       r = await hook(h, 'backup-relation-broken', { relationId: rel.id });
       expect(r.status?.message).toBe(
-        `cannot use bucket "no-such-bucket": bucket "no-such-bucket" does not exist at ${minio.endpoint}; create it or fix s3-bucket`,
+        `cannot use bucket "no-such-bucket": bucket "no-such-bucket" does not exist at ${minio.endpoint}; set s3-bucket to an existing bucket, or create it`,
       );
       h.removeRelation(rel.id);
       h.setConfig({
@@ -382,17 +382,17 @@ describeWithPeers(['minio', 'pebble'])('charm hooks', () => {
       [
         'no bucket',
         { bucket: '' },
-        'the backup relation has no bucket: juju config s3-integrator bucket=<name>',
+        "the backup relation's S3 settings are invalid: no S3 bucket is set; set bucket on s3-integrator: juju config s3-integrator bucket=<name>",
       ],
       [
         'neither region nor endpoint',
         { endpoint: '', region: '' },
-        'the backup relation has neither an S3 region nor an endpoint: juju config s3-integrator endpoint=<url> (or region=<region>)',
+        "the backup relation's S3 settings are invalid: neither an S3 region nor an S3 endpoint is set; set endpoint on s3-integrator (or the region, on AWS): juju config s3-integrator endpoint=<url>",
       ],
       [
         'a bad URI style',
         { 's3-uri-style': 'virtual' },
-        'the backup relation\'s S3 URI style "virtual" is not valid: juju config s3-integrator s3-uri-style=path (or host)',
+        'the backup relation\'s S3 settings are invalid: the S3 URI style "virtual" is not valid; set s3-uri-style on s3-integrator to "host" or "path": juju config s3-integrator s3-uri-style=<host|path>',
       ],
     ])('is blocked on %s from the provider', async (_what, data, message) => {
       const h = await harness();
@@ -406,6 +406,20 @@ describeWithPeers(['minio', 'pebble'])('charm hooks', () => {
       h.addRelation('backup', 's3-integrator', clean);
       const r = await hook(h, 'backup-relation-changed');
       expect(r.status).toEqual({ status: 'blocked', message });
+    });
+
+    it("words an S3 error at HeadBucket in the provider's terms", async () => {
+      const h = await harness();
+      h.setConfig({
+        'server-name': 'example.com',
+        'backup-passphrase': h.addSecret({ passphrase: 'p4ssphrase' }),
+      });
+      h.addRelation('backup', 's3-integrator', providerData({ bucket: 'no-such-bucket' }));
+      const r = await hook(h, 'backup-relation-changed');
+      expect(r.status).toEqual({
+        status: 'blocked',
+        message: `cannot use bucket "no-such-bucket": bucket "no-such-bucket" does not exist at ${minio.endpoint}; set bucket on s3-integrator to an existing bucket, or create it: juju config s3-integrator bucket=<name>`,
+      });
     });
   });
 

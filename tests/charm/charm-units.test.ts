@@ -2,6 +2,9 @@ import { resultKeyForId } from '../../src/charm/actions/list-backups';
 import { decodeCaChain, decodeRelationValue } from '../../src/charm/backup-setup';
 import { formatBytes, formatTable, ProgressReporter } from '../../src/charm/format';
 import { loadOverrides } from '../../src/charm/overrides';
+import { charmRemedy, describeForCharm } from '../../src/charm/remedy';
+import { BackupError, type Remedy } from '../../src/errors';
+import { cliRemedy } from '../../src/cli/remedy';
 import { synapseLayer } from '../../src/charm/synapse';
 import { isValidActionKeySegment } from '../../src/juju/hook-tools';
 
@@ -85,6 +88,85 @@ describe('s3 relation values', () => {
     expect(decodeCaChain(pem)).toBe(pem);
     expect(decodeCaChain(Buffer.from(pem).toString('base64'))).toBe(pem);
     expect(() => decodeCaChain('not a cert')).toThrow(/s3-ca-chain is not a PEM certificate/);
+  });
+});
+
+describe('remedies in the charm', () => {
+  const relation = { kind: 'relation', provider: 'my-s3' } as const;
+
+  it.each<[Remedy, string, string, string]>([
+    [
+      { kind: 'set', setting: 's3-ca-chain', how: 'to the CA that signed it' },
+      'set s3-ca-chain to the CA that signed it',
+      'set tls-ca-chain on my-s3 to the CA that signed it: juju config my-s3 tls-ca-chain=<base64 PEM>',
+      'pass --ca-file to the CA that signed it',
+    ],
+    [
+      { kind: 'set', setting: 's3-uri-style', value: 'path', how: 'if it must' },
+      'set s3-uri-style=path if it must',
+      'set s3-uri-style=path on my-s3 if it must: juju config my-s3 s3-uri-style=path',
+      'pass --uri-style path if it must',
+    ],
+    [
+      { kind: 'set', setting: 's3-bucket' },
+      'set s3-bucket',
+      'set bucket on my-s3: juju config my-s3 bucket=<name>',
+      'pass --bucket',
+    ],
+    [
+      { kind: 'set', setting: 's3-region', how: "to the bucket's region" },
+      "set s3-region to the bucket's region",
+      "set region on my-s3 to the bucket's region: juju config my-s3 region=<region>",
+      "pass --region to the bucket's region",
+    ],
+    [
+      { kind: 'set', setting: 's3-endpoint' },
+      'set s3-endpoint',
+      'set endpoint on my-s3: juju config my-s3 endpoint=<url>',
+      'pass --endpoint',
+    ],
+    [
+      { kind: 'set', setting: 's3-path' },
+      'set s3-path',
+      'set path on my-s3: juju config my-s3 path=<folder>',
+      'pass --prefix',
+    ],
+    [
+      { kind: 'set', setting: 's3-credentials' },
+      'set s3-credentials',
+      'run juju run my-s3/leader sync-s3-credentials access-key=<key> secret-key=<secret>',
+      'set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY',
+    ],
+    [
+      { kind: 'set', setting: 'backup-passphrase' },
+      'set backup-passphrase',
+      'set backup-passphrase',
+      'set SYNAPSE_BACKUP_PASSPHRASE or --passphrase-file',
+    ],
+    [
+      { kind: 'run', operation: 'prune', why: 'or abort it with your S3 tools' },
+      'run prune-backups or abort it with your S3 tools',
+      'run prune-backups or abort it with your S3 tools',
+      'run synapse-backup prune or abort it with your S3 tools',
+    ],
+  ])('%j: from config, from the relation, in the CLI', (remedy, config, fromRelation, cli) => {
+    expect(charmRemedy(remedy)).toBe(config);
+    expect(charmRemedy(remedy, { kind: 'config' })).toBe(config);
+    expect(charmRemedy(remedy, relation)).toBe(fromRelation);
+    expect(cliRemedy(remedy)).toBe(cli);
+  });
+
+  it('describes an error as its message, then the remedy for where the settings come from', () => {
+    const err = new BackupError('s3-bucket', 'bucket "b" does not exist at http://s3', {
+      remedy: { kind: 'set', setting: 's3-bucket', how: 'to an existing bucket, or create it' },
+    });
+    expect(describeForCharm(err)).toBe(
+      'bucket "b" does not exist at http://s3; set s3-bucket to an existing bucket, or create it',
+    );
+    expect(describeForCharm(err, relation)).toBe(
+      'bucket "b" does not exist at http://s3; set bucket on my-s3 to an existing bucket, or create it: juju config my-s3 bucket=<name>',
+    );
+    expect(describeForCharm(new Error('plain'), relation)).toBe('plain');
   });
 });
 

@@ -142,7 +142,7 @@ describeWithPeers(['minio', 'pebble'])('S3 faults during create-backup', () => {
     await persistent(
       { op: 'UploadPart', fault: { kind: 'reset', afterBytes: MiB } },
       new RegExp(
-        `^cannot upload ${PREFIX}/\\d{14}\\.tar\\.enc: the S3 endpoint ${bed.s3.endpoint.replace(/\./g, '\\.')} is unreachable \\((ECONNRESET|EPIPE|socket hang up)\\); check s3-endpoint and the network$`,
+        `^cannot upload ${PREFIX}/\\d{14}\\.tar\\.enc: the S3 endpoint ${bed.s3.endpoint.replace(/\./g, '\\.')} is unreachable \\((ECONNRESET|EPIPE|socket hang up)\\); set s3-endpoint to the right URL, or fix the network$`,
       ),
       'fails naming the endpoint and ECONNRESET (not tar, which is killed); the multipart upload is aborted',
       true,

@@ -129,7 +129,7 @@ describeWithPeers(['minio', 'pebble'])('S3 settings that cannot work', () => {
       const msg = FaultBed.failure(run);
       observed(`action failed: ${msg}`);
       expect(msg).toBe(
-        `cannot list in-progress uploads: bucket "no-such-bucket" does not exist at ${bed.s3.endpoint}; create it or fix s3-bucket`,
+        `cannot list in-progress uploads: bucket "no-such-bucket" does not exist at ${bed.s3.endpoint}; set s3-bucket to an existing bucket, or create it`,
       );
       observed(await bed.afterFault(before, [run]));
     } finally {
@@ -152,7 +152,7 @@ describeWithPeers(['minio', 'pebble'])('S3 settings that cannot work', () => {
         ),
       );
       expect(msg).toContain(
-        `the S3 endpoint ${closed} is unreachable (ECONNREFUSED); check s3-endpoint and the network`,
+        `the S3 endpoint ${closed} is unreachable (ECONNREFUSED); set s3-endpoint to the right URL, or fix the network`,
       );
       observed(await bed.afterFault(before, [run]));
     } finally {

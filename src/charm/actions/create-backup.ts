@@ -1,7 +1,7 @@
 import { formatBytes, formatSeconds, ProgressReporter } from '../format';
 import { describeRetention } from '../../backup/retention';
-import { errorMessage } from '../../errors';
 import type { ActionResults } from '../../juju/hook-tools';
+import { describeForCharm } from '../remedy';
 import type { ActionHandler } from './context';
 
 export const createBackup: ActionHandler = async (a) => {
@@ -32,7 +32,7 @@ export const createBackup: ActionHandler = async (a) => {
         );
         results.pruned = removed.join(', ');
       } catch (err) {
-        const message = `backup ${result.backupId} is complete, but applying backup-retention failed: ${errorMessage(err)}; run prune-backups to retry`;
+        const message = `backup ${result.backupId} is complete, but applying backup-retention failed: ${describeForCharm(err, setup.settingsSource)}; run prune-backups to retry`;
         await a.log(message);
         results['prune-error'] = message;
       }
