@@ -35,6 +35,14 @@ export default tseslint.config(
     },
   },
   {
+    // Sizes a newcomer can read: no file in src/ over 350 lines, no function over 80.
+    files: ['src/**/*.ts'],
+    rules: {
+      'max-lines': ['error', { max: 350 }],
+      'max-lines-per-function': ['error', { max: 80 }],
+    },
+  },
+  {
     files: ['**/*.js', '**/*.mjs', '**/*.cjs'],
     languageOptions: { globals: nodeGlobals },
     rules: { '@typescript-eslint/no-require-imports': 'off' },

@@ -1,0 +1,189 @@
+/**
+ * The CLI's command line: usage, options, and reading what they name (the
+ * passphrase, the CA file, the data directory). Every problem is a ConfigError
+ * (exit 2, one line).
+ */
+import { mkdirSync, readFileSync, rmdirSync, statSync } from 'node:fs';
+import * as path from 'node:path';
+import { parseArgs } from 'node:util';
+import { ConfigError, errorMessage } from '../errors';
+
+export const USAGE = `usage:
+  synapse-backup create  --data-dir DIR [--id ID]
+  synapse-backup list
+  synapse-backup restore --id ID --data-dir DIR [--allow-no-manifest] [--keep-previous] [--force]
+  synapse-backup delete  --id ID
+  synapse-backup verify  --id ID
+  synapse-backup decrypt --id ID [--allow-no-manifest]   # plain tar on stdout
+  synapse-backup prune   [--keep-last N] [--keep-days N] [--stale-hours H] [--dry-run]
+                         [--data-dir DIR]   also remove what interrupted runs left in DIR
+common: --bucket B [--prefix P] [--endpoint URL] [--region R] [--uri-style host|path] [--json]
+        [--passphrase-file F] [--ca-file PEM] [--checksum when_required|when_supported]
+        [--frame-length BYTES] [--part-size MIB] [--queue-size N]
+        [--pebble-socket PATH]   run tar through Pebble instead of on this host
+        [--direct [--workload-dir PATH]]   with --pebble-socket: the archive (create's output,
+                                 restore's input) goes over a unix socket in the socket's
+                                 directory, not through Pebble's websocket (PATH: that
+                                 directory as the workload sees it; default the same path,
+                                 as when Pebble runs on this host)
+credentials: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or the AWS SDK's default chain)
+passphrase:  SYNAPSE_BACKUP_PASSPHRASE or --passphrase-file (never a flag value)`;
+
+export const OPTIONS = {
+  bucket: { type: 'string' },
+  prefix: { type: 'string' },
+  endpoint: { type: 'string' },
+  region: { type: 'string' },
+  'uri-style': { type: 'string' },
+  json: { type: 'boolean' },
+  'passphrase-file': { type: 'string' },
+  'ca-file': { type: 'string' },
+  checksum: { type: 'string' },
+  'frame-length': { type: 'string' },
+  'part-size': { type: 'string' },
+  'queue-size': { type: 'string' },
+  'pebble-socket': { type: 'string' },
+  direct: { type: 'boolean' },
+  /** The name of --direct when it was for create only. */
+  'direct-output': { type: 'boolean' },
+  'workload-dir': { type: 'string' },
+  'data-dir': { type: 'string' },
+  id: { type: 'string' },
+  'allow-no-manifest': { type: 'boolean' },
+  'keep-previous': { type: 'boolean' },
+  force: { type: 'boolean' },
+  'keep-last': { type: 'string' },
+  'keep-days': { type: 'string' },
+  'stale-hours': { type: 'string' },
+  'dry-run': { type: 'boolean' },
+  help: { type: 'boolean', short: 'h' },
+} as const;
+
+export type Values = ReturnType<
+  typeof parseArgs<{ options: typeof OPTIONS; allowPositionals: true }>
+>['values'];
+
+export const COMMANDS = ['create', 'list', 'restore', 'delete', 'verify', 'decrypt', 'prune'];
+
+/** Secrets this run knows, for the redaction of error messages. */
+export const secrets: (string | undefined)[] = [
+  process.env.SYNAPSE_BACKUP_PASSPHRASE,
+  process.env.AWS_SECRET_ACCESS_KEY,
+];
+
+export function readPassphrase(values: Values): string {
+  if (values['passphrase-file']) {
+    let fromFile: string;
+    try {
+      fromFile = readFileSync(values['passphrase-file'], 'utf8').replace(/\r?\n$/, '');
+    } catch (err) {
+      throw new ConfigError(`cannot read the passphrase file: ${errorMessage(err)}`);
+    }
+    if (!fromFile) {
+      throw new ConfigError(`the passphrase file ${values['passphrase-file']} is empty`);
+    }
+    secrets.push(fromFile);
+    return fromFile;
+  }
+  const fromEnv = process.env.SYNAPSE_BACKUP_PASSPHRASE;
+  if (!fromEnv) {
+    throw new ConfigError('no passphrase: set SYNAPSE_BACKUP_PASSPHRASE or pass --passphrase-file');
+  }
+  return fromEnv;
+}
+
+export function wholeNumber(value: string | undefined, flag: string): number | undefined {
+  if (value === undefined) return undefined;
+  if (!/^\d+$/.test(value)) throw new ConfigError(`--${flag} takes a whole number, not "${value}"`);
+  return Number(value);
+}
+
+export function required(value: string | undefined, flag: string, command: string): string {
+  if (!value) throw new ConfigError(`${command} needs --${flag}`);
+  return value;
+}
+
+export function readCaFile(file: string): string {
+  try {
+    return readFileSync(file, 'utf8');
+  } catch (err) {
+    throw new ConfigError(`cannot read the CA file: ${errorMessage(err)}`);
+  }
+}
+
+/**
+ * The data directory as the engine wants it: absolute. On this host a relative path is
+ * taken from the current directory, and create needs it to be a directory. Through Pebble
+ * the path is the workload container's, so it is passed on as given.
+ */
+export function dataDirFor(command: string, values: Values): string | undefined {
+  const given = values['data-dir'];
+  if (!given || values['pebble-socket']) return given;
+  const dir = path.resolve(given);
+  if (command !== 'create' && command !== 'restore') return dir;
+  let isDir: boolean | undefined;
+  try {
+    isDir = statSync(dir).isDirectory();
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') {
+      throw new ConfigError(`cannot use the data directory ${dir}: ${errorMessage(err)}`);
+    }
+  }
+  if (isDir === false) throw new ConfigError(`the data directory ${dir} is not a directory`);
+  if (isDir === undefined && command === 'create') {
+    throw new ConfigError(`the data directory ${dir} does not exist`);
+  }
+  return dir;
+}
+
+/**
+ * Makes a missing restore directory on this host (tar needs it to exist). Returns an undo
+ * that removes what it made if it is still empty, for a restore that fails before writing.
+ */
+export function makeRestoreDir(dir: string): () => void {
+  let first: string | undefined;
+  try {
+    first = mkdirSync(dir, { recursive: true, mode: 0o700 });
+  } catch (err) {
+    throw new ConfigError(`cannot create the data directory ${dir}: ${errorMessage(err)}`);
+  }
+  return () => {
+    if (!first) return;
+    for (let d = dir; d.length >= first.length; d = path.dirname(d)) {
+      try {
+        rmdirSync(d);
+      } catch {
+        return;
+      }
+    }
+  };
+}
+
+/**
+ * Parses argv: `help` for --help, `usage` with no command, else the command and its
+ * values, with the options each command needs checked before anything is read.
+ */
+export function parseCommandLine(
+  argv: string[],
+): { kind: 'help' } | { kind: 'usage' } | { kind: 'run'; command: string; values: Values } {
+  let parsed: { values: Values; positionals: string[] };
+  try {
+    parsed = parseArgs({ args: argv, options: OPTIONS, allowPositionals: true });
+  } catch (err) {
+    // Unknown option, missing option value, ...: a usage error like an unknown command.
+    throw new ConfigError(`${errorMessage(err).split('. ')[0]}; see synapse-backup --help`);
+  }
+  const { values, positionals } = parsed;
+  const command = positionals[0];
+  if (values.help) return { kind: 'help' };
+  if (!command) return { kind: 'usage' };
+  if (!COMMANDS.includes(command)) {
+    throw new ConfigError(`unknown command "${command}"; see synapse-backup --help`);
+  }
+  if (positionals.length > 1) throw new ConfigError(`unexpected argument "${positionals[1]}"`);
+  // Missing options first: before the passphrase, the S3 settings or any directory is touched.
+  if (command === 'create' || command === 'restore')
+    required(values['data-dir'], 'data-dir', command);
+  if (!['create', 'list', 'prune'].includes(command)) required(values.id, 'id', command);
+  return { kind: 'run', command, values };
+}

@@ -1,0 +1,131 @@
+/**
+ * The CLI's subcommands, one function each, on an engine built by main.ts.
+ * Each prints one human line (or table) or, with --json, one JSON object.
+ */
+import type { BackupEngine } from '../backup/engine';
+import { describeRetention } from '../backup/retention';
+import { ConfigError } from '../errors';
+import { formatBackupTable, formatBytes } from '../format';
+import { type Values, makeRestoreDir, required, wholeNumber } from './args';
+import { endProgressLine, workloadCleanupLines } from './output';
+
+export interface CommandContext {
+  engine: BackupEngine;
+  values: Values;
+  /** The data directory as the engine has it (absolute on this host). */
+  dataDir: string | undefined;
+  print(human: string, data: unknown): void;
+}
+
+type Command = (c: CommandContext) => Promise<void>;
+
+const create: Command = async ({ engine, values, print }) => {
+  const r = await engine.create({ id: values.id });
+  print(
+    `created backup ${r.backupId}: ${r.files} files, ${formatBytes(r.plaintextBytes)} archived, ${formatBytes(r.size)} stored, sha256 ${r.sha256}, ${r.durationSeconds.toFixed(1)} s`,
+    {
+      'backup-id': r.backupId,
+      size: r.size,
+      files: r.files,
+      sha256: r.sha256,
+      'plaintext-bytes': r.plaintextBytes,
+      'duration-seconds': r.durationSeconds,
+    },
+  );
+};
+
+const list: Command = async ({ engine, print }) => {
+  const r = await engine.list();
+  const uploads = r.uploads.map(
+    (u) => `in-progress upload: ${u.key} (started ${u.initiated ?? '?'})`,
+  );
+  print([formatBackupTable(r.backups), ...uploads].join('\n'), r);
+};
+
+const restore: Command = async ({ engine, values, dataDir, print }) => {
+  const id = required(values.id, 'id', 'restore');
+  const undoMkdir = values['pebble-socket'] ? () => undefined : makeRestoreDir(dataDir!);
+  const r = await engine
+    .restore({
+      id,
+      allowMissingManifest: values['allow-no-manifest'],
+      keepPrevious: values['keep-previous'],
+      force: values.force,
+    })
+    .catch((err: unknown) => {
+      undoMkdir();
+      throw err;
+    });
+  const notes = [
+    r.oneTimeKeysRemoved ? `${r.oneTimeKeysRemoved} one-time keys removed` : undefined,
+    r.previousPath ? `previous files kept in ${r.previousPath}` : undefined,
+  ].filter(Boolean);
+  print(
+    `restored backup ${r.backupId} into ${dataDir}: ${r.files} files, ${formatBytes(r.plaintextBytes)}${notes.map((n) => `; ${n}`).join('')}`,
+    r,
+  );
+};
+
+const remove: Command = async ({ engine, values, print }) => {
+  const r = await engine.delete(required(values.id, 'id', 'delete'));
+  print(`deleted backup ${r.backupId} (${r.deletedKeys.join(', ')})`, r);
+};
+
+const verify: Command = async ({ engine, values, print }) => {
+  const r = await engine.verify(required(values.id, 'id', 'verify'));
+  print(
+    `backup ${r.backupId} is good: ${r.files} files, ${formatBytes(r.plaintextBytes)}, sha256 ${r.sha256}`,
+    { ...r, ok: true },
+  );
+};
+
+const decrypt: Command = async ({ engine, values }) => {
+  const id = required(values.id, 'id', 'decrypt');
+  if (process.stdout.isTTY) {
+    throw new ConfigError('decrypt writes a tar archive: redirect stdout to a file or a pipe');
+  }
+  const r = await engine.decryptTo(id, process.stdout, {
+    allowMissingManifest: values['allow-no-manifest'],
+  });
+  endProgressLine();
+  process.stderr.write(
+    `decrypted backup ${id}: ${formatBytes(r.plaintextBytes)}, sha256 ${r.sha256}\n`,
+  );
+};
+
+const prune: Command = async ({ engine, values, dataDir, print }) => {
+  const policy = {
+    keepLast: wholeNumber(values['keep-last'], 'keep-last'),
+    keepDays: wholeNumber(values['keep-days'], 'keep-days'),
+  };
+  const staleHours = wholeNumber(values['stale-hours'], 'stale-hours') ?? 24;
+  const r = await engine.prune(policy, {
+    dryRun: values['dry-run'],
+    staleAfterSeconds: staleHours * 3600,
+    // Only in a data dir the operator named: another run may be using the default one.
+    workloadLeftovers: dataDir !== undefined,
+  });
+  const items = (names: string[]) => (names.length ? names.join(', ') : 'none');
+  const [remove, abort] = r.dryRun ? ['would remove', 'would abort'] : ['removed', 'aborted'];
+  print(
+    [
+      `${remove} by the retention policy (${describeRetention(policy)}): ${items(r.forgotten)}`,
+      `${remove} incomplete backups older than ${staleHours} h: ${items(r.incompleteRemoved)}`,
+      `${abort} unfinished uploads older than ${staleHours} h: ${items(r.uploadsAborted)}`,
+      `complete backups kept: ${r.kept}`,
+      ...workloadCleanupLines(r, dataDir),
+    ].join('\n'),
+    r,
+  );
+};
+
+/** Every subcommand by its name (args.ts COMMANDS lists the same names). */
+export const COMMAND_HANDLERS: Record<string, Command> = {
+  create,
+  list,
+  restore,
+  delete: remove,
+  verify,
+  decrypt,
+  prune,
+};

@@ -1,0 +1,52 @@
+/** The CLI's output: one line or JSON object on stdout, a progress line on stderr. */
+import type { Progress, PruneResult } from '../backup/types';
+import { formatBytes } from '../format';
+
+/** Set once a progress line has been drawn on stderr (which then needs a newline). */
+let progressShown = false;
+
+export function endProgressLine(): void {
+  if (progressShown) process.stderr.write('\n');
+  progressShown = false;
+}
+
+export function showProgress(p: Progress): void {
+  progressShown = true;
+  process.stderr.write(
+    `\r${p.phase}: ${formatBytes(p.bytes)} in ${p.elapsedSeconds.toFixed(0)} s (${formatBytes(p.bytesPerSecond)}/s)   `,
+  );
+}
+
+/** Writes a result: `human` as text, or `data` as JSON with kebab-case keys when `json`. */
+export function printer(json: boolean): (human: string, data: unknown) => void {
+  return (human, data) => {
+    endProgressLine();
+    process.stdout.write(json ? `${JSON.stringify(kebabKeys(data))}\n` : `${human}\n`);
+  };
+}
+
+/** What prune removed in the workload, for the human output (none in a dry run). */
+export function workloadCleanupLines(r: PruneResult, dataDir: string | undefined): string[] {
+  if (r.dryRun) return [];
+  const lines: string[] = [];
+  if (r.leftoversRemoved)
+    lines.push(`removed what interrupted runs left in ${dataDir}, if anything`);
+  if (r.leftoversError) {
+    lines.push(`could not remove what interrupted runs left in ${dataDir}: ${r.leftoversError}`);
+  }
+  if (r.staleRemoved.length > 0) lines.push(`removed stale files: ${r.staleRemoved.join(', ')}`);
+  if (r.staleError) lines.push(`could not remove stale files: ${r.staleError}`);
+  return lines;
+}
+
+/** JSON output uses kebab-case keys throughout, as create's contract does. */
+function kebabKeys(value: unknown): unknown {
+  if (Array.isArray(value)) return value.map(kebabKeys);
+  if (value === null || typeof value !== 'object') return value;
+  return Object.fromEntries(
+    Object.entries(value).map(([k, v]) => [
+      k.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`),
+      kebabKeys(v),
+    ]),
+  );
+}
