@@ -567,6 +567,21 @@ describeWithPeers(['minio'])('synapse-backup CLI (built bundle, real MinIO)', ()
     );
   });
 
+  test('addressing: a custom endpoint is path style by default; host style names the cause and the flag', async () => {
+    const localhost = minio.endpoint.replace('127.0.0.1', 'localhost');
+    const base = ['--endpoint', localhost, '--bucket', minio.bucket, '--prefix', PREFIX];
+    const listed = await cli(['list', ...base], { s3Flags: false });
+    expect(listed.stderr).toBe('');
+    expect(listed.code).toBe(0);
+    const host = await cli(['list', ...base, '--uri-style', 'host'], { s3Flags: false });
+    expect(host.code).toBe(1);
+    // list reads objects and in-progress uploads at once: either may fail first.
+    expect(errorLine(host)).toMatch(/^synapse-backup: error: cannot list [^:]+: /);
+    expect(errorLine(host).replace(/^.*?: cannot list [^:]+: /, '')).toBe(
+      `${minio.bucket}.localhost, the bucket's virtual-host name under ${localhost}, does not resolve: the store is addressed in host style, which needs a DNS name for every bucket; pass --uri-style path`,
+    );
+  });
+
   test('no run printed the passphrase or a secret key', () => {
     // Each run is checked as it ends (see cli()); this guards against the check being skipped.
     expect(runs).toBeGreaterThanOrEqual(30);

@@ -165,14 +165,14 @@ describe('parseS3Settings', () => {
     expect(parseS3Settings({ ...valid, prefix }).prefix).toBe(expected);
   });
 
-  test('defaults: us-east-1 with an endpoint, host style, checksums when required, 5 attempts', () => {
+  test('defaults: us-east-1 with an endpoint, path style, checksums when required, 5 attempts', () => {
     const s = parseS3Settings({ bucket: ' b ', endpoint: ' https://s3.example.com ' });
     expect(s).toEqual({
       bucket: 'b',
       prefix: '',
       endpoint: 'https://s3.example.com',
       region: DEFAULT_REGION,
-      uriStyle: 'host',
+      uriStyle: 'path',
       accessKeyId: undefined,
       secretAccessKey: undefined,
       caChain: undefined,
@@ -180,6 +180,17 @@ describe('parseS3Settings', () => {
       maxAttempts: 5,
     });
     expect(DEFAULT_REGION).toBe('us-east-1');
+  });
+
+  test('the addressing style: path with an endpoint, host on AWS, as set when set', () => {
+    expect(parseS3Settings({ bucket: 'b', endpoint: 'http://localhost:9000' }).uriStyle).toBe(
+      'path',
+    );
+    expect(parseS3Settings({ bucket: 'b', region: 'eu-west-1' }).uriStyle).toBe('host');
+    expect(
+      parseS3Settings({ bucket: 'b', endpoint: 'http://localhost:9000', uriStyle: 'host' })
+        .uriStyle,
+    ).toBe('host');
   });
 
   test('a region alone is enough; case and blanks in the choices are forgiven', () => {

@@ -53,7 +53,7 @@ export function parseCharmConfig(raw: Record<string, unknown>): CharmConfig {
   };
 }
 
-/** True when any S3 option is set (s3-uri-style alone, which has a default, does not count). */
+/** True when any S3 option that says where backups go is set (s3-uri-style alone does not count). */
 export function hasS3Config(config: CharmConfig): boolean {
   return Boolean(
     config.s3Endpoint ||

@@ -105,6 +105,14 @@ function transportError(
       },
     );
   }
+  const virtualHost = virtualHostName(settings);
+  if (code === 'ENOTFOUND' && virtualHost && text.includes(virtualHost)) {
+    return new BackupError(
+      's3-unreachable',
+      `cannot ${doing}: ${virtualHost}, the bucket's virtual-host name under ${where}, does not resolve: the store is addressed in host style, which needs a DNS name for every bucket`,
+      { cause, remedy: { kind: 'set', setting: 's3-uri-style', value: 'path' } },
+    );
+  }
   if (NETWORK_CODES.has(code) || NETWORK_TEXTS.test(text)) {
     return new BackupError(
       's3-unreachable',
@@ -120,6 +128,16 @@ function transportError(
     );
   }
   return undefined;
+}
+
+/** `<bucket>.<endpoint host>` when requests go in host style to a custom endpoint, else undefined. */
+function virtualHostName(settings: S3Settings): string | undefined {
+  if (settings.uriStyle !== 'host' || !settings.endpoint) return undefined;
+  try {
+    return `${settings.bucket}.${new URL(settings.endpoint).hostname}`;
+  } catch {
+    return undefined;
+  }
 }
 
 /** Errors the server answered with. */

@@ -10,6 +10,7 @@ export interface S3Settings {
   prefix: string;
   endpoint?: string;
   region: string;
+  /** `path` (https://endpoint/bucket/key) or `host` (https://bucket.endpoint/key). Default: path with an endpoint, host on AWS. */
   uriStyle: UriStyle;
   accessKeyId?: string;
   secretAccessKey?: string;
@@ -64,7 +65,10 @@ export function parseS3Settings(input: S3SettingsInput): S3Settings {
       throw new ConfigError(`the S3 endpoint "${endpoint}" must start with http:// or https://`);
     }
   }
-  const uriStyle = (input.uriStyle?.trim() || 'host').toLowerCase();
+  // A custom endpoint (MinIO, Ceph RGW, Garage...) is reached by its own name, and
+  // virtual-host names (<bucket>.<endpoint>) need wildcard DNS it seldom has: path
+  // style unless told otherwise. AWS (no endpoint) wants virtual-host addressing.
+  const uriStyle = (input.uriStyle?.trim() || (endpoint ? 'path' : 'host')).toLowerCase();
   if (uriStyle !== 'host' && uriStyle !== 'path') {
     throw new ConfigError(`the S3 URI style "${input.uriStyle}" is not valid`, {
       kind: 'set',
