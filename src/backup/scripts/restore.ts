@@ -118,7 +118,15 @@ export function removeOneTimeKeysCommand(dbPath: string): string[] {
   ];
 }
 
-/** GNU tar extracting stdin into `dir`, which must exist. */
+/**
+ * GNU tar extracting stdin into `dir`, which must exist. Without
+ * `--delay-directory-restore`: tar sets a directory's mode and mtime once it
+ * has left the directory, which is right for archives in tar's own order (ours);
+ * the option keeps every directory until the end and is quadratic in their
+ * number (40,000 media directories here: 66 s with it, 15 s without, the same
+ * modes and mtimes). An archive in another order can only fail the extraction
+ * (a file under a read-only directory), before anything is swapped.
+ */
 export function tarExtractCommand(dir: string): string[] {
   return [
     'tar',
@@ -126,7 +134,6 @@ export function tarExtractCommand(dir: string): string[] {
     '--file=-',
     '--numeric-owner',
     '--preserve-permissions',
-    '--delay-directory-restore',
     '-C',
     dir,
   ];
