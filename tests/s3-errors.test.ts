@@ -178,6 +178,8 @@ describe('parseS3Settings', () => {
       caChain: undefined,
       checksumMode: 'WHEN_REQUIRED',
       maxAttempts: 5,
+      connectTimeoutMs: 10_000,
+      stallTimeoutMs: 60_000,
     });
     expect(DEFAULT_REGION).toBe('us-east-1');
   });
@@ -191,6 +193,12 @@ describe('parseS3Settings', () => {
       parseS3Settings({ bucket: 'b', endpoint: 'http://localhost:9000', uriStyle: 'host' })
         .uriStyle,
     ).toBe('host');
+  });
+
+  test.each([0, 99, 1.5, 3_600_001])('a stall timeout of %j ms is refused', (ms) => {
+    expect(() => parseS3Settings({ ...valid, stallTimeoutMs: ms })).toThrow(
+      `the S3 stall timeout must be a whole number of milliseconds from 100 to 3600000, not ${ms}`,
+    );
   });
 
   test('a region alone is enough; case and blanks in the choices are forgiven', () => {

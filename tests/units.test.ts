@@ -2,6 +2,8 @@ import { readFileSync } from 'node:fs';
 import { defaultBackupId, validateBackupId } from '../src/backup/ids';
 import { parseManifest } from '../src/backup/manifest';
 import { tarCreateCommand } from '../src/backup/scripts';
+import { snapshotMargin } from '../src/backup/space';
+import { minimalEnvironment } from '../src/workload/environment';
 import { formatBackupTable, formatBytes } from '../src/format';
 import { validateFrameLength } from '../src/crypto/esdk';
 import { redact } from '../src/errors';
@@ -46,6 +48,39 @@ describe('small pieces', () => {
     const command = tarCreateCommand('/data/$(reboot)');
     expect(command.slice(-1)).toEqual(['/data/$(reboot)']);
     expect(command[2]).not.toContain('reboot');
+  });
+
+  test.each([
+    // database, volume: the larger of 10% of the database and 64 MiB (at most 10% of the volume)
+    [700, 100 * 1024, 70],
+    [100, 100 * 1024, 64],
+    [1, 8, 0.8],
+    [5, 8, 0.8],
+    [2000, 4000, 200],
+  ])('the snapshot margin of a %j MiB database on a %j MiB volume is %j MiB', (db, vol, mib) => {
+    const MiB = 1024 * 1024;
+    const margin = snapshotMargin({
+      databaseBytes: db * MiB,
+      freeBytes: 0,
+      volumeBytes: vol * MiB,
+    });
+    expect(margin / MiB).toBeCloseTo(mib, 3);
+  });
+
+  test("workload commands get PATH, locale and HOME, never the engine's secrets", () => {
+    const env = minimalEnvironment(
+      { TOKEN: 't' },
+      {
+        PATH: '/bin',
+        LANG: 'C.UTF-8',
+        HOME: '/root',
+        SYNAPSE_BACKUP_PASSPHRASE: 'p',
+        AWS_SECRET_ACCESS_KEY: 's',
+        JUJU_CONTEXT_ID: 'x',
+      },
+    );
+    expect(env).toEqual({ PATH: '/bin', LANG: 'C.UTF-8', HOME: '/root', TOKEN: 't' });
+    expect(minimalEnvironment({}, {}).PATH).toMatch(/\/usr\/bin/);
   });
 
   test('secrets are redacted from text', () => {

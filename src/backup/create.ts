@@ -11,6 +11,7 @@ import type { ExecProcess } from '../workload/workload';
 import { manifestKey, objectKey } from './catalog';
 import { type EngineContext, passphraseOf, progressTicker } from './context';
 import { type ServerIdentity, readServerIdentity } from './identity';
+import { checkSnapshotSpace } from './space';
 import { defaultBackupId, validateBackupId } from './ids';
 import { MANIFEST_FORMAT, MANIFEST_VERSION, type Manifest } from './manifest';
 import { type Consumer, type StageFailure, runPipeline } from './pipeline';
@@ -28,7 +29,9 @@ import type { CreateRequest, CreateResult } from './types';
  * Creates backup `request.id` (default: the UTC time, YYYYMMDDHHMMSS): the
  * object `<id>.tar.enc` (one ESDK message of a POSIX tar), then its manifest
  * `<id>.manifest.json` with the counts and SHA-256. Throws `already-exists`
- * for an id in use, `empty-selection`, `workload-command` (tar, the snapshot),
+ * for an id in use, `no-space` when the data dir's volume cannot hold the
+ * database snapshot and a margin for Synapse (src/backup/space.ts, checked
+ * before the snapshot), `empty-selection`, `workload-command` (tar, the snapshot),
  * the store's errors (`s3`, ...), or ConfigError without a passphrase; a
  * failure leaves nothing in the store.
  */
@@ -48,9 +51,11 @@ export async function createBackup(
   settledValue(existing);
   settledValue(leftovers);
   const identity = settledValue(identityRead);
+  // After the leftovers went: an interrupted run's snapshot is no longer taking space.
+  const keepFree = await checkSnapshotSpace(ctx.workload, ctx.dataDir);
   const startedAt = new Date();
   const proc = ctx.workload.exec({
-    command: tarCreateCommand(ctx.dataDir),
+    command: tarCreateCommand(ctx.dataDir, keepFree),
     stdin: false,
     directStdout: true,
   });

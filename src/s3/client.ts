@@ -4,16 +4,30 @@ import { rootCertificates } from 'node:tls';
 import { HeadBucketCommand, S3Client } from '@aws-sdk/client-s3';
 import { NodeHttpHandler } from '@smithy/node-http-handler';
 import { describeS3Error, httpStatusOf, missingBucket } from './errors';
-import type { S3Settings } from './settings';
+import { DEFAULT_CONNECT_TIMEOUT_MS, DEFAULT_STALL_TIMEOUT_MS, type S3Settings } from './settings';
 
 // Kept importable from here, where it lived first.
 export { describeS3Error } from './errors';
 
 /**
+ * The longest one request may take until its answer starts, however steadily it
+ * progresses: 15 min, a 16 MiB part at 18 KiB/s. Stalls fail much sooner
+ * (`stallTimeoutMs`).
+ */
+export const REQUEST_CEILING_MS = 15 * 60_000;
+
+/**
  * An S3 client for `settings`: path- or host-style addressing, the access key
  * if set (else the SDK's default chain), the extra CA of `caChain` trusted on
- * top of the system roots, `maxAttempts` with standard retries, 10 s to
- * connect and 120 s per request. Call destroy() when done.
+ * top of the system roots, `maxAttempts` with standard retries. Every request
+ * fails (a TimeoutError, which the SDK retries, then {@link describeS3Error}
+ * says "stopped answering") when it cannot connect within `connectTimeoutMs`
+ * (default 10 s), when its connection goes `stallTimeoutMs` (default 60 s)
+ * without a byte sent or received, body included (the handler's socketTimeout:
+ * it destroys the response stream too), or when no answer has begun after
+ * {@link REQUEST_CEILING_MS}. In @smithy/node-http-handler 4.x `requestTimeout`
+ * alone only logs a warning: `throwOnRequestTimeout` makes it fail. Call
+ * destroy() when done.
  */
 export function createS3Client(settings: S3Settings): S3Client {
   const agentOptions = { keepAlive: true, maxSockets: 16 };
@@ -37,8 +51,10 @@ export function createS3Client(settings: S3Settings): S3Client {
     requestHandler: new NodeHttpHandler({
       httpAgent: new HttpAgent(agentOptions),
       httpsAgent,
-      connectionTimeout: 10_000,
-      requestTimeout: 120_000,
+      connectionTimeout: settings.connectTimeoutMs ?? DEFAULT_CONNECT_TIMEOUT_MS,
+      socketTimeout: settings.stallTimeoutMs ?? DEFAULT_STALL_TIMEOUT_MS,
+      requestTimeout: REQUEST_CEILING_MS,
+      throwOnRequestTimeout: true,
     }),
   });
 }

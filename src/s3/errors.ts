@@ -91,6 +91,16 @@ function transportError(
     );
   }
   if (status !== undefined) return undefined;
+  const stalled = stallOf(text);
+  if (stalled) {
+    return new BackupError('s3-unreachable', `cannot ${doing}: S3 at ${where} ${stalled}`, {
+      cause,
+      remedy: {
+        kind: 'advice',
+        text: 'check that the S3 service is up and that the network to it is not dropping packets, then run again',
+      },
+    });
+  }
   if (code === 'EPROTO' || NOT_TLS.test(text)) {
     return new BackupError(
       's3-unreachable',
@@ -138,6 +148,27 @@ function virtualHostName(settings: S3Settings): string | undefined {
   } catch {
     return undefined;
   }
+}
+
+/**
+ * What @smithy/node-http-handler's timeouts say, in the operator's words: "stopped
+ * answering for 60 s" (the socket went that long without a byte: `socketTimeout`),
+ * "did not finish answering within 15 min" (`requestTimeout` with
+ * `throwOnRequestTimeout`); undefined for other errors (a connect timeout is
+ * "unreachable").
+ */
+export function stallOf(text: string): string | undefined {
+  const idle = /socket timed out after (\d+) ms of inactivity/.exec(text);
+  if (idle) return `stopped answering for ${seconds(Number(idle[1]))}`;
+  const total = /exceeded the configured (\d+) ms requestTimeout/.exec(text);
+  if (total) return `did not finish answering within ${seconds(Number(total[1]))}`;
+  return undefined;
+}
+
+/** 3000 → "3 s", 1500 → "1.5 s", 900000 → "15 min". */
+function seconds(ms: number): string {
+  if (ms >= 120_000 && ms % 60_000 === 0) return `${ms / 60_000} min`;
+  return `${Number((ms / 1000).toFixed(1))} s`;
 }
 
 /** Errors the server answered with. */

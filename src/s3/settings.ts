@@ -18,6 +18,15 @@ export interface S3Settings {
   caChain?: string;
   checksumMode: ChecksumMode;
   maxAttempts: number;
+  /** Milliseconds to open a connection before the attempt fails (default {@link DEFAULT_CONNECT_TIMEOUT_MS}). */
+  connectTimeoutMs?: number;
+  /**
+   * Milliseconds a request's connection may go without a byte sent or received, while
+   * the engine is ready for one, before the request fails as stalled (default
+   * {@link DEFAULT_STALL_TIMEOUT_MS}). Covers uploads, waiting for an answer and
+   * reading an object's body.
+   */
+  stallTimeoutMs?: number;
 }
 
 export interface S3SettingsInput {
@@ -31,9 +40,15 @@ export interface S3SettingsInput {
   caChain?: string;
   checksumMode?: string;
   maxAttempts?: number;
+  connectTimeoutMs?: number;
+  stallTimeoutMs?: number;
 }
 
 export const DEFAULT_REGION = 'us-east-1';
+/** 10 s to connect. */
+export const DEFAULT_CONNECT_TIMEOUT_MS = 10_000;
+/** 60 s without progress: S3 stopped answering. */
+export const DEFAULT_STALL_TIMEOUT_MS = 60_000;
 
 /**
  * Validates raw settings (from config, the relation or CLI flags). Each problem
@@ -88,6 +103,8 @@ export function parseS3Settings(input: S3SettingsInput): S3Settings {
       `S3 max attempts must be a whole number from 1 to 20, not ${maxAttempts}`,
     );
   }
+  const connectTimeoutMs = timeoutOf('connect', input.connectTimeoutMs, DEFAULT_CONNECT_TIMEOUT_MS);
+  const stallTimeoutMs = timeoutOf('stall', input.stallTimeoutMs, DEFAULT_STALL_TIMEOUT_MS);
   if (Boolean(input.accessKeyId) !== Boolean(input.secretAccessKey)) {
     throw new ConfigError(
       'S3 credentials are incomplete: both an access key and a secret key are needed',
@@ -104,7 +121,20 @@ export function parseS3Settings(input: S3SettingsInput): S3Settings {
     caChain: input.caChain?.trim() || undefined,
     checksumMode,
     maxAttempts,
+    connectTimeoutMs,
+    stallTimeoutMs,
   };
+}
+
+/** A timeout in whole milliseconds from 100 ms to 1 hour; `fallback` when not given. */
+function timeoutOf(what: string, value: number | undefined, fallback: number): number {
+  const ms = value ?? fallback;
+  if (!Number.isInteger(ms) || ms < 100 || ms > 3_600_000) {
+    throw new ConfigError(
+      `the S3 ${what} timeout must be a whole number of milliseconds from 100 to 3600000, not ${ms}`,
+    );
+  }
+  return ms;
 }
 
 export function normalizePrefix(prefix: string): string {

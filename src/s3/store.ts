@@ -16,10 +16,11 @@ import {
   paginateListObjectsV2,
 } from '@aws-sdk/client-s3';
 import { BackupError } from '../errors';
+import { describedBody } from './body';
 import { checkBucket, createS3Client } from './client';
 import { describeS3Error, httpStatusOf } from './errors';
 import { MultipartSink, type UploadOptions } from './multipart-sink';
-import type { S3Settings } from './settings';
+import { DEFAULT_STALL_TIMEOUT_MS, type S3Settings } from './settings';
 
 // The sink's part rules, importable from here as before the sink had a module of its own.
 export {
@@ -91,6 +92,8 @@ export class ObjectStore {
   /**
    * Streams an object, or with `range` only its first bytes (`end` inclusive);
    * `size` is the length of what is streamed, bytes. A missing key is code `not-found`.
+   * The body fails with a BackupError (see {@link describedBody}), e.g. when S3
+   * stops sending it for `stallTimeoutMs`.
    */
   async getStream(key: string, range?: { end: number }): Promise<{ body: Readable; size: number }> {
     try {
@@ -101,7 +104,12 @@ export class ObjectStore {
           Range: range ? `bytes=0-${range.end}` : undefined,
         }),
       );
-      return { body: out.Body as Readable, size: out.ContentLength ?? 0 };
+      const body = describedBody(
+        out.Body as Readable,
+        (err) => describeS3Error(err, this.settings, `download ${key}`),
+        this.settings.stallTimeoutMs ?? DEFAULT_STALL_TIMEOUT_MS,
+      );
+      return { body, size: out.ContentLength ?? 0 };
     } catch (err) {
       if ((err as { name?: string }).name === 'NoSuchKey') {
         throw new BackupError(

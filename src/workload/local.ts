@@ -1,11 +1,13 @@
 import { spawn } from 'node:child_process';
 import type { Readable } from 'node:stream';
 import { BackupError } from '../errors';
+import { minimalEnvironment } from './environment';
 import type { ExecOptions, ExecProcess, ExitStatus, ServiceStatus, Workload } from './workload';
 
 /**
  * Runs commands on this host. Used by the CLI (disaster recovery without Juju),
- * the demo and fast tests. It manages no services.
+ * the demo and fast tests. It manages no services. Commands get a minimal
+ * environment (src/workload/environment.ts), never this process's.
  */
 export class LocalWorkload implements Workload {
   readonly description = 'local host';
@@ -15,7 +17,8 @@ export class LocalWorkload implements Workload {
     if (!file) throw new BackupError('workload', 'empty command');
     const child = spawn(file, args, {
       cwd: options.workingDir,
-      env: options.environment ? { ...process.env, ...options.environment } : process.env,
+      // Never process.env: the CLI holds the passphrase and S3 secret key there.
+      env: minimalEnvironment(options.environment),
       stdio: [options.stdin ? 'pipe' : 'ignore', 'pipe', 'pipe'],
     });
     const exited = new Promise<ExitStatus>((resolve, reject) => {

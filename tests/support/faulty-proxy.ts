@@ -62,7 +62,14 @@ export type Fault =
    * Hold the request (reading nothing) until `release` settles (or the promise
    * it returns); the rules then in force decide what becomes of it.
    */
-  | { kind: 'stall'; release: Promise<unknown> | (() => Promise<unknown>) };
+  | { kind: 'stall'; release: Promise<unknown> | (() => Promise<unknown>) }
+  /**
+   * Stop mid-body, for good, the connection left open: a request with a body
+   * (UploadPart, PutObject) has `afterBytes` of it read and then no more, and
+   * gets no answer; any other (GetObject) is forwarded and its answer stops
+   * after `afterBytes` of body. S3 has stopped answering.
+   */
+  | { kind: 'stall-body'; afterBytes: number };
 
 export const internalError = (): Fault => ({
   kind: 'error',
@@ -220,6 +227,60 @@ export async function startFaultyProxy(target: string): Promise<FaultyProxy> {
     req.on('end', () => out.end());
   };
 
+  /** Request headers without the hop-by-hop ones (unsigned): the proxy speaks for itself. */
+  const hopless = (headers: http.IncomingHttpHeaders): http.OutgoingHttpHeaders => {
+    const out = { ...headers };
+    delete out.expect;
+    delete out.connection;
+    return out;
+  };
+
+  /** The 'stall-body' fault (see Fault). */
+  const stallBody = (
+    req: http.IncomingMessage,
+    res: http.ServerResponse,
+    entry: ProxyLogEntry,
+    afterBytes: number,
+  ): void => {
+    stalledNow++;
+    res.once('close', () => stalledNow--);
+    const hasBody =
+      Number(req.headers['content-length'] ?? 0) > 0 || 'transfer-encoding' in req.headers;
+    if (hasBody) {
+      readBody(req, res);
+      let bytes = 0;
+      req.on('data', (chunk: Buffer) => {
+        bytes += chunk.length;
+        if (bytes >= afterBytes) req.pause();
+      });
+      return;
+    }
+    const out = http.request(
+      {
+        host: upstream.hostname,
+        port: upstream.port,
+        method: req.method,
+        path: req.url,
+        headers: hopless(req.headers),
+        agent,
+      },
+      (up) => {
+        entry.status = up.statusCode;
+        res.writeHead(up.statusCode ?? 502, up.headers);
+        let bytes = 0;
+        up.on('data', (chunk: Buffer) => {
+          const room = afterBytes - bytes;
+          if (room > 0) res.write(chunk.subarray(0, room));
+          bytes += chunk.length;
+          if (bytes >= afterBytes) up.pause();
+        });
+      },
+    );
+    out.on('error', () => res.destroy());
+    res.once('close', () => out.destroy());
+    req.pipe(out);
+  };
+
   /** Applies the first rule that takes this request, or forwards it. */
   const handle = (req: http.IncomingMessage, res: http.ServerResponse, entry: ProxyLogEntry) => {
     const fault = pick(entry.op, entry.path);
@@ -243,6 +304,8 @@ export async function startFaultyProxy(target: string): Promise<FaultyProxy> {
       }
       case 'reset':
         return forward(req, res, entry, fault.afterBytes);
+      case 'stall-body':
+        return stallBody(req, res, entry, fault.afterBytes);
       case 'stall': {
         stalledNow++;
         req.pause();

@@ -1,5 +1,5 @@
 /** The create script: the selection, the SQLite snapshot and the tar that streams them. */
-import { SNAPSHOT_NAME } from './common';
+import { SNAPSHOT_NAME, sh } from './common';
 
 /**
  * What to back up, after Synapse's backup guide: signing keys, config files,
@@ -15,6 +15,8 @@ export const SELECTED_PATHS = ['media_store/local_content', 'media_store/local_t
 /** Exit statuses the create script uses for its own failures. */
 export const EMPTY_SELECTION_EXIT = 66;
 export const SNAPSHOT_FAILED_EXIT = 67;
+/** The snapshot's python3 said why it failed (its last stderr line); the script adds nothing. */
+const SNAPSHOT_EXPLAINED_EXIT = 3;
 
 /**
  * A POSIX sh script run in the workload: picks the existing selected paths,
@@ -27,14 +29,17 @@ export const SNAPSHOT_FAILED_EXIT = 67;
  * before (0.6 s of a 1 GiB backup here, 2 s of a 4 GiB one). A failed snapshot
  * fails the script with its own status after tar. The snapshot file is removed whether tar
  * succeeds or not; if the script itself is killed, the engine removes it
- * afterwards. The data dir arrives as $1, never interpolated, so odd characters
- * cannot change the script.
+ * afterwards. The data dir arrives as $2, never interpolated, so odd characters
+ * cannot change the script; `keepFreeBytes` ($1) is what the snapshot leaves free on
+ * the data dir's filesystem for Synapse: it stops, failing the script, when the free
+ * space falls below it (0: no watch; see src/backup/space.ts).
  */
-export function tarCreateCommand(dataDir: string): string[] {
+export function tarCreateCommand(dataDir: string, keepFreeBytes = 0): string[] {
   const snapshotPattern = SNAPSHOT_NAME.replace(/\./g, '\\.');
   const script = [
     'set -e',
-    'cd -- "$1"',
+    'keep=$1',
+    'cd -- "$2"',
     `snap=${SNAPSHOT_NAME}`,
     'set --',
     `for f in ${SELECTED_GLOBS.join(' ')}; do [ -f "$f" ] && set -- "$@" "$f"; done`,
@@ -50,12 +55,34 @@ export function tarCreateCommand(dataDir: string): string[] {
     'rm -f -- "$snap"',
     // 141: the snapshot's script met a broken pipe because tar had failed: tar's status says why.
     'if [ "$snap_status" != 0 ] && { [ "$snap_status" != 141 ] || [ "$status" = 0 ]; }; then',
-    `  echo "cannot snapshot homeserver.db with SQLite's online backup API (the workload needs python3 with sqlite3)" >&2`,
+    '  case "$snap_status" in',
+    `    ${SNAPSHOT_EXPLAINED_EXIT}) ;;`,
+    `    127) echo "cannot snapshot homeserver.db: the workload has no python3 (SQLite's online backup API needs python3 with sqlite3)" >&2 ;;`,
+    `    *) echo "cannot snapshot homeserver.db with SQLite's online backup API (python3 exited with status $snap_status)" >&2 ;;`,
+    '  esac',
     `  exit ${SNAPSHOT_FAILED_EXIT}`,
     'fi',
     'exit "$status"',
   ].join('\n');
-  return ['sh', '-c', script, 'synapse-backup', dataDir];
+  return ['sh', '-c', script, 'synapse-backup', String(keepFreeBytes), dataDir];
+}
+
+/**
+ * Prints `<database bytes> <free bytes> <filesystem bytes>` for the data dir ($1):
+ * homeserver.db and its -wal (0 without a database), and df's space available to
+ * unprivileged writers and total size of its filesystem. df's status.
+ */
+export function snapshotSpaceCommand(dataDir: string): string[] {
+  return sh(
+    [
+      'set -e',
+      'cd -- "$1"',
+      'db=0',
+      'for f in homeserver.db homeserver.db-wal; do [ -f "$f" ] && db=$((db + $(wc -c < "$f"))); done',
+      `df -Pk -- . | awk -v db="$db" 'NR==2 { print db, $4 * 1024, $2 * 1024 }'`,
+    ],
+    dataDir,
+  );
 }
 
 /**
@@ -89,7 +116,7 @@ function namesAsTheyCome(): string[] {
   return [
     'names() {',
     `  [ "$db" = 1 ] || { printf '%s\\0' "$@"; return; }`,
-    `  st=0; python3 -c "${SNAPSHOT_AND_NAMES}" homeserver.db "$snap" "$@" 3>&- || st=$?`,
+    `  st=0; python3 -c "${SNAPSHOT_AND_NAMES}" homeserver.db "$snap" "$keep" "$@" 3>&- || st=$?`,
     '  echo "snap=$st" >&3',
     '}',
   ];
@@ -123,6 +150,8 @@ const REBLOCKED_ARCHIVE = [
   '[ "$status" != 0 ] || status=$dd_status',
 ];
 
+const BACKUP_CALL = 'src.backup(dst)';
+
 /**
  * One consistent copy in a single backup step, waiting up to 60 s for a writer's lock. The
  * copy is written without a journal or fsync: it is a scratch file that tar reads at once and
@@ -136,7 +165,7 @@ const SNAPSHOT_COPY = [
   'dst = sqlite3.connect(sys.argv[2])',
   "dst.execute('PRAGMA journal_mode=OFF')",
   "dst.execute('PRAGMA synchronous=OFF')",
-  'src.backup(dst)',
+  BACKUP_CALL,
   'dst.close()',
   'src.close()',
   'st = os.stat(sys.argv[1])',
@@ -153,8 +182,28 @@ export const SQLITE_SNAPSHOT = [
 ].join('; ');
 
 /**
+ * The create script's copy: in steps of 4096 pages (16 MiB at SQLite's default
+ * page size), checking between them that the data dir's filesystem keeps argv[3]
+ * bytes free; below that it stops (other writers filled the volume meanwhile).
+ */
+const WATCHED_COPY = [
+  'keep = int(sys.argv[3])',
+  'def room(status, remaining, total):',
+  "    st = os.statvfs('.')",
+  '    if keep and st.f_bavail * st.f_frsize < keep:',
+  "        raise OSError('the free space in the data volume fell below ' + str(keep >> 20) + ' MiB: stopped to leave it to Synapse')",
+  'try:',
+  ...SNAPSHOT_COPY.map((line) =>
+    line === BACKUP_CALL ? '    src.backup(dst, pages=4096, progress=room)' : `    ${line}`,
+  ),
+  'except Exception as e:',
+  "    sys.stderr.write('cannot snapshot homeserver.db with SQLite' + chr(39) + 's online backup API: ' + str(e) + chr(10))",
+  `    sys.exit(${SNAPSHOT_EXPLAINED_EXIT})`,
+];
+
+/**
  * The create script's: begins a read (the copy is of this moment), writes the names in
- * argv[3:] for tar, NUL-terminated (also when the database cannot be read: the script then
+ * argv[4:] for tar, NUL-terminated (also when the database cannot be read: the script then
  * fails with the snapshot's status, and tar ends normally), makes the copy and names it.
  * A broken pipe (tar gone) ends it quietly, with status 141.
  */
@@ -168,9 +217,9 @@ const SNAPSHOT_AND_NAMES = [
   "    src.execute('BEGIN')",
   "    src.execute('SELECT count(*) FROM sqlite_master').fetchall()",
   'finally:',
-  '    out.write(bytes().join(os.fsencode(n) + bytes(1) for n in sys.argv[3:]))',
+  '    out.write(bytes().join(os.fsencode(n) + bytes(1) for n in sys.argv[4:]))',
   '    out.flush()',
-  ...SNAPSHOT_COPY,
+  ...WATCHED_COPY,
   'out.write(os.fsencode(sys.argv[2]) + bytes(1))',
   'out.flush()',
 ].join('\n');

@@ -8,6 +8,10 @@
  * - tarCreateCommand: the archive on stdout. Exit 0; 66 (EMPTY_SELECTION_EXIT)
  *   when nothing is selected; 67 (SNAPSHOT_FAILED_EXIT) when the SQLite
  *   snapshot failed; otherwise tar's or dd's own non-zero status.
+ *   The snapshot's failure says why on stderr's last line (its own error, "the
+ *   workload has no python3", or python3's status).
+ * - snapshotSpaceCommand: prints the database's bytes, the free and total bytes
+ *   of the data dir's filesystem; df's status.
  * - SQLITE_SNAPSHOT: the snapshot alone, for the bench.
  *
  * restore.ts
@@ -39,6 +43,7 @@ export {
   SELECTED_PATHS,
   SNAPSHOT_FAILED_EXIT,
   SQLITE_SNAPSHOT,
+  snapshotSpaceCommand,
   tarCreateCommand,
 } from './create';
 export {

@@ -128,13 +128,5 @@ export function removeOneTimeKeysCommand(dbPath: string): string[] {
  * (a file under a read-only directory), before anything is swapped.
  */
 export function tarExtractCommand(dir: string): string[] {
-  return [
-    'tar',
-    '--extract',
-    '--file=-',
-    '--numeric-owner',
-    '--preserve-permissions',
-    '-C',
-    dir,
-  ];
+  return ['tar', '--extract', '--file=-', '--numeric-owner', '--preserve-permissions', '-C', dir];
 }
