@@ -25,7 +25,7 @@ export function manifestKey(ctx: EngineContext, id: string): string {
 
 interface Found {
   object?: StoredObject;
-  manifestKey?: string;
+  manifest?: StoredObject;
 }
 
 /** The backups' objects and manifests by id; keys that are neither are left out. */
@@ -39,38 +39,83 @@ function groupById(ctx: EngineContext, objects: StoredObject[]): Map<string, Fou
     const id = name.slice(0, -suffix.length);
     const entry = byId.get(id) ?? {};
     if (suffix === OBJECT_SUFFIX) entry.object = obj;
-    else entry.manifestKey = obj.key;
+    else entry.manifest = obj;
     byId.set(id, entry);
   }
   return byId;
 }
 
+/** A manifest read: parsed, or why it could not be read (S3's error, bad JSON). */
+type ManifestRead = { manifest: Manifest } | { error: unknown };
+
+async function readManifest(ctx: EngineContext, key: string): Promise<ManifestRead> {
+  try {
+    return { manifest: parseManifest(await ctx.store.getText(key), key) };
+  } catch (error) {
+    return { error };
+  }
+}
+
 /**
- * Every backup under the prefix, by id, and the in-progress uploads. A backup
- * is complete when it has an object and a readable manifest whose ciphertext
- * size matches the object's.
+ * One backup's entry. Complete: an object and a readable manifest whose
+ * ciphertext size matches it. Incomplete: positively so, an object without a
+ * manifest or a manifest without an object. Unreadable: the manifest is
+ * there but could not be read or does not match the object (`reason` says
+ * which); nothing may be concluded, so prune never deletes it.
  */
-export async function listBackups(ctx: EngineContext): Promise<ListResult> {
+function backupInfo(backupId: string, found: Found, read: ManifestRead | undefined): BackupInfo {
+  const { object } = found;
+  const manifest = read && 'manifest' in read ? read.manifest : undefined;
+  let status: BackupInfo['status'] = 'incomplete';
+  let reason: string | undefined;
+  if (read && 'error' in read) {
+    status = 'unreadable';
+    reason = `its manifest could not be read: ${errorMessage(read.error)}`;
+  } else if (object && manifest) {
+    status = manifest.ciphertextBytes === object.size ? 'complete' : 'unreadable';
+    if (status === 'unreadable') {
+      reason = `its object holds ${object.size} bytes but the manifest says ${manifest.ciphertextBytes}`;
+    }
+  }
+  return {
+    backupId,
+    created:
+      manifest?.startedAt ??
+      object?.lastModified?.toISOString() ??
+      found.manifest?.lastModified?.toISOString() ??
+      new Date(0).toISOString(),
+    size: object?.size ?? 0,
+    status,
+    ...(reason === undefined ? {} : { reason }),
+    files: manifest?.files,
+    lastModified: (object ?? found.manifest)?.lastModified?.toISOString(),
+    serverName: manifest?.serverName,
+  };
+}
+
+/**
+ * Every backup under the prefix, by id (see {@link backupInfo} for the
+ * statuses), and the in-progress uploads. Throws the store's errors for the
+ * listings; a manifest that cannot be read makes its backup `unreadable`,
+ * or, with `strict` (what prune uses), is thrown as it came (`s3`, ...).
+ */
+export async function listBackups(ctx: EngineContext, strict = false): Promise<ListResult> {
   const [objects, uploads] = await Promise.all([ctx.store.list(), ctx.store.listUploads()]);
   const backups: BackupInfo[] = [];
-  for (const [backupId, { object, manifestKey: key }] of groupById(ctx, objects)) {
-    const manifest = key
-      ? await ctx.store
-          .getText(key)
-          .then((text) => parseManifest(text, key))
-          .catch(() => undefined)
-      : undefined;
-    const complete = Boolean(object && manifest && manifest.ciphertextBytes === object.size);
-    backups.push({
-      backupId,
-      created:
-        manifest?.startedAt ?? object?.lastModified?.toISOString() ?? new Date(0).toISOString(),
-      size: object?.size ?? 0,
-      status: complete ? 'complete' : 'incomplete',
-      files: manifest?.files,
-      lastModified: object?.lastModified?.toISOString(),
-      serverName: manifest?.serverName,
-    });
+  for (const [backupId, found] of groupById(ctx, objects)) {
+    const read = found.manifest ? await readManifest(ctx, found.manifest.key) : undefined;
+    if (strict && read && 'error' in read) {
+      const cause = read.error;
+      if (cause instanceof BackupError) {
+        throw new BackupError(
+          cause.code,
+          `cannot tell whether backup ${backupId} is complete: ${cause.message}`,
+          { cause, remedy: cause.remedy },
+        );
+      }
+      throw cause;
+    }
+    backups.push(backupInfo(backupId, found, read));
   }
   backups.sort((a, b) => a.backupId.localeCompare(b.backupId));
   return {
@@ -166,10 +211,12 @@ export async function deleteBackup(ctx: EngineContext, id: string): Promise<Dele
 
 /**
  * Applies the retention policy to complete backups and removes what
- * interrupted runs left: in-progress uploads and incomplete backups older
- * than `staleAfterSeconds`. The newest complete backup is never removed.
- * Unless it is a dry run, then removes what interrupted runs left in the
- * workload (see {@link cleanWorkload}).
+ * interrupted runs left: in-progress uploads and positively incomplete
+ * backups (object or manifest alone) older than `staleAfterSeconds`. The
+ * newest complete backup is never removed. A manifest that cannot be read
+ * stops it before anything is deleted, with that error (see
+ * {@link listBackups}'s `strict`). Unless it is a dry run, then removes what
+ * interrupted runs left in the workload (see {@link cleanWorkload}).
  */
 export async function pruneBackups(
   ctx: EngineContext,
@@ -179,16 +226,21 @@ export async function pruneBackups(
   const now = request.now ?? new Date();
   const staleBefore = now.getTime() - (request.staleAfterSeconds ?? 86_400) * 1000;
   const dryRun = Boolean(request.dryRun);
-  const { backups, uploads } = await listBackups(ctx);
+  const { backups, uploads } = await listBackups(ctx, true);
   const forgotten = backupsToForget(backups, policy, now);
-  const incomplete = backups.filter(
+  let incomplete = backups.filter(
     (b) => b.status === 'incomplete' && Date.parse(b.lastModified ?? b.created) < staleBefore,
   );
   const staleUploads = uploads.filter(
     (u) => u.initiated !== undefined && Date.parse(u.initiated) < staleBefore,
   );
   if (!dryRun) {
-    for (const backup of [...forgotten, ...incomplete]) await deleteBackup(ctx, backup.backupId);
+    for (const backup of forgotten) await deleteBackup(ctx, backup.backupId);
+    const removed: BackupInfo[] = [];
+    for (const backup of incomplete) {
+      if (await removeIncomplete(ctx, backup.backupId)) removed.push(backup);
+    }
+    incomplete = removed;
     for (const u of staleUploads) await ctx.store.abortUpload({ key: u.key, uploadId: u.uploadId });
   }
   return {
@@ -201,6 +253,20 @@ export async function pruneBackups(
       ? { leftoversRemoved: false, staleRemoved: [] }
       : await cleanWorkload(ctx)),
   };
+}
+
+/**
+ * Deletes the one half of an incomplete backup, after looking again: when
+ * both halves (or neither) are there by now, a run finished it meanwhile
+ * (or someone removed it), and it is left alone. True when something went.
+ */
+async function removeIncomplete(ctx: EngineContext, id: string): Promise<boolean> {
+  const mKey = manifestKey(ctx, id);
+  const oKey = objectKey(ctx, id);
+  const [manifest, object] = await Promise.all([ctx.store.head(mKey), ctx.store.head(oKey)]);
+  if (Boolean(manifest) === Boolean(object)) return false;
+  await ctx.store.delete(manifest ? mKey : oKey);
+  return true;
 }
 
 type WorkloadCleanup = Pick<

@@ -61,7 +61,15 @@ export interface BackupInfo {
   created: string;
   /** Ciphertext bytes in S3. */
   size: number;
-  status: 'complete' | 'incomplete';
+  /**
+   * complete: object and manifest, sizes agree; incomplete: positively, an object
+   * without a manifest or a manifest without an object; unreadable: the manifest
+   * could not be read or disagrees with the object (`reason`), so nothing is known
+   * and prune never deletes it.
+   */
+  status: 'complete' | 'incomplete' | 'unreadable';
+  /** Why an unreadable backup is (S3's error, the size mismatch). */
+  reason?: string;
   files?: number;
   /** The object's (or, without one, the manifest's) last-modified time. */
   lastModified?: string;

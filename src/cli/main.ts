@@ -284,7 +284,10 @@ async function run(argv: string[]): Promise<void> {
         const uploads = r.uploads.map(
           (u) => `in-progress upload: ${u.key} (started ${u.initiated ?? '?'})`,
         );
-        print([formatBackupTable(r.backups), ...uploads].join('\n'), r);
+        const unreadable = r.backups
+          .filter((b) => b.reason)
+          .map((b) => `backup ${b.backupId} is unreadable: ${b.reason}`);
+        print([formatBackupTable(r.backups), ...unreadable, ...uploads].join('\n'), r);
         return;
       }
       case 'restore': {
