@@ -15,6 +15,7 @@ export type ErrorCode =
   | 'decrypt'
   | 'wrong-passphrase'
   | 'corrupt'
+  | 'wrong-backup'
   | 'archive-rejected'
   | 'manifest-mismatch'
   | 's3'

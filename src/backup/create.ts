@@ -3,7 +3,7 @@
  * counters and ESDK encryption into the store's upload, then the manifest.
  * A failure anywhere tears the pipeline down and removes what it left.
  */
-import { createEncryptStream, encryptionParameters } from '../crypto/esdk';
+import { BACKUP_ID_CONTEXT_KEY, createEncryptStream, encryptionParameters } from '../crypto/esdk';
 import { BackupError, errorMessage, remedyOf } from '../errors';
 import { ENGINE_NAME, ENGINE_VERSION } from '../version';
 import { TailCollector, commandFailure, runCommand } from '../workload/command';
@@ -69,7 +69,7 @@ export async function createBackup(
       new EndGate(tarSucceeded),
       scanner,
       plaintext,
-      createEncryptStream(passphrase, ctx.frameLength),
+      createEncryptStream(passphrase, ctx.frameLength, { [BACKUP_ID_CONTEXT_KEY]: id }),
       ciphertext,
     ],
     { consumer: upload, onFailure: () => proc.kill() },
