@@ -43,6 +43,7 @@ describe('prune deletes only what it positively knows to be removable', () => {
     const engine = engineOn(store, data);
     for (const id of ['a1', 'a2', 'a3']) await engine.create({ id });
     const keys = store.keys();
+    store.calls.length = 0;
     store.fail('getStream', { error: slowDown(), times: Infinity });
     const later = new Date(Date.now() + 30 * day);
 

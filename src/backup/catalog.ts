@@ -4,14 +4,11 @@
  * interrupted runs left in the workload). Nothing here decrypts.
  */
 import { BackupError, errorMessage } from '../errors';
-import { runCommand } from '../workload/command';
 import type { EngineContext } from './context';
-import { MANIFEST_SUFFIX, OBJECT_SUFFIX, validateBackupId } from './ids';
+import { MANIFEST_SUFFIX, OBJECT_SUFFIX, PENDING_SUFFIX, validateBackupId } from './ids';
 import { type Manifest, parseManifest } from './manifest';
-import { type RetentionPolicy, backupsToForget } from './retention';
-import { removeLeftoversCommand } from './scripts';
 import type { StoredObject } from './store';
-import type { BackupInfo, DeleteResult, ListResult, PruneRequest, PruneResult } from './types';
+import type { BackupInfo, DeleteResult, ListResult } from './types';
 
 /** The key of backup `id`'s encrypted tar. */
 export function objectKey(ctx: EngineContext, id: string): string {
@@ -26,6 +23,8 @@ export function manifestKey(ctx: EngineContext, id: string): string {
 interface Found {
   object?: StoredObject;
   manifest?: StoredObject;
+  /** A create's pending marker (see pending.ts). */
+  pending?: StoredObject;
 }
 
 /** The backups' objects and manifests by id; keys that are neither are left out. */
@@ -34,12 +33,13 @@ function groupById(ctx: EngineContext, objects: StoredObject[]): Map<string, Fou
   for (const obj of objects) {
     const name = ctx.store.relativeName(obj.key);
     if (!name) continue;
-    const suffix = [OBJECT_SUFFIX, MANIFEST_SUFFIX].find((s) => name.endsWith(s));
+    const suffix = [OBJECT_SUFFIX, MANIFEST_SUFFIX, PENDING_SUFFIX].find((s) => name.endsWith(s));
     if (!suffix) continue;
     const id = name.slice(0, -suffix.length);
     const entry = byId.get(id) ?? {};
     if (suffix === OBJECT_SUFFIX) entry.object = obj;
-    else entry.manifest = obj;
+    else if (suffix === MANIFEST_SUFFIX) entry.manifest = obj;
+    else entry.pending = obj;
     byId.set(id, entry);
   }
   return byId;
@@ -61,7 +61,8 @@ async function readManifest(ctx: EngineContext, key: string): Promise<ManifestRe
  * ciphertext size matches it. Incomplete: positively so, an object without a
  * manifest or a manifest without an object. Unreadable: the manifest is
  * there but could not be read or does not match the object (`reason` says
- * which); nothing may be concluded, so prune never deletes it.
+ * which); nothing may be concluded, so prune never deletes it. In progress:
+ * not complete and a create's pending marker is there (`pendingSince`).
  */
 function backupInfo(backupId: string, found: Found, read: ManifestRead | undefined): BackupInfo {
   const { object } = found;
@@ -76,6 +77,8 @@ function backupInfo(backupId: string, found: Found, read: ManifestRead | undefin
     if (status === 'unreadable') {
       reason = `its object holds ${object.size} bytes but the manifest says ${manifest.ciphertextBytes}`;
     }
+  } else if (found.pending) {
+    status = 'in-progress';
   }
   return {
     backupId,
@@ -83,12 +86,14 @@ function backupInfo(backupId: string, found: Found, read: ManifestRead | undefin
       manifest?.startedAt ??
       object?.lastModified?.toISOString() ??
       found.manifest?.lastModified?.toISOString() ??
+      found.pending?.lastModified?.toISOString() ??
       new Date(0).toISOString(),
     size: object?.size ?? 0,
     status,
     ...(reason === undefined ? {} : { reason }),
     files: manifest?.files,
-    lastModified: (object ?? found.manifest)?.lastModified?.toISOString(),
+    lastModified: (object ?? found.manifest ?? found.pending)?.lastModified?.toISOString(),
+    pendingSince: found.pending?.lastModified?.toISOString(),
     serverName: manifest?.serverName,
   };
 }
@@ -207,88 +212,4 @@ export async function deleteBackup(ctx: EngineContext, id: string): Promise<Dele
     deletedKeys.push(key);
   }
   return { backupId: id, deletedKeys };
-}
-
-/**
- * Applies the retention policy to complete backups and removes what
- * interrupted runs left: in-progress uploads and positively incomplete
- * backups (object or manifest alone) older than `staleAfterSeconds`. The
- * newest complete backup is never removed. A manifest that cannot be read
- * stops it before anything is deleted, with that error (see
- * {@link listBackups}'s `strict`). Unless it is a dry run, then removes what
- * interrupted runs left in the workload (see {@link cleanWorkload}).
- */
-export async function pruneBackups(
-  ctx: EngineContext,
-  policy: RetentionPolicy,
-  request: PruneRequest = {},
-): Promise<PruneResult> {
-  const now = request.now ?? new Date();
-  const staleBefore = now.getTime() - (request.staleAfterSeconds ?? 86_400) * 1000;
-  const dryRun = Boolean(request.dryRun);
-  const { backups, uploads } = await listBackups(ctx, true);
-  const forgotten = backupsToForget(backups, policy, now);
-  let incomplete = backups.filter(
-    (b) => b.status === 'incomplete' && Date.parse(b.lastModified ?? b.created) < staleBefore,
-  );
-  const staleUploads = uploads.filter(
-    (u) => u.initiated !== undefined && Date.parse(u.initiated) < staleBefore,
-  );
-  if (!dryRun) {
-    for (const backup of forgotten) await deleteBackup(ctx, backup.backupId);
-    const removed: BackupInfo[] = [];
-    for (const backup of incomplete) {
-      if (await removeIncomplete(ctx, backup.backupId)) removed.push(backup);
-    }
-    incomplete = removed;
-    for (const u of staleUploads) await ctx.store.abortUpload({ key: u.key, uploadId: u.uploadId });
-  }
-  return {
-    dryRun,
-    forgotten: forgotten.map((b) => b.backupId),
-    incompleteRemoved: incomplete.map((b) => b.backupId),
-    uploadsAborted: staleUploads.map((u) => u.key),
-    kept: backups.filter((b) => b.status === 'complete').length - forgotten.length,
-    ...(dryRun || request.workloadLeftovers === false
-      ? { leftoversRemoved: false, staleRemoved: [] }
-      : await cleanWorkload(ctx)),
-  };
-}
-
-/**
- * Deletes the one half of an incomplete backup, after looking again: when
- * both halves (or neither) are there by now, a run finished it meanwhile
- * (or someone removed it), and it is left alone. True when something went.
- */
-async function removeIncomplete(ctx: EngineContext, id: string): Promise<boolean> {
-  const mKey = manifestKey(ctx, id);
-  const oKey = objectKey(ctx, id);
-  const [manifest, object] = await Promise.all([ctx.store.head(mKey), ctx.store.head(oKey)]);
-  if (Boolean(manifest) === Boolean(object)) return false;
-  await ctx.store.delete(manifest ? mKey : oKey);
-  return true;
-}
-
-type WorkloadCleanup = Pick<
-  PruneResult,
-  'leftoversRemoved' | 'leftoversError' | 'staleRemoved' | 'staleError'
->;
-
-/**
- * Removes the database snapshot and staging directories that a killed create
- * or restore left in the data dir, and what the transport's own interrupted
- * runs left (Workload.removeStale). Failures are reported in the result, not
- * thrown: the bucket's pruning is done by then.
- */
-async function cleanWorkload(ctx: EngineContext): Promise<WorkloadCleanup> {
-  const out: WorkloadCleanup = { leftoversRemoved: false, staleRemoved: [] };
-  await runCommand(ctx.workload, removeLeftoversCommand(ctx.dataDir), 'removing leftovers').then(
-    () => (out.leftoversRemoved = true),
-    (err: unknown) => (out.leftoversError = errorMessage(err)),
-  );
-  await ctx.workload.removeStale?.().then(
-    (paths) => (out.staleRemoved = paths),
-    (err: unknown) => (out.staleError = errorMessage(err)),
-  );
-  return out;
 }

@@ -12,6 +12,7 @@ import { manifestKey, objectKey } from './catalog';
 import { type EngineContext, passphraseOf, progressTicker } from './context';
 import { type ServerIdentity, readServerIdentity } from './identity';
 import { defaultBackupId, validateBackupId } from './ids';
+import { releaseBackupId, reserveBackupId } from './pending';
 import { MANIFEST_FORMAT, MANIFEST_VERSION, type Manifest } from './manifest';
 import { type Consumer, type StageFailure, runPipeline } from './pipeline';
 import {
@@ -39,15 +40,22 @@ export async function createBackup(
   const passphrase = passphraseOf(ctx);
   const id = validateBackupId(request.id ?? defaultBackupId());
   const oKey = objectKey(ctx, id);
+  await reserveBackupId(ctx, id);
   // Independent round trips, at once; an S3 problem is reported before a workload one.
   const [existing, leftovers, identityRead] = await Promise.allSettled([
     refuseExisting(ctx, id),
     runCommand(ctx.workload, removeLeftoversCommand(ctx.dataDir), 'removing leftovers'),
     readServerIdentity(ctx.workload, ctx.dataDir),
   ]);
-  settledValue(existing);
-  settledValue(leftovers);
-  const identity = settledValue(identityRead);
+  let identity: ServerIdentity;
+  try {
+    settledValue(existing);
+    settledValue(leftovers);
+    identity = settledValue(identityRead);
+  } catch (err) {
+    await releaseBackupId(ctx, id);
+    throw err;
+  }
   const startedAt = new Date();
   const proc = ctx.workload.exec({
     command: tarCreateCommand(ctx.dataDir),
@@ -79,8 +87,7 @@ export async function createBackup(
   if (failure === undefined) {
     const manifest = manifestOf(ctx, id, startedAt, identity, { scanner, plaintext, ciphertext });
     try {
-      const text = `${JSON.stringify(manifest, null, 2)}\n`;
-      await ctx.store.putText(manifestKey(ctx, id), text, 'application/json');
+      await writeManifest(ctx, manifest);
       return {
         backupId: id,
         size: ciphertext.bytes,
@@ -94,6 +101,33 @@ export async function createBackup(
     }
   }
   throw await cleanUpFailedCreate(ctx, id, failure);
+}
+
+/**
+ * Writes the manifest (only where there is none), then looks at the object
+ * again: it must still be there with the size the manifest records, else the
+ * backup is not reported complete. Then removes the pending marker (a failure
+ * there only leaves a marker that prune removes once it is stale).
+ */
+async function writeManifest(ctx: EngineContext, manifest: Manifest): Promise<void> {
+  const { id } = manifest;
+  const key = manifestKey(ctx, id);
+  const text = `${JSON.stringify(manifest, null, 2)}\n`;
+  if (!(await ctx.store.putTextIfAbsent(key, text, 'application/json'))) {
+    throw new BackupError(
+      'already-exists',
+      `backup ${id}'s manifest ${key} was written by another run`,
+    );
+  }
+  const object = await ctx.store.head(objectKey(ctx, id));
+  if (object?.size !== manifest.ciphertextBytes) {
+    await ctx.store.delete(key);
+    throw new BackupError(
+      'corrupt',
+      `backup ${id}'s object ${object ? `holds ${object.size} bytes, not ${manifest.ciphertextBytes}` : 'is gone'} after its upload: something else changed it`,
+    );
+  }
+  await releaseBackupId(ctx, id);
 }
 
 /** The manifest of a finished upload: what was archived, counted as it streamed. */
@@ -200,8 +234,10 @@ async function refuseExisting(ctx: EngineContext, id: string): Promise<void> {
 
 /**
  * Removes what a failed create left (the snapshot file in the data dir, the
- * upload or object in the store) and returns the error to throw: `failure`
- * as a BackupError, with a failed cleanup added to its message.
+ * upload or object in the store: all this run's, as it holds the id's pending
+ * marker), then the marker, and returns the error to throw: `failure` as a
+ * BackupError, with a failed cleanup added to its message. When the cleanup
+ * fails the marker stays, for prune to find the upload by its key.
  */
 async function cleanUpFailedCreate(
   ctx: EngineContext,
@@ -220,6 +256,8 @@ async function cleanUpFailedCreate(
       () => undefined,
     );
     await ctx.store.removeFailedUpload(objectKey(ctx, id));
+    // Only once nothing is left: else the marker is what lets prune find the upload.
+    await releaseBackupId(ctx, id);
   } catch (cleanupErr) {
     return new BackupError(
       error.code,

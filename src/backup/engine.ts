@@ -2,10 +2,11 @@ import type { Writable } from 'node:stream';
 import { DEFAULT_FRAME_LENGTH, validateFrameLength } from '../crypto/esdk';
 import { ConfigError } from '../errors';
 import { MIN_PART_SIZE, ObjectStore } from '../s3/store';
-import { deleteBackup, listBackups, pruneBackups } from './catalog';
+import { deleteBackup, listBackups } from './catalog';
 import type { EngineContext } from './context';
 import { createBackup } from './create';
 import { decryptBackup, verifyBackup } from './read';
+import { pruneBackups } from './prune';
 import { restoreBackup } from './restore';
 import type { RetentionPolicy } from './retention';
 import type {

@@ -360,6 +360,7 @@ async function run(argv: string[]): Promise<void> {
             `${r.dryRun ? 'would remove' : 'removed'} by the retention policy (${describeRetention(policy)}): ${list(r.forgotten)}`,
             `${r.dryRun ? 'would remove' : 'removed'} incomplete backups older than ${staleHours} h: ${list(r.incompleteRemoved)}`,
             `${r.dryRun ? 'would abort' : 'aborted'} unfinished uploads older than ${staleHours} h: ${list(r.uploadsAborted)}`,
+            `${r.dryRun ? 'would remove' : 'removed'} pending markers of runs older than ${staleHours} h: ${list(r.pendingRemoved)}`,
             `complete backups kept: ${r.kept}`,
             ...workloadCleanupLines(r, dataDir),
           ].join('\n'),
