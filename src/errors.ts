@@ -16,6 +16,7 @@ export type ErrorCode =
   | 'wrong-passphrase'
   | 'corrupt'
   | 'wrong-backup'
+  | 'busy'
   | 'archive-rejected'
   | 'manifest-mismatch'
   | 's3'

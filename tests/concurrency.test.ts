@@ -46,12 +46,14 @@ async function outcomes<T>(runs: Promise<T>[]) {
 }
 
 describe('one backup id, one run', () => {
+  // Two data dirs (two units, or two hosts) on one bucket: the data dir's lock cannot tell.
   test('two creates with the same id at once: one wins, the other is refused and removes nothing', async () => {
     const store = new MemoryStore();
     const data = await synapseDir();
+    const other = await synapseDir();
     const { ok, failed } = await outcomes([
       engineOn(store, data).create({ id: 'same' }),
-      engineOn(store, data).create({ id: 'same' }),
+      engineOn(store, other).create({ id: 'same' }),
     ]);
     expect(ok).toHaveLength(1);
     expect(failed).toHaveLength(1);
@@ -68,11 +70,12 @@ describe('one backup id, one run', () => {
   test('two creates with the default id in the same second: the second never deletes the first', async () => {
     const store = new MemoryStore();
     const data = await synapseDir();
+    const other = await synapseDir();
     // Same second: pin the clock's second by starting right after it turns.
     await new Promise((r) => setTimeout(r, 1000 - (Date.now() % 1000) + 5));
     const { ok, failed } = await outcomes([
       engineOn(store, data).create(),
-      engineOn(store, data).create(),
+      engineOn(store, other).create(),
     ]);
     expect(ok).toHaveLength(1);
     expect(failed.map((e) => e.code)).toEqual(['already-exists']);

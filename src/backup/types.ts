@@ -36,6 +36,8 @@ export interface EngineOptions {
    */
   queueSize?: number;
   onProgress?: (progress: Progress) => void;
+  /** Called with a sentence the operator should hear of that is no failure (a stale lock taken over). */
+  onNotice?: (message: string) => void;
   /** How often onProgress fires. Default 2000 ms. */
   progressIntervalMs?: number;
 }
