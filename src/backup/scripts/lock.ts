@@ -20,13 +20,16 @@ const PRINT_HOLDER = [
 ];
 
 /**
- * Takes the lock for `holder` ($2): 0 when taken; LOCK_HELD_EXIT, printing
- * the age in seconds of the holder's last heartbeat and its line, when held.
+ * Takes the lock for `holder` ($2): 0 when taken, and also when the data dir
+ * does not exist (no run can use it: the operation fails on its own terms);
+ * LOCK_HELD_EXIT, printing the age in seconds of the holder's last heartbeat
+ * and its line, when held.
  */
 export function takeLockCommand(dataDir: string, holder: string): string[] {
   return sh(
     [
       LOCK_PATH,
+      '[ -d "$1" ] || exit 0',
       'if mkdir -m 0700 -- "$lock" 2>/dev/null; then',
       '  printf "%s\\n" "$2" > "$lock/holder" && exit 0',
       '  rm -rf -- "$lock"; exit 1',
