@@ -28,10 +28,14 @@ import type { CreateRequest, CreateResult } from './types';
 /**
  * Creates backup `request.id` (default: the UTC time, YYYYMMDDHHMMSS): the
  * object `<id>.tar.enc` (one ESDK message of a POSIX tar), then its manifest
- * `<id>.manifest.json` with the counts and SHA-256. Throws `already-exists`
- * for an id in use, `empty-selection`, `workload-command` (tar, the snapshot),
- * the store's errors (`s3`, ...), or ConfigError without a passphrase; a
- * failure leaves nothing in the store.
+ * `<id>.manifest.json` with the counts and SHA-256; the id is reserved first
+ * by its pending marker (pending.ts) and bound into the encrypted header
+ * (encryption context `synapse-backup-id`). Throws `already-exists` for an id
+ * in use or being created, `empty-selection`, `workload-command` (tar, the
+ * snapshot), `corrupt` when the object changed before the manifest was
+ * written, the store's errors (`s3`, ...), or ConfigError without a
+ * passphrase; a failure leaves nothing in the store but, when its cleanup
+ * failed too, the pending marker (for prune).
  */
 export async function createBackup(
   ctx: EngineContext,

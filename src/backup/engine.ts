@@ -74,7 +74,10 @@ export class BackupEngine {
     this.ctx.store.close();
   }
 
-  /** Archives the data dir's selection, encrypted, as a new backup (see create.ts). */
+  /**
+   * Archives the data dir's selection, encrypted, as a new backup (see create.ts).
+   * Throws `busy` naming the holder while another run holds the data dir's lock.
+   */
   create(request: CreateRequest = {}): Promise<CreateResult> {
     return withDataDirLock(this.ctx, `create-backup ${request.id ?? '(default id)'}`, () =>
       createBackup(this.ctx, request),
@@ -90,7 +93,10 @@ export class BackupEngine {
     return verifyBackup(this.ctx, id);
   }
 
-  /** Replaces the data dir's files with a backup's (see restore.ts for the protocol). */
+  /**
+   * Replaces the data dir's files with a backup's (see restore.ts for the protocol).
+   * Throws `busy` naming the holder while another run holds the data dir's lock.
+   */
   restore(request: RestoreRequest): Promise<RestoreResult> {
     return withDataDirLock(this.ctx, `restore-backup ${request.id}`, () =>
       restoreBackup(this.ctx, request),
