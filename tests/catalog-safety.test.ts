@@ -6,6 +6,7 @@
 import { BackupEngine } from '../src/backup/engine';
 import type { EngineOptions } from '../src/backup/types';
 import { BackupError } from '../src/errors';
+import { formatBackupTable } from '../src/format';
 import { parseS3Settings } from '../src/s3/settings';
 import { LocalWorkload } from '../src/workload/local';
 import { MemoryStore } from './support/memory-store';
@@ -60,6 +61,9 @@ describe('prune deletes only what it positively knows to be removable', () => {
 
     // list still answers, naming the backups it cannot read and why.
     const listed = await engine.list();
+    expect(formatBackupTable(listed.backups).split('\n').at(-1)).toBe(
+      'backup a3 is unreadable: its manifest could not be read: S3 answered 503 SlowDown: reduce your request rate',
+    );
     expect(listed.backups.map((b) => [b.backupId, b.status, b.reason])).toEqual([
       [
         'a1',

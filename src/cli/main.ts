@@ -285,10 +285,7 @@ async function run(argv: string[]): Promise<void> {
         const uploads = r.uploads.map(
           (u) => `in-progress upload: ${u.key} (started ${u.initiated ?? '?'})`,
         );
-        const unreadable = r.backups
-          .filter((b) => b.reason)
-          .map((b) => `backup ${b.backupId} is unreadable: ${b.reason}`);
-        print([formatBackupTable(r.backups), ...unreadable, ...uploads].join('\n'), r);
+        print([formatBackupTable(r.backups), ...uploads].join('\n'), r);
         return;
       }
       case 'restore': {
