@@ -15,6 +15,8 @@ export type ErrorCode =
   | 'decrypt'
   | 'wrong-passphrase'
   | 'corrupt'
+  | 'wrong-backup'
+  | 'busy'
   | 'archive-rejected'
   | 'manifest-mismatch'
   | 's3'

@@ -26,11 +26,18 @@ export function formatTable(header: string[], rows: string[][]): string {
   return [line(header), ...rows.map(line)].join('\n');
 }
 
-/** An aligned table: id, created, size, status; "(no backups)" under the header when empty. */
+/**
+ * An aligned table: id, created, size, status; "(no backups)" under the header
+ * when empty; then a line "backup <id> is unreadable: <reason>" for each backup
+ * that has a reason.
+ */
 export function formatBackupTable(backups: BackupInfo[]): string {
   const table = formatTable(
     ['backup-id', 'created', 'size', 'status'],
     backups.map((b) => [b.backupId, b.created, formatBytes(b.size), b.status]),
   );
-  return backups.length === 0 ? `${table}\n(no backups)` : table;
+  const reasons = backups.flatMap((b) =>
+    b.reason ? [`backup ${b.backupId} is unreadable: ${b.reason}`] : [],
+  );
+  return [backups.length === 0 ? `${table}\n(no backups)` : table, ...reasons].join('\n');
 }

@@ -180,6 +180,7 @@ describe('engine logic on an in-memory store', () => {
       forgotten: ['20261101000000', '20261110000000'],
       incompleteRemoved: [],
       uploadsAborted: ['backups/stale.tar.enc'],
+      pendingRemoved: [],
       kept: 1,
       leftoversRemoved: false,
       staleRemoved: [],
@@ -229,10 +230,11 @@ describe('engine logic on an in-memory store', () => {
     });
     expect(store.keys()).toEqual([]);
     expect(store.uploads.size).toBe(0);
-    expect(store.calls.at(-1)).toEqual({
-      method: 'removeFailedUpload',
-      key: 'backups/cut.tar.enc',
-    });
+    // The pending marker goes only once the upload is known gone.
+    expect(store.calls.slice(-2)).toEqual([
+      { method: 'removeFailedUpload', key: 'backups/cut.tar.enc' },
+      { method: 'delete', key: 'backups/cut.pending' },
+    ]);
     expect(await fsp.readdir(data)).not.toContain('.synapse-backup-snapshot.db');
 
     // At once, before a byte was read, too.
@@ -244,9 +246,9 @@ describe('engine logic on an in-memory store', () => {
   test('a failed manifest write removes the uploaded object', async () => {
     const store = new MemoryStore();
     const engine = engineOn(store, await synapseDir());
-    store.fail('putText');
+    store.fail('putTextIfAbsent', { key: 'backups/half.manifest.json' });
     await expect(engine.create({ id: 'half' })).rejects.toMatchObject({
-      message: 'cannot putText: injected failure',
+      message: 'cannot putTextIfAbsent: injected failure',
     });
     expect(store.keys()).toEqual([]);
   });
@@ -268,6 +270,7 @@ describe('engine logic on an in-memory store', () => {
     const store = new MemoryStore();
     const engine = engineOn(store, await synapseDir(), { passphrase: undefined });
     await engineOn(store, await synapseDir()).create({ id: 'doomed' });
+    store.calls.length = 0;
     store.fail('delete', { key: 'backups/doomed.tar.enc' });
     await expect(engine.delete('doomed')).rejects.toThrow('cannot delete: injected failure');
     expect(store.keys()).toEqual(['backups/doomed.tar.enc']);

@@ -189,6 +189,28 @@ describe('the framed encryption transform', () => {
     },
   );
 
+  test('an encryption context (the backup id) is in the header as the SDK writes it', async () => {
+    const plaintext = randomBytes(3 * FRAME + 5);
+    const context = { 'synapse-backup-id': '20261129120000', other: 'ü' };
+    const source = () => Readable.from(chunked(plaintext));
+    const [mine, theirs] = await Promise.all([
+      collect(source(), createEncryptStream(PASSPHRASE, FRAME, context)),
+      collect(
+        source(),
+        encryptStream(createKeyring(PASSPHRASE), {
+          suiteId: SUITE_ID,
+          frameLength: FRAME,
+          encryptionContext: context,
+        }),
+      ),
+    ]);
+    const a = structure(mine);
+    expect(a).toEqual(structure(theirs));
+    expect(a.header.encryptionContext).toEqual(context);
+    expect((await sdkDecrypt(mine)).equals(plaintext)).toBe(true);
+    expect((await sdkDecrypt(theirs)).equals(plaintext)).toBe(true);
+  });
+
   test.each(LENGTHS)('decrypts with the SDK’s decryptUnsignedMessageStream (%s)', async (_l, n) => {
     const plaintext = randomBytes(n);
     expect((await sdkDecrypt(await ours(plaintext))).equals(plaintext)).toBe(true);

@@ -1,6 +1,7 @@
 import { minioEngine } from './support/engines';
 import { spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
+import { Writable } from 'node:stream';
 import { GetObjectCommand, PutObjectCommand } from '@aws-sdk/client-s3';
 import { type MinioPeer, describeWithPeers, pythonEsdk, startMinio, tmpDir } from './support/peers';
 import {
@@ -52,6 +53,18 @@ describeWithPeers(['minio', 'esdk'])('interoperability with the Python AWS Encry
       const listing = spawnSync('tar', ['-t', '-f', '-'], { input: py.stdout });
       expect(listing.status).toBe(0);
       expect(listing.stdout.toString()).toContain('homeserver.yaml');
+
+      // The backup id is in the header's encryption context, where Python reads it.
+      const bound = await pythonEsdk().run('decrypt', passphrase, ciphertext, {
+        context: { 'synapse-backup-id': id },
+      });
+      expect(bound.code).toBe(0);
+      expect(bound.stdout.equals(py.stdout)).toBe(true);
+      const other = await pythonEsdk().run('decrypt', passphrase, ciphertext, {
+        context: { 'synapse-backup-id': 'another' },
+      });
+      expect(other.code).toBe(1);
+      expect(other.stdout.length).toBe(0);
 
       const wrong = await pythonEsdk().run('decrypt', `${passphrase}x`, ciphertext);
       expect(wrong.code).not.toBe(0);
@@ -116,5 +129,37 @@ describeWithPeers(['minio', 'esdk'])('interoperability with the Python AWS Encry
     expect([...actual.keys()].sort()).toEqual([...expected.keys()].sort());
     for (const [key, entry] of expected) expect([key, actual.get(key)]).toEqual([key, entry]);
     expect(restored.files).toBe([...expected.values()].filter((e) => e.type === 'file').length + 1);
+  });
+  test('a message Python wrote with the backup id in its context: decrypts under that id only', async () => {
+    const passphrase = 'python bound passphrase';
+    const plaintext = Buffer.from('not even a tar: decrypt does not look');
+    const py = await pythonEsdk().run('encrypt', passphrase, plaintext, {
+      context: { 'synapse-backup-id': 'py-bound' },
+    });
+    expect(py.code).toBe(0);
+    for (const key of ['interop/py-bound.tar.enc', 'interop/py-moved.tar.enc']) {
+      await minio.client.send(
+        new PutObjectCommand({ Bucket: minio.bucket, Key: key, Body: py.stdout }),
+      );
+    }
+    const engine = engineFor(passphrase, (await tmpDir('interop-bound')).path);
+    const chunks: Buffer[] = [];
+    const sink = () =>
+      new Writable({
+        write: (chunk: Buffer, _enc, done) => {
+          chunks.push(chunk);
+          done();
+        },
+      });
+    await engine.decryptTo('py-bound', sink(), { allowMissingManifest: true });
+    expect(Buffer.concat(chunks).equals(plaintext)).toBe(true);
+    chunks.length = 0;
+    await expect(
+      engine.decryptTo('py-moved', sink(), { allowMissingManifest: true }),
+    ).rejects.toThrow(
+      "backup py-moved's object holds backup py-bound (its encrypted header says so): refused",
+    );
+    expect(chunks).toEqual([]);
+    engine.close();
   });
 });

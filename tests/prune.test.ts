@@ -1,4 +1,6 @@
-import { minioEngine } from './support/engines';
+import { minioEngine, minioSettings } from './support/engines';
+import { ObjectStore } from '../src/s3/store';
+import { startFaultyProxy } from './support/faulty-proxy';
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import { CreateMultipartUploadCommand } from '@aws-sdk/client-s3';
@@ -69,6 +71,52 @@ describeWithPeers(['minio'])('prune against MinIO', () => {
     await minio?.stop();
   });
 
+  test('a pending marker reserves an id with one conditional PutObject (If-None-Match: *)', async () => {
+    const store = new ObjectStore(minioSettings(minio, 'reserve'));
+    const send = jest.spyOn(store.client, 'send');
+    const key = store.key('r.pending');
+    await expect(store.putTextIfAbsent(key, 'first', 'text/plain')).resolves.toBe(true);
+    await expect(store.putTextIfAbsent(key, 'second', 'text/plain')).resolves.toBe(false);
+    // MinIO honours the header: no HEAD and read-back fallback.
+    expect(send.mock.calls.map(([command]) => command.constructor.name)).toEqual([
+      'PutObjectCommand',
+      'PutObjectCommand',
+    ]);
+    await expect(store.getText(key)).resolves.toBe('first');
+    store.close();
+  });
+
+  test('a store that answers 501 to If-None-Match: a HEAD, the write and a read-back', async () => {
+    const proxy = await startFaultyProxy(minio.endpoint);
+    const store = new ObjectStore(minioSettings(minio, 'fallback', { endpoint: proxy.endpoint }));
+    try {
+      const key = store.key('f.pending');
+      const notImplemented = {
+        kind: 'error' as const,
+        status: 501,
+        code: 'NotImplemented',
+        message: 'A header you provided implies functionality that is not implemented',
+      };
+      proxy.addRule({ op: 'PutObject', key: /f\.pending$/, fault: notImplemented, times: 1 });
+      await expect(store.putTextIfAbsent(key, 'first', 'text/plain')).resolves.toBe(true);
+      proxy.addRule({ op: 'PutObject', key: /f\.pending$/, fault: notImplemented, times: 1 });
+      await expect(store.putTextIfAbsent(key, 'second', 'text/plain')).resolves.toBe(false);
+      await expect(store.getText(key)).resolves.toBe('first');
+      expect(proxy.log.map((e) => e.op)).toEqual([
+        'PutObject',
+        'HeadObject',
+        'PutObject',
+        'GetObject',
+        'PutObject',
+        'HeadObject',
+        'GetObject',
+      ]);
+    } finally {
+      store.close();
+      await proxy.close();
+    }
+  });
+
   test('dry-run reports, a real run removes forgotten, stale incomplete backups and stale uploads', async () => {
     const prefix = 'prune';
     const data = await tmpDir('prune-data');
@@ -98,6 +146,7 @@ describeWithPeers(['minio'])('prune against MinIO', () => {
       forgotten: ['20261101000000', '20261110000000'],
       incompleteRemoved: ['orphan'],
       uploadsAborted: [`${prefix}/stale.tar.enc`],
+      pendingRemoved: [],
       kept: 1,
       leftoversRemoved: false,
       staleRemoved: [],

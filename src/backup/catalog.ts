@@ -4,14 +4,11 @@
  * interrupted runs left in the workload). Nothing here decrypts.
  */
 import { BackupError, errorMessage } from '../errors';
-import { runCommand } from '../workload/command';
 import type { EngineContext } from './context';
-import { MANIFEST_SUFFIX, OBJECT_SUFFIX, validateBackupId } from './ids';
+import { MANIFEST_SUFFIX, OBJECT_SUFFIX, PENDING_SUFFIX, validateBackupId } from './ids';
 import { type Manifest, parseManifest } from './manifest';
-import { type RetentionPolicy, backupsToForget } from './retention';
-import { removeLeftoversCommand } from './scripts';
 import type { StoredObject } from './store';
-import type { BackupInfo, DeleteResult, ListResult, PruneRequest, PruneResult } from './types';
+import type { BackupInfo, DeleteResult, ListResult } from './types';
 
 /** The key of backup `id`'s encrypted tar. */
 export function objectKey(ctx: EngineContext, id: string): string {
@@ -25,7 +22,9 @@ export function manifestKey(ctx: EngineContext, id: string): string {
 
 interface Found {
   object?: StoredObject;
-  manifestKey?: string;
+  manifest?: StoredObject;
+  /** A create's pending marker (see pending.ts). */
+  pending?: StoredObject;
 }
 
 /** The backups' objects and manifests by id; keys that are neither are left out. */
@@ -34,43 +33,94 @@ function groupById(ctx: EngineContext, objects: StoredObject[]): Map<string, Fou
   for (const obj of objects) {
     const name = ctx.store.relativeName(obj.key);
     if (!name) continue;
-    const suffix = [OBJECT_SUFFIX, MANIFEST_SUFFIX].find((s) => name.endsWith(s));
+    const suffix = [OBJECT_SUFFIX, MANIFEST_SUFFIX, PENDING_SUFFIX].find((s) => name.endsWith(s));
     if (!suffix) continue;
     const id = name.slice(0, -suffix.length);
     const entry = byId.get(id) ?? {};
     if (suffix === OBJECT_SUFFIX) entry.object = obj;
-    else entry.manifestKey = obj.key;
+    else if (suffix === MANIFEST_SUFFIX) entry.manifest = obj;
+    else entry.pending = obj;
     byId.set(id, entry);
   }
   return byId;
 }
 
+/** A manifest read: parsed, or why it could not be read (S3's error, bad JSON). */
+type ManifestRead = { manifest: Manifest } | { error: unknown };
+
+async function readManifest(ctx: EngineContext, key: string): Promise<ManifestRead> {
+  try {
+    return { manifest: parseManifest(await ctx.store.getText(key), key) };
+  } catch (error) {
+    return { error };
+  }
+}
+
 /**
- * Every backup under the prefix, by id, and the in-progress uploads. A backup
- * is complete when it has an object and a readable manifest whose ciphertext
- * size matches the object's.
+ * One backup's entry. Complete: an object and a readable manifest whose
+ * ciphertext size matches it. Incomplete: positively so, an object without a
+ * manifest or a manifest without an object. Unreadable: the manifest is
+ * there but could not be read or does not match the object (`reason` says
+ * which); nothing may be concluded, so prune never deletes it. In progress:
+ * not complete and a create's pending marker is there (`pendingSince`).
  */
-export async function listBackups(ctx: EngineContext): Promise<ListResult> {
+function backupInfo(backupId: string, found: Found, read: ManifestRead | undefined): BackupInfo {
+  const { object } = found;
+  const manifest = read && 'manifest' in read ? read.manifest : undefined;
+  let status: BackupInfo['status'] = 'incomplete';
+  let reason: string | undefined;
+  if (read && 'error' in read) {
+    status = 'unreadable';
+    reason = `its manifest could not be read: ${errorMessage(read.error)}`;
+  } else if (object && manifest) {
+    status = manifest.ciphertextBytes === object.size ? 'complete' : 'unreadable';
+    if (status === 'unreadable') {
+      reason = `its object holds ${object.size} bytes but the manifest says ${manifest.ciphertextBytes}`;
+    }
+  } else if (found.pending) {
+    status = 'in-progress';
+  }
+  return {
+    backupId,
+    created:
+      manifest?.startedAt ??
+      object?.lastModified?.toISOString() ??
+      found.manifest?.lastModified?.toISOString() ??
+      found.pending?.lastModified?.toISOString() ??
+      new Date(0).toISOString(),
+    size: object?.size ?? 0,
+    status,
+    ...(reason === undefined ? {} : { reason }),
+    files: manifest?.files,
+    lastModified: (object ?? found.manifest ?? found.pending)?.lastModified?.toISOString(),
+    pendingSince: found.pending?.lastModified?.toISOString(),
+    serverName: manifest?.serverName,
+  };
+}
+
+/**
+ * Every backup under the prefix, by id (see {@link backupInfo} for the
+ * statuses), and the in-progress uploads. Throws the store's errors for the
+ * listings; a manifest that cannot be read makes its backup `unreadable`,
+ * or, with `strict` (what prune uses), is thrown as it came (`s3`, ...).
+ */
+export async function listBackups(ctx: EngineContext, strict = false): Promise<ListResult> {
   const [objects, uploads] = await Promise.all([ctx.store.list(), ctx.store.listUploads()]);
   const backups: BackupInfo[] = [];
-  for (const [backupId, { object, manifestKey: key }] of groupById(ctx, objects)) {
-    const manifest = key
-      ? await ctx.store
-          .getText(key)
-          .then((text) => parseManifest(text, key))
-          .catch(() => undefined)
-      : undefined;
-    const complete = Boolean(object && manifest && manifest.ciphertextBytes === object.size);
-    backups.push({
-      backupId,
-      created:
-        manifest?.startedAt ?? object?.lastModified?.toISOString() ?? new Date(0).toISOString(),
-      size: object?.size ?? 0,
-      status: complete ? 'complete' : 'incomplete',
-      files: manifest?.files,
-      lastModified: object?.lastModified?.toISOString(),
-      serverName: manifest?.serverName,
-    });
+  for (const [backupId, found] of groupById(ctx, objects)) {
+    const read = found.manifest ? await readManifest(ctx, found.manifest.key) : undefined;
+    if (strict && read && 'error' in read) {
+      const cause = read.error;
+      if (cause instanceof BackupError) {
+        throw new BackupError(
+          cause.code,
+          `cannot tell whether backup ${backupId} is complete: ${cause.message}`,
+          { cause, remedy: cause.remedy },
+        );
+      }
+      throw cause;
+    }
+    backups.push(backupInfo(backupId, found, read));
   }
   backups.sort((a, b) => a.backupId.localeCompare(b.backupId));
   return {
@@ -162,67 +212,4 @@ export async function deleteBackup(ctx: EngineContext, id: string): Promise<Dele
     deletedKeys.push(key);
   }
   return { backupId: id, deletedKeys };
-}
-
-/**
- * Applies the retention policy to complete backups and removes what
- * interrupted runs left: in-progress uploads and incomplete backups older
- * than `staleAfterSeconds`. The newest complete backup is never removed.
- * Unless it is a dry run, then removes what interrupted runs left in the
- * workload (see {@link cleanWorkload}).
- */
-export async function pruneBackups(
-  ctx: EngineContext,
-  policy: RetentionPolicy,
-  request: PruneRequest = {},
-): Promise<PruneResult> {
-  const now = request.now ?? new Date();
-  const staleBefore = now.getTime() - (request.staleAfterSeconds ?? 86_400) * 1000;
-  const dryRun = Boolean(request.dryRun);
-  const { backups, uploads } = await listBackups(ctx);
-  const forgotten = backupsToForget(backups, policy, now);
-  const incomplete = backups.filter(
-    (b) => b.status === 'incomplete' && Date.parse(b.lastModified ?? b.created) < staleBefore,
-  );
-  const staleUploads = uploads.filter(
-    (u) => u.initiated !== undefined && Date.parse(u.initiated) < staleBefore,
-  );
-  if (!dryRun) {
-    for (const backup of [...forgotten, ...incomplete]) await deleteBackup(ctx, backup.backupId);
-    for (const u of staleUploads) await ctx.store.abortUpload({ key: u.key, uploadId: u.uploadId });
-  }
-  return {
-    dryRun,
-    forgotten: forgotten.map((b) => b.backupId),
-    incompleteRemoved: incomplete.map((b) => b.backupId),
-    uploadsAborted: staleUploads.map((u) => u.key),
-    kept: backups.filter((b) => b.status === 'complete').length - forgotten.length,
-    ...(dryRun || request.workloadLeftovers === false
-      ? { leftoversRemoved: false, staleRemoved: [] }
-      : await cleanWorkload(ctx)),
-  };
-}
-
-type WorkloadCleanup = Pick<
-  PruneResult,
-  'leftoversRemoved' | 'leftoversError' | 'staleRemoved' | 'staleError'
->;
-
-/**
- * Removes the database snapshot and staging directories that a killed create
- * or restore left in the data dir, and what the transport's own interrupted
- * runs left (Workload.removeStale). Failures are reported in the result, not
- * thrown: the bucket's pruning is done by then.
- */
-async function cleanWorkload(ctx: EngineContext): Promise<WorkloadCleanup> {
-  const out: WorkloadCleanup = { leftoversRemoved: false, staleRemoved: [] };
-  await runCommand(ctx.workload, removeLeftoversCommand(ctx.dataDir), 'removing leftovers').then(
-    () => (out.leftoversRemoved = true),
-    (err: unknown) => (out.leftoversError = errorMessage(err)),
-  );
-  await ctx.workload.removeStale?.().then(
-    (paths) => (out.staleRemoved = paths),
-    (err: unknown) => (out.staleError = errorMessage(err)),
-  );
-  return out;
 }

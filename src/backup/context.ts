@@ -25,6 +25,8 @@ export interface EngineContext {
   readonly queueSize: number;
   readonly progressIntervalMs: number;
   readonly onProgress: ((progress: Progress) => void) | undefined;
+  /** What the operator should hear of that is no failure (a stale lock taken over). */
+  readonly onNotice: ((message: string) => void) | undefined;
 }
 
 /** A progress ticker for `phase` that reports the plaintext bytes `read()` returns. */

@@ -3,7 +3,7 @@
  * counters and ESDK encryption into the store's upload, then the manifest.
  * A failure anywhere tears the pipeline down and removes what it left.
  */
-import { createEncryptStream, encryptionParameters } from '../crypto/esdk';
+import { BACKUP_ID_CONTEXT_KEY, createEncryptStream, encryptionParameters } from '../crypto/esdk';
 import { BackupError, errorMessage, remedyOf } from '../errors';
 import { ENGINE_NAME, ENGINE_VERSION } from '../version';
 import { TailCollector, commandFailure, runCommand } from '../workload/command';
@@ -13,6 +13,7 @@ import { type EngineContext, passphraseOf, progressTicker } from './context';
 import { type ServerIdentity, readServerIdentity } from './identity';
 import { checkSnapshotSpace } from './space';
 import { defaultBackupId, validateBackupId } from './ids';
+import { releaseBackupId, reserveBackupId } from './pending';
 import { MANIFEST_FORMAT, MANIFEST_VERSION, type Manifest } from './manifest';
 import { type Consumer, type StageFailure, runPipeline } from './pipeline';
 import {
@@ -28,12 +29,16 @@ import type { CreateRequest, CreateResult } from './types';
 /**
  * Creates backup `request.id` (default: the UTC time, YYYYMMDDHHMMSS): the
  * object `<id>.tar.enc` (one ESDK message of a POSIX tar), then its manifest
- * `<id>.manifest.json` with the counts and SHA-256. Throws `already-exists`
- * for an id in use, `no-space` when the data dir's volume cannot hold the
- * database snapshot and a margin for Synapse (src/backup/space.ts, checked
- * before the snapshot), `empty-selection`, `workload-command` (tar, the snapshot),
- * the store's errors (`s3`, ...), or ConfigError without a passphrase; a
- * failure leaves nothing in the store.
+ * `<id>.manifest.json` with the counts and SHA-256; the id is reserved first
+ * by its pending marker (pending.ts) and bound into the encrypted header
+ * (encryption context `synapse-backup-id`). Throws `already-exists` for an id
+ * in use or being created, `no-space` when the data dir's volume cannot hold the
+ * database snapshot and a margin for Synapse (space.ts, checked before the
+ * snapshot), `empty-selection`, `workload-command` (tar, the
+ * snapshot), `corrupt` when the object changed before the manifest was
+ * written, the store's errors (`s3`, ...), or ConfigError without a
+ * passphrase; a failure leaves nothing in the store but, when its cleanup
+ * failed too, the pending marker (for prune).
  */
 export async function createBackup(
   ctx: EngineContext,
@@ -42,17 +47,25 @@ export async function createBackup(
   const passphrase = passphraseOf(ctx);
   const id = validateBackupId(request.id ?? defaultBackupId());
   const oKey = objectKey(ctx, id);
+  await reserveBackupId(ctx, id);
   // Independent round trips, at once; an S3 problem is reported before a workload one.
   const [existing, leftovers, identityRead] = await Promise.allSettled([
     refuseExisting(ctx, id),
     runCommand(ctx.workload, removeLeftoversCommand(ctx.dataDir), 'removing leftovers'),
     readServerIdentity(ctx.workload, ctx.dataDir),
   ]);
-  settledValue(existing);
-  settledValue(leftovers);
-  const identity = settledValue(identityRead);
-  // After the leftovers went: an interrupted run's snapshot is no longer taking space.
-  const keepFree = await checkSnapshotSpace(ctx.workload, ctx.dataDir);
+  let identity: ServerIdentity;
+  let keepFree: number;
+  try {
+    settledValue(existing);
+    settledValue(leftovers);
+    identity = settledValue(identityRead);
+    // After the leftovers went: an interrupted run's snapshot is no longer taking space.
+    keepFree = await checkSnapshotSpace(ctx.workload, ctx.dataDir);
+  } catch (err) {
+    await releaseBackupId(ctx, id);
+    throw err;
+  }
   const startedAt = new Date();
   const proc = ctx.workload.exec({
     command: tarCreateCommand(ctx.dataDir, keepFree),
@@ -74,7 +87,7 @@ export async function createBackup(
       new EndGate(tarSucceeded),
       scanner,
       plaintext,
-      createEncryptStream(passphrase, ctx.frameLength),
+      createEncryptStream(passphrase, ctx.frameLength, { [BACKUP_ID_CONTEXT_KEY]: id }),
       ciphertext,
     ],
     { consumer: upload, onFailure: () => proc.kill() },
@@ -84,8 +97,7 @@ export async function createBackup(
   if (failure === undefined) {
     const manifest = manifestOf(ctx, id, startedAt, identity, { scanner, plaintext, ciphertext });
     try {
-      const text = `${JSON.stringify(manifest, null, 2)}\n`;
-      await ctx.store.putText(manifestKey(ctx, id), text, 'application/json');
+      await writeManifest(ctx, manifest);
       return {
         backupId: id,
         size: ciphertext.bytes,
@@ -99,6 +111,33 @@ export async function createBackup(
     }
   }
   throw await cleanUpFailedCreate(ctx, id, failure);
+}
+
+/**
+ * Writes the manifest (only where there is none), then looks at the object
+ * again: it must still be there with the size the manifest records, else the
+ * backup is not reported complete. Then removes the pending marker (a failure
+ * there only leaves a marker that prune removes once it is stale).
+ */
+async function writeManifest(ctx: EngineContext, manifest: Manifest): Promise<void> {
+  const { id } = manifest;
+  const key = manifestKey(ctx, id);
+  const text = `${JSON.stringify(manifest, null, 2)}\n`;
+  if (!(await ctx.store.putTextIfAbsent(key, text, 'application/json'))) {
+    throw new BackupError(
+      'already-exists',
+      `backup ${id}'s manifest ${key} was written by another run`,
+    );
+  }
+  const object = await ctx.store.head(objectKey(ctx, id));
+  if (object?.size !== manifest.ciphertextBytes) {
+    await ctx.store.delete(key);
+    throw new BackupError(
+      'corrupt',
+      `backup ${id}'s object ${object ? `holds ${object.size} bytes, not ${manifest.ciphertextBytes}` : 'is gone'} after its upload: something else changed it`,
+    );
+  }
+  await releaseBackupId(ctx, id);
 }
 
 /** The manifest of a finished upload: what was archived, counted as it streamed. */
@@ -205,8 +244,10 @@ async function refuseExisting(ctx: EngineContext, id: string): Promise<void> {
 
 /**
  * Removes what a failed create left (the snapshot file in the data dir, the
- * upload or object in the store) and returns the error to throw: `failure`
- * as a BackupError, with a failed cleanup added to its message.
+ * upload or object in the store: all this run's, as it holds the id's pending
+ * marker), then the marker, and returns the error to throw: `failure` as a
+ * BackupError, with a failed cleanup added to its message. When the cleanup
+ * fails the marker stays, for prune to find the upload by its key.
  */
 async function cleanUpFailedCreate(
   ctx: EngineContext,
@@ -225,6 +266,8 @@ async function cleanUpFailedCreate(
       () => undefined,
     );
     await ctx.store.removeFailedUpload(objectKey(ctx, id));
+    // Only once nothing is left: else the marker is what lets prune find the upload.
+    await releaseBackupId(ctx, id);
   } catch (cleanupErr) {
     return new BackupError(
       error.code,

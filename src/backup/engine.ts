@@ -2,10 +2,12 @@ import type { Writable } from 'node:stream';
 import { DEFAULT_FRAME_LENGTH, validateFrameLength } from '../crypto/esdk';
 import { ConfigError } from '../errors';
 import { MIN_PART_SIZE, ObjectStore } from '../s3/store';
-import { deleteBackup, listBackups, pruneBackups } from './catalog';
+import { deleteBackup, listBackups } from './catalog';
 import type { EngineContext } from './context';
 import { createBackup } from './create';
 import { decryptBackup, verifyBackup } from './read';
+import { withDataDirLock } from './lock';
+import { pruneBackups } from './prune';
 import { restoreBackup } from './restore';
 import type { RetentionPolicy } from './retention';
 import type {
@@ -28,7 +30,8 @@ export const DEFAULT_PART_SIZE = 16 * 1024 * 1024;
 export const DEFAULT_QUEUE_SIZE = 2;
 
 /**
- * Create, list, restore, delete and verify backups. Each operation is a
+ * Create, list, restore, delete and verify backups. Create, restore and
+ * prune's workload cleanup hold the data dir's lock (lock.ts): one at a time. Each operation is a
  * pipeline of small stream stages; a failure anywhere tears the whole
  * pipeline down and cleans up what it left in S3. A façade over
  * catalog.ts (keys, list, delete, prune), create.ts, read.ts (verify,
@@ -63,6 +66,7 @@ export class BackupEngine {
       queueSize,
       progressIntervalMs: options.progressIntervalMs ?? 2000,
       onProgress: options.onProgress,
+      onNotice: options.onNotice,
     };
   }
 
@@ -70,9 +74,14 @@ export class BackupEngine {
     this.ctx.store.close();
   }
 
-  /** Archives the data dir's selection, encrypted, as a new backup (see create.ts). */
+  /**
+   * Archives the data dir's selection, encrypted, as a new backup (see create.ts).
+   * Throws `busy` naming the holder while another run holds the data dir's lock.
+   */
   create(request: CreateRequest = {}): Promise<CreateResult> {
-    return createBackup(this.ctx, request);
+    return withDataDirLock(this.ctx, `create-backup ${request.id ?? '(default id)'}`, () =>
+      createBackup(this.ctx, request),
+    );
   }
 
   list(): Promise<ListResult> {
@@ -84,9 +93,14 @@ export class BackupEngine {
     return verifyBackup(this.ctx, id);
   }
 
-  /** Replaces the data dir's files with a backup's (see restore.ts for the protocol). */
+  /**
+   * Replaces the data dir's files with a backup's (see restore.ts for the protocol).
+   * Throws `busy` naming the holder while another run holds the data dir's lock.
+   */
   restore(request: RestoreRequest): Promise<RestoreResult> {
-    return restoreBackup(this.ctx, request);
+    return withDataDirLock(this.ctx, `restore-backup ${request.id}`, () =>
+      restoreBackup(this.ctx, request),
+    );
   }
 
   /**
@@ -95,7 +109,13 @@ export class BackupEngine {
    * than `staleAfterSeconds`. The newest complete backup is never removed.
    */
   prune(policy: RetentionPolicy, request: PruneRequest = {}): Promise<PruneResult> {
-    return pruneBackups(this.ctx, policy, request);
+    // The data dir's leftovers are only removed while no other run uses it.
+    if (request.dryRun || request.workloadLeftovers === false) {
+      return pruneBackups(this.ctx, policy, request);
+    }
+    return withDataDirLock(this.ctx, 'prune-backups', () =>
+      pruneBackups(this.ctx, policy, request),
+    );
   }
 
   /** Writes the plain tar of a backup to `output` (recovery without Juju). */

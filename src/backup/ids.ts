@@ -18,3 +18,4 @@ export function validateBackupId(id: string): string {
 
 export const OBJECT_SUFFIX = '.tar.enc';
 export const MANIFEST_SUFFIX = '.manifest.json';
+export const PENDING_SUFFIX = '.pending';

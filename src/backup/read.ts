@@ -4,7 +4,12 @@
  * then compared with the manifest. Used by verify, decrypt and restore.
  */
 import { Writable } from 'node:stream';
-import { createDecryptStream, describeDecryptError } from '../crypto/esdk';
+import {
+  type MessageHeaderContext,
+  createDecryptStream,
+  describeDecryptError,
+  refuseOtherBackup,
+} from '../crypto/esdk';
 import { BackupError, errorMessage } from '../errors';
 import { completeManifest, objectKey } from './catalog';
 import { type EngineContext, passphraseOf, progressTicker } from './context';
@@ -25,8 +30,9 @@ export interface ReadCounts {
 /**
  * Streams backup `id` through decryption (and `scanner`, when given) into
  * `sink`. Returns the counters; the caller compares them with the manifest.
- * Throws the first failing stage's BackupError, `wrong-passphrase` or
- * `corrupt` from decryption, else an `s3` error for the read itself.
+ * Throws the first failing stage's BackupError, `wrong-passphrase`, `corrupt`
+ * or `wrong-backup` (the header's backup id is another's) from decryption,
+ * else an `s3` error for the read itself.
  */
 export async function readArchive(
   ctx: EngineContext,
@@ -40,7 +46,7 @@ export async function readArchive(
   const ciphertext = new ByteCounter();
   const plaintext = new HashingCounter();
   const ticker = progressTicker(ctx, phase, () => plaintext.bytes);
-  const decrypt = createDecryptStream(passphrase);
+  const decrypt = createDecryptStream(passphrase, id);
   const stages: Stage[] = [body, ciphertext, decrypt];
   if (scanner) stages.push(scanner);
   stages.push(plaintext, sink);
@@ -140,14 +146,21 @@ export async function decryptBackup(
   return { plaintextBytes: plaintext.bytes, sha256: plaintext.sha256 };
 }
 
-/** Decrypts just the message header: a wrong passphrase fails here, before anything is written. */
+/**
+ * Decrypts just the message header: a wrong passphrase, or another backup's
+ * object under this id (`wrong-backup`), fails here, before anything is written.
+ */
 export async function checkPassphrase(ctx: EngineContext, id: string): Promise<void> {
   const passphrase = passphraseOf(ctx);
   const { body } = await ctx.store.getStream(objectKey(ctx, id), { end: 64 * 1024 - 1 });
-  const decrypt = createDecryptStream(passphrase);
+  const decrypt = createDecryptStream(passphrase, id);
   try {
     await new Promise<void>((resolve, reject) => {
-      decrypt.once('MessageHeader', () => resolve());
+      decrypt.once('MessageHeader', (header: MessageHeaderContext) => {
+        const refused = refuseOtherBackup(header, id);
+        if (refused) reject(refused);
+        else resolve();
+      });
       // `on`, not `once`: the SDK can emit more than one error for one failure.
       decrypt.on('error', reject);
       decrypt.on('data', () => undefined);

@@ -45,6 +45,13 @@ export interface BackupStore {
   getStream(key: string, range?: { end: number }): Promise<{ body: Readable; size: number }>;
   putText(key: string, text: string, contentType: string): Promise<void>;
   /**
+   * Writes `text` at `key` only if no object is there: true when written, false
+   * when one already was. Atomic where the store supports conditional writes
+   * (S3 PutObject with `If-None-Match: *`, RFC 9110 section 13.1.2: AWS since
+   * 2024, MinIO); elsewhere a HEAD, the write, and a read-back of `text`.
+   */
+  putTextIfAbsent(key: string, text: string, contentType: string): Promise<boolean>;
+  /**
    * Streams `body` to `key` (multipart when it is larger than a part). On
    * failure it rejects with its own error; the caller then calls
    * removeFailedUpload to make sure nothing is left.

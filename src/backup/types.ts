@@ -36,6 +36,8 @@ export interface EngineOptions {
    */
   queueSize?: number;
   onProgress?: (progress: Progress) => void;
+  /** Called with a sentence the operator should hear of that is no failure (a stale lock taken over). */
+  onNotice?: (message: string) => void;
   /** How often onProgress fires. Default 2000 ms. */
   progressIntervalMs?: number;
 }
@@ -61,10 +63,21 @@ export interface BackupInfo {
   created: string;
   /** Ciphertext bytes in S3. */
   size: number;
-  status: 'complete' | 'incomplete';
+  /**
+   * complete: object and manifest, sizes agree; incomplete: positively, an object
+   * without a manifest or a manifest without an object; unreadable: the manifest
+   * could not be read or disagrees with the object (`reason`), so nothing is known
+   * and prune never deletes it; in-progress: not complete, and a create's pending
+   * marker is there.
+   */
+  status: 'complete' | 'incomplete' | 'unreadable' | 'in-progress';
+  /** Why an unreadable backup is (S3's error, the size mismatch). */
+  reason?: string;
   files?: number;
-  /** The object's (or, without one, the manifest's) last-modified time. */
+  /** The object's (or, without one, the manifest's, else the pending marker's) last-modified time. */
   lastModified?: string;
+  /** When a create wrote its pending marker (`<id>.pending`), if it is there. */
+  pendingSince?: string;
   serverName?: string;
 }
 
@@ -114,7 +127,11 @@ export interface RestoreResult {
 export interface PruneRequest {
   /** Report what would go, delete nothing. */
   dryRun?: boolean;
-  /** In-progress uploads and incomplete backups older than this are removed. Default 24 h. */
+  /**
+   * In-progress uploads, incomplete backups and pending markers older than this
+   * are removed; an id whose pending marker is younger is not touched at all.
+   * Default 24 h: it must be longer than the longest create.
+   */
   staleAfterSeconds?: number;
   now?: Date;
   /**
@@ -135,6 +152,8 @@ export interface PruneResult {
   incompleteRemoved: string[];
   /** Keys of in-progress multipart uploads aborted. */
   uploadsAborted: string[];
+  /** Ids whose stale pending markers (`<id>.pending`, see backup/pending.ts) were removed. */
+  pendingRemoved: string[];
   kept: number;
   /**
    * True when the data dir's leftovers were removed (if there were any); false in a

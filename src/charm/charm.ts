@@ -256,6 +256,7 @@ export class SynapseCharm {
       workload: await this.backupWorkload(config),
       dataDir: this.overrides.dataDir,
       onProgress,
+      onNotice: (message: string) => void this.tools.actionLog(message).catch(() => undefined),
       progressIntervalMs: 2000,
     });
     return { engine, setup };

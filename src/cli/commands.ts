@@ -112,6 +112,7 @@ const prune: Command = async ({ engine, values, dataDir, print }) => {
       `${remove} by the retention policy (${describeRetention(policy)}): ${items(r.forgotten)}`,
       `${remove} incomplete backups older than ${staleHours} h: ${items(r.incompleteRemoved)}`,
       `${abort} unfinished uploads older than ${staleHours} h: ${items(r.uploadsAborted)}`,
+      `${remove} pending markers of runs older than ${staleHours} h: ${items(r.pendingRemoved)}`,
       `complete backups kept: ${r.kept}`,
       ...workloadCleanupLines(r, dataDir),
     ].join('\n'),

@@ -69,6 +69,7 @@ function engineFor(
     partSize: partMiB === undefined ? undefined : partMiB * 1024 * 1024,
     queueSize: wholeNumber(values['queue-size'], 'queue-size'),
     onProgress: json || !process.stderr.isTTY ? undefined : showProgress,
+    onNotice: (message) => process.stderr.write(`synapse-backup: ${message}\n`),
   };
   return new BackupEngine(options);
 }

@@ -17,6 +17,13 @@ export const KEY_NAME = 'master_key';
 export const SUITE_ID = AlgorithmSuiteIdentifier.ALG_AES256_GCM_IV12_TAG16_HKDF_SHA512_COMMIT_KEY;
 export const SUITE_NAME = 'ALG_AES256_GCM_IV12_TAG16_HKDF_SHA512_COMMIT_KEY';
 export const DEFAULT_FRAME_LENGTH = 1024 * 1024;
+/**
+ * The encryption-context key that binds a message to its backup id: in the
+ * header, so authenticated with it (AWS Encryption SDK message format,
+ * "Encryption Context" in the header body). Messages of the original Python
+ * design carry no context.
+ */
+export const BACKUP_ID_CONTEXT_KEY = 'synapse-backup-id';
 const MAX_FRAME_LENGTH = 2 ** 31 - 1;
 
 export interface EncryptionParameters {
@@ -83,18 +90,65 @@ const ENCRYPT_HIGH_WATER_MARK = 1024 * 1024 + 64 * 1024;
 export function createEncryptStream(
   passphrase: string,
   frameLength = DEFAULT_FRAME_LENGTH,
+  encryptionContext: Record<string, string> = {},
 ): Transform {
   const session = startMessage(createKeyring(passphrase), {
     suiteId: SUITE_ID,
     frameLength: validateFrameLength(frameLength),
     commitmentPolicy: CommitmentPolicy.REQUIRE_ENCRYPT_REQUIRE_DECRYPT,
+    encryptionContext,
   });
   return new FramedEncryptStream(session, { readableHighWaterMark: ENCRYPT_HIGH_WATER_MARK });
 }
 
-/** A duplex: ESDK message in, plaintext out. Errors are mapped by {@link describeDecryptError}. */
-export function createDecryptStream(passphrase: string): Duplex {
-  return decryptUnsignedMessageStream(createKeyring(passphrase));
+/** What the engine reads of a parsed, authenticated ESDK header. */
+export interface MessageHeaderContext {
+  encryptionContext?: Record<string, string>;
+}
+
+/**
+ * The `wrong-backup` error when an authenticated header names another backup
+ * id than `expectedId` under {@link BACKUP_ID_CONTEXT_KEY}; undefined when it
+ * names `expectedId` or none (a message of the original Python design).
+ */
+export function refuseOtherBackup(
+  header: MessageHeaderContext,
+  expectedId: string,
+): BackupError | undefined {
+  const found = header.encryptionContext?.[BACKUP_ID_CONTEXT_KEY];
+  if (found === undefined || found === expectedId) return undefined;
+  return new BackupError(
+    'wrong-backup',
+    `backup ${expectedId}'s object holds backup ${found} (its encrypted header says so): refused`,
+  );
+}
+
+/**
+ * A duplex: ESDK message in, plaintext out. Errors are mapped by
+ * {@link describeDecryptError}. With `expectedId`, the header's
+ * `synapse-backup-id` (once the header has authenticated) must be that id, or
+ * absent (a message of the original Python design): else the stream fails
+ * with `wrong-backup` before any plaintext leaves it.
+ */
+export function createDecryptStream(passphrase: string, expectedId?: string): Duplex {
+  const stream = decryptUnsignedMessageStream(createKeyring(passphrase));
+  if (expectedId === undefined) return stream;
+  let checked = false;
+  stream.once('MessageHeader', (header: MessageHeaderContext) => {
+    const refused = refuseOtherBackup(header, expectedId);
+    if (refused) stream.destroy(refused);
+    else checked = true;
+  });
+  // Belt and braces: plaintext before the check is a failure, never output.
+  const push = stream.push.bind(stream);
+  stream.push = (chunk: unknown, encoding?: BufferEncoding): boolean => {
+    if (chunk !== null && !checked) {
+      stream.destroy(new BackupError('decrypt', 'plaintext came before the message header'));
+      return false;
+    }
+    return push(chunk, encoding);
+  };
+  return stream;
 }
 
 /**

@@ -56,6 +56,12 @@ export interface FramedMessageOptions {
   suiteId: number;
   frameLength: number;
   commitmentPolicy: CommitmentPolicy;
+  /**
+   * The message's encryption context: UTF-8 key-value pairs serialized in the
+   * header (sorted by key, as the SDK does) and so authenticated by its tag.
+   * Default none.
+   */
+  encryptionContext?: Record<string, string>;
 }
 
 /** What a message needs once its header is written: the frame cipher and the AAD prefix. */
@@ -73,7 +79,7 @@ export interface MessageSession {
 /** Materials, key derivation and header, as the SDK's `encryptStream` makes them. */
 export async function startMessage(
   keyring: KeyringNode,
-  { suiteId, frameLength, commitmentPolicy }: FramedMessageOptions,
+  { suiteId, frameLength, commitmentPolicy, encryptionContext = {} }: FramedMessageOptions,
 ): Promise<MessageSession> {
   const suite = new NodeAlgorithmSuite(suiteId);
   needs(!suite.signatureCurve, 'this framed transform writes unsigned messages only');
@@ -81,7 +87,7 @@ export async function startMessage(
   const cmm = new NodeDefaultCryptographicMaterialsManager(keyring);
   const material = await cmm.getEncryptionMaterials({
     suite,
-    encryptionContext: {},
+    encryptionContext,
     commitmentPolicy,
   });
   CommitmentPolicySuites.isEncryptEnabled(commitmentPolicy, material.suite);

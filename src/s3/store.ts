@@ -145,6 +145,34 @@ export class ObjectStore {
     }
   }
 
+  /**
+   * PutObject with `If-None-Match: *`: true when written, false when the key
+   * exists (412 PreconditionFailed, or 409 ConditionalRequestConflict while
+   * another conditional write of it is in flight). A store that does not
+   * implement the header (501) gets a HEAD, a plain write and a read-back.
+   */
+  async putTextIfAbsent(key: string, text: string, contentType: string): Promise<boolean> {
+    try {
+      await this.client.send(
+        new PutObjectCommand({
+          Bucket: this.settings.bucket,
+          Key: key,
+          Body: text,
+          ContentType: contentType,
+          IfNoneMatch: '*',
+        }),
+      );
+      return true;
+    } catch (err) {
+      const status = httpStatusOf(err);
+      if (status === 412 || status === 409) return false;
+      if (status !== 501) throw describeS3Error(err, this.settings, `write ${key}`);
+    }
+    if (await this.head(key)) return false;
+    await this.putText(key, text, contentType);
+    return (await this.getText(key)) === text;
+  }
+
   /** DeleteObject (S3 does not mind a key that does not exist). */
   async delete(key: string): Promise<void> {
     try {

@@ -186,7 +186,9 @@ describeWithPeers(['minio', 'pebble'])('restore faults through restore-backup', 
 
   test('restore: a flipped byte', async () => {
     expected('fails: authentication check failed; the staging copy is removed');
-    await copyBackup('good', 'flipped', (b) => {
+    // Its own backup (the id in its header is its own), a byte flipped in place.
+    await backupOf('flipped');
+    await copyBackup('flipped', 'flipped', (b) => {
       const c = Buffer.from(b);
       c[Math.floor(c.length / 2)] ^= 0x10;
       return c;
@@ -194,6 +196,15 @@ describeWithPeers(['minio', 'pebble'])('restore faults through restore-backup', 
     await failingRestore(
       'flipped',
       /^backup flipped is damaged: its authentication check failed \(.+\); it cannot be restored$/,
+    );
+  });
+
+  test("restore: another backup's object and manifest copied under its id", async () => {
+    expected("fails before touching anything: the id in the encrypted header is another backup's");
+    await copyBackup('good', 'swapped', (b) => b);
+    await failingRestore(
+      'swapped',
+      "backup swapped's object holds backup good (its encrypted header says so): refused",
     );
   });
 

@@ -249,4 +249,55 @@ describeWithPeers(['minio', 'pebble'])('S3 faults during create-backup', () => {
     expect(aborts.filter((e) => !e.fault && e.status === 204)).toHaveLength(1);
     observed(await bed.afterFault(before, [run]));
   });
+  test('S3: MinIO restarted mid-upload, then the cleanup fails too', async () => {
+    expected(
+      'create-backup fails, its cleanup too; the upload is invisible to a listing of the bucket, but its pending marker leads prune-backups to it by its exact key, which aborts it',
+    );
+    const before = await bed.before();
+    bed.s3.log.length = 0;
+    let key = '';
+    const run = await bed.run('create-backup', {}, async () => {
+      key = await killMinioMidUpload(() => {
+        bed.s3.addRule({ op: 'UploadPart', fault: internalError() });
+        bed.s3.addRule({ op: 'AbortMultipartUpload', fault: internalError() });
+      });
+    });
+    const msg = FaultBed.failure(run);
+    observed(`action failed: ${msg}`);
+    expect(msg).toContain('; cleanup also failed: ');
+    bed.s3.clearRules();
+    const id = /(\d{14})\.tar\.enc/.exec(key)![1]!;
+    expect(await bed.objectKeys()).toContain(`${PREFIX}/${id}.pending`);
+    const list = await bed.run('list-backups');
+    expect(list.result.results.formatted as string).not.toContain('unfinished upload');
+    observed(`list-backups: no unfinished upload listed; ${id}.pending left`);
+
+    const prune = await bed.run('prune-backups', { 'stale-hours': 0 });
+    expect(prune.result.failed).toBe(false);
+    expect(prune.result.results['uploads-aborted']).toBe(key);
+    expect(prune.result.results['pending-removed']).toBe(id);
+    observed(`prune-backups: uploads-aborted=${key}, pending-removed=${id}`);
+    observed(await bed.afterFault(before, [run, list, prune]));
+  });
+
+  test('S3: manifest reads answered 503 SlowDown during prune-backups', async () => {
+    expected('prune-backups fails naming the manifest read and 503 SlowDown; no backup is deleted');
+    FaultBed.succeeded(await bed.run('create-backup'));
+    const before = await bed.before();
+    const keys = await bed.objectKeys();
+    bed.h.setConfig({ 'backup-retention': 'keep-last=10' });
+    bed.s3.log.length = 0;
+    bed.s3.addRule({ op: 'GetObject', key: /\.manifest\.json$/, fault: slowDown() });
+    const run = await bed.run('prune-backups', { 'stale-hours': 0 });
+    bed.h.setConfig({ 'backup-retention': null });
+    const msg = FaultBed.failure(run);
+    observed(`action failed: ${msg}`);
+    expect(msg).toMatch(
+      /cannot tell whether backup \d{14} is complete: cannot download synapse\/\d{14}\.manifest\.json: HTTP 503 SlowDown/,
+    );
+    expect(bed.s3.log.filter((e) => e.op === 'DeleteObject')).toEqual([]);
+    expect(await bed.objectKeys()).toEqual(keys);
+    observed(`${before.complete.length} complete backups, all kept; no DeleteObject`);
+    observed(await bed.afterFault(before, [run]));
+  });
 });

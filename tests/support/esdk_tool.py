@@ -1,6 +1,9 @@
 """Encrypt or decrypt stdin to stdout exactly as the seed does (AWS Encryption SDK, Python).
 
 Usage: SYNAPSE_BACKUP_PASSPHRASE=... python esdk_tool.py encrypt|decrypt [--frame-length N]
+       [--context KEY=VALUE ...]
+With --context, encrypt writes that encryption context; decrypt requires the
+message's header to hold it (exit 1 before any output otherwise).
 The passphrase comes from the environment only, never argv. Exit 1 on a crypto error, 2 on usage.
 """
 
@@ -37,6 +40,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("command", choices=["encrypt", "decrypt"])
     parser.add_argument("--frame-length", type=int, default=None)
+    parser.add_argument("--context", action="append", default=[])
     args = parser.parse_args()
     passphrase = os.environ.get("SYNAPSE_BACKUP_PASSPHRASE")
     if not passphrase:
@@ -46,7 +50,9 @@ def main() -> int:
         commitment_policy=CommitmentPolicy.REQUIRE_ENCRYPT_REQUIRE_DECRYPT
     )
     options = {"source": sys.stdin.buffer, "key_provider": master_key(passphrase)}
+    context = dict(pair.split("=", 1) for pair in args.context)
     if args.command == "encrypt":
+        options["encryption_context"] = context
         options.update(mode="e", algorithm=Algorithm.AES_256_GCM_HKDF_SHA512_COMMIT_KEY)
         if args.frame_length is not None:
             options["frame_length"] = args.frame_length
@@ -58,6 +64,11 @@ def main() -> int:
     out = sys.stdout.buffer
     try:
         with client.stream(**options) as stream:
+            if args.command == "decrypt":
+                found = stream.header.encryption_context
+                missing = {k: v for k, v in context.items() if found.get(k) != v}
+                if missing:
+                    raise ValueError(f"encryption context {found} lacks {missing}")
             for chunk in stream:
                 out.write(chunk)
         out.flush()

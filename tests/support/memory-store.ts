@@ -36,6 +36,8 @@ interface Failure {
   afterBytes: number;
   /** Only calls on this key. */
   key?: string;
+  /** upload only: the multipart upload stays (its abort was lost: a store that restarted). */
+  leaveUpload?: boolean;
 }
 
 export interface FailOptions {
@@ -47,6 +49,8 @@ export interface FailOptions {
   afterBytes?: number;
   /** Only calls on this key. */
   key?: string;
+  /** For upload: leave the multipart upload behind (an abort lost when a store restarts). */
+  leaveUpload?: boolean;
 }
 
 export class MemoryStore implements BackupStore {
@@ -57,6 +61,11 @@ export class MemoryStore implements BackupStore {
   readonly calls: { method: StoreMethod; key?: string }[] = [];
   /** False: the bucket is missing (checkBucket says so). */
   bucketExists = true;
+  /**
+   * True: listUploads finds nothing, uploadsOf (the exact key) still does: MinIO
+   * after a restart, which lists an upload begun before it only by its key.
+   */
+  uploadsListedByKeyOnly = false;
   closed = false;
   private readonly failures = new Map<StoreMethod, Failure>();
   private nextUploadId = 1;
@@ -73,6 +82,7 @@ export class MemoryStore implements BackupStore {
       times: options.times ?? 1,
       afterBytes: options.afterBytes ?? 0,
       key: options.key,
+      leaveUpload: options.leaveUpload,
     });
   }
 
@@ -136,6 +146,7 @@ export class MemoryStore implements BackupStore {
 
   async listUploads(): Promise<MultipartUploadInfo[]> {
     this.enter('listUploads');
+    if (this.uploadsListedByKeyOnly) return [];
     const base = this.prefix ? `${this.prefix}/` : '';
     return [...this.uploads.values()].filter((u) => u.key.startsWith(base)).map(uploadInfo);
   }
@@ -168,6 +179,13 @@ export class MemoryStore implements BackupStore {
   async putText(key: string, text: string, _contentType: string): Promise<void> {
     this.enter('putText', key);
     this.putObject(key, text);
+  }
+
+  async putTextIfAbsent(key: string, text: string, _contentType: string): Promise<boolean> {
+    this.enter('putTextIfAbsent', key);
+    if (this.objects.has(key)) return false;
+    this.putObject(key, text);
+    return true;
   }
 
   async delete(key: string): Promise<void> {
@@ -210,7 +228,7 @@ export class MemoryStore implements BackupStore {
       }
     } catch (err) {
       body.destroy(err as Error);
-      if (upload) this.uploads.delete(upload.uploadId);
+      if (upload && !failure?.leaveUpload) this.uploads.delete(upload.uploadId);
       throw err;
     }
     if (upload) this.uploads.delete(upload.uploadId);

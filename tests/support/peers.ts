@@ -567,6 +567,8 @@ export interface EsdkRunResult {
 export interface EsdkOptions {
   /** Encrypt only: bytes per frame (a multiple of 128). The SDK default is 4096. */
   frameLength?: number;
+  /** Encrypt: the encryption context written; decrypt: pairs the header must hold. */
+  context?: Record<string, string>;
 }
 
 export interface PythonEsdk {
@@ -595,6 +597,7 @@ export function pythonEsdk(): PythonEsdk {
   const spawnTool: PythonEsdk['spawn'] = (command, passphrase, options = {}) => {
     const args = [script, command];
     if (options.frameLength !== undefined) args.push('--frame-length', String(options.frameLength));
+    for (const [k, v] of Object.entries(options.context ?? {})) args.push('--context', `${k}=${v}`);
     const env = { ...process.env, SYNAPSE_BACKUP_PASSPHRASE: passphrase };
     const child = spawn(python, args, { env, stdio: 'pipe' });
     const untrack = track(async () => void child.kill('SIGKILL'));

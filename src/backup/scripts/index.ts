@@ -29,6 +29,12 @@
  * - removeLeftoversCommand: removes an interrupted run's snapshot and staging
  *   dirs; always 0 (a missing data dir is nothing to remove).
  * - readSmallFileCommand: prints at most 1 MiB of a file; head's status.
+ *
+ * lock.ts (lock.ts in the engine: one operation at a time per data dir)
+ * - takeLockCommand: 0 when taken; 75 (LOCK_HELD_EXIT) printing the holder.
+ * - takeOverLockCommand: 0 when a stale lock was taken over; 75 when it changed hands.
+ * - touchLockCommand: the holder's heartbeat; 1 when the lock is not its own.
+ * - releaseLockCommand: removes the lock if it is still the holder's; always 0.
  */
 export {
   PREVIOUS_PREFIX,
@@ -56,3 +62,11 @@ export {
   syncCommand,
   tarExtractCommand,
 } from './restore';
+export {
+  LOCK_HELD_EXIT,
+  LOCK_NAME,
+  releaseLockCommand,
+  takeLockCommand,
+  takeOverLockCommand,
+  touchLockCommand,
+} from './lock';

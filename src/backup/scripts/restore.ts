@@ -1,5 +1,6 @@
 /** The restore's scripts: free space, staging, extraction, the swap and its rollback, one-time keys. */
 import { PREVIOUS_PREFIX, STAGING_PREFIX, sh } from './common';
+import { LOCK_NAME } from './lock';
 
 /** Prints the bytes available to unprivileged writers on the data dir's filesystem. */
 export function freeSpaceCommand(dataDir: string): string[] {
@@ -32,7 +33,7 @@ const MOVE_TOP_LEVEL = [
   '  for f in "$1"/* "$1"/.[!.]* "$1"/..?*; do',
   '    [ -e "$f" ] || [ -L "$f" ] || continue',
   '    case "${f##*/}" in',
-  `      ${STAGING_PREFIX}*|${PREVIOUS_PREFIX}*) continue ;;`,
+  `      ${STAGING_PREFIX}*|${PREVIOUS_PREFIX}*|${LOCK_NAME}) continue ;;`,
   '    esac',
   '    mv -- "$f" "$2"/',
   '  done',

@@ -62,6 +62,7 @@ export const listBackups: ActionHandler = async (a) => {
 
 function entry(b: BackupInfo): ActionResults {
   const e: ActionResults = { created: b.created, size: String(b.size), status: b.status };
+  if (b.reason) e.reason = b.reason;
   if (!isValidActionKeySegment(b.backupId)) e.id = b.backupId;
   return e;
 }

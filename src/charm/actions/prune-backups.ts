@@ -41,6 +41,7 @@ export const pruneBackups: ActionHandler = async (a) => {
     forgotten: list(result.forgotten),
     'incomplete-removed': list(result.incompleteRemoved),
     'uploads-aborted': list(result.uploadsAborted),
+    'pending-removed': list(result.pendingRemoved),
     kept: String(result.kept),
   };
 };
