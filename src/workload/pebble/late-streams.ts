@@ -46,7 +46,9 @@ export class LateReadable extends RemoteOutput {
 /**
  * A Writable whose destination comes later: the connected socket, or the
  * relay's stdin. Writes wait for it, and each waits until the destination has
- * taken it (the socket's backpressure).
+ * taken it (the socket's backpressure). A destination gone before it took a
+ * write, or before its end, fails that write or the end: bytes nobody read are
+ * never reported written.
  */
 export class LateWritable extends Writable {
   private dest: Writable | null = null;
@@ -68,14 +70,23 @@ export class LateWritable extends Writable {
 
   override _write(chunk: Buffer, _enc: BufferEncoding, done: (err?: Error | null) => void): void {
     this.ready.promise.then(
-      (dest) => dest.write(chunk, (err) => done(err ?? null)),
+      // A socket destroyed (the command's end read as ECONNRESET) while a write was
+      // under way calls it back without an error (Node's onWriteComplete drops the
+      // status of a destroyed stream's writes): the write was cut off, not done.
+      (dest) => dest.write(chunk, (err) => done(err ?? (dest.destroyed ? lost(dest) : null))),
       (err: Error) => done(err),
     );
   }
 
   override _final(done: (err?: Error | null) => void): void {
     this.ready.promise.then(
-      (dest) => dest.end(() => done()),
+      (dest) =>
+        dest.end((err?: Error | null) => {
+          // Already finished: the command read to the end and closed (the socket then
+          // ends its side itself). Any other error: the end never reached it.
+          const finished = (err as NodeJS.ErrnoException | null | undefined)?.code;
+          done(err && finished !== 'ERR_STREAM_ALREADY_FINISHED' ? lost(dest, err) : null);
+        }),
       (err: Error) => done(err),
     );
   }
@@ -85,4 +96,9 @@ export class LateWritable extends Writable {
     this.dest?.destroy();
     callback(err);
   }
+}
+
+/** Why a destination's write or end did not arrive: what destroyed it, if it says. */
+function lost(dest: Writable, err?: Error): Error {
+  return dest.errored ?? err ?? new Error('the command closed its input before reading it all');
 }
