@@ -70,12 +70,15 @@ export function tarCreateCommand(dataDir: string, keepFreeBytes = 0): string[] {
 /**
  * Prints `<database bytes> <free bytes> <filesystem bytes>` for the data dir ($1):
  * homeserver.db and its -wal (0 without a database), and df's space available to
- * unprivileged writers and total size of its filesystem. df's status.
+ * unprivileged writers and total size of its filesystem; nothing when the data dir
+ * does not exist (the create script then fails with tar's own message). df's status.
  */
 export function snapshotSpaceCommand(dataDir: string): string[] {
   return sh(
     [
       'set -e',
+      // No data dir: nothing to snapshot here; the create script itself says what is wrong.
+      '[ -d "$1" ] || exit 0',
       'cd -- "$1"',
       'db=0',
       'for f in homeserver.db homeserver.db-wal; do [ -f "$f" ] && db=$((db + $(wc -c < "$f"))); done',
