@@ -8,6 +8,24 @@
 export const STAGING_PREFIX = '.synapse-restore-';
 export const PREVIOUS_PREFIX = '.pre-restore-';
 export const SNAPSHOT_NAME = '.synapse-backup-snapshot.db';
+/** The swap's journal: what an interrupted swap left half-done (src/backup/swap-journal.ts). */
+export const JOURNAL_NAME = '.synapse-swap.journal';
+/** Its temporary copy while a new phase is written (then renamed over it). */
+export const JOURNAL_TEMP_NAME = `${JOURNAL_NAME}.new`;
+
+/**
+ * Whether `name`, a top-level name in the data dir, is one of the engine's own
+ * bookkeeping names (staging and previous dirs, the snapshot, the journal):
+ * never backed up, never swapped, refused as an archive's entry.
+ */
+export function isBookkeepingName(name: string): boolean {
+  return (
+    name.startsWith(STAGING_PREFIX) ||
+    name.startsWith(PREVIOUS_PREFIX) ||
+    name === SNAPSHOT_NAME ||
+    name.startsWith(JOURNAL_NAME)
+  );
+}
 
 /** `script`'s lines as `sh -c`, with `args` as $1, $2, ... (never spliced into the text). */
 export function sh(script: string[], ...args: string[]): string[] {
