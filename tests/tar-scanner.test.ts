@@ -751,7 +751,7 @@ describe('TarScanner with confinedEntryPolicy refuses hostile archives', () => {
     ['.synapse-backup-snapshot.db', '.synapse-backup-snapshot.db'],
     ['.synapse-swap.journal', '.synapse-swap.journal'],
     ['.synapse-swap.journal.new', '.synapse-swap.journal.new'],
-  ])('the engine\'s bookkeeping name %s is refused, nothing of it passes', async (name, top) => {
+  ])("the engine's bookkeeping name %s is refused, nothing of it passes", async (name, top) => {
     const archive = Buffer.concat([...okFiles, file(name, 'x'), END]);
     // In 512-byte chunks, so the entries before it pass and only it is held back.
     const { emitted, error } = await scan(cut(archive, [512]));

@@ -98,14 +98,24 @@ export class CommandSink extends Writable {
     );
   }
 
+  /**
+   * Every teardown ends the command: its stdin is closed (EOF) and it is killed,
+   * so a tar never waits for input that will not come. A start still under way
+   * (`beforeStart`) never runs the command.
+   */
   override _destroy(err: Error | null, done: (err?: Error | null) => void): void {
-    this.proc?.kill();
+    const proc = this.proc;
+    if (proc) {
+      proc.stdin?.destroy();
+      proc.kill();
+    }
     done(err);
   }
 
   private async ensureStarted(): Promise<ExecProcess> {
     if (this.proc) return this.proc;
     await this.beforeStart();
+    if (this.destroyed) throw new Error(`${this.what} was torn down before it started`);
     const proc = this.workload.exec({ ...this.options, stdin: true });
     this.proc = proc;
     this.stderr = new TailCollector(proc.stderr);

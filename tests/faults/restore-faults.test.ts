@@ -268,7 +268,9 @@ describeWithPeers(['minio', 'pebble'])('restore faults through restore-backup', 
 
   test('verify: an archive with a bookkeeping name is refused too', async () => {
     expected('verify-backup fails naming the entry, as restore would');
-    await hostileBackup('bookkeeping-verify', [{ name: '.pre-restore-1/homeserver.db', content: 'x' }]);
+    await hostileBackup('bookkeeping-verify', [
+      { name: '.pre-restore-1/homeserver.db', content: 'x' },
+    ]);
     const run = await bed.run('verify-backup', { 'backup-id': 'bookkeeping-verify' });
     const msg = FaultBed.failure(run);
     observed(`action failed: ${msg}`);
