@@ -24,7 +24,8 @@ export type ErrorCode =
   | 'cleanup'
   | 'too-large'
   | 'wrong-server'
-  | 'no-space';
+  | 'no-space'
+  | 'unfinished-swap';
 
 /**
  * A setting the operator can change, by its charm config name (config.yaml);

@@ -21,6 +21,7 @@ import {
   tarCreateCommand,
 } from './scripts';
 import { ByteCounter, EndGate, HashingCounter } from './stages';
+import { resolveInterruptedSwap } from './swap-journal';
 import { TarScanner } from './tar';
 import type { CreateRequest, CreateResult } from './types';
 
@@ -39,6 +40,8 @@ export async function createBackup(
   const passphrase = passphraseOf(ctx);
   const id = validateBackupId(request.id ?? defaultBackupId());
   const oKey = objectKey(ctx, id);
+  // Never back up a half-swapped data dir: `unfinished-swap` when it cannot be resolved.
+  const swapRecovery = await resolveInterruptedSwap(ctx);
   // Independent round trips, at once; an S3 problem is reported before a workload one.
   const [existing, leftovers, identityRead] = await Promise.allSettled([
     refuseExisting(ctx, id),
@@ -88,6 +91,7 @@ export async function createBackup(
         files: scanner.files,
         sha256: plaintext.sha256,
         durationSeconds: ticker.elapsedSeconds,
+        ...(swapRecovery ? { swapRecovery } : {}),
       };
     } catch (err) {
       failure = err;

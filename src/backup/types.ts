@@ -1,3 +1,4 @@
+import type { SwapRecovery } from './swap-journal';
 import type { S3Settings } from '../s3/settings';
 import type { Workload } from '../workload/workload';
 import type { BackupStore } from './store';
@@ -53,6 +54,8 @@ export interface CreateResult {
   files: number;
   sha256: string;
   durationSeconds: number;
+  /** An interrupted restore's swap, completed or rolled back before the backup began. */
+  swapRecovery?: SwapRecovery;
 }
 
 export interface BackupInfo {
@@ -109,6 +112,8 @@ export interface RestoreResult {
   previousPath?: string;
   /** Rows deleted from e2e_one_time_keys_json; undefined when there was no SQLite database. */
   oneTimeKeysRemoved?: number;
+  /** An earlier restore's interrupted swap, completed or rolled back before this one began. */
+  swapRecovery?: SwapRecovery;
 }
 
 export interface PruneRequest {
@@ -147,6 +152,8 @@ export interface PruneResult {
   staleRemoved: string[];
   /** Why the transport's stale files could not be removed. */
   staleError?: string;
+  /** An interrupted restore's swap, completed or rolled back before the leftovers went. */
+  swapRecovery?: SwapRecovery;
 }
 
 export interface VerifyResult {

@@ -32,13 +32,18 @@ export function sh(script: string[], ...args: string[]): string[] {
   return ['sh', '-c', script.join('\n'), 'synapse-backup', ...args];
 }
 
-/** Removes leftovers of interrupted runs: snapshot files and staging dirs (never previous copies). */
+/**
+ * Removes leftovers of interrupted runs: snapshot files and staging dirs (never
+ * previous copies, never the staging dir a swap journal names: it may hold the
+ * only complete copy of the restored files).
+ */
 export function removeLeftoversCommand(dataDir: string): string[] {
   return sh(
     [
       'cd -- "$1" || exit 0',
       `rm -f -- ${SNAPSHOT_NAME}`,
-      `for d in ${STAGING_PREFIX}*; do [ -d "$d" ] && rm -rf -- "$d"; done`,
+      `keep=$(sed -n 's/^staging=//p' -- ${JOURNAL_NAME} 2>/dev/null)`,
+      `for d in ${STAGING_PREFIX}*; do [ -d "$d" ] && [ "$d" != "$keep" ] && rm -rf -- "$d"; done`,
       'exit 0',
     ],
     dataDir,

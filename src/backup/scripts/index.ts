@@ -21,12 +21,18 @@
  * - removeOneTimeKeysCommand: prints the rows deleted (nothing without the
  *   table); python's status.
  *
+ * journal.ts
+ * - journalPhaseCommand: sets the swap journal's phase; non-zero without one.
+ * - readJournalCommand: prints the journal and `staged=N`; nothing without one.
+ * - removeJournalCommand: removes it; rm's status.
+ *
  * common.ts
  * - removeLeftoversCommand: removes an interrupted run's snapshot and staging
  *   dirs; always 0 (a missing data dir is nothing to remove).
  * - readSmallFileCommand: prints at most 1 MiB of a file; head's status.
  */
 export {
+  JOURNAL_NAME,
   PREVIOUS_PREFIX,
   SNAPSHOT_NAME,
   STAGING_PREFIX,
@@ -51,3 +57,9 @@ export {
   syncCommand,
   tarExtractCommand,
 } from './restore';
+export {
+  type SwapPhase,
+  journalPhaseCommand,
+  readJournalCommand,
+  removeJournalCommand,
+} from './journal';
