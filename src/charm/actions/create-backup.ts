@@ -1,3 +1,4 @@
+import { describeSwapRecovery } from '../../backup/swap-journal';
 import { formatBytes, formatSeconds, ProgressReporter } from '../format';
 import { describeRetention } from '../../backup/retention';
 import type { ActionResults } from '../../juju/hook-tools';
@@ -21,6 +22,11 @@ export const createBackup: ActionHandler = async (a) => {
       sha256: result.sha256,
       'duration-seconds': formatSeconds(result.durationSeconds),
     };
+    if (result.swapRecovery) {
+      const said = describeSwapRecovery(result.swapRecovery);
+      await a.log(`warning: ${said}`);
+      results['swap-recovery'] = said;
+    }
     if (setup.retention.keepLast !== undefined || setup.retention.keepDays !== undefined) {
       // The backup is good whatever happens here: a failed prune is reported, not fatal.
       try {
