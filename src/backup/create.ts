@@ -4,12 +4,12 @@
  * A failure anywhere tears the pipeline down and removes what it left.
  */
 import { createEncryptStream, encryptionParameters } from '../crypto/esdk';
-import { BackupError, errorMessage, remedyOf } from '../errors';
+import { BackupError, InterruptedError, errorMessage, remedyOf } from '../errors';
 import { ENGINE_NAME, ENGINE_VERSION } from '../version';
 import { TailCollector, commandFailure, runCommand } from '../workload/command';
 import type { ExecProcess } from '../workload/workload';
 import { manifestKey, objectKey } from './catalog';
-import { type EngineContext, passphraseOf, progressTicker } from './context';
+import { type EngineContext, checkInterrupted, passphraseOf, progressTicker } from './context';
 import { type ServerIdentity, readServerIdentity } from './identity';
 import { defaultBackupId, validateBackupId } from './ids';
 import { MANIFEST_FORMAT, MANIFEST_VERSION, type Manifest } from './manifest';
@@ -30,7 +30,8 @@ import type { CreateRequest, CreateResult } from './types';
  * object `<id>.tar.enc` (one ESDK message of a POSIX tar), then its manifest
  * `<id>.manifest.json` with the counts and SHA-256. Throws `already-exists`
  * for an id in use, `empty-selection`, `workload-command` (tar, the snapshot),
- * the store's errors (`s3`, ...), or ConfigError without a passphrase; a
+ * the store's errors (`s3`, ...), `interrupted` (ctx.signal: the upload is
+ * aborted at once), `unfinished-swap`, or ConfigError without a passphrase; a
  * failure leaves nothing in the store.
  */
 export async function createBackup(
@@ -51,6 +52,7 @@ export async function createBackup(
   settledValue(existing);
   settledValue(leftovers);
   const identity = settledValue(identityRead);
+  checkInterrupted(ctx, 'nothing was started; nothing was stored');
   const startedAt = new Date();
   const proc = ctx.workload.exec({
     command: tarCreateCommand(ctx.dataDir),
@@ -75,7 +77,7 @@ export async function createBackup(
       createEncryptStream(passphrase, ctx.frameLength),
       ciphertext,
     ],
-    { consumer: upload, onFailure: () => proc.kill() },
+    { consumer: upload, onFailure: () => proc.kill(), signal: ctx.signal },
   );
   ticker.stop(stageFailure === undefined);
   let failure = stageFailure && (await causeOf(stageFailure, upload, tarSucceeded));
@@ -225,11 +227,23 @@ async function cleanUpFailedCreate(
     );
     await ctx.store.removeFailedUpload(objectKey(ctx, id));
   } catch (cleanupErr) {
+    if (error instanceof InterruptedError) {
+      return new InterruptedError(
+        error.signalName,
+        `tar was stopped; cleaning up backup ${id} failed: ${errorMessage(cleanupErr)}`,
+      );
+    }
     return new BackupError(
       error.code,
       `${error.message}; cleanup also failed: ${errorMessage(cleanupErr)}`,
       // The messages carry no fixes: keep one (the failure's, else the cleanup's).
       { cause: error, remedy: error.remedy ?? remedyOf(cleanupErr) },
+    );
+  }
+  if (error instanceof InterruptedError) {
+    return new InterruptedError(
+      error.signalName,
+      `tar was stopped, the upload of backup ${id} aborted and the database snapshot removed; nothing was stored`,
     );
   }
   return error;

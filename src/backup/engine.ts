@@ -63,6 +63,7 @@ export class BackupEngine {
       queueSize,
       progressIntervalMs: options.progressIntervalMs ?? 2000,
       onProgress: options.onProgress,
+      signal: options.signal,
     };
   }
 

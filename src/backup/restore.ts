@@ -11,11 +11,17 @@ import { BackupError, errorMessage } from '../errors';
 import { formatBytes } from '../format';
 import { CommandSink, fileExists, runCommand } from '../workload/command';
 import { completeManifest, objectKey } from './catalog';
-import { type EngineContext, passphraseOf } from './context';
+import { type EngineContext, checkInterrupted, interruptedBy, passphraseOf } from './context';
 import { readServerIdentity } from './identity';
 import { validateBackupId } from './ids';
 import type { Manifest } from './manifest';
-import { type ReadCounts, checkPassphrase, compareWithManifest, readArchive } from './read';
+import {
+  type ReadCounts,
+  checkPassphrase,
+  compareWithManifest,
+  readArchive,
+  withCleanup,
+} from './read';
 import {
   JOURNAL_NAME,
   PREVIOUS_PREFIX,
@@ -52,6 +58,8 @@ interface RestoreDirs {
  * `wrong-server` (unless force), `wrong-passphrase`, `no-space`,
  * `archive-rejected`, `manifest-mismatch`, `workload-command`,
  * `unfinished-swap` (an earlier interrupted swap that could not be resolved),
+ * `interrupted` (ctx.signal: before the swap, the staging dir is removed;
+ * once the swap began it is finished first, and the message says so),
  * or ConfigError without a passphrase; before the swap, the live data is as
  * it was. An earlier interrupted swap is resolved first (`swapRecovery`).
  */
@@ -62,6 +70,7 @@ export async function restoreBackup(
   passphraseOf(ctx);
   const id = validateBackupId(request.id);
   const swapRecovery = await resolveInterruptedSwap(ctx, request.services ?? []);
+  checkInterrupted(ctx, `${ctx.dataDir} is unchanged`);
   const manifest = request.allowMissingManifest
     ? await completeManifest(ctx, id, true)
     : await completeManifest(ctx, id);
@@ -82,7 +91,17 @@ export async function restoreBackup(
     policy(entry);
     if (entry.type === 'directory' && /^(\.\/*)+$/.test(entry.name)) dirs.rootFromArchive = true;
   });
-  const extracted = await extractToStaging(ctx, id, manifest, dirs, scanner);
+  const unchanged = `the staging dir was removed; ${ctx.dataDir} is unchanged`;
+  const extracted = await withCleanup(
+    extractToStaging(ctx, id, manifest, dirs, scanner),
+    unchanged,
+  );
+  // The last moment to stop without touching the live data.
+  if (interruptedBy(ctx)) {
+    await removeTree(ctx, `${ctx.dataDir}/${dirs.staging}`);
+    checkInterrupted(ctx, unchanged);
+  }
+  // From here on a signal waits: the swap is finished (or rolled back) first.
   const oneTimeKeysRemoved = await swapIn(ctx, request.services ?? [], dirs);
 
   const previousPath = `${ctx.dataDir}/${dirs.previous}`;
@@ -102,6 +121,7 @@ export async function restoreBackup(
   }
   // The last step: until here an interrupted run is completed by the next operation.
   await runCommand(ctx.workload, removeJournalCommand(ctx.dataDir), 'removing the swap journal');
+  checkInterrupted(ctx, `the swap had begun, so it was finished: backup ${id} is restored`);
   return {
     backupId: id,
     files: scanner.files,

@@ -39,6 +39,8 @@ export interface EngineOptions {
   onProgress?: (progress: Progress) => void;
   /** How often onProgress fires. Default 2000 ms. */
   progressIntervalMs?: number;
+  /** Aborting it interrupts the running operation (see EngineContext.signal); the reason names the signal. */
+  signal?: AbortSignal;
 }
 
 export interface CreateRequest {

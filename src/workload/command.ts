@@ -118,6 +118,12 @@ export class CommandSink extends Writable {
     if (this.destroyed) throw new Error(`${this.what} was torn down before it started`);
     const proc = this.workload.exec({ ...this.options, stdin: true });
     this.proc = proc;
+    if (this.destroyed) {
+      // Torn down while exec() ran (whatever it set off destroyed this sink).
+      proc.stdin?.destroy();
+      proc.kill();
+      throw new Error(`${this.what} was torn down as it started`);
+    }
     this.stderr = new TailCollector(proc.stderr);
     proc.stdout.resume();
     proc.stdin!.on('error', () => undefined);
@@ -133,13 +139,16 @@ export class CommandSink extends Writable {
   private async failWith(err: Error): Promise<Error> {
     const proc = this.proc;
     if (!proc) return err;
+    let timer: NodeJS.Timeout | undefined;
     try {
       await Promise.race([
         this.exitStatus(proc),
-        new Promise((resolve) => setTimeout(resolve, 5000)),
+        new Promise((resolve) => (timer = setTimeout(resolve, 5000))),
       ]);
     } catch (exitErr) {
       return exitErr as Error;
+    } finally {
+      clearTimeout(timer);
     }
     return err;
   }
