@@ -66,7 +66,11 @@ export async function createBackup(
   const ticker = progressTicker(ctx, 'create', () => plaintext.bytes);
   const upload: Consumer = {
     consume: (source) =>
-      ctx.store.upload(oKey, source, { partSize: ctx.partSize, queueSize: ctx.queueSize }),
+      ctx.store.upload(oKey, source, {
+        partSize: ctx.partSize,
+        queueSize: ctx.queueSize,
+        signal: ctx.signal,
+      }),
   };
   const stageFailure = await runPipeline(
     [

@@ -1,9 +1,10 @@
 /**
- * The charm process killed mid-create (SIGTERM, as Juju does to a hook or
- * action it gives up on, and SIGKILL): the run leaves a multipart upload
- * behind; list-backups shows it and the next prune-backups (stale-hours=0)
- * aborts it. The workload's tar does not outlive the charm, no direct-output
- * socket is left, the live data is untouched and Synapse keeps running.
+ * The charm process killed mid-create with SIGKILL: the run leaves a multipart
+ * upload behind; list-backups shows it and the next prune-backups
+ * (stale-hours=0) aborts it. The workload's tar does not outlive the charm, no
+ * direct-output socket is left, the live data is untouched and Synapse keeps
+ * running. With SIGTERM (what Juju sends on `juju cancel-task` and timeouts)
+ * the action aborts the upload itself and fails saying so (issue #13, case 5).
  */
 import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
@@ -24,7 +25,39 @@ describeWithPeers(['minio', 'pebble'])('the charm killed mid-create', () => {
     await bed?.stop();
   });
 
-  test.each(['SIGTERM', 'SIGKILL'] as const)(
+  test('charm: SIGTERM mid-create aborts the upload and fails the action saying so', async () => {
+    expected(
+      'action fails: "create-backup was interrupted (SIGTERM): tar was stopped, the upload ... aborted and the database snapshot removed; nothing was stored"; no upload, snapshot or socket left',
+    );
+    const before = await bed.before();
+    let release!: () => void;
+    bed.s3.addRule({
+      op: 'UploadPart',
+      fault: { kind: 'stall', release: new Promise<void>((r) => (release = r)) },
+    });
+    let key = '';
+    const run = await bed.run('create-backup', {}, async () => {
+      key = await bed.waitForUpload();
+      await until('a part is held', () => bed.s3.stalled() > 0);
+      const pid = await bed.dispatchPid();
+      expect(pid).toBeDefined();
+      process.kill(pid!, 'SIGTERM');
+      observed(`charm (pid ${pid}) sent SIGTERM with ${key} in progress`);
+    });
+    bed.s3.clearRules();
+    release();
+    const id = key.replace(/^.*\//, '').replace(/\.tar\.enc$/, '');
+    expect(FaultBed.failure(run)).toBe(
+      `create-backup was interrupted (SIGTERM): tar was stopped, the upload of backup ${id} aborted and the database snapshot removed; nothing was stored`,
+    );
+    observed(`action failed: ${FaultBed.failure(run)}`);
+    await bed.noTarLeft();
+    expect(await fsp.readdir(bed.h.dataDir)).not.toContain(SNAPSHOT_NAME);
+    expect(bed.directOutputSockets()).toEqual([]);
+    observed(await bed.afterFault(before, [run]));
+  });
+
+  test.each(['SIGKILL'] as const)(
     'charm: killed with %s mid-create; prune-backups cleans up',
     async (signal) => {
       expected(
