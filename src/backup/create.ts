@@ -42,7 +42,7 @@ export async function createBackup(
   const id = validateBackupId(request.id ?? defaultBackupId());
   const oKey = objectKey(ctx, id);
   // Never back up a half-swapped data dir: `unfinished-swap` when it cannot be resolved.
-  const swapRecovery = await resolveInterruptedSwap(ctx);
+  const swapRecovery = await resolveInterruptedSwap(ctx, request.services ?? []);
   // Independent round trips, at once; an S3 problem is reported before a workload one.
   const [existing, leftovers, identityRead] = await Promise.allSettled([
     refuseExisting(ctx, id),

@@ -46,6 +46,11 @@ export interface EngineOptions {
 export interface CreateRequest {
   /** Backup id; default the UTC time YYYYMMDDHHMMSS. */
   id?: string;
+  /**
+   * Services (Pebble names) an interrupted restore left stopped: resolving its
+   * swap (swap-journal.ts) stops them and starts them after. Default none.
+   */
+  services?: string[];
 }
 
 export interface CreateResult {

@@ -10,7 +10,8 @@ import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
 import { SNAPSHOT_NAME } from '../../src/backup/scripts';
 import { describeWithPeers } from '../support/peers';
-import { FaultBed, until } from './support/bed';
+import { inspectSqliteDb } from '../support/synapse-tree';
+import { FaultBed, until, within } from './support/bed';
 import { expected, observed } from './support/report';
 
 const MiB = 1024 * 1024;
@@ -113,4 +114,48 @@ describeWithPeers(['minio', 'pebble'])('the charm killed mid-create', () => {
       observed(await bed.afterFault(before, [run, list, prune]));
     },
   );
+
+  test('charm: SIGKILL mid-restore, after the swap, before the one-time keys; the next create-backup completes it', async () => {
+    expected(
+      'the killed restore leaves the swap journal; the next create-backup completes the swap (one-time keys deleted, previous files removed), says so in swap-recovery, starts Synapse and backs up the restored tree',
+    );
+    const create = await bed.run('create-backup');
+    const id = FaultBed.succeeded(create);
+    const yaml = path.join(bed.h.dataDir, 'homeserver.yaml');
+    const backedUpYaml = await fsp.readFile(yaml, 'utf8');
+    await fsp.writeFile(yaml, `${backedUpYaml}# changed after the backup\n`);
+    // The restore checks for homeserver.db right after the swap: its answer is held there.
+    const hold = bed.pebbleProxy.holdOutput(
+      (c) => c[0] === 'sh' && /echo yes/.test(c[2] ?? '') && c.at(-1)!.endsWith('/homeserver.db'),
+      0,
+    );
+    const restore = await bed.run('restore-backup', { 'backup-id': id }, async () => {
+      await within('the swap to finish', hold.reached);
+      const pid = await bed.dispatchPid();
+      expect(pid).toBeDefined();
+      process.kill(pid!, 'SIGKILL');
+      observed(`charm (pid ${pid}) sent SIGKILL after the swap of ${id}`);
+    });
+    hold.release();
+    expect(restore.result.exitCode).toBeNull();
+    const left = (await fsp.readdir(bed.h.dataDir)).filter((n) => n.startsWith('.')).sort();
+    expect(left).toContain('.synapse-swap.journal');
+    observed(`left in the data dir: ${left.join(', ')}; synapse: ${await bed.synapseState()}`);
+
+    const next = await bed.run('create-backup');
+    expect(next.result.failed).toBe(false);
+    const said = next.result.results['swap-recovery'] as string;
+    expect(said).toBe(
+      `an interrupted restore of backup ${id} (phase moved) was completed: the restored files stay`,
+    );
+    expect(next.result.logs).toContain(`warning: ${said}`);
+    observed(`create-backup: swap-recovery="${said}"`);
+    expect((await fsp.readdir(bed.h.dataDir)).filter((n) => n.startsWith('.'))).toEqual([]);
+    expect(await fsp.readFile(yaml, 'utf8')).toBe(backedUpYaml);
+    expect(inspectSqliteDb(path.join(bed.h.dataDir, 'homeserver.db')).oneTimeKeys).toBe(0);
+    expect(await bed.synapseState()).toBe('active');
+    observed(
+      'data dir = the restored tree, no journal, staging or previous dir; 0 one-time keys; synapse: active',
+    );
+  });
 });
