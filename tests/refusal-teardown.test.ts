@@ -2,17 +2,20 @@
  * Issue #13, case 10: a restore whose archive the entry checks refuse must tear
  * the extracting tar down, on every transport, every time: a tar left waiting
  * for input kept the CLI from exiting after it printed the refusal (3 of 23
- * runs). Each transport runs the refused restore 24 times; after each, every
- * command the engine started must have ended (its wait() settles) and the
- * staging dir must be gone.
+ * runs). Each transport (local, Pebble relay, Pebble direct socket,
+ * Kubernetes exec) runs the refused restore 24 times; after each, every
+ * command the engine started must have ended (its wait() settles, and no tar
+ * extracts into the data dir on this host) and the staging dir must be gone.
  */
 import { promises as fsp } from 'node:fs';
 import { BackupEngine } from '../src/backup/engine';
 import { parseS3Settings } from '../src/s3/settings';
 import { LocalWorkload } from '../src/workload/local';
+import { KubernetesWorkload } from '../src/workload/kubernetes';
 import { PebbleWorkload } from '../src/workload/pebble';
 import type { ExecOptions, ExecProcess, ExitStatus, Workload } from '../src/workload/workload';
 import { buildTar, encrypt } from './support/backups';
+import { type KubeRig, startKubeRig } from './support/kube';
 import { MemoryStore } from './support/memory-store';
 import { type PebblePeer, describeWithPeers, startPebble, tmpDir } from './support/peers';
 import { makeSynapseTree } from './support/synapse-tree';
@@ -72,6 +75,27 @@ async function refusedBackupStore(): Promise<MemoryStore> {
   return store;
 }
 
+/** Extracting tars on this host (where every test transport runs them) whose command line names `dir`. */
+async function extractingTarsIn(dir: string): Promise<string[]> {
+  const found: string[] = [];
+  for (const pid of (await fsp.readdir('/proc')).filter((e) => /^\d+$/.test(e))) {
+    const cmdline = await fsp.readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '');
+    if (cmdline.startsWith('tar\0--extract\0') && cmdline.includes(`${dir}/`)) found.push(pid);
+  }
+  return found;
+}
+
+/** Waits (up to the "does not hang" bound) until no tar extracts into `dir`. */
+async function noTarLeftIn(dir: string): Promise<void> {
+  const deadline = Date.now() + ENDS_WITHIN_MS;
+  for (;;) {
+    const left = await extractingTarsIn(dir);
+    if (left.length === 0) return;
+    if (Date.now() > deadline) throw new Error(`tar still extracting into ${dir}: ${left}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
 async function refuseRepeatedly(store: MemoryStore, inner: Workload): Promise<void> {
   const dataDir = (await tmpDir('refusal-live')).path;
   await makeSynapseTree(dataDir, { mediaFiles: 1 });
@@ -91,6 +115,9 @@ async function refuseRepeatedly(store: MemoryStore, inner: Workload): Promise<vo
     for (const { command, proc } of workload.started) {
       await endsWithin(`run ${run}: ${command.join(' ').slice(0, 80)}`, proc.wait());
     }
+    // wait() of a remote command settles once it is killed, whatever the transport could
+    // do: the host's processes say whether tar itself ended.
+    await noTarLeftIn(dataDir);
     expect((await fsp.readdir(dataDir)).sort()).toEqual(before);
   }
 }
@@ -125,5 +152,27 @@ describeWithPeers(['pebble'])('a refused restore ends its tar (Pebble)', () => {
         sharedDir: { local: shared, workload: shared },
       }),
     );
+  }, 300_000);
+});
+
+describeWithPeers(['kube'])('a refused restore ends its tar (Kubernetes exec)', () => {
+  let rig: KubeRig;
+  let store: MemoryStore;
+  beforeAll(async () => {
+    rig = await startKubeRig();
+    store = await refusedBackupStore();
+  }, 180_000);
+  afterAll(async () => {
+    await rig?.stop();
+  });
+
+  test(`${RUNS} refused restores each end with the refusal and no command left running`, async () => {
+    const workload = new KubernetesWorkload({
+      kubeConfig: rig.kubeConfig(),
+      namespace: rig.namespace,
+      pod: rig.pod,
+      container: 'synapse',
+    });
+    await refuseRepeatedly(store, workload);
   }, 300_000);
 });
