@@ -16,7 +16,8 @@
  * - makeDirCommand: mkdir; non-zero if the directory exists.
  * - syncCommand: flushes the data dir's filesystem; sync's status.
  * - swapCommand: staged files in, live ones aside; 1 after moving back what it moved.
- * - rollbackCommand: undoes a swap; non-zero (set -e) on the first failed step.
+ * - swapCommand journals itself (journal.ts); rollbackCommand undoes a swap
+ *   from the phase it reached; non-zero (set -e) on the first failed step.
  * - removeTreeCommand: rm -rf; rm's status.
  * - removeOneTimeKeysCommand: prints the rows deleted (nothing without the
  *   table); python's status.
@@ -28,7 +29,8 @@
  *
  * common.ts
  * - removeLeftoversCommand: removes an interrupted run's snapshot and staging
- *   dirs; always 0 (a missing data dir is nothing to remove).
+ *   dirs (never the one a swap journal names); always 0 (a missing data dir is
+ *   nothing to remove).
  * - readSmallFileCommand: prints at most 1 MiB of a file; head's status.
  */
 export {
