@@ -26,7 +26,9 @@ export type ErrorCode =
   | 'cleanup'
   | 'too-large'
   | 'wrong-server'
-  | 'no-space';
+  | 'no-space'
+  | 'unfinished-swap'
+  | 'interrupted';
 
 /**
  * A setting the operator can change, by its charm config name (config.yaml);
@@ -99,6 +101,22 @@ export class WorkloadCommandError extends BackupError {
     this.exitCode = exitCode;
     this.stderr = stderr;
     this.name = 'WorkloadCommandError';
+  }
+}
+
+/**
+ * The operation was stopped by a signal (SIGTERM, SIGINT) through its
+ * AbortSignal. `signalName` is the abort reason ("SIGTERM"); `cleanedUp` says
+ * what was cleaned up and what state the data is in. Message:
+ * `interrupted by <signal>: <cleanedUp>`.
+ */
+export class InterruptedError extends BackupError {
+  constructor(
+    readonly signalName: string,
+    readonly cleanedUp: string,
+  ) {
+    super('interrupted', `interrupted by ${signalName}${cleanedUp ? `: ${cleanedUp}` : ''}`);
+    this.name = 'InterruptedError';
   }
 }
 

@@ -100,7 +100,20 @@ describeWithPeers(['minio', 'pebble'])('a restore that cannot lose data', () => 
       description: workload.description,
       exec: (options) => {
         const [cmd, , script] = options.command;
-        steps.push(
+        // The swap journal's scripts (issue #13) by what they do: read, record a phase, remove.
+        const journalStep =
+          cmd !== 'sh' || !script
+            ? undefined
+            : script.includes('echo "staged=$n"')
+              ? 'read journal'
+              : script.includes('set_phase "$2"')
+                ? 'journal: keys removed'
+                : script.includes('rm -f -- .synapse-swap.journal .synapse-swap.journal.new')
+                  ? 'remove journal'
+                  : script.includes('move_all')
+                    ? 'swap'
+                    : undefined;
+        const step =
           cmd === 'sh' && script?.includes('sync -f')
             ? 'sync'
             : cmd === 'tar' && options.command[1] === '--extract'
@@ -109,8 +122,8 @@ describeWithPeers(['minio', 'pebble'])('a restore that cannot lose data', () => 
                 ? 'remove previous'
                 : cmd === 'sh' && script?.includes('move_all')
                   ? 'swap'
-                  : 'other',
-        );
+                  : 'other';
+        steps.push(journalStep ?? step);
         return workload.exec(options);
       },
       stopServices: async (names) => {
@@ -129,13 +142,16 @@ describeWithPeers(['minio', 'pebble'])('a restore that cannot lose data', () => 
     steps.length = 0;
     await engine.restore({ id, services: SERVICES });
     expect(steps.filter((s) => s !== 'other')).toEqual([
+      'read journal',
       'extract',
       'sync',
       'stop',
       'swap',
+      'journal: keys removed',
       'start',
       'sync',
       'remove previous',
+      'remove journal',
     ]);
     expect(await synapseState()).toBe('active');
     engine.close();

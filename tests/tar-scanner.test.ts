@@ -744,6 +744,36 @@ describe('TarScanner with confinedEntryPolicy refuses hostile archives', () => {
     expect((await scan([archive])).error?.message).toMatch(/not a file earlier/);
   });
 
+  test.each([
+    ['.synapse-restore-20260101/homeserver.yaml', '.synapse-restore-20260101'],
+    ['./.pre-restore-x', '.pre-restore-x'],
+    ['.pre-restore-x/', '.pre-restore-x'],
+    ['.synapse-backup-snapshot.db', '.synapse-backup-snapshot.db'],
+    ['.synapse-swap.journal', '.synapse-swap.journal'],
+    ['.synapse-swap.journal.new', '.synapse-swap.journal.new'],
+    ['.synapse-backup.lock/holder', '.synapse-backup.lock'],
+  ])("the engine's bookkeeping name %s is refused, nothing of it passes", async (name, top) => {
+    const archive = Buffer.concat([...okFiles, file(name, 'x'), END]);
+    // In 512-byte chunks, so the entries before it pass and only it is held back.
+    const { emitted, error } = await scan(cut(archive, [512]));
+    expect(error?.message).toBe(
+      `entry ${JSON.stringify(name)} has a name the restore uses for its own bookkeeping (${JSON.stringify(top)}): refused`,
+    );
+    expect(emitted.length).toBe(Buffer.concat(okFiles).length);
+  });
+
+  test('bookkeeping names below the top level, and look-alikes, stay allowed', async () => {
+    const archive = Buffer.concat([
+      file('media_store/.pre-restore-x', 'x'),
+      file('media_store/.synapse-restore-y/f', 'x'),
+      file('pre-restore-x', 'x'),
+      file('.synapse-backup-snapshot.db-wal', 'x'),
+      END,
+    ]);
+    const { error } = await scan([archive]);
+    expect(error).toBeUndefined();
+  });
+
   test('without a policy the scanner only counts (the backup side)', async () => {
     const archive = Buffer.concat([
       ...okFiles,

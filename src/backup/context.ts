@@ -1,4 +1,4 @@
-import { ConfigError } from '../errors';
+import { ConfigError, InterruptedError } from '../errors';
 import type { Workload } from '../workload/workload';
 import { ProgressTicker } from './stages';
 import type { BackupStore } from './store';
@@ -27,6 +27,26 @@ export interface EngineContext {
   readonly onProgress: ((progress: Progress) => void) | undefined;
   /** What the operator should hear of that is no failure (a stale lock taken over). */
   readonly onNotice: ((message: string) => void) | undefined;
+  /**
+   * Aborted when the process is told to stop (the front ends abort it on
+   * SIGTERM and SIGINT, with the signal's name as the reason): the running
+   * pipeline is torn down with an InterruptedError, and the operation cleans
+   * up and throws one; a swap that began is finished or rolled back first.
+   */
+  readonly signal: AbortSignal | undefined;
+}
+
+/** The name of what interrupted the operation ("SIGTERM"), or undefined while it may go on. */
+export function interruptedBy(ctx: EngineContext): string | undefined {
+  const signal = ctx.signal;
+  if (!signal?.aborted) return undefined;
+  return typeof signal.reason === 'string' ? signal.reason : 'a signal';
+}
+
+/** Throws InterruptedError(reason, `cleanedUp`) once the operation's signal is aborted. */
+export function checkInterrupted(ctx: EngineContext, cleanedUp: string): void {
+  const by = interruptedBy(ctx);
+  if (by) throw new InterruptedError(by, cleanedUp);
 }
 
 /** A progress ticker for `phase` that reports the plaintext bytes `read()` returns. */

@@ -4,12 +4,12 @@
  * A failure anywhere tears the pipeline down and removes what it left.
  */
 import { BACKUP_ID_CONTEXT_KEY, createEncryptStream, encryptionParameters } from '../crypto/esdk';
-import { BackupError, errorMessage, remedyOf } from '../errors';
+import { BackupError, InterruptedError, errorMessage, remedyOf } from '../errors';
 import { ENGINE_NAME, ENGINE_VERSION } from '../version';
 import { TailCollector, commandFailure, runCommand } from '../workload/command';
 import type { ExecProcess } from '../workload/workload';
 import { manifestKey, objectKey } from './catalog';
-import { type EngineContext, passphraseOf, progressTicker } from './context';
+import { type EngineContext, checkInterrupted, passphraseOf, progressTicker } from './context';
 import { type ServerIdentity, readServerIdentity } from './identity';
 import { checkSnapshotSpace } from './space';
 import { defaultBackupId, validateBackupId } from './ids';
@@ -23,6 +23,7 @@ import {
   tarCreateCommand,
 } from './scripts';
 import { ByteCounter, EndGate, HashingCounter } from './stages';
+import { resolveInterruptedSwap } from './swap-journal';
 import { TarScanner } from './tar';
 import type { CreateRequest, CreateResult } from './types';
 
@@ -32,13 +33,14 @@ import type { CreateRequest, CreateResult } from './types';
  * `<id>.manifest.json` with the counts and SHA-256; the id is reserved first
  * by its pending marker (pending.ts) and bound into the encrypted header
  * (encryption context `synapse-backup-id`). Throws `already-exists` for an id
- * in use or being created, `no-space` when the data dir's volume cannot hold the
+ * in use or being created, `unfinished-swap` when an interrupted restore's swap
+ * cannot be resolved, `no-space` when the data dir's volume cannot hold the
  * database snapshot and a margin for Synapse (space.ts, checked before the
- * snapshot), `empty-selection`, `workload-command` (tar, the
- * snapshot), `corrupt` when the object changed before the manifest was
- * written, the store's errors (`s3`, ...), or ConfigError without a
- * passphrase; a failure leaves nothing in the store but, when its cleanup
- * failed too, the pending marker (for prune).
+ * snapshot), `empty-selection`, `workload-command` (tar, the snapshot),
+ * `corrupt` when the object changed before the manifest was written, the
+ * store's errors (`s3`, ...), `interrupted` (ctx.signal: the upload is aborted
+ * at once), or ConfigError without a passphrase; a failure leaves nothing in
+ * the store but, when its cleanup failed too, the pending marker (for prune).
  */
 export async function createBackup(
   ctx: EngineContext,
@@ -47,6 +49,8 @@ export async function createBackup(
   const passphrase = passphraseOf(ctx);
   const id = validateBackupId(request.id ?? defaultBackupId());
   const oKey = objectKey(ctx, id);
+  // Never back up a half-swapped data dir: `unfinished-swap` when it cannot be resolved.
+  const swapRecovery = await resolveInterruptedSwap(ctx, request.services ?? []);
   await reserveBackupId(ctx, id);
   // Independent round trips, at once; an S3 problem is reported before a workload one.
   const [existing, leftovers, identityRead] = await Promise.allSettled([
@@ -62,6 +66,7 @@ export async function createBackup(
     identity = settledValue(identityRead);
     // After the leftovers went: an interrupted run's snapshot is no longer taking space.
     keepFree = await checkSnapshotSpace(ctx.workload, ctx.dataDir);
+    checkInterrupted(ctx, 'nothing was started; nothing was stored');
   } catch (err) {
     await releaseBackupId(ctx, id);
     throw err;
@@ -79,7 +84,11 @@ export async function createBackup(
   const ticker = progressTicker(ctx, 'create', () => plaintext.bytes);
   const upload: Consumer = {
     consume: (source) =>
-      ctx.store.upload(oKey, source, { partSize: ctx.partSize, queueSize: ctx.queueSize }),
+      ctx.store.upload(oKey, source, {
+        partSize: ctx.partSize,
+        queueSize: ctx.queueSize,
+        signal: ctx.signal,
+      }),
   };
   const stageFailure = await runPipeline(
     [
@@ -90,7 +99,7 @@ export async function createBackup(
       createEncryptStream(passphrase, ctx.frameLength, { [BACKUP_ID_CONTEXT_KEY]: id }),
       ciphertext,
     ],
-    { consumer: upload, onFailure: () => proc.kill() },
+    { consumer: upload, onFailure: () => proc.kill(), signal: ctx.signal },
   );
   ticker.stop(stageFailure === undefined);
   let failure = stageFailure && (await causeOf(stageFailure, upload, tarSucceeded));
@@ -105,6 +114,7 @@ export async function createBackup(
         files: scanner.files,
         sha256: plaintext.sha256,
         durationSeconds: ticker.elapsedSeconds,
+        ...(swapRecovery ? { swapRecovery } : {}),
       };
     } catch (err) {
       failure = err;
@@ -269,11 +279,23 @@ async function cleanUpFailedCreate(
     // Only once nothing is left: else the marker is what lets prune find the upload.
     await releaseBackupId(ctx, id);
   } catch (cleanupErr) {
+    if (error instanceof InterruptedError) {
+      return new InterruptedError(
+        error.signalName,
+        `tar was stopped; cleaning up backup ${id} failed: ${errorMessage(cleanupErr)}`,
+      );
+    }
     return new BackupError(
       error.code,
       `${error.message}; cleanup also failed: ${errorMessage(cleanupErr)}`,
       // The messages carry no fixes: keep one (the failure's, else the cleanup's).
       { cause: error, remedy: error.remedy ?? remedyOf(cleanupErr) },
+    );
+  }
+  if (error instanceof InterruptedError) {
+    return new InterruptedError(
+      error.signalName,
+      `tar was stopped, the upload of backup ${id} aborted and the database snapshot removed; nothing was stored`,
     );
   }
   return error;

@@ -67,6 +67,7 @@ export class BackupEngine {
       progressIntervalMs: options.progressIntervalMs ?? 2000,
       onProgress: options.onProgress,
       onNotice: options.onNotice,
+      signal: options.signal,
     };
   }
 

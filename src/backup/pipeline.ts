@@ -1,5 +1,6 @@
 import { PassThrough, type Readable, type Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
+import { InterruptedError } from '../errors';
 
 /** A stream stage: a source (Readable), a transform (Duplex) or a sink (Writable). */
 export type Stage = Readable | Writable;
@@ -28,6 +29,12 @@ export interface PipelineOptions {
   consumer?: Consumer;
   /** Called once, as soon as the first failure is known, before the teardown settles. */
   onFailure?: (failure: StageFailure) => void;
+  /**
+   * Aborting it tears the pipeline down at once: the first stage is destroyed
+   * with an InterruptedError (the abort reason as its signal name), which is
+   * the failure returned.
+   */
+  signal?: AbortSignal;
 }
 
 /**
@@ -46,7 +53,7 @@ export async function runPipeline(
   stages: Stage[],
   options: PipelineOptions = {},
 ): Promise<StageFailure | undefined> {
-  const { consumer, onFailure } = options;
+  const { consumer, onFailure, signal } = options;
   let first: StageFailure | undefined;
   const record = (stage: StageFailure['stage'], error: unknown): void => {
     if (first) return;
@@ -72,7 +79,18 @@ export async function runPipeline(
     record(consumer, error);
     outlet!.destroy(error as Error);
   });
-  await Promise.all([joined, consumed]);
+  const onAbort = (): void => {
+    const reason = typeof signal?.reason === 'string' ? signal.reason : 'a signal';
+    const error = new InterruptedError(reason, '');
+    record(stages[0], error);
+    stages[0]?.destroy(error);
+    outlet?.destroy(error);
+  };
+  if (signal?.aborted) onAbort();
+  else signal?.addEventListener('abort', onAbort, { once: true });
+  await Promise.all([joined, consumed]).finally(() =>
+    signal?.removeEventListener('abort', onAbort),
+  );
   const failure = first as StageFailure | undefined;
   if (failure && failure.stage === consumer && consumerError) {
     return { stage: consumer, error: consumerError.error };

@@ -14,6 +14,7 @@ import type { EngineContext } from './context';
 import { pendingKey } from './pending';
 import { type RetentionPolicy, backupsToForget } from './retention';
 import { removeLeftoversCommand } from './scripts';
+import { resolveInterruptedSwap } from './swap-journal';
 import type { BackupInfo, PruneRequest, PruneResult } from './types';
 
 /**
@@ -110,17 +111,23 @@ async function removeIncomplete(ctx: EngineContext, id: string, dryRun = false):
 
 type WorkloadCleanup = Pick<
   PruneResult,
-  'leftoversRemoved' | 'leftoversError' | 'staleRemoved' | 'staleError'
+  'leftoversRemoved' | 'leftoversError' | 'staleRemoved' | 'staleError' | 'swapRecovery'
 >;
 
 /**
- * Removes the database snapshot and staging directories that a killed create
- * or restore left in the data dir, and what the transport's own interrupted
- * runs left (Workload.removeStale). Failures are reported in the result, not
- * thrown: the bucket's pruning is done by then.
+ * Resolves an interrupted swap (swap-journal.ts), then removes the database
+ * snapshot and staging directories that a killed create or restore left in
+ * the data dir, and what the transport's own interrupted runs left
+ * (Workload.removeStale). Failures are reported in the result, not thrown:
+ * the bucket's pruning is done by then.
  */
 async function cleanWorkload(ctx: EngineContext): Promise<WorkloadCleanup> {
   const out: WorkloadCleanup = { leftoversRemoved: false, staleRemoved: [] };
+  // An interrupted swap first; its staging dir is never a leftover (removeLeftoversCommand).
+  await resolveInterruptedSwap(ctx).then(
+    (recovery) => recovery && (out.swapRecovery = recovery),
+    (err: unknown) => (out.leftoversError = errorMessage(err)),
+  );
   await runCommand(ctx.workload, removeLeftoversCommand(ctx.dataDir), 'removing leftovers').then(
     () => (out.leftoversRemoved = true),
     (err: unknown) => (out.leftoversError = errorMessage(err)),

@@ -10,7 +10,7 @@ import {
   describeDecryptError,
   refuseOtherBackup,
 } from '../crypto/esdk';
-import { BackupError, errorMessage } from '../errors';
+import { BackupError, InterruptedError, errorMessage } from '../errors';
 import { completeManifest, objectKey } from './catalog';
 import { type EngineContext, passphraseOf, progressTicker } from './context';
 import { validateBackupId } from './ids';
@@ -30,9 +30,9 @@ export interface ReadCounts {
 /**
  * Streams backup `id` through decryption (and `scanner`, when given) into
  * `sink`. Returns the counters; the caller compares them with the manifest.
- * Throws the first failing stage's BackupError, `wrong-passphrase`, `corrupt`
- * or `wrong-backup` (the header's backup id is another's) from decryption,
- * else an `s3` error for the read itself.
+ * Throws the first failing stage's BackupError (`interrupted` when ctx.signal
+ * is aborted), `wrong-passphrase`, `corrupt` or `wrong-backup` (the header's
+ * backup id is another's) from decryption, else an `s3` error for the read itself.
  */
 export async function readArchive(
   ctx: EngineContext,
@@ -50,7 +50,7 @@ export async function readArchive(
   const stages: Stage[] = [body, ciphertext, decrypt];
   if (scanner) stages.push(scanner);
   stages.push(plaintext, sink);
-  const failure = await runPipeline(stages);
+  const failure = await runPipeline(stages, { signal: ctx.signal });
   if (failure) {
     ticker.stop(false);
     const { stage, error } = failure;
@@ -101,12 +101,9 @@ export async function verifyBackup(ctx: EngineContext, id: string): Promise<Veri
   const manifest = await completeManifest(ctx, id);
   const scanner = new TarScanner(confinedEntryPolicy());
   const discard = new Writable({ write: (_chunk, _enc, done) => done() });
-  const { plaintext, ciphertext, elapsedSeconds } = await readArchive(
-    ctx,
-    id,
-    'verify',
-    discard,
-    scanner,
+  const { plaintext, ciphertext, elapsedSeconds } = await withCleanup(
+    readArchive(ctx, id, 'verify', discard, scanner),
+    'the read was stopped; nothing to clean up',
   );
   compareWithManifest(manifest, {
     plaintextBytes: plaintext.bytes,
@@ -135,7 +132,10 @@ export async function decryptBackup(
   const manifest = options.allowMissingManifest
     ? await completeManifest(ctx, id, true)
     : await completeManifest(ctx, id);
-  const { plaintext, ciphertext } = await readArchive(ctx, id, 'decrypt', output);
+  const { plaintext, ciphertext } = await withCleanup(
+    readArchive(ctx, id, 'decrypt', output),
+    'the read was stopped; the output is incomplete',
+  );
   if (manifest) {
     compareWithManifest(manifest, {
       plaintextBytes: plaintext.bytes,
@@ -144,6 +144,16 @@ export async function decryptBackup(
     });
   }
   return { plaintextBytes: plaintext.bytes, sha256: plaintext.sha256 };
+}
+
+/** `read`, with an InterruptedError's message saying what `cleanedUp` says. */
+export async function withCleanup<T>(read: Promise<T>, cleanedUp: string): Promise<T> {
+  try {
+    return await read;
+  } catch (err) {
+    if (err instanceof InterruptedError) throw new InterruptedError(err.signalName, cleanedUp);
+    throw err;
+  }
 }
 
 /**

@@ -4,30 +4,40 @@
  * fully authenticated archive that matches its manifest is swapped in (by
  * renames), with Synapse stopped just for the swap. A failure before the swap
  * leaves the live data as it was; a failure during or after it moves the
- * previous files back.
+ * previous files back. The swap is journaled (swap-journal.ts): a process
+ * killed mid-swap leaves a journal that the next operation resolves.
  */
 import { BackupError, errorMessage } from '../errors';
 import { formatBytes } from '../format';
 import { CommandSink, fileExists, runCommand } from '../workload/command';
 import { completeManifest, objectKey } from './catalog';
-import { type EngineContext, passphraseOf } from './context';
+import { type EngineContext, checkInterrupted, interruptedBy, passphraseOf } from './context';
 import { readServerIdentity } from './identity';
 import { validateBackupId } from './ids';
 import type { Manifest } from './manifest';
-import { type ReadCounts, checkPassphrase, compareWithManifest, readArchive } from './read';
 import {
+  type ReadCounts,
+  checkPassphrase,
+  compareWithManifest,
+  readArchive,
+  withCleanup,
+} from './read';
+import {
+  JOURNAL_NAME,
   PREVIOUS_PREFIX,
   STAGING_PREFIX,
   freeSpaceCommand,
+  journalPhaseCommand,
   makeDirCommand,
+  removeJournalCommand,
   removeLeftoversCommand,
-  removeOneTimeKeysCommand,
   removeTreeCommand,
   rollbackCommand,
   swapCommand,
   syncCommand,
   tarExtractCommand,
 } from './scripts';
+import { removeOneTimeKeys, resolveInterruptedSwap } from './swap-journal';
 import { TarScanner, confinedEntryPolicy } from './tar';
 import type { RestoreRequest, RestoreResult } from './types';
 
@@ -35,6 +45,9 @@ import type { RestoreRequest, RestoreResult } from './types';
 interface RestoreDirs {
   staging: string;
   previous: string;
+  /** The backup restored and whether the previous files are kept: for the journal. */
+  backupId: string;
+  keepPrevious: boolean;
   /** The archive had a `./` entry: its owner, group and mode are the data dir's at backup time. */
   rootFromArchive?: boolean;
 }
@@ -43,8 +56,12 @@ interface RestoreDirs {
  * Restores backup `request.id` into the data dir (see the protocol above).
  * Throws `not-found`, `corrupt` (no manifest unless allowMissingManifest),
  * `wrong-server` (unless force), `wrong-passphrase`, `no-space`,
- * `archive-rejected`, `manifest-mismatch`, `workload-command`, or ConfigError
- * without a passphrase; before the swap, the live data is as it was.
+ * `archive-rejected`, `manifest-mismatch`, `workload-command`,
+ * `unfinished-swap` (an earlier interrupted swap that could not be resolved),
+ * `interrupted` (ctx.signal: before the swap, the staging dir is removed;
+ * once the swap began it is finished first, and the message says so),
+ * or ConfigError without a passphrase; before the swap, the live data is as
+ * it was. An earlier interrupted swap is resolved first (`swapRecovery`).
  */
 export async function restoreBackup(
   ctx: EngineContext,
@@ -52,6 +69,8 @@ export async function restoreBackup(
 ): Promise<RestoreResult> {
   passphraseOf(ctx);
   const id = validateBackupId(request.id);
+  const swapRecovery = await resolveInterruptedSwap(ctx, request.services ?? []);
+  checkInterrupted(ctx, `${ctx.dataDir} is unchanged`);
   const manifest = request.allowMissingManifest
     ? await completeManifest(ctx, id, true)
     : await completeManifest(ctx, id);
@@ -64,13 +83,25 @@ export async function restoreBackup(
   const dirs: RestoreDirs = {
     staging: `${STAGING_PREFIX}${stamp}`,
     previous: `${PREVIOUS_PREFIX}${stamp}`,
+    backupId: id,
+    keepPrevious: Boolean(request.keepPrevious),
   };
   const policy = confinedEntryPolicy();
   const scanner = new TarScanner((entry) => {
     policy(entry);
     if (entry.type === 'directory' && /^(\.\/*)+$/.test(entry.name)) dirs.rootFromArchive = true;
   });
-  const extracted = await extractToStaging(ctx, id, manifest, dirs, scanner);
+  const unchanged = `the staging dir was removed; ${ctx.dataDir} is unchanged`;
+  const extracted = await withCleanup(
+    extractToStaging(ctx, id, manifest, dirs, scanner),
+    unchanged,
+  );
+  // The last moment to stop without touching the live data.
+  if (interruptedBy(ctx)) {
+    await removeTree(ctx, `${ctx.dataDir}/${dirs.staging}`);
+    checkInterrupted(ctx, unchanged);
+  }
+  // From here on a signal waits: the swap is finished (or rolled back) first.
   const oneTimeKeysRemoved = await swapIn(ctx, request.services ?? [], dirs);
 
   const previousPath = `${ctx.dataDir}/${dirs.previous}`;
@@ -88,6 +119,9 @@ export async function restoreBackup(
     );
     if (!keepPrevious) await removeTree(ctx, previousPath);
   }
+  // The last step: until here an interrupted run is completed by the next operation.
+  await runCommand(ctx.workload, removeJournalCommand(ctx.dataDir), 'removing the swap journal');
+  checkInterrupted(ctx, `the swap had begun, so it was finished: backup ${id} is restored`);
   return {
     backupId: id,
     files: scanner.files,
@@ -95,6 +129,7 @@ export async function restoreBackup(
     durationSeconds: extracted.elapsedSeconds,
     previousPath: keepPrevious ? previousPath : undefined,
     oneTimeKeysRemoved,
+    ...(swapRecovery ? { swapRecovery } : {}),
   };
 }
 
@@ -153,11 +188,18 @@ async function swapIn(
       workload,
       swapCommand(dataDir, dirs.staging, dirs.previous, {
         rootFromArchive: dirs.rootFromArchive,
+        backupId: dirs.backupId,
+        keepPrevious: dirs.keepPrevious,
       }),
       `moving the restored files into ${dataDir}`,
     );
     try {
       const removed = await removeOneTimeKeys(ctx);
+      await runCommand(
+        workload,
+        journalPhaseCommand(dataDir, 'keys-removed'),
+        'recording the swap journal phase',
+      );
       await workload.startServices(services);
       return removed;
     } catch (err) {
@@ -170,7 +212,16 @@ async function swapIn(
       throw err;
     }
   } catch (err) {
-    await removeTree(ctx, `${dataDir}/${dirs.staging}`, err);
+    // A journal still there means the swap was cut off (the transport lost, the
+    // rollback failed): its staging dir may hold restored files, and the next
+    // operation resolves it (swap-journal.ts).
+    if (await fileExists(workload, `${dataDir}/${JOURNAL_NAME}`).catch(() => true)) {
+      if (err instanceof Error) {
+        err.message += `; the swap is unfinished: the next create, restore or prune completes or rolls it back`;
+      }
+    } else {
+      await removeTree(ctx, `${dataDir}/${dirs.staging}`, err);
+    }
     await workload.startServices(services).catch(() => undefined);
     throw err;
   }
@@ -216,18 +267,6 @@ async function checkFreeSpace(
       { remedy: { kind: 'advice', text: 'grow the data volume or free space, then retry' } },
     );
   }
-}
-
-/** Deletes the restored one-time keys; undefined when there is no SQLite database. */
-async function removeOneTimeKeys(ctx: EngineContext): Promise<number | undefined> {
-  const db = `${ctx.dataDir}/homeserver.db`;
-  if (!(await fileExists(ctx.workload, db))) return undefined;
-  const out = await runCommand(
-    ctx.workload,
-    removeOneTimeKeysCommand(db),
-    'removing one-time keys from the restored database',
-  );
-  return out.trim() ? Number(out.trim()) : 0;
 }
 
 /** Removes a tree the engine made; a failure is added to `cause`'s story rather than hiding it. */

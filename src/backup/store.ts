@@ -18,6 +18,11 @@ export interface MultipartUploadInfo {
 export interface UploadOptions {
   partSize: number;
   queueSize: number;
+  /**
+   * Aborting it stops the upload at once: requests in flight are cancelled, the
+   * multipart upload aborted, and upload() rejects with an InterruptedError.
+   */
+  signal?: AbortSignal;
 }
 
 /**

@@ -1,3 +1,4 @@
+import type { SwapRecovery } from './swap-journal';
 import type { S3Settings } from '../s3/settings';
 import type { Workload } from '../workload/workload';
 import type { BackupStore } from './store';
@@ -40,11 +41,18 @@ export interface EngineOptions {
   onNotice?: (message: string) => void;
   /** How often onProgress fires. Default 2000 ms. */
   progressIntervalMs?: number;
+  /** Aborting it interrupts the running operation (see EngineContext.signal); the reason names the signal. */
+  signal?: AbortSignal;
 }
 
 export interface CreateRequest {
   /** Backup id; default the UTC time YYYYMMDDHHMMSS. */
   id?: string;
+  /**
+   * Services (Pebble names) an interrupted restore left stopped: resolving its
+   * swap (swap-journal.ts) stops them and starts them after. Default none.
+   */
+  services?: string[];
 }
 
 export interface CreateResult {
@@ -55,6 +63,8 @@ export interface CreateResult {
   files: number;
   sha256: string;
   durationSeconds: number;
+  /** An interrupted restore's swap, completed or rolled back before the backup began. */
+  swapRecovery?: SwapRecovery;
 }
 
 export interface BackupInfo {
@@ -122,6 +132,8 @@ export interface RestoreResult {
   previousPath?: string;
   /** Rows deleted from e2e_one_time_keys_json; undefined when there was no SQLite database. */
   oneTimeKeysRemoved?: number;
+  /** An earlier restore's interrupted swap, completed or rolled back before this one began. */
+  swapRecovery?: SwapRecovery;
 }
 
 export interface PruneRequest {
@@ -166,6 +178,8 @@ export interface PruneResult {
   staleRemoved: string[];
   /** Why the transport's stale files could not be removed. */
   staleError?: string;
+  /** An interrupted restore's swap, completed or rolled back before the leftovers went. */
+  swapRecovery?: SwapRecovery;
 }
 
 export interface VerifyResult {

@@ -4,7 +4,7 @@
  */
 import { BackupEngine } from '../backup/engine';
 import type { Progress } from '../backup/types';
-import { BackupError, errorMessage } from '../errors';
+import { BackupError, InterruptedError, errorMessage } from '../errors';
 import { describeForCharm } from './remedy';
 import type { JujuContext } from '../juju/context';
 import {
@@ -186,9 +186,17 @@ export class SynapseCharm {
 
   // --- actions ---
 
+  /**
+   * Runs action `name`. SIGTERM and SIGINT (Juju's `juju cancel-task` and
+   * timeouts) interrupt its engine operation (an AbortSignal): it cleans up and
+   * the action fails with `<name> was interrupted (SIGTERM): <what was cleaned up>`.
+   */
   async runAction(name: string): Promise<number> {
     const handler = ACTIONS[name];
     const engines: BackupEngine[] = [];
+    const interrupt = new AbortController();
+    const onSignal = (signal: NodeJS.Signals) => interrupt.abort(signal);
+    for (const signal of ['SIGTERM', 'SIGINT'] as const) process.on(signal, onSignal);
     try {
       if (!handler) throw new ActionFailure(`unknown action "${name}"`);
       const params = await this.tools.actionGet();
@@ -201,7 +209,7 @@ export class SynapseCharm {
         config,
         workload: this.workload,
         engine: async (onProgress) => {
-          const made = await this.makeEngine(config, onProgress);
+          const made = await this.makeEngine(config, interrupt.signal, onProgress);
           engines.push(made.engine);
           return made;
         },
@@ -225,12 +233,16 @@ export class SynapseCharm {
       await this.tools.actionFail(message);
       return 0;
     } finally {
+      for (const signal of ['SIGTERM', 'SIGINT'] as const) process.off(signal, onSignal);
       for (const engine of engines) engine.close();
     }
   }
 
   private failureMessage(name: string, err: unknown): string {
     if (err instanceof ActionFailure) return err.message;
+    if (err instanceof InterruptedError) {
+      return `${name} was interrupted (${err.signalName})${err.cleanedUp ? `: ${err.cleanedUp}` : ''}`;
+    }
     if (err instanceof BackupError) {
       if (err.code === 'not-found' && !err.remedy && !/list-backups/.test(err.message)) {
         return `${err.message}; run list-backups to see the backups that exist`;
@@ -242,7 +254,11 @@ export class SynapseCharm {
     return `${name} failed unexpectedly: ${errorMessage(err)}; see juju debug-log`;
   }
 
-  private async makeEngine(config: CharmConfig, onProgress?: (p: Progress) => void) {
+  private async makeEngine(
+    config: CharmConfig,
+    signal: AbortSignal,
+    onProgress?: (p: Progress) => void,
+  ) {
     const setup = await resolveBackupSetup(this.ctx, this.tools, config);
     if (setup.state === 'none') throw new ActionFailure(notConfiguredMessage(this.ctx.appName));
     if (setup.state === 'invalid') {
@@ -258,6 +274,7 @@ export class SynapseCharm {
       onProgress,
       onNotice: (message: string) => void this.tools.actionLog(message).catch(() => undefined),
       progressIntervalMs: 2000,
+      signal,
     });
     return { engine, setup };
   }

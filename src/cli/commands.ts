@@ -7,7 +7,7 @@ import { describeRetention } from '../backup/retention';
 import { ConfigError } from '../errors';
 import { formatBackupTable, formatBytes } from '../format';
 import { type Values, makeRestoreDir, required, wholeNumber } from './args';
-import { endProgressLine, workloadCleanupLines } from './output';
+import { endProgressLine, warnSwapRecovery, workloadCleanupLines } from './output';
 
 export interface CommandContext {
   engine: BackupEngine;
@@ -21,6 +21,7 @@ type Command = (c: CommandContext) => Promise<void>;
 
 const create: Command = async ({ engine, values, print }) => {
   const r = await engine.create({ id: values.id });
+  warnSwapRecovery(r);
   print(
     `created backup ${r.backupId}: ${r.files} files, ${formatBytes(r.plaintextBytes)} archived, ${formatBytes(r.size)} stored, sha256 ${r.sha256}, ${r.durationSeconds.toFixed(1)} s`,
     {
@@ -30,6 +31,7 @@ const create: Command = async ({ engine, values, print }) => {
       sha256: r.sha256,
       'plaintext-bytes': r.plaintextBytes,
       'duration-seconds': r.durationSeconds,
+      ...(r.swapRecovery ? { 'swap-recovery': r.swapRecovery } : {}),
     },
   );
 };
@@ -56,6 +58,7 @@ const restore: Command = async ({ engine, values, dataDir, print }) => {
       undoMkdir();
       throw err;
     });
+  warnSwapRecovery(r);
   const notes = [
     r.oneTimeKeysRemoved ? `${r.oneTimeKeysRemoved} one-time keys removed` : undefined,
     r.previousPath ? `previous files kept in ${r.previousPath}` : undefined,
@@ -105,6 +108,7 @@ const prune: Command = async ({ engine, values, dataDir, print }) => {
     // Only in a data dir the operator named: another run may be using the default one.
     workloadLeftovers: dataDir !== undefined,
   });
+  warnSwapRecovery(r);
   const items = (names: string[]) => (names.length ? names.join(', ') : 'none');
   const [remove, abort] = r.dryRun ? ['would remove', 'would abort'] : ['removed', 'aborted'];
   print(

@@ -4,10 +4,18 @@
  * cron). Usage and options: args.ts; the subcommands: commands.ts. Failure
  * prints one line, `synapse-backup: error: <reason>; <remedy in this CLI's
  * terms>`, and exits 2 for usage and configuration errors, 1 otherwise.
+ *
+ * SIGTERM and SIGINT interrupt the running operation (its AbortSignal): the
+ * upload is aborted, the staging dir or snapshot removed (a restore's swap
+ * that began is finished first), and it exits with `synapse-backup: error:
+ * interrupted by SIGTERM: <what was cleaned up>` and the shell's status for
+ * that signal, 128 + its number: 143 for SIGTERM, 130 for SIGINT. A second
+ * signal exits at once with that status (a swap it cuts short is journaled:
+ * the next run completes or rolls it back).
  */
 import { BackupEngine } from '../backup/engine';
 import type { EngineOptions } from '../backup/types';
-import { BackupError, ConfigError, redact } from '../errors';
+import { BackupError, ConfigError, InterruptedError, redact } from '../errors';
 import { parseS3Settings } from '../s3/settings';
 import { createWorkload } from '../workload/factory';
 import {
@@ -24,11 +32,27 @@ import { COMMAND_HANDLERS } from './commands';
 import { endProgressLine, printer, showProgress } from './output';
 import { describeForCli } from './remedy';
 
+/** Exit statuses for the signals that interrupt a run: 128 + the signal's number. */
+const SIGNAL_STATUS: Record<string, number> = { SIGINT: 130, SIGTERM: 143 };
+
+/** Aborted by the first SIGTERM or SIGINT (its name the reason); a second one exits at once. */
+function interruptOnSignals(): AbortSignal {
+  const controller = new AbortController();
+  for (const name of Object.keys(SIGNAL_STATUS)) {
+    process.on(name, () => {
+      if (controller.signal.aborted) process.exit(SIGNAL_STATUS[name]);
+      controller.abort(name);
+    });
+  }
+  return controller.signal;
+}
+
 function engineFor(
   command: string,
   values: Values,
   json: boolean,
   dataDir: string | undefined,
+  signal: AbortSignal,
 ): BackupEngine {
   const s3 = parseS3Settings({
     bucket: values.bucket,
@@ -70,6 +94,7 @@ function engineFor(
     queueSize: wholeNumber(values['queue-size'], 'queue-size'),
     onProgress: json || !process.stderr.isTTY ? undefined : showProgress,
     onNotice: (message) => process.stderr.write(`synapse-backup: ${message}\n`),
+    signal,
   };
   return new BackupEngine(options);
 }
@@ -90,7 +115,7 @@ async function run(argv: string[]): Promise<void> {
   const { command, values } = parsed;
   const json = Boolean(values.json);
   const dataDir = dataDirFor(command, values);
-  const engine = engineFor(command, values, json, dataDir);
+  const engine = engineFor(command, values, json, dataDir, interruptOnSignals());
   try {
     await COMMAND_HANDLERS[command]({ engine, values, dataDir, print: printer(json) });
   } finally {
@@ -102,5 +127,10 @@ run(process.argv.slice(2)).catch((err: unknown) => {
   endProgressLine();
   const message = redact(describeForCli(err), secrets);
   process.stderr.write(`synapse-backup: error: ${message.split('\n')[0]}\n`);
-  process.exitCode = err instanceof BackupError && err.code === 'config' ? 2 : 1;
+  process.exitCode =
+    err instanceof InterruptedError
+      ? (SIGNAL_STATUS[err.signalName] ?? 1)
+      : err instanceof BackupError && err.code === 'config'
+        ? 2
+        : 1;
 });

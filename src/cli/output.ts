@@ -1,4 +1,5 @@
 /** The CLI's output: one line or JSON object on stdout, a progress line on stderr. */
+import { type SwapRecovery, describeSwapRecovery } from '../backup/swap-journal';
 import type { Progress, PruneResult } from '../backup/types';
 import { formatBytes } from '../format';
 
@@ -23,6 +24,16 @@ export function printer(json: boolean): (human: string, data: unknown) => void {
     endProgressLine();
     process.stdout.write(json ? `${JSON.stringify(kebabKeys(data))}\n` : `${human}\n`);
   };
+}
+
+/**
+ * Warns on stderr (`synapse-backup: warning: ...`) when the operation first
+ * completed or rolled back a restore's interrupted swap (swap-journal.ts).
+ */
+export function warnSwapRecovery(r: { swapRecovery?: SwapRecovery }): void {
+  if (!r.swapRecovery) return;
+  endProgressLine();
+  process.stderr.write(`synapse-backup: warning: ${describeSwapRecovery(r.swapRecovery)}\n`);
 }
 
 /** What prune removed in the workload, for the human output (none in a dry run). */

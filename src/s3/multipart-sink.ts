@@ -21,6 +21,11 @@ import type { S3Settings } from './settings';
 export interface UploadOptions {
   partSize: number;
   queueSize: number;
+  /**
+   * Aborting it stops the upload at once: requests in flight are cancelled, the
+   * multipart upload aborted, and upload() rejects with an InterruptedError.
+   */
+  signal?: AbortSignal;
 }
 
 /** S3 has a hard limit of 10,000 parts per multipart upload. */

@@ -15,7 +15,7 @@ import {
   type S3Client,
   paginateListObjectsV2,
 } from '@aws-sdk/client-s3';
-import { BackupError } from '../errors';
+import { BackupError, InterruptedError } from '../errors';
 import { describedBody } from './body';
 import { checkBucket, createS3Client } from './client';
 import { describeS3Error, httpStatusOf } from './errors';
@@ -280,12 +280,22 @@ export class ObjectStore {
    */
   async upload(key: string, body: Readable, options: UploadOptions): Promise<void> {
     const sink = new MultipartSink(this.client, this.settings, key, options);
+    const { signal } = options;
+    // Also once every byte is in and only the last parts are in flight.
+    const onAbort = () =>
+      sink.destroy(
+        new InterruptedError(typeof signal?.reason === 'string' ? signal.reason : 'a signal', ''),
+      );
+    if (signal?.aborted) onAbort();
+    else signal?.addEventListener('abort', onAbort, { once: true });
     try {
       await pipeline(body, sink);
     } catch (err) {
       await sink.abort();
       if (err instanceof BackupError) throw err;
       throw describeS3Error(err, this.settings, `upload ${key}`);
+    } finally {
+      signal?.removeEventListener('abort', onAbort);
     }
   }
 

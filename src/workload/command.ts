@@ -98,16 +98,32 @@ export class CommandSink extends Writable {
     );
   }
 
+  /**
+   * Every teardown ends the command: its stdin is closed (EOF) and it is killed,
+   * so a tar never waits for input that will not come. A start still under way
+   * (`beforeStart`) never runs the command.
+   */
   override _destroy(err: Error | null, done: (err?: Error | null) => void): void {
-    this.proc?.kill();
+    const proc = this.proc;
+    if (proc) {
+      proc.stdin?.destroy();
+      proc.kill();
+    }
     done(err);
   }
 
   private async ensureStarted(): Promise<ExecProcess> {
     if (this.proc) return this.proc;
     await this.beforeStart();
+    if (this.destroyed) throw new Error(`${this.what} was torn down before it started`);
     const proc = this.workload.exec({ ...this.options, stdin: true });
     this.proc = proc;
+    if (this.destroyed) {
+      // Torn down while exec() ran (whatever it set off destroyed this sink).
+      proc.stdin?.destroy();
+      proc.kill();
+      throw new Error(`${this.what} was torn down as it started`);
+    }
     this.stderr = new TailCollector(proc.stderr);
     proc.stdout.resume();
     proc.stdin!.on('error', () => undefined);
@@ -123,13 +139,16 @@ export class CommandSink extends Writable {
   private async failWith(err: Error): Promise<Error> {
     const proc = this.proc;
     if (!proc) return err;
+    let timer: NodeJS.Timeout | undefined;
     try {
       await Promise.race([
         this.exitStatus(proc),
-        new Promise((resolve) => setTimeout(resolve, 5000)),
+        new Promise((resolve) => (timer = setTimeout(resolve, 5000))),
       ]);
     } catch (exitErr) {
       return exitErr as Error;
+    } finally {
+      clearTimeout(timer);
     }
     return err;
   }

@@ -1,15 +1,17 @@
 /**
- * The charm process killed mid-create (SIGTERM, as Juju does to a hook or
- * action it gives up on, and SIGKILL): the run leaves a multipart upload
- * behind; list-backups shows it and the next prune-backups (stale-hours=0)
- * aborts it. The workload's tar does not outlive the charm, no direct-output
- * socket is left, the live data is untouched and Synapse keeps running.
+ * The charm process killed mid-create with SIGKILL: the run leaves a multipart
+ * upload behind; list-backups shows it and the next prune-backups
+ * (stale-hours=0) aborts it. The workload's tar does not outlive the charm, no
+ * direct-output socket is left, the live data is untouched and Synapse keeps
+ * running. With SIGTERM (what Juju sends on `juju cancel-task` and timeouts)
+ * the action aborts the upload itself and fails saying so (issue #13, case 5).
  */
 import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
 import { SNAPSHOT_NAME } from '../../src/backup/scripts';
 import { describeWithPeers } from '../support/peers';
-import { FaultBed, until } from './support/bed';
+import { inspectSqliteDb } from '../support/synapse-tree';
+import { FaultBed, until, within } from './support/bed';
 import { expected, observed } from './support/report';
 
 const MiB = 1024 * 1024;
@@ -24,7 +26,39 @@ describeWithPeers(['minio', 'pebble'])('the charm killed mid-create', () => {
     await bed?.stop();
   });
 
-  test.each(['SIGTERM', 'SIGKILL'] as const)(
+  test('charm: SIGTERM mid-create aborts the upload and fails the action saying so', async () => {
+    expected(
+      'action fails: "create-backup was interrupted (SIGTERM): tar was stopped, the upload ... aborted and the database snapshot removed; nothing was stored"; no upload, snapshot or socket left',
+    );
+    const before = await bed.before();
+    let release!: () => void;
+    bed.s3.addRule({
+      op: 'UploadPart',
+      fault: { kind: 'stall', release: new Promise<void>((r) => (release = r)) },
+    });
+    let key = '';
+    const run = await bed.run('create-backup', {}, async () => {
+      key = await bed.waitForUpload();
+      await until('a part is held', () => bed.s3.stalled() > 0);
+      const pid = await bed.dispatchPid();
+      expect(pid).toBeDefined();
+      process.kill(pid!, 'SIGTERM');
+      observed(`charm (pid ${pid}) sent SIGTERM with ${key} in progress`);
+    });
+    bed.s3.clearRules();
+    release();
+    const id = key.replace(/^.*\//, '').replace(/\.tar\.enc$/, '');
+    expect(FaultBed.failure(run)).toBe(
+      `create-backup was interrupted (SIGTERM): tar was stopped, the upload of backup ${id} aborted and the database snapshot removed; nothing was stored`,
+    );
+    observed(`action failed: ${FaultBed.failure(run)}`);
+    await bed.noTarLeft();
+    expect(await fsp.readdir(bed.h.dataDir)).not.toContain(SNAPSHOT_NAME);
+    expect(bed.directOutputSockets()).toEqual([]);
+    observed(await bed.afterFault(before, [run]));
+  });
+
+  test.each(['SIGKILL'] as const)(
     'charm: killed with %s mid-create; prune-backups cleans up',
     async (signal) => {
       expected(
@@ -80,4 +114,48 @@ describeWithPeers(['minio', 'pebble'])('the charm killed mid-create', () => {
       observed(await bed.afterFault(before, [run, list, prune]));
     },
   );
+
+  test('charm: SIGKILL mid-restore, after the swap, before the one-time keys; the next create-backup completes it', async () => {
+    expected(
+      'the killed restore leaves the swap journal; the next create-backup completes the swap (one-time keys deleted, previous files removed), says so in swap-recovery, starts Synapse and backs up the restored tree',
+    );
+    const create = await bed.run('create-backup');
+    const id = FaultBed.succeeded(create);
+    const yaml = path.join(bed.h.dataDir, 'homeserver.yaml');
+    const backedUpYaml = await fsp.readFile(yaml, 'utf8');
+    await fsp.writeFile(yaml, `${backedUpYaml}# changed after the backup\n`);
+    // The restore checks for homeserver.db right after the swap: its answer is held there.
+    const hold = bed.pebbleProxy.holdOutput(
+      (c) => c[0] === 'sh' && /echo yes/.test(c[2] ?? '') && c.at(-1)!.endsWith('/homeserver.db'),
+      0,
+    );
+    const restore = await bed.run('restore-backup', { 'backup-id': id }, async () => {
+      await within('the swap to finish', hold.reached);
+      const pid = await bed.dispatchPid();
+      expect(pid).toBeDefined();
+      process.kill(pid!, 'SIGKILL');
+      observed(`charm (pid ${pid}) sent SIGKILL after the swap of ${id}`);
+    });
+    hold.release();
+    expect(restore.result.exitCode).toBeNull();
+    const left = (await fsp.readdir(bed.h.dataDir)).filter((n) => n.startsWith('.')).sort();
+    expect(left).toContain('.synapse-swap.journal');
+    observed(`left in the data dir: ${left.join(', ')}; synapse: ${await bed.synapseState()}`);
+
+    const next = await bed.run('create-backup');
+    expect(next.result.failed).toBe(false);
+    const said = next.result.results['swap-recovery'] as string;
+    expect(said).toBe(
+      `an interrupted restore of backup ${id} (phase moved) was completed: the restored files stay`,
+    );
+    expect(next.result.logs).toContain(`warning: ${said}`);
+    observed(`create-backup: swap-recovery="${said}"`);
+    expect((await fsp.readdir(bed.h.dataDir)).filter((n) => n.startsWith('.'))).toEqual([]);
+    expect(await fsp.readFile(yaml, 'utf8')).toBe(backedUpYaml);
+    expect(inspectSqliteDb(path.join(bed.h.dataDir, 'homeserver.db')).oneTimeKeys).toBe(0);
+    expect(await bed.synapseState()).toBe('active');
+    observed(
+      'data dir = the restored tree, no journal, staging or previous dir; 0 one-time keys; synapse: active',
+    );
+  });
 });

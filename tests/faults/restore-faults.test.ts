@@ -249,11 +249,45 @@ describeWithPeers(['minio', 'pebble'])('restore faults through restore-backup', 
       [{ name: `${'n'.repeat(99_990)}/long-name`, content: 'x' }],
       `entry "${'n'.repeat(200)}… (100000 characters)" has a name longer than 4096 bytes: refused`,
     ],
+    // The engine's own bookkeeping names: refused before anything moves (issue #13, case 9).
+    [
+      "a staging directory's name",
+      [{ name: '.synapse-restore-x/homeserver.yaml', content: 'x' }],
+      'entry ".synapse-restore-x/homeserver.yaml" has a name the restore uses for its own bookkeeping (".synapse-restore-x"): refused',
+    ],
+    [
+      "a previous copy's name",
+      [{ name: './.pre-restore-x', content: 'x' }],
+      'entry "./.pre-restore-x" has a name the restore uses for its own bookkeeping (".pre-restore-x"): refused',
+    ],
+    [
+      "the snapshot's name",
+      [{ name: '.synapse-backup-snapshot.db', content: 'x' }],
+      'entry ".synapse-backup-snapshot.db" has a name the restore uses for its own bookkeeping (".synapse-backup-snapshot.db"): refused',
+    ],
+    [
+      "the swap journal's name",
+      [{ name: '.synapse-swap.journal', type: 'directory' }],
+      'entry ".synapse-swap.journal" has a name the restore uses for its own bookkeeping (".synapse-swap.journal"): refused',
+    ],
   ])('restore: a hostile archive with %s', async (label, entries, message) => {
     expected('refused by the entry checks before it reaches the workload, naming the entry');
     const id = `hostile-${label.replace(/[^a-z0-9]+/gi, '-').replace(/^-|-$/g, '')}`;
     await hostileBackup(id, entries);
     await failingRestore(id, message);
+  });
+
+  test('verify: an archive with a bookkeeping name is refused too', async () => {
+    expected('verify-backup fails naming the entry, as restore would');
+    await hostileBackup('bookkeeping-verify', [
+      { name: '.pre-restore-1/homeserver.db', content: 'x' },
+    ]);
+    const run = await bed.run('verify-backup', { 'backup-id': 'bookkeeping-verify' });
+    const msg = FaultBed.failure(run);
+    observed(`action failed: ${msg}`);
+    expect(msg).toContain(
+      'entry ".pre-restore-1/homeserver.db" has a name the restore uses for its own bookkeeping (".pre-restore-1"): refused',
+    );
   });
 
   (isRoot ? test : test.skip)(

@@ -8,19 +8,45 @@
 export const STAGING_PREFIX = '.synapse-restore-';
 export const PREVIOUS_PREFIX = '.pre-restore-';
 export const SNAPSHOT_NAME = '.synapse-backup-snapshot.db';
+/** The swap's journal: what an interrupted swap left half-done (src/backup/swap-journal.ts). */
+export const JOURNAL_NAME = '.synapse-swap.journal';
+/** Its temporary copy while a new phase is written (then renamed over it). */
+export const JOURNAL_TEMP_NAME = `${JOURNAL_NAME}.new`;
+/** The lock of one operation at a time per data dir (src/backup/lock.ts). */
+export const LOCK_NAME = '.synapse-backup.lock';
+
+/**
+ * Whether `name`, a top-level name in the data dir, is one of the engine's own
+ * bookkeeping names (staging and previous dirs, the snapshot, the journal, the lock):
+ * never backed up, never swapped, refused as an archive's entry.
+ */
+export function isBookkeepingName(name: string): boolean {
+  return (
+    name.startsWith(STAGING_PREFIX) ||
+    name.startsWith(PREVIOUS_PREFIX) ||
+    name === SNAPSHOT_NAME ||
+    name.startsWith(JOURNAL_NAME) ||
+    name === LOCK_NAME
+  );
+}
 
 /** `script`'s lines as `sh -c`, with `args` as $1, $2, ... (never spliced into the text). */
 export function sh(script: string[], ...args: string[]): string[] {
   return ['sh', '-c', script.join('\n'), 'synapse-backup', ...args];
 }
 
-/** Removes leftovers of interrupted runs: snapshot files and staging dirs (never previous copies). */
+/**
+ * Removes leftovers of interrupted runs: snapshot files and staging dirs (never
+ * previous copies, never the staging dir a swap journal names: it may hold the
+ * only complete copy of the restored files).
+ */
 export function removeLeftoversCommand(dataDir: string): string[] {
   return sh(
     [
       'cd -- "$1" || exit 0',
       `rm -f -- ${SNAPSHOT_NAME}`,
-      `for d in ${STAGING_PREFIX}*; do [ -d "$d" ] && rm -rf -- "$d"; done`,
+      `keep=$(sed -n 's/^staging=//p' -- ${JOURNAL_NAME} 2>/dev/null)`,
+      `for d in ${STAGING_PREFIX}*; do [ -d "$d" ] && [ "$d" != "$keep" ] && rm -rf -- "$d"; done`,
       'exit 0',
     ],
     dataDir,

@@ -20,14 +20,21 @@
  * - makeDirCommand: mkdir; non-zero if the directory exists.
  * - syncCommand: flushes the data dir's filesystem; sync's status.
  * - swapCommand: staged files in, live ones aside; 1 after moving back what it moved.
- * - rollbackCommand: undoes a swap; non-zero (set -e) on the first failed step.
+ * - swapCommand journals itself (journal.ts); rollbackCommand undoes a swap
+ *   from the phase it reached; non-zero (set -e) on the first failed step.
  * - removeTreeCommand: rm -rf; rm's status.
  * - removeOneTimeKeysCommand: prints the rows deleted (nothing without the
  *   table); python's status.
  *
+ * journal.ts
+ * - journalPhaseCommand: sets the swap journal's phase; non-zero without one.
+ * - readJournalCommand: prints the journal and `staged=N`; nothing without one.
+ * - removeJournalCommand: removes it; rm's status.
+ *
  * common.ts
  * - removeLeftoversCommand: removes an interrupted run's snapshot and staging
- *   dirs; always 0 (a missing data dir is nothing to remove).
+ *   dirs (never the one a swap journal names); always 0 (a missing data dir is
+ *   nothing to remove).
  * - readSmallFileCommand: prints at most 1 MiB of a file; head's status.
  *
  * lock.ts (lock.ts in the engine: one operation at a time per data dir)
@@ -37,6 +44,7 @@
  * - releaseLockCommand: removes the lock if it is still the holder's; always 0.
  */
 export {
+  JOURNAL_NAME,
   PREVIOUS_PREFIX,
   SNAPSHOT_NAME,
   STAGING_PREFIX,
@@ -70,3 +78,9 @@ export {
   takeOverLockCommand,
   touchLockCommand,
 } from './lock';
+export {
+  type SwapPhase,
+  journalPhaseCommand,
+  readJournalCommand,
+  removeJournalCommand,
+} from './journal';

@@ -4,9 +4,9 @@
  * that names who holds it. Never backed up (not selected) nor swapped (the
  * swap skips it).
  */
-import { sh } from './common';
+import { LOCK_NAME, sh } from './common';
 
-export const LOCK_NAME = '.synapse-backup.lock';
+export { LOCK_NAME };
 /** takeLockCommand's and takeOverLockCommand's status when another run holds the lock. */
 export const LOCK_HELD_EXIT = 75;
 

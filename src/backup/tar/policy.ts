@@ -1,4 +1,5 @@
 import { posix } from 'node:path';
+import { isBookkeepingName } from '../scripts/common';
 import { ArchiveRejectedError, type EntryPolicy, display } from './header';
 
 /**
@@ -8,7 +9,9 @@ import { ArchiveRejectedError, type EntryPolicy, display } from './header';
  * whose path runs through a name that was a symlink earlier in the archive,
  * even if a later entry replaced it: whether an extracting tar removes the
  * symlink first (GNU tar does) or keeps it (busybox, --keep-directory-symlink)
- * is not ours to know.
+ * is not ours to know. A top-level name the engine uses for its own
+ * bookkeeping (`.synapse-restore-*`, `.pre-restore-*`, the snapshot, the swap
+ * journal) is refused too: the swap would skip it, or take it for its own.
  *
  * Symlink targets are checked lexically, which is exact only without
  * symlinks inside them, so a ".." after a name ("d/s/..", where d/s may be a
@@ -21,6 +24,11 @@ export function confinedEntryPolicy(): EntryPolicy {
     const name = normalizeMemberName(entry.name);
     const shown = display(entry.name);
     const parts = name.split('/');
+    if (isBookkeepingName(parts[0])) {
+      throw new ArchiveRejectedError(
+        `entry ${shown} has a name the restore uses for its own bookkeeping (${display(parts[0])}): refused`,
+      );
+    }
     for (let i = 1; i < parts.length; i++) {
       const parent = parts.slice(0, i).join('/');
       if (symlinks.has(parent)) {

@@ -1,3 +1,6 @@
+import { SERVICE_NAME } from '../overrides';
+import { serviceState } from '../synapse';
+import { describeSwapRecovery } from '../../backup/swap-journal';
 import { formatBytes, formatSeconds, ProgressReporter } from '../format';
 import { describeRetention } from '../../backup/retention';
 import type { ActionResults } from '../../juju/hook-tools';
@@ -10,7 +13,12 @@ export const createBackup: ActionHandler = async (a) => {
   await a.log(`creating a backup of ${a.overrides.dataDir} in ${setup.description}`);
   reporter.start();
   try {
-    const result = await engine.create({});
+    // Synapse, when in the plan: an interrupted restore may have left it stopped.
+    const services = await serviceState(a.workload).then(
+      (state) => (state ? [SERVICE_NAME] : []),
+      () => [],
+    );
+    const result = await engine.create({ services });
     await a.log(
       `backup ${result.backupId} complete: ${result.files} files, ${formatBytes(result.plaintextBytes)} archived, ${formatBytes(result.size)} stored, ${formatSeconds(result.durationSeconds)} s`,
     );
@@ -21,6 +29,11 @@ export const createBackup: ActionHandler = async (a) => {
       sha256: result.sha256,
       'duration-seconds': formatSeconds(result.durationSeconds),
     };
+    if (result.swapRecovery) {
+      const said = describeSwapRecovery(result.swapRecovery);
+      await a.log(`warning: ${said}`);
+      results['swap-recovery'] = said;
+    }
     if (setup.retention.keepLast !== undefined || setup.retention.keepDays !== undefined) {
       // The backup is good whatever happens here: a failed prune is reported, not fatal.
       try {

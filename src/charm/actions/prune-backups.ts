@@ -1,3 +1,4 @@
+import { describeSwapRecovery } from '../../backup/swap-journal';
 import { describeRetention } from '../../backup/retention';
 import { ActionFailure, booleanParam, type ActionHandler } from './context';
 
@@ -24,6 +25,7 @@ export const pruneBackups: ActionHandler = async (a) => {
     // data dir (its database snapshot, staging directories). Juju runs one action at a time:
     // none was in use.
     const dataDir = a.overrides.dataDir;
+    if (result.swapRecovery) await a.log(`warning: ${describeSwapRecovery(result.swapRecovery)}`);
     await a.log(
       result.leftoversRemoved
         ? `removed what interrupted runs left in ${dataDir}, if anything`
@@ -43,5 +45,6 @@ export const pruneBackups: ActionHandler = async (a) => {
     'uploads-aborted': list(result.uploadsAborted),
     'pending-removed': list(result.pendingRemoved),
     kept: String(result.kept),
+    ...(result.swapRecovery ? { 'swap-recovery': describeSwapRecovery(result.swapRecovery) } : {}),
   };
 };

@@ -1,3 +1,4 @@
+import { describeSwapRecovery } from '../../backup/swap-journal';
 import type { ActionResults } from '../../juju/hook-tools';
 import { SERVICE_NAME } from '../overrides';
 import { formatBytes, formatSeconds, ProgressReporter } from '../format';
@@ -42,6 +43,11 @@ export const restoreBackup: ActionHandler = async (a) => {
       results['one-time-keys-removed'] = String(result.oneTimeKeysRemoved);
     }
     if (result.previousPath) results['previous-path'] = result.previousPath;
+    if (result.swapRecovery) {
+      const said = describeSwapRecovery(result.swapRecovery);
+      await a.log(`warning: ${said}`);
+      results['swap-recovery'] = said;
+    }
     return results;
   } finally {
     reporter.stop();

@@ -1,0 +1,202 @@
+/**
+ * Interrupted swaps. The restore's swap (scripts/restore.ts swapCommand) keeps
+ * a journal in the data dir, `.synapse-swap.journal`: the staging and previous
+ * dirs' names, the backup id, whether the previous files are to be kept, and
+ * the phase reached, written and flushed before the first rename and removed
+ * after the last step. A process killed mid-swap (SIGKILL, a node that died)
+ * leaves it behind; every operation on the data dir (create, restore, prune's
+ * leftover removal) first resolves it here: it completes the swap when every
+ * staged entry was moved in, and rolls it back (the previous files return)
+ * otherwise, so the data dir is wholly the previous or wholly the restored
+ * state.
+ */
+import { BackupError, errorMessage } from '../errors';
+import { fileExists, runCommand } from '../workload/command';
+import type { EngineContext } from './context';
+import {
+  JOURNAL_NAME,
+  PREVIOUS_PREFIX,
+  STAGING_PREFIX,
+  type SwapPhase,
+  journalPhaseCommand,
+  readJournalCommand,
+  removeJournalCommand,
+  removeOneTimeKeysCommand,
+  removeTreeCommand,
+  rollbackCommand,
+} from './scripts';
+
+/** What resolving an interrupted swap did (a result field of create, restore and prune). */
+export interface SwapRecovery {
+  /** `completed`: the restored files stay; `rolled-back`: the previous files are back. */
+  outcome: 'completed' | 'rolled-back';
+  /** The backup the interrupted restore was restoring ('' when the journal did not say). */
+  backupId: string;
+  /** The phase the journal recorded. */
+  phase: SwapPhase;
+  /** Completed with the previous files kept: where they are (an absolute path). */
+  previousPath?: string;
+  /** Completed: one-time keys deleted now (undefined: none to delete, or done before). */
+  oneTimeKeysRemoved?: number;
+}
+
+interface Journal {
+  staging: string;
+  previous: string;
+  backup: string;
+  keep: boolean;
+  phase: SwapPhase;
+  /** Entries still in the staging dir; -1 when it is missing. */
+  staged: number;
+}
+
+const PHASES: readonly SwapPhase[] = [
+  'moving-out',
+  'moving-in',
+  'moved',
+  'keys-removed',
+  'rolling-back',
+];
+
+/**
+ * Completes or rolls back the swap an interrupted restore left in the data
+ * dir (see above), with `services` stopped meanwhile and started after.
+ * Returns undefined when there was none. Throws `unfinished-swap` when the
+ * journal cannot be read or its swap cannot be resolved: the data dir is then
+ * half-swapped, and create must not back it up.
+ */
+export async function resolveInterruptedSwap(
+  ctx: EngineContext,
+  services: string[] = [],
+): Promise<SwapRecovery | undefined> {
+  const text = await runCommand(
+    ctx.workload,
+    readJournalCommand(ctx.dataDir),
+    'reading the swap journal',
+  );
+  if (!text.trim()) return undefined;
+  const journal = parseJournal(ctx, text);
+  // moving-in with a missing staging dir: someone removed it, and what it held is
+  // lost; rolling back still yields the whole previous state.
+  const complete =
+    journal.phase === 'moved' ||
+    journal.phase === 'keys-removed' ||
+    (journal.phase === 'moving-in' && journal.staged === 0);
+  await ctx.workload.stopServices(services);
+  try {
+    const recovery = complete ? await completeSwap(ctx, journal) : await rollBack(ctx, journal);
+    await ctx.workload.startServices(services);
+    return recovery;
+  } catch (err) {
+    throw new BackupError(
+      'unfinished-swap',
+      `${ctx.dataDir} holds an interrupted restore of backup ${journal.backup || '(unknown)'} (phase ${journal.phase}) that could not be ${complete ? 'completed' : 'rolled back'}: ${errorMessage(err)}`,
+      {
+        cause: err,
+        remedy: {
+          kind: 'advice',
+          text: `move the files of ${journal.previous} back into the data dir by hand, then remove ${JOURNAL_NAME}`,
+        },
+      },
+    );
+  }
+}
+
+async function completeSwap(ctx: EngineContext, journal: Journal): Promise<SwapRecovery> {
+  const { workload, dataDir } = ctx;
+  let oneTimeKeysRemoved: number | undefined;
+  if (journal.phase !== 'keys-removed') {
+    oneTimeKeysRemoved = await removeOneTimeKeys(ctx);
+    await runCommand(
+      workload,
+      journalPhaseCommand(dataDir, 'keys-removed'),
+      'recording the swap journal phase',
+    );
+  }
+  const previousPath = `${dataDir}/${journal.previous}`;
+  await runCommand(
+    workload,
+    removeTreeCommand(`${dataDir}/${journal.staging}`),
+    'removing the staging dir',
+  );
+  if (!journal.keep)
+    await runCommand(workload, removeTreeCommand(previousPath), 'removing the previous files');
+  await runCommand(workload, removeJournalCommand(dataDir), 'removing the swap journal');
+  return {
+    outcome: 'completed',
+    backupId: journal.backup,
+    phase: journal.phase,
+    previousPath: journal.keep ? previousPath : undefined,
+    oneTimeKeysRemoved,
+  };
+}
+
+async function rollBack(ctx: EngineContext, journal: Journal): Promise<SwapRecovery> {
+  await runCommand(
+    ctx.workload,
+    rollbackCommand(ctx.dataDir, journal.staging, journal.previous, journal.phase),
+    'moving the previous files back',
+  );
+  return { outcome: 'rolled-back', backupId: journal.backup, phase: journal.phase };
+}
+
+/** The journal's lines; `unfinished-swap` when a name or the phase is not one the swap writes. */
+function parseJournal(ctx: EngineContext, text: string): Journal {
+  const fields = new Map<string, string>();
+  for (const line of text.split('\n')) {
+    const eq = line.indexOf('=');
+    if (eq > 0) fields.set(line.slice(0, eq), line.slice(eq + 1));
+  }
+  const staging = fields.get('staging') ?? '';
+  const previous = fields.get('previous') ?? '';
+  const phase = fields.get('phase') as SwapPhase;
+  const plainName = (name: string, prefix: string) =>
+    name.startsWith(prefix) && !name.includes('/') && name.length > prefix.length;
+  if (
+    !plainName(staging, STAGING_PREFIX) ||
+    !plainName(previous, PREVIOUS_PREFIX) ||
+    !PHASES.includes(phase)
+  ) {
+    throw new BackupError(
+      'unfinished-swap',
+      `${ctx.dataDir}/${JOURNAL_NAME} records an interrupted restore but cannot be read: ${JSON.stringify(text.slice(0, 300))}`,
+      {
+        remedy: {
+          kind: 'advice',
+          text: `check the data dir by hand (previous files are in ${PREVIOUS_PREFIX}* dirs), then remove ${JOURNAL_NAME}`,
+        },
+      },
+    );
+  }
+  return {
+    staging,
+    previous,
+    backup: fields.get('backup') ?? '',
+    keep: fields.get('keep') === '1',
+    phase,
+    staged: Number(fields.get('staged') ?? '-1'),
+  };
+}
+
+/** Deletes the restored one-time keys; undefined when there is no SQLite database. */
+export async function removeOneTimeKeys(ctx: EngineContext): Promise<number | undefined> {
+  const db = `${ctx.dataDir}/homeserver.db`;
+  if (!(await fileExists(ctx.workload, db))) return undefined;
+  const out = await runCommand(
+    ctx.workload,
+    removeOneTimeKeysCommand(db),
+    'removing one-time keys from the restored database',
+  );
+  return out.trim() ? Number(out.trim()) : 0;
+}
+
+/** One line for logs and action output: what resolving the interrupted swap did. */
+export function describeSwapRecovery(recovery: SwapRecovery): string {
+  const what = `an interrupted restore of backup ${recovery.backupId || '(unknown)'} (phase ${recovery.phase})`;
+  if (recovery.outcome === 'rolled-back')
+    return `${what} was rolled back: the previous files are back`;
+  const kept = recovery.previousPath
+    ? `; the previous files are kept in ${recovery.previousPath}`
+    : '';
+  return `${what} was completed: the restored files stay${kept}`;
+}

@@ -1,0 +1,101 @@
+/**
+ * Issue #13, case 5, through the built CLI (`npm run build` first): SIGTERM
+ * or SIGINT mid-create aborts the upload, removes the snapshot, prints one
+ * line saying so and exits 128 + the signal's number (143, 130).
+ */
+import { spawn } from 'node:child_process';
+import { existsSync, promises as fsp } from 'node:fs';
+import path from 'node:path';
+import { ListMultipartUploadsCommand, ListObjectsV2Command } from '@aws-sdk/client-s3';
+import { type FaultyProxy, startFaultyProxy } from './support/faulty-proxy';
+import { type MinioPeer, describeWithPeers, startMinio, tmpDir } from './support/peers';
+import { makeSynapseTree } from './support/synapse-tree';
+
+const BUNDLE = path.resolve(__dirname, '..', 'build', 'synapse-backup.js');
+const PREFIX = 'cli-interrupt';
+
+describeWithPeers(['minio'])('synapse-backup interrupted by a signal', () => {
+  let minio: MinioPeer;
+  let proxy: FaultyProxy;
+  beforeAll(async () => {
+    if (!existsSync(BUNDLE)) throw new Error('build/synapse-backup.js is missing: npm run build');
+    minio = await startMinio();
+    proxy = await startFaultyProxy(minio.endpoint);
+  });
+  afterAll(async () => {
+    await proxy?.close();
+    await minio?.stop();
+  });
+
+  const uploads = async () =>
+    (
+      await minio.client.send(
+        new ListMultipartUploadsCommand({ Bucket: minio.bucket, Prefix: `${PREFIX}/` }),
+      )
+    ).Uploads ?? [];
+
+  test.each([
+    ['SIGTERM', 143],
+    ['SIGINT', 130],
+  ] as const)(
+    'create: %s mid-upload aborts it and exits %i with one line',
+    async (signal, status) => {
+      const dataDir = (await tmpDir('cli-interrupt')).path;
+      await makeSynapseTree(dataDir, { mediaFiles: 2, bigFileBytes: 48 * 1024 * 1024 });
+      const id = `int-${signal.toLowerCase()}`;
+      // Parts wait at the proxy: the upload is certainly under way when the signal comes.
+      let release!: () => void;
+      proxy.addRule({
+        op: 'UploadPart',
+        fault: { kind: 'stall', release: new Promise<void>((r) => (release = r)) },
+      });
+      const child = spawn(
+        process.execPath,
+        [
+          BUNDLE,
+          'create',
+          '--data-dir',
+          dataDir,
+          '--id',
+          id,
+          '--part-size',
+          '5',
+          ...['--endpoint', proxy.endpoint, '--region', 'us-east-1', '--uri-style', 'path'],
+          ...['--bucket', minio.bucket, '--prefix', PREFIX],
+        ],
+        {
+          env: {
+            ...process.env,
+            AWS_ACCESS_KEY_ID: minio.accessKeyId,
+            AWS_SECRET_ACCESS_KEY: minio.secretAccessKey,
+            SYNAPSE_BACKUP_PASSPHRASE: 'cli interrupt passphrase',
+          },
+          stdio: ['ignore', 'pipe', 'pipe'],
+        },
+      );
+      let stderr = '';
+      child.stderr.on('data', (c: Buffer) => (stderr += c.toString()));
+      child.stdout.resume();
+      const exited = new Promise<number | null>((resolve) => child.on('close', resolve));
+      while (proxy.stalled() === 0) {
+        if (child.exitCode !== null) throw new Error(`create ended first: ${stderr}`);
+        await new Promise((r) => setTimeout(r, 50));
+      }
+      child.kill(signal);
+      const code = await exited;
+      proxy.clearRules();
+      release();
+      expect(code).toBe(status);
+      expect(stderr).toBe(
+        `synapse-backup: error: interrupted by ${signal}: tar was stopped, the upload of backup ${id} aborted and the database snapshot removed; nothing was stored\n`,
+      );
+      expect(await uploads()).toEqual([]);
+      const listed = await minio.client.send(
+        new ListObjectsV2Command({ Bucket: minio.bucket, Prefix: `${PREFIX}/` }),
+      );
+      expect(listed.Contents ?? []).toEqual([]);
+      expect((await fsp.readdir(dataDir)).filter((n) => n.startsWith('.'))).toEqual([]);
+    },
+    120_000,
+  );
+});

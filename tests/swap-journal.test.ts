@@ -1,0 +1,255 @@
+/**
+ * Issue #13, case 4: a restore killed mid-swap. The swap script is killed
+ * (SIGKILL, from inside: `kill -KILL $$`) at each of its phases, or the engine
+ * "dies" after it (every later command hangs, and the restore is abandoned);
+ * then the next operation (create, restore, prune) must find the data dir
+ * wholly the previous or wholly the restored state, say which, and leave no
+ * journal, staging or previous dir behind.
+ */
+import { promises as fsp } from 'node:fs';
+import path from 'node:path';
+import { PassThrough } from 'node:stream';
+import { BackupEngine } from '../src/backup/engine';
+import { removeLeftoversCommand } from '../src/backup/scripts';
+import type { EngineOptions } from '../src/backup/types';
+import { parseS3Settings } from '../src/s3/settings';
+import { runCommand } from '../src/workload/command';
+import { LocalWorkload } from '../src/workload/local';
+import type { ExecOptions, ExecProcess, Workload } from '../src/workload/workload';
+import { MemoryStore } from './support/memory-store';
+import { tmpDir } from './support/peers';
+import {
+  type TreeEntry,
+  inspectSqliteDb,
+  makeSynapseTree,
+  snapshotTree,
+  withoutSkipped,
+} from './support/synapse-tree';
+
+const PASSPHRASE = 'swap journal passphrase';
+const JOURNAL = '.synapse-swap.journal';
+
+/** Where the engine dies: a line of the swap script to replace, or a later command. */
+interface Interruption {
+  label: string;
+  /** Replaces this exact line of the swap script (its text up to the kill stays). */
+  line?: string;
+  replacement?: string;
+  /** Or: the engine dies when it runs a command whose script contains this. */
+  beforeCommand?: string;
+  expect: 'previous' | 'restored';
+}
+
+const KILL = 'kill -KILL $$';
+const INTERRUPTIONS: Interruption[] = [
+  {
+    label: 'journal written, nothing moved',
+    line: 'mkdir -m 0700 -- "$3" || { rm -f -- "$J" "$JT"; exit 1; }',
+    replacement: KILL,
+    expect: 'previous',
+  },
+  {
+    label: 'half the live files moved out',
+    line: 'move_all . "$3" || undo',
+    replacement: `mv -- homeserver.yaml "$3"/ && mv -- homeserver.db "$3"/ && ${KILL}`,
+    expect: 'previous',
+  },
+  {
+    label: 'all live files out, nothing moved in',
+    line: 'if ! move_all "$2" .; then move_all . "$2"; undo; fi',
+    replacement: KILL,
+    expect: 'previous',
+  },
+  {
+    label: 'half the staged files moved in',
+    line: 'if ! move_all "$2" .; then move_all . "$2"; undo; fi',
+    replacement: `mv -- "$2"/homeserver.yaml . && mv -- "$2"/homeserver.db . && ${KILL}`,
+    expect: 'previous',
+  },
+  {
+    label: 'all staged files in, phase not yet "moved"',
+    line: 'journal moved || true',
+    replacement: KILL,
+    expect: 'restored',
+  },
+  {
+    label: 'phase "moved", staging dir not yet removed',
+    line: 'rmdir -- "$2" || true',
+    replacement: KILL,
+    expect: 'restored',
+  },
+  {
+    label: 'swap done, one-time keys not yet removed',
+    beforeCommand: 'e2e_one_time_keys_json',
+    expect: 'restored',
+  },
+  {
+    label: 'one-time keys removed, journal not yet removed',
+    beforeCommand: 'rm -f -- .synapse-swap.journal',
+    expect: 'restored',
+  },
+];
+
+/** A process that never ends: what a dead engine's commands look like to it. */
+function hanging(): ExecProcess {
+  return {
+    stdout: new PassThrough(),
+    stderr: new PassThrough(),
+    stdin: new PassThrough(),
+    wait: () => new Promise(() => undefined),
+    kill: () => undefined,
+  };
+}
+
+/** Runs commands locally until the interruption; from then on, every command hangs. */
+class Interrupting implements Workload {
+  readonly description = 'local host (interrupting)';
+  private readonly inner = new LocalWorkload();
+  dead = false;
+  /** Resolves once the swap script (or the command before which the engine dies) is over. */
+  readonly over: Promise<void>;
+  private markOver!: () => void;
+  constructor(private readonly at: Interruption) {
+    this.over = new Promise((resolve) => (this.markOver = resolve));
+  }
+  exec(options: ExecOptions): ExecProcess {
+    if (this.dead) return hanging();
+    const script = options.command[2] ?? '';
+    if (this.at.beforeCommand && script.includes(this.at.beforeCommand)) {
+      this.dead = true;
+      this.markOver();
+      return hanging();
+    }
+    if (this.at.line && script.includes('journal moving-out')) {
+      const lines = script.split('\n');
+      const i = lines.indexOf(this.at.line);
+      if (i === -1) throw new Error(`the swap script has no line ${this.at.line}`);
+      lines[i] = this.at.replacement!;
+      const proc = this.inner.exec({
+        ...options,
+        command: [...options.command.slice(0, 2), lines.join('\n'), ...options.command.slice(3)],
+      });
+      this.dead = true;
+      void proc.wait().finally(() => this.markOver());
+      return proc;
+    }
+    return this.inner.exec(options);
+  }
+  stopServices = async () => undefined;
+  startServices = async () => undefined;
+  serviceStatus = async () => [];
+}
+
+function engineOn(store: MemoryStore, dataDir: string, extra: Partial<EngineOptions> = {}) {
+  return new BackupEngine({
+    s3: parseS3Settings({ bucket: store.bucket, region: 'us-east-1' }),
+    store,
+    workload: new LocalWorkload(),
+    dataDir,
+    passphrase: PASSPHRASE,
+    ...extra,
+  });
+}
+
+const without = (snap: Map<string, TreeEntry>, name: string) =>
+  new Map([...snap].filter(([key]) => key !== name));
+
+/**
+ * A data dir restored from backup `b` and killed at `at`: returns it with the
+ * tree it had before (previous) and the backed-up tree (restored).
+ */
+async function interruptedRestore(at: Interruption) {
+  const store = new MemoryStore();
+  const dataDir = (await tmpDir('swap-journal')).path;
+  await makeSynapseTree(dataDir, { mediaFiles: 2 });
+  const backedUp = withoutSkipped(await snapshotTree(dataDir));
+  await engineOn(store, dataDir).create({ id: 'b' });
+  await fsp.writeFile(path.join(dataDir, 'homeserver.yaml'), 'server_name: "example.org"\n# new\n');
+  await fsp.writeFile(path.join(dataDir, 'media_store/local_content/new-since-backup'), 'new');
+  const previous = await snapshotTree(dataDir);
+  const workload = new Interrupting(at);
+  // Abandoned: the engine "died"; its promise never settles.
+  void engineOn(store, dataDir, { workload })
+    .restore({ id: 'b' })
+    .catch(() => undefined);
+  await workload.over;
+  expect(await fsp.readdir(dataDir)).toContain(JOURNAL);
+  return { store, dataDir, previous, backedUp };
+}
+
+async function expectResolved(
+  dataDir: string,
+  expected: 'previous' | 'restored',
+  trees: { previous: Map<string, TreeEntry>; backedUp: Map<string, TreeEntry> },
+): Promise<void> {
+  const names = await fsp.readdir(dataDir);
+  expect(names.filter((n) => n.startsWith('.'))).toEqual([]);
+  const now = await snapshotTree(dataDir);
+  if (expected === 'previous') {
+    expect(now).toEqual(trees.previous);
+  } else {
+    expect(without(now, 'homeserver.db')).toEqual(without(trees.backedUp, 'homeserver.db'));
+    expect(inspectSqliteDb(path.join(dataDir, 'homeserver.db'))).toMatchObject({
+      oneTimeKeys: 0,
+      integrity: 'ok',
+    });
+  }
+}
+
+const outcomeOf = (expected: 'previous' | 'restored') =>
+  expected === 'previous' ? 'rolled-back' : 'completed';
+
+describe('a swap killed at each phase is resolved by the next operation', () => {
+  test.each(INTERRUPTIONS.map((at) => [at.label, at] as const))(
+    'killed when %s: the next create resolves it and backs up a whole state',
+    async (_label, at) => {
+      const { store, dataDir, previous, backedUp } = await interruptedRestore(at);
+      // The staging dir the journal names survives a leftover removal.
+      await runCommand(new LocalWorkload(), removeLeftoversCommand(dataDir), 'leftovers');
+      const created = await engineOn(store, dataDir).create({ id: 'after' });
+      expect(created.swapRecovery).toMatchObject({
+        outcome: outcomeOf(at.expect),
+        backupId: 'b',
+      });
+      await expectResolved(dataDir, at.expect, { previous, backedUp });
+    },
+    60_000,
+  );
+
+  test.each([INTERRUPTIONS[1]!, INTERRUPTIONS[4]!].map((at) => [at.label, at] as const))(
+    'killed when %s: the next restore resolves it first, then restores',
+    async (_label, at) => {
+      const { store, dataDir, backedUp } = await interruptedRestore(at);
+      const restored = await engineOn(store, dataDir).restore({ id: 'b' });
+      expect(restored.swapRecovery).toMatchObject({ outcome: outcomeOf(at.expect) });
+      await expectResolved(dataDir, 'restored', { previous: backedUp, backedUp });
+    },
+    60_000,
+  );
+
+  test.each([INTERRUPTIONS[3]!, INTERRUPTIONS[6]!].map((at) => [at.label, at] as const))(
+    "killed when %s: prune's leftover removal resolves it",
+    async (_label, at) => {
+      const { store, dataDir, previous, backedUp } = await interruptedRestore(at);
+      const pruned = await engineOn(store, dataDir).prune({});
+      expect(pruned).toMatchObject({
+        leftoversRemoved: true,
+        swapRecovery: { outcome: outcomeOf(at.expect), backupId: 'b' },
+      });
+      await expectResolved(dataDir, at.expect, { previous, backedUp });
+    },
+    60_000,
+  );
+
+  test('a journal that cannot be read: create refuses the data dir', async () => {
+    const store = new MemoryStore();
+    const dataDir = (await tmpDir('swap-journal-bad')).path;
+    await makeSynapseTree(dataDir, { mediaFiles: 1 });
+    await fsp.writeFile(path.join(dataDir, JOURNAL), 'staging=../etc\nphase=moved\n');
+    await expect(engineOn(store, dataDir).create({ id: 'x' })).rejects.toMatchObject({
+      code: 'unfinished-swap',
+      message: expect.stringContaining('records an interrupted restore but cannot be read'),
+    });
+    expect(store.keys()).toEqual([]);
+  });
+});
