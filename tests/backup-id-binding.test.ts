@@ -4,29 +4,19 @@
  * manifest copied over its keys are refused by verify, restore and decrypt
  * before any byte reaches tar or the output. In-memory store, this host's tar.
  */
+import type { EngineOptions } from '../src/backup/types';
 import { promises as fsp } from 'node:fs';
 import { Writable } from 'node:stream';
-import { BackupEngine } from '../src/backup/engine';
 import { BackupError } from '../src/errors';
-import { parseS3Settings } from '../src/s3/settings';
-import { LocalWorkload } from '../src/workload/local';
 import { encrypt, buildTar } from './support/backups';
 import { MemoryStore } from './support/memory-store';
+import { MEMORY_PASSPHRASE, memoryEngine } from './support/memory-engine';
 import { tmpDir } from './support/peers';
 import { makeSynapseTree, snapshotTree } from './support/synapse-tree';
 
-const PASSPHRASE = 'correct horse battery staple';
-
-function engineOn(store: MemoryStore, dataDir: string) {
-  return new BackupEngine({
-    s3: parseS3Settings({ bucket: store.bucket, region: 'us-east-1' }),
-    store,
-    workload: new LocalWorkload(),
-    dataDir,
-    passphrase: PASSPHRASE,
-    partSize: 5 * 1024 * 1024,
-  });
-}
+const PASSPHRASE = MEMORY_PASSPHRASE;
+const engineOn = (store: MemoryStore, dataDir: string, extra: Partial<EngineOptions> = {}) =>
+  memoryEngine(store, dataDir, { passphrase: PASSPHRASE, ...extra });
 
 const REFUSED = "backup A's object holds backup B (its encrypted header says so): refused";
 

@@ -3,37 +3,20 @@
  * positively know to be removable, on the in-memory store
  * (tests/support/memory-store.ts) and this host's tar.
  */
-import { BackupEngine } from '../src/backup/engine';
+
 import type { EngineOptions } from '../src/backup/types';
 import { BackupError } from '../src/errors';
 import { formatBackupTable } from '../src/format';
-import { parseS3Settings } from '../src/s3/settings';
-import { LocalWorkload } from '../src/workload/local';
 import { MemoryStore } from './support/memory-store';
-import { tmpDir } from './support/peers';
-import { makeSynapseTree } from './support/synapse-tree';
+import { MEMORY_PASSPHRASE, memoryEngine, memorySynapseDir } from './support/memory-engine';
 
-const PASSPHRASE = 'correct horse battery staple';
-const MiB = 1024 * 1024;
+const PASSPHRASE = MEMORY_PASSPHRASE;
+const engineOn = (store: MemoryStore, dataDir: string, extra: Partial<EngineOptions> = {}) =>
+  memoryEngine(store, dataDir, { passphrase: PASSPHRASE, ...extra });
+
 const day = 86_400_000;
 
-function engineOn(store: MemoryStore, dataDir: string, extra: Partial<EngineOptions> = {}) {
-  return new BackupEngine({
-    s3: parseS3Settings({ bucket: store.bucket, region: 'us-east-1' }),
-    store,
-    workload: new LocalWorkload(),
-    dataDir,
-    passphrase: PASSPHRASE,
-    partSize: 5 * MiB,
-    ...extra,
-  });
-}
-
-async function synapseDir(): Promise<string> {
-  const dir = await tmpDir('synapse-catalog');
-  await makeSynapseTree(dir.path, { mediaFiles: 2 });
-  return dir.path;
-}
+const synapseDir = () => memorySynapseDir('synapse-catalog');
 
 const slowDown = () => new BackupError('s3', 'S3 answered 503 SlowDown: reduce your request rate');
 

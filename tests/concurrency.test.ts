@@ -5,36 +5,20 @@
  * a live marker alone, and a stale marker leads prune to an upload that only
  * its exact key lists (MinIO after a restart).
  */
-import { BackupEngine } from '../src/backup/engine';
+
 import type { EngineOptions } from '../src/backup/types';
 import { BackupError } from '../src/errors';
-import { parseS3Settings } from '../src/s3/settings';
-import { LocalWorkload } from '../src/workload/local';
 import { MemoryStore } from './support/memory-store';
-import { tmpDir } from './support/peers';
-import { makeSynapseTree } from './support/synapse-tree';
+import { MEMORY_PASSPHRASE, memoryEngine, memorySynapseDir } from './support/memory-engine';
 
-const PASSPHRASE = 'correct horse battery staple';
+const PASSPHRASE = MEMORY_PASSPHRASE;
+const engineOn = (store: MemoryStore, dataDir: string, extra: Partial<EngineOptions> = {}) =>
+  memoryEngine(store, dataDir, { passphrase: PASSPHRASE, ...extra });
 const MiB = 1024 * 1024;
 const day = 86_400_000;
 
-function engineOn(store: MemoryStore, dataDir: string, extra: Partial<EngineOptions> = {}) {
-  return new BackupEngine({
-    s3: parseS3Settings({ bucket: store.bucket, region: 'us-east-1' }),
-    store,
-    workload: new LocalWorkload(),
-    dataDir,
-    passphrase: PASSPHRASE,
-    partSize: 5 * MiB,
-    ...extra,
-  });
-}
-
-async function synapseDir(options: { bigFileBytes?: number } = {}): Promise<string> {
-  const dir = await tmpDir('synapse-concurrency');
-  await makeSynapseTree(dir.path, { mediaFiles: 2, ...options });
-  return dir.path;
-}
+const synapseDir = (options: { mediaFiles?: number; bigFileBytes?: number } = {}) =>
+  memorySynapseDir('synapse-concurrency', options);
 
 /** The settled outcomes of `runs`, the fulfilled first. */
 async function outcomes<T>(runs: Promise<T>[]) {

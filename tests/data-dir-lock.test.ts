@@ -8,34 +8,16 @@ import { promises as fsp } from 'node:fs';
 import { hostname } from 'node:os';
 import path from 'node:path';
 import type { Readable } from 'node:stream';
-import { BackupEngine } from '../src/backup/engine';
 import type { EngineOptions } from '../src/backup/types';
-import { parseS3Settings } from '../src/s3/settings';
-import { LocalWorkload } from '../src/workload/local';
 import { MemoryStore } from './support/memory-store';
-import { tmpDir } from './support/peers';
-import { makeSynapseTree } from './support/synapse-tree';
+import { MEMORY_PASSPHRASE, memoryEngine, memorySynapseDir } from './support/memory-engine';
 
-const PASSPHRASE = 'correct horse battery staple';
+const PASSPHRASE = MEMORY_PASSPHRASE;
+const engineOn = (store: MemoryStore, dataDir: string, extra: Partial<EngineOptions> = {}) =>
+  memoryEngine(store, dataDir, { passphrase: PASSPHRASE, ...extra });
 const LOCK = '.synapse-backup.lock';
 
-function engineOn(store: MemoryStore, dataDir: string, extra: Partial<EngineOptions> = {}) {
-  return new BackupEngine({
-    s3: parseS3Settings({ bucket: store.bucket, region: 'us-east-1' }),
-    store,
-    workload: new LocalWorkload(),
-    dataDir,
-    passphrase: PASSPHRASE,
-    partSize: 5 * 1024 * 1024,
-    ...extra,
-  });
-}
-
-async function synapseDir(): Promise<string> {
-  const dir = await tmpDir('synapse-lock');
-  await makeSynapseTree(dir.path, { mediaFiles: 2 });
-  return dir.path;
-}
+const synapseDir = () => memorySynapseDir('synapse-lock');
 
 const exists = (p: string) =>
   fsp.stat(p).then(

@@ -6,41 +6,23 @@
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import { Writable } from 'node:stream';
-import { BackupEngine } from '../src/backup/engine';
 import type { EngineOptions } from '../src/backup/types';
 import { BackupError, ConfigError } from '../src/errors';
-import { parseS3Settings } from '../src/s3/settings';
 import { LocalWorkload } from '../src/workload/local';
 import type { ExecOptions, ExecProcess, Workload } from '../src/workload/workload';
 import { MemoryStore } from './support/memory-store';
+import { MEMORY_PASSPHRASE, memoryEngine, memorySynapseDir } from './support/memory-engine';
 import { tmpDir } from './support/peers';
-import { makeSynapseTree, snapshotTree, withoutSkipped } from './support/synapse-tree';
+import { snapshotTree, withoutSkipped } from './support/synapse-tree';
 
-const PASSPHRASE = 'correct horse battery staple';
+const PASSPHRASE = MEMORY_PASSPHRASE;
+const engineOn = (store: MemoryStore, dataDir: string, extra: Partial<EngineOptions> = {}) =>
+  memoryEngine(store, dataDir, { passphrase: PASSPHRASE, ...extra });
 const MiB = 1024 * 1024;
 const day = 86_400_000;
 
-function engineOn(
-  store: MemoryStore,
-  dataDir: string,
-  extra: Partial<EngineOptions> = {},
-): BackupEngine {
-  return new BackupEngine({
-    s3: parseS3Settings({ bucket: store.bucket, region: 'us-east-1' }),
-    store,
-    workload: new LocalWorkload(),
-    dataDir,
-    passphrase: PASSPHRASE,
-    partSize: 5 * MiB,
-    ...extra,
-  });
-}
-
-async function synapseDir(options: { mediaFiles?: number; bigFileBytes?: number } = {}) {
-  const dir = await tmpDir('synapse-logic');
-  await makeSynapseTree(dir.path, { mediaFiles: 2, ...options });
-  return dir.path;
-}
+const synapseDir = (options: { mediaFiles?: number; bigFileBytes?: number } = {}) =>
+  memorySynapseDir('synapse-logic', options);
 
 /** Kills the command after `limit` bytes of its stdout: tar dying mid-stream. */
 class KillAfterBytes implements Workload {

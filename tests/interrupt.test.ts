@@ -7,17 +7,18 @@
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import { Writable } from 'node:stream';
-import { BackupEngine } from '../src/backup/engine';
 import type { EngineOptions } from '../src/backup/types';
 import { InterruptedError } from '../src/errors';
-import { parseS3Settings } from '../src/s3/settings';
 import { LocalWorkload } from '../src/workload/local';
 import type { ExecOptions, ExecProcess, Workload } from '../src/workload/workload';
 import { MemoryStore } from './support/memory-store';
+import { memoryEngine } from './support/memory-engine';
 import { tmpDir } from './support/peers';
 import { makeSynapseTree, snapshotTree, withoutSkipped } from './support/synapse-tree';
 
 const PASSPHRASE = 'interrupt passphrase';
+const engineOn = (store: MemoryStore, dataDir: string, extra: Partial<EngineOptions> = {}) =>
+  memoryEngine(store, dataDir, { passphrase: PASSPHRASE, ...extra });
 const MiB = 1024 * 1024;
 
 /** Aborts `controller` with "SIGTERM" when a command matching `when` starts (or first writes). */
@@ -40,18 +41,6 @@ class AbortingWorkload implements Workload {
   stopServices = async () => undefined;
   startServices = async () => undefined;
   serviceStatus = async () => [];
-}
-
-function engineOn(store: MemoryStore, dataDir: string, extra: Partial<EngineOptions> = {}) {
-  return new BackupEngine({
-    s3: parseS3Settings({ bucket: store.bucket, region: 'us-east-1' }),
-    store,
-    workload: new LocalWorkload(),
-    dataDir,
-    passphrase: PASSPHRASE,
-    partSize: 5 * MiB,
-    ...extra,
-  });
 }
 
 async function interrupted(promise: Promise<unknown>): Promise<InterruptedError> {

@@ -6,17 +6,17 @@
  * wholly the previous or wholly the restored state, say which, and leave no
  * journal, staging or previous dir behind.
  */
+import { spawnSync } from 'node:child_process';
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import { PassThrough } from 'node:stream';
-import { BackupEngine } from '../src/backup/engine';
 import { removeLeftoversCommand } from '../src/backup/scripts';
 import type { EngineOptions } from '../src/backup/types';
-import { parseS3Settings } from '../src/s3/settings';
 import { runCommand } from '../src/workload/command';
 import { LocalWorkload } from '../src/workload/local';
 import type { ExecOptions, ExecProcess, Workload } from '../src/workload/workload';
 import { MemoryStore } from './support/memory-store';
+import { memoryEngine } from './support/memory-engine';
 import { tmpDir } from './support/peers';
 import {
   type TreeEntry,
@@ -27,6 +27,8 @@ import {
 } from './support/synapse-tree';
 
 const PASSPHRASE = 'swap journal passphrase';
+const engineOn = (store: MemoryStore, dataDir: string, extra: Partial<EngineOptions> = {}) =>
+  memoryEngine(store, dataDir, { passphrase: PASSPHRASE, ...extra });
 const JOURNAL = '.synapse-swap.journal';
 
 /** Where the engine dies: a line of the swap script to replace, or a later command. */
@@ -140,17 +142,6 @@ class Interrupting implements Workload {
   serviceStatus = async () => [];
 }
 
-function engineOn(store: MemoryStore, dataDir: string, extra: Partial<EngineOptions> = {}) {
-  return new BackupEngine({
-    s3: parseS3Settings({ bucket: store.bucket, region: 'us-east-1' }),
-    store,
-    workload: new LocalWorkload(),
-    dataDir,
-    passphrase: PASSPHRASE,
-    ...extra,
-  });
-}
-
 const without = (snap: Map<string, TreeEntry>, name: string) =>
   new Map([...snap].filter(([key]) => key !== name));
 
@@ -174,7 +165,20 @@ async function interruptedRestore(at: Interruption) {
     .catch(() => undefined);
   await workload.over;
   expect(await fsp.readdir(dataDir)).toContain(JOURNAL);
+  await orphanLock(dataDir);
   return { store, dataDir, previous, backedUp };
+}
+
+/**
+ * The "dead" engine still holds the data dir's lock in this (live) process: as a killed
+ * process would, its holder line now names a pid that is gone, which the next
+ * operation takes the lock over from (src/backup/lock.ts).
+ */
+async function orphanLock(dataDir: string): Promise<void> {
+  const file = path.join(dataDir, '.synapse-backup.lock', 'holder');
+  const holder = JSON.parse(await fsp.readFile(file, 'utf8')) as { pid: number };
+  holder.pid = spawnSync('true').pid!;
+  await fsp.writeFile(file, `${JSON.stringify(holder)}\n`);
 }
 
 async function expectResolved(
