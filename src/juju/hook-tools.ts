@@ -240,6 +240,26 @@ export class HookTools {
     await this.run('application-version-set', ['--', version]);
   }
 
+  /** open-port `8008/tcp` (Juju: `<port>[/<protocol>]`, a range `<from>-<to>/<protocol>`, or `icmp`). */
+  async openPort(port: string): Promise<void> {
+    await this.run('open-port', [port]);
+  }
+
+  // --- unit state (Juju >= 2.8: state-get, state-set; kept by the controller) ---
+
+  /** The unit's server-side state: string keys and values. */
+  async stateGet(): Promise<Record<string, string>> {
+    return (
+      (await this.runJson<Record<string, string> | null>('state-get', ['--format=json'])) ?? {}
+    );
+  }
+
+  /** Sets keys in the unit's state; '' deletes a key. Values go in argv: never put secrets here. */
+  async stateSet(data: Record<string, string>): Promise<void> {
+    const pairs = Object.entries(data).map(([k, v]) => `${k}=${v}`);
+    if (pairs.length) await this.run('state-set', pairs);
+  }
+
   // --- relations ---
 
   /** Relation ids on an endpoint, e.g. ['backup:3']. */

@@ -23,7 +23,9 @@
  *     relations: [ { id, endpoint, remoteApp, remoteUnits: [], data: { member: {k: v} } } ],
  *     action: { params: {}, results: {}, failed: bool, message: string, logs: [] },
  *     status: { unit: {status, message}, app: {status, message} },
- *     version: string }
+ *     version: string,
+ *     openPorts: ["8008/tcp"],                         // open-port
+ *     unitState: { key: value } }                      // state-get, state-set
  */
 import fs from 'node:fs';
 import path from 'node:path';
@@ -258,6 +260,48 @@ const tools = {
     if (positional.length !== 1) fail('application-version-set takes exactly one version', 2);
     const state = loadState();
     state.version = positional[0];
+    saveState(state);
+  },
+
+  'open-port'(args) {
+    const { positional } = parseFlags(args, { value: ['endpoints', 'format'] });
+    if (positional.length !== 1) fail('open-port takes one port, range or "icmp"', 2);
+    const spec = positional[0];
+    const m = /^(\d+)(?:-(\d+))?(?:\/(tcp|udp))?$/.exec(spec);
+    if (spec !== 'icmp' && (!m || Number(m[1]) < 1 || Number(m[2] ?? m[1]) > 65535)) {
+      fail(`invalid port or range "${spec}"`, 2);
+    }
+    const state = loadState();
+    state.openPorts ??= [];
+    const normal = spec === 'icmp' || spec.includes('/') ? spec : `${spec}/tcp`;
+    if (!state.openPorts.includes(normal)) state.openPorts.push(normal);
+    saveState(state);
+  },
+
+  'state-get'(args) {
+    const { flags, positional } = parseFlags(args, { bool: ['strict'], value: ['format', 'o'] });
+    if (positional.length > 1) fail(`unrecognized args: ${JSON.stringify(positional.slice(1))}`, 2);
+    const unitState = loadState().unitState ?? {};
+    if (positional.length === 0) return out(unitState);
+    const key = positional[0];
+    if (!(key in unitState)) {
+      if (flags.strict) fail(`key "${key}" not found`);
+      return out(null);
+    }
+    out(unitState[key]);
+  },
+
+  'state-set'(args) {
+    const { positional } = parseFlags(args, { value: ['file'] });
+    const state = loadState();
+    state.unitState ??= {};
+    for (const pair of positional) {
+      const eq = pair.indexOf('=');
+      if (eq <= 0) fail(`expected "key=value", got "${pair}"`, 2);
+      const [key, value] = [pair.slice(0, eq), pair.slice(eq + 1)];
+      if (value === '') delete state.unitState[key];
+      else state.unitState[key] = value;
+    }
     saveState(state);
   },
 
