@@ -7,7 +7,18 @@ import { parse as parseYaml, stringify } from 'yaml';
 import { errorMessage } from '../errors';
 import { execCollect, fileExists } from '../workload/command';
 import type { Workload } from '../workload/workload';
+import { waitForHealth } from './health';
 import { SERVICE_NAME, type Overrides } from './overrides';
+
+/**
+ * The Pebble check on Synapse's /health. Level `alive` and the service's
+ * `on-check-failure: {synapse-health: restart}` make Pebble restart Synapse
+ * after `threshold` failures in a row; Juju (>= 3.6) then runs the
+ * `synapse-pebble-check-failed` hook, and `-check-recovered` once it passes.
+ * Source: Pebble's layer specification (canonical/pebble docs, "Layer
+ * specification": checks, level, on-check-failure) and Juju's hook list.
+ */
+export const HEALTH_CHECK = 'synapse-health';
 
 /** What the charm needs from the container (PebbleWorkload provides it). */
 export interface SynapseContainer extends Workload {
@@ -51,13 +62,17 @@ export function synapseLayer(overrides: Overrides, serverName: string): string {
           command: overrides.serviceCommand,
           startup: 'enabled',
           environment: synapseEnvironment(overrides, serverName),
+          'on-check-failure': { [HEALTH_CHECK]: 'restart' },
         },
       },
       checks: {
-        'synapse-ready': {
+        [HEALTH_CHECK]: {
           override: 'replace',
-          level: 'ready',
-          http: { url: 'http://localhost:8008/health' },
+          level: 'alive',
+          period: '10s',
+          timeout: '3s',
+          threshold: 3,
+          http: { url: `${overrides.synapseUrl}/health` },
         },
       },
     },
@@ -75,6 +90,8 @@ export interface ReconcileHooks {
   /** Reports progress (maintenance status) while generating the config. */
   progress(message: string): Promise<void>;
   log(message: string): Promise<void>;
+  /** Milliseconds to wait for /health after the replan (0: probe once). */
+  healthWaitMs: number;
 }
 
 /** Brings the container to the wanted state and says how it is. */
@@ -140,11 +157,18 @@ export async function reconcileSynapse(
       detail: errorMessage(err),
     };
   }
-  return observeSynapse(workload);
+  return observeSynapse(workload, overrides.synapseUrl, hooks.healthWaitMs);
 }
 
-/** The current state without changing anything. */
-export async function observeSynapse(workload: Workload): Promise<WorkloadState> {
+/**
+ * The current state without changing anything: 'up' only when the service
+ * runs and `<synapseUrl>/health` answers (waiting up to `healthWaitMs`).
+ */
+export async function observeSynapse(
+  workload: Workload,
+  synapseUrl: string,
+  healthWaitMs = 0,
+): Promise<WorkloadState> {
   let current: string;
   try {
     current = await serviceState(workload);
@@ -155,7 +179,14 @@ export async function observeSynapse(workload: Workload): Promise<WorkloadState>
       detail: errorMessage(err),
     };
   }
-  if (current === 'active') return { kind: 'up', message: '' };
+  if (current === 'active') {
+    const health = await waitForHealth(synapseUrl, healthWaitMs);
+    if (health.ok) return { kind: 'up', message: '' };
+    return {
+      kind: 'starting',
+      message: `Synapse runs but does not answer yet (${health.reason})`,
+    };
+  }
   if (current === '') return { kind: 'starting', message: 'Synapse is not configured yet' };
   return { kind: 'starting', message: `Synapse is not running yet (service ${current})` };
 }
