@@ -80,6 +80,13 @@ describeWithPeers(['minio', 'pebble', 'synapse'])('the charm on a real Synapse',
     expect(changed.exitCode).toBe(0);
     const ready = await h.hook('synapse-pebble-ready');
     expect(ready.exitCode).toBe(0);
+    // The hook waits for /health: active means Synapse answers, and its version is known.
+    expect(ready.status).toEqual({
+      status: 'active',
+      message: `backups: s3://${minio.bucket}/${PREFIX} at ${minio.endpoint} (from config)`,
+    });
+    expect(h.state.version).toMatch(/^1\.163\.\d+$/);
+    expect(h.state.openPorts).toEqual(['8008/tcp']);
     console.log(
       `hooks: config-changed ${changed.durationMs} ms, pebble-ready ${ready.durationMs} ms`,
     );
@@ -133,6 +140,11 @@ describeWithPeers(['minio', 'pebble', 'synapse'])('the charm on a real Synapse',
     await writer;
     expect(r.failMessage).toBeUndefined();
     expect(r.failed).toBe(false);
+    // Synapse kept serving: the unit said a backup ran, then was active again.
+    expect(r.statuses).toEqual([
+      { status: 'maintenance', message: 'creating backup ...' },
+      { status: 'active', message: expect.stringMatching(/^backups: s3:\/\//) },
+    ]);
     expect(written).toBeGreaterThan(0);
     backupId = String(r.results['backup-id']);
 
@@ -182,6 +194,11 @@ print(json.dumps({"ok": ok, "messages": messages, "media": len(media), "missing"
     const late = await unit.client.upload(alice, makePng(30, 30, 999), 'image/png', 'late.png');
     const r = await h.action('restore-backup', { 'backup-id': backupId });
     expect(r.failMessage).toBeUndefined();
+    // Synapse stopped only for the swap; the action ends once it answers /health again.
+    expect(r.statuses).toEqual([
+      { status: 'maintenance', message: `restoring backup ${backupId}: Synapse stopped` },
+      { status: 'active', message: expect.stringMatching(/^backups: s3:\/\//) },
+    ]);
     await unit.waitHealthy();
     const again = await unit.client.login('alice', 'alice-password-1');
     const bodies = await unit.client.messages(again, roomId);
