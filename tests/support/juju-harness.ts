@@ -43,6 +43,7 @@ export const HOOK_TOOLS = [
   'relation-get',
   'relation-set',
   'secret-get',
+  'secret-add',
 ];
 
 export interface ToolCall {
@@ -72,6 +73,9 @@ export interface FakeRelation {
 export interface FakeSecret {
   content: Record<string, string>;
   granted: boolean;
+  /** Secrets the charm created (secret-add). */
+  label?: string;
+  owner?: string;
 }
 
 export interface FakeJujuState {

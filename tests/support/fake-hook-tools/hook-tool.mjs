@@ -278,6 +278,37 @@ const tools = {
     saveState(state);
   },
 
+  async 'secret-add'(args) {
+    const { flags, positional } = parseFlags(args, {
+      value: ['owner', 'label', 'description', 'expire', 'rotate', 'file'],
+    });
+    const owner = flags.owner ?? 'application';
+    if (!['application', 'unit'].includes(owner)) fail(`invalid owner "${owner}"`, 2);
+    const state = loadState();
+    if (owner === 'application' && !state.leader) fail('this unit is not the leader');
+    const content = {};
+    if (flags.file !== undefined) {
+      const parsed = (await import('yaml')).parse(fs.readFileSync(flags.file, 'utf8'));
+      Object.assign(content, parsed);
+    }
+    for (const pair of positional) {
+      const eq = pair.indexOf('=');
+      if (eq <= 0) fail(`expected "key=value", got "${pair}"`, 2);
+      content[pair.slice(0, eq)] = pair.slice(eq + 1);
+    }
+    if (Object.keys(content).length === 0) fail('missing secret value or filename', 2);
+    for (const key of Object.keys(content)) {
+      if (!/^[a-z](?:-?[a-z0-9]){2,}$/.test(key)) fail(`invalid key "${key}"`, 2);
+    }
+    if (flags.label && Object.values(state.secrets).some((s) => s.label === flags.label)) {
+      fail(`secret with label "${flags.label}" already exists`);
+    }
+    const uri = `secret:${Math.random().toString(36).slice(2).padEnd(20, '0').slice(0, 20)}`;
+    state.secrets[uri] = { content, granted: true, label: flags.label, owner };
+    saveState(state);
+    process.stdout.write(`${uri}\n`);
+  },
+
   'state-get'(args) {
     const { flags, positional } = parseFlags(args, { bool: ['strict'], value: ['format', 'o'] });
     if (positional.length > 1) fail(`unrecognized args: ${JSON.stringify(positional.slice(1))}`, 2);
@@ -396,6 +427,11 @@ const tools = {
     if (flags.refresh && flags.peek) fail('specify one of --peek or --refresh but not both', 2);
     if (positional.length !== 1 && !flags.label) fail('require either a secret URI or label', 2);
     const state = loadState();
+    if (positional.length === 0) {
+      const owned = Object.values(state.secrets).find((s) => s.label === flags.label);
+      if (!owned) fail(`secret with label "${flags.label}" not found`);
+      return out(owned.content ?? {});
+    }
     const uri = positional[0];
     const id = uri.replace(/^secret:(\/\/[^/]+\/)?/, '');
     const entry = Object.entries(state.secrets).find(
