@@ -29,6 +29,7 @@ import { listBackups } from './actions/list-backups';
 import { pruneBackups } from './actions/prune-backups';
 import { restoreBackup } from './actions/restore-backup';
 import { verifyBackup } from './actions/verify-backup';
+import { promoteUserAdmin, registerUser } from './actions/users';
 import {
   BACKUP_ENDPOINT,
   findBackupRelation,
@@ -38,6 +39,7 @@ import {
 } from './backup-setup';
 import { WORKLOAD_EXEC_MODES, parseCharmConfig, type CharmConfig } from './config';
 import { backupHealth, isS3Failure, recordCheck } from './backup-status';
+import { ensureRegistrationSecret } from './registration';
 import type { S3Settings } from '../s3/settings';
 import { synapseVersion } from './health';
 import { CONTAINER_NAME, SERVICE_NAME, SYNAPSE_PORT, type Overrides } from './overrides';
@@ -57,6 +59,8 @@ export const ACTIONS: Record<string, ActionHandler> = {
   'delete-backup': deleteBackup,
   'verify-backup': verifyBackup,
   'prune-backups': pruneBackups,
+  'register-user': registerUser,
+  'promote-user-admin': promoteUserAdmin,
 };
 
 /** Hooks after which the container may be going away: nothing to reconcile. */
@@ -148,6 +152,8 @@ export class SynapseCharm {
         progress: (message) => this.tools.statusSet('maintenance', message),
         log: (message) => this.tools.jujuLog('INFO', message),
         healthWaitMs: quick ? 0 : this.overrides.healthWaitMs,
+        prepare: () =>
+          ensureRegistrationSecret(this.tools, this.workload, this.overrides.configPath),
       });
       if ('detail' in workload && workload.detail) {
         await this.tools.jujuLog('WARNING', `${workload.message}: ${workload.detail}`);
@@ -219,6 +225,7 @@ export class SynapseCharm {
     const engines: BackupEngine[] = [];
     let s3: S3Settings | undefined;
     let statusTouched = false;
+    const reveal: string[] = [];
     try {
       if (!handler) throw new ActionFailure(`unknown action "${name}"`);
       if (!(await this.tools.isLeader())) {
@@ -245,11 +252,15 @@ export class SynapseCharm {
         },
         log: (message) => this.tools.actionLog(message),
         unitStatus,
+        revealInResults: (value) => {
+          this.tools.addSecret(value);
+          reveal.push(value);
+        },
       };
       if (name === 'create-backup') await unitStatus('creating backup ...');
       const results: ActionResults = await handler(context);
       if (s3) await recordCheck(this.tools, s3, { ok: true });
-      await this.tools.actionSet(results);
+      await this.tools.actionSet(results, reveal);
       return 0;
     } catch (err) {
       const message = this.tools.redact(actionFailureMessage(name, err));

@@ -92,6 +92,8 @@ export interface ReconcileHooks {
   log(message: string): Promise<void>;
   /** Milliseconds to wait for /health after the replan (0: probe once). */
   healthWaitMs: number;
+  /** Runs once homeserver.yaml exists, before the replan; true when Synapse must restart to read it. */
+  prepare?(): Promise<boolean>;
 }
 
 /** Brings the container to the wanted state and says how it is. */
@@ -148,8 +150,14 @@ export async function reconcileSynapse(
         }
       }
     }
+    const restart = (await hooks.prepare?.()) ?? false;
     await workload.addLayer(SERVICE_NAME, synapseLayer(overrides, serverName), true);
     await workload.replan();
+    if (restart && (await serviceState(workload)) === 'active') {
+      await hooks.log(`restarting Synapse: ${overrides.configPath} changed`);
+      await workload.stopServices([SERVICE_NAME]);
+      await workload.startServices([SERVICE_NAME]);
+    }
   } catch (err) {
     return {
       kind: 'starting',

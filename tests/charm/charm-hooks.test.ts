@@ -186,7 +186,9 @@ describeWithPeers(['minio', 'pebble'])('charm hooks', () => {
       status: 'active',
       message: `backups: s3://${minio.bucket} at ${minio.endpoint} (from config)`,
     });
+    // The registration secret the charm owns (by label), then the two user secrets.
     expect(r.calls.filter((c) => c.tool === 'secret-get').map((c) => c.argv)).toEqual([
+      ['--format=json', '--label', 'synapse-registration'],
       ['--format=json', expect.stringMatching(/^secret:/), '--refresh'],
       ['--format=json', expect.stringMatching(/^secret:/), '--refresh'],
     ]);

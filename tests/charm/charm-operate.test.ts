@@ -10,6 +10,7 @@ import * as fs from 'node:fs';
 import * as http from 'node:http';
 import * as path from 'node:path';
 import type { AddressInfo } from 'node:net';
+import { parse as parseYaml } from 'yaml';
 import { JujuHarness, type DispatchResult } from '../support/juju-harness';
 import { describeWithPeers, freePort, startPebble, type PebblePeer } from '../support/peers';
 
@@ -55,6 +56,32 @@ describeWithPeers(['pebble'])('operating Synapse', () => {
     expect(plan).toMatch(/on-check-failure:\s+synapse-health: restart/);
     expect(plan).toMatch(/synapse-health:\s+override: replace\s+level: alive/);
     expect(plan).toMatch(/http:\s+url: http:\/\/127\.0\.0\.1:\d+\/health/);
+
+    // The registration shared secret: a Juju app secret the leader creates (content
+    // through a file, not argv), merged into homeserver.yaml with every other key kept.
+    const owned = Object.values(h.state.secrets).filter((x) => x.label === 'synapse-registration');
+    expect(owned).toHaveLength(1);
+    expect(owned[0].owner).toBe('application');
+    const shared = owned[0].content['registration-shared-secret'];
+    expect(shared).toMatch(/^[A-Za-z0-9_-]{43}$/);
+    const config = parseYaml(fs.readFileSync(path.join(h.dataDir, 'homeserver.yaml'), 'utf8'));
+    expect(config).toMatchObject({
+      server_name: 'example.com',
+      report_stats: false,
+      registration_shared_secret: shared,
+    });
+    const add = r.calls.find((c) => c.tool === 'secret-add')!;
+    expect(add.argv).toEqual([
+      '--owner',
+      'application',
+      '--label',
+      'synapse-registration',
+      '--file',
+      expect.stringMatching(/content\.json$/),
+    ]);
+    const again = await hook(h, 'config-changed');
+    expect(again.calls.filter((c) => c.tool === 'secret-add')).toEqual([]);
+    expect(JSON.stringify([...r.calls, ...again.calls])).not.toContain(shared);
   });
 
   it('waits while /health fails, reports a failed Pebble check, and is active after it recovers', async () => {

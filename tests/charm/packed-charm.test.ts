@@ -149,7 +149,9 @@ describeWithPeers(['minio', 'pebble'])('the packed charm', () => {
       'create-backup',
       'delete-backup',
       'list-backups',
+      'promote-user-admin',
       'prune-backups',
+      'register-user',
       'restore-backup',
       'verify-backup',
     ]);

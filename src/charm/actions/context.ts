@@ -52,6 +52,8 @@ export interface ActionContext {
   log(message: string): Promise<void>;
   /** Sets the unit's status (maintenance) while the action runs; the charm restores it after. */
   unitStatus(message: string): Promise<void>;
+  /** Registers a generated secret that only the action results may carry (redacted elsewhere). */
+  revealInResults(value: string): void;
 }
 
 export type ActionHandler = (a: ActionContext) => Promise<ActionResults>;
