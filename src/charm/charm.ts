@@ -42,12 +42,13 @@ import { backupHealth, isS3Failure, recordCheck } from './backup-status';
 import { ensureRegistrationSecret } from './registration';
 import type { S3Settings } from '../s3/settings';
 import { synapseVersion } from './health';
-import { CONTAINER_NAME, SERVICE_NAME, SYNAPSE_PORT, type Overrides } from './overrides';
+import { CONTAINER_NAME, SYNAPSE_PORT, type Overrides } from './overrides';
 import { composeStatus, failedCheck, serverNameUnset, singleUnitMessage } from './status';
 import {
   observeSynapse,
   reconcileSynapse,
-  serviceState,
+  serverNameConflict,
+  stopSynapse,
   type SynapseContainer,
   type WorkloadState,
 } from './synapse';
@@ -138,7 +139,9 @@ export class SynapseCharm {
     const leader = await this.tools.isLeader();
     if (BUCKET_REQUEST_HOOKS.has(name) && leader) await this.requestBucket(config);
     if (!leader) {
-      await this.standDown();
+      if (await stopSynapse(this.workload)) {
+        await this.tools.jujuLog('WARNING', 'stopped Synapse: this unit is not the leader');
+      }
       await this.tools.statusSet('blocked', singleUnitMessage(this.ctx.appName));
       return;
     }
@@ -173,9 +176,13 @@ export class SynapseCharm {
     try {
       if (!(await this.tools.isLeader())) return;
       const config = await this.loadConfig();
-      const workload: WorkloadState = config.serverName
-        ? await observeSynapse(this.workload, this.overrides.synapseUrl, healthWaitMs)
-        : { kind: 'blocked', message: serverNameUnset(this.ctx.appName) };
+      let workload: WorkloadState = { kind: 'blocked', message: serverNameUnset(this.ctx.appName) };
+      if (config.serverName) {
+        const conflict = await serverNameConflict(this.workload, this.overrides, config.serverName);
+        workload = conflict
+          ? { kind: 'blocked', message: conflict }
+          : await observeSynapse(this.workload, this.overrides.synapseUrl, healthWaitMs);
+      }
       const backup = await backupHealth(this.ctx, this.tools, config, false);
       const status = composeStatus(workload, backup);
       await this.tools.statusSet(status.status, status.message);
@@ -193,18 +200,6 @@ export class SynapseCharm {
   private async setWorkloadVersion(): Promise<void> {
     const version = await synapseVersion(this.overrides.synapseUrl);
     if (version) await this.tools.applicationVersionSet(version);
-  }
-
-  /** A non-leader unit does not run Synapse: stop it if this unit ran it as a leader. */
-  private async standDown(): Promise<void> {
-    try {
-      if ((await serviceState(this.workload)) === 'active') {
-        await this.workload.stopServices([SERVICE_NAME]);
-        await this.tools.jujuLog('WARNING', 'stopped Synapse: this unit is not the leader');
-      }
-    } catch {
-      // Pebble not there: nothing runs.
-    }
   }
 
   /** The leader asks the provider for a bucket in our application databag. */

@@ -134,21 +134,8 @@ export async function reconcileSynapse(
       }
       await hooks.log(`generated ${overrides.configPath} for ${serverName}`);
     } else {
-      const current = await execCollect(workload, { command: ['cat', overrides.configPath] });
-      if (current.exitCode === 0) {
-        let existing: unknown;
-        try {
-          existing = (parseYaml(current.stdout) as { server_name?: unknown } | null)?.server_name;
-        } catch {
-          existing = undefined;
-        }
-        if (typeof existing === 'string' && existing !== serverName) {
-          return {
-            kind: 'blocked',
-            message: `server-name "${serverName}" differs from server_name "${existing}" in ${overrides.configPath}: Synapse cannot change its name; set server-name to "${existing}"`,
-          };
-        }
-      }
+      const conflict = await serverNameConflict(workload, overrides, serverName);
+      if (conflict) return { kind: 'blocked', message: conflict };
     }
     const restart = (await hooks.prepare?.()) ?? false;
     await workload.addLayer(SERVICE_NAME, synapseLayer(overrides, serverName), true);
@@ -166,6 +153,28 @@ export async function reconcileSynapse(
     };
   }
   return observeSynapse(workload, overrides.synapseUrl, hooks.healthWaitMs);
+}
+
+/**
+ * The operator's fix when homeserver.yaml names another server than
+ * `serverName` (Synapse cannot be renamed); undefined when they agree or the
+ * file cannot be read.
+ */
+export async function serverNameConflict(
+  workload: Workload,
+  overrides: Overrides,
+  serverName: string,
+): Promise<string | undefined> {
+  const current = await execCollect(workload, { command: ['cat', overrides.configPath] });
+  if (current.exitCode !== 0) return undefined;
+  let existing: unknown;
+  try {
+    existing = (parseYaml(current.stdout) as { server_name?: unknown } | null)?.server_name;
+  } catch {
+    existing = undefined;
+  }
+  if (typeof existing !== 'string' || existing === serverName) return undefined;
+  return `server-name "${serverName}" differs from server_name "${existing}" in ${overrides.configPath}: Synapse cannot change its name; set server-name to "${existing}"`;
 }
 
 /**
@@ -197,4 +206,19 @@ export async function observeSynapse(
   }
   if (current === '') return { kind: 'starting', message: 'Synapse is not configured yet' };
   return { kind: 'starting', message: `Synapse is not running yet (service ${current})` };
+}
+
+/**
+ * Stops Synapse when it runs (a unit that lost leadership must not run a
+ * second homeserver). Returns true when it stopped it; false when nothing ran
+ * or Pebble is not reachable.
+ */
+export async function stopSynapse(workload: Workload): Promise<boolean> {
+  try {
+    if ((await serviceState(workload)) !== 'active') return false;
+    await workload.stopServices([SERVICE_NAME]);
+    return true;
+  } catch {
+    return false;
+  }
 }

@@ -282,6 +282,11 @@ describeWithPeers(['minio', 'pebble'])('charm actions', () => {
     });
     expect(forced.failed).toBe(false);
     expect(forced.results['previous-path']).toMatch(new RegExp(`^${h.dataDir}/\\.`));
+    // The action's own status refresh already says what to do about the server name.
+    expect(forced.statuses.at(-1)).toEqual({
+      status: 'blocked',
+      message: `server-name "example.org" differs from server_name "other.org" in ${h.dataDir}/homeserver.yaml: Synapse cannot change its name; set server-name to "other.org"`,
+    });
     // The charm now says what to do about the server name.
     const status = await h.hook('update-status');
     outputs.push(status);
