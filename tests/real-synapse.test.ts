@@ -10,7 +10,12 @@ import { minioEngine } from './support/engines';
 import type { JujuHarness } from './support/juju-harness';
 import { type Session, MatrixError, makePng } from './support/matrix-client';
 import { describeWithPeers, peerPath, startMinio, tmpDir, type MinioPeer } from './support/peers';
-import { type RealSynapseUnit, SYNAPSE_UID, startRealSynapseUnit } from './support/real-synapse';
+import {
+  type RealSynapseUnit,
+  SYNAPSE_UID,
+  SYNAPSE_URL,
+  startRealSynapseUnit,
+} from './support/real-synapse';
 import { type KubeRig, startKubeRig } from './support/kube';
 import { KubernetesWorkload } from '../src/workload/kubernetes';
 
@@ -80,6 +85,13 @@ describeWithPeers(['minio', 'pebble', 'synapse'])('the charm on a real Synapse',
     expect(changed.exitCode).toBe(0);
     const ready = await h.hook('synapse-pebble-ready');
     expect(ready.exitCode).toBe(0);
+    // The hook waits for /health: active means Synapse answers, and its version is known.
+    expect(ready.status).toEqual({
+      status: 'active',
+      message: `backups: s3://${minio.bucket}/${PREFIX} at ${minio.endpoint} (from config)`,
+    });
+    expect(h.state.version).toMatch(/^1\.163\.\d+$/);
+    expect(h.state.openPorts).toEqual(['8008/tcp']);
     console.log(
       `hooks: config-changed ${changed.durationMs} ms, pebble-ready ${ready.durationMs} ms`,
     );
@@ -94,6 +106,45 @@ describeWithPeers(['minio', 'pebble', 'synapse'])('the charm on a real Synapse',
     expect(unit.synapseUid()).toBe(SYNAPSE_UID);
     const status = await h.hook('update-status');
     expect(status.status).toEqual({ status: 'active', message: expect.any(String) });
+  });
+
+  it('real Synapse: register-user returns a password that logs in, promote-user-admin makes the user an admin', async () => {
+    // The charm keeps the registration secret in its Juju secret, and homeserver.yaml has it.
+    const owned = Object.values(h.state.secrets).find((s) => s.label === 'synapse-registration');
+    expect(owned?.content['registration-shared-secret']).toBe(unit.sharedSecret());
+    const r = await h.action('register-user', { username: 'bob' });
+    expect(r.failMessage).toBeUndefined();
+    expect(r.results).toEqual({
+      'user-id': `@bob:${SERVER}`,
+      admin: 'false',
+      password: expect.stringMatching(/^[A-Za-z0-9_-]{32}$/),
+    });
+    const password = r.results.password as string;
+    const bob = await unit.client.login('bob', password);
+    const isAdmin = async () =>
+      (
+        await fetch(
+          `${SYNAPSE_URL}/_synapse/admin/v1/users/${encodeURIComponent(bob.userId)}/admin`,
+          {
+            headers: { authorization: `Bearer ${bob.accessToken}` },
+          },
+        )
+      ).status;
+    expect(await isAdmin()).toBe(403);
+    const again = await h.action('register-user', { username: 'bob' });
+    expect(again.failMessage).toBe('cannot register "bob": the user already exists');
+    const p = await h.action('promote-user-admin', { username: 'bob' });
+    expect(p.failMessage).toBeUndefined();
+    expect(p.results).toEqual({ 'user-id': `@bob:${SERVER}`, admin: 'true' });
+    expect(await isAdmin()).toBe(200);
+    const missing = await h.action('promote-user-admin', { username: 'nobody' });
+    expect(missing.failMessage).toBe(
+      `@nobody:${SERVER} does not exist: juju run synapse/0 register-user username=nobody`,
+    );
+    // The password is in action-set's argv and nowhere else.
+    const elsewhere = h.calls.filter((c) => c.tool !== 'action-set');
+    expect(JSON.stringify(elsewhere)).not.toContain(password);
+    expect(JSON.stringify(h.calls)).not.toContain(unit.sharedSecret());
   });
 
   it('real Synapse: users, rooms, messages, media and one-time keys through its API', async () => {
@@ -133,6 +184,11 @@ describeWithPeers(['minio', 'pebble', 'synapse'])('the charm on a real Synapse',
     await writer;
     expect(r.failMessage).toBeUndefined();
     expect(r.failed).toBe(false);
+    // Synapse kept serving: the unit said a backup ran, then was active again.
+    expect(r.statuses).toEqual([
+      { status: 'maintenance', message: 'creating backup ...' },
+      { status: 'active', message: expect.stringMatching(/^backups: s3:\/\//) },
+    ]);
     expect(written).toBeGreaterThan(0);
     backupId = String(r.results['backup-id']);
 
@@ -182,6 +238,11 @@ print(json.dumps({"ok": ok, "messages": messages, "media": len(media), "missing"
     const late = await unit.client.upload(alice, makePng(30, 30, 999), 'image/png', 'late.png');
     const r = await h.action('restore-backup', { 'backup-id': backupId });
     expect(r.failMessage).toBeUndefined();
+    // Synapse stopped only for the swap; the action ends once it answers /health again.
+    expect(r.statuses).toEqual([
+      { status: 'maintenance', message: `restoring backup ${backupId}: Synapse stopped` },
+      { status: 'active', message: expect.stringMatching(/^backups: s3:\/\//) },
+    ]);
     await unit.waitHealthy();
     const again = await unit.client.login('alice', 'alice-password-1');
     const bodies = await unit.client.messages(again, roomId);

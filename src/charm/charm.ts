@@ -4,16 +4,9 @@
  */
 import { BackupEngine } from '../backup/engine';
 import type { Progress } from '../backup/types';
-import { BackupError, InterruptedError, errorMessage } from '../errors';
-import { describeForCharm } from './remedy';
+import { BackupError, errorMessage } from '../errors';
 import type { JujuContext } from '../juju/context';
-import {
-  ActionResultError,
-  type ActionResults,
-  type HookTools,
-  type StatusName,
-} from '../juju/hook-tools';
-import { checkBucket } from '../s3/client';
+import { type ActionResults, type HookTools } from '../juju/hook-tools';
 import {
   type WorkloadMode,
   WorkloadModeError,
@@ -22,13 +15,21 @@ import {
   quotedList,
 } from '../workload/factory';
 import type { Workload } from '../workload/workload';
-import { ActionFailure, type ActionContext, type ActionHandler } from './actions/context';
+import {
+  ActionFailure,
+  actionFailureMessage,
+  withServiceHooks,
+  type ActionContext,
+  type ActionHandler,
+  type ServiceHooks,
+} from './actions/context';
 import { createBackup } from './actions/create-backup';
 import { deleteBackup } from './actions/delete-backup';
 import { listBackups } from './actions/list-backups';
 import { pruneBackups } from './actions/prune-backups';
 import { restoreBackup } from './actions/restore-backup';
 import { verifyBackup } from './actions/verify-backup';
+import { promoteUserAdmin, registerUser } from './actions/users';
 import {
   BACKUP_ENDPOINT,
   findBackupRelation,
@@ -37,8 +38,21 @@ import {
   resolveBackupSetup,
 } from './backup-setup';
 import { WORKLOAD_EXEC_MODES, parseCharmConfig, type CharmConfig } from './config';
-import { CONTAINER_NAME, type Overrides } from './overrides';
-import { reconcileSynapse, type SynapseContainer, type WorkloadState } from './synapse';
+import { backupHealth, isS3Failure, recordCheck } from './backup-status';
+import { ensureRegistrationSecret } from './registration';
+import type { S3Settings } from '../s3/settings';
+import { synapseVersion } from './health';
+import { listenForInterrupt } from './interrupt';
+import { CONTAINER_NAME, SYNAPSE_PORT, type Overrides } from './overrides';
+import { composeStatus, failedCheck, serverNameUnset, singleUnitMessage } from './status';
+import {
+  observeSynapse,
+  reconcileSynapse,
+  serverNameConflict,
+  stopSynapse,
+  type SynapseContainer,
+  type WorkloadState,
+} from './synapse';
 
 export const ACTIONS: Record<string, ActionHandler> = {
   'create-backup': createBackup,
@@ -47,6 +61,8 @@ export const ACTIONS: Record<string, ActionHandler> = {
   'delete-backup': deleteBackup,
   'verify-backup': verifyBackup,
   'prune-backups': pruneBackups,
+  'register-user': registerUser,
+  'promote-user-admin': promoteUserAdmin,
 };
 
 /** Hooks after which the container may be going away: nothing to reconcile. */
@@ -57,6 +73,9 @@ const TEARDOWN_HOOKS = new Set([
   'data-storage-detaching',
 ]);
 
+/** Hooks that only observe: they probe /health once instead of waiting for it. */
+const QUICK_HOOKS = /^(update-status|.+-pebble-check-(failed|recovered))$/;
+
 /** Hooks on which the leader (re)states the bucket it asks s3-integrator for. */
 const BUCKET_REQUEST_HOOKS = new Set([
   `${BACKUP_ENDPOINT}-relation-joined`,
@@ -65,15 +84,15 @@ const BUCKET_REQUEST_HOOKS = new Set([
   'config-changed',
 ]);
 
+/** Actions during which the unit status says what runs (and that Synapse may be stopped). */
+const STATUS_ACTIONS = new Set(['create-backup', 'restore-backup']);
+
 export interface CharmOptions {
   ctx: JujuContext;
   tools: HookTools;
   overrides: Overrides;
   workload: SynapseContainer;
 }
-
-type BackupHealth =
-  { kind: 'none' } | { kind: 'blocked'; message: string } | { kind: 'ok'; description: string };
 
 export class SynapseCharm {
   private readonly ctx: JujuContext;
@@ -118,49 +137,76 @@ export class SynapseCharm {
   async runHook(name: string): Promise<void> {
     if (TEARDOWN_HOOKS.has(name)) return;
     const config = await this.loadConfig();
-    if (BUCKET_REQUEST_HOOKS.has(name)) await this.requestBucket(config);
-
+    const leader = await this.tools.isLeader();
+    if (BUCKET_REQUEST_HOOKS.has(name) && leader) await this.requestBucket(config);
+    if (!leader) {
+      if (await stopSynapse(this.workload)) {
+        await this.tools.jujuLog('WARNING', 'stopped Synapse: this unit is not the leader');
+      }
+      await this.tools.statusSet('blocked', singleUnitMessage(this.ctx.appName));
+      return;
+    }
+    await this.tools.openPort(`${SYNAPSE_PORT}/tcp`);
+    const quick = QUICK_HOOKS.test(name);
     let workload: WorkloadState;
     if (!config.serverName) {
-      workload = {
-        kind: 'blocked',
-        message: `server-name is not set: juju config ${this.ctx.appName} server-name=<matrix domain> (it cannot be changed later)`,
-      };
+      workload = { kind: 'blocked', message: serverNameUnset(this.ctx.appName) };
     } else {
       workload = await reconcileSynapse(this.workload, this.overrides, config.serverName, {
         progress: (message) => this.tools.statusSet('maintenance', message),
         log: (message) => this.tools.jujuLog('INFO', message),
+        healthWaitMs: quick ? 0 : this.overrides.healthWaitMs,
+        prepare: () =>
+          ensureRegistrationSecret(this.tools, this.workload, this.overrides.configPath),
       });
       if ('detail' in workload && workload.detail) {
         await this.tools.jujuLog('WARNING', `${workload.message}: ${workload.detail}`);
       }
     }
-
-    const backup = await this.backupHealth(config);
-
-    let status: StatusName;
-    let message: string;
-    if (workload.kind === 'blocked') {
-      [status, message] = ['blocked', workload.message];
-    } else if (backup.kind === 'blocked') {
-      [status, message] = ['blocked', backup.message];
-    } else if (workload.kind === 'unreachable' || workload.kind === 'starting') {
-      [status, message] = ['waiting', workload.message];
-    } else {
-      status = 'active';
-      message = backup.kind === 'ok' ? `backups: ${backup.description}` : 'backups not configured';
+    const backup = await backupHealth(this.ctx, this.tools, config, name !== 'update-status');
+    if (workload.kind === 'blocked' && backup.kind === 'problem') {
+      await this.tools.jujuLog('WARNING', `also: backups: ${backup.message}`);
     }
-    if (workload.kind === 'blocked' && backup.kind === 'blocked') {
-      await this.tools.jujuLog('WARNING', `also: ${backup.message}`);
+    const status = composeStatus(workload, backup, failedCheck(name, this.ctx.pebbleCheckName));
+    await this.tools.statusSet(status.status, status.message);
+    if (workload.kind === 'up') await this.setWorkloadVersion();
+  }
+
+  /** The unit status again after an action, without touching Synapse or S3. */
+  private async refreshStatus(healthWaitMs: number): Promise<void> {
+    try {
+      if (!(await this.tools.isLeader())) return;
+      const config = await this.loadConfig();
+      let workload: WorkloadState = { kind: 'blocked', message: serverNameUnset(this.ctx.appName) };
+      if (config.serverName) {
+        const conflict = await serverNameConflict(this.workload, this.overrides, config.serverName);
+        workload = conflict
+          ? { kind: 'blocked', message: conflict }
+          : await observeSynapse(this.workload, this.overrides.synapseUrl, healthWaitMs);
+      }
+      const backup = await backupHealth(this.ctx, this.tools, config, false);
+      const status = composeStatus(workload, backup);
+      await this.tools.statusSet(status.status, status.message);
+    } catch (err) {
+      await this.tools
+        .jujuLog(
+          'WARNING',
+          this.tools.redact(`cannot update the unit status: ${errorMessage(err)}`),
+        )
+        .catch(() => undefined);
     }
-    await this.tools.statusSet(status, message);
+  }
+
+  /** application-version-set from Synapse's federation version API, when it answers. */
+  private async setWorkloadVersion(): Promise<void> {
+    const version = await synapseVersion(this.overrides.synapseUrl);
+    if (version) await this.tools.applicationVersionSet(version);
   }
 
   /** The leader asks the provider for a bucket in our application databag. */
   private async requestBucket(config: CharmConfig): Promise<void> {
     const relation = await findBackupRelation(this.ctx, this.tools);
     if (!relation) return;
-    if (!(await this.tools.isLeader())) return;
     await this.tools.relationSet(
       relation.id,
       { bucket: requestedBucket(config, relation.id) },
@@ -168,39 +214,27 @@ export class SynapseCharm {
     );
   }
 
-  private async backupHealth(config: CharmConfig): Promise<BackupHealth> {
-    const setup = await resolveBackupSetup(this.ctx, this.tools, config);
-    if (setup.state === 'none') return { kind: 'none' };
-    if (setup.state === 'invalid') return { kind: 'blocked', message: setup.message };
-    try {
-      await checkBucket(setup.s3);
-    } catch (err) {
-      const message =
-        err instanceof BackupError
-          ? describeForCharm(err, setup.settingsSource)
-          : `cannot check the S3 bucket "${setup.s3.bucket}": ${errorMessage(err)}`;
-      return { kind: 'blocked', message: this.tools.redact(message) };
-    }
-    return { kind: 'ok', description: setup.description };
-  }
-
   // --- actions ---
 
-  /**
-   * Runs action `name`. SIGTERM and SIGINT (Juju's `juju cancel-task` and
-   * timeouts) interrupt its engine operation (an AbortSignal): it cleans up and
-   * the action fails with `<name> was interrupted (SIGTERM): <what was cleaned up>`.
-   */
+  /** Runs action `name`; SIGTERM or SIGINT interrupts its engine operation (interrupt.ts). */
   async runAction(name: string): Promise<number> {
     const handler = ACTIONS[name];
     const engines: BackupEngine[] = [];
-    const interrupt = new AbortController();
-    const onSignal = (signal: NodeJS.Signals) => interrupt.abort(signal);
-    for (const signal of ['SIGTERM', 'SIGINT'] as const) process.on(signal, onSignal);
+    const interrupt = listenForInterrupt();
+    let s3: S3Settings | undefined;
+    let statusTouched = false;
+    const reveal: string[] = [];
     try {
       if (!handler) throw new ActionFailure(`unknown action "${name}"`);
+      if (!(await this.tools.isLeader())) {
+        throw new ActionFailure(singleUnitMessage(this.ctx.appName));
+      }
       const params = await this.tools.actionGet();
       const config = await this.loadConfig();
+      const unitStatus = async (message: string) => {
+        statusTouched = true;
+        await this.tools.statusSet('maintenance', message);
+      };
       const context: ActionContext = {
         ctx: this.ctx,
         tools: this.tools,
@@ -208,18 +242,27 @@ export class SynapseCharm {
         params,
         config,
         workload: this.workload,
-        engine: async (onProgress) => {
-          const made = await this.makeEngine(config, interrupt.signal, onProgress);
+        engine: async (onProgress, hooks) => {
+          const made = await this.makeEngine(config, interrupt.signal, onProgress, hooks);
           engines.push(made.engine);
+          s3 = made.setup.s3;
           return made;
         },
         log: (message) => this.tools.actionLog(message),
+        unitStatus,
+        revealInResults: (value) => {
+          this.tools.addSecret(value);
+          reveal.push(value);
+        },
       };
+      if (name === 'create-backup') await unitStatus('creating backup ...');
       const results: ActionResults = await handler(context);
-      await this.tools.actionSet(results);
+      if (s3) await recordCheck(this.tools, s3, { ok: true });
+      await this.tools.actionSet(results, reveal);
       return 0;
     } catch (err) {
-      const message = this.tools.redact(this.failureMessage(name, err));
+      const message = this.tools.redact(actionFailureMessage(name, err));
+      if (s3 && isS3Failure(err)) await recordCheck(this.tools, s3, { ok: false, message });
       if (!(err instanceof ActionFailure || err instanceof BackupError)) {
         await this.tools
           .jujuLog(
@@ -233,31 +276,20 @@ export class SynapseCharm {
       await this.tools.actionFail(message);
       return 0;
     } finally {
-      for (const signal of ['SIGTERM', 'SIGINT'] as const) process.off(signal, onSignal);
+      interrupt.release();
       for (const engine of engines) engine.close();
-    }
-  }
-
-  private failureMessage(name: string, err: unknown): string {
-    if (err instanceof ActionFailure) return err.message;
-    if (err instanceof InterruptedError) {
-      return `${name} was interrupted (${err.signalName})${err.cleanedUp ? `: ${err.cleanedUp}` : ''}`;
-    }
-    if (err instanceof BackupError) {
-      if (err.code === 'not-found' && !err.remedy && !/list-backups/.test(err.message)) {
-        return `${err.message}; run list-backups to see the backups that exist`;
+      if (statusTouched || STATUS_ACTIONS.has(name) || s3) {
+        // After a restore Synapse starts again: wait for it to answer before saying active.
+        await this.refreshStatus(name === 'restore-backup' ? this.overrides.healthWaitMs : 0);
       }
-      return describeForCharm(err);
     }
-    if (err instanceof ActionResultError)
-      return `${name} produced results Juju cannot take: ${err.message}`;
-    return `${name} failed unexpectedly: ${errorMessage(err)}; see juju debug-log`;
   }
 
   private async makeEngine(
     config: CharmConfig,
     signal: AbortSignal,
     onProgress?: (p: Progress) => void,
+    hooks?: ServiceHooks,
   ) {
     const setup = await resolveBackupSetup(this.ctx, this.tools, config);
     if (setup.state === 'none') throw new ActionFailure(notConfiguredMessage(this.ctx.appName));
@@ -269,7 +301,7 @@ export class SynapseCharm {
     const engine = new BackupEngine({
       s3: setup.s3,
       passphrase: setup.passphrase,
-      workload: await this.backupWorkload(config),
+      workload: withServiceHooks(await this.backupWorkload(config), hooks),
       dataDir: this.overrides.dataDir,
       onProgress,
       onNotice: (message: string) => void this.tools.actionLog(message).catch(() => undefined),

@@ -13,6 +13,11 @@
  *       The image's step that writes homeserver.yaml (JSON array of argv).
  *   SYNAPSE_CHARM_SERVICE_COMMAND     default /start.py
  *       The Pebble service command that runs Synapse.
+ *   SYNAPSE_CHARM_SYNAPSE_URL         default http://localhost:8008
+ *       Synapse's client/admin listener as the charm container and Pebble see
+ *       it (the pod shares one network namespace; the image listens on 8008).
+ *   SYNAPSE_CHARM_HEALTH_WAIT_MS      default 60000
+ *       How long a hook that (re)starts Synapse waits for /health to answer.
  */
 import { join } from 'node:path';
 
@@ -28,7 +33,14 @@ export interface Overrides {
   configPath: string;
   generateCommand: string[];
   serviceCommand: string;
+  /** Base URL of Synapse's HTTP listener, without a trailing slash. */
+  synapseUrl: string;
+  /** Milliseconds a starting hook waits for /health (0: probe once). */
+  healthWaitMs: number;
 }
+
+/** Synapse's listener port in the image (ghcr.io/element-hq/synapse: SYNAPSE_HTTP_PORT 8008). */
+export const SYNAPSE_PORT = 8008;
 
 type Env = Record<string, string | undefined>;
 
@@ -65,5 +77,12 @@ export function loadOverrides(env: Env = process.env): Overrides {
       'SYNAPSE_CHARM_GENERATE_COMMAND',
     ),
     serviceCommand: env.SYNAPSE_CHARM_SERVICE_COMMAND || '/start.py',
+    synapseUrl: (env.SYNAPSE_CHARM_SYNAPSE_URL || `http://localhost:${SYNAPSE_PORT}`).replace(
+      /\/+$/,
+      '',
+    ),
+    healthWaitMs: /^\d+$/.test(env.SYNAPSE_CHARM_HEALTH_WAIT_MS ?? '')
+      ? Number(env.SYNAPSE_CHARM_HEALTH_WAIT_MS)
+      : 60_000,
   };
 }

@@ -7,7 +7,18 @@ import { parse as parseYaml, stringify } from 'yaml';
 import { errorMessage } from '../errors';
 import { execCollect, fileExists } from '../workload/command';
 import type { Workload } from '../workload/workload';
+import { waitForHealth } from './health';
 import { SERVICE_NAME, type Overrides } from './overrides';
+
+/**
+ * The Pebble check on Synapse's /health. Level `alive` and the service's
+ * `on-check-failure: {synapse-health: restart}` make Pebble restart Synapse
+ * after `threshold` failures in a row; Juju (>= 3.6) then runs the
+ * `synapse-pebble-check-failed` hook, and `-check-recovered` once it passes.
+ * Source: Pebble's layer specification (canonical/pebble docs, "Layer
+ * specification": checks, level, on-check-failure) and Juju's hook list.
+ */
+export const HEALTH_CHECK = 'synapse-health';
 
 /** What the charm needs from the container (PebbleWorkload provides it). */
 export interface SynapseContainer extends Workload {
@@ -51,13 +62,17 @@ export function synapseLayer(overrides: Overrides, serverName: string): string {
           command: overrides.serviceCommand,
           startup: 'enabled',
           environment: synapseEnvironment(overrides, serverName),
+          'on-check-failure': { [HEALTH_CHECK]: 'restart' },
         },
       },
       checks: {
-        'synapse-ready': {
+        [HEALTH_CHECK]: {
           override: 'replace',
-          level: 'ready',
-          http: { url: 'http://localhost:8008/health' },
+          level: 'alive',
+          period: '10s',
+          timeout: '3s',
+          threshold: 3,
+          http: { url: `${overrides.synapseUrl}/health` },
         },
       },
     },
@@ -75,6 +90,10 @@ export interface ReconcileHooks {
   /** Reports progress (maintenance status) while generating the config. */
   progress(message: string): Promise<void>;
   log(message: string): Promise<void>;
+  /** Milliseconds to wait for /health after the replan (0: probe once). */
+  healthWaitMs: number;
+  /** Runs once homeserver.yaml exists, before the replan; true when Synapse must restart to read it. */
+  prepare?(): Promise<boolean>;
 }
 
 /** Brings the container to the wanted state and says how it is. */
@@ -115,24 +134,17 @@ export async function reconcileSynapse(
       }
       await hooks.log(`generated ${overrides.configPath} for ${serverName}`);
     } else {
-      const current = await execCollect(workload, { command: ['cat', overrides.configPath] });
-      if (current.exitCode === 0) {
-        let existing: unknown;
-        try {
-          existing = (parseYaml(current.stdout) as { server_name?: unknown } | null)?.server_name;
-        } catch {
-          existing = undefined;
-        }
-        if (typeof existing === 'string' && existing !== serverName) {
-          return {
-            kind: 'blocked',
-            message: `server-name "${serverName}" differs from server_name "${existing}" in ${overrides.configPath}: Synapse cannot change its name; set server-name to "${existing}"`,
-          };
-        }
-      }
+      const conflict = await serverNameConflict(workload, overrides, serverName);
+      if (conflict) return { kind: 'blocked', message: conflict };
     }
+    const restart = (await hooks.prepare?.()) ?? false;
     await workload.addLayer(SERVICE_NAME, synapseLayer(overrides, serverName), true);
     await workload.replan();
+    if (restart && (await serviceState(workload)) === 'active') {
+      await hooks.log(`restarting Synapse: ${overrides.configPath} changed`);
+      await workload.stopServices([SERVICE_NAME]);
+      await workload.startServices([SERVICE_NAME]);
+    }
   } catch (err) {
     return {
       kind: 'starting',
@@ -140,11 +152,40 @@ export async function reconcileSynapse(
       detail: errorMessage(err),
     };
   }
-  return observeSynapse(workload);
+  return observeSynapse(workload, overrides.synapseUrl, hooks.healthWaitMs);
 }
 
-/** The current state without changing anything. */
-export async function observeSynapse(workload: Workload): Promise<WorkloadState> {
+/**
+ * The operator's fix when homeserver.yaml names another server than
+ * `serverName` (Synapse cannot be renamed); undefined when they agree or the
+ * file cannot be read.
+ */
+export async function serverNameConflict(
+  workload: Workload,
+  overrides: Overrides,
+  serverName: string,
+): Promise<string | undefined> {
+  const current = await execCollect(workload, { command: ['cat', overrides.configPath] });
+  if (current.exitCode !== 0) return undefined;
+  let existing: unknown;
+  try {
+    existing = (parseYaml(current.stdout) as { server_name?: unknown } | null)?.server_name;
+  } catch {
+    existing = undefined;
+  }
+  if (typeof existing !== 'string' || existing === serverName) return undefined;
+  return `server-name "${serverName}" differs from server_name "${existing}" in ${overrides.configPath}: Synapse cannot change its name; set server-name to "${existing}"`;
+}
+
+/**
+ * The current state without changing anything: 'up' only when the service
+ * runs and `<synapseUrl>/health` answers (waiting up to `healthWaitMs`).
+ */
+export async function observeSynapse(
+  workload: Workload,
+  synapseUrl: string,
+  healthWaitMs = 0,
+): Promise<WorkloadState> {
   let current: string;
   try {
     current = await serviceState(workload);
@@ -155,7 +196,29 @@ export async function observeSynapse(workload: Workload): Promise<WorkloadState>
       detail: errorMessage(err),
     };
   }
-  if (current === 'active') return { kind: 'up', message: '' };
+  if (current === 'active') {
+    const health = await waitForHealth(synapseUrl, healthWaitMs);
+    if (health.ok) return { kind: 'up', message: '' };
+    return {
+      kind: 'starting',
+      message: `Synapse runs but does not answer yet (${health.reason})`,
+    };
+  }
   if (current === '') return { kind: 'starting', message: 'Synapse is not configured yet' };
   return { kind: 'starting', message: `Synapse is not running yet (service ${current})` };
+}
+
+/**
+ * Stops Synapse when it runs (a unit that lost leadership must not run a
+ * second homeserver). Returns true when it stopped it; false when nothing ran
+ * or Pebble is not reachable.
+ */
+export async function stopSynapse(workload: Workload): Promise<boolean> {
+  try {
+    if ((await serviceState(workload)) !== 'active') return false;
+    await workload.stopServices([SERVICE_NAME]);
+    return true;
+  } catch {
+    return false;
+  }
 }

@@ -28,6 +28,8 @@ export interface JujuContext {
   readonly remoteUnit?: string;
   /** Pebble events: the container name (`synapse`). */
   readonly workloadName?: string;
+  /** Pebble check events (Juju >= 3.6): the check's name, from JUJU_PEBBLE_CHECK_NAME. */
+  readonly pebbleCheckName?: string;
   /** Secret events. */
   readonly secretId?: string;
   readonly secretLabel?: string;
@@ -92,6 +94,7 @@ export function parseJujuContext(env: Env = process.env): JujuContext {
     remoteApp: nonEmpty(env.JUJU_REMOTE_APP),
     remoteUnit: nonEmpty(env.JUJU_REMOTE_UNIT),
     workloadName: nonEmpty(env.JUJU_WORKLOAD_NAME),
+    pebbleCheckName: nonEmpty(env.JUJU_PEBBLE_CHECK_NAME),
     secretId: nonEmpty(env.JUJU_SECRET_ID),
     secretLabel: nonEmpty(env.JUJU_SECRET_LABEL),
     secretRevision: revision && /^\d+$/.test(revision) ? Number(revision) : undefined,

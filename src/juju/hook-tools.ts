@@ -8,7 +8,26 @@
  * secret-get's output (the secret content) is returned, never logged.
  */
 import { spawn } from 'node:child_process';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { redact } from '../errors';
+import {
+  ACTION_RESULTS_BUDGET,
+  ActionResultError,
+  flattenActionResults,
+  type ActionResults,
+} from './action-results';
+
+export {
+  ACTION_KEY_SEGMENT,
+  ACTION_RESULTS_BUDGET,
+  ActionResultError,
+  RESERVED_ACTION_KEYS,
+  flattenActionResults,
+  isValidActionKeySegment,
+  type ActionResults,
+} from './action-results';
 
 export type StatusName = 'active' | 'blocked' | 'maintenance' | 'waiting';
 export type LogLevel = 'TRACE' | 'DEBUG' | 'INFO' | 'WARNING' | 'ERROR';
@@ -37,62 +56,8 @@ export class HookToolError extends Error {
   }
 }
 
-/** Raised before calling action-set when a result would be rejected by Juju. */
-export class ActionResultError extends Error {
-  constructor(message: string) {
-    super(message);
-    this.name = 'ActionResultError';
-  }
-}
-
-/** One segment of an action-set key: lowercase alphanumerics and hyphens, alphanumeric at both ends. */
-export const ACTION_KEY_SEGMENT = /^[a-z0-9](?:[a-z0-9-]*[a-z0-9])?$/;
-export const RESERVED_ACTION_KEYS: readonly string[] = [
-  'stdout',
-  'stdout-encoding',
-  'stderr',
-  'stderr-encoding',
-];
-/** Action results travel in argv; stay well under the kernel's per-argument and total limits. */
-export const ACTION_RESULTS_BUDGET = 100 * 1024;
 /** ops splits juju-log messages longer than this. */
 export const MAX_LOG_LINE = 131071;
-
-export function isValidActionKeySegment(segment: string): boolean {
-  return ACTION_KEY_SEGMENT.test(segment);
-}
-
-export type ActionResults = { [key: string]: string | number | boolean | ActionResults };
-
-/**
- * Flattens nested results into `a.b=value` pairs, validating every key the
- * way Juju does, so a bad key fails here with a clear message rather than in
- * the middle of an action-set call.
- */
-export function flattenActionResults(results: ActionResults): Map<string, string> {
-  const out = new Map<string, string>();
-  const walk = (obj: ActionResults, prefix: string): void => {
-    for (const [key, value] of Object.entries(obj)) {
-      if (!isValidActionKeySegment(key)) {
-        throw new ActionResultError(
-          `invalid action result key "${prefix}${key}": keys are lowercase letters, digits and hyphens, starting and ending with a letter or digit`,
-        );
-      }
-      const full = prefix + key;
-      if (!prefix && RESERVED_ACTION_KEYS.includes(key)) {
-        throw new ActionResultError(`action result key "${key}" is reserved by Juju`);
-      }
-      if (value !== null && typeof value === 'object') {
-        walk(value, `${full}.`);
-      } else {
-        if (out.has(full)) throw new ActionResultError(`duplicate action result key "${full}"`);
-        out.set(full, String(value));
-      }
-    }
-  };
-  walk(results, '');
-  return out;
-}
 
 export const spawnRunner: ToolRunner = (tool, args, input) =>
   new Promise((resolve, reject) => {
@@ -143,9 +108,16 @@ export class HookTools {
     return redact(text, [...this.secrets]);
   }
 
-  private run(tool: string, args: string[], input?: string): Promise<string> {
+  private run(
+    tool: string,
+    args: string[],
+    input?: string,
+    reveal: readonly string[] = [],
+  ): Promise<string> {
     const task = this.queue.then(async () => {
-      const safeArgs = args.map((a) => this.redact(a));
+      const shown = new Set(reveal);
+      const hidden = [...this.secrets].filter((s) => !shown.has(s));
+      const safeArgs = args.map((a) => redact(a, hidden));
       const safeInput = input === undefined ? undefined : this.redact(input);
       const result = await this.runner(tool, safeArgs, safeInput);
       if (result.exitCode !== 0) {
@@ -175,7 +147,12 @@ export class HookTools {
     return params ?? {};
   }
 
-  async actionSet(results: ActionResults): Promise<void> {
+  /**
+   * action-set. `reveal` lists registered secrets that this call may carry in
+   * argv (Juju takes results only there): a generated password the operator
+   * asked for. They stay redacted everywhere else.
+   */
+  async actionSet(results: ActionResults, reveal: readonly string[] = []): Promise<void> {
     const flat = flattenActionResults(results);
     if (flat.size === 0) return;
     const args = [...flat].map(([k, v]) => `${k}=${v}`);
@@ -185,7 +162,7 @@ export class HookTools {
         `action results are too large (${total} bytes; the budget is ${ACTION_RESULTS_BUDGET})`,
       );
     }
-    await this.run('action-set', args);
+    await this.run('action-set', args, undefined, reveal);
   }
 
   async actionLog(message: string): Promise<void> {
@@ -238,6 +215,26 @@ export class HookTools {
 
   async applicationVersionSet(version: string): Promise<void> {
     await this.run('application-version-set', ['--', version]);
+  }
+
+  /** open-port `8008/tcp` (Juju: `<port>[/<protocol>]`, a range `<from>-<to>/<protocol>`, or `icmp`). */
+  async openPort(port: string): Promise<void> {
+    await this.run('open-port', [port]);
+  }
+
+  // --- unit state (Juju >= 2.8: state-get, state-set; kept by the controller) ---
+
+  /** The unit's server-side state: string keys and values. */
+  async stateGet(): Promise<Record<string, string>> {
+    return (
+      (await this.runJson<Record<string, string> | null>('state-get', ['--format=json'])) ?? {}
+    );
+  }
+
+  /** Sets keys in the unit's state; '' deletes a key. Values go in argv: never put secrets here. */
+  async stateSet(data: Record<string, string>): Promise<void> {
+    const pairs = Object.entries(data).map(([k, v]) => `${k}=${v}`);
+    if (pairs.length) await this.run('state-set', pairs);
   }
 
   // --- relations ---
@@ -306,5 +303,46 @@ export class HookTools {
     const content = (await this.runJson<Record<string, string> | null>('secret-get', args)) ?? {};
     for (const value of Object.values(content)) this.addSecret(value);
     return content;
+  }
+
+  /** Content of a secret this application owns, by label; undefined when none has it. */
+  async secretGetByLabel(label: string): Promise<Record<string, string> | undefined> {
+    try {
+      const content =
+        (await this.runJson<Record<string, string> | null>('secret-get', [
+          '--format=json',
+          '--label',
+          label,
+        ])) ?? {};
+      for (const value of Object.values(content)) this.addSecret(value);
+      return content;
+    } catch (err) {
+      if (err instanceof HookToolError && /not found/.test(err.stderr)) return undefined;
+      throw err;
+    }
+  }
+
+  /**
+   * secret-add, owned by the application (leader only), with a label. The
+   * content goes through a 0600 file (`--file`), never argv. Returns the URI.
+   */
+  async secretAdd(label: string, content: Record<string, string>): Promise<string> {
+    for (const value of Object.values(content)) this.addSecret(value);
+    const dir = await mkdtemp(join(tmpdir(), 'synapse-charm-secret-'));
+    const file = join(dir, 'content.json');
+    try {
+      await writeFile(file, JSON.stringify(content), { mode: 0o600 });
+      const out = await this.run('secret-add', [
+        '--owner',
+        'application',
+        '--label',
+        label,
+        '--file',
+        file,
+      ]);
+      return out.trim();
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
   }
 }

@@ -129,6 +129,14 @@ describeWithPeers(['minio', 'pebble'])('charm actions', () => {
     const times = r.calls.filter((c) => c.tool === 'action-log').map((c) => c.t);
     for (let i = 1; i < times.length; i++)
       expect(times[i] - times[i - 1]).toBeLessThanOrEqual(5000);
+    // The unit says a backup runs, then is back to its normal status.
+    expect(r.statuses).toEqual([
+      { status: 'maintenance', message: 'creating backup ...' },
+      {
+        status: 'active',
+        message: `backups: s3://${minio.bucket}/synapse/prod at ${minio.endpoint} (from config)`,
+      },
+    ]);
   });
 
   it('list-backups', async () => {
@@ -188,6 +196,14 @@ describeWithPeers(['minio', 'pebble'])('charm actions', () => {
       'one-time-keys-removed': '5',
     });
     expect(r.logs[0]).toContain('(Synapse stops only while the files are swapped in)');
+    // While the files are swapped the unit says Synapse is stopped; then active again.
+    expect(r.statuses).toEqual([
+      { status: 'maintenance', message: `restoring backup ${backupId}: Synapse stopped` },
+      {
+        status: 'active',
+        message: `backups: s3://${minio.bucket}/synapse/prod at ${minio.endpoint} (from config)`,
+      },
+    ]);
     const after = withoutSkipped(await snapshotTree(h.dataDir));
     expect([...after.keys()].sort()).toEqual([...before.keys()].sort());
     // The database is a consistent snapshot with one-time keys removed: compare its content.
@@ -266,6 +282,11 @@ describeWithPeers(['minio', 'pebble'])('charm actions', () => {
     });
     expect(forced.failed).toBe(false);
     expect(forced.results['previous-path']).toMatch(new RegExp(`^${h.dataDir}/\\.`));
+    // The action's own status refresh already says what to do about the server name.
+    expect(forced.statuses.at(-1)).toEqual({
+      status: 'blocked',
+      message: `server-name "example.org" differs from server_name "other.org" in ${h.dataDir}/homeserver.yaml: Synapse cannot change its name; set server-name to "other.org"`,
+    });
     // The charm now says what to do about the server name.
     const status = await h.hook('update-status');
     outputs.push(status);
@@ -283,9 +304,9 @@ describeWithPeers(['minio', 'pebble'])('charm actions', () => {
     h.setConfig({ 'server-name': serverName, 'backup-retention': 'keep-weekly=2' });
     const status = await h.hook('config-changed');
     outputs.push(status);
-    expect(status.status?.status).toBe('blocked');
+    expect(status.status?.status).toBe('active');
     expect(status.status?.message).toContain(
-      'backup-retention "keep-weekly=2" is not valid: use keep-last=N and/or keep-days=N',
+      'backups: backup-retention "keep-weekly=2" is not valid: use keep-last=N and/or keep-days=N',
     );
 
     h.setConfig({ 'backup-retention': 'keep-last=1' });

@@ -186,21 +186,23 @@ describeWithPeers(['minio', 'pebble'])('charm hooks', () => {
       status: 'active',
       message: `backups: s3://${minio.bucket} at ${minio.endpoint} (from config)`,
     });
+    // The registration secret the charm owns (by label), then the two user secrets.
     expect(r.calls.filter((c) => c.tool === 'secret-get').map((c) => c.argv)).toEqual([
+      ['--format=json', '--label', 'synapse-registration'],
       ['--format=json', expect.stringMatching(/^secret:/), '--refresh'],
       ['--format=json', expect.stringMatching(/^secret:/), '--refresh'],
     ]);
   });
 
-  describe('blocked with a specific message', () => {
+  describe('active, with the backup problem and its fix in the message', () => {
     it('when the credentials secret is not granted, until it is granted', async () => {
       const h = await harness();
       const { creds } = configureS3(h);
       h.state.secrets[creds].granted = false;
       const r = await hook(h, 'config-changed');
       expect(r.status).toEqual({
-        status: 'blocked',
-        message: `the secret in s3-credentials (${creds}) is not granted to synapse: juju grant-secret <secret name> synapse`,
+        status: 'active',
+        message: `backups: the secret in s3-credentials (${creds}) is not granted to synapse: juju grant-secret <secret name> synapse`,
       });
       h.grantSecret(creds);
       const after = await hook(h, 'secret-changed', { secretId: creds });
@@ -212,9 +214,9 @@ describeWithPeers(['minio', 'pebble'])('charm hooks', () => {
       configureS3(h, { 'backup-passphrase': 'secret:d0esn0tex1st' });
       const r = await hook(h, 'config-changed');
       expect(r.status).toEqual({
-        status: 'blocked',
+        status: 'active',
         message:
-          'the secret in backup-passphrase (secret:d0esn0tex1st) was not found or is not granted to synapse: check juju secrets, juju grant-secret <secret name> synapse',
+          'backups: the secret in backup-passphrase (secret:d0esn0tex1st) was not found or is not granted to synapse: check juju secrets, juju grant-secret <secret name> synapse',
       });
     });
 
@@ -224,9 +226,9 @@ describeWithPeers(['minio', 'pebble'])('charm hooks', () => {
       h.setConfig({ 's3-credentials': h.addSecret({ 'access-key': 'AKIAONLY' }) });
       const r = await hook(h, 'config-changed');
       expect(r.status).toEqual({
-        status: 'blocked',
+        status: 'active',
         message:
-          'the secret in s3-credentials has no secret-key key: juju update-secret <secret name> access-key=<...> secret-key=<...>',
+          'backups: the secret in s3-credentials has no secret-key key: juju update-secret <secret name> access-key=<...> secret-key=<...>',
       });
     });
 
@@ -235,9 +237,9 @@ describeWithPeers(['minio', 'pebble'])('charm hooks', () => {
       configureS3(h, { 'backup-passphrase': null });
       const r = await hook(h, 'config-changed');
       expect(r.status).toEqual({
-        status: 'blocked',
+        status: 'active',
         message:
-          'backup-passphrase is not set: juju add-secret synapse-backup passphrase=<passphrase>, juju grant-secret synapse-backup synapse, then juju config synapse backup-passphrase=<secret URI>',
+          'backups: backup-passphrase is not set: juju add-secret synapse-backup passphrase=<passphrase>, juju grant-secret synapse-backup synapse, then juju config synapse backup-passphrase=<secret URI>',
       });
     });
 
@@ -246,8 +248,8 @@ describeWithPeers(['minio', 'pebble'])('charm hooks', () => {
       configureS3(h, { 's3-bucket': 'no-such-bucket' });
       const r = await hook(h, 'config-changed');
       expect(r.status).toEqual({
-        status: 'blocked',
-        message: `cannot use bucket "no-such-bucket": bucket "no-such-bucket" does not exist at ${minio.endpoint}; set s3-bucket to an existing bucket, or create it`,
+        status: 'active',
+        message: `backups: cannot use bucket "no-such-bucket": bucket "no-such-bucket" does not exist at ${minio.endpoint}; set s3-bucket to an existing bucket, or create it`,
       });
     });
 
@@ -256,8 +258,8 @@ describeWithPeers(['minio', 'pebble'])('charm hooks', () => {
       configureS3(h, { 's3-bucket': null });
       const r = await hook(h, 'config-changed');
       expect(r.status).toEqual({
-        status: 'blocked',
-        message: 'no S3 bucket is set: juju config synapse s3-bucket=<name>',
+        status: 'active',
+        message: 'backups: no S3 bucket is set: juju config synapse s3-bucket=<name>',
       });
     });
 
@@ -266,9 +268,9 @@ describeWithPeers(['minio', 'pebble'])('charm hooks', () => {
       const port = await freePort();
       configureS3(h, { 's3-endpoint': `http://127.0.0.1:${port}` });
       const r = await hook(h, 'config-changed');
-      expect(r.status?.status).toBe('blocked');
+      expect(r.status?.status).toBe('active');
       expect(r.status?.message).toBe(
-        `cannot use bucket "${minio.bucket}": the S3 endpoint http://127.0.0.1:${port} is unreachable (ECONNREFUSED); set s3-endpoint to the right URL, or fix the network`,
+        `backups: cannot use bucket "${minio.bucket}": the S3 endpoint http://127.0.0.1:${port} is unreachable (ECONNREFUSED); set s3-endpoint to the right URL, or fix the network`,
       );
     });
 
@@ -282,10 +284,10 @@ describeWithPeers(['minio', 'pebble'])('charm hooks', () => {
         }),
       });
       const r = await hook(h, 'config-changed');
-      expect(r.status?.status).toBe('blocked');
+      expect(r.status?.status).toBe('active');
       expect(r.status?.message).toMatch(
         new RegExp(
-          `^cannot use bucket "${minio.bucket}": access to bucket "${minio.bucket}" was denied \\(HTTP 403`,
+          `^backups: cannot use bucket "${minio.bucket}": access to bucket "${minio.bucket}" was denied \\(HTTP 403`,
         ),
       );
     });
@@ -295,9 +297,9 @@ describeWithPeers(['minio', 'pebble'])('charm hooks', () => {
       configureS3(h, { 's3-uri-style': 'sideways' });
       const r = await hook(h, 'config-changed');
       expect(r.status).toEqual({
-        status: 'blocked',
+        status: 'active',
         message:
-          's3-uri-style "sideways" is not valid: juju config synapse s3-uri-style=path (or host)',
+          'backups: s3-uri-style "sideways" is not valid: juju config synapse s3-uri-style=path (or host)',
       });
     });
 
@@ -306,9 +308,9 @@ describeWithPeers(['minio', 'pebble'])('charm hooks', () => {
       configureS3(h, { 's3-endpoint': null });
       const r = await hook(h, 'config-changed');
       expect(r.status).toEqual({
-        status: 'blocked',
+        status: 'active',
         message:
-          'neither an S3 region nor an S3 endpoint is set: juju config synapse s3-region=<region> (or s3-endpoint=<url>)',
+          'backups: neither an S3 region nor an S3 endpoint is set: juju config synapse s3-region=<region> (or s3-endpoint=<url>)',
       });
     });
 
@@ -317,8 +319,8 @@ describeWithPeers(['minio', 'pebble'])('charm hooks', () => {
       configureS3(h, { 's3-endpoint': 'minio:9000' });
       const r = await hook(h, 'config-changed');
       expect(r.status).toEqual({
-        status: 'blocked',
-        message: 'the S3 endpoint "minio:9000" must start with http:// or https://',
+        status: 'active',
+        message: 'backups: the S3 endpoint "minio:9000" must start with http:// or https://',
       });
     });
   });
@@ -338,9 +340,9 @@ describeWithPeers(['minio', 'pebble'])('charm hooks', () => {
       ]);
       expect(h.relation(rel.id).data.synapse).toEqual({ bucket: `relation-${rel.id}` });
       expect(r.status).toEqual({
-        status: 'blocked',
+        status: 'active',
         message:
-          'the backup relation has no S3 credentials yet: run juju run s3-integrator/leader sync-s3-credentials access-key=<key> secret-key=<secret>',
+          'backups: the backup relation has no S3 credentials yet: run juju run s3-integrator/leader sync-s3-credentials access-key=<key> secret-key=<secret>',
       });
 
       h.setConfig({ 's3-bucket': 'wanted-bucket' });
@@ -365,7 +367,7 @@ describeWithPeers(['minio', 'pebble'])('charm hooks', () => {
       // The relation being broken no longer counts: config applies again.
       r = await hook(h, 'backup-relation-broken', { relationId: rel.id });
       expect(r.status?.message).toBe(
-        `cannot use bucket "no-such-bucket": bucket "no-such-bucket" does not exist at ${minio.endpoint}; set s3-bucket to an existing bucket, or create it`,
+        `backups: cannot use bucket "no-such-bucket": bucket "no-such-bucket" does not exist at ${minio.endpoint}; set s3-bucket to an existing bucket, or create it`,
       );
       h.removeRelation(rel.id);
       h.setConfig({
@@ -394,7 +396,7 @@ describeWithPeers(['minio', 'pebble'])('charm hooks', () => {
         { 's3-uri-style': 'virtual' },
         'the backup relation\'s S3 settings are invalid: the S3 URI style "virtual" is not valid; set s3-uri-style on s3-integrator to "host" or "path": juju config s3-integrator s3-uri-style=<host|path>',
       ],
-    ])('is blocked on %s from the provider', async (_what, data, message) => {
+    ])('is active with the problem on %s from the provider', async (_what, data, message) => {
       const h = await harness();
       h.setConfig({
         'server-name': 'example.com',
@@ -405,7 +407,7 @@ describeWithPeers(['minio', 'pebble'])('charm hooks', () => {
       ) as Record<string, string>;
       h.addRelation('backup', 's3-integrator', clean);
       const r = await hook(h, 'backup-relation-changed');
-      expect(r.status).toEqual({ status: 'blocked', message });
+      expect(r.status).toEqual({ status: 'active', message: `backups: ${message}` });
     });
 
     it("words an S3 error at HeadBucket in the provider's terms", async () => {
@@ -417,8 +419,8 @@ describeWithPeers(['minio', 'pebble'])('charm hooks', () => {
       h.addRelation('backup', 's3-integrator', providerData({ bucket: 'no-such-bucket' }));
       const r = await hook(h, 'backup-relation-changed');
       expect(r.status).toEqual({
-        status: 'blocked',
-        message: `cannot use bucket "no-such-bucket": bucket "no-such-bucket" does not exist at ${minio.endpoint}; set bucket on s3-integrator to an existing bucket, or create it: juju config s3-integrator bucket=<name>`,
+        status: 'active',
+        message: `backups: cannot use bucket "no-such-bucket": bucket "no-such-bucket" does not exist at ${minio.endpoint}; set bucket on s3-integrator to an existing bucket, or create it: juju config s3-integrator bucket=<name>`,
       });
     });
   });

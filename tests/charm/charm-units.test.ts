@@ -180,6 +180,8 @@ describe('overrides', () => {
       configPath: '/data/homeserver.yaml',
       generateCommand: ['/start.py', 'generate'],
       serviceCommand: '/start.py',
+      synapseUrl: 'http://localhost:8008',
+      healthWaitMs: 60000,
     });
     expect(
       loadOverrides({ SYNAPSE_CHARM_WORKLOAD_SHARED_DIR: '/tmp/h/containers/synapse' })
@@ -207,10 +209,15 @@ describe('overrides', () => {
         '      SYNAPSE_CONFIG_DIR: /data',
         '      SYNAPSE_CONFIG_PATH: /data/homeserver.yaml',
         '      SYNAPSE_DATA_DIR: /data',
+        '    on-check-failure:',
+        '      synapse-health: restart',
         'checks:',
-        '  synapse-ready:',
+        '  synapse-health:',
         '    override: replace',
-        '    level: ready',
+        '    level: alive',
+        '    period: 10s',
+        '    timeout: 3s',
+        '    threshold: 3',
         '    http:',
         '      url: http://localhost:8008/health',
         '',

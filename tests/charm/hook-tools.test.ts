@@ -52,6 +52,10 @@ describe('HookTools argv (as ops runs the tools)', () => {
     await tools.secretGet('secret:abc', { refresh: true });
     await tools.secretGet('secret:abc', { peek: true });
     await tools.applicationVersionSet('1.120.0');
+    await tools.openPort('8008/tcp');
+    await tools.stateGet();
+    await tools.stateSet({ 's3-check': '{"ok":true}', gone: '' });
+    await tools.secretGetByLabel('synapse-registration');
     expect(r.calls.map((c) => [c.tool, ...c.args])).toEqual([
       ['action-get', '--format=json'],
       ['action-set', 'backup-id=20261126070000', 'backups.20261126070000.size=5'],
@@ -71,6 +75,10 @@ describe('HookTools argv (as ops runs the tools)', () => {
       ['secret-get', '--format=json', 'secret:abc', '--refresh'],
       ['secret-get', '--format=json', 'secret:abc', '--peek'],
       ['application-version-set', '--', '1.120.0'],
+      ['open-port', '8008/tcp'],
+      ['state-get', '--format=json'],
+      ['state-set', 's3-check={"ok":true}', 'gone='],
+      ['secret-get', '--format=json', '--label', 'synapse-registration'],
     ]);
     expect(r.calls.find((c) => c.tool === 'relation-set')?.input).toBe('{"bucket":"b"}');
   });
@@ -130,6 +138,37 @@ describe('HookTools argv (as ops runs the tools)', () => {
     const sent = JSON.stringify(calls.slice(1));
     expect(sent).not.toContain('hunter2-secret');
     expect(sent).toContain('***');
+  });
+
+  it('secret-add passes the content in a 0600 file; action-set reveals only what it is told', async () => {
+    let seen: { args: string[]; content: string; mode: number } | undefined;
+    const calls: string[][] = [];
+    const tools = new HookTools({
+      runner: async (tool, args) => {
+        calls.push([tool, ...args]);
+        if (tool === 'secret-add') {
+          const file = args[args.indexOf('--file') + 1];
+          seen = { args, content: fs.readFileSync(file, 'utf8'), mode: fs.statSync(file).mode };
+          return { stdout: 'secret:abc\n', stderr: '', exitCode: 0 };
+        }
+        return { stdout: '', stderr: '', exitCode: 0 };
+      },
+    });
+    const uri = await tools.secretAdd('synapse-registration', { 'shared-key': 's3kr1t-value' });
+    expect(uri).toBe('secret:abc');
+    expect(seen?.content).toBe('{"shared-key":"s3kr1t-value"}');
+    expect(seen!.mode & 0o777).toBe(0o600);
+    expect(fs.existsSync(seen!.args.at(-1)!)).toBe(false);
+    tools.addSecret('generated-password');
+    await tools.actionSet({ password: 'generated-password', other: 's3kr1t-value' }, [
+      'generated-password',
+    ]);
+    await tools.actionLog('password generated-password');
+    expect(calls.slice(1)).toEqual([
+      ['action-set', 'password=generated-password', 'other=***'],
+      ['action-log', '--', 'password ***'],
+    ]);
+    expect(JSON.stringify(calls)).not.toContain('s3kr1t-value');
   });
 
   it('splits juju-log messages the way ops does', async () => {
@@ -290,6 +329,28 @@ describe('fake hook tools behave like Juju', () => {
     const secret = await run('secret-get', ['--format=json', 'secret:aaa', '--refresh']);
     expect(secret.stderr).toMatch(/permission denied/);
     expect((await run('secret-get', ['--format=json', 'secret:zzz'])).stderr).toMatch(/not found/);
+  });
+
+  it('serves open-port, unit state and application secrets like Juju', async () => {
+    expect((await run('open-port', ['8008/tcp'])).exitCode).toBe(0);
+    expect((await run('open-port', ['http'])).exitCode).toBe(2);
+    expect((await run('state-set', ['k=v', 'j=w'])).exitCode).toBe(0);
+    expect((await run('state-set', ['j='])).exitCode).toBe(0);
+    expect(JSON.parse((await run('state-get', ['--format=json'])).stdout)).toEqual({ k: 'v' });
+    const file = path.join(path.dirname(statePath), 'secret.json');
+    fs.writeFileSync(file, '{"shared-key":"value"}');
+    // Application secrets need leadership.
+    const add = await run('secret-add', [
+      '--owner',
+      'application',
+      '--label',
+      'l1',
+      '--file',
+      file,
+    ]);
+    expect(add.stderr).toMatch(/not the leader/);
+    const state = JSON.parse(fs.readFileSync(statePath, 'utf8'));
+    expect(state.openPorts).toEqual(['8008/tcp']);
   });
 
   it('logs every call with argv and stdin', async () => {

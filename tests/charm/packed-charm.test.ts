@@ -26,7 +26,7 @@ import {
 } from '../support/peers';
 import { extractZip, type ZipEntry } from '../support/unzip';
 
-const CHARM_NAME = 'synapse_ubuntu@24.04-amd64.charm';
+const CHARM_NAME = 'synapse_amd64.charm';
 const NODE_VERSION = 'v24.21.0';
 
 describeWithPeers(['minio', 'pebble'])('the packed charm', () => {
@@ -55,10 +55,13 @@ describeWithPeers(['minio', 'pebble'])('the packed charm', () => {
     await minio?.stop();
   });
 
-  it('holds dispatch, the bundle, the runtime and the metadata, with Unix modes', () => {
+  it('holds dispatch, the bundle, the runtime, the metadata, README, LICENSE and icon, with Unix modes', () => {
     const byName = new Map(entries.map((e) => [e.name, e]));
     expect([...byName.keys()].filter((n) => !n.endsWith('/')).sort()).toEqual(
       [
+        'LICENSE',
+        'README.md',
+        'icon.svg',
         'actions.yaml',
         'build/charm.js',
         'config.yaml',
@@ -72,6 +75,10 @@ describeWithPeers(['minio', 'pebble'])('the packed charm', () => {
       expect([exe, byName.get(exe)?.mode]).toEqual([exe, 0o100755]);
     }
     expect(byName.get('metadata.yaml')?.mode).toBe(0o100644);
+    expect(fs.readFileSync(path.join(charmDir, 'LICENSE'), 'utf8')).toMatch(
+      /^\s+Apache License\s+Version 2\.0, January 2004/,
+    );
+    expect(fs.readFileSync(path.join(charmDir, 'icon.svg'), 'utf8')).toMatch(/^<svg [^>]*viewBox=/);
     const size = fs.statSync(charmFile).size;
     console.log(`${CHARM_NAME}: ${size} bytes (${(size / 1024 / 1024).toFixed(1)} MiB)`);
     expect(size).toBeLessThan(80 * 1024 * 1024);
@@ -115,6 +122,11 @@ describeWithPeers(['minio', 'pebble'])('the packed charm', () => {
       'upstream-source': expect.stringMatching(/:v\d+\.\d+\.\d+$/),
     });
     expect(metadata.requires.backup).toEqual({ interface: 's3', limit: 1, optional: true });
+    expect(metadata.peers).toEqual({ 'synapse-peers': { interface: 'synapse_peers' } });
+    expect(metadata.storage.data).toMatchObject({ type: 'filesystem', 'minimum-size': '10G' });
+    for (const key of ['docs', 'source', 'issues']) {
+      expect([key, metadata[key]]).toEqual([key, expect.not.stringContaining('element-hq')]);
+    }
     const config = read('config.yaml').options;
     expect(config['s3-credentials'].type).toBe('secret');
     expect(config['backup-passphrase'].type).toBe('secret');
@@ -137,7 +149,9 @@ describeWithPeers(['minio', 'pebble'])('the packed charm', () => {
       'create-backup',
       'delete-backup',
       'list-backups',
+      'promote-user-admin',
       'prune-backups',
+      'register-user',
       'restore-backup',
       'verify-backup',
     ]);

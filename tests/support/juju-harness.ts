@@ -15,7 +15,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { buildSync } from 'esbuild';
 import { parse as parseYaml } from 'yaml';
-import { tmpDir } from './peers';
+import { freePort, tmpDir } from './peers';
 
 interface ConfigYaml {
   options?: Record<string, { type: string; default?: string | number | boolean | null }>;
@@ -35,11 +35,15 @@ export const HOOK_TOOLS = [
   'juju-log',
   'is-leader',
   'application-version-set',
+  'open-port',
+  'state-get',
+  'state-set',
   'relation-ids',
   'relation-list',
   'relation-get',
   'relation-set',
   'secret-get',
+  'secret-add',
 ];
 
 export interface ToolCall {
@@ -69,6 +73,9 @@ export interface FakeRelation {
 export interface FakeSecret {
   content: Record<string, string>;
   granted: boolean;
+  /** Secrets the charm created (secret-add). */
+  label?: string;
+  owner?: string;
 }
 
 export interface FakeJujuState {
@@ -86,6 +93,8 @@ export interface FakeJujuState {
   status: { unit?: StatusValue; app?: StatusValue };
   statusHistory?: ({ which: string } & StatusValue)[];
   version?: string;
+  openPorts?: string[];
+  unitState?: Record<string, string>;
 }
 
 export interface DispatchResult {
@@ -120,6 +129,8 @@ export interface HarnessOptions {
   serviceCommand?: string;
   env?: Record<string, string>;
   timeoutMs?: number;
+  /** Synapse's base URL (default: the fake Synapse's HTTP face on a free port). */
+  synapseUrl?: string;
 }
 
 export class JujuHarness {
@@ -140,6 +151,8 @@ export class JujuHarness {
   private readonly charmDir: string;
   private readonly unit: string;
   private readonly options: HarnessOptions;
+  /** Port of the fake Synapse's HTTP face (the default service command serves it). */
+  private synapsePort = 0;
   private nextRelationId = 3;
   private logOffset = 0;
 
@@ -159,6 +172,7 @@ export class JujuHarness {
     if (!options.charmDir) assertFreshBuild();
     const tmp = await tmpDir('juju-harness');
     const h = new JujuHarness(tmp.path, options);
+    h.synapsePort = await freePort();
     fs.mkdirSync(h.binDir);
     for (const tool of HOOK_TOOLS) fs.symlinkSync(FAKE_TOOL, path.join(h.binDir, tool));
     fs.mkdirSync(path.join(h.containersDir, 'synapse'), { recursive: true });
@@ -299,7 +313,9 @@ export class JujuHarness {
         this.options.generateCommand ?? [path.join(FAKE_SYNAPSE, 'generate')],
       ),
       SYNAPSE_CHARM_SERVICE_COMMAND:
-        this.options.serviceCommand ?? path.join(FAKE_SYNAPSE, 'start'),
+        this.options.serviceCommand ?? `${path.join(FAKE_SYNAPSE, 'start')} ${this.synapsePort}`,
+      SYNAPSE_CHARM_SYNAPSE_URL: this.options.synapseUrl ?? `http://127.0.0.1:${this.synapsePort}`,
+      SYNAPSE_CHARM_HEALTH_WAIT_MS: '10000',
     };
     // A clean environment, as Juju gives: nothing from the test process (no AWS_* etc.).
     const env: Record<string, string> = {

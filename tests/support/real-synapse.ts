@@ -94,6 +94,8 @@ export async function startRealSynapseUnit(options: {
     dataDir,
     generateCommand: [python, START_PY, 'generate'],
     serviceCommand: `${python} ${START_PY}`,
+    synapseUrl: SYNAPSE_URL,
+    env: { SYNAPSE_CHARM_HEALTH_WAIT_MS: '90000' },
   });
   h.setConfig({ 'server-name': options.serverName });
   options.configure?.(h);

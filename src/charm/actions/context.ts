@@ -2,11 +2,36 @@
 import type { BackupEngine } from '../../backup/engine';
 import type { Progress } from '../../backup/types';
 import type { JujuContext } from '../../juju/context';
-import type { ActionResults, HookTools } from '../../juju/hook-tools';
+import { BackupError, errorMessage, InterruptedError } from '../../errors';
+import { ActionResultError, type ActionResults, type HookTools } from '../../juju/hook-tools';
+import { describeForCharm } from '../remedy';
 import type { BackupSetup } from '../backup-setup';
 import type { CharmConfig } from '../config';
 import type { Overrides } from '../overrides';
 import type { SynapseContainer } from '../synapse';
+import type { Workload } from '../../workload/workload';
+
+/** Called when the backup engine stops the services it was given (restore's swap). */
+export interface ServiceHooks {
+  stopped?(names: string[]): Promise<void>;
+}
+
+/** The workload with `hooks.stopped` called after its services stop. */
+export function withServiceHooks(workload: Workload, hooks?: ServiceHooks): Workload {
+  if (!hooks?.stopped) return workload;
+  const stopped = hooks.stopped;
+  return {
+    description: workload.description,
+    exec: (options) => workload.exec(options),
+    stopServices: async (names) => {
+      await workload.stopServices(names);
+      if (names.length) await stopped(names);
+    },
+    startServices: (names) => workload.startServices(names),
+    serviceStatus: (names) => workload.serviceStatus(names),
+    ...(workload.removeStale ? { removeStale: () => workload.removeStale!() } : {}),
+  };
+}
 
 export interface ActionContext {
   ctx: JujuContext;
@@ -16,12 +41,19 @@ export interface ActionContext {
   config: CharmConfig;
   workload: SynapseContainer;
   /** Resolves the backup settings and builds an engine; fails the action with what to configure. */
-  engine(onProgress?: (p: Progress) => void): Promise<{
+  engine(
+    onProgress?: (p: Progress) => void,
+    hooks?: ServiceHooks,
+  ): Promise<{
     engine: BackupEngine;
     setup: Extract<BackupSetup, { state: 'ready' }>;
   }>;
   /** action-log */
   log(message: string): Promise<void>;
+  /** Sets the unit's status (maintenance) while the action runs; the charm restores it after. */
+  unitStatus(message: string): Promise<void>;
+  /** Registers a generated secret that only the action results may carry (redacted elsewhere). */
+  revealInResults(value: string): void;
 }
 
 export type ActionHandler = (a: ActionContext) => Promise<ActionResults>;
@@ -32,6 +64,23 @@ export class ActionFailure extends Error {
     super(message);
     this.name = 'ActionFailure';
   }
+}
+
+/** The action-fail text for `err` (not yet redacted). */
+export function actionFailureMessage(name: string, err: unknown): string {
+  if (err instanceof ActionFailure) return err.message;
+  if (err instanceof InterruptedError) {
+    return `${name} was interrupted (${err.signalName})${err.cleanedUp ? `: ${err.cleanedUp}` : ''}`;
+  }
+  if (err instanceof BackupError) {
+    if (err.code === 'not-found' && !err.remedy && !/list-backups/.test(err.message)) {
+      return `${err.message}; run list-backups to see the backups that exist`;
+    }
+    return describeForCharm(err);
+  }
+  if (err instanceof ActionResultError)
+    return `${name} produced results Juju cannot take: ${err.message}`;
+  return `${name} failed unexpectedly: ${errorMessage(err)}; see juju debug-log`;
 }
 
 export function requireBackupId(a: ActionContext): string {

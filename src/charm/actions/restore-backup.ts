@@ -8,7 +8,9 @@ import { booleanParam, requireBackupId, type ActionHandler } from './context';
 export const restoreBackup: ActionHandler = async (a) => {
   const id = requireBackupId(a);
   const reporter = new ProgressReporter(a.log, 'restore-backup');
-  const { engine, setup } = await a.engine(reporter.onProgress);
+  const { engine, setup } = await a.engine(reporter.onProgress, {
+    stopped: () => a.unitStatus(`restoring backup ${id}: Synapse stopped`),
+  });
   // Stop Synapse while its files are replaced, when it is in the plan at all
   // (a fresh unit without server-name has no service yet).
   let services: string[] = [];

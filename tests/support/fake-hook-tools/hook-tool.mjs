@@ -23,7 +23,9 @@
  *     relations: [ { id, endpoint, remoteApp, remoteUnits: [], data: { member: {k: v} } } ],
  *     action: { params: {}, results: {}, failed: bool, message: string, logs: [] },
  *     status: { unit: {status, message}, app: {status, message} },
- *     version: string }
+ *     version: string,
+ *     openPorts: ["8008/tcp"],                         // open-port
+ *     unitState: { key: value } }                      // state-get, state-set
  */
 import fs from 'node:fs';
 import path from 'node:path';
@@ -261,6 +263,79 @@ const tools = {
     saveState(state);
   },
 
+  'open-port'(args) {
+    const { positional } = parseFlags(args, { value: ['endpoints', 'format'] });
+    if (positional.length !== 1) fail('open-port takes one port, range or "icmp"', 2);
+    const spec = positional[0];
+    const m = /^(\d+)(?:-(\d+))?(?:\/(tcp|udp))?$/.exec(spec);
+    if (spec !== 'icmp' && (!m || Number(m[1]) < 1 || Number(m[2] ?? m[1]) > 65535)) {
+      fail(`invalid port or range "${spec}"`, 2);
+    }
+    const state = loadState();
+    state.openPorts ??= [];
+    const normal = spec === 'icmp' || spec.includes('/') ? spec : `${spec}/tcp`;
+    if (!state.openPorts.includes(normal)) state.openPorts.push(normal);
+    saveState(state);
+  },
+
+  async 'secret-add'(args) {
+    const { flags, positional } = parseFlags(args, {
+      value: ['owner', 'label', 'description', 'expire', 'rotate', 'file'],
+    });
+    const owner = flags.owner ?? 'application';
+    if (!['application', 'unit'].includes(owner)) fail(`invalid owner "${owner}"`, 2);
+    const state = loadState();
+    if (owner === 'application' && !state.leader) fail('this unit is not the leader');
+    const content = {};
+    if (flags.file !== undefined) {
+      const parsed = (await import('yaml')).parse(fs.readFileSync(flags.file, 'utf8'));
+      Object.assign(content, parsed);
+    }
+    for (const pair of positional) {
+      const eq = pair.indexOf('=');
+      if (eq <= 0) fail(`expected "key=value", got "${pair}"`, 2);
+      content[pair.slice(0, eq)] = pair.slice(eq + 1);
+    }
+    if (Object.keys(content).length === 0) fail('missing secret value or filename', 2);
+    for (const key of Object.keys(content)) {
+      if (!/^[a-z](?:-?[a-z0-9]){2,}$/.test(key)) fail(`invalid key "${key}"`, 2);
+    }
+    if (flags.label && Object.values(state.secrets).some((s) => s.label === flags.label)) {
+      fail(`secret with label "${flags.label}" already exists`);
+    }
+    const uri = `secret:${Math.random().toString(36).slice(2).padEnd(20, '0').slice(0, 20)}`;
+    state.secrets[uri] = { content, granted: true, label: flags.label, owner };
+    saveState(state);
+    process.stdout.write(`${uri}\n`);
+  },
+
+  'state-get'(args) {
+    const { flags, positional } = parseFlags(args, { bool: ['strict'], value: ['format', 'o'] });
+    if (positional.length > 1) fail(`unrecognized args: ${JSON.stringify(positional.slice(1))}`, 2);
+    const unitState = loadState().unitState ?? {};
+    if (positional.length === 0) return out(unitState);
+    const key = positional[0];
+    if (!(key in unitState)) {
+      if (flags.strict) fail(`key "${key}" not found`);
+      return out(null);
+    }
+    out(unitState[key]);
+  },
+
+  'state-set'(args) {
+    const { positional } = parseFlags(args, { value: ['file'] });
+    const state = loadState();
+    state.unitState ??= {};
+    for (const pair of positional) {
+      const eq = pair.indexOf('=');
+      if (eq <= 0) fail(`expected "key=value", got "${pair}"`, 2);
+      const [key, value] = [pair.slice(0, eq), pair.slice(eq + 1)];
+      if (value === '') delete state.unitState[key];
+      else state.unitState[key] = value;
+    }
+    saveState(state);
+  },
+
   'relation-ids'(args) {
     const { positional } = parseFlags(args, { value: ['format'] });
     const endpoint = positional[0] ?? process.env.JUJU_RELATION;
@@ -352,6 +427,11 @@ const tools = {
     if (flags.refresh && flags.peek) fail('specify one of --peek or --refresh but not both', 2);
     if (positional.length !== 1 && !flags.label) fail('require either a secret URI or label', 2);
     const state = loadState();
+    if (positional.length === 0) {
+      const owned = Object.values(state.secrets).find((s) => s.label === flags.label);
+      if (!owned) fail(`secret with label "${flags.label}" not found`);
+      return out(owned.content ?? {});
+    }
     const uri = positional[0];
     const id = uri.replace(/^secret:(\/\/[^/]+\/)?/, '');
     const entry = Object.entries(state.secrets).find(

@@ -1,0 +1,91 @@
+/**
+ * The registration shared secret: Synapse's `registration_shared_secret`
+ * (homeserver.yaml; synapse/config/registration.py) lets the holder register
+ * users through POST /_synapse/admin/v1/register. The charm keeps it in a
+ * Juju application secret it creates (leader only, label
+ * `synapse-registration`, keys `registration-shared-secret` and
+ * `admin-password`, the latter for the charm's own admin user) and merges it
+ * into homeserver.yaml, keeping every other key and comment.
+ *
+ * On first use the secret takes the value the image's generate step already
+ * wrote, so a running Synapse needs no restart; when they differ later (a
+ * restored backup of another deployment), the file gets the Juju secret's.
+ */
+import { randomBytes } from 'node:crypto';
+import { parseDocument } from 'yaml';
+import type { HookTools } from '../juju/hook-tools';
+import { commandFailure, execCollect } from '../workload/command';
+import type { Workload } from '../workload/workload';
+
+export const REGISTRATION_LABEL = 'synapse-registration';
+export const SHARED_SECRET_KEY = 'registration-shared-secret';
+export const ADMIN_PASSWORD_KEY = 'admin-password';
+
+export interface RegistrationSecret {
+  sharedSecret: string;
+  adminPassword: string;
+}
+
+/** A random token: `bytes` random bytes, base64url. */
+export function randomToken(bytes = 32): string {
+  return randomBytes(bytes).toString('base64url');
+}
+
+/** The Juju secret's content, or undefined before the leader created it. */
+export async function readRegistrationSecret(
+  tools: HookTools,
+): Promise<RegistrationSecret | undefined> {
+  const content = await tools.secretGetByLabel(REGISTRATION_LABEL);
+  if (!content?.[SHARED_SECRET_KEY] || !content[ADMIN_PASSWORD_KEY]) return undefined;
+  return { sharedSecret: content[SHARED_SECRET_KEY], adminPassword: content[ADMIN_PASSWORD_KEY] };
+}
+
+/** Writes `text` to `path` in the workload through stdin (in place: owner and mode stay). */
+async function writeWorkloadFile(workload: Workload, path: string, text: string): Promise<void> {
+  const proc = workload.exec({
+    command: ['sh', '-c', 'cat > "$1"', 'synapse-charm', path],
+    stdin: true,
+  });
+  proc.stdout.resume();
+  const stderr: Buffer[] = [];
+  proc.stderr.on('data', (c: Buffer) => stderr.push(c));
+  proc.stdin!.end(text);
+  const status = await proc.wait();
+  if (status.exitCode !== 0) {
+    throw commandFailure(`writing ${path}`, status, Buffer.concat(stderr).toString('utf8'));
+  }
+}
+
+/**
+ * Leader only: makes sure the Juju secret exists and homeserver.yaml at
+ * `configPath` carries its shared secret. Returns true when the file changed
+ * (Synapse must restart to read it). Throws when the file cannot be read or written.
+ */
+export async function ensureRegistrationSecret(
+  tools: HookTools,
+  workload: Workload,
+  configPath: string,
+): Promise<boolean> {
+  const current = await execCollect(workload, { command: ['cat', configPath] });
+  if (current.exitCode !== 0) {
+    throw commandFailure(`reading ${configPath}`, current.status, current.stderr);
+  }
+  const doc = parseDocument(current.stdout);
+  const inFile = doc.get('registration_shared_secret');
+  if (typeof inFile === 'string') tools.addSecret(inFile);
+  let secret = await readRegistrationSecret(tools);
+  if (!secret) {
+    secret = {
+      sharedSecret: typeof inFile === 'string' && inFile.length >= 16 ? inFile : randomToken(),
+      adminPassword: randomToken(),
+    };
+    await tools.secretAdd(REGISTRATION_LABEL, {
+      [SHARED_SECRET_KEY]: secret.sharedSecret,
+      [ADMIN_PASSWORD_KEY]: secret.adminPassword,
+    });
+  }
+  if (inFile === secret.sharedSecret) return false;
+  doc.set('registration_shared_secret', secret.sharedSecret);
+  await writeWorkloadFile(workload, configPath, doc.toString());
+  return true;
+}
