@@ -27,3 +27,10 @@ const server = http.createServer((req, res) => {
 });
 server.listen(port, '127.0.0.1');
 process.on('SIGTERM', () => process.exit(0));
+// In a pod, Pebble dying takes the container and its services with it. Here a Pebble
+// killed by a fault case would leave this server orphaned, holding the port the
+// restarted Pebble's own service needs: end with the parent, as the container would.
+const parent = process.ppid;
+setInterval(() => {
+  if (process.ppid !== parent) process.exit(0);
+}, 200).unref();
