@@ -256,4 +256,40 @@ describe('a swap killed at each phase is resolved by the next operation', () => 
     });
     expect(store.keys()).toEqual([]);
   });
+
+  // A rename the swap cannot make: media_store is a mount point (its own volume, as a pod
+  // may mount it), which rename(2) refuses with EBUSY. Root only (mount).
+  (process.getuid?.() === 0 ? test : test.skip)(
+    'a rename that fails mid-swap fails the restore and leaves the live data whole',
+    async () => {
+      const store = new MemoryStore();
+      const dataDir = (await tmpDir('swap-journal-ebusy')).path;
+      await makeSynapseTree(dataDir, { mediaFiles: 2 });
+      await engineOn(store, dataDir).create({ id: 'b' });
+      await fsp.writeFile(
+        path.join(dataDir, 'homeserver.yaml'),
+        'server_name: "example.org"\n# new\n',
+      );
+      const mount = path.join(dataDir, 'media_store');
+      const saved = await tmpDir('swap-journal-ebusy-media');
+      spawnSync('cp', ['-a', `${mount}/.`, saved.path]);
+      expect(spawnSync('mount', ['-t', 'tmpfs', 'tmpfs', mount]).status).toBe(0);
+      try {
+        spawnSync('cp', ['-a', `${saved.path}/.`, mount]);
+        const before = await snapshotTree(dataDir);
+        const err = await engineOn(store, dataDir)
+          .restore({ id: 'b' })
+          .then(
+            () => undefined,
+            (e: unknown) => e,
+          );
+        expect(err).toMatchObject({ message: expect.stringMatching(/moving the restored files/) });
+        expect(await snapshotTree(dataDir)).toEqual(before);
+        expect((await fsp.readdir(dataDir)).filter((n) => n.startsWith('.'))).toEqual([]);
+      } finally {
+        spawnSync('umount', [mount]);
+      }
+    },
+    60_000,
+  );
 });

@@ -29,15 +29,18 @@ export function syncCommand(path: string): string[] {
 }
 
 const MOVE_TOP_LEVEL = [
-  // move_all FROM TO: moves every entry of FROM (dotfiles too) into TO, skipping the engine's own dirs.
+  // move_all FROM TO: moves every entry of FROM (dotfiles too) into TO, skipping the engine's
+  // own names; non-zero when any rename failed (a loop's status is only its last step's).
   'move_all() {',
+  '  rc=0',
   '  for f in "$1"/* "$1"/.[!.]* "$1"/..?*; do',
   '    [ -e "$f" ] || [ -L "$f" ] || continue',
   '    case "${f##*/}" in',
   `      ${STAGING_PREFIX}*|${PREVIOUS_PREFIX}*|${JOURNAL_NAME}*|${LOCK_NAME}) continue ;;`,
   '    esac',
-  '    mv -- "$f" "$2"/',
+  '    mv -- "$f" "$2"/ || rc=1',
   '  done',
+  '  return $rc',
   '}',
 ];
 
