@@ -103,7 +103,7 @@ describe('prune deletes only what it positively knows to be removable', () => {
     expect(store.keys()).toContain('backups/sized.manifest.json');
   });
 
-  test('positively incomplete and stale goes; young stays', async () => {
+  test("a stale manifest alone goes; an object alone (maybe the Python charm's backup) and young ones stay", async () => {
     const store = new MemoryStore();
     const data = await synapseDir();
     const engine = engineOn(store, data);
@@ -118,7 +118,10 @@ describe('prune deletes only what it positively knows to be removable', () => {
     await store.delete('backups/orphan-manifest.tar.enc');
     store.putObject('backups/young.tar.enc', 'x');
     const pruned = await engine.prune({ keepLast: 1 }, { workloadLeftovers: false });
-    expect(pruned.incompleteRemoved).toEqual(['orphan-manifest', 'orphan-object']);
-    expect(store.keys()).toEqual(['backups/young.tar.enc']);
+    expect(pruned.incompleteRemoved).toEqual(['orphan-manifest']);
+    expect(store.keys()).toEqual(['backups/orphan-object.tar.enc', 'backups/young.tar.enc']);
+    expect((await engine.list()).backups.find((b) => b.backupId === 'orphan-object')).toMatchObject(
+      { status: 'incomplete', objectOnly: true },
+    );
   });
 });

@@ -3,7 +3,7 @@ import { ObjectStore } from '../src/s3/store';
 import { startFaultyProxy } from './support/faulty-proxy';
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
-import { CreateMultipartUploadCommand } from '@aws-sdk/client-s3';
+import { CreateMultipartUploadCommand, DeleteObjectCommand } from '@aws-sdk/client-s3';
 import { backupsToForget, parseRetention } from '../src/backup/retention';
 import type { BackupInfo } from '../src/backup/types';
 import { buildTar, encrypt, putBackup } from './support/backups';
@@ -129,11 +129,21 @@ describeWithPeers(['minio'])('prune against MinIO', () => {
         entries: 1,
       });
     }
-    await putBackup(minio.client, minio.bucket, prefix, 'orphan', tar, ciphertext, {
+    // An object without a manifest and without a pending marker: maybe the original Python
+    // charm's backup (it wrote no manifests; restorable with allow-no-manifest). Kept.
+    await putBackup(minio.client, minio.bucket, prefix, 'legacy', tar, ciphertext, {
       files: 1,
       entries: 1,
       withManifest: false,
     });
+    // A manifest without its object: never restorable, removed once stale.
+    await putBackup(minio.client, minio.bucket, prefix, 'orphan', tar, ciphertext, {
+      files: 1,
+      entries: 1,
+    });
+    await minio.client.send(
+      new DeleteObjectCommand({ Bucket: minio.bucket, Key: `${prefix}/orphan.tar.enc` }),
+    );
     await minio.client.send(
       new CreateMultipartUploadCommand({ Bucket: minio.bucket, Key: `${prefix}/stale.tar.enc` }),
     );
@@ -151,7 +161,7 @@ describeWithPeers(['minio'])('prune against MinIO', () => {
       leftoversRemoved: false,
       staleRemoved: [],
     });
-    expect((await engine.list()).backups).toHaveLength(4);
+    expect((await engine.list()).backups).toHaveLength(5);
 
     const fresh = await engine.prune({ keepLast: 1 }, { now: new Date() });
     expect(fresh.incompleteRemoved).toEqual([]); // younger than 24 h: maybe still being written
@@ -166,7 +176,7 @@ describeWithPeers(['minio'])('prune against MinIO', () => {
     expect(real).toMatchObject({ leftoversRemoved: true, staleRemoved: [] });
     expect(await fsp.readdir(data.path)).toEqual(['.pre-restore-20261101T000000000Z']);
     const listed = await engine.list();
-    expect(listed.backups.map((b) => b.backupId)).toEqual(['20261120000000']);
+    expect(listed.backups.map((b) => b.backupId)).toEqual(['20261120000000', 'legacy']);
     expect(listed.uploads).toEqual([]);
     engine.close();
   });

@@ -95,6 +95,7 @@ function backupInfo(backupId: string, found: Found, read: ManifestRead | undefin
     lastModified: (object ?? found.manifest ?? found.pending)?.lastModified?.toISOString(),
     pendingSince: found.pending?.lastModified?.toISOString(),
     serverName: manifest?.serverName,
+    ...(status === 'incomplete' && object && !found.manifest ? { objectOnly: true } : {}),
   };
 }
 

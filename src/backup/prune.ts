@@ -39,8 +39,11 @@ export async function pruneBackups(
   );
   const settled = backups.filter((b) => !live.has(b.backupId));
   const forgotten = backupsToForget(settled, policy, now);
+  // An object alone may be the original Python charm's backup (no manifests, restorable
+  // with allow-no-manifest): only a manifest alone is known to be removable here; an
+  // object this engine began is found by its stale pending marker (removeAbandoned).
   const incomplete = settled.filter(
-    (b) => b.status === 'incomplete' && isOld(b.lastModified ?? b.created),
+    (b) => b.status === 'incomplete' && !b.objectOnly && isOld(b.lastModified ?? b.created),
   );
   const abandoned = settled.filter((b) => b.pendingSince && isOld(b.lastModified));
   const liveKeys = new Set([...live].map((id) => objectKey(ctx, id)));
@@ -87,7 +90,7 @@ async function removeAbandoned(
   );
   result.uploadsAborted.push(...uploads.map((u) => u.key));
   if (!result.dryRun) for (const u of uploads) await ctx.store.abortUpload(u);
-  if (backup.status === 'in-progress' && (await removeIncomplete(ctx, id, result.dryRun))) {
+  if (backup.status === 'in-progress' && (await removeIncomplete(ctx, id, result.dryRun, true))) {
     result.incompleteRemoved.push(id);
   }
   result.pendingRemoved.push(id);
@@ -95,16 +98,23 @@ async function removeAbandoned(
 }
 
 /**
- * Deletes the one half of an incomplete backup, after looking again: when
+ * Deletes the one half of an incomplete backup (an object only with `objectToo`:
+ * its stale pending marker says this engine began it), after looking again: when
  * both halves (or neither) are there by now, a run finished it meanwhile
  * (or someone removed it), and it is left alone. True when something went
  * (or, with `dryRun`, would go).
  */
-async function removeIncomplete(ctx: EngineContext, id: string, dryRun = false): Promise<boolean> {
+async function removeIncomplete(
+  ctx: EngineContext,
+  id: string,
+  dryRun = false,
+  objectToo = false,
+): Promise<boolean> {
   const mKey = manifestKey(ctx, id);
   const oKey = objectKey(ctx, id);
   const [manifest, object] = await Promise.all([ctx.store.head(mKey), ctx.store.head(oKey)]);
   if (Boolean(manifest) === Boolean(object)) return false;
+  if (object && !objectToo) return false;
   if (!dryRun) await ctx.store.delete(manifest ? mKey : oKey);
   return true;
 }

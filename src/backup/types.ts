@@ -89,6 +89,12 @@ export interface BackupInfo {
   /** When a create wrote its pending marker (`<id>.pending`), if it is there. */
   pendingSince?: string;
   serverName?: string;
+  /**
+   * Incomplete as an object without a manifest (and no pending marker): a run killed
+   * before it had markers, or a backup of the original Python charm, which wrote no
+   * manifests and restores with allow-no-manifest. Prune never deletes it.
+   */
+  objectOnly?: boolean;
 }
 
 export interface InProgressUpload {
