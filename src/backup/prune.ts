@@ -69,7 +69,7 @@ export async function pruneBackups(
   }
   for (const backup of abandoned) await removeAbandoned(ctx, backup, result);
   if (dryRun || request.workloadLeftovers === false) return result;
-  return { ...result, ...(await cleanWorkload(ctx)) };
+  return { ...result, ...(await cleanWorkload(ctx, request.services ?? [])) };
 }
 
 /**
@@ -131,10 +131,10 @@ type WorkloadCleanup = Pick<
  * (Workload.removeStale). Failures are reported in the result, not thrown:
  * the bucket's pruning is done by then.
  */
-async function cleanWorkload(ctx: EngineContext): Promise<WorkloadCleanup> {
+async function cleanWorkload(ctx: EngineContext, services: string[]): Promise<WorkloadCleanup> {
   const out: WorkloadCleanup = { leftoversRemoved: false, staleRemoved: [] };
   // An interrupted swap first; its staging dir is never a leftover (removeLeftoversCommand).
-  await resolveInterruptedSwap(ctx).then(
+  await resolveInterruptedSwap(ctx, services).then(
     (recovery) => recovery && (out.swapRecovery = recovery),
     (err: unknown) => (out.leftoversError = errorMessage(err)),
   );

@@ -216,13 +216,16 @@ async function swapIn(
     // rollback failed): its staging dir may hold restored files, and the next
     // operation resolves it (swap-journal.ts).
     if (await fileExists(workload, `${dataDir}/${JOURNAL_NAME}`).catch(() => true)) {
+      // Synapse stays stopped: started on a half-swapped data dir it could make a new,
+      // empty database where the swapped-out one should be.
       if (err instanceof Error) {
-        err.message += `; the swap is unfinished: the next create, restore or prune completes or rolls it back`;
+        const stopped = services.length ? `, so ${services.join(', ')} stays stopped` : '';
+        err.message += `; the swap is unfinished${stopped}: the next create, restore or prune completes or rolls it back`;
       }
     } else {
       await removeTree(ctx, `${dataDir}/${dirs.staging}`, err);
+      await workload.startServices(services).catch(() => undefined);
     }
-    await workload.startServices(services).catch(() => undefined);
     throw err;
   }
 }

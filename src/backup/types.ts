@@ -160,6 +160,8 @@ export interface PruneRequest {
    * time). Default true; never in a dry run.
    */
   workloadLeftovers?: boolean;
+  /** Services to stop while an interrupted restore's swap is resolved, and start after (the charm passes ['synapse']). */
+  services?: string[];
 }
 
 export interface PruneResult {

@@ -1,3 +1,5 @@
+import { serviceState } from '../synapse';
+import { SERVICE_NAME } from '../overrides';
 import { describeSwapRecovery } from '../../backup/swap-journal';
 import { describeRetention } from '../../backup/retention';
 import { ActionFailure, booleanParam, type ActionHandler } from './context';
@@ -16,9 +18,15 @@ export const pruneBackups: ActionHandler = async (a) => {
     `${dryRun ? 'dry run: ' : ''}pruning ${setup.description}: ${describeRetention(setup.retention)}; ` +
       `incomplete backups and unfinished uploads older than ${staleHours} h go`,
   );
+  // Synapse, when in the plan, stops while an interrupted restore's swap is resolved.
+  const services = await serviceState(a.workload).then(
+    (state) => (state ? [SERVICE_NAME] : []),
+    () => [],
+  );
   const result = await engine.prune(setup.retention, {
     dryRun,
     staleAfterSeconds: staleHours * 3600,
+    services,
   });
   if (!dryRun) {
     // The engine's prune removed what a charm killed mid-create or mid-restore left in the
