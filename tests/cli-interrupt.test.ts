@@ -81,6 +81,9 @@ describeWithPeers(['minio'])('synapse-backup interrupted by a signal', () => {
         if (child.exitCode !== null) throw new Error(`create ended first: ${stderr}`);
         await new Promise((r) => setTimeout(r, 50));
       }
+      // Twice at once, as `timeout` sends it (to the command, then to its process group):
+      // still one interruption, with the whole cleanup.
+      child.kill(signal);
       child.kill(signal);
       const code = await exited;
       proxy.clearRules();

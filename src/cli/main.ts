@@ -35,13 +35,26 @@ import { describeForCli } from './remedy';
 /** Exit statuses for the signals that interrupt a run: 128 + the signal's number. */
 const SIGNAL_STATUS: Record<string, number> = { SIGINT: 130, SIGTERM: 143 };
 
-/** Aborted by the first SIGTERM or SIGINT (its name the reason); a second one exits at once. */
+/** A second signal this long after the first exits at once, without the cleanup. */
+const INSIST_AFTER_MS = 1000;
+
+/**
+ * Aborted by the first SIGTERM or SIGINT (its name the reason); a second one at
+ * least a second later exits at once. Sooner, it is the same interruption sent
+ * twice: `timeout` signals the command and then its process group, and a
+ * terminal's Ctrl-C reaches every process of the group.
+ */
 function interruptOnSignals(): AbortSignal {
   const controller = new AbortController();
+  let firstAt = 0;
   for (const name of Object.keys(SIGNAL_STATUS)) {
     process.on(name, () => {
-      if (controller.signal.aborted) process.exit(SIGNAL_STATUS[name]);
-      controller.abort(name);
+      if (!controller.signal.aborted) {
+        firstAt = Date.now();
+        controller.abort(name);
+      } else if (Date.now() - firstAt >= INSIST_AFTER_MS) {
+        process.exit(SIGNAL_STATUS[name]);
+      }
     });
   }
   return controller.signal;
