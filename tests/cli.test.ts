@@ -582,6 +582,23 @@ describeWithPeers(['minio'])('synapse-backup CLI (built bundle, real MinIO)', ()
     );
   });
 
+  test('no credentials anywhere: a configuration error naming the variables, exit 2', async () => {
+    const run = await cli(['list'], {
+      env: {
+        AWS_ACCESS_KEY_ID: undefined,
+        AWS_SECRET_ACCESS_KEY: undefined,
+        // The SDK's chain would otherwise ask the EC2 instance metadata service.
+        AWS_EC2_METADATA_DISABLED: 'true',
+        AWS_SHARED_CREDENTIALS_FILE: '/nonexistent/credentials',
+        AWS_CONFIG_FILE: '/nonexistent/config',
+      },
+    });
+    expect(run.code).toBe(2);
+    expect(errorLine(run)).toMatch(
+      /^synapse-backup: error: cannot [^:]+: no S3 credentials are set; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY$/,
+    );
+  });
+
   test('no run printed the passphrase or a secret key', () => {
     // Each run is checked as it ends (see cli()); this guards against the check being skipped.
     expect(runs).toBeGreaterThanOrEqual(30);

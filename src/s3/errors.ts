@@ -4,7 +4,7 @@
  * says which setting fixes it, worded by each front end (src/charm/remedy.ts,
  * src/cli/remedy.ts).
  */
-import { BackupError } from '../errors';
+import { BackupError, ConfigError } from '../errors';
 import type { S3Settings } from './settings';
 
 /** What this module reads of an SDK error (or of a Node network error it wraps). */
@@ -65,6 +65,14 @@ function networkDetail(e: SdkErrorShape): string {
 export function describeS3Error(err: unknown, settings: S3Settings, doing: string): BackupError {
   if (err instanceof BackupError) return err;
   const e = (err ?? {}) as SdkErrorShape;
+  // The SDK's default chain found no credentials (@smithy/property-provider's
+  // CredentialsProviderError): a configuration problem, not S3's answer.
+  if (e.name === 'CredentialsProviderError') {
+    return new ConfigError(`cannot ${doing}: no S3 credentials are set`, {
+      kind: 'set',
+      setting: 's3-credentials',
+    });
+  }
   return transportError(e, settings, doing, err) ?? responseError(e, settings, doing, err);
 }
 
