@@ -10,6 +10,8 @@ const nodeGlobals = {
   __dirname: 'readonly',
   setTimeout: 'readonly',
   clearTimeout: 'readonly',
+  setInterval: 'readonly',
+  clearInterval: 'readonly',
   URL: 'readonly',
 };
 
