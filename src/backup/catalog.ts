@@ -1,7 +1,7 @@
 /**
  * What is in the bucket: the keys of a backup's object and manifest, the
- * listing, a complete backup's manifest, deletion and pruning (with what
- * interrupted runs left in the workload). Nothing here decrypts.
+ * listing, a complete backup's manifest and deletion (pruning is prune.ts).
+ * Nothing here decrypts.
  */
 import { BackupError, errorMessage } from '../errors';
 import type { EngineContext } from './context';

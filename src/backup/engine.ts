@@ -34,8 +34,8 @@ export const DEFAULT_QUEUE_SIZE = 2;
  * prune's workload cleanup hold the data dir's lock (lock.ts): one at a time. Each operation is a
  * pipeline of small stream stages; a failure anywhere tears the whole
  * pipeline down and cleans up what it left in S3. A façade over
- * catalog.ts (keys, list, delete, prune), create.ts, read.ts (verify,
- * decrypt) and restore.ts; the options are checked here, once.
+ * catalog.ts (keys, list, delete), prune.ts, create.ts, read.ts (verify,
+ * decrypt) and restore.ts (with swap-journal.ts); the options are checked here, once.
  */
 export class BackupEngine {
   private readonly ctx: EngineContext;

@@ -95,7 +95,9 @@ export async function resolveInterruptedSwap(
         cause: err,
         remedy: {
           kind: 'advice',
-          text: `move the files of ${journal.previous} back into the data dir by hand, then remove ${JOURNAL_NAME}`,
+          text: complete
+            ? `the restored files are in place: finish by hand (remove ${journal.previous} once the data dir is right), then remove ${JOURNAL_NAME}`
+            : `move the files of ${journal.previous} back into the data dir by hand, then remove ${JOURNAL_NAME}`,
         },
       },
     );

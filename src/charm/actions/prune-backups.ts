@@ -30,8 +30,8 @@ export const pruneBackups: ActionHandler = async (a) => {
   });
   if (!dryRun) {
     // The engine's prune removed what a charm killed mid-create or mid-restore left in the
-    // data dir (its database snapshot, staging directories). Juju runs one action at a time:
-    // none was in use.
+    // data dir (its database snapshot, staging directories), holding the data dir's lock: no
+    // other run was using them.
     const dataDir = a.overrides.dataDir;
     if (result.swapRecovery) await a.log(`warning: ${describeSwapRecovery(result.swapRecovery)}`);
     await a.log(
