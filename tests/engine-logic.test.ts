@@ -9,10 +9,10 @@ import { Writable } from 'node:stream';
 import type { EngineOptions } from '../src/backup/types';
 import { BackupError, ConfigError } from '../src/errors';
 import { LocalWorkload } from '../src/workload/local';
-import type { ExecOptions, ExecProcess, Workload } from '../src/workload/workload';
 import { MemoryStore } from './support/memory-store';
 import { MEMORY_PASSPHRASE, memoryEngine, memorySynapseDir } from './support/memory-engine';
 import { tmpDir } from './support/peers';
+import { KillAfterBytes } from './support/workloads';
 import { snapshotTree, withoutSkipped } from './support/synapse-tree';
 
 const PASSPHRASE = MEMORY_PASSPHRASE;
@@ -23,29 +23,6 @@ const day = 86_400_000;
 
 const synapseDir = (options: { mediaFiles?: number; bigFileBytes?: number } = {}) =>
   memorySynapseDir('synapse-logic', options);
-
-/** Kills the command after `limit` bytes of its stdout: tar dying mid-stream. */
-class KillAfterBytes implements Workload {
-  readonly description: string;
-  constructor(
-    private readonly inner: Workload,
-    private readonly limit: number,
-  ) {
-    this.description = inner.description;
-  }
-  exec(options: ExecOptions): ExecProcess {
-    const proc = this.inner.exec(options);
-    let seen = 0;
-    proc.stdout.on('data', (chunk: Buffer) => {
-      seen += chunk.length;
-      if (seen > this.limit) proc.kill();
-    });
-    return proc;
-  }
-  stopServices = (n: string[]) => this.inner.stopServices(n);
-  startServices = (n: string[]) => this.inner.startServices(n);
-  serviceStatus = (n: string[]) => this.inner.serviceStatus(n);
-}
 
 describe('engine logic on an in-memory store', () => {
   test('the data dir and the parents of selected paths get their owner, group and mode back', async () => {

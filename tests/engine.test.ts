@@ -10,7 +10,7 @@ import type { EngineOptions } from '../src/backup/types';
 import { BackupError } from '../src/errors';
 import { LocalWorkload } from '../src/workload/local';
 import { PebbleWorkload } from '../src/workload/pebble';
-import type { ExecOptions, ExecProcess, Workload } from '../src/workload/workload';
+import type { Workload } from '../src/workload/workload';
 import { buildTar, encrypt, putBackup } from './support/backups';
 import {
   type MinioPeer,
@@ -20,6 +20,7 @@ import {
   startPebble,
   tmpDir,
 } from './support/peers';
+import { KillAfterBytes } from './support/workloads';
 import {
   inspectSqliteDb,
   makeSynapseTree,
@@ -29,29 +30,6 @@ import {
 } from './support/synapse-tree';
 
 const PASSPHRASE = 'correct horse battery staple';
-
-/** Wraps a workload and kills the command after `limit` bytes of stdout: tar dying mid-stream. */
-class KillAfterBytes implements Workload {
-  readonly description: string;
-  constructor(
-    private readonly inner: Workload,
-    private readonly limit: number,
-  ) {
-    this.description = inner.description;
-  }
-  exec(options: ExecOptions): ExecProcess {
-    const proc = this.inner.exec(options);
-    let seen = 0;
-    proc.stdout.on('data', (chunk: Buffer) => {
-      seen += chunk.length;
-      if (seen > this.limit) proc.kill();
-    });
-    return proc;
-  }
-  stopServices = (n: string[]) => this.inner.stopServices(n);
-  startServices = (n: string[]) => this.inner.startServices(n);
-  serviceStatus = (n: string[]) => this.inner.serviceStatus(n);
-}
 
 type Transport = 'local' | 'pebble';
 
