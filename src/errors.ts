@@ -10,6 +10,7 @@ export type ErrorCode =
   | 'not-found'
   | 'already-exists'
   | 'empty-selection'
+  | 'invalid-config'
   | 'workload'
   | 'workload-command'
   | 'decrypt'

@@ -1,6 +1,7 @@
 import { parse } from 'yaml';
 import { fileExists, runCommand } from '../workload/command';
 import type { Workload } from '../workload/workload';
+import { homeserverPaths } from './homeserver';
 import { readSmallFileCommand } from './scripts';
 
 /** Which Synapse a data dir belongs to, as recorded in manifests and checked before restores. */
@@ -29,13 +30,7 @@ export async function readServerIdentity(
   } catch {
     return {};
   }
-  const serverName = typeof config.server_name === 'string' ? config.server_name : undefined;
-  const keyPath =
-    typeof config.signing_key_path === 'string'
-      ? config.signing_key_path
-      : serverName
-        ? `${dataDir}/${serverName}.signing.key`
-        : undefined;
+  const { serverName, signingKeyPath: keyPath } = homeserverPaths(config, dataDir);
   const keyText = keyPath ? await readIfExists(workload, keyPath) : undefined;
   return { serverName, signingKeyId: keyText ? parseSigningKeyId(keyText) : undefined };
 }
