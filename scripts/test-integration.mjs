@@ -61,7 +61,11 @@ for (const file of results.testResults) {
     console.log(`${t.status.padEnd(7)} ${seconds} s  ${t.title}`);
   }
   if (file.status === 'failed' && file.assertionResults.length === 0) {
-    console.log(`failed  ${path.relative(root, file.name)}: ${file.message.split('\n')[0]}`);
+    const why = file.message
+      .split('\n')
+      .map((l) => l.trim())
+      .find((l) => l && !l.startsWith('●'));
+    console.log(`failed  ${path.relative(root, file.name)}: ${why}`);
   }
 }
 const { numPassedTests: passed, numFailedTests: failed, numPendingTests: skipped } = results;
