@@ -97,8 +97,11 @@ export function parseJujuRun(stdout: string): ActionOutcome {
   const logs = (task.log ?? []).map((l) =>
     l.replace(/^\d{4}-\d\d-\d\d[T ][\d:.]+\S*( [+-]\d{4})?( \w+)? /, ''),
   );
-  const failed = task.status !== 'completed';
-  return { results, failed, message: failed ? task.message : undefined, logs };
+  // A charm whose action exits non-zero without action-fail also failed (jubilant's rule).
+  const code = Number(task.results?.['return-code'] ?? 0);
+  const failed = task.status !== 'completed' || code !== 0;
+  const why = task.message || String(task.results?.stderr ?? '') || `exit ${code}`;
+  return { results, failed, message: failed ? why : undefined, logs };
 }
 
 export class KindDeployment implements Deployment {

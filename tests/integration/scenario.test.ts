@@ -55,6 +55,9 @@ const scenario = ready() ? describe : describe.skip;
 
 /** A failed action's message, or its results when it did not fail (for a clear diff). */
 const failure = (r: ActionOutcome) => (r.failed ? r.message : { succeeded: r.results });
+/** A matcher for a string that begins with `text`. */
+const startsWith = (text: string) =>
+  expect.stringMatching(new RegExp(`^${text.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}`));
 /** Asserts that an action succeeded, showing its failure message when not. */
 const succeeded = (r: ActionOutcome) =>
   expect(r.failed ? r.message : 'succeeded').toBe('succeeded');
@@ -70,7 +73,9 @@ scenario(`integration scenario on the ${backend} backend`, () => {
   const later = { message: 'written after the backup', mxc: '' };
   let backupId: string;
   let created: ActionOutcome;
-  let whereBackups: RegExp;
+  /** The active unit's message once backups are configured. */
+  let whereBackups: string;
+  let passUri: string;
 
   const secrets = [passphrase];
   /** d.runAction, recorded in the transcript with every secret value redacted. */
@@ -145,7 +150,7 @@ scenario(`integration scenario on the ${backend} backend`, () => {
   });
 
   it(`integration scenario: S3 through ${backend === 'kind' ? 's3-integrator' : 'config and secrets'}; the unit says where backups go`, async () => {
-    const passUri = await d.addSecret('synapse-backup', { passphrase });
+    passUri = await d.addSecret('synapse-backup', { passphrase });
     await d.grantSecret('synapse-backup');
     if (d.hasCharmhub) {
       await d.setConfig({ 'backup-passphrase': passUri });
@@ -160,9 +165,7 @@ scenario(`integration scenario on the ${backend} backend`, () => {
       );
       succeeded(sync);
       await d.integrate('backup', 's3-integrator');
-      whereBackups = new RegExp(
-        `^backups: s3://${s3.bucket}/${PREFIX} at ${s3.endpoint} \\(from the backup relation\\)$`,
-      );
+      whereBackups = `backups: s3://${s3.bucket}/${PREFIX} at ${s3.endpoint} (from the backup relation)`;
     } else {
       const credsUri = await d.addSecret('synapse-s3', {
         'access-key': s3.accessKey,
@@ -176,9 +179,7 @@ scenario(`integration scenario on the ${backend} backend`, () => {
         's3-credentials': credsUri,
         'backup-passphrase': passUri,
       });
-      whereBackups = new RegExp(
-        `^backups: s3://${s3.bucket}/${PREFIX} at ${s3.endpoint} \\(from config\\)$`,
-      );
+      whereBackups = `backups: s3://${s3.bucket}/${PREFIX} at ${s3.endpoint} (from config)`;
     }
     await d.waitForStatus({ status: 'active', message: whereBackups });
     expect(await ids()).toEqual([]);
@@ -343,20 +344,16 @@ scenario(`integration scenario on the ${backend} backend`, () => {
   it('integration scenario: bad input: a wrong passphrase fails verify and restore, and the live data stays', async () => {
     const wrong = await d.addSecret('synapse-backup-wrong', { passphrase: `${passphrase}-wrong` });
     await d.grantSecret('synapse-backup-wrong');
-    const right = await d.addSecret('synapse-backup-again', { passphrase });
-    await d.grantSecret('synapse-backup-again');
     await d.setConfig({ 'backup-passphrase': wrong });
     const text = `cannot decrypt backup ${kept}: the passphrase does not match the one it was encrypted with`;
     try {
-      expect(failure(await act('verify-backup', { 'backup-id': kept }))).toMatch(
-        new RegExp(`^${text}`),
-      );
-      expect(failure(await act('restore-backup', { 'backup-id': kept }))).toMatch(
-        new RegExp(`^${text}`),
-      );
+      // Exactly this today; a remedy appended later (set backup-passphrase to ...) still passes.
+      expect(failure(await act('verify-backup', { 'backup-id': kept }))).toEqual(startsWith(text));
+      expect(failure(await act('restore-backup', { 'backup-id': kept }))).toEqual(startsWith(text));
     } finally {
-      await d.setConfig({ 'backup-passphrase': right });
+      await d.setConfig({ 'backup-passphrase': passUri });
     }
+    await d.waitForStatus({ status: 'active', message: whereBackups });
     const client = await matrix();
     const session = await client.login(USER, password);
     expect(await client.messages(session, roomId)).toEqual(before.messages);
