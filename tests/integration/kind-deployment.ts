@@ -16,7 +16,8 @@
  *    http://SERVICE.NAMESPACE.svc.cluster.local:PORT, this process through kubectl port-forward.
  *  - INTEGRATION_S3_ACCESS_KEY, INTEGRATION_S3_SECRET_KEY: MinIO's root user (required).
  *  - INTEGRATION_S3_BUCKET [synapse-backups]: created here if missing.
- * Secret contents and action parameters go through 0600 files (--file, --params), never argv.
+ * Secret contents and action parameters go through 0600 files (--file, --params), never argv;
+ * with the juju snap those files live under ~/snap/juju/common (the snap cannot read /tmp).
  */
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
@@ -111,7 +112,7 @@ export class KindDeployment implements Deployment {
   readonly dataDir = '/data';
   readonly hasCharmhub = true;
   readonly model = process.env.INTEGRATION_MODEL ?? 'synapse-it';
-  private readonly files = fs.mkdtempSync(path.join(os.tmpdir(), 'integration-kind-'));
+  private readonly files = fs.mkdtempSync(path.join(jujuReadableDir(), 'integration-kind-'));
   private forwards = new Map<string, { child: ChildProcess; port: number }>();
 
   async prepareS3(): Promise<S3Target> {
@@ -343,6 +344,22 @@ interface JujuStatus {
       >;
     }
   >;
+}
+
+/**
+ * Where the juju CLI can read the files given to it: a strictly confined snap cannot read
+ * /tmp, so under ~/snap/juju/common then (as jubilant does).
+ */
+function jujuReadableDir(): string {
+  const found = (process.env.PATH ?? '')
+    .split(':')
+    .map((dir) => path.join(dir, 'juju'))
+    .find((file) => fs.existsSync(file));
+  const resolved = found ? fs.realpathSync(found) : '';
+  if (!found?.includes('/snap/') && !resolved.includes('/snap/')) return os.tmpdir();
+  const dir = path.join(os.homedir(), 'snap', 'juju', 'common');
+  fs.mkdirSync(dir, { recursive: true });
+  return dir;
 }
 
 function requiredEnv(name: string): string {

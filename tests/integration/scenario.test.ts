@@ -41,9 +41,12 @@ const TRANSCRIPT = path.join(REPO_ROOT, 'build', `integration-transcript-${backe
 /** Local needs the peers (a failure under CI=true); kind needs juju and kubectl on PATH. */
 function ready(): boolean {
   if (backend === 'local') return requirePeers('minio', 'pebble', 'synapse');
-  for (const tool of ['juju', 'kubectl']) {
+  for (const [tool, ...args] of [
+    ['juju', 'version'],
+    ['kubectl', 'version', '--client'],
+  ]) {
     try {
-      execFileSync(tool, ['version'], { stdio: 'ignore' });
+      execFileSync(tool, args, { stdio: 'ignore' });
     } catch {
       throw new Error(`the kind backend needs ${tool} on PATH (see README, "Integration tests")`);
     }
