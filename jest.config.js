@@ -6,8 +6,13 @@ module.exports = {
   testEnvironment: 'node',
   roots: ['<rootDir>/tests'],
   testMatch: ['**/*.test.ts'],
-  // The fault suite has its own config and runner: npm run test:faults.
-  testPathIgnorePatterns: ['/node_modules/', '<rootDir>/tests/faults/'],
+  // The fault suite and the integration scenario have their own configs and runners:
+  // npm run test:faults, npm run test:integration.
+  testPathIgnorePatterns: [
+    '/node_modules/',
+    '<rootDir>/tests/faults/',
+    '<rootDir>/tests/integration/',
+  ],
   transform: {
     '^.+\\.ts$': ['ts-jest', { tsconfig: 'tsconfig.json' }],
     // @kubernetes/client-node 1.x and a few of its dependencies are ES modules only.

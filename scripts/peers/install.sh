@@ -6,6 +6,7 @@
 #   kube    (the Kubernetes exec rig: kube-apiserver, etcd, the test kubelet), see kube.sh
 #   synapse (matrix-synapse from PyPI, pinned below, in a venv that uid 991 can read: tests run
 #            it as 991 like the official image, so it lives outside a 0700 home, see env.sh)
+#   actionlint (the GitHub workflows' linter, run by .ci/run) built from source with Go, pinned below
 # Cache: ${SYNAPSE_PEERS_CACHE:-$HOME/.cache/synapse-backup-peers} (bin/, venv/, stamps/, src/).
 # Needs: Go (1.26 used), Python 3 with venv + pip, network for the first run.
 # Idempotent: a stamp per peer records the pin it was built from; a changed pin rebuilds,
@@ -14,13 +15,17 @@
 # Tests find the peers through `. scripts/peers/env.sh` (or the default cache path).
 # The kube rig adds ~19 min cold (kube-apiserver is most of it), see kube.sh: a cold run of
 # everything measured 32 min on a busy 2-CPU machine (pebble 2 min, minio 11, venv 1, kube 19).
-# Usage: bash scripts/peers/install.sh [--force] [minio|pebble|esdk|kube|synapse ...]
-#   With no names, installs all five; with names, only those (`install.sh minio` for the demo).
+# Usage: bash scripts/peers/install.sh [--force] [minio|pebble|esdk|kube|synapse|actionlint ...]
+#   With no names, installs all six; with names, only those (`install.sh minio` for the demo).
 set -euo pipefail
 
 PEBBLE_MODULE=github.com/canonical/pebble
 PEBBLE_PKG=github.com/canonical/pebble/cmd/pebble
 PEBBLE_VERSION=v1.26.0
+# The newest actionlint on the Go module proxy when pinned (2026-11-29).
+ACTIONLINT_MODULE=github.com/rhysd/actionlint
+ACTIONLINT_PKG=github.com/rhysd/actionlint/cmd/actionlint
+ACTIONLINT_VERSION=v1.7.12
 # MinIO's RELEASE.* tags are not valid semver, so the proxy refuses them: pin a commit.
 MINIO_MODULE=github.com/minio/minio
 MINIO_VERSION=v0.0.0-20260212201848-7aac2a2c5b7c
@@ -59,7 +64,7 @@ die() { echo "install.sh: $*" >&2; exit 1; }
 log() { echo "==> $*" >&2; }
 
 force=0
-want_pebble=0 want_minio=0 want_esdk=0 want_kube=0 want_synapse=0
+want_pebble=0 want_minio=0 want_esdk=0 want_kube=0 want_synapse=0 want_actionlint=0
 for arg in "$@"; do
   case "$arg" in
     --force) force=1 ;;
@@ -68,15 +73,16 @@ for arg in "$@"; do
     esdk | venv | python) want_esdk=1 ;;
     kube | kubernetes) want_kube=1 ;;
     synapse) want_synapse=1 ;;
+    actionlint) want_actionlint=1 ;;
     -h | --help)
-      echo "usage: bash scripts/peers/install.sh [--force] [minio|pebble|esdk|kube|synapse ...] (default: all)"
+      echo "usage: bash scripts/peers/install.sh [--force] [minio|pebble|esdk|kube|synapse|actionlint ...] (default: all)"
       exit 0
       ;;
-    *) die "unknown argument '$arg' (usage: install.sh [--force] [minio|pebble|esdk|kube|synapse ...])" ;;
+    *) die "unknown argument '$arg' (usage: install.sh [--force] [minio|pebble|esdk|kube|synapse|actionlint ...])" ;;
   esac
 done
-if ((want_pebble + want_minio + want_esdk + want_kube + want_synapse == 0)); then
-  want_pebble=1 want_minio=1 want_esdk=1 want_kube=1 want_synapse=1
+if ((want_pebble + want_minio + want_esdk + want_kube + want_synapse + want_actionlint == 0)); then
+  want_pebble=1 want_minio=1 want_esdk=1 want_kube=1 want_synapse=1 want_actionlint=1
 fi
 
 mkdir -p "$SYNAPSE_PEERS_BIN" "$cache/stamps" "$cache/src"
@@ -174,6 +180,9 @@ fi
 if ((want_minio)); then
   go_peer minio "$MINIO_MODULE" "$MINIO_MODULE" "$MINIO_VERSION" install "$MINIO_BIN"
 fi
+if ((want_actionlint)); then
+  go_peer actionlint "$ACTIONLINT_MODULE" "$ACTIONLINT_PKG" "$ACTIONLINT_VERSION" module "$ACTIONLINT_BIN"
+fi
 if ((want_esdk)); then venv_peer; fi
 if ((want_synapse)); then synapse_peer; fi
 if ((want_kube)); then
@@ -195,6 +204,7 @@ fi
 if ((want_synapse)); then
   echo "synapse $SYNAPSE_PEERS_SYNAPSE_PYTHON  (${SYNAPSE_PINS[0]})"
 fi
-if ((want_pebble && want_minio && want_esdk && want_kube && want_synapse)); then
+if ((want_actionlint)); then echo "actionlint $ACTIONLINT_BIN  ($(cat "$cache/stamps/actionlint"))"; fi
+if ((want_pebble && want_minio && want_esdk && want_kube && want_synapse && want_actionlint)); then
   echo "tests:  . scripts/peers/env.sh && npx jest"
 fi

@@ -81,6 +81,8 @@ export async function startRealSynapseUnit(options: {
   serverName: string;
   minio?: MinioPeer;
   configure?: (h: JujuHarness) => void;
+  /** The charm's directory (an unpacked .charm); default: this repo, which runs build/charm.js. */
+  charmDir?: string;
 }): Promise<RealSynapseUnit> {
   const release = await takeLock(300_000);
   const python = peerPath('synapse');
@@ -90,6 +92,7 @@ export async function startRealSynapseUnit(options: {
   const dataDir = path.join(root.path, 'data');
   fs.mkdirSync(dataDir);
   const h = await JujuHarness.create({
+    charmDir: options.charmDir,
     pebbleSocket: pebble.socketPath,
     dataDir,
     generateCommand: [python, START_PY, 'generate'],
