@@ -358,7 +358,7 @@ describeWithPeers(['minio'])('synapse-backup CLI (built bundle, real MinIO)', ()
     });
     expect(wrong.code).toBe(1);
     expect(errorLine(wrong)).toBe(
-      'synapse-backup: error: cannot decrypt backup cli-1: the passphrase does not match the one it was encrypted with',
+      'synapse-backup: error: cannot decrypt backup cli-1: the passphrase does not match the one it was encrypted with; set SYNAPSE_BACKUP_PASSPHRASE or --passphrase-file to the passphrase in use when this backup was made',
     );
   });
 

@@ -163,6 +163,13 @@ export function describeDecryptError(err: unknown, what: string): BackupError {
     return new BackupError(
       'wrong-passphrase',
       `cannot decrypt ${what}: the passphrase does not match the one it was encrypted with`,
+      {
+        remedy: {
+          kind: 'set',
+          setting: 'backup-passphrase',
+          how: 'to the passphrase in use when this backup was made',
+        },
+      },
     );
   }
   if (/Incomplete (message|Header)/i.test(message)) {

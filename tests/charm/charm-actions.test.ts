@@ -7,6 +7,7 @@ import { execFileSync } from 'node:child_process';
 import { minioEngine } from '../support/engines';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { parse as parseYaml } from 'yaml';
 import {
   describeAction,
   findSecretLeaks,
@@ -174,6 +175,24 @@ describeWithPeers(['minio', 'pebble'])('charm actions', () => {
       sha256: expect.stringMatching(/^[0-9a-f]{64}$/),
       'duration-seconds': expect.stringMatching(/^\d+\.\d$/),
     });
+  });
+
+  it('verify-backup with an all-digit id as juju run passes it: a YAML integer', async () => {
+    expect(backupId).toMatch(/^[1-9]\d{13}$/);
+    const r = await action('verify-backup', { 'backup-id': Number(backupId) });
+    expect(r.failed).toBe(false);
+    expect(r.results['backup-id']).toBe(backupId);
+    const schema = parseYaml(
+      fs.readFileSync(path.join(REPO_ROOT, 'actions.yaml'), 'utf8'),
+    ) as Record<string, { params?: Record<string, { type?: unknown }> }>;
+    for (const name of ['restore-backup', 'verify-backup', 'delete-backup']) {
+      expect(schema[name].params?.['backup-id'].type).toEqual(['string', 'integer']);
+    }
+    const lossy = await action('verify-backup', { 'backup-id': 2 ** 70 });
+    expect(lossy.failed).toBe(true);
+    expect(lossy.failMessage).toBe(
+      `backup-id 1.1805916207174113e+21 was read as a number (juju run reads key=value as YAML): quote it, e.g. juju run synapse/0 verify-backup backup-id="'<id>'", or pass --string-args`,
+    );
   });
 
   it('restore-backup', async () => {

@@ -83,8 +83,19 @@ export function actionFailureMessage(name: string, err: unknown): string {
   return `${name} failed unexpectedly: ${errorMessage(err)}; see juju debug-log`;
 }
 
+/**
+ * The backup-id param as a string. `juju run ... backup-id=20261126070000` reads the
+ * value as YAML (juju/juju#1566), so an all-digit id arrives as an integer, which
+ * actions.yaml accepts (type [string, integer]) and this turns back into its digits.
+ * A number that does not round-trip (beyond 2^53, a float) fails with how to quote it.
+ */
 export function requireBackupId(a: ActionContext): string {
   const raw = a.params['backup-id'];
+  if (typeof raw === 'number' && !Number.isSafeInteger(raw)) {
+    throw new ActionFailure(
+      `backup-id ${String(raw)} was read as a number (juju run reads key=value as YAML): quote it, e.g. juju run ${a.ctx.unitName} ${a.ctx.actionName} backup-id="'<id>'", or pass --string-args`,
+    );
+  }
   const id = typeof raw === 'string' ? raw.trim() : raw === undefined ? '' : String(raw).trim();
   if (!id) {
     throw new ActionFailure(
