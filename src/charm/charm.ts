@@ -157,8 +157,12 @@ export class SynapseCharm {
     return { ctx, tools, overrides, workload, config };
   }
 
-  /** The unit status again after an action, without touching Synapse or S3. */
-  private async refreshStatus(healthWaitMs: number): Promise<void> {
+  /**
+   * The unit status again after an action, without touching S3. After a
+   * restore (`reconcile`) the restored homeserver.yaml gets the current
+   * settings and registration secret again (Synapse restarts if that changed it).
+   */
+  private async refreshStatus(healthWaitMs: number, reconcile = false): Promise<void> {
     try {
       if (!(await this.tools.isLeader())) return;
       const config = await this.loadConfig();
@@ -169,7 +173,7 @@ export class SynapseCharm {
           serving: true,
         }),
         healthWaitMs,
-        reconcile: false,
+        reconcile,
       });
       const backup = await backupHealth(this.ctx, this.tools, config, false);
       await publishStatus(
@@ -277,7 +281,8 @@ export class SynapseCharm {
       for (const engine of engines) engine.close();
       if (statusTouched || STATUS_ACTIONS.has(name) || s3) {
         // After a restore Synapse starts again: wait for it to answer before saying active.
-        await this.refreshStatus(name === 'restore-backup' ? this.overrides.healthWaitMs : 0);
+        const restore = name === 'restore-backup';
+        await this.refreshStatus(restore ? this.overrides.healthWaitMs : 0, restore);
       }
     }
   }
