@@ -219,6 +219,7 @@ export class SynapseCharm {
     let s3: S3Settings | undefined;
     let statusTouched = false;
     const reveal: string[] = [];
+    let succeeded = false;
     try {
       if (!handler) throw new ActionFailure(`unknown action "${name}"`);
       if (!(await this.tools.isLeader())) {
@@ -260,6 +261,7 @@ export class SynapseCharm {
       const results: ActionResults = await handler(context);
       if (s3) await recordCheck(this.tools, s3, { ok: true });
       await this.tools.actionSet(results, reveal);
+      succeeded = true;
       return 0;
     } catch (err) {
       const message = this.tools.redact(actionFailureMessage(name, err));
@@ -280,9 +282,10 @@ export class SynapseCharm {
       interrupt.release();
       for (const engine of engines) engine.close();
       if (statusTouched || STATUS_ACTIONS.has(name) || s3) {
-        // After a restore Synapse starts again: wait for it to answer before saying active.
+        // After a restore Synapse starts again: wait for it to answer before saying active;
+        // a restored homeserver.yaml gets the current settings (a failed one left the files as they were).
         const restore = name === 'restore-backup';
-        await this.refreshStatus(restore ? this.overrides.healthWaitMs : 0, restore);
+        await this.refreshStatus(restore ? this.overrides.healthWaitMs : 0, restore && succeeded);
       }
     }
   }

@@ -103,7 +103,15 @@ export function resolveSettings(
       bad('public-baseurl', `${(err as Error).message}`, 'https://matrix.example.com/');
     }
   } else if (ingressUrl) {
-    baseurl = { url: normaliseBaseurl(ingressUrl), source: 'ingress' };
+    try {
+      baseurl = { url: normaliseBaseurl(ingressUrl), source: 'ingress' };
+    } catch (err) {
+      bad(
+        'public-baseurl',
+        `is unset and the ingress URL cannot be public_baseurl: ${(err as Error).message}; set it`,
+        'https://matrix.example.com/',
+      );
+    }
   }
   if (baseurl) keys.public_baseurl = baseurl.url;
   if (config.enableRegistration !== undefined) {

@@ -249,8 +249,15 @@ describeWithPeers(['pebble'])('operable: settings, ingress, application status',
     expect(odd.status?.message).toBe(
       `ingress: traefik's data is not usable (its "ingress" value has no http(s) url: {"link": "x"}); backups not configured`,
     );
+    // A URL Synapse cannot take as public_baseurl blocks, naming the option that overrides it.
+    h.relation(rel.id).data.traefik = { ingress: JSON.stringify({ url: `${url}?x=1` }) };
+    const query = await hook('ingress-relation-changed');
+    expect(query.status).toEqual({
+      status: 'blocked',
+      message: `invalid settings: public-baseurl is unset and the ingress URL cannot be public_baseurl: "${url}?x=1" must not have a query, fragment or user; set it (juju config synapse public-baseurl=https://matrix.example.com/)`,
+    });
     h.relation(rel.id).data.traefik = { ingress: JSON.stringify({ url }) };
-    await hook('ingress-relation-changed');
+    expect((await hook('ingress-relation-changed')).status?.status).toBe('active');
 
     // relation-broken: the relation is still listed, but gone; the key the charm wrote goes.
     const broken = await hook('ingress-relation-broken', { relationId: rel.id });
