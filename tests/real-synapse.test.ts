@@ -240,6 +240,10 @@ print(json.dumps({"ok": ok, "messages": messages, "media": len(media), "missing"
     expect(r.failMessage).toBeUndefined();
     // Synapse stopped only for the swap; the action ends once it answers /health again.
     expect(r.statuses).toEqual([
+      {
+        status: 'maintenance',
+        message: `restoring backup ${backupId}: staging it (Synapse still serves)`,
+      },
       { status: 'maintenance', message: `restoring backup ${backupId}: Synapse stopped` },
       { status: 'active', message: expect.stringMatching(/^backups: s3:\/\//) },
     ]);

@@ -2,26 +2,17 @@
  * The synapse charm: maps Juju events to the workload and the unit status,
  * and actions to the backup engine.
  */
-import { BackupEngine } from '../backup/engine';
-import type { Progress } from '../backup/types';
+import type { BackupEngine } from '../backup/engine';
 import { BackupError, errorMessage } from '../errors';
 import type { JujuContext } from '../juju/context';
 import { type ActionResults, type HookTools } from '../juju/hook-tools';
-import {
-  type WorkloadMode,
-  WorkloadModeError,
-  loadWorkload,
-  parseWorkloadMode,
-  quotedList,
-} from '../workload/factory';
-import type { Workload } from '../workload/workload';
+import { syncIngress, type IngressRequest } from '../juju/ingress';
+import type { S3Settings } from '../s3/settings';
 import {
   ActionFailure,
   actionFailureMessage,
-  withServiceHooks,
   type ActionContext,
   type ActionHandler,
-  type ServiceHooks,
 } from './actions/context';
 import { createBackup } from './actions/create-backup';
 import { deleteBackup } from './actions/delete-backup';
@@ -30,29 +21,16 @@ import { pruneBackups } from './actions/prune-backups';
 import { restoreBackup } from './actions/restore-backup';
 import { verifyBackup } from './actions/verify-backup';
 import { promoteUserAdmin, registerUser } from './actions/users';
-import {
-  BACKUP_ENDPOINT,
-  findBackupRelation,
-  notConfiguredMessage,
-  requestedBucket,
-  resolveBackupSetup,
-} from './backup-setup';
-import { WORKLOAD_EXEC_MODES, parseCharmConfig, type CharmConfig } from './config';
+import { BACKUP_ENDPOINT, findBackupRelation, requestedBucket } from './backup-setup';
 import { backupHealth, isS3Failure, recordCheck } from './backup-status';
-import { ensureRegistrationSecret } from './registration';
-import type { S3Settings } from '../s3/settings';
+import { parseCharmConfig, type CharmConfig } from './config';
+import { makeEngine } from './engine-setup';
 import { synapseVersion } from './health';
 import { listenForInterrupt } from './interrupt';
-import { CONTAINER_NAME, SYNAPSE_PORT, type Overrides } from './overrides';
-import { composeStatus, failedCheck, serverNameUnset, singleUnitMessage } from './status';
-import {
-  observeSynapse,
-  reconcileSynapse,
-  serverNameConflict,
-  stopSynapse,
-  type SynapseContainer,
-  type WorkloadState,
-} from './synapse';
+import { leaderState } from './leader-state';
+import { SYNAPSE_PORT, type Overrides } from './overrides';
+import { composeStatus, failedCheck, publishStatus, singleUnitMessage } from './status';
+import { stopSynapse, type SynapseContainer } from './synapse';
 
 export const ACTIONS: Record<string, ActionHandler> = {
   'create-backup': createBackup,
@@ -83,6 +61,12 @@ const BUCKET_REQUEST_HOOKS = new Set([
   'upgrade-charm',
   'config-changed',
 ]);
+
+/**
+ * What the charm asks the ingress provider for: Synapse's port, and the path
+ * prefix stripped (with path routing Synapse must still see /_matrix at its root).
+ */
+const INGRESS_REQUEST: IngressRequest = { port: SYNAPSE_PORT, stripPrefix: true };
 
 /** Actions during which the unit status says what runs (and that Synapse may be stopped). */
 const STATUS_ACTIONS = new Set(['create-backup', 'restore-backup']);
@@ -143,50 +127,61 @@ export class SynapseCharm {
       if (await stopSynapse(this.workload)) {
         await this.tools.jujuLog('WARNING', 'stopped Synapse: this unit is not the leader');
       }
+      await syncIngress(this.ctx, this.tools, INGRESS_REQUEST, { leader, serving: false });
       await this.tools.statusSet('blocked', singleUnitMessage(this.ctx.appName));
       return;
     }
     await this.tools.openPort(`${SYNAPSE_PORT}/tcp`);
     const quick = QUICK_HOOKS.test(name);
-    let workload: WorkloadState;
-    if (!config.serverName) {
-      workload = { kind: 'blocked', message: serverNameUnset(this.ctx.appName) };
-    } else {
-      workload = await reconcileSynapse(this.workload, this.overrides, config.serverName, {
-        progress: (message) => this.tools.statusSet('maintenance', message),
-        log: (message) => this.tools.jujuLog('INFO', message),
-        healthWaitMs: quick ? 0 : this.overrides.healthWaitMs,
-        prepare: () =>
-          ensureRegistrationSecret(this.tools, this.workload, this.overrides.configPath),
-      });
-      if ('detail' in workload && workload.detail) {
-        await this.tools.jujuLog('WARNING', `${workload.message}: ${workload.detail}`);
-      }
+    const { workload, notes } = await leaderState({
+      ...this.parts(config),
+      ingress: await syncIngress(this.ctx, this.tools, INGRESS_REQUEST, { leader, serving: true }),
+      healthWaitMs: quick ? 0 : this.overrides.healthWaitMs,
+      reconcile: true,
+    });
+    if ('detail' in workload && workload.detail) {
+      await this.tools.jujuLog('WARNING', `${workload.message}: ${workload.detail}`);
     }
     const backup = await backupHealth(this.ctx, this.tools, config, name !== 'update-status');
     if (workload.kind === 'blocked' && backup.kind === 'problem') {
       await this.tools.jujuLog('WARNING', `also: backups: ${backup.message}`);
     }
-    const status = composeStatus(workload, backup, failedCheck(name, this.ctx.pebbleCheckName));
-    await this.tools.statusSet(status.status, status.message);
+    const checkFailed = failedCheck(name, this.ctx.pebbleCheckName);
+    const status = composeStatus(workload, backup, checkFailed, notes);
+    await publishStatus(this.tools, this.ctx.appName, status, true);
     if (workload.kind === 'up') await this.setWorkloadVersion();
   }
 
-  /** The unit status again after an action, without touching Synapse or S3. */
-  private async refreshStatus(healthWaitMs: number): Promise<void> {
+  private parts(config: CharmConfig) {
+    const { ctx, tools, overrides, workload } = this;
+    return { ctx, tools, overrides, workload, config };
+  }
+
+  /**
+   * The unit status again after an action, without touching S3. After a
+   * restore (`reconcile`) the restored homeserver.yaml gets the current
+   * settings and registration secret again (Synapse restarts if that changed it).
+   */
+  private async refreshStatus(healthWaitMs: number, reconcile = false): Promise<void> {
     try {
       if (!(await this.tools.isLeader())) return;
       const config = await this.loadConfig();
-      let workload: WorkloadState = { kind: 'blocked', message: serverNameUnset(this.ctx.appName) };
-      if (config.serverName) {
-        const conflict = await serverNameConflict(this.workload, this.overrides, config.serverName);
-        workload = conflict
-          ? { kind: 'blocked', message: conflict }
-          : await observeSynapse(this.workload, this.overrides.synapseUrl, healthWaitMs);
-      }
+      const { workload, notes } = await leaderState({
+        ...this.parts(config),
+        ingress: await syncIngress(this.ctx, this.tools, INGRESS_REQUEST, {
+          leader: true,
+          serving: true,
+        }),
+        healthWaitMs,
+        reconcile,
+      });
       const backup = await backupHealth(this.ctx, this.tools, config, false);
-      const status = composeStatus(workload, backup);
-      await this.tools.statusSet(status.status, status.message);
+      await publishStatus(
+        this.tools,
+        this.ctx.appName,
+        composeStatus(workload, backup, undefined, notes),
+        true,
+      );
     } catch (err) {
       await this.tools
         .jujuLog(
@@ -224,6 +219,7 @@ export class SynapseCharm {
     let s3: S3Settings | undefined;
     let statusTouched = false;
     const reveal: string[] = [];
+    let succeeded = false;
     try {
       if (!handler) throw new ActionFailure(`unknown action "${name}"`);
       if (!(await this.tools.isLeader())) {
@@ -233,7 +229,8 @@ export class SynapseCharm {
       const config = await this.loadConfig();
       const unitStatus = async (message: string) => {
         statusTouched = true;
-        await this.tools.statusSet('maintenance', message);
+        const status = { status: 'maintenance' as const, message };
+        await publishStatus(this.tools, this.ctx.appName, status, true);
       };
       const context: ActionContext = {
         ctx: this.ctx,
@@ -243,7 +240,12 @@ export class SynapseCharm {
         config,
         workload: this.workload,
         engine: async (onProgress, hooks) => {
-          const made = await this.makeEngine(config, interrupt.signal, onProgress, hooks);
+          const made = await makeEngine({
+            ...this.parts(config),
+            signal: interrupt.signal,
+            onProgress,
+            hooks,
+          });
           engines.push(made.engine);
           s3 = made.setup.s3;
           return made;
@@ -259,6 +261,7 @@ export class SynapseCharm {
       const results: ActionResults = await handler(context);
       if (s3) await recordCheck(this.tools, s3, { ok: true });
       await this.tools.actionSet(results, reveal);
+      succeeded = true;
       return 0;
     } catch (err) {
       const message = this.tools.redact(actionFailureMessage(name, err));
@@ -279,72 +282,11 @@ export class SynapseCharm {
       interrupt.release();
       for (const engine of engines) engine.close();
       if (statusTouched || STATUS_ACTIONS.has(name) || s3) {
-        // After a restore Synapse starts again: wait for it to answer before saying active.
-        await this.refreshStatus(name === 'restore-backup' ? this.overrides.healthWaitMs : 0);
+        // After a restore Synapse starts again: wait for it to answer before saying active;
+        // a restored homeserver.yaml gets the current settings (a failed one left the files as they were).
+        const restore = name === 'restore-backup';
+        await this.refreshStatus(restore ? this.overrides.healthWaitMs : 0, restore && succeeded);
       }
     }
-  }
-
-  private async makeEngine(
-    config: CharmConfig,
-    signal: AbortSignal,
-    onProgress?: (p: Progress) => void,
-    hooks?: ServiceHooks,
-  ) {
-    const setup = await resolveBackupSetup(this.ctx, this.tools, config);
-    if (setup.state === 'none') throw new ActionFailure(notConfiguredMessage(this.ctx.appName));
-    if (setup.state === 'invalid') {
-      throw new ActionFailure(`backups are not usable: ${setup.message}`);
-    }
-    this.tools.addSecret(setup.passphrase);
-    this.tools.addSecret(setup.s3.secretAccessKey);
-    const engine = new BackupEngine({
-      s3: setup.s3,
-      passphrase: setup.passphrase,
-      workload: withServiceHooks(await this.backupWorkload(config), hooks),
-      dataDir: this.overrides.dataDir,
-      onProgress,
-      onNotice: (message: string) => void this.tools.actionLog(message).catch(() => undefined),
-      progressIntervalMs: 2000,
-      signal,
-    });
-    return { engine, setup };
-  }
-
-  /**
-   * Backups reach the container through Pebble unless workload-exec=kubernetes
-   * asks for the Kubernetes exec API (which needs `juju trust`; its client is
-   * loaded only then). With Pebble, the archive (create's and restore's) goes
-   * over a unix socket in the directory Juju mounts in both containers, and
-   * through Pebble's websocket when that socket cannot be set up (said in the
-   * action's log) or when workload-exec=pebble-relay. See workload/factory.ts.
-   */
-  private async backupWorkload(config: CharmConfig): Promise<Workload> {
-    let mode: WorkloadMode;
-    try {
-      mode = parseWorkloadMode(config.workloadExec, WORKLOAD_EXEC_MODES);
-    } catch (err) {
-      if (!(err instanceof WorkloadModeError)) throw err;
-      throw new ActionFailure(
-        `workload-exec "${err.mode}" is not valid: use ${quotedList(err.allowed)} (juju config ${this.ctx.appName} workload-exec=pebble)`,
-      );
-    }
-    return loadWorkload(mode, {
-      pebbleSocket: this.overrides.pebbleSocket,
-      workloadSharedDir: this.overrides.workloadSharedDir,
-      onDirectStreamUnavailable: (reason) => this.directStreamUnavailable(reason),
-      kubernetes: {
-        appName: this.ctx.appName,
-        unitNumber: Number(this.ctx.unitName.split('/')[1]),
-        container: CONTAINER_NAME,
-        modelName: this.ctx.modelName,
-      },
-    });
-  }
-
-  private directStreamUnavailable(reason: string): void {
-    const message = `the archive comes through Pebble's websocket, which is slower, because the direct socket could not be used: ${reason}; set workload-exec=pebble-relay to skip the attempt`;
-    this.tools.actionLog(message).catch(() => undefined);
-    this.tools.jujuLog('WARNING', message).catch(() => undefined);
   }
 }

@@ -28,6 +28,21 @@ export interface CharmConfig {
   backupRetention?: string;
   /** How backups reach the container: a WORKLOAD_EXEC_MODES name or an alias; unset is pebble. */
   workloadExec?: string;
+  /** Synapse settings (settings.ts); unset: the charm leaves the key in homeserver.yaml alone. */
+  publicBaseurl?: string;
+  enableRegistration?: boolean;
+  maxUploadSize?: string;
+  federationDomainWhitelist?: string;
+  reportStats?: boolean;
+  logLevel?: string;
+}
+
+/** A boolean option: Juju gives JSON booleans; unset is undefined. */
+function bool(raw: Record<string, unknown>, key: string): boolean | undefined {
+  const value = raw[key];
+  if (value === true || value === 'true') return true;
+  if (value === false || value === 'false') return false;
+  return undefined;
 }
 
 function str(raw: Record<string, unknown>, key: string): string | undefined {
@@ -50,6 +65,12 @@ export function parseCharmConfig(raw: Record<string, unknown>): CharmConfig {
     backupPassphrase: str(raw, 'backup-passphrase'),
     backupRetention: str(raw, 'backup-retention'),
     workloadExec: str(raw, 'workload-exec'),
+    publicBaseurl: str(raw, 'public-baseurl'),
+    enableRegistration: bool(raw, 'enable-registration'),
+    maxUploadSize: str(raw, 'max-upload-size'),
+    federationDomainWhitelist: str(raw, 'federation-domain-whitelist'),
+    reportStats: bool(raw, 'report-stats'),
+    logLevel: str(raw, 'log-level'),
   };
 }
 

@@ -12,7 +12,7 @@
  * restored backup of another deployment), the file gets the Juju secret's.
  */
 import { randomBytes } from 'node:crypto';
-import { parseDocument } from 'yaml';
+import type { Document } from 'yaml';
 import type { HookTools } from '../juju/hook-tools';
 import { commandFailure, execCollect } from '../workload/command';
 import type { Workload } from '../workload/workload';
@@ -40,8 +40,21 @@ export async function readRegistrationSecret(
   return { sharedSecret: content[SHARED_SECRET_KEY], adminPassword: content[ADMIN_PASSWORD_KEY] };
 }
 
+/** Reads a text file in the workload (cat); throws with the reason when it cannot. */
+export async function readWorkloadFile(workload: Workload, path: string): Promise<string> {
+  const current = await execCollect(workload, { command: ['cat', path] });
+  if (current.exitCode !== 0) {
+    throw commandFailure(`reading ${path}`, current.status, current.stderr);
+  }
+  return current.stdout;
+}
+
 /** Writes `text` to `path` in the workload through stdin (in place: owner and mode stay). */
-async function writeWorkloadFile(workload: Workload, path: string, text: string): Promise<void> {
+export async function writeWorkloadFile(
+  workload: Workload,
+  path: string,
+  text: string,
+): Promise<void> {
   const proc = workload.exec({
     command: ['sh', '-c', 'cat > "$1"', 'synapse-charm', path],
     stdin: true,
@@ -57,20 +70,11 @@ async function writeWorkloadFile(workload: Workload, path: string, text: string)
 }
 
 /**
- * Leader only: makes sure the Juju secret exists and homeserver.yaml at
- * `configPath` carries its shared secret. Returns true when the file changed
- * (Synapse must restart to read it). Throws when the file cannot be read or written.
+ * Leader only: makes sure the Juju secret exists and homeserver.yaml's
+ * document `doc` carries its shared secret (set in `doc`; the caller writes
+ * the file). Returns true when `doc` changed.
  */
-export async function ensureRegistrationSecret(
-  tools: HookTools,
-  workload: Workload,
-  configPath: string,
-): Promise<boolean> {
-  const current = await execCollect(workload, { command: ['cat', configPath] });
-  if (current.exitCode !== 0) {
-    throw commandFailure(`reading ${configPath}`, current.status, current.stderr);
-  }
-  const doc = parseDocument(current.stdout);
+export async function applyRegistrationSecret(tools: HookTools, doc: Document): Promise<boolean> {
   const inFile = doc.get('registration_shared_secret');
   if (typeof inFile === 'string') tools.addSecret(inFile);
   let secret = await readRegistrationSecret(tools);
@@ -86,6 +90,5 @@ export async function ensureRegistrationSecret(
   }
   if (inFile === secret.sharedSecret) return false;
   doc.set('registration_shared_secret', secret.sharedSecret);
-  await writeWorkloadFile(workload, configPath, doc.toString());
   return true;
 }

@@ -10,7 +10,7 @@
  *   ("backups: s3://... (from config)", "backups: <problem>", or
  *   "backups not configured"). Backups never make the unit blocked.
  */
-import type { StatusName } from '../juju/hook-tools';
+import type { HookTools, StatusName } from '../juju/hook-tools';
 import type { BackupHealth } from './backup-status';
 import type { WorkloadState } from './synapse';
 
@@ -47,6 +47,7 @@ export function composeStatus(
   workload: WorkloadState,
   backup: BackupHealth,
   checkFailed?: string,
+  notes: string[] = [],
 ): UnitStatus {
   if (workload.kind === 'blocked') return { status: 'blocked', message: workload.message };
   if (workload.kind !== 'up') {
@@ -55,5 +56,45 @@ export function composeStatus(
       : workload.message;
     return { status: 'waiting', message };
   }
-  return { status: 'active', message: backupMessage(backup) };
+  return { status: 'active', message: [...notes, backupMessage(backup)].join('; ') };
+}
+
+/** The peer relation (metadata.yaml): its other units are units that must not run Synapse. */
+export const PEER_ENDPOINT = 'synapse-peers';
+
+/** How many other units the application has (from the peer relation); 0 when unknown. */
+export async function otherUnits(tools: HookTools): Promise<number> {
+  try {
+    const [id] = await tools.relationIds(PEER_ENDPOINT);
+    if (!id) return 0;
+    return (await tools.relationList(Number(id.slice(id.lastIndexOf(':') + 1)))).length;
+  } catch {
+    return 0;
+  }
+}
+
+/**
+ * The application status the leader sets beside its unit status: the unit's
+ * own, unless other units exist (then blocked: one homeserver per application).
+ */
+export function applicationStatus(unit: UnitStatus, others: number, app: string): UnitStatus {
+  if (others === 0) return unit;
+  return { status: 'blocked', message: `${others + 1} units: ${singleUnitMessage(app)}` };
+}
+
+/**
+ * Sets the unit status and, on the leader, the application status
+ * (applicationStatus); `others` is otherUnits() when already known.
+ */
+export async function publishStatus(
+  tools: HookTools,
+  app: string,
+  unit: UnitStatus,
+  leader: boolean,
+  others?: number,
+): Promise<void> {
+  await tools.statusSet(unit.status, unit.message);
+  if (!leader) return;
+  const appStatus = applicationStatus(unit, others ?? (await otherUnits(tools)), app);
+  await tools.statusSet(appStatus.status, appStatus.message, { app: true });
 }

@@ -9,6 +9,7 @@ import { execCollect, fileExists } from '../workload/command';
 import type { Workload } from '../workload/workload';
 import { waitForHealth } from './health';
 import { SERVICE_NAME, type Overrides } from './overrides';
+import { SettingsError } from './settings';
 
 /**
  * The Pebble check on Synapse's /health. Level `alive` and the service's
@@ -92,7 +93,11 @@ export interface ReconcileHooks {
   log(message: string): Promise<void>;
   /** Milliseconds to wait for /health after the replan (0: probe once). */
   healthWaitMs: number;
-  /** Runs once homeserver.yaml exists, before the replan; true when Synapse must restart to read it. */
+  /**
+   * Runs once homeserver.yaml exists, before the replan; true when Synapse
+   * must restart to read it. A SettingsError it throws blocks the unit
+   * (nothing replanned: a running Synapse keeps its configuration).
+   */
   prepare?(): Promise<boolean>;
 }
 
@@ -146,6 +151,7 @@ export async function reconcileSynapse(
       await workload.startServices([SERVICE_NAME]);
     }
   } catch (err) {
+    if (err instanceof SettingsError) return { kind: 'blocked', message: err.message };
     return {
       kind: 'starting',
       message: 'Synapse is not running yet: see juju debug-log',

@@ -7,7 +7,6 @@
  * replaced by `***` (belt and braces: the charm never passes them on purpose).
  * secret-get's output (the secret content) is returned, never logged.
  */
-import { spawn } from 'node:child_process';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -18,6 +17,9 @@ import {
   flattenActionResults,
   type ActionResults,
 } from './action-results';
+import { spawnRunner } from './spawn-runner';
+
+export { spawnRunner } from './spawn-runner';
 
 export {
   ACTION_KEY_SEGMENT,
@@ -58,31 +60,6 @@ export class HookToolError extends Error {
 
 /** ops splits juju-log messages longer than this. */
 export const MAX_LOG_LINE = 131071;
-
-export const spawnRunner: ToolRunner = (tool, args, input) =>
-  new Promise((resolve, reject) => {
-    const child = spawn(tool, args, { stdio: ['pipe', 'pipe', 'pipe'] });
-    const out: Buffer[] = [];
-    const err: Buffer[] = [];
-    child.stdout.on('data', (c: Buffer) => out.push(c));
-    child.stderr.on('data', (c: Buffer) => err.push(c));
-    child.stdin.on('error', () => undefined);
-    child.once('error', (e: NodeJS.ErrnoException) => {
-      if (e.code === 'ENOENT') {
-        resolve({ stdout: '', stderr: `command not found: ${tool}`, exitCode: 127 });
-      } else {
-        reject(e);
-      }
-    });
-    child.once('close', (code, signal) => {
-      resolve({
-        stdout: Buffer.concat(out).toString('utf8'),
-        stderr: Buffer.concat(err).toString('utf8') + (signal ? `killed by ${signal}` : ''),
-        exitCode: code ?? 128,
-      });
-    });
-    child.stdin.end(input ?? '');
-  });
 
 export interface HookToolsOptions {
   runner?: ToolRunner;
@@ -220,6 +197,13 @@ export class HookTools {
   /** open-port `8008/tcp` (Juju: `<port>[/<protocol>]`, a range `<from>-<to>/<protocol>`, or `icmp`). */
   async openPort(port: string): Promise<void> {
     await this.run('open-port', [port]);
+  }
+
+  /** network-get's bind address for an endpoint (e.g. `10.1.2.3`); undefined when Juju gives none. */
+  async bindAddress(endpoint: string): Promise<string | undefined> {
+    const args = [endpoint, '--bind-address', '--format=json'];
+    const address = await this.runJson<string | null>('network-get', args);
+    return typeof address === 'string' && address ? address : undefined;
   }
 
   // --- unit state (Juju >= 2.8: state-get, state-set; kept by the controller) ---

@@ -217,6 +217,10 @@ describeWithPeers(['minio', 'pebble'])('charm actions', () => {
     expect(r.logs[0]).toContain('(Synapse stops only while the files are swapped in)');
     // While the files are swapped the unit says Synapse is stopped; then active again.
     expect(r.statuses).toEqual([
+      {
+        status: 'maintenance',
+        message: `restoring backup ${backupId}: staging it (Synapse still serves)`,
+      },
       { status: 'maintenance', message: `restoring backup ${backupId}: Synapse stopped` },
       {
         status: 'active',

@@ -53,6 +53,7 @@ describe('HookTools argv (as ops runs the tools)', () => {
     await tools.secretGet('secret:abc', { peek: true });
     await tools.applicationVersionSet('1.120.0');
     await tools.openPort('8008/tcp');
+    await tools.bindAddress('ingress');
     await tools.stateGet();
     await tools.stateSet({ 's3-check': '{"ok":true}', gone: '' });
     await tools.secretGetByLabel('synapse-registration');
@@ -76,6 +77,7 @@ describe('HookTools argv (as ops runs the tools)', () => {
       ['secret-get', '--format=json', 'secret:abc', '--peek'],
       ['application-version-set', '--', '1.120.0'],
       ['open-port', '8008/tcp'],
+      ['network-get', 'ingress', '--bind-address', '--format=json'],
       ['state-get', '--format=json'],
       ['state-set', 's3-check={"ok":true}', 'gone='],
       ['secret-get', '--format=json', '--label', 'synapse-registration'],

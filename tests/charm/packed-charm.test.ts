@@ -122,6 +122,10 @@ describeWithPeers(['minio', 'pebble'])('the packed charm', () => {
       'upstream-source': expect.stringMatching(/:v\d+\.\d+\.\d+$/),
     });
     expect(metadata.requires.backup).toEqual({ interface: 's3', limit: 1, optional: true });
+    expect(metadata.requires.ingress).toEqual({ interface: 'ingress', limit: 1, optional: true });
+    // No invented or upstream links: the charm has no public repository yet.
+    expect(metadata).not.toHaveProperty('source');
+    expect(metadata).not.toHaveProperty('issues');
     expect(metadata.peers).toEqual({ 'synapse-peers': { interface: 'synapse_peers' } });
     expect(metadata.storage.data).toMatchObject({ type: 'filesystem', 'minimum-size': '10G' });
     for (const key of ['docs', 'source', 'issues']) {

@@ -36,6 +36,7 @@ export const HOOK_TOOLS = [
   'is-leader',
   'application-version-set',
   'open-port',
+  'network-get',
   'state-get',
   'state-set',
   'relation-ids',
@@ -94,6 +95,8 @@ export interface FakeJujuState {
   statusHistory?: ({ which: string } & StatusValue)[];
   version?: string;
   openPorts?: string[];
+  /** network-get --bind-address (the fake's default: 10.1.2.3). */
+  bindAddress?: string;
   unitState?: Record<string, string>;
 }
 

@@ -19,6 +19,11 @@ export const restoreBackup: ActionHandler = async (a) => {
   } catch {
     services = [];
   }
+  await a.unitStatus(
+    services.length
+      ? `restoring backup ${id}: staging it (Synapse still serves)`
+      : `restoring backup ${id} ...`,
+  );
   await a.log(
     `restoring backup ${id} from ${setup.description} into ${a.overrides.dataDir}` +
       (services.length ? ' (Synapse stops only while the files are swapped in)' : ''),

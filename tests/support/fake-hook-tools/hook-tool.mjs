@@ -25,6 +25,7 @@
  *     status: { unit: {status, message}, app: {status, message} },
  *     version: string,
  *     openPorts: ["8008/tcp"],                         // open-port
+ *     bindAddress: "10.1.2.3",                         // network-get --bind-address
  *     unitState: { key: value } }                      // state-get, state-set
  */
 import fs from 'node:fs';
@@ -276,6 +277,16 @@ const tools = {
     const normal = spec === 'icmp' || spec.includes('/') ? spec : `${spec}/tcp`;
     if (!state.openPorts.includes(normal)) state.openPorts.push(normal);
     saveState(state);
+  },
+
+  'network-get'(args) {
+    const { flags, positional } = parseFlags(args, {
+      bool: ['bind-address', 'ingress-address', 'egress-subnets', 'primary-address'],
+      value: ['format', 'r', 'relation'],
+    });
+    if (positional.length !== 1) fail('no endpoint specified', 2);
+    if (!flags['bind-address']) fail('this fake serves only --bind-address', 2);
+    out(loadState().bindAddress ?? '10.1.2.3');
   },
 
   async 'secret-add'(args) {
