@@ -14,7 +14,7 @@
 import { BackupError } from '../errors';
 import { runCommand } from '../workload/command';
 import type { EngineContext } from './context';
-import { readHomeserverConfig } from './homeserver';
+import { homeserverPaths, readHomeserverConfig } from './homeserver';
 
 /**
  * Finds a live Synapse of this data dir in the workload and prints `pid <pid>`
@@ -49,13 +49,25 @@ const UNDER_IT =
  * process of this config or data dir (see RUNNING_SCRIPT). With `services`
  * named, the engine stops and starts them around the swap: only services it
  * would leave running are checked, and the processes are not (the named
- * service is Synapse). Nothing found (no homeserver.yaml: a fresh directory;
- * a stale pid file whose process is gone) resolves. The message says what to
+ * service is Synapse). A data dir without homeserver.yaml (a fresh directory)
+ * is not checked: an active service there runs on another one. Nothing found
+ * (a stale pid file whose process is gone) resolves. The message says what to
  * do; a live pid in the pid file may be another program's (a reused pid): the
  * remedy names the file to remove then.
  */
 export async function refuseRunningSynapse(ctx: EngineContext, services: string[]): Promise<void> {
-  const active = (await ctx.workload.serviceStatus([])).filter(
+  // Nothing to run on, nothing running on it: a fresh directory.
+  // One that is not YAML (what the restore may be about to fix) has the default paths.
+  const config = await readHomeserverConfig(ctx.workload, ctx.dataDir).catch((err: unknown) => {
+    if (err instanceof BackupError && err.code === 'invalid-config') {
+      return { paths: homeserverPaths({}, ctx.dataDir) };
+    }
+    throw err;
+  });
+  if (!config) return;
+  // A transport that cannot list services (no Pebble in the workload) leaves the process checks.
+  const listed = await ctx.workload.serviceStatus([]).catch(() => []);
+  const active = listed.filter(
     (s) => /synapse/i.test(s.name) && s.current === 'active' && !services.includes(s.name),
   );
   if (active.length > 0) {
@@ -67,8 +79,6 @@ export async function refuseRunningSynapse(ctx: EngineContext, services: string[
     );
   }
   if (services.length > 0) return;
-  const config = await readHomeserverConfig(ctx.workload, ctx.dataDir);
-  if (!config) return;
   const { pidFile, configPath } = config.paths;
   const found = (
     await runCommand(
