@@ -56,8 +56,8 @@ const UNDER_IT =
  * remedy names the file to remove then.
  */
 export async function refuseRunningSynapse(ctx: EngineContext, services: string[]): Promise<void> {
-  // Nothing to run on, nothing running on it: a fresh directory.
-  // One that is not YAML (what the restore may be about to fix) has the default paths.
+  // No homeserver.yaml: a fresh directory, which nothing runs on. One that is
+  // not YAML (what the restore may be about to fix) has the default paths.
   const config = await readHomeserverConfig(ctx.workload, ctx.dataDir).catch((err: unknown) => {
     if (err instanceof BackupError && err.code === 'invalid-config') {
       return { paths: homeserverPaths({}, ctx.dataDir) };
