@@ -24,6 +24,8 @@ export type ErrorCode =
   | 's3-auth'
   | 's3-bucket'
   | 's3-unreachable'
+  /** A write went to another bucket than the configured one (host-style addressing). */
+  | 'misrouted'
   | 'cleanup'
   | 'too-large'
   | 'wrong-server'
@@ -58,6 +60,9 @@ export type Operation = 'list' | 'prune' | 'delete';
  * - `run-again`: repeat the same run with `option`, `when` says when that is right;
  * - `run`: run `operation` next, `why` says what it does here;
  * - `grant-exec`: the charm may not exec into its pod (Kubernetes RBAC; Juju: `juju trust`);
+ * - `stop-synapse`: Synapse runs on the data dir: stop it, or let the run stop
+ *   and start `service` (a Pebble service) around the swap; with `pidFile`, a
+ *   live `pid` there that may be another program (the file then goes);
  * - `advice`: anything else, already neutral ("grow the data volume or free space").
  */
 export type Remedy =
@@ -65,6 +70,7 @@ export type Remedy =
   | { kind: 'run-again'; option: RunOption; when?: string }
   | { kind: 'run'; operation: Operation; why?: string }
   | { kind: 'grant-exec'; app: string }
+  | { kind: 'stop-synapse'; service?: string; pidFile?: string; pid?: number }
   | { kind: 'advice'; text: string };
 
 export interface BackupErrorOptions {

@@ -7,6 +7,11 @@ import { spawn, spawnSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { existsSync, promises as fsp, readdirSync, statSync } from 'node:fs';
 import path from 'node:path';
+import {
+  CreateMultipartUploadCommand,
+  ListMultipartUploadsCommand,
+  PutObjectCommand,
+} from '@aws-sdk/client-s3';
 import { buildTar, encrypt, putBackup } from './support/backups';
 import {
   type MinioPeer,
@@ -600,6 +605,113 @@ describeWithPeers(['minio'])('synapse-backup CLI (built bundle, real MinIO)', ()
     expect(errorLine(run)).toMatch(
       /^synapse-backup: error: cannot [^:]+: no S3 credentials are set; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY$/,
     );
+  });
+
+  test('flags that do not apply to the subcommand: exit 2, one line naming the flag and the subcommand', async () => {
+    const cases: [string[], string][] = [
+      [['list', '--keep-last', '3'], '--keep-last does not apply to list'],
+      [
+        ['restore', '--id', 'cli-1', '--data-dir', '/tmp/x', '--dry-run'],
+        '--dry-run does not apply to restore',
+      ],
+      [
+        ['verify', '--id', 'cli-1', '--pebble-socket', '/tmp/p.socket'],
+        '--pebble-socket does not apply to verify',
+      ],
+      [['delete', '--id', 'cli-1', '--force'], '--force does not apply to delete'],
+      [
+        ['create', '--data-dir', '/tmp/x', '--service', 'synapse'],
+        '--service does not apply to create',
+      ],
+    ];
+    for (const [args, said] of cases) {
+      const run = await cli(args);
+      expect({ args, code: run.code, out: run.out }).toEqual({ args, code: 2, out: '' });
+      const command = args[0];
+      expect(errorLine(run)).toBe(
+        `synapse-backup: error: ${said}; see synapse-backup --help for what ${command} takes`,
+      );
+    }
+    const service = await cli([
+      'restore',
+      '--id',
+      'cli-1',
+      '--data-dir',
+      '/tmp/x',
+      '--service',
+      'synapse',
+    ]);
+    expect(service.code).toBe(2);
+    expect(errorLine(service)).toBe(
+      'synapse-backup: error: --service needs --pebble-socket: on this host the CLI manages no services; stop Synapse yourself',
+    );
+  });
+
+  test("an interrupted create's pending marker: create names delete once; delete refuses it while fresh, removes it and its upload once stale", async () => {
+    const noPass = { SYNAPSE_BACKUP_PASSPHRASE: undefined };
+    const marker = {
+      format: 'synapse-backup-pending',
+      id: 'abandoned',
+      object: `${PREFIX}/abandoned.tar.enc`,
+      startedAt: '2026-01-02T03:04:05.000Z',
+      host: 'gone-host',
+      pid: 4242,
+    };
+    await minio.client.send(
+      new PutObjectCommand({
+        Bucket: minio.bucket,
+        Key: `${PREFIX}/abandoned.pending`,
+        Body: JSON.stringify(marker),
+      }),
+    );
+    const upload = await minio.client.send(
+      new CreateMultipartUploadCommand({
+        Bucket: minio.bucket,
+        Key: `${PREFIX}/abandoned.tar.enc`,
+      }),
+    );
+    const uploadsOf = async () =>
+      (
+        await minio.client.send(
+          new ListMultipartUploadsCommand({
+            Bucket: minio.bucket,
+            Prefix: `${PREFIX}/abandoned.tar.enc`,
+          }),
+        )
+      ).Uploads ?? [];
+    expect((await uploadsOf()).map((u) => u.UploadId)).toEqual([upload.UploadId]);
+
+    const create = await cli(['create', '--data-dir', src.path, '--id', 'abandoned']);
+    expect(create.code).toBe(1);
+    expect(errorLine(create)).toBe(
+      `synapse-backup: error: backup abandoned is being created by the run of gone-host pid 4242 started 2026-01-02T03:04:05.000Z (its pending marker ${PREFIX}/abandoned.pending is there); run synapse-backup delete to remove the marker if that run was interrupted (once it is older than the stale age, 24 h unless told otherwise), or choose another id`,
+    );
+
+    const fresh = await cli(['delete', '--id', 'abandoned'], { env: noPass });
+    expect(fresh.code).toBe(1);
+    expect(errorLine(fresh)).toMatch(
+      new RegExp(
+        `^synapse-backup: error: backup abandoned is being created: its pending marker ${PREFIX}/abandoned\\.pending was written \\d+ s ago \\(S3's time\\), and a create may still be running; nothing was deleted; run synapse-backup delete again once the marker is 24 h old if that create was interrupted \\(it then removes the marker and the upload\\); else wait for it to finish$`,
+      ),
+    );
+    expect(await uploadsOf()).toHaveLength(1);
+
+    // --stale-hours 0: the marker is taken as an interrupted run's at once.
+    const stale = await cli(['delete', '--id', 'abandoned', '--stale-hours', '0'], { env: noPass });
+    expect(stale.stderr).toBe('');
+    expect(stale.code).toBe(0);
+    expect(stale.out).toMatch(
+      new RegExp(
+        `^deleted backup abandoned \\(${PREFIX}/abandoned\\.pending\\); it was an interrupted create's, whose pending marker dates from \\S+Z: its marker and any upload it left are gone\n$`,
+      ),
+    );
+    expect(await uploadsOf()).toEqual([]);
+    const listed = JSON.parse((await cli(['list', '--json'])).out) as {
+      backups: { 'backup-id': string }[];
+    };
+    expect(listed.backups.map((b) => b['backup-id'])).not.toContain('abandoned');
+    const gone = await cli(['delete', '--id', 'abandoned'], { env: noPass });
+    expect(errorLine(gone)).toContain('backup abandoned does not exist');
   });
 
   test('no run printed the passphrase or a secret key', () => {

@@ -43,8 +43,9 @@ describe('one backup id, one run', () => {
     expect(failed).toHaveLength(1);
     expect(failed[0]!.code).toBe('already-exists');
     expect(failed[0]!.message).toMatch(
-      /^backup same is being created by the run of .+ pid \d+ started .+ \(its pending marker backups\/same\.pending is there\): choose another id$/,
+      /^backup same is being created by the run of .+ pid \d+ started .+ \(its pending marker backups\/same\.pending is there\)$/,
     );
+    expect(failed[0]!.remedy).toMatchObject({ kind: 'run', operation: 'delete' });
     expect(store.keys()).toEqual(['backups/same.manifest.json', 'backups/same.tar.enc']);
     await expect(engineOn(store, data).verify('same')).resolves.toMatchObject({
       sha256: ok[0]!.sha256,

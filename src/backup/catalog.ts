@@ -7,6 +7,7 @@ import { BackupError, errorMessage } from '../errors';
 import type { EngineContext } from './context';
 import { MANIFEST_SUFFIX, OBJECT_SUFFIX, PENDING_SUFFIX, validateBackupId } from './ids';
 import { type Manifest, parseManifest } from './manifest';
+import { DEFAULT_STALE_HOURS, pendingKey, refuseRunningCreate } from './pending';
 import type { StoredObject } from './store';
 import type { BackupInfo, DeleteResult, ListResult } from './types';
 
@@ -199,18 +200,45 @@ export async function notFound(ctx: EngineContext, id: string): Promise<BackupEr
   });
 }
 
-/** Deletes a backup's manifest, then its object: a half-deleted backup never looks complete. */
-export async function deleteBackup(ctx: EngineContext, id: string): Promise<DeleteResult> {
+/**
+ * Deletes a backup's manifest, then its object (a half-deleted backup never
+ * looks complete), then its pending marker. Without a manifest, a marker
+ * younger than `staleAfterSeconds` (default 24 h) is a create that may still
+ * be running: refused, `busy`, before anything is deleted; an older one is an
+ * interrupted run's, whose uploads are aborted too. Throws `not-found` when the
+ * id has neither object, manifest nor marker.
+ */
+export async function deleteBackup(
+  ctx: EngineContext,
+  id: string,
+  staleAfterSeconds = DEFAULT_STALE_HOURS * 3600,
+): Promise<DeleteResult> {
   validateBackupId(id);
   const mKey = manifestKey(ctx, id);
   const oKey = objectKey(ctx, id);
-  const [manifest, object] = await Promise.all([ctx.store.head(mKey), ctx.store.head(oKey)]);
-  if (!manifest && !object) throw await notFound(ctx, id);
+  const pKey = pendingKey(ctx, id);
+  const [manifest, object, pending] = await Promise.all(
+    [mKey, oKey, pKey].map((key) => ctx.store.head(key)),
+  );
+  if (!manifest && !object && !pending) throw await notFound(ctx, id);
+  const interrupted = !manifest && pending !== undefined;
+  if (interrupted) refuseRunningCreate(id, pending, staleAfterSeconds);
   const deletedKeys: string[] = [];
   for (const key of [manifest ? mKey : undefined, object ? oKey : undefined]) {
     if (!key) continue;
     await ctx.store.delete(key);
     deletedKeys.push(key);
   }
-  return { backupId: id, deletedKeys };
+  // The interrupted run's multipart upload, if one is left: found by its exact key.
+  if (interrupted) await ctx.store.removeFailedUpload(oKey);
+  if (pending) {
+    await ctx.store.delete(pKey);
+    deletedKeys.push(pKey);
+  }
+  const since = interrupted ? pending.lastModified?.toISOString() : undefined;
+  return {
+    backupId: id,
+    deletedKeys,
+    ...(interrupted ? { interruptedRunSince: since ?? '?' } : {}),
+  };
 }

@@ -124,13 +124,17 @@ export async function createBackup(
 }
 
 /**
- * Writes the manifest (only where there is none), then looks at the object
+ * Confirms that the object is listed in the configured bucket with its size,
+ * writes the manifest (only where there is none), then looks at the object
  * again: it must still be there with the size the manifest records, else the
  * backup is not reported complete. Then removes the pending marker (a failure
  * there only leaves a marker that prune removes once it is stale).
  */
 async function writeManifest(ctx: EngineContext, manifest: Manifest): Promise<void> {
   const { id } = manifest;
+  // A listing, not a HEAD: the addressing style can take writes (and HEADs) to
+  // another bucket (src/s3/landing.ts). A failure's cleanup removes the object.
+  await ctx.store.confirmListed(objectKey(ctx, id), manifest.ciphertextBytes);
   const key = manifestKey(ctx, id);
   const text = `${JSON.stringify(manifest, null, 2)}\n`;
   if (!(await ctx.store.putTextIfAbsent(key, text, 'application/json'))) {

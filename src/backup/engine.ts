@@ -128,8 +128,13 @@ export class BackupEngine {
     return decryptBackup(this.ctx, id, output, options);
   }
 
-  /** Deletes a backup's manifest, then its object. */
-  delete(id: string): Promise<DeleteResult> {
-    return deleteBackup(this.ctx, id);
+  /**
+   * Deletes a backup's manifest, then its object; also its pending marker, and
+   * an interrupted create's (stale marker) upload. `staleAfterSeconds` (default
+   * 24 h): a younger marker without a manifest is a create that may be running,
+   * refused (`busy`). See catalog.ts deleteBackup.
+   */
+  delete(id: string, options: { staleAfterSeconds?: number } = {}): Promise<DeleteResult> {
+    return deleteBackup(this.ctx, id, options.staleAfterSeconds);
   }
 }

@@ -11,8 +11,12 @@ import { BackupError, errorMessage } from '../errors';
 import { objectKey } from './catalog';
 import type { EngineContext } from './context';
 import { PENDING_SUFFIX } from './ids';
+import type { StoredObject } from './store';
 
 export const PENDING_FORMAT = 'synapse-backup-pending';
+
+/** Prune's default stale age, hours: a marker older than this is an interrupted run's. */
+export const DEFAULT_STALE_HOURS = 24;
 
 /** The key of backup `id`'s pending marker. */
 export function pendingKey(ctx: EngineContext, id: string): string {
@@ -35,22 +39,47 @@ export async function reserveBackupId(ctx: EngineContext, id: string): Promise<v
     pid: process.pid,
   };
   const text = `${JSON.stringify(marker, null, 2)}\n`;
-  if (await ctx.store.putTextIfAbsent(key, text, 'application/json')) return;
-  const holder = await ctx.store.getText(key).then(
-    (t) => describeMarker(t),
-    () => 'another run',
-  );
+  if (await ctx.store.putTextIfAbsent(key, text, 'application/json')) {
+    await confirmMarkerListed(ctx, id, key, Buffer.byteLength(text));
+    return;
+  }
+  const holder = await ctx.store.getText(key).then(describeMarker, () => 'another run');
   throw new BackupError(
     'already-exists',
-    `backup ${id} is being created by ${holder} (its pending marker ${key} is there): choose another id`,
+    `backup ${id} is being created by ${holder} (its pending marker ${key} is there)`,
     {
       remedy: {
         kind: 'run',
-        operation: 'prune',
-        why: 'to remove what an interrupted run left once it is older than the stale age, or choose another id',
+        operation: 'delete',
+        why: `to remove the marker if that run was interrupted (once it is older than the stale age, ${DEFAULT_STALE_HOURS} h unless told otherwise), or choose another id`,
       },
     },
   );
+}
+
+/**
+ * Fails fast, before tar runs, when the marker did not land in the configured
+ * bucket (src/s3/landing.ts): removes it through the same client (which
+ * reaches wherever it went) and rethrows, saying so.
+ */
+async function confirmMarkerListed(
+  ctx: EngineContext,
+  id: string,
+  key: string,
+  size: number,
+): Promise<void> {
+  try {
+    await ctx.store.confirmListed(key, size);
+  } catch (err) {
+    const removed = await ctx.store.delete(key).then(
+      () => 'it was removed again',
+      (e: unknown) => `removing it failed too: ${errorMessage(e)}`,
+    );
+    if (err instanceof BackupError && err.code === 'misrouted') {
+      err.message += `; nothing else of backup ${id} was written, and ${removed}`;
+    }
+    throw err;
+  }
 }
 
 /** "the run of <host> pid <pid> started <time>", from a marker's text. */
@@ -61,6 +90,40 @@ function describeMarker(text: string): string {
   } catch {
     return 'another run';
   }
+}
+
+/**
+ * Refuses to delete an incomplete backup whose pending marker (`pending`, its
+ * HEAD) is younger than `staleAfterSeconds`: its create may still be running.
+ * Code `busy`, saying how old the marker is and when delete will take it.
+ */
+export function refuseRunningCreate(
+  id: string,
+  pending: StoredObject,
+  staleAfterSeconds: number,
+): void {
+  const written = pending.lastModified?.getTime();
+  if (written === undefined) return;
+  const ageSeconds = Math.max(0, (Date.now() - written) / 1000);
+  if (ageSeconds >= staleAfterSeconds) return;
+  throw new BackupError(
+    'busy',
+    `backup ${id} is being created: its pending marker ${pending.key} was written ${formatAge(ageSeconds)} ago (S3's time), and a create may still be running; nothing was deleted`,
+    {
+      remedy: {
+        kind: 'run',
+        operation: 'delete',
+        why: `again once the marker is ${formatAge(staleAfterSeconds)} old if that create was interrupted (it then removes the marker and the upload); else wait for it to finish`,
+      },
+    },
+  );
+}
+
+/** 90 → "1 min", 7200 → "2 h", 30 → "30 s". */
+function formatAge(seconds: number): string {
+  if (seconds >= 7200) return `${Math.floor(seconds / 3600)} h`;
+  if (seconds >= 60) return `${Math.floor(seconds / 60)} min`;
+  return `${Math.floor(seconds)} s`;
 }
 
 /** Removes `id`'s pending marker; a failure is returned as text, never thrown. */

@@ -13,6 +13,7 @@ import { CommandSink, fileExists, runCommand } from '../workload/command';
 import { completeManifest, objectKey } from './catalog';
 import { type EngineContext, checkInterrupted, interruptedBy, passphraseOf } from './context';
 import { readServerIdentity } from './identity';
+import { refuseRunningSynapse } from './running';
 import { validateBackupId } from './ids';
 import type { Manifest } from './manifest';
 import {
@@ -58,6 +59,7 @@ interface RestoreDirs {
  * `wrong-server` (unless force), `wrong-passphrase`, `no-space`,
  * `archive-rejected`, `manifest-mismatch`, `workload-command`,
  * `unfinished-swap` (an earlier interrupted swap that could not be resolved),
+ * `busy` (Synapse runs on the data dir and is not among `services`: running.ts),
  * `interrupted` (ctx.signal: before the swap, the staging dir is removed;
  * once the swap began it is finished first, and the message says so),
  * or ConfigError without a passphrase; before the swap, the live data is as
@@ -71,6 +73,8 @@ export async function restoreBackup(
   const id = validateBackupId(request.id);
   const swapRecovery = await resolveInterruptedSwap(ctx, request.services ?? []);
   checkInterrupted(ctx, `${ctx.dataDir} is unchanged`);
+  // Never under a Synapse the swap would not stop (running.ts).
+  await refuseRunningSynapse(ctx, request.services ?? []);
   const manifest = request.allowMissingManifest
     ? await completeManifest(ctx, id, true)
     : await completeManifest(ctx, id);

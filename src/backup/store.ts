@@ -38,6 +38,13 @@ export interface BackupStore {
   relativeName(key: string): string | undefined;
   /** The object's size and time, or undefined when it does not exist (404). */
   head(key: string): Promise<StoredObject | undefined>;
+  /**
+   * Resolves when a listing of the bucket (not a request about the key, which
+   * a store can take to another bucket: src/s3/landing.ts) holds `key` with
+   * `size` bytes; else throws `misrouted` (the addressing style sent the
+   * write elsewhere) or `corrupt`.
+   */
+  confirmListed(key: string, size: number): Promise<void>;
   /** Objects directly under the prefix (not in sub-folders). */
   list(): Promise<StoredObject[]>;
   /** In-progress multipart uploads under the prefix. */

@@ -200,5 +200,11 @@ export interface VerifyResult {
 
 export interface DeleteResult {
   backupId: string;
+  /** Full keys removed: manifest, object, pending marker, in that order. */
   deletedKeys: string[];
+  /**
+   * When the backup was incomplete and its pending marker stale (an interrupted
+   * create's): the marker's last-modified ISO time. Its uploads were aborted too.
+   */
+  interruptedRunSince?: string;
 }

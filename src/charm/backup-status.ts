@@ -25,7 +25,7 @@ export type BackupHealth =
 export const S3_CHECK_KEY = 's3-check';
 /** HeadBucket's budget in a hook (the client retries inside it), in milliseconds. */
 export const CHECK_TIMEOUT_MS = 20_000;
-const S3_ERROR_CODES = new Set(['s3', 's3-auth', 's3-bucket', 's3-unreachable']);
+const S3_ERROR_CODES = new Set(['s3', 's3-auth', 's3-bucket', 's3-unreachable', 'misrouted']);
 
 interface StoredCheck {
   hash: string;

@@ -76,6 +76,12 @@ export function charmRemedy(remedy: Remedy, source: SettingsSource = CONFIG): st
       return [`run ${ACTION[remedy.operation]}`, remedy.why].filter(Boolean).join(' ');
     case 'grant-exec':
       return `run \`juju trust ${remedy.app} --scope=cluster\``;
+    case 'stop-synapse': {
+      const stale = remedy.pidFile
+        ? `; if Synapse is not running, process ${remedy.pid ?? '?'} is another program: remove ${remedy.pidFile} in the workload`
+        : '';
+      return `stop ${remedy.service ? `the ${remedy.service} service` : 'Synapse'} first${stale}`;
+    }
     case 'advice':
       return remedy.text;
   }

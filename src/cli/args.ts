@@ -9,17 +9,21 @@ import { parseArgs } from 'node:util';
 import { ConfigError, errorMessage } from '../errors';
 
 export const USAGE = `usage:
-  synapse-backup create  --data-dir DIR [--id ID]
+  synapse-backup create  --data-dir DIR [--id ID] [--frame-length BYTES] [--part-size MIB]
+                         [--queue-size N]
   synapse-backup list
   synapse-backup restore --id ID --data-dir DIR [--allow-no-manifest] [--keep-previous] [--force]
-  synapse-backup delete  --id ID
+                         [--service NAME]   with --pebble-socket: stop this Pebble service for
+                                 the swap and start it after (without it, restore refuses
+                                 while Synapse runs on DIR)
+  synapse-backup delete  --id ID [--stale-hours H]
   synapse-backup verify  --id ID
   synapse-backup decrypt --id ID [--allow-no-manifest]   # plain tar on stdout
   synapse-backup prune   [--keep-last N] [--keep-days N] [--stale-hours H] [--dry-run]
                          [--data-dir DIR]   also remove what interrupted runs left in DIR
 common: --bucket B [--prefix P] [--endpoint URL] [--region R] [--uri-style host|path] [--json]
         [--passphrase-file F] [--ca-file PEM] [--checksum when_required|when_supported]
-        [--frame-length BYTES] [--part-size MIB] [--queue-size N]
+create, restore, prune:
         [--pebble-socket PATH]   run tar through Pebble instead of on this host
         [--direct [--workload-dir PATH]]   with --pebble-socket: the archive (create's output,
                                  restore's input) goes over a unix socket in the socket's
@@ -52,6 +56,7 @@ export const OPTIONS = {
   'allow-no-manifest': { type: 'boolean' },
   'keep-previous': { type: 'boolean' },
   force: { type: 'boolean' },
+  service: { type: 'string', multiple: true },
   'keep-last': { type: 'string' },
   'keep-days': { type: 'string' },
   'stale-hours': { type: 'string' },
@@ -64,6 +69,53 @@ export type Values = ReturnType<
 >['values'];
 
 export const COMMANDS = ['create', 'list', 'restore', 'delete', 'verify', 'decrypt', 'prune'];
+
+type Flag = keyof typeof OPTIONS;
+
+/** Flags every subcommand takes. */
+const COMMON_FLAGS: readonly Flag[] = [
+  'bucket',
+  'prefix',
+  'endpoint',
+  'region',
+  'uri-style',
+  'json',
+  'passphrase-file',
+  'ca-file',
+  'checksum',
+  'help',
+];
+
+/** How a subcommand reaches the workload: the transport's flags. */
+const WORKLOAD_FLAGS: readonly Flag[] = [
+  'pebble-socket',
+  'direct',
+  'direct-output',
+  'workload-dir',
+  'data-dir',
+];
+
+/** The flags of each subcommand besides the common ones (USAGE says the same). */
+const COMMAND_FLAGS: Record<string, readonly Flag[]> = {
+  create: [...WORKLOAD_FLAGS, 'id', 'frame-length', 'part-size', 'queue-size'],
+  list: [],
+  restore: [...WORKLOAD_FLAGS, 'id', 'allow-no-manifest', 'keep-previous', 'force', 'service'],
+  delete: ['id', 'stale-hours'],
+  verify: ['id'],
+  decrypt: ['id', 'allow-no-manifest'],
+  prune: [...WORKLOAD_FLAGS, 'keep-last', 'keep-days', 'stale-hours', 'dry-run'],
+};
+
+/** ConfigError naming the first flag given that `command` does not take. */
+function refuseForeignFlags(command: string, values: Values): void {
+  const allowed = new Set<string>([...COMMON_FLAGS, ...(COMMAND_FLAGS[command] ?? [])]);
+  const foreign = Object.keys(values).find((flag) => !allowed.has(flag));
+  if (foreign) {
+    throw new ConfigError(
+      `--${foreign} does not apply to ${command}; see synapse-backup --help for what ${command} takes`,
+    );
+  }
+}
 
 /** Secrets this run knows, for the redaction of error messages. */
 export const secrets: (string | undefined)[] = [
@@ -181,6 +233,12 @@ export function parseCommandLine(
     throw new ConfigError(`unknown command "${command}"; see synapse-backup --help`);
   }
   if (positionals.length > 1) throw new ConfigError(`unexpected argument "${positionals[1]}"`);
+  refuseForeignFlags(command, values);
+  if (values.service && !values['pebble-socket']) {
+    throw new ConfigError(
+      '--service needs --pebble-socket: on this host the CLI manages no services; stop Synapse yourself',
+    );
+  }
   // Missing options first: before the passphrase, the S3 settings or any directory is touched.
   if (command === 'create' || command === 'restore')
     required(values['data-dir'], 'data-dir', command);

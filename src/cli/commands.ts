@@ -53,6 +53,7 @@ const restore: Command = async ({ engine, values, dataDir, print }) => {
       allowMissingManifest: values['allow-no-manifest'],
       keepPrevious: values['keep-previous'],
       force: values.force,
+      services: values.service,
     })
     .catch((err: unknown) => {
       undoMkdir();
@@ -70,8 +71,14 @@ const restore: Command = async ({ engine, values, dataDir, print }) => {
 };
 
 const remove: Command = async ({ engine, values, print }) => {
-  const r = await engine.delete(required(values.id, 'id', 'delete'));
-  print(`deleted backup ${r.backupId} (${r.deletedKeys.join(', ')})`, r);
+  const staleHours = wholeNumber(values['stale-hours'], 'stale-hours');
+  const r = await engine.delete(required(values.id, 'id', 'delete'), {
+    staleAfterSeconds: staleHours === undefined ? undefined : staleHours * 3600,
+  });
+  const interrupted = r.interruptedRunSince
+    ? `; it was an interrupted create's, whose pending marker dates from ${r.interruptedRunSince}: its marker and any upload it left are gone`
+    : '';
+  print(`deleted backup ${r.backupId} (${r.deletedKeys.join(', ')})${interrupted}`, r);
 };
 
 const verify: Command = async ({ engine, values, print }) => {

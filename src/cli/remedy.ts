@@ -36,9 +36,21 @@ export function cliRemedy(remedy: Remedy): string {
       return [`run synapse-backup ${remedy.operation}`, remedy.why].filter(Boolean).join(' ');
     case 'grant-exec':
       return `give this identity the Kubernetes permission to create pods/exec in the pod's namespace (Juju: \`juju trust ${remedy.app} --scope=cluster\`)`;
+    case 'stop-synapse':
+      return stopSynapse(remedy);
     case 'advice':
       return remedy.text;
   }
+}
+
+function stopSynapse(remedy: Extract<Remedy, { kind: 'stop-synapse' }>): string {
+  const how = remedy.service
+    ? `pass --service ${remedy.service} to stop it for the swap and start it after, or stop it first`
+    : 'stop Synapse first (when Pebble runs it, --pebble-socket with --service NAME stops it for the swap and starts it after)';
+  const stale = remedy.pidFile
+    ? `; if Synapse is not running, process ${remedy.pid ?? '?'} is another program: remove ${remedy.pidFile}`
+    : '';
+  return `${how}${stale}`;
 }
 
 /** The operator's line for an error in the CLI: message, then the remedy in CLI terms. */

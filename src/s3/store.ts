@@ -19,6 +19,7 @@ import { BackupError, InterruptedError } from '../errors';
 import { describedBody } from './body';
 import { checkBucket, createS3Client } from './client';
 import { describeS3Error, httpStatusOf } from './errors';
+import { confirmListed } from './landing';
 import { MultipartSink, type UploadOptions } from './multipart-sink';
 import { DEFAULT_STALL_TIMEOUT_MS, type S3Settings } from './settings';
 
@@ -171,6 +172,14 @@ export class ObjectStore {
     if (await this.head(key)) return false;
     await this.putText(key, text, contentType);
     return (await this.getText(key)) === text;
+  }
+
+  /**
+   * Confirms with a request that cannot be misrouted (a listing of the bucket)
+   * that `key` is in it with `size` bytes: see {@link confirmListed}.
+   */
+  async confirmListed(key: string, size: number): Promise<void> {
+    await confirmListed(this.client, this.settings, key, size);
   }
 
   /** DeleteObject (S3 does not mind a key that does not exist). */

@@ -4,6 +4,7 @@
  * output, as `juju run` would show it, goes to build/charm-actions-transcript.txt.
  */
 import { execFileSync } from 'node:child_process';
+import { DeleteObjectCommand, HeadObjectCommand, PutObjectCommand } from '@aws-sdk/client-s3';
 import { minioEngine } from '../support/engines';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -283,6 +284,21 @@ describeWithPeers(['minio', 'pebble'])('charm actions', () => {
     const again = await action('delete-backup', { 'backup-id': backupId });
     expect(again.failed).toBe(true);
     expect(again.failMessage).toMatch(/does not exist/);
+  });
+
+  it('delete-backup of an id whose create left only a fresh pending marker: refused, in charm terms, nothing deleted', async () => {
+    const key = 'synapse/prod/20260101000000.pending';
+    await minio.client.send(new PutObjectCommand({ Bucket: minio.bucket, Key: key, Body: '{}' }));
+    const r = await action('delete-backup', { 'backup-id': '20260101000000' });
+    expect(r.failed).toBe(true);
+    expect(r.failMessage).toMatch(
+      new RegExp(
+        `^backup 20260101000000 is being created: its pending marker ${key} was written \\d+ s ago \\(S3's time\\), and a create may still be running; nothing was deleted; run delete-backup again once the marker is 24 h old if that create was interrupted \\(it then removes the marker and the upload\\); else wait for it to finish$`,
+      ),
+    );
+    const head = await minio.client.send(new HeadObjectCommand({ Bucket: minio.bucket, Key: key }));
+    expect(head.ContentLength).toBe(2);
+    await minio.client.send(new DeleteObjectCommand({ Bucket: minio.bucket, Key: key }));
   });
 
   it("restore-backup refuses another server's backup unless forced", async () => {

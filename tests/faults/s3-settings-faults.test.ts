@@ -5,6 +5,8 @@
  * engine's own exceptions for such failures, which must hold no secret.
  */
 import { randomBytes } from 'node:crypto';
+import path from 'node:path';
+import { CreateBucketCommand, ListObjectsV2Command } from '@aws-sdk/client-s3';
 import { BackupEngine } from '../../src/backup/engine';
 import { BackupError } from '../../src/errors';
 import { parseS3Settings, type S3SettingsInput } from '../../src/s3/settings';
@@ -160,6 +162,46 @@ describeWithPeers(['minio', 'pebble'])('S3 settings that cannot work', () => {
       observed(await bed.afterFault(before, [run]));
     } finally {
       bed.h.setConfig({ 's3-endpoint': bed.s3.endpoint });
+    }
+  });
+
+  test('S3: host-style addressing to a store without virtual-host support', async () => {
+    expected(
+      'with s3-uri-style=host, s3-path=demo and a bucket demo, create-backup fails naming the addressing and s3-uri-style=path; nothing is left in bucket demo',
+    );
+    // <bucket>.localhost resolves (tests/support/wildcard-localhost.cjs): MinIO, which
+    // ignores the bucket in the Host, then reads the path's first part as the bucket.
+    const endpoint = bed.minio.endpoint.replace('127.0.0.1', 'localhost');
+    const preload = path.join(__dirname, '..', 'support', 'wildcard-localhost.cjs');
+    await bed.minio.client.send(new CreateBucketCommand({ Bucket: 'demo' }));
+    const before = await bed.before();
+    bed.h.setConfig({ 's3-endpoint': endpoint, 's3-uri-style': 'host', 's3-path': 'demo' });
+    try {
+      const run = await bed.run('create-backup', {}, undefined, {
+        NODE_OPTIONS: `--require ${preload}`,
+      });
+      const msg = FaultBed.failure(run);
+      observed(`action failed: ${msg}`);
+      expect(msg).toMatch(
+        new RegExp(
+          `^demo/(\\d{14})\\.pending was written, but a listing of bucket "${bed.minio.bucket}" does not hold it: the write went elsewhere\\. .* it most likely went to bucket "demo" as "\\1\\.pending"; nothing else of backup \\1 was written, and it was removed again; set s3-uri-style=path unless the store serves virtual-host names$`,
+        ),
+      );
+      const demo = await bed.minio.client.send(new ListObjectsV2Command({ Bucket: 'demo' }));
+      expect(demo.Contents ?? []).toEqual([]);
+      observed('bucket demo: empty');
+      bed.h.setConfig({
+        's3-endpoint': bed.s3.endpoint,
+        's3-uri-style': 'path',
+        's3-path': PREFIX,
+      });
+      observed(await bed.afterFault(before, [run]));
+    } finally {
+      bed.h.setConfig({
+        's3-endpoint': bed.s3.endpoint,
+        's3-uri-style': 'path',
+        's3-path': PREFIX,
+      });
     }
   });
 

@@ -137,6 +137,17 @@ export class MemoryStore implements BackupStore {
     return obj && { key, size: obj.data.length, lastModified: obj.lastModified };
   }
 
+  async confirmListed(key: string, size: number): Promise<void> {
+    this.enter('confirmListed', key);
+    const obj = this.objects.get(key);
+    if (obj?.data.length !== size) {
+      throw new BackupError(
+        'corrupt',
+        `${key} ${obj ? `holds ${obj.data.length} bytes, not ${size}` : 'is not listed'} in bucket "${this.bucket}"`,
+      );
+    }
+  }
+
   async list(): Promise<StoredObject[]> {
     this.enter('list');
     return [...this.objects]

@@ -225,11 +225,15 @@ export class FaultBed {
     });
   }
 
-  /** Runs an action through dispatch while sampling /proc; `during` runs alongside. */
+  /**
+   * Runs an action through dispatch while sampling /proc; `during` runs
+   * alongside; `env` is added to the charm's environment for this run.
+   */
   async run(
     name: string,
     params: Record<string, unknown> = {},
     during?: () => Promise<void>,
+    env: Record<string, string> = {},
   ): Promise<Run> {
     this.pebbleProxy.watchSecrets(this.secrets());
     // Environments are checked below this bed's charm process and its Pebble daemon.
@@ -246,7 +250,7 @@ export class FaultBed {
     let result: ActionResult;
     let proc: ProcSample;
     try {
-      const running = this.h.action(name, params);
+      const running = this.h.action(name, params, env);
       const duringDone = during?.().then(
         () => undefined,
         (err: unknown) => err,
