@@ -18,6 +18,7 @@ export type ErrorCode =
   | 'wrong-backup'
   | 'busy'
   | 'archive-rejected'
+  | 'unrestorable-entry'
   | 'manifest-mismatch'
   | 's3'
   | 's3-auth'

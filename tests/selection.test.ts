@@ -7,7 +7,7 @@
 import { spawn, spawnSync } from 'node:child_process';
 import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
-import { SNAPSHOT_FAILED_EXIT, tarCreateCommand } from '../src/backup/scripts';
+import { SNAPSHOT_FAILED_EXIT, TAR_FAILED_EXIT, tarCreateCommand } from '../src/backup/scripts';
 import { tmpDir } from './support/peers';
 
 interface Run {
@@ -109,12 +109,12 @@ describe('the create script', () => {
     expect(entries(plain.stdout)).toEqual(entries(reblocked.stdout));
   });
 
-  test("tar's failure is the script's exit status", async () => {
+  test("tar's failure (its status 2) is the script's TAR_FAILED_EXIT, for the engine to read its complaints", async () => {
     const dir = await tree();
     const run = await runScript(dir, {
       tar: 'head -c 50000 /dev/zero; echo "tar: a: Cannot open: Permission denied" >&2; exit 2',
     });
-    expect(run.status).toBe(2);
+    expect(run.status).toBe(TAR_FAILED_EXIT);
     expect(run.stderr).toContain('Permission denied');
     expect(run.stdout.length).toBe(50000);
   });
