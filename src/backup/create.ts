@@ -26,14 +26,18 @@ import type { CreateRequest, CreateResult } from './types';
 
 /**
  * Creates backup `request.id` (default: the UTC time, YYYYMMDDHHMMSS): the
- * object `<id>.tar.enc` (one ESDK message of a POSIX tar), then its manifest
+ * object `<id>.tar.enc` (one ESDK message of a POSIX tar, without the sockets,
+ * FIFOs and device nodes it lists as `skipped`), then its manifest
  * `<id>.manifest.json` with the counts and SHA-256; the id is reserved first
  * by its pending marker (pending.ts) and bound into the encrypted header
  * (encryption context `synapse-backup-id`). Throws `already-exists` for an id
  * in use or being created, `unfinished-swap` when an interrupted restore's swap
  * cannot be resolved, `no-space` when the data dir's volume cannot hold the
  * database snapshot and a margin for Synapse (space.ts, checked before the
- * snapshot), `empty-selection`, `workload-command` (tar, the snapshot),
+ * snapshot), `empty-selection` (also when the archive holds no regular file),
+ * `unrestorable-entry` (an entry restore's policy refuses that is not left out:
+ * tar/policy.ts createEntryPolicy), `workload-command` (tar, the snapshot; tar's
+ * complaints of media only are warnings, see create-status.ts),
  * `corrupt` when the object changed before the manifest was written, the
  * store's errors (`s3`, ...), `interrupted` (ctx.signal: the upload is aborted
  * at once), or ConfigError without a passphrase; a failure leaves nothing in
