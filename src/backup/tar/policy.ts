@@ -39,19 +39,22 @@ export function confinedEntryPolicy(options: { leaveOutNoData?: boolean } = {}):
   };
   return (entry) => {
     const name = normalizeMemberName(entry.name);
-    const shown = display(entry.name);
-    const parts = name.split('/');
-    if (isBookkeepingName(parts[0])) {
+    const slash = name.indexOf('/');
+    const top = slash === -1 ? name : name.slice(0, slash);
+    if (isBookkeepingName(top)) {
       throw new ArchiveRejectedError(
-        `entry ${shown} has a name the restore uses for its own bookkeeping (${display(parts[0])}): refused`,
+        `entry ${display(entry.name)} has a name the restore uses for its own bookkeeping (${display(top)}): refused`,
       );
     }
-    for (let i = 1; symlinks.size > 0 && i < parts.length; i++) {
-      const parent = parts.slice(0, i).join('/');
-      if (symlinks.has(parent)) {
-        throw new ArchiveRejectedError(
-          `entry ${shown} is inside ${display(parent)}, which the archive made a symlink: refused`,
-        );
+    if (symlinks.size > 0) {
+      const parts = name.split('/');
+      for (let i = 1; i < parts.length; i++) {
+        const parent = parts.slice(0, i).join('/');
+        if (symlinks.has(parent)) {
+          throw new ArchiveRejectedError(
+            `entry ${display(entry.name)} is inside ${display(parent)}, which the archive made a symlink: refused`,
+          );
+        }
       }
     }
     switch (entry.type) {
@@ -62,7 +65,7 @@ export function confinedEntryPolicy(options: { leaveOutNoData?: boolean } = {}):
         regularFiles.delete(name);
         return;
       case 'symlink':
-        checkSymlink(name, shown, entry.linkname);
+        checkSymlink(name, entry.name, entry.linkname);
         symlinks.add(name);
         regularFiles.delete(name);
         return;
@@ -72,7 +75,7 @@ export function confinedEntryPolicy(options: { leaveOutNoData?: boolean } = {}):
         if (targetKind) return leaveOut(name, targetKind, '');
         if (!regularFiles.has(target)) {
           throw new ArchiveRejectedError(
-            `hard link ${shown} points to ${display(entry.linkname)}, which is not a file earlier in the archive: refused`,
+            `hard link ${display(entry.name)} points to ${display(entry.linkname)}, which is not a file earlier in the archive: refused`,
           );
         }
         regularFiles.add(name);
@@ -80,36 +83,36 @@ export function confinedEntryPolicy(options: { leaveOutNoData?: boolean } = {}):
       }
       case 'device': {
         const kind = entry.typeflag === '3' ? 'character-device' : 'block-device';
-        return leaveOut(name, kind, `entry ${shown} is a device node: refused`);
+        return leaveOut(name, kind, `entry ${display(entry.name)} is a device node: refused`);
       }
       case 'fifo':
-        return leaveOut(name, 'fifo', `entry ${shown} is a FIFO: refused`);
+        return leaveOut(name, 'fifo', `entry ${display(entry.name)} is a FIFO: refused`);
       default:
         throw new ArchiveRejectedError(
-          `entry ${shown} has the unsupported tar type '${entry.typeflag}': refused`,
+          `entry ${display(entry.name)} has the unsupported tar type '${entry.typeflag}': refused`,
         );
     }
   };
 }
 
 /** Refuses a symlink whose target is absolute, or leads (or could lead) outside the root. */
-function checkSymlink(name: string, shown: string, linkname: string): void {
+function checkSymlink(name: string, raw: string, linkname: string): void {
   if (linkname.startsWith('/')) {
     throw new ArchiveRejectedError(
-      `symlink ${shown} points to the absolute path ${display(linkname)}: refused`,
+      `symlink ${display(raw)} points to the absolute path ${display(linkname)}: refused`,
     );
   }
   const steps = linkname.split('/').filter((p) => p !== '' && p !== '.');
   const firstName = steps.findIndex((p) => p !== '..');
   if (firstName !== -1 && steps.indexOf('..', firstName) !== -1) {
     throw new ArchiveRejectedError(
-      `symlink ${shown} has ".." after a directory name in its target (${display(linkname)}), which another symlink could lead outside: refused`,
+      `symlink ${display(raw)} has ".." after a directory name in its target (${display(linkname)}), which another symlink could lead outside: refused`,
     );
   }
   const resolved = posix.normalize(posix.join(posix.dirname(name), linkname));
   if (resolved === '..' || resolved.startsWith('../')) {
     throw new ArchiveRejectedError(
-      `symlink ${shown} points outside the data directory (${display(linkname)}): refused`,
+      `symlink ${display(raw)} points outside the data directory (${display(linkname)}): refused`,
     );
   }
 }
@@ -148,6 +151,9 @@ function adviceFor(type: TarEntry['type']): string {
   }
 }
 
+/** An empty, "." or ".." step of a path. */
+const ODD_STEP = /(^|\/)\.{0,2}(\/|$)/;
+
 function normalizeMemberName(raw: string, what = 'entry'): string {
   if (raw.includes('\0') || raw === '') {
     throw new ArchiveRejectedError(`the archive has an ${what} with an empty or invalid name`);
@@ -155,6 +161,8 @@ function normalizeMemberName(raw: string, what = 'entry'): string {
   if (raw.startsWith('/')) {
     throw new ArchiveRejectedError(`${what} ${display(raw)} has an absolute path: refused`);
   }
+  // Most names have no empty, "." or ".." step: they are their own normal form.
+  if (!ODD_STEP.test(raw)) return raw;
   const parts = raw.split('/').filter((p) => p !== '' && p !== '.');
   if (parts.includes('..')) {
     throw new ArchiveRejectedError(`${what} ${display(raw)} contains "..": refused`);
