@@ -70,7 +70,8 @@ export function tarCreateCommand(dataDir: string, keepFreeBytes = 0): string[] {
     '  esac',
     `  exit ${SNAPSHOT_FAILED_EXIT}`,
     'fi',
-    `if [ "$dd_status" = 0 ]; then case "$tar_status" in 1) exit ${TAR_DIFFERS_EXIT} ;; 2) exit ${TAR_FAILED_EXIT} ;; esac; fi`,
+    // Only with dd and the snapshot fine (141 above: tar may have stopped before naming the copy).
+    `if [ "$dd_status" = 0 ] && [ "$snap_status" = 0 ]; then case "$tar_status" in 1) exit ${TAR_DIFFERS_EXIT} ;; 2) exit ${TAR_FAILED_EXIT} ;; esac; fi`,
     'exit "$status"',
   ].join('\n');
   return ['sh', '-c', script, 'synapse-backup', String(keepFreeBytes), dataDir];
