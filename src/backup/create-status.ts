@@ -37,7 +37,9 @@ export function emptySelection(dataDir: string, what = ''): BackupError {
 /**
  * Watches the create script `proc` (its stderr from now on) and returns the check
  * of its exit: `check()` resolves when it succeeded, or when tar's only complaints
- * (status 1 or 2) were of media paths (SELECTED_PATHS) that changed or vanished
+ * (status 1 or 2) were of media paths that changed or vanished: at or below one of
+ * `mediaRoots`, as tar names them (relative to the data dir, where tar runs, or
+ * absolute for a path tar was given absolute; default SELECTED_PATHS)
  * (`complaints.warnings` lists them); else it rejects with `empty-selection`, the
  * failed snapshot (the last lines of its stderr) or tar's own failure
  * (`workload-command`, quoting its other complaints). Sockets tar ignored are in
@@ -46,9 +48,10 @@ export function emptySelection(dataDir: string, what = ''): BackupError {
 export function watchCreateScript(
   ctx: EngineContext,
   proc: ExecProcess,
+  mediaRoots: readonly string[] = SELECTED_PATHS,
 ): { check: () => Promise<void>; complaints: TarComplaints } {
   const stderr = new TailCollector(proc.stderr);
-  const complaints = new TarComplaints(proc.stderr, SELECTED_PATHS);
+  const complaints = new TarComplaints(proc.stderr, mediaRoots);
   const check = async (): Promise<void> => {
     const status = await proc.wait();
     const code = status.exitCode;

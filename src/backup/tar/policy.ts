@@ -123,9 +123,12 @@ function checkSymlink(name: string, raw: string, linkname: string): void {
  * which hold no data, are left out (the scanner drops their headers and lists
  * them); anything else the restore refuses fails the create with
  * `unrestorable-entry`, naming the entry, with an `advice` remedy saying what to do.
+ * `options` are the restore's (what the restore of this backup will be given).
  */
-export function createEntryPolicy(): EntryPolicy {
-  const restorePolicy = confinedEntryPolicy({ leaveOutNoData: true });
+export function createEntryPolicy(
+  options: Parameters<typeof confinedEntryPolicy>[0] = {},
+): EntryPolicy {
+  const restorePolicy = confinedEntryPolicy({ ...options, leaveOutNoData: true });
   return (entry) => {
     try {
       return restorePolicy(entry);
