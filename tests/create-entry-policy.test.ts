@@ -8,7 +8,7 @@ import { spawnSync } from 'node:child_process';
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import { Readable } from 'node:stream';
-import { LISTED_LIMIT } from '../src/backup/notes';
+import { BoundedList, LISTED_LIMIT, summarizeNotes } from '../src/backup/notes';
 import { TarScanner, createEntryPolicy } from '../src/backup/tar';
 import { TarComplaints, unquote } from '../src/backup/tar-complaints';
 import { buildTar } from './support/backups';
@@ -235,5 +235,20 @@ describe("TarComplaints sorts GNU tar's stderr", () => {
   test("unquote reverses GNU tar's escape quoting", () => {
     expect(unquote('a\\nb\\tc\\\\d\\303\\251')).toBe('a\nb\tc\\dé');
     expect(unquote('plain')).toBe('plain');
+  });
+});
+
+describe('what the action results and the CLI line list', () => {
+  test('a million FIFOs: 1000 kept, all counted, 20 named in one bounded line', () => {
+    const list = new BoundedList<{ path: string; kind: string }>();
+    for (let i = 0; i < 1_000_000; i++)
+      list.add({ path: `m/${'x'.repeat(300)}${i}`, kind: 'fifo' });
+    expect(list.items).toHaveLength(LISTED_LIMIT);
+    expect(list.count).toBe(1_000_000);
+    const line = summarizeNotes(list.items, list.count);
+    expect(line.endsWith(' and 999980 more')).toBe(true);
+    expect(line.split(', ')).toHaveLength(20);
+    expect(line.length).toBeLessThan(20 * 220);
+    expect(summarizeNotes([{ path: 'a', kind: 'socket' }], 1)).toBe('a (socket)');
   });
 });
