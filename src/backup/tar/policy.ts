@@ -26,8 +26,14 @@ import {
  *
  * With `leaveOutNoData` (create's policy, createEntryPolicy), FIFOs and device
  * nodes, and hard links to them, are left out instead: their SkipKind is returned.
+ * With `ownTar` (create's: the archive is the engine's own GNU tar reading the
+ * filesystem, which writes a hard link only to a member it archived earlier) a
+ * hard link's target is checked by kind alone (not a symlink; a left-out one is
+ * left out), without keeping every file's name: 35-40 MB at 200k files.
  */
-export function confinedEntryPolicy(options: { leaveOutNoData?: boolean } = {}): EntryPolicy {
+export function confinedEntryPolicy(
+  options: { leaveOutNoData?: boolean; ownTar?: boolean } = {},
+): EntryPolicy {
   const symlinks = new Set<string>();
   const regularFiles = new Set<string>();
   /** Create's left-out entries, by name: a hard link to one is left out too. */
@@ -59,7 +65,7 @@ export function confinedEntryPolicy(options: { leaveOutNoData?: boolean } = {}):
     }
     switch (entry.type) {
       case 'file':
-        regularFiles.add(name);
+        if (!options.ownTar) regularFiles.add(name);
         return;
       case 'directory':
         regularFiles.delete(name);
@@ -73,12 +79,13 @@ export function confinedEntryPolicy(options: { leaveOutNoData?: boolean } = {}):
         const target = normalizeMemberName(entry.linkname, 'hard link target');
         const targetKind = leftOut.get(target);
         if (targetKind) return leaveOut(name, targetKind, '');
-        if (!regularFiles.has(target)) {
+        const earlierFile = options.ownTar ? !symlinks.has(target) : regularFiles.has(target);
+        if (!earlierFile) {
           throw new ArchiveRejectedError(
             `hard link ${display(entry.name)} points to ${display(entry.linkname)}, which is not a file earlier in the archive: refused`,
           );
         }
-        regularFiles.add(name);
+        if (!options.ownTar) regularFiles.add(name);
         return;
       }
       case 'device': {
@@ -128,7 +135,7 @@ function checkSymlink(name: string, raw: string, linkname: string): void {
 export function createEntryPolicy(
   options: Parameters<typeof confinedEntryPolicy>[0] = {},
 ): EntryPolicy {
-  const restorePolicy = confinedEntryPolicy({ ...options, leaveOutNoData: true });
+  const restorePolicy = confinedEntryPolicy({ ...options, leaveOutNoData: true, ownTar: true });
   return (entry) => {
     try {
       return restorePolicy(entry);
