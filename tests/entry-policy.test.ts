@@ -214,6 +214,31 @@ for (const transport of ['local', 'pebble'] as Transport[]) {
         },
       );
 
+      test('a hard-linked symlink (GNU tar writes a hard link to a symlink, which restore refuses) fails the create; nothing stored', async () => {
+        const src = await tmpDir('entry-hardlinked-symlink');
+        await makeSynapseTree(src.path, { mediaFiles: 2 });
+        sh('ln -s cd/file0 s && ln s t', path.join(src.path, LC, 'ab'));
+        const engine = engineFor(src.path);
+        const err = await engine.create({ id: 'hardlinked' }).then(
+          () => undefined,
+          (e: unknown) => e,
+        );
+        expect(err).toMatchObject({
+          code: 'unrestorable-entry',
+          message: expect.stringMatching(
+            new RegExp(
+              `^cannot back up: hard link "${LC}/ab/[st]" points to "${LC}/ab/[st]", which is not a file earlier in the archive; a restore refuses such an entry, so no backup was stored$`,
+            ),
+          ),
+          remedy: {
+            kind: 'advice',
+            text: 'replace the hard link with a copy of the file, then create the backup again',
+          },
+        });
+        await expectNothingStored(engine, 'hardlinked');
+        engine.close();
+      });
+
       test('only empty media folders: empty-selection, saying what was looked for and where; nothing stored', async () => {
         const src = await tmpDir('entry-empty');
         await fsp.mkdir(path.join(src.path, LC), { recursive: true });
