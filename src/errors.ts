@@ -19,6 +19,7 @@ export type ErrorCode =
   | 'wrong-backup'
   | 'busy'
   | 'archive-rejected'
+  | 'unrestorable-entry'
   | 'manifest-mismatch'
   | 's3'
   | 's3-auth'

@@ -590,6 +590,68 @@ describeWithPeers(['minio'])('synapse-backup CLI (built bundle, real MinIO)', ()
     );
   });
 
+  test('create leaves out a FIFO and a socket, naming them in --json `skipped` and in a human line; verify accepts the backup', async () => {
+    const dir = await tmpDir('cli-left-out');
+    await makeSynapseTree(dir.path, { mediaFiles: 2 });
+    const ab = path.join(dir.path, 'media_store/local_content/ab');
+    expect(spawnSync('mkfifo', [path.join(ab, 'p')]).status).toBe(0);
+    const socket = spawnSync('python3', [
+      '-c',
+      'import socket, sys; socket.socket(socket.AF_UNIX).bind(sys.argv[1])',
+      path.join(ab, 's'),
+    ]);
+    expect(socket.status).toBe(0);
+    const json = await cli(['create', '--data-dir', dir.path, '--id', 'cli-left-out', '--json']);
+    expect(json.stderr).toBe('');
+    expect(json.code).toBe(0);
+    const r = JSON.parse(json.out) as Record<string, unknown>;
+    expect(r).toMatchObject({
+      skipped: [
+        { path: 'media_store/local_content/ab/p', kind: 'fifo' },
+        { path: 'media_store/local_content/ab/s', kind: 'socket' },
+      ],
+      'skipped-count': 2,
+      warnings: [],
+      'warnings-count': 0,
+    });
+    const human = await cli(['create', '--data-dir', dir.path, '--id', 'cli-left-out-2']);
+    expect(human.code).toBe(0);
+    expect(human.out.split('\n')[1]).toBe(
+      'left out 2 entries a restore refuses (they hold no data): media_store/local_content/ab/p (fifo), media_store/local_content/ab/s (socket)',
+    );
+    const verified = await cli(['verify', '--id', 'cli-left-out']);
+    expect(verified.code).toBe(0);
+  });
+
+  test('create with a symlink to /etc/passwd in the media: exit 2, one line naming it and the fix; nothing stored', async () => {
+    const dir = await tmpDir('cli-symlink');
+    await makeSynapseTree(dir.path, { mediaFiles: 2 });
+    await fsp.symlink('/etc/passwd', path.join(dir.path, 'media_store/local_content/ab/pw'));
+    const run = await cli(['create', '--data-dir', dir.path, '--id', 'cli-symlink']);
+    expect(run.code).toBe(2);
+    expect(run.out).toBe('');
+    expect(errorLine(run)).toBe(
+      'synapse-backup: error: cannot back up: symlink "media_store/local_content/ab/pw" points to the absolute path "/etc/passwd"; a restore refuses such an entry, so no backup was stored; replace the symlink with a copy of what it points to (or a relative link that stays inside the data directory), or remove it, then create the backup again',
+    );
+    const listed = JSON.parse((await cli(['list', '--json'])).out) as {
+      backups: { backupId?: string; 'backup-id'?: string }[];
+      uploads: { key: string }[];
+    };
+    expect(listed.backups.filter((b) => b['backup-id'] === 'cli-symlink')).toEqual([]);
+    expect(listed.uploads.filter((u) => u.key.includes('cli-symlink'))).toEqual([]);
+  });
+
+  test('create of a data dir with only empty media folders: empty-selection, exit 2, one line', async () => {
+    const dir = await tmpDir('cli-empty');
+    await fsp.mkdir(path.join(dir.path, 'media_store/local_content'), { recursive: true });
+    const run = await cli(['create', '--data-dir', dir.path, '--id', 'cli-empty']);
+    expect(run.code).toBe(2);
+    expect(run.out).toBe('');
+    expect(errorLine(run)).toBe(
+      `synapse-backup: error: nothing to back up in ${dir.path}: no regular file in the selection (*.key, *.yaml, *.yml, *.log.config, homeserver.db, media_store/local_content/, media_store/local_thumbnails/); check that Synapse's data is there`,
+    );
+  });
+
   test('no credentials anywhere: a configuration error naming the variables, exit 2', async () => {
     const run = await cli(['list'], {
       env: {

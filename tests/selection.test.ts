@@ -7,7 +7,12 @@
 import { spawn, spawnSync } from 'node:child_process';
 import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
-import { SNAPSHOT_FAILED_EXIT, tarCreateCommand } from '../src/backup/scripts';
+import {
+  SNAPSHOT_FAILED_EXIT,
+  TAR_DIFFERS_EXIT,
+  TAR_FAILED_EXIT,
+  tarCreateCommand,
+} from '../src/backup/scripts';
 import { tmpDir } from './support/peers';
 
 interface Run {
@@ -109,12 +114,12 @@ describe('the create script', () => {
     expect(entries(plain.stdout)).toEqual(entries(reblocked.stdout));
   });
 
-  test("tar's failure is the script's exit status", async () => {
+  test("tar's failure (its status 2) is the script's TAR_FAILED_EXIT, for the engine to read its complaints", async () => {
     const dir = await tree();
     const run = await runScript(dir, {
       tar: 'head -c 50000 /dev/zero; echo "tar: a: Cannot open: Permission denied" >&2; exit 2',
     });
-    expect(run.status).toBe(2);
+    expect(run.status).toBe(TAR_FAILED_EXIT);
     expect(run.stderr).toContain('Permission denied');
     expect(run.stdout.length).toBe(50000);
   });
@@ -233,6 +238,19 @@ describe('the create script', () => {
     expect(run.stderr).toBe('');
     expect(run.status).toBe(0);
     expect(entries(run.stdout)).toEqual(['./', 'homeserver.db']);
+  });
+
+  test("tar's status 1 with media complaints is TAR_DIFFERS_EXIT only when the snapshot was named: tar gone before it is tar's own failure", async () => {
+    const dir = await tree();
+    const complaint =
+      'echo "tar: media_store/local_content/a: file changed as we read it" >&2; exit 1';
+    // Reads every name (the snapshot's too), complains of a media file, exits 1.
+    const whole = await runScript(dir, { tar: `cat >/dev/null; ${complaint}` });
+    expect(whole.status).toBe(TAR_DIFFERS_EXIT);
+    // With a database: exits before the snapshot's name came (the copy meets a broken pipe).
+    makeDb(path.join(dir, 'homeserver.db'), 0);
+    const early = await runScript(dir, { tar: complaint });
+    expect(early.status).toBe(1);
   });
 
   test('dd dying mid-stream fails the script (tar meets a broken pipe)', async () => {

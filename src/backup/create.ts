@@ -6,8 +6,7 @@
 import { BACKUP_ID_CONTEXT_KEY, createEncryptStream, encryptionParameters } from '../crypto/esdk';
 import { BackupError, InterruptedError, errorMessage, remedyOf } from '../errors';
 import { ENGINE_NAME, ENGINE_VERSION } from '../version';
-import { TailCollector, commandFailure, runCommand } from '../workload/command';
-import type { ExecProcess } from '../workload/workload';
+import { runCommand } from '../workload/command';
 import { manifestKey, objectKey } from './catalog';
 import { type EngineContext, checkInterrupted, passphraseOf, progressTicker } from './context';
 import { type ServerIdentity, readServerIdentity } from './identity';
@@ -16,27 +15,29 @@ import { defaultBackupId, validateBackupId } from './ids';
 import { releaseBackupId, reserveBackupId } from './pending';
 import { MANIFEST_FORMAT, MANIFEST_VERSION, type Manifest } from './manifest';
 import { type Consumer, type StageFailure, runPipeline } from './pipeline';
-import {
-  EMPTY_SELECTION_EXIT,
-  SNAPSHOT_FAILED_EXIT,
-  removeLeftoversCommand,
-  tarCreateCommand,
-} from './scripts';
+import { removeLeftoversCommand, tarCreateCommand } from './scripts';
+import { emptySelection, watchCreateScript } from './create-status';
+import { BoundedList, type EntryWarning, type SkippedEntry } from './notes';
+import type { TarComplaints } from './tar-complaints';
 import { ByteCounter, EndGate, HashingCounter } from './stages';
 import { resolveInterruptedSwap } from './swap-journal';
-import { TarScanner } from './tar';
+import { TarScanner, createEntryPolicy } from './tar';
 import type { CreateRequest, CreateResult } from './types';
 
 /**
  * Creates backup `request.id` (default: the UTC time, YYYYMMDDHHMMSS): the
- * object `<id>.tar.enc` (one ESDK message of a POSIX tar), then its manifest
+ * object `<id>.tar.enc` (one ESDK message of a POSIX tar, without the sockets,
+ * FIFOs and device nodes it lists as `skipped`), then its manifest
  * `<id>.manifest.json` with the counts and SHA-256; the id is reserved first
  * by its pending marker (pending.ts) and bound into the encrypted header
  * (encryption context `synapse-backup-id`). Throws `already-exists` for an id
  * in use or being created, `unfinished-swap` when an interrupted restore's swap
  * cannot be resolved, `no-space` when the data dir's volume cannot hold the
  * database snapshot and a margin for Synapse (space.ts, checked before the
- * snapshot), `empty-selection`, `workload-command` (tar, the snapshot),
+ * snapshot), `empty-selection` (also when the archive holds no regular file),
+ * `unrestorable-entry` (an entry restore's policy refuses that is not left out:
+ * tar/policy.ts createEntryPolicy), `workload-command` (tar, the snapshot; tar's
+ * complaints of media only are warnings, see create-status.ts),
  * `corrupt` when the object changed before the manifest was written, the
  * store's errors (`s3`, ...), `interrupted` (ctx.signal: the upload is aborted
  * at once), or ConfigError without a passphrase; a failure leaves nothing in
@@ -51,34 +52,16 @@ export async function createBackup(
   const oKey = objectKey(ctx, id);
   // Never back up a half-swapped data dir: `unfinished-swap` when it cannot be resolved.
   const swapRecovery = await resolveInterruptedSwap(ctx, request.services ?? []);
-  await reserveBackupId(ctx, id);
-  // Independent round trips, at once; an S3 problem is reported before a workload one.
-  const [existing, leftovers, identityRead] = await Promise.allSettled([
-    refuseExisting(ctx, id),
-    runCommand(ctx.workload, removeLeftoversCommand(ctx.dataDir), 'removing leftovers'),
-    readServerIdentity(ctx.workload, ctx.dataDir),
-  ]);
-  let identity: ServerIdentity;
-  let keepFree: number;
-  try {
-    settledValue(existing);
-    settledValue(leftovers);
-    identity = settledValue(identityRead);
-    // After the leftovers went: an interrupted run's snapshot is no longer taking space.
-    keepFree = await checkSnapshotSpace(ctx.workload, ctx.dataDir);
-    checkInterrupted(ctx, 'nothing was started; nothing was stored');
-  } catch (err) {
-    await releaseBackupId(ctx, id);
-    throw err;
-  }
+  const { identity, keepFree } = await reserveAndCheck(ctx, id);
   const startedAt = new Date();
   const proc = ctx.workload.exec({
     command: tarCreateCommand(ctx.dataDir, keepFree),
     stdin: false,
     directStdout: true,
   });
-  const tarSucceeded = tarStatusCheck(ctx, proc);
-  const scanner = new TarScanner();
+  const { check: tarSucceeded, complaints } = watchCreateScript(ctx, proc);
+  // Restore's entry policy: what it would refuse is left out (no data) or fails the create.
+  const scanner = new TarScanner(createEntryPolicy());
   const plaintext = new HashingCounter();
   const ciphertext = new ByteCounter();
   const ticker = progressTicker(ctx, 'create', () => plaintext.bytes);
@@ -103,8 +86,14 @@ export async function createBackup(
   );
   ticker.stop(stageFailure === undefined);
   let failure = stageFailure && (await causeOf(stageFailure, upload, tarSucceeded));
+  const notes = notesOf(scanner, complaints);
+  // Nothing restorable (no file at all, or only what was left out): not a backup.
+  if (failure === undefined && scanner.files === 0) {
+    failure = emptySelection(ctx.dataDir, leftOutNote(notes.skipped));
+  }
   if (failure === undefined) {
-    const manifest = manifestOf(ctx, id, startedAt, identity, { scanner, plaintext, ciphertext });
+    const counted = { scanner, plaintext, ciphertext, notes };
+    const manifest = manifestOf(ctx, id, startedAt, identity, counted);
     try {
       await writeManifest(ctx, manifest);
       return {
@@ -114,6 +103,10 @@ export async function createBackup(
         files: scanner.files,
         sha256: plaintext.sha256,
         durationSeconds: ticker.elapsedSeconds,
+        skipped: notes.skipped.items,
+        skippedCount: notes.skipped.count,
+        warnings: notes.warnings.items,
+        warningsCount: notes.warnings.count,
         ...(swapRecovery ? { swapRecovery } : {}),
       };
     } catch (err) {
@@ -121,6 +114,36 @@ export async function createBackup(
     }
   }
   throw await cleanUpFailedCreate(ctx, id, failure);
+}
+
+/**
+ * Reserves `id` (its pending marker), then at once: refuses an id in use, removes
+ * an interrupted run's leftovers, reads the server's identity; then checks the
+ * room for the snapshot (returns the bytes to keep free). A failure releases the id.
+ */
+async function reserveAndCheck(
+  ctx: EngineContext,
+  id: string,
+): Promise<{ identity: ServerIdentity; keepFree: number }> {
+  await reserveBackupId(ctx, id);
+  // Independent round trips, at once; an S3 problem is reported before a workload one.
+  const [existing, leftovers, identityRead] = await Promise.allSettled([
+    refuseExisting(ctx, id),
+    runCommand(ctx.workload, removeLeftoversCommand(ctx.dataDir), 'removing leftovers'),
+    readServerIdentity(ctx.workload, ctx.dataDir),
+  ]);
+  try {
+    settledValue(existing);
+    settledValue(leftovers);
+    const identity = settledValue(identityRead);
+    // After the leftovers went: an interrupted run's snapshot is no longer taking space.
+    const keepFree = await checkSnapshotSpace(ctx.workload, ctx.dataDir);
+    checkInterrupted(ctx, 'nothing was started; nothing was stored');
+    return { identity, keepFree };
+  } catch (err) {
+    await releaseBackupId(ctx, id);
+    throw err;
+  }
 }
 
 /**
@@ -160,9 +183,14 @@ function manifestOf(
   id: string,
   startedAt: Date,
   identity: ServerIdentity,
-  counted: { scanner: TarScanner; plaintext: HashingCounter; ciphertext: ByteCounter },
+  counted: {
+    scanner: TarScanner;
+    plaintext: HashingCounter;
+    ciphertext: ByteCounter;
+    notes: CreateNotes;
+  },
 ): Manifest {
-  const { scanner, plaintext, ciphertext } = counted;
+  const { scanner, plaintext, ciphertext, notes } = counted;
   return {
     format: MANIFEST_FORMAT,
     version: MANIFEST_VERSION,
@@ -179,33 +207,33 @@ function manifestOf(
     dataDir: ctx.dataDir,
     serverName: identity.serverName,
     signingKeyId: identity.signingKeyId,
+    ...(notes.skipped.count > 0
+      ? { skipped: notes.skipped.items, skippedCount: notes.skipped.count }
+      : {}),
+    ...(notes.warnings.count > 0
+      ? { warnings: notes.warnings.items, warningsCount: notes.warnings.count }
+      : {}),
     engine: { name: ENGINE_NAME, version: ENGINE_VERSION },
   };
 }
 
-/**
- * What the create script's exit status means: resolves when it succeeded,
- * else rejects with the empty selection, the failed snapshot (the last lines
- * of its stderr) or tar's own failure.
- */
-function tarStatusCheck(ctx: EngineContext, proc: ExecProcess): () => Promise<void> {
-  const stderr = new TailCollector(proc.stderr);
-  return async () => {
-    const status = await proc.wait();
-    if (status.exitCode === EMPTY_SELECTION_EXIT) {
-      throw new BackupError(
-        'empty-selection',
-        `nothing to back up in ${ctx.dataDir}: no homeserver.yaml, signing key, homeserver.db or local media; check that Synapse's data is there`,
-      );
-    }
-    if (status.exitCode === SNAPSHOT_FAILED_EXIT) {
-      const lines = stderr.text().split('\n').filter(Boolean).slice(-2);
-      throw new BackupError('workload-command', lines.join(': ') || 'the database snapshot failed');
-    }
-    if (status.exitCode !== 0) {
-      throw commandFailure(`tar in ${ctx.workload.description}`, status, stderr.text());
-    }
-  };
+/** What create left out (the scanner's FIFOs and devices, tar's sockets) and warns of. */
+interface CreateNotes {
+  skipped: BoundedList<SkippedEntry>;
+  warnings: BoundedList<EntryWarning>;
+}
+
+function notesOf(scanner: TarScanner, complaints: TarComplaints): CreateNotes {
+  const skipped = new BoundedList<SkippedEntry>();
+  for (const item of [...scanner.skipped.items, ...complaints.sockets.items]) skipped.add(item);
+  skipped.count = scanner.skipped.count + complaints.sockets.count;
+  return { skipped, warnings: complaints.warnings };
+}
+
+/** "; only N sockets, FIFOs or device nodes, which a backup leaves out" when there were any. */
+function leftOutNote(skipped: BoundedList<SkippedEntry>): string {
+  if (skipped.count === 0) return '';
+  return `, only ${skipped.count} socket(s), FIFO(s) or device node(s), which a backup leaves out (${skipped.items[0].path}${skipped.count > 1 ? ', ...' : ''})`;
 }
 
 /**

@@ -1,5 +1,6 @@
 import { BackupError } from '../errors';
 import type { EncryptionParameters } from '../crypto/esdk';
+import type { EntryWarning, SkippedEntry } from './notes';
 
 export const MANIFEST_FORMAT = 'synapse-backup-manifest';
 export const MANIFEST_VERSION = 1;
@@ -26,6 +27,20 @@ export interface Manifest {
   serverName?: string;
   /** The signing key's id (e.g. ed25519:a_AbCd), never the key. */
   signingKeyId?: string;
+  /**
+   * Entries left out because a restore refuses them and they hold no data (sockets,
+   * FIFOs, device nodes), by path relative to the data dir: the first 1000
+   * (notes.ts LISTED_LIMIT); `skippedCount` is how many in all. Absent when none.
+   */
+  skipped?: SkippedEntry[];
+  skippedCount?: number;
+  /**
+   * Media that changed (`changed`: archived as tar found it) or vanished
+   * (`removed`: not archived) while tar read them on a live server: the first
+   * 1000; `warningsCount` is how many in all. Absent when none.
+   */
+  warnings?: EntryWarning[];
+  warningsCount?: number;
   engine: { name: string; version: string };
 }
 

@@ -2,6 +2,7 @@ import type { SwapRecovery } from './swap-journal';
 import type { S3Settings } from '../s3/settings';
 import type { Workload } from '../workload/workload';
 import type { BackupStore } from './store';
+import type { EntryWarning, SkippedEntry } from './notes';
 
 export interface Progress {
   phase: 'create' | 'restore' | 'verify' | 'decrypt';
@@ -63,6 +64,18 @@ export interface CreateResult {
   files: number;
   sha256: string;
   durationSeconds: number;
+  /**
+   * Entries left out (sockets, FIFOs, device nodes: a restore refuses them, and they
+   * hold no data), relative to the data dir: the first 1000; `skippedCount` counts all.
+   */
+  skipped: SkippedEntry[];
+  skippedCount: number;
+  /**
+   * Media that changed or vanished while tar read them (a live server; see
+   * Manifest.warnings): the first 1000; `warningsCount` counts all.
+   */
+  warnings: EntryWarning[];
+  warningsCount: number;
   /** An interrupted restore's swap, completed or rolled back before the backup began. */
   swapRecovery?: SwapRecovery;
 }

@@ -7,7 +7,7 @@ import { describeRetention } from '../backup/retention';
 import { ConfigError } from '../errors';
 import { formatBackupTable, formatBytes } from '../format';
 import { type Values, makeRestoreDir, required, wholeNumber } from './args';
-import { endProgressLine, warnSwapRecovery, workloadCleanupLines } from './output';
+import { createNoteLines, endProgressLine, warnSwapRecovery, workloadCleanupLines } from './output';
 
 export interface CommandContext {
   engine: BackupEngine;
@@ -23,7 +23,10 @@ const create: Command = async ({ engine, values, print }) => {
   const r = await engine.create({ id: values.id });
   warnSwapRecovery(r);
   print(
-    `created backup ${r.backupId}: ${r.files} files, ${formatBytes(r.plaintextBytes)} archived, ${formatBytes(r.size)} stored, sha256 ${r.sha256}, ${r.durationSeconds.toFixed(1)} s`,
+    [
+      `created backup ${r.backupId}: ${r.files} files, ${formatBytes(r.plaintextBytes)} archived, ${formatBytes(r.size)} stored, sha256 ${r.sha256}, ${r.durationSeconds.toFixed(1)} s`,
+      ...createNoteLines(r),
+    ].join('\n'),
     {
       'backup-id': r.backupId,
       size: r.size,
@@ -31,6 +34,10 @@ const create: Command = async ({ engine, values, print }) => {
       sha256: r.sha256,
       'plaintext-bytes': r.plaintextBytes,
       'duration-seconds': r.durationSeconds,
+      skipped: r.skipped,
+      'skipped-count': r.skippedCount,
+      warnings: r.warnings,
+      'warnings-count': r.warningsCount,
       ...(r.swapRecovery ? { 'swap-recovery': r.swapRecovery } : {}),
     },
   );

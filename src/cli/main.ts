@@ -3,7 +3,8 @@
  * `synapse-backup`: the backup engine without Juju (recovery, or a host's own
  * cron). Usage and options: args.ts; the subcommands: commands.ts. Failure
  * prints one line, `synapse-backup: error: <reason>; <remedy in this CLI's
- * terms>`, and exits 2 for usage and configuration errors, 1 otherwise.
+ * terms>`, and exits 2 for usage and configuration errors and for data a backup
+ * cannot hold (an empty selection, an entry a restore would refuse), 1 otherwise.
  *
  * SIGTERM and SIGINT interrupt the running operation (its AbortSignal): the
  * upload is aborted, the staging dir or snapshot removed (a restore's swap
@@ -33,6 +34,9 @@ import { endProgressLine, printer, showProgress } from './output';
 import { describeForCli } from './remedy';
 
 /** Exit statuses for the signals that interrupt a run: 128 + the signal's number. */
+/** Errors of what the operator gave (flags, settings, the data dir's content): exit 2. */
+const BAD_INPUT_CODES = new Set(['config', 'empty-selection', 'unrestorable-entry']);
+
 const SIGNAL_STATUS: Record<string, number> = { SIGINT: 130, SIGTERM: 143 };
 
 /** A second signal this long after the first exits at once, without the cleanup. */
@@ -143,7 +147,7 @@ run(process.argv.slice(2)).catch((err: unknown) => {
   process.exitCode =
     err instanceof InterruptedError
       ? (SIGNAL_STATUS[err.signalName] ?? 1)
-      : err instanceof BackupError && err.code === 'config'
+      : err instanceof BackupError && BAD_INPUT_CODES.has(err.code)
         ? 2
         : 1;
 });

@@ -1,6 +1,7 @@
 /** The CLI's output: one line or JSON object on stdout, a progress line on stderr. */
 import { type SwapRecovery, describeSwapRecovery } from '../backup/swap-journal';
-import type { Progress, PruneResult } from '../backup/types';
+import { summarizeNotes } from '../backup/notes';
+import type { CreateResult, Progress, PruneResult } from '../backup/types';
 import { formatBytes } from '../format';
 
 /** Set once a progress line has been drawn on stderr (which then needs a newline). */
@@ -34,6 +35,22 @@ export function warnSwapRecovery(r: { swapRecovery?: SwapRecovery }): void {
   if (!r.swapRecovery) return;
   endProgressLine();
   process.stderr.write(`synapse-backup: warning: ${describeSwapRecovery(r.swapRecovery)}\n`);
+}
+
+/** create's lines after its summary: what it left out, and media that changed while read. */
+export function createNoteLines(r: CreateResult): string[] {
+  const lines: string[] = [];
+  if (r.skippedCount > 0) {
+    lines.push(
+      `left out ${r.skippedCount} entries a restore refuses (they hold no data): ${summarizeNotes(r.skipped, r.skippedCount)}`,
+    );
+  }
+  if (r.warningsCount > 0) {
+    lines.push(
+      `warning: ${r.warningsCount} media changed or vanished while being read (a live server): ${summarizeNotes(r.warnings, r.warningsCount)}`,
+    );
+  }
+  return lines;
 }
 
 /** What prune removed in the workload, for the human output (none in a dry run). */

@@ -56,10 +56,34 @@ describeWithPeers(['minio', 'pebble'])('workload faults on the direct-output pat
     });
   }
 
-  test('direct: tar exits 2 mid-stream (a directory vanishes)', async () => {
+  test('direct: tar exits 1 mid-stream (a media file shrinks while read)', async () => {
     expected(
-      'fails quoting tar: "Cannot stat: No such file or directory", exit status 2 (from Pebble); the upload is aborted; the socket is removed',
+      'fails quoting tar: "File shrank by N bytes; padding with zeros", exit status 1 (from Pebble); the upload is aborted; the socket is removed',
     );
+    const blob = path.join(bed.h.dataDir, 'media_store/local_content/big/blob');
+    const st = await fsp.stat(blob);
+    const before = await bed.before();
+    const run = await createWithStalledUpload(async () => {
+      await fsp.truncate(blob, MiB);
+    });
+    // Back as it was (the blob is zeros): the live tree must compare equal.
+    await fsp.truncate(blob, st.size);
+    await fsp.utimes(blob, st.atime, st.mtime);
+    const msg = FaultBed.failure(run);
+    observed(`action failed: ${msg}`);
+    expect(msg.startsWith(`tar in Pebble at ${bed.charmSocket} exited with status 1: `)).toBe(true);
+    expect(msg).toMatch(
+      /: tar: media_store\/local_content\/big\/blob: File shrank by \d+ bytes; padding with zeros$/,
+    );
+    expect(run.pebble.bytes).toBeLessThan(MiB);
+    observed(
+      `through Pebble: ${run.pebble.execs} execs, ${run.pebble.bytes} bytes (not the archive)`,
+    );
+    observed(await bed.afterFault(before, [run]));
+  });
+
+  test('direct: a media directory vanishes mid-stream (a live server): accepted with a warning', async () => {
+    expected('succeeds naming media_store/local_thumbnails as removed; the backup verifies');
     const before = await bed.before();
     const thumbs = path.join(bed.h.dataDir, 'media_store/local_thumbnails');
     const away = path.join(bed.h.dir, 'thumbnails-away');
@@ -67,16 +91,13 @@ describeWithPeers(['minio', 'pebble'])('workload faults on the direct-output pat
       await fsp.rename(thumbs, away);
     });
     await fsp.rename(away, thumbs);
-    const msg = FaultBed.failure(run);
-    observed(`action failed: ${msg}`);
-    expect(msg).toBe(
-      `tar in Pebble at ${bed.charmSocket} exited with status 2: tar: media_store/local_thumbnails: Cannot stat: No such file or directory; tar: Exiting with failure status due to previous errors`,
-    );
-    expect(run.pebble.bytes).toBeLessThan(MiB);
+    const id = FaultBed.succeeded(run);
+    expect(run.result.results['warning-paths']).toBe('media_store/local_thumbnails (removed)');
     observed(
-      `through Pebble: ${run.pebble.execs} execs, ${run.pebble.bytes} bytes (not the archive)`,
+      `action succeeded: backup ${id}, warning-paths: ${run.result.results['warning-paths']}`,
     );
-    observed(await bed.afterFault(before, [run]));
+    observed(await bed.verifyIntact(id));
+    observed(await bed.afterFault(before, [run], [id]));
   });
 
   test('direct: the connection to Pebble drops mid-create', async () => {

@@ -1,7 +1,8 @@
 /**
- * Workload faults during create-backup, through the charm's action: tar exits
- * non-zero mid-stream (a directory vanishes while tar is blocked on its pipe;
- * a file it may not read, with Pebble running as an unprivileged user), the
+ * Workload faults during create-backup, through the charm's action: a media
+ * directory vanishes while tar is blocked on its pipe (a live server: accepted,
+ * with a warning); tar exits non-zero mid-stream (a media file shrinks while
+ * read; a file it may not read, with Pebble running as an unprivileged user), the
  * charm's connection to Pebble drops, and the Pebble daemon is killed and
  * restarted (Juju then runs pebble-ready, which brings Synapse back).
  */
@@ -53,9 +54,9 @@ describeWithPeers(['minio', 'pebble'])('workload faults during create-backup', (
 
   const workload = () => `Pebble at ${bed.charmSocket}`;
 
-  test('workload: tar exits 2 mid-stream (a directory vanishes)', async () => {
+  test('workload: a media directory vanishes mid-stream (a live server): tar exits 2, accepted with a warning', async () => {
     expected(
-      'fails quoting tar: "Cannot stat: No such file or directory", exit status 2; the upload is aborted',
+      'succeeds naming media_store/local_thumbnails as removed (warnings, warning-paths); the backup verifies',
     );
     const before = await bed.before();
     const thumbs = path.join(bed.h.dataDir, 'media_store/local_thumbnails');
@@ -64,10 +65,36 @@ describeWithPeers(['minio', 'pebble'])('workload faults during create-backup', (
       await fsp.rename(thumbs, away);
     });
     await fsp.rename(away, thumbs);
+    const id = FaultBed.succeeded(run);
+    expect(run.result.results).toMatchObject({
+      warnings: '1',
+      'warning-paths': 'media_store/local_thumbnails (removed)',
+    });
+    observed(
+      `action succeeded: backup ${id}, warning-paths: ${run.result.results['warning-paths']}`,
+    );
+    observed(await bed.verifyIntact(id));
+    observed(await bed.afterFault(before, [run], [id]));
+  });
+
+  test('workload: tar exits 1 mid-stream (a media file shrinks while read: zeros would replace it)', async () => {
+    expected(
+      'fails quoting tar: "File shrank by N bytes; padding with zeros", exit status 1; the upload is aborted',
+    );
+    const blob = path.join(bed.h.dataDir, 'media_store/local_content/big/blob');
+    const st = await fsp.stat(blob);
+    const before = await bed.before();
+    const run = await createWithHeldTar(async () => {
+      await fsp.truncate(blob, MiB);
+    });
+    // Back as it was (the blob is zeros): the live tree must compare equal.
+    await fsp.truncate(blob, st.size);
+    await fsp.utimes(blob, st.atime, st.mtime);
     const msg = FaultBed.failure(run);
     observed(`action failed: ${msg}`);
-    expect(msg).toBe(
-      `tar in ${workload()} exited with status 2: tar: media_store/local_thumbnails: Cannot stat: No such file or directory; tar: Exiting with failure status due to previous errors`,
+    expect(msg.startsWith(`tar in ${workload()} exited with status 1: `)).toBe(true);
+    expect(msg).toMatch(
+      /: tar: media_store\/local_content\/big\/blob: File shrank by \d+ bytes; padding with zeros$/,
     );
     observed(await bed.afterFault(before, [run]));
   });
@@ -108,7 +135,7 @@ describeWithPeers(['minio', 'pebble'])('workload faults during create-backup', (
       const msg = FaultBed.failure(run);
       observed(`action failed: ${msg}`);
       expect(msg).toBe(
-        `tar in Pebble at ${unprivileged.charmSocket} exited with status 2: tar: media_store/local_content/ab/locked: Cannot open: Permission denied; tar: Exiting with failure status due to previous errors`,
+        `tar in Pebble at ${unprivileged.charmSocket} exited with status 2: tar: media_store/local_content/ab/locked: Cannot open: Permission denied`,
       );
       observed(await unprivileged.afterFault(before, [run]));
     });

@@ -15,6 +15,14 @@ export const SELECTED_PATHS = ['media_store/local_content', 'media_store/local_t
 /** Exit statuses the create script uses for its own failures. */
 export const EMPTY_SELECTION_EXIT = 66;
 export const SNAPSHOT_FAILED_EXIT = 67;
+/**
+ * tar's own "some files differ" (its status 1: a file changed or vanished while
+ * read) and "failure" (2: also a named file that vanished, "Cannot stat"), with
+ * dd and the snapshot fine: the engine reads tar's complaints to tell a live
+ * server's media from a real failure (src/backup/tar-complaints.ts).
+ */
+export const TAR_DIFFERS_EXIT = 68;
+export const TAR_FAILED_EXIT = 69;
 /** The snapshot's python3 said why it failed (its last stderr line); the script adds nothing. */
 const SNAPSHOT_EXPLAINED_EXIT = 3;
 
@@ -62,6 +70,8 @@ export function tarCreateCommand(dataDir: string, keepFreeBytes = 0): string[] {
     '  esac',
     `  exit ${SNAPSHOT_FAILED_EXIT}`,
     'fi',
+    // Only with dd and the snapshot fine (141 above: tar may have stopped before naming the copy).
+    `if [ "$dd_status" = 0 ] && [ "$snap_status" = 0 ]; then case "$tar_status" in 1) exit ${TAR_DIFFERS_EXIT} ;; 2) exit ${TAR_FAILED_EXIT} ;; esac; fi`,
     'exit "$status"',
   ].join('\n');
   return ['sh', '-c', script, 'synapse-backup', String(keepFreeBytes), dataDir];

@@ -7,7 +7,9 @@
  * create.ts
  * - tarCreateCommand: the archive on stdout. Exit 0; 66 (EMPTY_SELECTION_EXIT)
  *   when nothing is selected; 67 (SNAPSHOT_FAILED_EXIT) when the SQLite
- *   snapshot failed; otherwise tar's or dd's own non-zero status.
+ *   snapshot failed; 68 (TAR_DIFFERS_EXIT) and 69 (TAR_FAILED_EXIT) when tar
+ *   exited 1 or 2 and dd did not fail (the engine then reads tar's complaints);
+ *   otherwise dd's own non-zero status.
  *   The snapshot's failure says why on stderr's last line (its own error, "the
  *   workload has no python3", or python3's status).
  * - snapshotSpaceCommand: prints the database's bytes, the free and total bytes
@@ -57,6 +59,8 @@ export {
   SELECTED_PATHS,
   SNAPSHOT_FAILED_EXIT,
   SQLITE_SNAPSHOT,
+  TAR_DIFFERS_EXIT,
+  TAR_FAILED_EXIT,
   snapshotSpaceCommand,
   tarCreateCommand,
 } from './create';

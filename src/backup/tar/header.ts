@@ -24,8 +24,18 @@ export interface TarEntry {
   size: number;
 }
 
-/** Decides whether an entry may pass; throws a BackupError('archive-rejected') when not. */
-export type EntryPolicy = (entry: TarEntry) => void;
+/**
+ * What create leaves out of a backup, by kind: entries with no data that a restore
+ * refuses (`socket` comes from tar's stderr, which never archives one).
+ */
+export type SkipKind = 'fifo' | 'character-device' | 'block-device' | 'socket';
+
+/**
+ * Decides whether an entry may pass: returns nothing to keep it, a SkipKind to
+ * leave it out (create's policy only: the scanner drops its headers), or throws
+ * a BackupError (`archive-rejected` at restore, `unrestorable-entry` at create).
+ */
+export type EntryPolicy = (entry: TarEntry) => SkipKind | void;
 
 export class ArchiveRejectedError extends BackupError {
   constructor(message: string) {

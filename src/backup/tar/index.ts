@@ -4,6 +4,12 @@
  * back until a policy accepts it (scanner.ts), and the restore's policy that
  * keeps every entry inside the extraction root (policy.ts).
  */
-export { ArchiveRejectedError, type EntryPolicy, type EntryType, type TarEntry } from './header';
+export {
+  ArchiveRejectedError,
+  type EntryPolicy,
+  type EntryType,
+  type SkipKind,
+  type TarEntry,
+} from './header';
 export { TarScanner } from './scanner';
-export { confinedEntryPolicy } from './policy';
+export { confinedEntryPolicy, createEntryPolicy } from './policy';

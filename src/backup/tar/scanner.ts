@@ -14,13 +14,16 @@ import {
   parsePax,
   verifyChecksum,
 } from './header';
+import { BoundedList, type SkippedEntry, reportedPath } from '../notes';
 
 /**
  * A pass-through that parses tar headers as the bytes flow (ustar, GNU long
  * names, pax), counts entries and lets each header through only after the
  * policy accepted it, so a rejected entry never reaches the extracting tar:
  * the bytes of an entry's headers (its pax and GNU long-name records too) are
- * held back until the entry is accepted, even when they span chunks.
+ * held back until the entry is accepted, even when they span chunks, and
+ * dropped when the policy leaves it out (create's: the archive stored then
+ * never holds it, and the counts and SHA-256 describe what is stored).
  * Our own scanner rather than tar-stream's Extract: that one is a streamx
  * Writable with no per-chunk callback to gate bytes on.
  *
@@ -33,6 +36,8 @@ export class TarScanner extends Transform {
   files = 0;
   /** Bytes of regular-file content. */
   contentBytes = 0;
+  /** Entries the policy left out (create's: FIFOs, device nodes), whose headers were dropped. */
+  readonly skipped = new BoundedList<SkippedEntry>();
   private header = Buffer.alloc(BLOCK);
   private headerFill = 0;
   /** Bytes of entry data (plus padding) still to pass before the next header. */
@@ -62,23 +67,18 @@ export class TarScanner extends Transform {
   }
 
   override _transform(chunk: Buffer, _enc: BufferEncoding, done: TransformCallback): void {
-    let release: number;
+    let parts: Buffer[];
     try {
-      release = this.scan(chunk);
+      parts = this.scan(chunk);
     } catch (err) {
       this.held = [];
       done(err as Error);
       return;
     }
-    // Once anything of this chunk is released, so is everything held before it.
-    let out: Buffer | undefined;
-    if (release > 0) {
-      const head = release === chunk.length ? chunk : chunk.subarray(0, release);
-      out = this.held.length > 0 ? Buffer.concat([...this.held, head]) : head;
-      this.held = [];
-    }
-    if (release < chunk.length) this.held.push(Buffer.from(chunk.subarray(release)));
-    done(null, out);
+    done(
+      null,
+      parts.length === 0 ? undefined : parts.length === 1 ? parts[0] : Buffer.concat(parts),
+    );
   }
 
   override _flush(done: TransformCallback): void {
@@ -93,12 +93,19 @@ export class TarScanner extends Transform {
     done();
   }
 
-  /** Parses `chunk`; returns how many of its leading bytes may pass (see `holding`). */
-  private scan(chunk: Buffer): number {
+  /**
+   * Parses `chunk`; returns the parts of it (after what `holding` kept back of
+   * earlier chunks, once released) that pass. An entry the policy leaves out
+   * loses its headers (pax and long-name records too); such entries have no data.
+   */
+  private scan(chunk: Buffer): Buffer[] {
+    const out: Buffer[] = [];
+    /** Start of this chunk's bytes not yet passed or dropped. */
+    let from = 0;
+    /** Where this entry's headers begin in this chunk (0: in an earlier one). */
+    let holdStart = 0;
     let pos = 0;
-    let release = 0;
     while (pos < chunk.length) {
-      if (!this.holding) release = pos;
       if (this.ended) {
         for (let i = pos; i < chunk.length; i++) {
           if (chunk[i] !== 0) {
@@ -108,7 +115,7 @@ export class TarScanner extends Transform {
           }
         }
         this.offset += chunk.length - pos;
-        return chunk.length;
+        break;
       }
       if (this.meta) {
         const take = Math.min(this.meta.size - this.meta.fill, chunk.length - pos);
@@ -126,25 +133,43 @@ export class TarScanner extends Transform {
         this.offset += take;
         continue;
       }
-      this.holding = true;
+      if (!this.holding) {
+        this.holding = true;
+        holdStart = pos;
+      }
       const take = Math.min(BLOCK - this.headerFill, chunk.length - pos);
       chunk.copy(this.header, this.headerFill, pos, pos + take);
       this.headerFill += take;
       pos += take;
       this.offset += take;
-      if (this.headerFill === BLOCK) {
-        this.headerFill = 0;
-        this.onHeader(this.header);
+      if (this.headerFill < BLOCK) continue;
+      this.headerFill = 0;
+      const outcome = this.onHeader(this.header);
+      if (outcome === 'passed') {
+        // What earlier chunks held goes first; this chunk's bytes follow from `from`.
+        out.push(...this.held);
+        this.held = [];
+      } else if (outcome === 'dropped') {
+        this.held = [];
+        if (holdStart > from) out.push(chunk.subarray(from, holdStart));
+        from = pos;
       }
     }
-    return this.holding ? release : chunk.length;
+    if (this.holding) {
+      if (holdStart > from) out.push(chunk.subarray(from, holdStart));
+      this.held.push(Buffer.from(chunk.subarray(Math.max(from, holdStart))));
+    } else if (from < chunk.length) {
+      out.push(from === 0 ? chunk : chunk.subarray(from));
+    }
+    return out;
   }
 
-  private onHeader(block: Buffer): void {
+  /** Parses one header block: its entry passes, is dropped (left out), or is still held. */
+  private onHeader(block: Buffer): 'passed' | 'dropped' | 'held' {
     if (block.every((b) => b === 0)) {
       this.ended = true;
       this.holding = false;
-      return;
+      return 'passed';
     }
     verifyChecksum(block, this.offset - BLOCK);
     const typeflag = block[156] === 0 ? '0' : String.fromCharCode(block[156]);
@@ -163,7 +188,7 @@ export class TarScanner extends Transform {
       this.meta = { kind: typeflag, size, chunks: [], fill: 0 };
       this.metaPadding = padded - size;
       if (size === 0) this.finishMeta();
-      return;
+      return 'held';
     }
     const entry = this.buildEntry(block, typeflag);
     // GNU tar ignores a pax size that is not plain digits (" 512", "0x200") and
@@ -191,15 +216,21 @@ export class TarScanner extends Transform {
         `entry ${display(entry.name)} has a name longer than ${MAX_NAME_BYTES} bytes: refused`,
       );
     }
-    this.policy?.(entry);
+    const leftOut = this.policy?.(entry);
     this.holding = false;
     this.pendingMetaBytes = 0;
+    if (leftOut) {
+      // Only entries without data are left out: nothing follows the header.
+      this.skipped.add({ path: reportedPath(entry.name), kind: leftOut });
+      return 'dropped';
+    }
     this.entries += 1;
     if (entry.type === 'file') {
       this.files += 1;
       this.contentBytes += dataSize;
     }
     this.skip = Math.ceil(dataSize / BLOCK) * BLOCK;
+    return 'passed';
   }
 
   private finishMeta(): void {

@@ -3,6 +3,7 @@ import { serviceState } from '../synapse';
 import { describeSwapRecovery } from '../../backup/swap-journal';
 import { formatBytes, formatSeconds, ProgressReporter } from '../format';
 import { describeRetention } from '../../backup/retention';
+import { summarizeNotes } from '../../backup/notes';
 import type { ActionResults } from '../../juju/hook-tools';
 import { describeForCharm } from '../remedy';
 import type { ActionHandler } from './context';
@@ -29,6 +30,19 @@ export const createBackup: ActionHandler = async (a) => {
       sha256: result.sha256,
       'duration-seconds': formatSeconds(result.durationSeconds),
     };
+    if (result.skippedCount > 0) {
+      // Bounded (20 listed): a million FIFOs must not blow action-set's argv.
+      const said = summarizeNotes(result.skipped, result.skippedCount);
+      await a.log(`left out (a restore refuses them; they hold no data): ${said}`);
+      results.skipped = String(result.skippedCount);
+      results['skipped-paths'] = said;
+    }
+    if (result.warningsCount > 0) {
+      const said = summarizeNotes(result.warnings, result.warningsCount);
+      await a.log(`warning: media changed or removed while being read (Synapse was live): ${said}`);
+      results.warnings = String(result.warningsCount);
+      results['warning-paths'] = said;
+    }
     if (result.swapRecovery) {
       const said = describeSwapRecovery(result.swapRecovery);
       await a.log(`warning: ${said}`);
