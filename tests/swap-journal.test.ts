@@ -46,38 +46,38 @@ const KILL = 'kill -KILL $$';
 const INTERRUPTIONS: Interruption[] = [
   {
     label: 'journal written, nothing moved',
-    line: 'mkdir -m 0700 -- "$3" || { rm -f -- "$J" "$JT"; exit 1; }',
+    line: 'mkdir -m 0700 -- "$previous" || { rm -f -- "$J" "$JT"; exit 1; }',
     replacement: KILL,
     expect: 'previous',
   },
   {
     label: 'half the live files moved out',
-    line: 'move_all . "$3" || undo',
-    replacement: `mv -- homeserver.yaml "$3"/ && mv -- homeserver.db "$3"/ && ${KILL}`,
+    line: 'each move_out || fail moving-out',
+    replacement: `mv -- homeserver.yaml "$previous"/ && mv -- homeserver.db "$previous"/ && ${KILL}`,
     expect: 'previous',
   },
   {
     label: 'all live files out, nothing moved in',
-    line: 'if ! move_all "$2" .; then move_all . "$2"; undo; fi',
+    line: 'each move_in || fail moving-in',
     replacement: KILL,
     expect: 'previous',
   },
   {
     label: 'half the staged files moved in',
-    line: 'if ! move_all "$2" .; then move_all . "$2"; undo; fi',
-    replacement: `mv -- "$2"/homeserver.yaml . && mv -- "$2"/homeserver.db . && ${KILL}`,
+    line: 'each move_in || fail moving-in',
+    replacement: `mv -- "$staging"/homeserver.yaml . && mv -- "$staging"/homeserver.db . && ${KILL}`,
     expect: 'previous',
   },
   {
     label: 'all staged files in, phase not yet "moved"',
-    line: 'journal moved || true',
+    line: 'journal moved && rm -rf -- "$staging"',
     replacement: KILL,
     expect: 'restored',
   },
   {
     label: 'phase "moved", staging dir not yet removed',
-    line: 'rmdir -- "$2" || true',
-    replacement: KILL,
+    line: 'journal moved && rm -rf -- "$staging"',
+    replacement: `journal moved && ${KILL}`,
     expect: 'restored',
   },
   {
@@ -122,7 +122,7 @@ class Interrupting implements Workload {
       this.markOver();
       return hanging();
     }
-    if (this.at.line && script.includes('journal moving-out')) {
+    if (this.at.line && script.includes('each move_out')) {
       const lines = script.split('\n');
       const i = lines.indexOf(this.at.line);
       if (i === -1) throw new Error(`the swap script has no line ${this.at.line}`);
@@ -142,6 +142,8 @@ class Interrupting implements Workload {
   serviceStatus = async () => [];
 }
 
+const onlySkipped = (snap: Map<string, TreeEntry>) =>
+  new Map([...snap].filter(([key]) => !withoutSkipped(snap).has(key)));
 const without = (snap: Map<string, TreeEntry>, name: string) =>
   new Map([...snap].filter(([key]) => key !== name));
 
@@ -192,7 +194,11 @@ async function expectResolved(
   if (expected === 'previous') {
     expect(now).toEqual(trees.previous);
   } else {
-    expect(without(now, 'homeserver.db')).toEqual(without(trees.backedUp, 'homeserver.db'));
+    // The backup's items are restored; what it does not select (remote media caches) stays.
+    expect(without(withoutSkipped(now), 'homeserver.db')).toEqual(
+      without(trees.backedUp, 'homeserver.db'),
+    );
+    expect(onlySkipped(now)).toEqual(onlySkipped(trees.previous));
     expect(inspectSqliteDb(path.join(dataDir, 'homeserver.db'))).toMatchObject({
       oneTimeKeys: 0,
       integrity: 'ok',
@@ -223,10 +229,10 @@ describe('a swap killed at each phase is resolved by the next operation', () => 
   test.each([INTERRUPTIONS[1]!, INTERRUPTIONS[4]!].map((at) => [at.label, at] as const))(
     'killed when %s: the next restore resolves it first, then restores',
     async (_label, at) => {
-      const { store, dataDir, backedUp } = await interruptedRestore(at);
+      const { store, dataDir, previous, backedUp } = await interruptedRestore(at);
       const restored = await engineOn(store, dataDir).restore({ id: 'b' });
       expect(restored.swapRecovery).toMatchObject({ outcome: outcomeOf(at.expect) });
-      await expectResolved(dataDir, 'restored', { previous: backedUp, backedUp });
+      await expectResolved(dataDir, 'restored', { previous, backedUp });
     },
     60_000,
   );
@@ -257,8 +263,8 @@ describe('a swap killed at each phase is resolved by the next operation', () => 
     expect(store.keys()).toEqual([]);
   });
 
-  // A rename the swap cannot make: media_store is a mount point (its own volume, as a pod
-  // may mount it), which rename(2) refuses with EBUSY. Root only (mount).
+  // A rename the swap cannot make: media_store/local_content is a mount point (its own
+  // volume, as a pod may mount it), which rename(2) refuses with EBUSY. Root only (mount).
   (process.getuid?.() === 0 ? test : test.skip)(
     'a rename that fails mid-swap fails the restore and leaves the live data whole',
     async () => {
@@ -270,7 +276,7 @@ describe('a swap killed at each phase is resolved by the next operation', () => 
         path.join(dataDir, 'homeserver.yaml'),
         'server_name: "example.org"\n# new\n',
       );
-      const mount = path.join(dataDir, 'media_store');
+      const mount = path.join(dataDir, 'media_store/local_content');
       const saved = await tmpDir('swap-journal-ebusy-media');
       spawnSync('cp', ['-a', `${mount}/.`, saved.path]);
       expect(spawnSync('mount', ['-t', 'tmpfs', 'tmpfs', mount]).status).toBe(0);

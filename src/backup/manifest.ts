@@ -26,6 +26,14 @@ export interface Manifest {
   serverName?: string;
   /** The signing key's id (e.g. ed25519:a_AbCd), never the key. */
   signingKeyId?: string;
+  /**
+   * The selection's items, as archive names (`homeserver.yaml`,
+   * `media_store/local_content`): exactly what a restore replaces. Absent in
+   * older manifests: a restore then derives them from the archive (items.ts).
+   */
+  items?: string[];
+  /** The items that are SQLite databases (their -wal, -shm, -journal go with them). */
+  databases?: string[];
   engine: { name: string; version: string };
 }
 

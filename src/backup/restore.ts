@@ -7,11 +7,11 @@
  * previous files back. The swap is journaled (swap-journal.ts): a process
  * killed mid-swap leaves a journal that the next operation resolves.
  */
-import { BackupError, errorMessage } from '../errors';
+import { BackupError } from '../errors';
 import { formatBytes } from '../format';
-import { CommandSink, fileExists, runCommand } from '../workload/command';
+import { CommandSink, runCommand } from '../workload/command';
 import { completeManifest, objectKey } from './catalog';
-import { type EngineContext, checkInterrupted, interruptedBy, passphraseOf } from './context';
+import { type EngineContext, checkInterrupted, passphraseOf } from './context';
 import { readServerIdentity } from './identity';
 import { validateBackupId } from './ids';
 import type { Manifest } from './manifest';
@@ -22,35 +22,21 @@ import {
   readArchive,
   withCleanup,
 } from './read';
+import { ItemTracker } from './items';
+import { type RestoreDirs, type SwapPlan, removeTree, swapIn } from './restore-swap';
 import {
-  JOURNAL_NAME,
   PREVIOUS_PREFIX,
   STAGING_PREFIX,
   freeSpaceCommand,
-  journalPhaseCommand,
   makeDirCommand,
   removeJournalCommand,
   removeLeftoversCommand,
-  removeTreeCommand,
-  rollbackCommand,
-  swapCommand,
   syncCommand,
   tarExtractCommand,
 } from './scripts';
-import { removeOneTimeKeys, resolveInterruptedSwap } from './swap-journal';
-import { TarScanner, confinedEntryPolicy } from './tar';
+import { resolveInterruptedSwap } from './swap-journal';
+import { ArchiveRejectedError, TarScanner, confinedEntryPolicy } from './tar';
 import type { RestoreRequest, RestoreResult } from './types';
-
-/** The hidden directories of one restore, as names in the data dir. */
-interface RestoreDirs {
-  staging: string;
-  previous: string;
-  /** The backup restored and whether the previous files are kept: for the journal. */
-  backupId: string;
-  keepPrevious: boolean;
-  /** The archive had a `./` entry: its owner, group and mode are the data dir's at backup time. */
-  rootFromArchive?: boolean;
-}
 
 /**
  * Restores backup `request.id` into the data dir (see the protocol above).
@@ -87,22 +73,28 @@ export async function restoreBackup(
     keepPrevious: Boolean(request.keepPrevious),
   };
   const policy = confinedEntryPolicy();
+  const tracker = new ItemTracker(manifest?.items);
   const scanner = new TarScanner((entry) => {
     policy(entry);
-    if (entry.type === 'directory' && /^(\.\/*)+$/.test(entry.name)) dirs.rootFromArchive = true;
+    tracker.see(entry);
   });
   const unchanged = `the staging dir was removed; ${ctx.dataDir} is unchanged`;
   const extracted = await withCleanup(
     extractToStaging(ctx, id, manifest, dirs, scanner),
     unchanged,
   );
-  // The last moment to stop without touching the live data.
-  if (interruptedBy(ctx)) {
-    await removeTree(ctx, `${ctx.dataDir}/${dirs.staging}`);
+  dirs.rootFromArchive = tracker.rootFromArchive;
+  let plan: SwapPlan;
+  try {
+    plan = planSwap(id, tracker, manifest);
+    // The last moment to stop without touching the live data.
     checkInterrupted(ctx, unchanged);
+  } catch (err) {
+    await removeTree(ctx, [`${ctx.dataDir}/${dirs.staging}`], err);
+    throw err;
   }
   // From here on a signal waits: the swap is finished (or rolled back) first.
-  const oneTimeKeysRemoved = await swapIn(ctx, request.services ?? [], dirs);
+  const oneTimeKeysRemoved = await swapIn(ctx, request.services ?? [], dirs, plan);
 
   const previousPath = `${ctx.dataDir}/${dirs.previous}`;
   // The previous files go only once the swap itself is on disk; if it cannot be
@@ -117,7 +109,7 @@ export async function restoreBackup(
       () => false,
       () => true,
     );
-    if (!keepPrevious) await removeTree(ctx, previousPath);
+    if (!keepPrevious) await removeTree(ctx, [previousPath]);
   }
   // The last step: until here an interrupted run is completed by the next operation.
   await runCommand(ctx.workload, removeJournalCommand(ctx.dataDir), 'removing the swap journal');
@@ -165,69 +157,18 @@ async function extractToStaging(
     await runCommand(ctx.workload, syncCommand(stagingPath), 'flushing the restored files to disk');
     return extracted;
   } catch (err) {
-    await removeTree(ctx, stagingPath, err);
+    await removeTree(ctx, [stagingPath], err);
     throw err;
   }
 }
 
-/**
- * With `services` stopped: moves the live files aside and the staged ones in,
- * removes the one-time keys, and starts the services again. A failure after
- * the swap moves the previous files back; any failure removes the staging
- * directory and starts the services. Returns the one-time keys removed.
- */
-async function swapIn(
-  ctx: EngineContext,
-  services: string[],
-  dirs: RestoreDirs,
-): Promise<number | undefined> {
-  const { workload, dataDir } = ctx;
-  await workload.stopServices(services);
-  try {
-    await runCommand(
-      workload,
-      swapCommand(dataDir, dirs.staging, dirs.previous, {
-        rootFromArchive: dirs.rootFromArchive,
-        backupId: dirs.backupId,
-        keepPrevious: dirs.keepPrevious,
-      }),
-      `moving the restored files into ${dataDir}`,
-    );
-    try {
-      const removed = await removeOneTimeKeys(ctx);
-      await runCommand(
-        workload,
-        journalPhaseCommand(dataDir, 'keys-removed'),
-        'recording the swap journal phase',
-      );
-      await workload.startServices(services);
-      return removed;
-    } catch (err) {
-      await workload.stopServices(services).catch(() => undefined);
-      await runCommand(
-        workload,
-        rollbackCommand(dataDir, dirs.staging, dirs.previous),
-        'moving the previous files back',
-      );
-      throw err;
-    }
-  } catch (err) {
-    // A journal still there means the swap was cut off (the transport lost, the
-    // rollback failed): its staging dir may hold restored files, and the next
-    // operation resolves it (swap-journal.ts).
-    if (await fileExists(workload, `${dataDir}/${JOURNAL_NAME}`).catch(() => true)) {
-      // Synapse stays stopped: started on a half-swapped data dir it could make a new,
-      // empty database where the swapped-out one should be.
-      if (err instanceof Error) {
-        const stopped = services.length ? `, so ${services.join(', ')} stays stopped` : '';
-        err.message += `; the swap is unfinished${stopped}: the next create, restore or prune completes or rolls it back`;
-      }
-    } else {
-      await removeTree(ctx, `${dataDir}/${dirs.staging}`, err);
-      await workload.startServices(services).catch(() => undefined);
-    }
-    throw err;
+/** The items the archive holds (the manifest's, else derived: items.ts); refuses none. */
+function planSwap(id: string, tracker: ItemTracker, manifest: Manifest | undefined): SwapPlan {
+  const plan = tracker.items(manifest?.items ? (manifest.databases ?? []) : undefined);
+  if (plan.items.length === 0) {
+    throw new ArchiveRejectedError(`backup ${id} holds nothing to restore (no selected item)`);
   }
+  return plan;
 }
 
 /** Refuses a backup of another server name than the live one, unless `force`. */
@@ -269,16 +210,5 @@ async function checkFreeSpace(
       `restoring backup ${id} needs ${formatBytes(needed)} free in ${ctx.dataDir} for the staged copy, but only ${formatBytes(free)} is free`,
       { remedy: { kind: 'advice', text: 'grow the data volume or free space, then retry' } },
     );
-  }
-}
-
-/** Removes a tree the engine made; a failure is added to `cause`'s story rather than hiding it. */
-async function removeTree(ctx: EngineContext, path: string, cause?: unknown): Promise<void> {
-  try {
-    await runCommand(ctx.workload, removeTreeCommand(path), `removing ${path}`);
-  } catch (err) {
-    if (cause instanceof Error)
-      cause.message += `; also could not remove ${path}: ${errorMessage(err)}`;
-    else throw err;
   }
 }

@@ -19,12 +19,18 @@
  * - freeSpaceCommand: prints the bytes free for the data dir; df's status.
  * - makeDirCommand: mkdir; non-zero if the directory exists.
  * - syncCommand: flushes the data dir's filesystem; sync's status.
- * - swapCommand: staged files in, live ones aside; 1 after moving back what it moved.
- * - swapCommand journals itself (journal.ts); rollbackCommand undoes a swap
- *   from the phase it reached; non-zero (set -e) on the first failed step.
+ * - rollbackCommand: undoes an earlier engine's swap (journal format 1) from
+ *   the phase it reached; non-zero (set -e) on the first failed step.
  * - removeTreeCommand: rm -rf; rm's status.
  * - removeOneTimeKeysCommand: prints the rows deleted (nothing without the
  *   table); python's status.
+ *
+ * swap.ts
+ * - itemSwapCommand: the backup's items in, their live copies aside, journaled
+ *   (format 2); 1 after rolling back what it moved (the journal stays only if
+ *   that rollback failed).
+ * - itemRollbackCommand: undoes it from the phase it reached; non-zero on the
+ *   first failed step, the journal then still there.
  *
  * journal.ts
  * - journalPhaseCommand: sets the swap journal's phase; non-zero without one.
@@ -66,7 +72,6 @@ export {
   removeOneTimeKeysCommand,
   removeTreeCommand,
   rollbackCommand,
-  swapCommand,
   syncCommand,
   tarExtractCommand,
 } from './restore';
@@ -84,3 +89,10 @@ export {
   readJournalCommand,
   removeJournalCommand,
 } from './journal';
+export {
+  type SwapItem,
+  externalPaths,
+  itemLines,
+  itemRollbackCommand,
+  itemSwapCommand,
+} from './swap';
