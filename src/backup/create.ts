@@ -23,6 +23,7 @@ import {
   tarCreateCommand,
 } from './scripts';
 import { ByteCounter, EndGate, HashingCounter } from './stages';
+import { type Selection, readSelection } from './selection';
 import { resolveInterruptedSwap } from './swap-journal';
 import { TarScanner } from './tar';
 import type { CreateRequest, CreateResult } from './types';
@@ -52,28 +53,10 @@ export async function createBackup(
   // Never back up a half-swapped data dir: `unfinished-swap` when it cannot be resolved.
   const swapRecovery = await resolveInterruptedSwap(ctx, request.services ?? []);
   await reserveBackupId(ctx, id);
-  // Independent round trips, at once; an S3 problem is reported before a workload one.
-  const [existing, leftovers, identityRead] = await Promise.allSettled([
-    refuseExisting(ctx, id),
-    runCommand(ctx.workload, removeLeftoversCommand(ctx.dataDir), 'removing leftovers'),
-    readServerIdentity(ctx.workload, ctx.dataDir),
-  ]);
-  let identity: ServerIdentity;
-  let keepFree: number;
-  try {
-    settledValue(existing);
-    settledValue(leftovers);
-    identity = settledValue(identityRead);
-    // After the leftovers went: an interrupted run's snapshot is no longer taking space.
-    keepFree = await checkSnapshotSpace(ctx.workload, ctx.dataDir);
-    checkInterrupted(ctx, 'nothing was started; nothing was stored');
-  } catch (err) {
-    await releaseBackupId(ctx, id);
-    throw err;
-  }
+  const { identity, keepFree, selection } = await prepareCreate(ctx, id);
   const startedAt = new Date();
   const proc = ctx.workload.exec({
-    command: tarCreateCommand(ctx.dataDir, keepFree),
+    command: tarCreateCommand(ctx.dataDir, keepFree, selection),
     stdin: false,
     directStdout: true,
   });
@@ -104,7 +87,11 @@ export async function createBackup(
   ticker.stop(stageFailure === undefined);
   let failure = stageFailure && (await causeOf(stageFailure, upload, tarSucceeded));
   if (failure === undefined) {
-    const manifest = manifestOf(ctx, id, startedAt, identity, { scanner, plaintext, ciphertext });
+    const manifest = manifestOf(ctx, id, startedAt, identity, selection, {
+      scanner,
+      plaintext,
+      ciphertext,
+    });
     try {
       await writeManifest(ctx, manifest);
       return {
@@ -115,12 +102,45 @@ export async function createBackup(
         sha256: plaintext.sha256,
         durationSeconds: ticker.elapsedSeconds,
         ...(swapRecovery ? { swapRecovery } : {}),
+        ...(selection.missing.length ? { missing: selection.missing } : {}),
+        ...(selection.notIncluded.length ? { notIncluded: selection.notIncluded } : {}),
       };
     } catch (err) {
       failure = err;
     }
   }
   throw await cleanUpFailedCreate(ctx, id, failure);
+}
+
+/**
+ * The checks and reads before tar starts, at once (an S3 problem is reported
+ * before a workload one): no such backup yet, the leftovers gone, the server's
+ * identity, the selection (selection.ts) and room for its database's snapshot.
+ * Releases the id's pending marker when one fails.
+ */
+async function prepareCreate(
+  ctx: EngineContext,
+  id: string,
+): Promise<{ identity: ServerIdentity; keepFree: number; selection: Selection }> {
+  const [existing, leftovers, identityRead, selectionRead] = await Promise.allSettled([
+    refuseExisting(ctx, id),
+    runCommand(ctx.workload, removeLeftoversCommand(ctx.dataDir), 'removing leftovers'),
+    readServerIdentity(ctx.workload, ctx.dataDir),
+    readSelection(ctx.workload, ctx.dataDir),
+  ]);
+  try {
+    settledValue(existing);
+    settledValue(leftovers);
+    const identity = settledValue(identityRead);
+    const selection = settledValue(selectionRead);
+    // After the leftovers went: an interrupted run's snapshot is no longer taking space.
+    const keepFree = await checkSnapshotSpace(ctx.workload, ctx.dataDir, selection.database?.path);
+    checkInterrupted(ctx, 'nothing was started; nothing was stored');
+    return { identity, keepFree, selection };
+  } catch (err) {
+    await releaseBackupId(ctx, id);
+    throw err;
+  }
 }
 
 /**
@@ -156,12 +176,14 @@ function manifestOf(
   id: string,
   startedAt: Date,
   identity: ServerIdentity,
+  selection: Selection,
   counted: { scanner: TarScanner; plaintext: HashingCounter; ciphertext: ByteCounter },
 ): Manifest {
   const { scanner, plaintext, ciphertext } = counted;
   return {
     format: MANIFEST_FORMAT,
-    version: MANIFEST_VERSION,
+    // An engine that knows no external roots must refuse rather than restore half.
+    version: selection.roots.length ? MANIFEST_VERSION : 1,
     id,
     object: objectKey(ctx, id),
     startedAt: startedAt.toISOString(),
@@ -175,6 +197,11 @@ function manifestOf(
     dataDir: ctx.dataDir,
     serverName: identity.serverName,
     signingKeyId: identity.signingKeyId,
+    items: selection.items,
+    databases: selection.databases,
+    ...(selection.roots.length ? { roots: selection.roots } : {}),
+    ...(selection.missing.length ? { missing: selection.missing } : {}),
+    ...(selection.notIncluded.length ? { notIncluded: selection.notIncluded } : {}),
     engine: { name: ENGINE_NAME, version: ENGINE_VERSION },
   };
 }

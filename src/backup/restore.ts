@@ -22,6 +22,7 @@ import {
   readArchive,
   withCleanup,
 } from './read';
+import { externalCopies, externalTargets, manifestRoots, stageExternal } from './external';
 import { ItemTracker } from './items';
 import { type RestoreDirs, type SwapPlan, removeTree, swapIn } from './restore-swap';
 import {
@@ -72,7 +73,7 @@ export async function restoreBackup(
     backupId: id,
     keepPrevious: Boolean(request.keepPrevious),
   };
-  const policy = confinedEntryPolicy();
+  const policy = confinedEntryPolicy({ roots: manifestRoots(manifest, id, ctx.dataDir) });
   const tracker = new ItemTracker(manifest?.items);
   const scanner = new TarScanner((entry) => {
     policy(entry);
@@ -84,33 +85,20 @@ export async function restoreBackup(
     unchanged,
   );
   dirs.rootFromArchive = tracker.rootFromArchive;
-  let plan: SwapPlan;
+  let plan: SwapPlan = { items: [], parents: [] };
   try {
     plan = planSwap(id, tracker, manifest);
+    await stageExternal(ctx, dirs, plan);
     // The last moment to stop without touching the live data.
     checkInterrupted(ctx, unchanged);
   } catch (err) {
-    await removeTree(ctx, [`${ctx.dataDir}/${dirs.staging}`], err);
+    const staged = externalCopies(plan, dirs).staged;
+    await removeTree(ctx, [`${ctx.dataDir}/${dirs.staging}`, ...staged], err);
     throw err;
   }
   // From here on a signal waits: the swap is finished (or rolled back) first.
   const oneTimeKeysRemoved = await swapIn(ctx, request.services ?? [], dirs, plan);
-
-  const previousPath = `${ctx.dataDir}/${dirs.previous}`;
-  // The previous files go only once the swap itself is on disk; if it cannot be
-  // flushed, they stay, and the result says where.
-  let keepPrevious = Boolean(request.keepPrevious);
-  if (!keepPrevious) {
-    keepPrevious = await runCommand(
-      ctx.workload,
-      syncCommand(ctx.dataDir),
-      'flushing the swap',
-    ).then(
-      () => false,
-      () => true,
-    );
-    if (!keepPrevious) await removeTree(ctx, [previousPath]);
-  }
+  const kept = await removePrevious(ctx, dirs, plan);
   // The last step: until here an interrupted run is completed by the next operation.
   await runCommand(ctx.workload, removeJournalCommand(ctx.dataDir), 'removing the swap journal');
   checkInterrupted(ctx, `the swap had begun, so it was finished: backup ${id} is restored`);
@@ -119,7 +107,8 @@ export async function restoreBackup(
     files: scanner.files,
     plaintextBytes: extracted.plaintext.bytes,
     durationSeconds: extracted.elapsedSeconds,
-    previousPath: keepPrevious ? previousPath : undefined,
+    previousPath: kept ? `${ctx.dataDir}/${dirs.previous}` : undefined,
+    ...(kept && kept.length ? { externalPreviousPaths: kept } : {}),
     oneTimeKeysRemoved,
     ...(swapRecovery ? { swapRecovery } : {}),
   };
@@ -160,6 +149,32 @@ async function extractToStaging(
     await removeTree(ctx, [stagingPath], err);
     throw err;
   }
+}
+
+/**
+ * Removes the replaced items (the data dir's previous dir and the copies beside
+ * external targets) unless they are to be kept, and only once the swap itself
+ * is on disk: if it cannot be flushed they stay. Returns undefined when they
+ * went, else the external copies kept (the result says where).
+ */
+async function removePrevious(
+  ctx: EngineContext,
+  dirs: RestoreDirs,
+  plan: SwapPlan,
+): Promise<string[] | undefined> {
+  const { previous } = externalCopies(plan, dirs);
+  if (dirs.keepPrevious) return previous;
+  const flushed = await runCommand(
+    ctx.workload,
+    syncCommand(ctx.dataDir, ...externalTargets(plan)),
+    'flushing the swap',
+  ).then(
+    () => true,
+    () => false,
+  );
+  if (!flushed) return previous;
+  await removeTree(ctx, [`${ctx.dataDir}/${dirs.previous}`, ...previous]);
+  return undefined;
 }
 
 /** The items the archive holds (the manifest's, else derived: items.ts); refuses none. */

@@ -7,7 +7,7 @@ import { describeRetention } from '../backup/retention';
 import { ConfigError } from '../errors';
 import { formatBackupTable, formatBytes } from '../format';
 import { type Values, makeRestoreDir, required, wholeNumber } from './args';
-import { endProgressLine, warnSwapRecovery, workloadCleanupLines } from './output';
+import { endProgressLine, warnSelection, warnSwapRecovery, workloadCleanupLines } from './output';
 
 export interface CommandContext {
   engine: BackupEngine;
@@ -22,6 +22,7 @@ type Command = (c: CommandContext) => Promise<void>;
 const create: Command = async ({ engine, values, print }) => {
   const r = await engine.create({ id: values.id });
   warnSwapRecovery(r);
+  warnSelection(r);
   print(
     `created backup ${r.backupId}: ${r.files} files, ${formatBytes(r.plaintextBytes)} archived, ${formatBytes(r.size)} stored, sha256 ${r.sha256}, ${r.durationSeconds.toFixed(1)} s`,
     {
@@ -32,6 +33,8 @@ const create: Command = async ({ engine, values, print }) => {
       'plaintext-bytes': r.plaintextBytes,
       'duration-seconds': r.durationSeconds,
       ...(r.swapRecovery ? { 'swap-recovery': r.swapRecovery } : {}),
+      ...(r.missing ? { missing: r.missing } : {}),
+      ...(r.notIncluded ? { 'not-included': r.notIncluded } : {}),
     },
   );
 };

@@ -4,8 +4,12 @@
  * every path reaches the program as an argument ($1, sys.argv[1]), never as
  * text spliced into it, so odd characters cannot change what it does.
  *
+ * selection.ts
+ * - selectionProbeCommand: prints the data dir's real path, its glob matches and
+ *   each selected path's type and real path (NUL-separated); always 0.
+ *
  * create.ts
- * - tarCreateCommand: the archive on stdout. Exit 0; 66 (EMPTY_SELECTION_EXIT)
+ * - tarCreateCommand: the archive of a selection on stdout. Exit 0; 66 (EMPTY_SELECTION_EXIT)
  *   when nothing is selected; 67 (SNAPSHOT_FAILED_EXIT) when the SQLite
  *   snapshot failed; otherwise tar's or dd's own non-zero status.
  *   The snapshot's failure says why on stderr's last line (its own error, "the
@@ -52,15 +56,16 @@
 export {
   JOURNAL_NAME,
   PREVIOUS_PREFIX,
+  ROOT_LINK_NAME,
   SNAPSHOT_NAME,
   STAGING_PREFIX,
   readSmallFileCommand,
   removeLeftoversCommand,
 } from './common';
+export { SELECTED_GLOBS, SELECTED_PATHS, selectionProbeCommand } from './selection';
 export {
   EMPTY_SELECTION_EXIT,
-  SELECTED_GLOBS,
-  SELECTED_PATHS,
+  type TarSelection,
   SNAPSHOT_FAILED_EXIT,
   SQLITE_SNAPSHOT,
   snapshotSpaceCommand,

@@ -19,13 +19,13 @@ export function removeTreeCommand(...paths: string[]): string[] {
 }
 
 /**
- * Flushes the filesystem that holds `path` to disk (syncfs; all filesystems where
+ * Flushes the filesystems that hold `paths` to disk (syncfs; all filesystems where
  * `sync -f` is missing). Renames and deletions reach the disk in the journal's
  * order, but the data of newly written files may not: without this, a crash soon
  * after a restore could leave restored files empty with the previous ones deleted.
  */
-export function syncCommand(path: string): string[] {
-  return sh(['sync -f -- "$1" 2>/dev/null || sync'], path);
+export function syncCommand(...paths: string[]): string[] {
+  return sh(['for p; do sync -f -- "$p" 2>/dev/null || { sync; exit; }; done'], ...paths);
 }
 
 const MOVE_TOP_LEVEL = [

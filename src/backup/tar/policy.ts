@@ -13,17 +13,24 @@ import { ArchiveRejectedError, type EntryPolicy, display } from './header';
  * bookkeeping (`.synapse-restore-*`, `.pre-restore-*`, the snapshot, the swap
  * journal) is refused too: the swap would skip it, or take it for its own.
  *
+ * Entries under `@external/` (paths outside the data dir, issue #15) are
+ * confined to the manifest's `roots` (archive names, `@external/<path>`): one
+ * outside them is refused, and so is a symlink leading from one root, or from
+ * the data dir, into another (each lands on its own filesystem).
+ *
  * Symlink targets are checked lexically, which is exact only without
  * symlinks inside them, so a ".." after a name ("d/s/..", where d/s may be a
  * symlink) is refused; leading ".." climb from the symlink's real directory.
  */
-export function confinedEntryPolicy(): EntryPolicy {
+export function confinedEntryPolicy(options: { roots?: readonly string[] } = {}): EntryPolicy {
   const symlinks = new Set<string>();
   const regularFiles = new Set<string>();
+  const roots = options.roots ?? [];
   return (entry) => {
     const name = normalizeMemberName(entry.name);
     const shown = display(entry.name);
     const parts = name.split('/');
+    refuseOutsideRoots(name, shown, roots);
     if (isBookkeepingName(parts[0])) {
       throw new ArchiveRejectedError(
         `entry ${shown} has a name the restore uses for its own bookkeeping (${display(parts[0])}): refused`,
@@ -63,6 +70,7 @@ export function confinedEntryPolicy(): EntryPolicy {
             `symlink ${shown} points outside the data directory (${display(entry.linkname)}): refused`,
           );
         }
+        refuseLinkAcrossRoots(name, resolved, shown, roots);
         symlinks.add(name);
         regularFiles.delete(name);
         return;
@@ -101,4 +109,38 @@ function normalizeMemberName(raw: string, what = 'entry'): string {
     throw new ArchiveRejectedError(`${what} ${display(raw)} contains "..": refused`);
   }
   return parts.join('/') || '.';
+}
+
+/** The archive's top-level name for paths outside the data dir (src/backup/items.ts). */
+const EXTERNAL = '@external';
+
+/** The root (`@external/...`) holding `name`, '' for the data dir; undefined when none does. */
+function rootOf(name: string, roots: readonly string[]): string | undefined {
+  if (name !== EXTERNAL && !name.startsWith(`${EXTERNAL}/`)) return '';
+  return roots.find((r) => name === r || name.startsWith(`${r}/`));
+}
+
+/** Refuses an `@external/...` entry outside the manifest's roots. */
+function refuseOutsideRoots(name: string, shown: string, roots: readonly string[]): void {
+  if (rootOf(name, roots) === undefined) {
+    throw new ArchiveRejectedError(
+      `entry ${shown} is outside the data directory and not one of the paths the backup's manifest lists: refused`,
+    );
+  }
+}
+
+/** Refuses a symlink whose target (`resolved`, lexically) is not within its own root. */
+function refuseLinkAcrossRoots(
+  name: string,
+  resolved: string,
+  shown: string,
+  roots: readonly string[],
+): void {
+  const from = rootOf(name, roots);
+  const to = rootOf(resolved, roots);
+  if (from !== to) {
+    throw new ArchiveRejectedError(
+      `symlink ${shown} points out of ${from ? display(from) : 'the data directory'}: refused`,
+    );
+  }
 }
