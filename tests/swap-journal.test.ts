@@ -18,6 +18,7 @@ import type { ExecOptions, ExecProcess, Workload } from '../src/workload/workloa
 import { MemoryStore } from './support/memory-store';
 import { memoryEngine } from './support/memory-engine';
 import { tmpDir } from './support/peers';
+import { packageLayout } from './support/selection';
 import {
   type TreeEntry,
   inspectSqliteDb,
@@ -295,6 +296,66 @@ describe('a swap killed at each phase is resolved by the next operation', () => 
       } finally {
         spawnSync('umount', [mount]);
       }
+    },
+    60_000,
+  );
+});
+
+/** Issue #15: the same with items outside the data dir (swapped beside their paths). */
+describe('a swap with items outside the data dir, killed, is resolved by the next operation', () => {
+  const cases: Interruption[] = [
+    {
+      label: 'all live items out, nothing moved in',
+      line: 'each move_in || fail moving-in',
+      replacement: KILL,
+      expect: 'previous',
+    },
+    {
+      label: 'the first three staged items in (two of them outside the data dir)',
+      line: 'each move_in || fail moving-in',
+      replacement: `n=0; some() { n=$((n+1)); [ $n -gt 3 ] || move_in "$@"; }; each some; ${KILL}`,
+      expect: 'previous',
+    },
+    {
+      label: 'all staged items in, phase not yet "moved"',
+      line: 'journal moved && rm -rf -- "$staging"',
+      replacement: KILL,
+      expect: 'restored',
+    },
+  ];
+
+  /** Every file below the layout's root, by relative path, with the engine's names. */
+  const layoutTree = async (root: string) => {
+    const tree = await snapshotTree(root);
+    tree.delete('var/homeserver.db');
+    return tree;
+  };
+
+  test.each(cases.map((at) => [at.label, at] as const))(
+    'killed when %s: the next create resolves it, beside the external paths too',
+    async (_label, at) => {
+      const store = new MemoryStore();
+      const { root, dataDir, etc, media, db } = await packageLayout();
+      await engineOn(store, dataDir).create({ id: 'x' });
+      const backedUp = await layoutTree(root);
+      await fsp.writeFile(path.join(etc, 'log.config'), 'changed\n');
+      await fsp.rm(path.join(media, 'local_content/ab/cd/m1'));
+      await fsp.writeFile(path.join(etc, 'example.org.signing.key'), 'ed25519 a_new c2VlZA\n');
+      const previous = await layoutTree(root);
+      const workload = new Interrupting(at);
+      void engineOn(store, dataDir, { workload })
+        .restore({ id: 'x' })
+        .catch(() => undefined);
+      await workload.over;
+      await orphanLock(dataDir);
+      const created = await engineOn(store, dataDir).create({ id: 'after' });
+      expect(created.swapRecovery).toMatchObject({ outcome: outcomeOf(at.expect), backupId: 'x' });
+      // The data dir, the external dirs: wholly one state, nothing of the engine's left.
+      expect(await layoutTree(root)).toEqual(at.expect === 'previous' ? previous : backedUp);
+      expect(inspectSqliteDb(db)).toMatchObject({
+        integrity: 'ok',
+        oneTimeKeys: at.expect === 'previous' ? 5 : 0,
+      });
     },
     60_000,
   );

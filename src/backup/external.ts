@@ -13,7 +13,7 @@ import { EXTERNAL_PREFIX } from './items';
 import type { Manifest } from './manifest';
 import type { RestoreDirs, SwapPlan } from './restore-swap';
 import { stageExternalCommand } from './scripts/external';
-import { externalPaths } from './scripts/swap';
+import { externalCopiesOf } from './scripts/swap';
 
 /**
  * The manifest's external roots as archive names, checked: each is
@@ -54,13 +54,12 @@ export function externalTargets(plan: SwapPlan): string[] {
   return plan.items.filter((i) => i.kind === 'root' || i.kind === 'rootdb').map((i) => i.name);
 }
 
-/** Where the plan's external items are staged and kept (beside each target). */
+/** Where the plan's external items are staged and kept (beside each target; a database's companions too). */
 export function externalCopies(
   plan: SwapPlan,
   dirs: RestoreDirs,
-): { staged: string[]; previous: string[] } {
-  const copies = externalTargets(plan).map((p) => externalPaths(p, dirs.staging, dirs.previous));
-  return { staged: copies.map((c) => c.staged), previous: copies.map((c) => c.previous) };
+): { staged: string[]; previous: string[]; companions: string[] } {
+  return externalCopiesOf(plan.items, dirs.staging, dirs.previous);
 }
 
 /** Stages the plan's external items beside their targets (nothing without any). */

@@ -162,7 +162,7 @@ async function removePrevious(
   dirs: RestoreDirs,
   plan: SwapPlan,
 ): Promise<string[] | undefined> {
-  const { previous } = externalCopies(plan, dirs);
+  const { previous, companions } = externalCopies(plan, dirs);
   if (dirs.keepPrevious) return previous;
   const flushed = await runCommand(
     ctx.workload,
@@ -173,7 +173,7 @@ async function removePrevious(
     () => false,
   );
   if (!flushed) return previous;
-  await removeTree(ctx, [`${ctx.dataDir}/${dirs.previous}`, ...previous]);
+  await removeTree(ctx, [`${ctx.dataDir}/${dirs.previous}`, ...previous, ...companions]);
   return undefined;
 }
 

@@ -206,10 +206,6 @@ class SelectionBuilder {
         throw bad(`the engine reserves the name ${first}`);
       this.found.push({ name, tarName: name, database: c.database ? real : undefined });
     } else {
-      // Until restore puts them back where they were (next step), never archive what it cannot.
-      throw bad(
-        `it is outside the data dir ${this.dataDir}, which this engine does not back up yet`,
-      );
       const root = { name: `${EXTERNAL_PREFIX}${real}`, path: real };
       this.found.push({
         name: root.name,

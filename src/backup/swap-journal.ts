@@ -13,7 +13,7 @@
 import { BackupError, errorMessage } from '../errors';
 import { fileExists, runCommand } from '../workload/command';
 import type { EngineContext } from './context';
-import { type SwapItem, externalPaths, itemRollbackCommand } from './scripts/swap';
+import { type SwapItem, externalCopiesOf, itemRollbackCommand } from './scripts/swap';
 import {
   JOURNAL_NAME,
   PREVIOUS_PREFIX,
@@ -122,18 +122,16 @@ async function completeSwap(ctx: EngineContext, journal: Journal): Promise<SwapR
     );
   }
   const previousPath = `${dataDir}/${journal.previous}`;
-  const external = journal.items
-    .filter((i) => i.kind === 'root' || i.kind === 'rootdb')
-    .map((i) => externalPaths(i.name, journal.staging, journal.previous));
+  const external = externalCopiesOf(journal.items, journal.staging, journal.previous);
   await runCommand(
     workload,
-    removeTreeCommand(`${dataDir}/${journal.staging}`, ...external.map((e) => e.staged)),
+    removeTreeCommand(`${dataDir}/${journal.staging}`, ...external.staged),
     'removing the staging dir',
   );
   if (!journal.keep) {
     await runCommand(
       workload,
-      removeTreeCommand(previousPath, ...external.map((e) => e.previous)),
+      removeTreeCommand(previousPath, ...external.previous, ...external.companions),
       'removing the previous files',
     );
   }
@@ -143,8 +141,8 @@ async function completeSwap(ctx: EngineContext, journal: Journal): Promise<SwapR
     backupId: journal.backup,
     phase: journal.phase,
     previousPath: journal.keep ? previousPath : undefined,
-    ...(journal.keep && external.length
-      ? { externalPreviousPaths: external.map((e) => e.previous) }
+    ...(journal.keep && external.previous.length
+      ? { externalPreviousPaths: external.previous }
       : {}),
     oneTimeKeysRemoved,
   };

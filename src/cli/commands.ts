@@ -64,7 +64,9 @@ const restore: Command = async ({ engine, values, dataDir, print }) => {
   warnSwapRecovery(r);
   const notes = [
     r.oneTimeKeysRemoved ? `${r.oneTimeKeysRemoved} one-time keys removed` : undefined,
-    r.previousPath ? `previous files kept in ${r.previousPath}` : undefined,
+    r.previousPath
+      ? `previous files kept in ${[r.previousPath, ...(r.externalPreviousPaths ?? [])].join(', ')}`
+      : undefined,
   ].filter(Boolean);
   print(
     `restored backup ${r.backupId} into ${dataDir}: ${r.files} files, ${formatBytes(r.plaintextBytes)}${notes.map((n) => `; ${n}`).join('')}`,

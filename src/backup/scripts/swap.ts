@@ -52,6 +52,32 @@ export function externalPaths(
   };
 }
 
+/** A SQLite database's companion files, which go where it goes. */
+export const DATABASE_SIBLINGS = ['-wal', '-shm', '-journal'];
+
+/**
+ * The staged and previous copies of `items` outside the data dir, as absolute
+ * paths; `companions`: where a database's -wal, -shm and -journal would be kept
+ * beside its previous copy (removed with it).
+ */
+export function externalCopiesOf(
+  items: readonly SwapItem[],
+  staging: string,
+  previous: string,
+): { staged: string[]; previous: string[]; companions: string[] } {
+  const out = { staged: [] as string[], previous: [] as string[], companions: [] as string[] };
+  for (const item of items) {
+    if (item.kind !== 'root' && item.kind !== 'rootdb') continue;
+    const copies = externalPaths(item.name, staging, previous);
+    out.staged.push(copies.staged);
+    out.previous.push(copies.previous);
+    if (item.kind === 'rootdb') {
+      out.companions.push(...DATABASE_SIBLINGS.map((s) => `${copies.previous}${s}`));
+    }
+  }
+  return out;
+}
+
 /**
  * sh functions over the items; expects the data dir as cwd and $staging,
  * $previous set. `each FN` calls `FN KIND NAME` for every item line of the
@@ -77,7 +103,7 @@ const ITEM_FUNCTIONS = [
   // A database's -wal, -shm and -journal from $1 to $2 (never over an existing file).
   'siblings() {',
   '  case $kind in db|rootdb) ;; *) return 0 ;; esac',
-  '  for s in -wal -shm -journal; do',
+  `  for s in ${DATABASE_SIBLINGS.join(' ')}; do`,
   '    there "$1$s" || continue',
   '    ! there "$2$s" && mv -- "$1$s" "$2$s" || return 1',
   '  done',
