@@ -108,6 +108,30 @@ describe('paths outside the data dir', () => {
     expect(await fsp.readFile(path.join(etc, 'log.config'), 'utf8')).toBe('version: 1\n');
   });
 
+  test('restored into another data dir, a backup with external paths is refused unless forced', async () => {
+    const store = new MemoryStore();
+    const { dataDir, etc } = await packageLayout();
+    await memoryEngine(store, dataDir).create({ id: 'elsewhere' });
+    await fsp.writeFile(path.join(etc, 'log.config'), 'changed\n');
+    const scratch = (await tmpDir('scratch-restore')).path;
+    await expect(memoryEngine(store, scratch).restore({ id: 'elsewhere' })).rejects.toMatchObject({
+      code: 'wrong-server',
+      message: expect.stringContaining(
+        `backup elsewhere was taken of ${dataDir} and also restores ${etc}/example.org.signing.key, `,
+      ),
+      remedy: {
+        kind: 'run-again',
+        option: 'force',
+        when: 'if those paths are the ones to replace',
+      },
+    });
+    expect(await fsp.readdir(scratch)).toEqual([]);
+    expect(await fsp.readFile(path.join(etc, 'log.config'), 'utf8')).toBe('changed\n');
+    await memoryEngine(store, scratch).restore({ id: 'elsewhere', force: true });
+    expect(await fsp.readFile(path.join(etc, 'log.config'), 'utf8')).toBe('version: 1\n');
+    expect(await fsp.readdir(scratch)).toContain('homeserver.yaml');
+  });
+
   test('a symlinked media store: backed up from where it points, restored through it; the symlink stays', async () => {
     const store = new MemoryStore();
     const root = realpathSync((await tmpDir('symlinked-media')).path);

@@ -76,3 +76,29 @@ export async function stageExternal(
     `staging ${targets.join(', ')} beside ${targets.length > 1 ? 'their targets' : 'its target'}`,
   );
 }
+
+/**
+ * Refuses, unless `force`, a backup with roots outside the data dir restored
+ * into another data dir than the one it was taken of (a scratch dir, another
+ * installation): its roots would land at this host's paths all the same.
+ */
+export function refuseRootsElsewhere(
+  manifest: Manifest | undefined,
+  id: string,
+  dataDir: string,
+  force: boolean | undefined,
+): void {
+  const roots = manifest?.roots ?? [];
+  if (force || roots.length === 0 || !manifest?.dataDir || manifest.dataDir === dataDir) return;
+  throw new BackupError(
+    'wrong-server',
+    `backup ${id} was taken of ${manifest.dataDir} and also restores ${roots.map((r) => r.path).join(', ')}, outside it; restoring it into ${dataDir} would replace those paths on this host too`,
+    {
+      remedy: {
+        kind: 'run-again',
+        option: 'force',
+        when: 'if those paths are the ones to replace',
+      },
+    },
+  );
+}

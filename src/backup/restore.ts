@@ -22,7 +22,13 @@ import {
   readArchive,
   withCleanup,
 } from './read';
-import { externalCopies, externalTargets, manifestRoots, stageExternal } from './external';
+import {
+  externalCopies,
+  externalTargets,
+  manifestRoots,
+  refuseRootsElsewhere,
+  stageExternal,
+} from './external';
 import { ItemTracker } from './items';
 import { type RestoreDirs, type SwapPlan, removeTree, swapIn } from './restore-swap';
 import {
@@ -62,6 +68,7 @@ export async function restoreBackup(
     ? await completeManifest(ctx, id, true)
     : await completeManifest(ctx, id);
   await refuseOtherServer(ctx, id, manifest?.serverName, request);
+  refuseRootsElsewhere(manifest, id, ctx.dataDir, request.force);
   await checkPassphrase(ctx, id);
   await checkFreeSpace(ctx, id, manifest);
 
