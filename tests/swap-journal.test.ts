@@ -360,3 +360,35 @@ describe('a swap with items outside the data dir, killed, is resolved by the nex
     60_000,
   );
 });
+
+test("an earlier engine's journal (format 1: it moved everything) is still rolled back as it was", async () => {
+  const store = new MemoryStore();
+  const dataDir = (await tmpDir('swap-journal-format1')).path;
+  await makeSynapseTree(dataDir, { mediaFiles: 2 });
+  const before = await snapshotTree(dataDir);
+  // Half-way through moving in: every live entry in the previous dir (the old swap moved
+  // them all, caches included), one restored file in place, one still staged.
+  const staging = '.synapse-restore-20260101T000000000Z';
+  const previous = '.pre-restore-20260101T000000000Z';
+  await fsp.mkdir(path.join(dataDir, previous));
+  await fsp.mkdir(path.join(dataDir, staging));
+  for (const name of await fsp.readdir(dataDir)) {
+    if (name.startsWith('.')) continue;
+    await fsp.rename(path.join(dataDir, name), path.join(dataDir, previous, name));
+  }
+  await fsp.writeFile(
+    path.join(dataDir, 'homeserver.yaml'),
+    'server_name: "example.org"\n# restored\n',
+  );
+  await fsp.writeFile(
+    path.join(dataDir, staging, 'example.org.signing.key'),
+    'ed25519 a_r c2VlZA\n',
+  );
+  await fsp.writeFile(
+    path.join(dataDir, JOURNAL),
+    `staging=${staging}\nprevious=${previous}\nbackup=old\nkeep=0\nphase=moving-in\n`,
+  );
+  const created = await engineOn(store, dataDir).create({ id: 'after-format1' });
+  expect(created.swapRecovery).toMatchObject({ outcome: 'rolled-back', backupId: 'old' });
+  expect(await snapshotTree(dataDir)).toEqual(before);
+});
