@@ -159,13 +159,16 @@ describe('the selection follows homeserver.yaml', () => {
 
     await write(
       path.join(dir, 'homeserver.yaml'),
-      `server_name: "example.org"\nlog_config: ${dir}/gone.log.config\n`,
+      `server_name: "example.org"\nlog_config: ${dir}/gone.log.config\ntls_certificate_path: tls/cert.pem\n`,
     );
     await write(path.join(dir, 'example.org.signing.key'), 'ed25519 a_x c2VlZA\n');
     const created = await memoryEngine(store, dir).create({ id: 'nolog' });
-    const said = `${dir}/gone.log.config (homeserver.yaml's log_config) does not exist: not in this backup`;
-    expect(created.missing).toEqual([said]);
-    expect(await manifestOf(store, 'nolog')).toMatchObject({ missing: [said] });
+    const said = [
+      `${dir}/gone.log.config (homeserver.yaml's log_config) does not exist: not in this backup`,
+      `${dir}/tls/cert.pem (homeserver.yaml's tls_certificate_path) does not exist: not in this backup`,
+    ];
+    expect(created.missing).toEqual(said);
+    expect(await manifestOf(store, 'nolog')).toMatchObject({ missing: said });
   });
 
   test('several SQLite databases: a clear error', async () => {

@@ -11,7 +11,12 @@ import { posix } from 'node:path';
 import { BackupError } from '../errors';
 import { runCommand } from '../workload/command';
 import type { Workload } from '../workload/workload';
-import { type HomeserverPaths, homeserverPaths, readHomeserverConfig } from './homeserver';
+import {
+  type HomeserverPaths,
+  REFERENCED_FILE_KEYS,
+  homeserverPaths,
+  readHomeserverConfig,
+} from './homeserver';
 import { EXTERNAL_PREFIX } from './items';
 import { ROOT_LINK_NAME, isBookkeepingName } from './scripts/common';
 import { selectionProbeCommand } from './scripts/selection';
@@ -111,7 +116,8 @@ function candidatesOf(
     candidates.push({ path: paths.signingKeyPath, key, required: key !== undefined });
   }
   if (paths.logConfig) candidates.push({ path: paths.logConfig, key: 'log_config' });
-  for (const path of paths.referencedFiles) candidates.push({ path, key: 'a referenced file' });
+  const keys = referenceKeys(config, posix.dirname(paths.configPath));
+  for (const path of paths.referencedFiles) candidates.push({ path, key: keys.get(path) });
   const mediaKey = 'media_store_path' in config ? 'media_store_path' : undefined;
   for (const sub of ['local_content', 'local_thumbnails']) {
     candidates.push({
@@ -135,10 +141,8 @@ function candidatesOf(
   }
   for (const d of paths.databases) {
     if ('path' in d) {
-      const named =
-        config.database_path !== undefined ||
-        config.database !== undefined ||
-        config.databases !== undefined;
+      // The default (homeserver.db in the data dir) may be missing silently, as before.
+      const named = d.path !== posix.join(posix.dirname(paths.configPath), 'homeserver.db');
       candidates.push({ path: d.path, key: named ? 'database' : undefined, database: true });
     } else {
       const what = d.engine === 'psycopg2' ? 'PostgreSQL' : d.engine;
@@ -148,6 +152,24 @@ function candidatesOf(
     }
   }
   return { candidates, notIncluded };
+}
+
+/** Which homeserver.yaml key names each referenced file (homeserver.ts REFERENCED_FILE_KEYS). */
+function referenceKeys(config: Record<string, unknown>, dataDir: string): Map<string, string> {
+  const keys = new Map<string, string>();
+  const files = Array.isArray(config.app_service_config_files)
+    ? config.app_service_config_files
+    : [];
+  const named: [string, unknown][] = [
+    ...files.map((f): [string, unknown] => ['app_service_config_files', f]),
+    ...REFERENCED_FILE_KEYS.map((k): [string, unknown] => [k, config[k]]),
+  ];
+  for (const [key, value] of named) {
+    if (typeof value !== 'string' || value === '') continue;
+    const path = posix.resolve(dataDir, value);
+    if (!keys.has(path)) keys.set(path, key);
+  }
+  return keys;
 }
 
 class SelectionBuilder {
