@@ -154,6 +154,44 @@ describe('paths outside the data dir', () => {
     expect(await bookkeeping(volume)).toEqual([]);
   });
 
+  test('homeserver.yaml and the signing key linked from a config dir: backed up from there, restored through the links', async () => {
+    const store = new MemoryStore();
+    const root = realpathSync((await tmpDir('linked-config')).path);
+    const dataDir = path.join(root, 'data');
+    const etc = path.join(root, 'etc/synapse');
+    await write(path.join(etc, 'homeserver.yaml'), 'server_name: "example.org"\n');
+    await write(path.join(etc, 'example.org.signing.key'), 'ed25519 a_ln c2VlZA\n', 0o600);
+    await fsp.mkdir(dataDir);
+    await fsp.symlink(path.join(etc, 'homeserver.yaml'), path.join(dataDir, 'homeserver.yaml'));
+    await fsp.symlink(
+      '../etc/synapse/example.org.signing.key',
+      path.join(dataDir, 'example.org.signing.key'),
+    );
+    await write(path.join(dataDir, 'media_store/local_content/m'), 'media');
+    const created = await memoryEngine(store, dataDir).create({ id: 'ln' });
+    expect(created.missing).toBeUndefined();
+    expect((await archiveNames(store, dataDir, 'ln')).sort()).toEqual(
+      [
+        './',
+        'media_store/',
+        'media_store/local_content/',
+        'media_store/local_content/m',
+        `@external${etc}/homeserver.yaml`,
+        `@external${etc}/example.org.signing.key`,
+      ].sort(),
+    );
+    expect(await manifestOf(store, 'ln')).toMatchObject({ signingKeyId: 'ed25519:a_ln' });
+    await fsp.writeFile(path.join(etc, 'example.org.signing.key'), 'ed25519 a_other c2VlZA\n');
+    await memoryEngine(store, dataDir).restore({ id: 'ln' });
+    expect(await fsp.readFile(path.join(etc, 'example.org.signing.key'), 'utf8')).toBe(
+      'ed25519 a_ln c2VlZA\n',
+    );
+    for (const name of ['homeserver.yaml', 'example.org.signing.key']) {
+      expect((await fsp.lstat(path.join(dataDir, name))).isSymbolicLink()).toBe(true);
+    }
+    expect(await bookkeeping(etc)).toEqual([]);
+  });
+
   test('restore accepts @external entries only inside the manifest roots, and no symlink between roots', async () => {
     const scan = async (entries: Parameters<typeof buildTar>[0], roots: string[]) => {
       const scanner = new TarScanner(confinedEntryPolicy({ roots }));
