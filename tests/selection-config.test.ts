@@ -171,6 +171,16 @@ describe('the selection follows homeserver.yaml', () => {
     expect(await manifestOf(store, 'nolog')).toMatchObject({ missing: said });
   });
 
+  test('a data dir that does not exist: a clear error before anything is stored', async () => {
+    const store = new MemoryStore();
+    const dir = path.join((await tmpDir('selection-gone')).path, 'data');
+    await expect(memoryEngine(store, dir).create({ id: 'gone' })).rejects.toMatchObject({
+      code: 'empty-selection',
+      message: `nothing to back up: ${dir} does not exist in the workload`,
+    });
+    expect(store.keys()).toEqual([]);
+  });
+
   test('several SQLite databases: a clear error', async () => {
     const store = new MemoryStore();
     const dir = (await tmpDir('selection-two-db')).path;
