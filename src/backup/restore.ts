@@ -2,7 +2,9 @@
  * Restoring without risking the live data: every check comes first, the
  * archive is extracted into a staging directory beside the data, and only a
  * fully authenticated archive that matches its manifest is swapped in (by
- * renames), with Synapse stopped just for the swap. A failure before the swap
+ * renames), with Synapse stopped just for the swap. Only the backup's items
+ * (items.ts) are replaced; those outside the data dir are staged beside their
+ * paths first (external.ts). A failure before the swap
  * leaves the live data as it was; a failure during or after it moves the
  * previous files back. The swap is journaled (swap-journal.ts): a process
  * killed mid-swap leaves a journal that the next operation resolves.

@@ -1,14 +1,16 @@
 /**
- * Interrupted swaps. The restore's swap (scripts/restore.ts swapCommand) keeps
+ * Interrupted swaps. The restore's swap (scripts/swap.ts itemSwapCommand) keeps
  * a journal in the data dir, `.synapse-swap.journal`: the staging and previous
- * dirs' names, the backup id, whether the previous files are to be kept, and
- * the phase reached, written and flushed before the first rename and removed
- * after the last step. A process killed mid-swap (SIGKILL, a node that died)
- * leaves it behind; every operation on the data dir (create, restore, prune's
+ * dirs' names, the backup id, whether the previous files are to be kept, the
+ * phase reached and (format 2) the backup's items, inside the data dir or
+ * outside it, written and flushed before the first rename and removed after
+ * the last step. A process killed mid-swap (SIGKILL, a node that died) leaves
+ * it behind; every operation on the data dir (create, restore, prune's
  * leftover removal) first resolves it here: it completes the swap when every
- * staged entry was moved in, and rolls it back (the previous files return)
- * otherwise, so the data dir is wholly the previous or wholly the restored
- * state.
+ * staged item was moved in, and rolls it back (the previous items return)
+ * otherwise, so the data dir and the paths outside it are wholly the previous
+ * or wholly the restored state. A format-1 journal (an earlier engine's swap,
+ * which moved everything in the data dir) is rolled back as that engine did.
  */
 import { BackupError, errorMessage } from '../errors';
 import { fileExists, runCommand } from '../workload/command';
