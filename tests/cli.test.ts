@@ -195,6 +195,32 @@ describeWithPeers(['minio'])('synapse-backup CLI (built bundle, real MinIO)', ()
     expect(errorLine(again)).toContain('backup cli-2 already exists');
   });
 
+  test('create on a PostgreSQL homeserver: --json says not-included, and stderr warns, in both outputs', async () => {
+    const dir = await tmpDir('cli-postgres');
+    await fsp.writeFile(
+      path.join(dir.path, 'homeserver.yaml'),
+      'server_name: "example.org"\ndatabase:\n  name: psycopg2\n',
+    );
+    await fsp.writeFile(path.join(dir.path, 'example.org.signing.key'), 'ed25519 a_pg c2VlZA\n');
+    const said = 'the master database (PostgreSQL) is not in this backup: back it up with pg_dump';
+    const s3 = [
+      ...['--endpoint', minio.endpoint, '--region', 'us-east-1', '--uri-style', 'path'],
+      ...['--bucket', minio.bucket, '--prefix', `${PREFIX}-postgres`],
+    ];
+    const json = await cli(['create', '--data-dir', dir.path, '--id', 'pg-1', '--json', ...s3], {
+      s3Flags: false,
+    });
+    expect(json.code).toBe(0);
+    expect(json.stderr).toBe(`synapse-backup: warning: ${said}\n`);
+    expect(JSON.parse(json.out)).toMatchObject({ 'backup-id': 'pg-1', 'not-included': [said] });
+    const human = await cli(['create', '--data-dir', dir.path, '--id', 'pg-2', ...s3], {
+      s3Flags: false,
+    });
+    expect(human.code).toBe(0);
+    expect(human.stderr).toBe(`synapse-backup: warning: ${said}\n`);
+    expect(human.out).toMatch(/^created backup pg-2: 2 files, /);
+  });
+
   test('list --json: every backup with its status and size; list: a table', async () => {
     const run = await cli(['list', '--json']);
     expect(run.code).toBe(0);

@@ -11,7 +11,7 @@ import { readdirSync, readFileSync, symlinkSync } from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
 import { PebbleWorkload } from '../src/workload/pebble';
-import type { ExecProcess } from '../src/workload/workload';
+import type { ExecProcess, Workload } from '../src/workload/workload';
 import { minioEngine } from './support/engines';
 import {
   type MinioPeer,
@@ -404,13 +404,26 @@ describeWithPeers(['minio', 'pebble'])('Pebble direct output', () => {
   });
 
   test('a create whose tar fails names tar and its status, and leaves nothing in S3', async () => {
+    // The data dir goes between the selection's probe and tar, which then cannot enter it.
+    const data = await tmpDir('direct-fail-data');
+    await makeSynapseTree(data.path, { mediaFiles: 1 });
+    const vanishing: Workload = {
+      description: workload.description,
+      exec: (options) => {
+        if (options.command[2]?.includes('tar --create')) execFileSync('rm', ['-rf', data.path]);
+        return workload.exec(options);
+      },
+      stopServices: (names) => workload.stopServices(names),
+      startServices: (names) => workload.startServices(names),
+      serviceStatus: (names) => workload.serviceStatus(names),
+    };
     const engine = minioEngine(minio, 'direct-fail', {
       passphrase: 'direct-output passphrase',
-      workload,
-      dataDir: '/nonexistent/synapse-data',
+      workload: vanishing,
+      dataDir: data.path,
     });
     await expect(engine.create({ id: 'direct-fail-1' })).rejects.toThrow(
-      /^tar in Pebble at .* exited with status 2: .*nonexistent\/synapse-data/,
+      new RegExp(`^tar in Pebble at .* exited with status 2: .*${data.path}`),
     );
     const listed = await engine.list();
     expect(listed.backups).toEqual([]);

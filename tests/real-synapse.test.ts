@@ -18,6 +18,8 @@ import {
 } from './support/real-synapse';
 import { type KubeRig, startKubeRig } from './support/kube';
 import { KubernetesWorkload } from '../src/workload/kubernetes';
+import { PebbleWorkload } from '../src/workload/pebble';
+import { parseDocument } from 'yaml';
 
 const SERVER = 'real.test';
 const PASSPHRASE = 'real synapse passphrase 7';
@@ -330,5 +332,65 @@ print(json.dumps({"ok": ok, "messages": messages, "media": len(media), "missing"
         engine.close();
       }
     });
+  });
+
+  it('real Synapse: media_store_path and signing_key_path outside the data dir are backed up there and restored there; Synapse serves the media after', async () => {
+    // A package-style layout: the media store and the signing key move out of the data dir.
+    const ext = path.join(fs.realpathSync(path.dirname(unit.dataDir)), 'ext');
+    const mediaDir = path.join(ext, 'media');
+    const key = path.join(ext, 'etc', `${SERVER}.signing.key`);
+    const workload = new PebbleWorkload({ socketPath: unit.pebble.socketPath });
+    await workload.stopServices(['synapse']);
+    fs.mkdirSync(path.dirname(key), { recursive: true });
+    fs.renameSync(path.join(unit.dataDir, 'media_store'), mediaDir);
+    fs.renameSync(path.join(unit.dataDir, `${SERVER}.signing.key`), key);
+    execFileSync('chown', ['-R', `${SYNAPSE_UID}:${SYNAPSE_UID}`, ext]);
+    const configPath = path.join(unit.dataDir, 'homeserver.yaml');
+    const doc = parseDocument(fs.readFileSync(configPath, 'utf8'));
+    doc.set('media_store_path', mediaDir);
+    doc.set('signing_key_path', key);
+    fs.writeFileSync(configPath, String(doc));
+    await workload.startServices(['synapse']);
+    await unit.waitHealthy();
+    const s = await unit.client.login('alice', 'alice-password-1');
+    const png = makePng(44, 44, 4444);
+    const mxc = await unit.client.upload(s, png, 'image/png', 'outside.png');
+    const keyText = fs.readFileSync(key, 'utf8');
+
+    const r = await h.action('create-backup');
+    expect(r.failMessage).toBeUndefined();
+    expect(r.results.missing).toBeUndefined();
+    const id = String(r.results['backup-id']);
+    const engine = minioEngine(minio, PREFIX, { passphrase: PASSPHRASE });
+    const dir = await tmpDir('real-synapse-external');
+    const tarFile = path.join(dir.path, 'backup.tar');
+    try {
+      await engine.decryptTo(id, fs.createWriteStream(tarFile));
+    } finally {
+      engine.close();
+    }
+    const names = execFileSync('tar', ['-tf', tarFile], { encoding: 'utf8' }).split('\n');
+    expect(names).toContain(`@external${key}`);
+    expect(
+      names.filter((n) => n.startsWith(`@external${mediaDir}/local_content/`)).length,
+    ).toBeGreaterThan(4);
+    expect(names.filter((n) => n.startsWith('media_store'))).toEqual([]);
+    await dir.cleanup();
+
+    // Both go; the restore brings them back where homeserver.yaml says.
+    fs.rmSync(path.join(mediaDir, 'local_content'), { recursive: true });
+    fs.writeFileSync(key, 'ed25519 a_other c2VlZA==\n');
+    const restored = await h.action('restore-backup', { 'backup-id': id });
+    expect(restored.failMessage).toBeUndefined();
+    await unit.waitHealthy();
+    expect(fs.readFileSync(key, 'utf8')).toBe(keyText);
+    expect(fs.statSync(key).uid).toBe(SYNAPSE_UID);
+    expect(fs.statSync(path.join(mediaDir, 'local_content')).uid).toBe(SYNAPSE_UID);
+    const again = await unit.client.login('alice', 'alice-password-1');
+    expect(await unit.client.download(again, mxc)).toEqual(png);
+    for (const [earlier, bytes] of media)
+      expect(await unit.client.download(again, earlier)).toEqual(bytes);
+    expect(fs.readdirSync(ext).filter((n) => n.startsWith('.'))).toEqual([]);
+    expect(fs.readdirSync(mediaDir).filter((n) => n.startsWith('.'))).toEqual([]);
   });
 });

@@ -14,6 +14,7 @@ import {
   tarCreateCommand,
 } from '../src/backup/scripts';
 import { tmpDir } from './support/peers';
+import { selectionOf } from './support/selection';
 
 interface Run {
   status: number | null;
@@ -46,7 +47,7 @@ async function runScript(
   for (const [name, body] of Object.entries(fakes)) {
     await fsp.writeFile(path.join(bin, name), `#!/bin/sh\n${body}\n`, { mode: 0o755 });
   }
-  const script = tarCreateCommand(dataDir);
+  const script = tarCreateCommand(dataDir, 0, await selectionOf(dataDir));
   const [cmd, ...args] =
     stdout === 'pipe' ? ['bash', '-c', 'set -o pipefail; "$@" | cat', 'bash', ...script] : script;
   const out = spawnSync(cmd!, args, {
@@ -181,7 +182,7 @@ describe('the create script', () => {
       ].join('\n'),
       { mode: 0o755 },
     );
-    const [cmd, ...args] = tarCreateCommand(dir);
+    const [cmd, ...args] = tarCreateCommand(dir, 0, await selectionOf(dir));
     const child = spawn(cmd!, args, {
       env: { ...process.env, PATH: `${bin}:${process.env.PATH ?? ''}` },
     });

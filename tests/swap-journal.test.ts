@@ -18,6 +18,7 @@ import type { ExecOptions, ExecProcess, Workload } from '../src/workload/workloa
 import { MemoryStore } from './support/memory-store';
 import { memoryEngine } from './support/memory-engine';
 import { tmpDir } from './support/peers';
+import { packageLayout } from './support/selection';
 import {
   type TreeEntry,
   inspectSqliteDb,
@@ -46,38 +47,38 @@ const KILL = 'kill -KILL $$';
 const INTERRUPTIONS: Interruption[] = [
   {
     label: 'journal written, nothing moved',
-    line: 'mkdir -m 0700 -- "$3" || { rm -f -- "$J" "$JT"; exit 1; }',
+    line: 'mkdir -m 0700 -- "$previous" || { rm -f -- "$J" "$JT"; exit 1; }',
     replacement: KILL,
     expect: 'previous',
   },
   {
     label: 'half the live files moved out',
-    line: 'move_all . "$3" || undo',
-    replacement: `mv -- homeserver.yaml "$3"/ && mv -- homeserver.db "$3"/ && ${KILL}`,
+    line: 'each move_out || fail moving-out',
+    replacement: `mv -- homeserver.yaml "$previous"/ && mv -- homeserver.db "$previous"/ && ${KILL}`,
     expect: 'previous',
   },
   {
     label: 'all live files out, nothing moved in',
-    line: 'if ! move_all "$2" .; then move_all . "$2"; undo; fi',
+    line: 'each move_in || fail moving-in',
     replacement: KILL,
     expect: 'previous',
   },
   {
     label: 'half the staged files moved in',
-    line: 'if ! move_all "$2" .; then move_all . "$2"; undo; fi',
-    replacement: `mv -- "$2"/homeserver.yaml . && mv -- "$2"/homeserver.db . && ${KILL}`,
+    line: 'each move_in || fail moving-in',
+    replacement: `mv -- "$staging"/homeserver.yaml . && mv -- "$staging"/homeserver.db . && ${KILL}`,
     expect: 'previous',
   },
   {
     label: 'all staged files in, phase not yet "moved"',
-    line: 'journal moved || true',
+    line: 'journal moved && rm -rf -- "$staging"',
     replacement: KILL,
     expect: 'restored',
   },
   {
     label: 'phase "moved", staging dir not yet removed',
-    line: 'rmdir -- "$2" || true',
-    replacement: KILL,
+    line: 'journal moved && rm -rf -- "$staging"',
+    replacement: `journal moved && ${KILL}`,
     expect: 'restored',
   },
   {
@@ -122,7 +123,7 @@ class Interrupting implements Workload {
       this.markOver();
       return hanging();
     }
-    if (this.at.line && script.includes('journal moving-out')) {
+    if (this.at.line && script.includes('each move_out')) {
       const lines = script.split('\n');
       const i = lines.indexOf(this.at.line);
       if (i === -1) throw new Error(`the swap script has no line ${this.at.line}`);
@@ -142,6 +143,8 @@ class Interrupting implements Workload {
   serviceStatus = async () => [];
 }
 
+const onlySkipped = (snap: Map<string, TreeEntry>) =>
+  new Map([...snap].filter(([key]) => !withoutSkipped(snap).has(key)));
 const without = (snap: Map<string, TreeEntry>, name: string) =>
   new Map([...snap].filter(([key]) => key !== name));
 
@@ -192,7 +195,11 @@ async function expectResolved(
   if (expected === 'previous') {
     expect(now).toEqual(trees.previous);
   } else {
-    expect(without(now, 'homeserver.db')).toEqual(without(trees.backedUp, 'homeserver.db'));
+    // The backup's items are restored; what it does not select (remote media caches) stays.
+    expect(without(withoutSkipped(now), 'homeserver.db')).toEqual(
+      without(trees.backedUp, 'homeserver.db'),
+    );
+    expect(onlySkipped(now)).toEqual(onlySkipped(trees.previous));
     expect(inspectSqliteDb(path.join(dataDir, 'homeserver.db'))).toMatchObject({
       oneTimeKeys: 0,
       integrity: 'ok',
@@ -223,10 +230,10 @@ describe('a swap killed at each phase is resolved by the next operation', () => 
   test.each([INTERRUPTIONS[1]!, INTERRUPTIONS[4]!].map((at) => [at.label, at] as const))(
     'killed when %s: the next restore resolves it first, then restores',
     async (_label, at) => {
-      const { store, dataDir, backedUp } = await interruptedRestore(at);
+      const { store, dataDir, previous, backedUp } = await interruptedRestore(at);
       const restored = await engineOn(store, dataDir).restore({ id: 'b' });
       expect(restored.swapRecovery).toMatchObject({ outcome: outcomeOf(at.expect) });
-      await expectResolved(dataDir, 'restored', { previous: backedUp, backedUp });
+      await expectResolved(dataDir, 'restored', { previous, backedUp });
     },
     60_000,
   );
@@ -257,8 +264,8 @@ describe('a swap killed at each phase is resolved by the next operation', () => 
     expect(store.keys()).toEqual([]);
   });
 
-  // A rename the swap cannot make: media_store is a mount point (its own volume, as a pod
-  // may mount it), which rename(2) refuses with EBUSY. Root only (mount).
+  // A rename the swap cannot make: media_store/local_content is a mount point (its own
+  // volume, as a pod may mount it), which rename(2) refuses with EBUSY. Root only (mount).
   (process.getuid?.() === 0 ? test : test.skip)(
     'a rename that fails mid-swap fails the restore and leaves the live data whole',
     async () => {
@@ -270,7 +277,7 @@ describe('a swap killed at each phase is resolved by the next operation', () => 
         path.join(dataDir, 'homeserver.yaml'),
         'server_name: "example.org"\n# new\n',
       );
-      const mount = path.join(dataDir, 'media_store');
+      const mount = path.join(dataDir, 'media_store/local_content');
       const saved = await tmpDir('swap-journal-ebusy-media');
       spawnSync('cp', ['-a', `${mount}/.`, saved.path]);
       expect(spawnSync('mount', ['-t', 'tmpfs', 'tmpfs', mount]).status).toBe(0);
@@ -292,4 +299,96 @@ describe('a swap killed at each phase is resolved by the next operation', () => 
     },
     60_000,
   );
+});
+
+/** Issue #15: the same with items outside the data dir (swapped beside their paths). */
+describe('a swap with items outside the data dir, killed, is resolved by the next operation', () => {
+  const cases: Interruption[] = [
+    {
+      label: 'all live items out, nothing moved in',
+      line: 'each move_in || fail moving-in',
+      replacement: KILL,
+      expect: 'previous',
+    },
+    {
+      label: 'the first three staged items in (two of them outside the data dir)',
+      line: 'each move_in || fail moving-in',
+      replacement: `n=0; some() { n=$((n+1)); [ $n -gt 3 ] || move_in "$@"; }; each some; ${KILL}`,
+      expect: 'previous',
+    },
+    {
+      label: 'all staged items in, phase not yet "moved"',
+      line: 'journal moved && rm -rf -- "$staging"',
+      replacement: KILL,
+      expect: 'restored',
+    },
+  ];
+
+  /** Every file below the layout's root, by relative path, with the engine's names. */
+  const layoutTree = async (root: string) => {
+    const tree = await snapshotTree(root);
+    tree.delete('var/homeserver.db');
+    return tree;
+  };
+
+  test.each(cases.map((at) => [at.label, at] as const))(
+    'killed when %s: the next create resolves it, beside the external paths too',
+    async (_label, at) => {
+      const store = new MemoryStore();
+      const { root, dataDir, etc, media, db } = await packageLayout();
+      await engineOn(store, dataDir).create({ id: 'x' });
+      const backedUp = await layoutTree(root);
+      await fsp.writeFile(path.join(etc, 'log.config'), 'changed\n');
+      await fsp.rm(path.join(media, 'local_content/ab/cd/m1'));
+      await fsp.writeFile(path.join(etc, 'example.org.signing.key'), 'ed25519 a_new c2VlZA\n');
+      const previous = await layoutTree(root);
+      const workload = new Interrupting(at);
+      void engineOn(store, dataDir, { workload })
+        .restore({ id: 'x' })
+        .catch(() => undefined);
+      await workload.over;
+      await orphanLock(dataDir);
+      const created = await engineOn(store, dataDir).create({ id: 'after' });
+      expect(created.swapRecovery).toMatchObject({ outcome: outcomeOf(at.expect), backupId: 'x' });
+      // The data dir, the external dirs: wholly one state, nothing of the engine's left.
+      expect(await layoutTree(root)).toEqual(at.expect === 'previous' ? previous : backedUp);
+      expect(inspectSqliteDb(db)).toMatchObject({
+        integrity: 'ok',
+        oneTimeKeys: at.expect === 'previous' ? 5 : 0,
+      });
+    },
+    60_000,
+  );
+});
+
+test("an earlier engine's journal (format 1: it moved everything) is still rolled back as it was", async () => {
+  const store = new MemoryStore();
+  const dataDir = (await tmpDir('swap-journal-format1')).path;
+  await makeSynapseTree(dataDir, { mediaFiles: 2 });
+  const before = await snapshotTree(dataDir);
+  // Half-way through moving in: every live entry in the previous dir (the old swap moved
+  // them all, caches included), one restored file in place, one still staged.
+  const staging = '.synapse-restore-20260101T000000000Z';
+  const previous = '.pre-restore-20260101T000000000Z';
+  await fsp.mkdir(path.join(dataDir, previous));
+  await fsp.mkdir(path.join(dataDir, staging));
+  for (const name of await fsp.readdir(dataDir)) {
+    if (name.startsWith('.')) continue;
+    await fsp.rename(path.join(dataDir, name), path.join(dataDir, previous, name));
+  }
+  await fsp.writeFile(
+    path.join(dataDir, 'homeserver.yaml'),
+    'server_name: "example.org"\n# restored\n',
+  );
+  await fsp.writeFile(
+    path.join(dataDir, staging, 'example.org.signing.key'),
+    'ed25519 a_r c2VlZA\n',
+  );
+  await fsp.writeFile(
+    path.join(dataDir, JOURNAL),
+    `staging=${staging}\nprevious=${previous}\nbackup=old\nkeep=0\nphase=moving-in\n`,
+  );
+  const created = await engineOn(store, dataDir).create({ id: 'after-format1' });
+  expect(created.swapRecovery).toMatchObject({ outcome: 'rolled-back', backupId: 'old' });
+  expect(await snapshotTree(dataDir)).toEqual(before);
 });

@@ -45,8 +45,18 @@ describe('small pieces', () => {
   });
 
   test('the data dir is an argument of the tar script, never part of its text', () => {
-    const command = tarCreateCommand('/data/$(reboot)');
-    expect(command.slice(-1)).toEqual(['/data/$(reboot)']);
+    const command = tarCreateCommand('/data/$(reboot)', 0, {
+      tarNames: ['media_store/$(reboot)/local_content'],
+      parents: ['media_store/$(reboot)'],
+      database: { path: '/data/$(reboot).db', archiveName: '@external/data/$(reboot).db' },
+    });
+    expect(command.slice(5)).toEqual([
+      '/data/$(reboot)',
+      '/data/$(reboot).db',
+      '@external/data/$(reboot).db',
+      'media_store/$(reboot)/local_content\n',
+      'media_store/$(reboot)',
+    ]);
     expect(command[2]).not.toContain('reboot');
   });
 

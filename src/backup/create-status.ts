@@ -18,6 +18,8 @@ import {
   TAR_FAILED_EXIT,
 } from './scripts';
 import { TarComplaints } from './tar-complaints';
+import { BoundedList, type EntryWarning, type SkippedEntry } from './notes';
+import type { TarScanner } from './tar';
 
 /** The selection as an operator reads it, for the empty selection's message. */
 export const SELECTION_DESCRIPTION = [
@@ -74,4 +76,23 @@ export function watchCreateScript(
     }
   };
   return { check, complaints };
+}
+
+/** What create left out (the scanner's FIFOs and devices, tar's sockets) and warns of. */
+export interface CreateNotes {
+  skipped: BoundedList<SkippedEntry>;
+  warnings: BoundedList<EntryWarning>;
+}
+
+export function notesOf(scanner: TarScanner, complaints: TarComplaints): CreateNotes {
+  const skipped = new BoundedList<SkippedEntry>();
+  for (const item of [...scanner.skipped.items, ...complaints.sockets.items]) skipped.add(item);
+  skipped.count = scanner.skipped.count + complaints.sockets.count;
+  return { skipped, warnings: complaints.warnings };
+}
+
+/** "; only N sockets, FIFOs or device nodes, which a backup leaves out" when there were any. */
+export function leftOutNote(skipped: BoundedList<SkippedEntry>): string {
+  if (skipped.count === 0) return '';
+  return `, only ${skipped.count} socket(s), FIFO(s) or device node(s), which a backup leaves out (${skipped.items[0].path}${skipped.count > 1 ? ', ...' : ''})`;
 }

@@ -16,10 +16,15 @@ import { releaseBackupId, reserveBackupId } from './pending';
 import { MANIFEST_FORMAT, MANIFEST_VERSION, type Manifest } from './manifest';
 import { type Consumer, type StageFailure, runPipeline } from './pipeline';
 import { removeLeftoversCommand, tarCreateCommand } from './scripts';
-import { emptySelection, watchCreateScript } from './create-status';
-import { BoundedList, type EntryWarning, type SkippedEntry } from './notes';
-import type { TarComplaints } from './tar-complaints';
+import {
+  type CreateNotes,
+  emptySelection,
+  leftOutNote,
+  notesOf,
+  watchCreateScript,
+} from './create-status';
 import { ByteCounter, EndGate, HashingCounter } from './stages';
+import { type Selection, readSelection } from './selection';
 import { resolveInterruptedSwap } from './swap-journal';
 import { TarScanner, createEntryPolicy } from './tar';
 import type { CreateRequest, CreateResult } from './types';
@@ -52,16 +57,16 @@ export async function createBackup(
   const oKey = objectKey(ctx, id);
   // Never back up a half-swapped data dir: `unfinished-swap` when it cannot be resolved.
   const swapRecovery = await resolveInterruptedSwap(ctx, request.services ?? []);
-  const { identity, keepFree } = await reserveAndCheck(ctx, id);
+  const { identity, keepFree, selection } = await prepareCreate(ctx, id);
   const startedAt = new Date();
   const proc = ctx.workload.exec({
-    command: tarCreateCommand(ctx.dataDir, keepFree),
+    command: tarCreateCommand(ctx.dataDir, keepFree, selection),
     stdin: false,
     directStdout: true,
   });
-  const { check: tarSucceeded, complaints } = watchCreateScript(ctx, proc);
+  const { check: tarSucceeded, complaints } = watchCreateScript(ctx, proc, selection.mediaTarNames);
   // Restore's entry policy: what it would refuse is left out (no data) or fails the create.
-  const scanner = new TarScanner(createEntryPolicy());
+  const scanner = new TarScanner(createEntryPolicy({ roots: selection.roots.map((r) => r.name) }));
   const plaintext = new HashingCounter();
   const ciphertext = new ByteCounter();
   const ticker = progressTicker(ctx, 'create', () => plaintext.bytes);
@@ -93,7 +98,7 @@ export async function createBackup(
   }
   if (failure === undefined) {
     const counted = { scanner, plaintext, ciphertext, notes };
-    const manifest = manifestOf(ctx, id, startedAt, identity, counted);
+    const manifest = manifestOf(ctx, id, startedAt, identity, selection, counted);
     try {
       await writeManifest(ctx, manifest);
       return {
@@ -108,6 +113,8 @@ export async function createBackup(
         warnings: notes.warnings.items,
         warningsCount: notes.warnings.count,
         ...(swapRecovery ? { swapRecovery } : {}),
+        ...(selection.missing.length ? { missing: selection.missing } : {}),
+        ...(selection.notIncluded.length ? { notIncluded: selection.notIncluded } : {}),
       };
     } catch (err) {
       failure = err;
@@ -117,29 +124,31 @@ export async function createBackup(
 }
 
 /**
- * Reserves `id` (its pending marker), then at once: refuses an id in use, removes
- * an interrupted run's leftovers, reads the server's identity; then checks the
- * room for the snapshot (returns the bytes to keep free). A failure releases the id.
+ * The checks and reads before tar starts, at once (an S3 problem is reported
+ * before a workload one): no such backup yet, the leftovers gone, the server's
+ * identity, the selection (selection.ts) and room for its database's snapshot.
+ * Reserves the id first (its pending marker) and releases it when one fails.
  */
-async function reserveAndCheck(
+async function prepareCreate(
   ctx: EngineContext,
   id: string,
-): Promise<{ identity: ServerIdentity; keepFree: number }> {
+): Promise<{ identity: ServerIdentity; keepFree: number; selection: Selection }> {
   await reserveBackupId(ctx, id);
-  // Independent round trips, at once; an S3 problem is reported before a workload one.
-  const [existing, leftovers, identityRead] = await Promise.allSettled([
+  const [existing, leftovers, identityRead, selectionRead] = await Promise.allSettled([
     refuseExisting(ctx, id),
     runCommand(ctx.workload, removeLeftoversCommand(ctx.dataDir), 'removing leftovers'),
     readServerIdentity(ctx.workload, ctx.dataDir),
+    readSelection(ctx.workload, ctx.dataDir),
   ]);
   try {
     settledValue(existing);
     settledValue(leftovers);
     const identity = settledValue(identityRead);
+    const selection = settledValue(selectionRead);
     // After the leftovers went: an interrupted run's snapshot is no longer taking space.
-    const keepFree = await checkSnapshotSpace(ctx.workload, ctx.dataDir);
+    const keepFree = await checkSnapshotSpace(ctx.workload, ctx.dataDir, selection.database?.path);
     checkInterrupted(ctx, 'nothing was started; nothing was stored');
-    return { identity, keepFree };
+    return { identity, keepFree, selection };
   } catch (err) {
     await releaseBackupId(ctx, id);
     throw err;
@@ -183,6 +192,7 @@ function manifestOf(
   id: string,
   startedAt: Date,
   identity: ServerIdentity,
+  selection: Selection,
   counted: {
     scanner: TarScanner;
     plaintext: HashingCounter;
@@ -193,7 +203,8 @@ function manifestOf(
   const { scanner, plaintext, ciphertext, notes } = counted;
   return {
     format: MANIFEST_FORMAT,
-    version: MANIFEST_VERSION,
+    // An engine that knows no external roots must refuse rather than restore half.
+    version: selection.roots.length ? MANIFEST_VERSION : 1,
     id,
     object: objectKey(ctx, id),
     startedAt: startedAt.toISOString(),
@@ -213,27 +224,13 @@ function manifestOf(
     ...(notes.warnings.count > 0
       ? { warnings: notes.warnings.items, warningsCount: notes.warnings.count }
       : {}),
+    items: selection.items,
+    databases: selection.databases,
+    ...(selection.roots.length ? { roots: selection.roots } : {}),
+    ...(selection.missing.length ? { missing: selection.missing } : {}),
+    ...(selection.notIncluded.length ? { notIncluded: selection.notIncluded } : {}),
     engine: { name: ENGINE_NAME, version: ENGINE_VERSION },
   };
-}
-
-/** What create left out (the scanner's FIFOs and devices, tar's sockets) and warns of. */
-interface CreateNotes {
-  skipped: BoundedList<SkippedEntry>;
-  warnings: BoundedList<EntryWarning>;
-}
-
-function notesOf(scanner: TarScanner, complaints: TarComplaints): CreateNotes {
-  const skipped = new BoundedList<SkippedEntry>();
-  for (const item of [...scanner.skipped.items, ...complaints.sockets.items]) skipped.add(item);
-  skipped.count = scanner.skipped.count + complaints.sockets.count;
-  return { skipped, warnings: complaints.warnings };
-}
-
-/** "; only N sockets, FIFOs or device nodes, which a backup leaves out" when there were any. */
-function leftOutNote(skipped: BoundedList<SkippedEntry>): string {
-  if (skipped.count === 0) return '';
-  return `, only ${skipped.count} socket(s), FIFO(s) or device node(s), which a backup leaves out (${skipped.items[0].path}${skipped.count > 1 ? ', ...' : ''})`;
 }
 
 /**

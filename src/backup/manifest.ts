@@ -3,7 +3,11 @@ import type { EncryptionParameters } from '../crypto/esdk';
 import type { EntryWarning, SkippedEntry } from './notes';
 
 export const MANIFEST_FORMAT = 'synapse-backup-manifest';
-export const MANIFEST_VERSION = 1;
+/**
+ * The newest format this engine reads and writes: 2 has external roots
+ * (`roots`); a manifest without them is written as 1, which older engines read.
+ */
+export const MANIFEST_VERSION = 2;
 
 /** Written after the upload completes: a backup without one is incomplete. Holds no key material. */
 export interface Manifest {
@@ -41,6 +45,20 @@ export interface Manifest {
    */
   warnings?: EntryWarning[];
   warningsCount?: number;
+  /**
+   * The selection's items, as archive names (`homeserver.yaml`,
+   * `media_store/local_content`): exactly what a restore replaces. Absent in
+   * older manifests: a restore then derives them from the archive (items.ts).
+   */
+  items?: string[];
+  /** The items that are SQLite databases (their -wal, -shm, -journal go with them). */
+  databases?: string[];
+  /** Items outside the data dir: archive name (`@external/<path>`) and absolute path. Version 2. */
+  roots?: { name: string; path: string }[];
+  /** Paths homeserver.yaml names that did not exist, so are not in this backup. */
+  missing?: string[];
+  /** What is not in this backup and what backs it up (a PostgreSQL database: pg_dump). */
+  notIncluded?: string[];
   engine: { name: string; version: string };
 }
 

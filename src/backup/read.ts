@@ -13,6 +13,7 @@ import {
 import { BackupError, InterruptedError, errorMessage } from '../errors';
 import { completeManifest, objectKey } from './catalog';
 import { type EngineContext, passphraseOf, progressTicker } from './context';
+import { manifestRoots } from './external';
 import { validateBackupId } from './ids';
 import type { Manifest } from './manifest';
 import { type Stage, runPipeline } from './pipeline';
@@ -99,7 +100,9 @@ export async function verifyBackup(ctx: EngineContext, id: string): Promise<Veri
   passphraseOf(ctx);
   validateBackupId(id);
   const manifest = await completeManifest(ctx, id);
-  const scanner = new TarScanner(confinedEntryPolicy());
+  const scanner = new TarScanner(
+    confinedEntryPolicy({ roots: manifestRoots(manifest, id, ctx.dataDir) }),
+  );
   const discard = new Writable({ write: (_chunk, _enc, done) => done() });
   const { plaintext, ciphertext, elapsedSeconds } = await withCleanup(
     readArchive(ctx, id, 'verify', discard, scanner),

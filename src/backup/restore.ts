@@ -2,16 +2,18 @@
  * Restoring without risking the live data: every check comes first, the
  * archive is extracted into a staging directory beside the data, and only a
  * fully authenticated archive that matches its manifest is swapped in (by
- * renames), with Synapse stopped just for the swap. A failure before the swap
+ * renames), with Synapse stopped just for the swap. Only the backup's items
+ * (items.ts) are replaced; those outside the data dir are staged beside their
+ * paths first (external.ts). A failure before the swap
  * leaves the live data as it was; a failure during or after it moves the
  * previous files back. The swap is journaled (swap-journal.ts): a process
  * killed mid-swap leaves a journal that the next operation resolves.
  */
-import { BackupError, errorMessage } from '../errors';
+import { BackupError } from '../errors';
 import { formatBytes } from '../format';
-import { CommandSink, fileExists, runCommand } from '../workload/command';
+import { CommandSink, runCommand } from '../workload/command';
 import { completeManifest, objectKey } from './catalog';
-import { type EngineContext, checkInterrupted, interruptedBy, passphraseOf } from './context';
+import { type EngineContext, checkInterrupted, passphraseOf } from './context';
 import { readServerIdentity } from './identity';
 import { refuseRunningSynapse } from './running';
 import { validateBackupId } from './ids';
@@ -24,34 +26,27 @@ import {
   withCleanup,
 } from './read';
 import {
-  JOURNAL_NAME,
+  externalCopies,
+  externalTargets,
+  manifestRoots,
+  refuseRootsElsewhere,
+  stageExternal,
+} from './external';
+import { ItemTracker } from './items';
+import { type RestoreDirs, type SwapPlan, removeTree, swapIn } from './restore-swap';
+import {
   PREVIOUS_PREFIX,
   STAGING_PREFIX,
   freeSpaceCommand,
-  journalPhaseCommand,
   makeDirCommand,
   removeJournalCommand,
   removeLeftoversCommand,
-  removeTreeCommand,
-  rollbackCommand,
-  swapCommand,
   syncCommand,
   tarExtractCommand,
 } from './scripts';
-import { removeOneTimeKeys, resolveInterruptedSwap } from './swap-journal';
-import { TarScanner, confinedEntryPolicy } from './tar';
+import { resolveInterruptedSwap } from './swap-journal';
+import { ArchiveRejectedError, TarScanner, confinedEntryPolicy } from './tar';
 import type { RestoreRequest, RestoreResult } from './types';
-
-/** The hidden directories of one restore, as names in the data dir. */
-interface RestoreDirs {
-  staging: string;
-  previous: string;
-  /** The backup restored and whether the previous files are kept: for the journal. */
-  backupId: string;
-  keepPrevious: boolean;
-  /** The archive had a `./` entry: its owner, group and mode are the data dir's at backup time. */
-  rootFromArchive?: boolean;
-}
 
 /**
  * Restores backup `request.id` into the data dir (see the protocol above).
@@ -79,6 +74,7 @@ export async function restoreBackup(
     ? await completeManifest(ctx, id, true)
     : await completeManifest(ctx, id);
   await refuseOtherServer(ctx, id, manifest?.serverName, request);
+  refuseRootsElsewhere(manifest, id, ctx.dataDir, request.force);
   await checkPassphrase(ctx, id);
   await checkFreeSpace(ctx, id, manifest);
 
@@ -90,39 +86,32 @@ export async function restoreBackup(
     backupId: id,
     keepPrevious: Boolean(request.keepPrevious),
   };
-  const policy = confinedEntryPolicy();
+  const policy = confinedEntryPolicy({ roots: manifestRoots(manifest, id, ctx.dataDir) });
+  const tracker = new ItemTracker(manifest?.items);
   const scanner = new TarScanner((entry) => {
     policy(entry);
-    if (entry.type === 'directory' && /^(\.\/*)+$/.test(entry.name)) dirs.rootFromArchive = true;
+    tracker.see(entry);
   });
   const unchanged = `the staging dir was removed; ${ctx.dataDir} is unchanged`;
   const extracted = await withCleanup(
     extractToStaging(ctx, id, manifest, dirs, scanner),
     unchanged,
   );
-  // The last moment to stop without touching the live data.
-  if (interruptedBy(ctx)) {
-    await removeTree(ctx, `${ctx.dataDir}/${dirs.staging}`);
+  dirs.rootFromArchive = tracker.rootFromArchive;
+  let plan: SwapPlan = { items: [], parents: [] };
+  try {
+    plan = planSwap(id, tracker, manifest);
+    await stageExternal(ctx, dirs, plan);
+    // The last moment to stop without touching the live data.
     checkInterrupted(ctx, unchanged);
+  } catch (err) {
+    const staged = externalCopies(plan, dirs).staged;
+    await removeTree(ctx, [`${ctx.dataDir}/${dirs.staging}`, ...staged], err);
+    throw err;
   }
   // From here on a signal waits: the swap is finished (or rolled back) first.
-  const oneTimeKeysRemoved = await swapIn(ctx, request.services ?? [], dirs);
-
-  const previousPath = `${ctx.dataDir}/${dirs.previous}`;
-  // The previous files go only once the swap itself is on disk; if it cannot be
-  // flushed, they stay, and the result says where.
-  let keepPrevious = Boolean(request.keepPrevious);
-  if (!keepPrevious) {
-    keepPrevious = await runCommand(
-      ctx.workload,
-      syncCommand(ctx.dataDir),
-      'flushing the swap',
-    ).then(
-      () => false,
-      () => true,
-    );
-    if (!keepPrevious) await removeTree(ctx, previousPath);
-  }
+  const oneTimeKeysRemoved = await swapIn(ctx, request.services ?? [], dirs, plan);
+  const kept = await removePrevious(ctx, dirs, plan);
   // The last step: until here an interrupted run is completed by the next operation.
   await runCommand(ctx.workload, removeJournalCommand(ctx.dataDir), 'removing the swap journal');
   checkInterrupted(ctx, `the swap had begun, so it was finished: backup ${id} is restored`);
@@ -131,7 +120,8 @@ export async function restoreBackup(
     files: scanner.files,
     plaintextBytes: extracted.plaintext.bytes,
     durationSeconds: extracted.elapsedSeconds,
-    previousPath: keepPrevious ? previousPath : undefined,
+    previousPath: kept ? `${ctx.dataDir}/${dirs.previous}` : undefined,
+    ...(kept && kept.length ? { externalPreviousPaths: kept } : {}),
     oneTimeKeysRemoved,
     ...(swapRecovery ? { swapRecovery } : {}),
   };
@@ -169,69 +159,44 @@ async function extractToStaging(
     await runCommand(ctx.workload, syncCommand(stagingPath), 'flushing the restored files to disk');
     return extracted;
   } catch (err) {
-    await removeTree(ctx, stagingPath, err);
+    await removeTree(ctx, [stagingPath], err);
     throw err;
   }
 }
 
 /**
- * With `services` stopped: moves the live files aside and the staged ones in,
- * removes the one-time keys, and starts the services again. A failure after
- * the swap moves the previous files back; any failure removes the staging
- * directory and starts the services. Returns the one-time keys removed.
+ * Removes the replaced items (the data dir's previous dir and the copies beside
+ * external targets) unless they are to be kept, and only once the swap itself
+ * is on disk: if it cannot be flushed they stay. Returns undefined when they
+ * went, else the external copies kept (the result says where).
  */
-async function swapIn(
+async function removePrevious(
   ctx: EngineContext,
-  services: string[],
   dirs: RestoreDirs,
-): Promise<number | undefined> {
-  const { workload, dataDir } = ctx;
-  await workload.stopServices(services);
-  try {
-    await runCommand(
-      workload,
-      swapCommand(dataDir, dirs.staging, dirs.previous, {
-        rootFromArchive: dirs.rootFromArchive,
-        backupId: dirs.backupId,
-        keepPrevious: dirs.keepPrevious,
-      }),
-      `moving the restored files into ${dataDir}`,
-    );
-    try {
-      const removed = await removeOneTimeKeys(ctx);
-      await runCommand(
-        workload,
-        journalPhaseCommand(dataDir, 'keys-removed'),
-        'recording the swap journal phase',
-      );
-      await workload.startServices(services);
-      return removed;
-    } catch (err) {
-      await workload.stopServices(services).catch(() => undefined);
-      await runCommand(
-        workload,
-        rollbackCommand(dataDir, dirs.staging, dirs.previous),
-        'moving the previous files back',
-      );
-      throw err;
-    }
-  } catch (err) {
-    // A journal still there means the swap was cut off (the transport lost, the
-    // rollback failed): its staging dir may hold restored files, and the next
-    // operation resolves it (swap-journal.ts).
-    if (await fileExists(workload, `${dataDir}/${JOURNAL_NAME}`).catch(() => true)) {
-      // Synapse stays stopped: started on a half-swapped data dir it could make a new,
-      // empty database where the swapped-out one should be.
-      if (err instanceof Error) {
-        const stopped = services.length ? `, so ${services.join(', ')} stays stopped` : '';
-        err.message += `; the swap is unfinished${stopped}: the next create, restore or prune completes or rolls it back`;
-      }
-    } else {
-      await removeTree(ctx, `${dataDir}/${dirs.staging}`, err);
-      await workload.startServices(services).catch(() => undefined);
-    }
-    throw err;
+  plan: SwapPlan,
+): Promise<string[] | undefined> {
+  const { previous, companions } = externalCopies(plan, dirs);
+  if (dirs.keepPrevious) return previous;
+  const flushed = await runCommand(
+    ctx.workload,
+    syncCommand(ctx.dataDir, ...externalTargets(plan)),
+    'flushing the swap',
+  ).then(
+    () => true,
+    () => false,
+  );
+  if (!flushed) return previous;
+  await removeTree(ctx, [`${ctx.dataDir}/${dirs.previous}`, ...previous, ...companions]);
+  return undefined;
+}
+
+/** The items the archive holds (the manifest's, else derived: items.ts); refuses none. */
+function planSwap(id: string, tracker: ItemTracker, manifest: Manifest | undefined): SwapPlan {
+  const plan = tracker.items(manifest?.items ? (manifest.databases ?? []) : undefined);
+  if (plan.items.length === 0) {
+    throw new ArchiveRejectedError(`backup ${id} holds nothing to restore (no selected item)`);
   }
+  return plan;
 }
 
 /** Refuses a backup of another server name than the live one, unless `force`. */
@@ -273,16 +238,5 @@ async function checkFreeSpace(
       `restoring backup ${id} needs ${formatBytes(needed)} free in ${ctx.dataDir} for the staged copy, but only ${formatBytes(free)} is free`,
       { remedy: { kind: 'advice', text: 'grow the data volume or free space, then retry' } },
     );
-  }
-}
-
-/** Removes a tree the engine made; a failure is added to `cause`'s story rather than hiding it. */
-async function removeTree(ctx: EngineContext, path: string, cause?: unknown): Promise<void> {
-  try {
-    await runCommand(ctx.workload, removeTreeCommand(path), `removing ${path}`);
-  } catch (err) {
-    if (cause instanceof Error)
-      cause.message += `; also could not remove ${path}: ${errorMessage(err)}`;
-    else throw err;
   }
 }

@@ -34,17 +34,23 @@ export function snapshotMargin(space: SnapshotSpace): number {
 }
 
 /**
- * Checks that the data dir's filesystem can hold the snapshot of homeserver.db
- * and still keep {@link snapshotMargin} free. Returns the margin (bytes) for the
+ * Checks that the data dir's filesystem can hold the snapshot of the SQLite
+ * `database` (an absolute path; none: nothing to check) and still keep
+ * {@link snapshotMargin} free. Returns the margin (bytes) for the
  * snapshot's own watch, 0 without a database. Throws `no-space` ("backing up
  * needs 700.0 MiB free in /data for the database snapshot, but only 120.0 MiB
  * is free") with an advice remedy, or `workload-command` when df fails.
  * Source: `df -Pk` and `wc -c` in the workload (scripts/create.ts).
  */
-export async function checkSnapshotSpace(workload: Workload, dataDir: string): Promise<number> {
+export async function checkSnapshotSpace(
+  workload: Workload,
+  dataDir: string,
+  database?: string,
+): Promise<number> {
+  if (database === undefined) return 0;
   const out = await runCommand(
     workload,
-    snapshotSpaceCommand(dataDir),
+    snapshotSpaceCommand(dataDir, database),
     `checking free space in ${dataDir}`,
   );
   const [databaseBytes, freeBytes, volumeBytes] = out.trim().split(/\s+/).map(Number);

@@ -1,18 +1,21 @@
 /**
- * Interrupted swaps. The restore's swap (scripts/restore.ts swapCommand) keeps
+ * Interrupted swaps. The restore's swap (scripts/swap.ts itemSwapCommand) keeps
  * a journal in the data dir, `.synapse-swap.journal`: the staging and previous
- * dirs' names, the backup id, whether the previous files are to be kept, and
- * the phase reached, written and flushed before the first rename and removed
- * after the last step. A process killed mid-swap (SIGKILL, a node that died)
- * leaves it behind; every operation on the data dir (create, restore, prune's
+ * dirs' names, the backup id, whether the previous files are to be kept, the
+ * phase reached and (format 2) the backup's items, inside the data dir or
+ * outside it, written and flushed before the first rename and removed after
+ * the last step. A process killed mid-swap (SIGKILL, a node that died) leaves
+ * it behind; every operation on the data dir (create, restore, prune's
  * leftover removal) first resolves it here: it completes the swap when every
- * staged entry was moved in, and rolls it back (the previous files return)
- * otherwise, so the data dir is wholly the previous or wholly the restored
- * state.
+ * staged item was moved in, and rolls it back (the previous items return)
+ * otherwise, so the data dir and the paths outside it are wholly the previous
+ * or wholly the restored state. A format-1 journal (an earlier engine's swap,
+ * which moved everything in the data dir) is rolled back as that engine did.
  */
 import { BackupError, errorMessage } from '../errors';
 import { fileExists, runCommand } from '../workload/command';
 import type { EngineContext } from './context';
+import { type SwapItem, externalCopiesOf, itemRollbackCommand } from './scripts/swap';
 import {
   JOURNAL_NAME,
   PREVIOUS_PREFIX,
@@ -36,6 +39,8 @@ export interface SwapRecovery {
   phase: SwapPhase;
   /** Completed with the previous files kept: where they are (an absolute path). */
   previousPath?: string;
+  /** Completed with the previous files kept: those of items outside the data dir. */
+  externalPreviousPaths?: string[];
   /** Completed: one-time keys deleted now (undefined: none to delete, or done before). */
   oneTimeKeysRemoved?: number;
 }
@@ -46,8 +51,11 @@ interface Journal {
   backup: string;
   keep: boolean;
   phase: SwapPhase;
-  /** Entries still in the staging dir; -1 when it is missing. */
+  /** Items (entries, format 1) still staged; -1 when the staging dir is missing. */
   staged: number;
+  /** 2: the swap moved only `items` (scripts/swap.ts); 1: everything in the data dir. */
+  format: 1 | 2;
+  items: SwapItem[];
 }
 
 const PHASES: readonly SwapPhase[] = [
@@ -108,7 +116,7 @@ async function completeSwap(ctx: EngineContext, journal: Journal): Promise<SwapR
   const { workload, dataDir } = ctx;
   let oneTimeKeysRemoved: number | undefined;
   if (journal.phase !== 'keys-removed') {
-    oneTimeKeysRemoved = await removeOneTimeKeys(ctx);
+    oneTimeKeysRemoved = await removeOneTimeKeys(ctx, databaseOf(ctx, journal));
     await runCommand(
       workload,
       journalPhaseCommand(dataDir, 'keys-removed'),
@@ -116,19 +124,28 @@ async function completeSwap(ctx: EngineContext, journal: Journal): Promise<SwapR
     );
   }
   const previousPath = `${dataDir}/${journal.previous}`;
+  const external = externalCopiesOf(journal.items, journal.staging, journal.previous);
   await runCommand(
     workload,
-    removeTreeCommand(`${dataDir}/${journal.staging}`),
+    removeTreeCommand(`${dataDir}/${journal.staging}`, ...external.staged),
     'removing the staging dir',
   );
-  if (!journal.keep)
-    await runCommand(workload, removeTreeCommand(previousPath), 'removing the previous files');
+  if (!journal.keep) {
+    await runCommand(
+      workload,
+      removeTreeCommand(previousPath, ...external.previous, ...external.companions),
+      'removing the previous files',
+    );
+  }
   await runCommand(workload, removeJournalCommand(dataDir), 'removing the swap journal');
   return {
     outcome: 'completed',
     backupId: journal.backup,
     phase: journal.phase,
     previousPath: journal.keep ? previousPath : undefined,
+    ...(journal.keep && external.previous.length
+      ? { externalPreviousPaths: external.previous }
+      : {}),
     oneTimeKeysRemoved,
   };
 }
@@ -136,7 +153,9 @@ async function completeSwap(ctx: EngineContext, journal: Journal): Promise<SwapR
 async function rollBack(ctx: EngineContext, journal: Journal): Promise<SwapRecovery> {
   await runCommand(
     ctx.workload,
-    rollbackCommand(ctx.dataDir, journal.staging, journal.previous, journal.phase),
+    journal.format === 2
+      ? itemRollbackCommand(ctx.dataDir, journal.staging, journal.previous, journal.phase)
+      : rollbackCommand(ctx.dataDir, journal.staging, journal.previous, journal.phase),
     'moving the previous files back',
   );
   return { outcome: 'rolled-back', backupId: journal.backup, phase: journal.phase };
@@ -177,13 +196,56 @@ function parseJournal(ctx: EngineContext, text: string): Journal {
     keep: fields.get('keep') === '1',
     phase,
     staged: Number(fields.get('staged') ?? '-1'),
+    format: fields.get('format') === '2' ? 2 : 1,
+    items: journalItems(ctx, text),
   };
 }
 
-/** Deletes the restored one-time keys; undefined when there is no SQLite database. */
-export async function removeOneTimeKeys(ctx: EngineContext): Promise<number | undefined> {
-  const db = `${ctx.dataDir}/homeserver.db`;
-  if (!(await fileExists(ctx.workload, db))) return undefined;
+/** A format-2 journal's items; `unfinished-swap` for a name that could leave its place. */
+function journalItems(ctx: EngineContext, text: string): SwapItem[] {
+  const items: SwapItem[] = [];
+  for (const line of text.split('\n')) {
+    const m = /^(item|db|root|rootdb)=(.*)$/.exec(line);
+    if (!m) continue;
+    const kind = m[1] as SwapItem['kind'];
+    const name = m[2];
+    const parts = name.split('/');
+    const absolute = kind === 'root' || kind === 'rootdb';
+    const steps = absolute ? parts.slice(1) : parts;
+    if ((parts[0] === '') !== absolute || steps.some((p) => p === '' || p === '.' || p === '..')) {
+      throw new BackupError(
+        'unfinished-swap',
+        `${ctx.dataDir}/${JOURNAL_NAME} names an item that is not a plain path (${JSON.stringify(line)})`,
+        {
+          remedy: {
+            kind: 'advice',
+            text: `check the data dir by hand, then remove ${JOURNAL_NAME}`,
+          },
+        },
+      );
+    }
+    items.push({ kind, name });
+  }
+  return items;
+}
+
+/** The restored SQLite database's path: the journal's (format 2), else homeserver.db. */
+function databaseOf(ctx: EngineContext, journal: Journal): string | undefined {
+  if (journal.format === 1) return `${ctx.dataDir}/homeserver.db`;
+  const db = journal.items.find((i) => i.kind === 'db' || i.kind === 'rootdb');
+  if (!db) return undefined;
+  return db.kind === 'db' ? `${ctx.dataDir}/${db.name}` : db.name;
+}
+
+/**
+ * Deletes the restored one-time keys from the SQLite database at `db` (default
+ * `<data dir>/homeserver.db`); undefined when there is none.
+ */
+export async function removeOneTimeKeys(
+  ctx: EngineContext,
+  db: string | undefined = `${ctx.dataDir}/homeserver.db`,
+): Promise<number | undefined> {
+  if (db === undefined || !(await fileExists(ctx.workload, db))) return undefined;
   const out = await runCommand(
     ctx.workload,
     removeOneTimeKeysCommand(db),
@@ -198,7 +260,7 @@ export function describeSwapRecovery(recovery: SwapRecovery): string {
   if (recovery.outcome === 'rolled-back')
     return `${what} was rolled back: the previous files are back`;
   const kept = recovery.previousPath
-    ? `; the previous files are kept in ${recovery.previousPath}`
+    ? `; the previous files are kept in ${[recovery.previousPath, ...(recovery.externalPreviousPaths ?? [])].join(', ')}`
     : '';
   return `${what} was completed: the restored files stay${kept}`;
 }

@@ -78,6 +78,10 @@ export interface CreateResult {
   warningsCount: number;
   /** An interrupted restore's swap, completed or rolled back before the backup began. */
   swapRecovery?: SwapRecovery;
+  /** Paths homeserver.yaml names that do not exist, left out: one sentence each. */
+  missing?: string[];
+  /** What is not in this backup and what backs it up ("... PostgreSQL ... pg_dump"). */
+  notIncluded?: string[];
 }
 
 export interface BackupInfo {
@@ -149,6 +153,8 @@ export interface RestoreResult {
   durationSeconds: number;
   /** Where the replaced files were kept (keepPrevious), else undefined. */
   previousPath?: string;
+  /** Kept too: the replaced items outside the data dir, each beside its path. */
+  externalPreviousPaths?: string[];
   /** Rows deleted from e2e_one_time_keys_json; undefined when there was no SQLite database. */
   oneTimeKeysRemoved?: number;
   /** An earlier restore's interrupted swap, completed or rolled back before this one began. */

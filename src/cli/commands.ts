@@ -7,7 +7,13 @@ import { describeRetention } from '../backup/retention';
 import { ConfigError } from '../errors';
 import { formatBackupTable, formatBytes } from '../format';
 import { type Values, makeRestoreDir, required, wholeNumber } from './args';
-import { createNoteLines, endProgressLine, warnSwapRecovery, workloadCleanupLines } from './output';
+import {
+  createNoteLines,
+  endProgressLine,
+  warnSelection,
+  warnSwapRecovery,
+  workloadCleanupLines,
+} from './output';
 
 export interface CommandContext {
   engine: BackupEngine;
@@ -22,6 +28,7 @@ type Command = (c: CommandContext) => Promise<void>;
 const create: Command = async ({ engine, values, print }) => {
   const r = await engine.create({ id: values.id });
   warnSwapRecovery(r);
+  warnSelection(r);
   print(
     [
       `created backup ${r.backupId}: ${r.files} files, ${formatBytes(r.plaintextBytes)} archived, ${formatBytes(r.size)} stored, sha256 ${r.sha256}, ${r.durationSeconds.toFixed(1)} s`,
@@ -39,6 +46,8 @@ const create: Command = async ({ engine, values, print }) => {
       warnings: r.warnings,
       'warnings-count': r.warningsCount,
       ...(r.swapRecovery ? { 'swap-recovery': r.swapRecovery } : {}),
+      ...(r.missing ? { missing: r.missing } : {}),
+      ...(r.notIncluded ? { 'not-included': r.notIncluded } : {}),
     },
   );
 };
@@ -69,7 +78,9 @@ const restore: Command = async ({ engine, values, dataDir, print }) => {
   warnSwapRecovery(r);
   const notes = [
     r.oneTimeKeysRemoved ? `${r.oneTimeKeysRemoved} one-time keys removed` : undefined,
-    r.previousPath ? `previous files kept in ${r.previousPath}` : undefined,
+    r.previousPath
+      ? `previous files kept in ${[r.previousPath, ...(r.externalPreviousPaths ?? [])].join(', ')}`
+      : undefined,
   ].filter(Boolean);
   print(
     `restored backup ${r.backupId} into ${dataDir}: ${r.files} files, ${formatBytes(r.plaintextBytes)}${notes.map((n) => `; ${n}`).join('')}`,

@@ -53,6 +53,17 @@ export function createNoteLines(r: CreateResult): string[] {
   return lines;
 }
 
+/**
+ * Warns on stderr, one line each, about what homeserver.yaml names that a backup
+ * does not hold: missing paths, a PostgreSQL database (pg_dump).
+ */
+export function warnSelection(r: { missing?: string[]; notIncluded?: string[] }): void {
+  const lines = [...(r.notIncluded ?? []), ...(r.missing ?? [])];
+  if (lines.length === 0) return;
+  endProgressLine();
+  for (const line of lines) process.stderr.write(`synapse-backup: warning: ${line}\n`);
+}
+
 /** What prune removed in the workload, for the human output (none in a dry run). */
 export function workloadCleanupLines(r: PruneResult, dataDir: string | undefined): string[] {
   if (r.dryRun) return [];

@@ -25,6 +25,7 @@ import {
   type MinioPeer,
   type PebblePeer,
 } from '../support/peers';
+import { packageLayout } from '../support/selection';
 import {
   inspectSqliteDb,
   makeSynapseTree,
@@ -333,6 +334,57 @@ describeWithPeers(['minio', 'pebble'])('charm actions', () => {
       status: 'blocked',
       message: `server-name "example.org" differs from server_name "other.org" in ${h.dataDir}/homeserver.yaml: Synapse cannot change its name; set server-name to "other.org"`,
     });
+  });
+
+  it('create-backup follows homeserver.yaml outside the data dir, restore-backup puts it back there; a PostgreSQL database is named as not included', async () => {
+    const layout = await packageLayout();
+    const pkg = await JujuHarness.create({
+      pebbleSocket: pebble.socketPath,
+      dataDir: layout.dataDir,
+    });
+    pkg.setConfig({
+      'server-name': 'example.org',
+      's3-endpoint': minio.endpoint,
+      's3-bucket': minio.bucket,
+      's3-path': 'synapse/package',
+      's3-uri-style': 'path',
+      's3-credentials': pkg.addSecret({
+        'access-key': minio.accessKeyId,
+        'secret-key': minio.secretAccessKey,
+      }),
+      'backup-passphrase': pkg.addSecret({ passphrase }),
+    });
+    const created = await pkg.action('create-backup');
+    outputs.push(created);
+    expect(created.failMessage).toBeUndefined();
+    expect(created.results['not-included']).toBeUndefined();
+    const id = String(created.results['backup-id']);
+    const keyPath = path.join(layout.etc, 'example.org.signing.key');
+    fs.writeFileSync(keyPath, 'ed25519 a_other c2VlZA\n');
+    fs.rmSync(path.join(layout.media, 'local_content'), { recursive: true });
+    const restored = await pkg.action('restore-backup', { 'backup-id': id, 'keep-previous': true });
+    outputs.push(restored);
+    expect(restored.failMessage).toBeUndefined();
+    expect(fs.readFileSync(keyPath, 'utf8')).toBe('ed25519 a_pkg c2VlZA\n');
+    expect(fs.readFileSync(path.join(layout.media, 'local_content/ab/cd/m1'), 'utf8')).toBe(
+      'media one',
+    );
+    const stamp = path.basename(String(restored.results['previous-path']));
+    expect(String(restored.results['previous-external']).split(', ')).toContain(
+      `${layout.etc}/${stamp}-example.org.signing.key`,
+    );
+
+    fs.writeFileSync(
+      path.join(layout.dataDir, 'homeserver.yaml'),
+      'server_name: "example.org"\ndatabase:\n  name: psycopg2\n  args: {host: db}\n',
+    );
+    fs.writeFileSync(path.join(layout.dataDir, 'example.org.signing.key'), 'ed25519 a_pg c2VlZA\n');
+    const pg = await pkg.action('create-backup');
+    outputs.push(pg);
+    const said = 'the master database (PostgreSQL) is not in this backup: back it up with pg_dump';
+    expect(pg.failMessage).toBeUndefined();
+    expect(pg.results['not-included']).toBe(said);
+    expect(pg.logs).toContain(`warning: ${said}`);
   });
 
   it('prune-backups and backup-retention', async () => {

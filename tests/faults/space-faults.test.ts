@@ -12,6 +12,7 @@ import { promises as fsp, readdirSync } from 'node:fs';
 import * as path from 'node:path';
 import { BackupEngine } from '../../src/backup/engine';
 import { SNAPSHOT_FAILED_EXIT, tarCreateCommand } from '../../src/backup/scripts';
+import { selectionOf } from '../support/selection';
 import { BackupError } from '../../src/errors';
 import { formatBytes } from '../../src/format';
 import { parseS3Settings } from '../../src/s3/settings';
@@ -45,8 +46,8 @@ function liveWrite(db: string): string {
 }
 
 /** Runs the create script alone in `dir` (stdout discarded); its status and stderr. */
-function runScript(dir: string, keep = 0, env: NodeJS.ProcessEnv = process.env) {
-  const [cmd, ...args] = tarCreateCommand(dir, keep);
+async function runScript(dir: string, keep = 0, env: NodeJS.ProcessEnv = process.env) {
+  const [cmd, ...args] = tarCreateCommand(dir, keep, await selectionOf(dir));
   const run = spawnSync(cmd!, args, { env, maxBuffer: 256 * MiB });
   return { status: run.status, stderr: run.stderr.toString() };
 }
@@ -137,7 +138,7 @@ describeAsRoot('space for the database snapshot', () => {
       'fails with its own reason: "...online backup API: database or disk is full"; no snapshot left',
     );
     const dir = await dataDir(5);
-    const run = runScript(dir);
+    const run = await runScript(dir);
     observed(`script exit ${run.status}: ${run.stderr.trim().split('\n').pop()}`);
     expect(run.status).toBe(SNAPSHOT_FAILED_EXIT);
     expect(run.stderr.trim().split('\n').pop()).toBe(
@@ -150,7 +151,7 @@ describeAsRoot('space for the database snapshot', () => {
   test('space: free space falls below what the snapshot must leave', async () => {
     expected('the snapshot stops itself with that reason, not a claim that python3 is missing');
     const dir = await dataDir(1);
-    const run = runScript(dir, 64 * MiB);
+    const run = await runScript(dir, 64 * MiB);
     const last = run.stderr.trim().split('\n').pop();
     observed(`script exit ${run.status}: ${last}`);
     expect(run.status).toBe(SNAPSHOT_FAILED_EXIT);
@@ -171,7 +172,7 @@ describeAsRoot('space for the database snapshot', () => {
         await fsp.symlink(path.join(from, name), path.join(bin, name)).catch(() => undefined);
       }
     }
-    const run = runScript(dir, 0, { PATH: bin });
+    const run = await runScript(dir, 0, { PATH: bin });
     const last = run.stderr.trim().split('\n').pop();
     observed(`script exit ${run.status}: ${last}`);
     expect(run.status).toBe(SNAPSHOT_FAILED_EXIT);

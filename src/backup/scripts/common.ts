@@ -4,6 +4,8 @@
  * operation uses. See index.ts for the list of scripts and their exit statuses.
  */
 
+import { REMOVE_EXTERNAL_STAGED } from './external';
+
 /** Hidden names the engine creates inside the data dir; never backed up, never swapped. */
 export const STAGING_PREFIX = '.synapse-restore-';
 export const PREVIOUS_PREFIX = '.pre-restore-';
@@ -14,6 +16,12 @@ export const JOURNAL_NAME = '.synapse-swap.journal';
 export const JOURNAL_TEMP_NAME = `${JOURNAL_NAME}.new`;
 /** The lock of one operation at a time per data dir (src/backup/lock.ts). */
 export const LOCK_NAME = '.synapse-backup.lock';
+/**
+ * A symlink to `/` that the create script makes for the length of its tar, so that
+ * paths outside the data dir are archived as `ROOT_LINK_NAME/<path>`, which tar's
+ * transform names `@external/<path>` (src/backup/selection.ts).
+ */
+export const ROOT_LINK_NAME = '.synapse-backup-root';
 
 /**
  * Whether `name`, a top-level name in the data dir, is one of the engine's own
@@ -25,6 +33,7 @@ export function isBookkeepingName(name: string): boolean {
     name.startsWith(STAGING_PREFIX) ||
     name.startsWith(PREVIOUS_PREFIX) ||
     name === SNAPSHOT_NAME ||
+    name === ROOT_LINK_NAME ||
     name.startsWith(JOURNAL_NAME) ||
     name === LOCK_NAME
   );
@@ -36,7 +45,8 @@ export function sh(script: string[], ...args: string[]): string[] {
 }
 
 /**
- * Removes leftovers of interrupted runs: snapshot files and staging dirs (never
+ * Removes leftovers of interrupted runs: snapshot files, the root link and staging
+ * dirs with the copies they staged beside paths outside the data dir (never
  * previous copies, never the staging dir a swap journal names: it may hold the
  * only complete copy of the restored files).
  */
@@ -44,9 +54,13 @@ export function removeLeftoversCommand(dataDir: string): string[] {
   return sh(
     [
       'cd -- "$1" || exit 0',
-      `rm -f -- ${SNAPSHOT_NAME}`,
+      `rm -f -- ${SNAPSHOT_NAME} ${ROOT_LINK_NAME}`,
       `keep=$(sed -n 's/^staging=//p' -- ${JOURNAL_NAME} 2>/dev/null)`,
-      `for d in ${STAGING_PREFIX}*; do [ -d "$d" ] && [ "$d" != "$keep" ] && rm -rf -- "$d"; done`,
+      `for d in ${STAGING_PREFIX}*; do`,
+      '  [ -d "$d" ] && [ "$d" != "$keep" ] || continue',
+      ...REMOVE_EXTERNAL_STAGED,
+      '  rm -rf -- "$d"',
+      'done',
       'exit 0',
     ],
     dataDir,

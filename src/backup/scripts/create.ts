@@ -1,16 +1,18 @@
 /** The create script: the selection, the SQLite snapshot and the tar that streams them. */
-import { SNAPSHOT_NAME, sh } from './common';
+import { ROOT_LINK_NAME, SNAPSHOT_NAME, sh } from './common';
 
 /**
- * What to back up, after Synapse's backup guide: signing keys, config files,
- * the SQLite database, and local (not remote or cached) media. Paths are
- * relative to the data directory. Everything under media_store other than the
- * two local folders (remote_content, remote_thumbnails, url_cache,
- * url_cache_thumbnails) is left out: Synapse refetches or regenerates it.
+ * What the create script archives (src/backup/selection.ts builds it from
+ * homeserver.yaml): names relative to the data dir (those outside it under
+ * ROOT_LINK_NAME), the directories above them (stored without their
+ * contents), and the SQLite database to snapshot with its name in the archive.
+ * No name holds a newline.
  */
-export const SELECTED_GLOBS = ['*.key', '*.yaml', '*.yml', '*.log.config'];
-/** homeserver.db is added as a snapshot, not by name. */
-export const SELECTED_PATHS = ['media_store/local_content', 'media_store/local_thumbnails'];
+export interface TarSelection {
+  tarNames: readonly string[];
+  parents: readonly string[];
+  database?: { path: string; archiveName: string };
+}
 
 /** Exit statuses the create script uses for its own failures. */
 export const EMPTY_SELECTION_EXIT = 66;
@@ -27,46 +29,50 @@ export const TAR_FAILED_EXIT = 69;
 const SNAPSHOT_EXPLAINED_EXIT = 3;
 
 /**
- * A POSIX sh script run in the workload: picks the existing selected paths,
- * snapshots homeserver.db with SQLite's online backup API (never a raw copy of
- * a file Synapse is writing), and runs GNU tar, storing the snapshot as
- * homeserver.db. tar reads the names it archives as they come (`--files-from`
- * a pipe): the selected paths once the snapshot's read of the database has
- * begun (so no media file is newer than the database's view), the snapshot's
- * once it is made: the copy is made while tar streams the media instead of
- * before (0.6 s of a 1 GiB backup here, 2 s of a 4 GiB one). A failed snapshot
- * fails the script with its own status after tar. The snapshot file is removed whether tar
- * succeeds or not; if the script itself is killed, the engine removes it
- * afterwards. The data dir arrives as $2, never interpolated, so odd characters
- * cannot change the script; `keepFreeBytes` ($1) is what the snapshot leaves free on
- * the data dir's filesystem for Synapse: it stops, failing the script, when the free
- * space falls below it (0: no watch; see src/backup/space.ts).
+ * A POSIX sh script run in the workload: snapshots the SQLite database with
+ * SQLite's online backup API (never a raw copy of a file Synapse is writing)
+ * and runs GNU tar over `selection`, storing the snapshot under the database's
+ * archive name and paths under ROOT_LINK_NAME (a symlink to `/` made for the
+ * run) as `@external/<path>`. tar reads the names it archives as they come
+ * (`--files-from` a pipe): the selected paths once the snapshot's read of the
+ * database has begun (so no media file is newer than the database's view), the
+ * snapshot's once it is made: the copy is made while tar streams the media
+ * instead of before (0.6 s of a 1 GiB backup here, 2 s of a 4 GiB one). A
+ * failed snapshot fails the script with its own status after tar. The snapshot
+ * file and the link are removed whether tar succeeds or not; if the script
+ * itself is killed, the engine removes them afterwards. Every path arrives as
+ * an argument, never interpolated, so odd characters cannot change the script;
+ * `keepFreeBytes` ($1) is what the snapshot leaves free on the data dir's
+ * filesystem for Synapse: it stops, failing the script, when the free space
+ * falls below it (0: no watch; see src/backup/space.ts).
  */
-export function tarCreateCommand(dataDir: string, keepFreeBytes = 0): string[] {
+export function tarCreateCommand(
+  dataDir: string,
+  keepFreeBytes: number,
+  selection: TarSelection,
+): string[] {
   const snapshotPattern = SNAPSHOT_NAME.replace(/\./g, '\\.');
+  const rootPattern = ROOT_LINK_NAME.replace(/\./g, '\\.');
   const script = [
     'set -e',
     'keep=$1',
     'cd -- "$2"',
-    `snap=${SNAPSHOT_NAME}`,
-    'set --',
-    `for f in ${SELECTED_GLOBS.join(' ')}; do [ -f "$f" ] && set -- "$@" "$f"; done`,
-    `for f in ${SELECTED_PATHS.join(' ')}; do [ -e "$f" ] && set -- "$@" "$f"; done`,
-    'db=0',
-    '[ -f homeserver.db ] && db=1',
-    `[ "$#" -gt 0 ] || [ "$db" = 1 ] || { echo "nothing to back up in $PWD: no homeserver.yaml, signing key, homeserver.db or local media" >&2; exit ${EMPTY_SELECTION_EXIT}; }`,
-    ...PARENT_ENTRIES,
-    'rm -f -- "$snap"',
+    `snap=${SNAPSHOT_NAME} root=${ROOT_LINK_NAME}`,
+    'db=$3 dbname=$4 names=$5',
+    'shift 5',
+    `[ -n "$names" ] || [ -n "$db" ] || { echo "nothing to back up in $PWD: no homeserver.yaml, signing key, homeserver.db or local media" >&2; exit ${EMPTY_SELECTION_EXIT}; }`,
+    'rm -f -- "$snap" "$root"',
+    `if printf '%s' "$names" | grep -q '^${rootPattern}/'; then ln -s / "$root"; fi`,
     ...namesAsTheyCome(),
-    `archive() { names "$@" | tar --create --file=- --format=posix --numeric-owner --transform='s|^${snapshotPattern}$|homeserver.db|' --no-recursion . $parents --recursion --null --verbatim-files-from --files-from=- 3>&-; }`,
+    `archive() { names | tar --create --file=- --format=posix --numeric-owner "--transform=s|^${snapshotPattern}$|$dbname|S" '--transform=s|^${rootPattern}/|@external/|S' --no-recursion . "$@" --recursion --null --verbatim-files-from --files-from=- 3>&-; }`,
     ...REBLOCKED_ARCHIVE,
-    'rm -f -- "$snap"',
+    'rm -f -- "$snap" "$root"',
     // 141: the snapshot's script met a broken pipe because tar had failed: tar's status says why.
     'if [ "$snap_status" != 0 ] && { [ "$snap_status" != 141 ] || [ "$status" = 0 ]; }; then',
     '  case "$snap_status" in',
     `    ${SNAPSHOT_EXPLAINED_EXIT}) ;;`,
-    `    127) echo "cannot snapshot homeserver.db: the workload has no python3 (SQLite's online backup API needs python3 with sqlite3)" >&2 ;;`,
-    `    *) echo "cannot snapshot homeserver.db with SQLite's online backup API (python3 exited with status $snap_status)" >&2 ;;`,
+    `    127) echo "cannot snapshot $db: the workload has no python3 (SQLite's online backup API needs python3 with sqlite3)" >&2 ;;`,
+    `    *) echo "cannot snapshot $db with SQLite's online backup API (python3 exited with status $snap_status)" >&2 ;;`,
     '  esac',
     `  exit ${SNAPSHOT_FAILED_EXIT}`,
     'fi',
@@ -74,16 +80,43 @@ export function tarCreateCommand(dataDir: string, keepFreeBytes = 0): string[] {
     `if [ "$dd_status" = 0 ] && [ "$snap_status" = 0 ]; then case "$tar_status" in 1) exit ${TAR_DIFFERS_EXIT} ;; 2) exit ${TAR_FAILED_EXIT} ;; esac; fi`,
     'exit "$status"',
   ].join('\n');
-  return ['sh', '-c', script, 'synapse-backup', String(keepFreeBytes), dataDir];
+  return [
+    'sh',
+    '-c',
+    script,
+    'synapse-backup',
+    String(keepFreeBytes),
+    dataDir,
+    databaseArgument(selection),
+    transformReplacement(selection.database?.archiveName ?? 'homeserver.db'),
+    selection.tarNames.map((n) => `${n}\n`).join(''),
+    ...selection.parents,
+  ];
+}
+
+/**
+ * The database as the script names it (its messages too): relative to the data dir
+ * (the script's cwd) when it is in it, else its absolute path; '' without one.
+ */
+function databaseArgument(selection: TarSelection): string {
+  const db = selection.database;
+  if (!db) return '';
+  return db.archiveName.startsWith('@external/') ? db.path : db.archiveName;
+}
+
+/** `name` as the replacement of a tar --transform s-expression delimited by `|`. */
+function transformReplacement(name: string): string {
+  return name.replace(/[\\&|]/g, (c) => `\\${c}`);
 }
 
 /**
  * Prints `<database bytes> <free bytes> <filesystem bytes>` for the data dir ($1):
- * homeserver.db and its -wal (0 without a database), and df's space available to
- * unprivileged writers and total size of its filesystem; nothing when the data dir
- * does not exist (the create script then fails with tar's own message). df's status.
+ * the database ($2, '' for none) and its -wal (0 without a database), and df's
+ * space available to unprivileged writers and total size of the data dir's
+ * filesystem, where the snapshot is written; nothing when the data dir does not
+ * exist (the create script then fails with its own message). df's status.
  */
-export function snapshotSpaceCommand(dataDir: string): string[] {
+export function snapshotSpaceCommand(dataDir: string, database = ''): string[] {
   return sh(
     [
       'set -e',
@@ -91,45 +124,29 @@ export function snapshotSpaceCommand(dataDir: string): string[] {
       '[ -d "$1" ] || exit 0',
       'cd -- "$1"',
       'db=0',
-      'for f in homeserver.db homeserver.db-wal; do [ -f "$f" ] && db=$((db + $(wc -c < "$f"))); done',
+      'if [ -n "$2" ]; then',
+      '  for f in "$2" "$2-wal"; do [ -f "$f" ] && db=$((db + $(wc -c < "$f"))); done',
+      'fi',
       `df -Pk -- . | awk -v db="$db" 'NR==2 { print db, $4 * 1024, $2 * 1024 }'`,
     ],
     dataDir,
+    database,
   );
 }
 
 /**
- * Sets `parents` to the directories above the selected paths (`media_store`), each
- * once. tar stores them, and the data dir itself (`./`), without their contents
- * (`--no-recursion` before them, `--recursion` again for the selection): their
- * owner, group and mode come back with a restore, which would otherwise make
- * `media_store/` root's 0755 and leave Synapse (uid 991 in the official image)
- * unable to create `media_store/remote_content`. The names are constants: no
- * quoting is needed.
- */
-const PARENT_ENTRIES = [
-  "parents=''",
-  `for f in ${SELECTED_PATHS.join(' ')}; do`,
-  '  [ -e "$f" ] || continue',
-  '  p=${f%/*}',
-  '  [ "$p" != "$f" ] && [ -d "$p" ] || continue',
-  '  case " $parents " in *" $p "*) ;; *) parents="$parents $p" ;; esac',
-  'done',
-];
-
-/**
- * `names "$@"` writes the names for tar, NUL-terminated. With a database, the
- * snapshot's script writes them: it begins a read of homeserver.db first (the
- * copy is of that moment), then names the selected paths, so tar streams the
- * media while the copy is made and finds no file newer than the database's
- * view of it; then it names the copy. Its status goes out as `snap=<status>`
- * on fd 3.
+ * `names` writes the selected names ($names, one a line) for tar, NUL-terminated.
+ * With a database ($db), the snapshot's script writes them: it begins a read of the
+ * database first (the copy is of that moment), then names the selected paths, so tar
+ * streams the media while the copy is made and finds no file newer than the
+ * database's view of it; then it names the copy. Its status goes out as
+ * `snap=<status>` on fd 3.
  */
 function namesAsTheyCome(): string[] {
   return [
     'names() {',
-    `  [ "$db" = 1 ] || { printf '%s\\0' "$@"; return; }`,
-    `  st=0; python3 -c "${SNAPSHOT_AND_NAMES}" homeserver.db "$snap" "$keep" "$@" 3>&- || st=$?`,
+    `  [ -n "$db" ] || { printf '%s' "$names" | tr '\\n' '\\0'; return; }`,
+    `  st=0; python3 -c "${SNAPSHOT_AND_NAMES}" "$db" "$snap" "$keep" "$names" 3>&- || st=$?`,
     '  echo "snap=$st" >&3',
     '}',
   ];
@@ -157,7 +174,8 @@ const REBLOCKED_ARCHIVE = [
   'fi',
   'exec 4>&-',
   // A status that never came is a failure (snap: only when there is a database).
-  'tar_status=1 dd_status=1 snap_status=$db',
+  'tar_status=1 dd_status=1 snap_status=0',
+  '[ -z "$db" ] || snap_status=1',
   'for s in $statuses; do case "$s" in tar=*) tar_status=${s#tar=} ;; dd=*) dd_status=${s#dd=} ;; snap=*) snap_status=${s#snap=} ;; esac; done',
   'status=$tar_status',
   '[ "$status" != 0 ] || status=$dd_status',
@@ -210,13 +228,13 @@ const WATCHED_COPY = [
     line === BACKUP_CALL ? '    src.backup(dst, pages=4096, progress=room)' : `    ${line}`,
   ),
   'except Exception as e:',
-  "    sys.stderr.write('cannot snapshot homeserver.db with SQLite' + chr(39) + 's online backup API: ' + str(e) + chr(10))",
+  "    sys.stderr.write('cannot snapshot ' + sys.argv[1] + ' with SQLite' + chr(39) + 's online backup API: ' + str(e) + chr(10))",
   `    sys.exit(${SNAPSHOT_EXPLAINED_EXIT})`,
 ];
 
 /**
  * The create script's: begins a read (the copy is of this moment), writes the names in
- * argv[4:] for tar, NUL-terminated (also when the database cannot be read: the script then
+ * argv[4] (one a line) for tar, NUL-terminated (also when the database cannot be read: the script then
  * fails with the snapshot's status, and tar ends normally), makes the copy and names it.
  * A broken pipe (tar gone) ends it quietly, with status 141.
  */
@@ -230,7 +248,7 @@ const SNAPSHOT_AND_NAMES = [
   "    src.execute('BEGIN')",
   "    src.execute('SELECT count(*) FROM sqlite_master').fetchall()",
   'finally:',
-  '    out.write(bytes().join(os.fsencode(n) + bytes(1) for n in sys.argv[4:]))',
+  '    out.write(bytes().join(os.fsencode(n) + bytes(1) for n in sys.argv[4].split(chr(10)) if n))',
   '    out.flush()',
   ...WATCHED_COPY,
   'out.write(os.fsencode(sys.argv[2]) + bytes(1))',

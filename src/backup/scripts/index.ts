@@ -4,8 +4,12 @@
  * every path reaches the program as an argument ($1, sys.argv[1]), never as
  * text spliced into it, so odd characters cannot change what it does.
  *
+ * selection.ts
+ * - selectionProbeCommand: prints the data dir's real path, its glob matches and
+ *   each selected path's type and real path (NUL-separated); always 0.
+ *
  * create.ts
- * - tarCreateCommand: the archive on stdout. Exit 0; 66 (EMPTY_SELECTION_EXIT)
+ * - tarCreateCommand: the archive of a selection on stdout. Exit 0; 66 (EMPTY_SELECTION_EXIT)
  *   when nothing is selected; 67 (SNAPSHOT_FAILED_EXIT) when the SQLite
  *   snapshot failed; 68 (TAR_DIFFERS_EXIT) and 69 (TAR_FAILED_EXIT) when tar
  *   exited 1 or 2 and dd did not fail (the engine then reads tar's complaints);
@@ -21,12 +25,18 @@
  * - freeSpaceCommand: prints the bytes free for the data dir; df's status.
  * - makeDirCommand: mkdir; non-zero if the directory exists.
  * - syncCommand: flushes the data dir's filesystem; sync's status.
- * - swapCommand: staged files in, live ones aside; 1 after moving back what it moved.
- * - swapCommand journals itself (journal.ts); rollbackCommand undoes a swap
- *   from the phase it reached; non-zero (set -e) on the first failed step.
+ * - rollbackCommand: undoes an earlier engine's swap (journal format 1) from
+ *   the phase it reached; non-zero (set -e) on the first failed step.
  * - removeTreeCommand: rm -rf; rm's status.
  * - removeOneTimeKeysCommand: prints the rows deleted (nothing without the
  *   table); python's status.
+ *
+ * swap.ts
+ * - itemSwapCommand: the backup's items in, their live copies aside, journaled
+ *   (format 2); 1 after rolling back what it moved (the journal stays only if
+ *   that rollback failed).
+ * - itemRollbackCommand: undoes it from the phase it reached; non-zero on the
+ *   first failed step, the journal then still there.
  *
  * journal.ts
  * - journalPhaseCommand: sets the swap journal's phase; non-zero without one.
@@ -48,15 +58,16 @@
 export {
   JOURNAL_NAME,
   PREVIOUS_PREFIX,
+  ROOT_LINK_NAME,
   SNAPSHOT_NAME,
   STAGING_PREFIX,
   readSmallFileCommand,
   removeLeftoversCommand,
 } from './common';
+export { SELECTED_GLOBS, SELECTED_PATHS, selectionProbeCommand } from './selection';
 export {
   EMPTY_SELECTION_EXIT,
-  SELECTED_GLOBS,
-  SELECTED_PATHS,
+  type TarSelection,
   SNAPSHOT_FAILED_EXIT,
   SQLITE_SNAPSHOT,
   TAR_DIFFERS_EXIT,
@@ -70,7 +81,6 @@ export {
   removeOneTimeKeysCommand,
   removeTreeCommand,
   rollbackCommand,
-  swapCommand,
   syncCommand,
   tarExtractCommand,
 } from './restore';
@@ -88,3 +98,10 @@ export {
   readJournalCommand,
   removeJournalCommand,
 } from './journal';
+export {
+  type SwapItem,
+  externalPaths,
+  itemLines,
+  itemRollbackCommand,
+  itemSwapCommand,
+} from './swap';

@@ -5,6 +5,7 @@
  * writes and fsyncs before its first rename; see src/backup/swap-journal.ts.
  */
 import { JOURNAL_NAME, JOURNAL_TEMP_NAME, sh } from './common';
+import { COUNT_STAGED_ITEMS } from './swap';
 
 /**
  * The phases of a swap, in order: `moving-out` (live files going into the
@@ -66,9 +67,10 @@ export function journalPhaseCommand(dataDir: string, phase: SwapPhase): string[]
 }
 
 /**
- * Prints the journal (its first 4 KiB) and a last line `staged=N`: how many
- * entries its staging dir still holds, -1 when it is missing. Prints nothing
- * without a journal.
+ * Prints the journal (its first 64 KiB) and a last line `staged=N`: how many
+ * of its items are still staged (format 2, swap.ts; a format-1 journal: how
+ * many entries its staging dir still holds), -1 when the staging dir is
+ * missing. Prints nothing without a journal.
  */
 export function readJournalCommand(dataDir: string): string[] {
   return sh(
@@ -76,7 +78,12 @@ export function readJournalCommand(dataDir: string): string[] {
       'cd -- "$1" 2>/dev/null || exit 0',
       `J=${JOURNAL_NAME}`,
       '[ -f "$J" ] || exit 0',
-      'head -c 4096 -- "$J"',
+      'head -c 65536 -- "$J"',
+      // Format 2 (swap.ts) lists its items: those still staged.
+      'if grep -qx \'format=2\' -- "$J"; then',
+      ...COUNT_STAGED_ITEMS.map((line) => `  ${line}`),
+      '  exit 0',
+      'fi',
       `s=$(sed -n 's/^staging=//p' -- "$J")`,
       'n=-1',
       'if [ -n "$s" ] && [ -d "$s" ]; then',

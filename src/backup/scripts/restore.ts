@@ -1,6 +1,6 @@
 /** The restore's scripts: free space, staging, extraction, the swap and its rollback, one-time keys. */
 import { JOURNAL_NAME, PREVIOUS_PREFIX, STAGING_PREFIX, sh } from './common';
-import { JOURNAL_FUNCTION, SET_PHASE_FUNCTION, type SwapPhase } from './journal';
+import { SET_PHASE_FUNCTION, type SwapPhase } from './journal';
 import { LOCK_NAME } from './lock';
 
 /** Prints the bytes available to unprivileged writers on the data dir's filesystem. */
@@ -13,19 +13,19 @@ export function makeDirCommand(path: string): string[] {
   return ['mkdir', '-m', '0700', '--', path];
 }
 
-/** Removes a tree the engine created (staging, a previous copy). */
-export function removeTreeCommand(path: string): string[] {
-  return ['rm', '-rf', '--', path];
+/** Removes trees the engine created (staging, previous copies). */
+export function removeTreeCommand(...paths: string[]): string[] {
+  return ['rm', '-rf', '--', ...paths];
 }
 
 /**
- * Flushes the filesystem that holds `path` to disk (syncfs; all filesystems where
+ * Flushes the filesystems that hold `paths` to disk (syncfs; all filesystems where
  * `sync -f` is missing). Renames and deletions reach the disk in the journal's
  * order, but the data of newly written files may not: without this, a crash soon
  * after a restore could leave restored files empty with the previous ones deleted.
  */
-export function syncCommand(path: string): string[] {
-  return sh(['sync -f -- "$1" 2>/dev/null || sync'], path);
+export function syncCommand(...paths: string[]): string[] {
+  return sh(['for p; do sync -f -- "$p" 2>/dev/null || { sync; exit; }; done'], ...paths);
 }
 
 const MOVE_TOP_LEVEL = [
@@ -45,56 +45,9 @@ const MOVE_TOP_LEVEL = [
 ];
 
 /**
- * The swap: current files into $3 (previous), staged files from $2 into the
- * data dir ($1). Renames on one filesystem, journaled: the journal (see
- * scripts/journal.ts; backup id $5, keep flag $6) is written and flushed
- * before the first rename, and its phase moves on (moving-out, moving-in,
- * moved), so whatever kills the script, the next operation knows what to
- * finish or undo. On a failure of its own it moves back what it moved,
- * removes the journal and exits non-zero. With `rootFromArchive` ($4 = 1) the
- * data dir then takes the staging dir's owner, group and mode, which the
- * archive's `./` entry set.
- */
-export function swapCommand(
-  dataDir: string,
-  staging: string,
-  previous: string,
-  options: { rootFromArchive?: boolean; backupId?: string; keepPrevious?: boolean } = {},
-): string[] {
-  return sh(
-    [
-      'set -u',
-      ...MOVE_TOP_LEVEL,
-      'cd -- "$1" || exit 1',
-      'staging=$2 previous=$3 backup=$5 keep=$6',
-      ...JOURNAL_FUNCTION,
-      'undo() { move_all "$previous" .; rmdir -- "$previous"; rm -f -- "$J" "$JT"; exit 1; }',
-      'journal moving-out || { rm -f -- "$J" "$JT"; exit 1; }',
-      'mkdir -m 0700 -- "$3" || { rm -f -- "$J" "$JT"; exit 1; }',
-      'move_all . "$3" || undo',
-      'journal moving-in || undo',
-      'if ! move_all "$2" .; then move_all . "$2"; undo; fi',
-      // The archive's `./` entry gave the staging dir the data dir's owner, group and mode
-      // at backup time: the data dir takes them (best effort: renames are what matter).
-      'if [ "$4" = 1 ]; then',
-      '  chown --reference="$2" -- . 2>/dev/null || true',
-      '  chmod --reference="$2" -- . 2>/dev/null || true',
-      'fi',
-      // Not written: the staging dir is there and empty, which says the same (swap-journal.ts).
-      'journal moved || true',
-      'rmdir -- "$2" || true',
-    ],
-    dataDir,
-    staging,
-    previous,
-    options.rootFromArchive ? '1' : '0',
-    options.backupId ?? '',
-    options.keepPrevious ? '1' : '0',
-  );
-}
-
-/**
- * Undoes a swap that reached `phase`: unless it is `moving-out`, the files in
+ * Undoes a swap of the journal's format 1 (an earlier engine's, which moved
+ * everything in the data dir; swap.ts is today's) that reached `phase`:
+ * unless it is `moving-out`, the files in
  * the data dir are restored ones and go back into $2 (journal phase
  * `rolling-back`, then `moving-out`); then the previous ones return from $3
  * (if it exists). The staging dir and the journal go last. Non-zero (set -e)

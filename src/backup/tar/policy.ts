@@ -20,6 +20,11 @@ import {
  * bookkeeping (`.synapse-restore-*`, `.pre-restore-*`, the snapshot, the swap
  * journal) is refused too: the swap would skip it, or take it for its own.
  *
+ * Entries under `@external/` (paths outside the data dir, issue #15) are
+ * confined to the manifest's `roots` (archive names, `@external/<path>`): one
+ * outside them is refused, and so is a symlink leading from one root, or from
+ * the data dir, into another (each lands on its own filesystem).
+ *
  * Symlink targets are checked lexically, which is exact only without
  * symlinks inside them, so a ".." after a name ("d/s/..", where d/s may be a
  * symlink) is refused; leading ".." climb from the symlink's real directory.
@@ -32,10 +37,11 @@ import {
  * left out), without keeping every file's name: 35-40 MB at 200k files.
  */
 export function confinedEntryPolicy(
-  options: { leaveOutNoData?: boolean; ownTar?: boolean } = {},
+  options: { leaveOutNoData?: boolean; ownTar?: boolean; roots?: readonly string[] } = {},
 ): EntryPolicy {
   const symlinks = new Set<string>();
   const regularFiles = new Set<string>();
+  const roots = options.roots ?? [];
   /** Create's left-out entries, by name: a hard link to one is left out too. */
   const leftOut = new Map<string, SkipKind>();
   const leaveOut = (name: string, kind: SkipKind, refusal: string): SkipKind => {
@@ -45,6 +51,7 @@ export function confinedEntryPolicy(
   };
   return (entry) => {
     const name = normalizeMemberName(entry.name);
+    refuseOutsideRoots(name, entry.name, roots);
     const slash = name.indexOf('/');
     const top = slash === -1 ? name : name.slice(0, slash);
     if (isBookkeepingName(top)) {
@@ -72,6 +79,12 @@ export function confinedEntryPolicy(
         return;
       case 'symlink':
         checkSymlink(name, entry.name, entry.linkname);
+        refuseLinkAcrossRoots(
+          name,
+          posix.normalize(posix.join(posix.dirname(name), entry.linkname)),
+          display(entry.name),
+          roots,
+        );
         symlinks.add(name);
         regularFiles.delete(name);
         return;
@@ -178,4 +191,38 @@ function normalizeMemberName(raw: string, what = 'entry'): string {
     throw new ArchiveRejectedError(`${what} ${display(raw)} contains "..": refused`);
   }
   return parts.join('/') || '.';
+}
+
+/** The archive's top-level name for paths outside the data dir (src/backup/items.ts). */
+const EXTERNAL = '@external';
+
+/** The root (`@external/...`) holding `name`, '' for the data dir; undefined when none does. */
+function rootOf(name: string, roots: readonly string[]): string | undefined {
+  if (name !== EXTERNAL && !name.startsWith(`${EXTERNAL}/`)) return '';
+  return roots.find((r) => name === r || name.startsWith(`${r}/`));
+}
+
+/** Refuses an `@external/...` entry outside the manifest's roots. */
+function refuseOutsideRoots(name: string, raw: string, roots: readonly string[]): void {
+  if (rootOf(name, roots) === undefined) {
+    throw new ArchiveRejectedError(
+      `entry ${display(raw)} is outside the data directory and not one of the paths the backup's manifest lists: refused`,
+    );
+  }
+}
+
+/** Refuses a symlink whose target (`resolved`, lexically) is not within its own root. */
+function refuseLinkAcrossRoots(
+  name: string,
+  resolved: string,
+  shown: string,
+  roots: readonly string[],
+): void {
+  const from = rootOf(name, roots);
+  const to = rootOf(resolved, roots);
+  if (from !== to) {
+    throw new ArchiveRejectedError(
+      `symlink ${shown} points out of ${from ? display(from) : 'the data directory'}: refused`,
+    );
+  }
 }

@@ -43,6 +43,15 @@ export const createBackup: ActionHandler = async (a) => {
       results.warnings = String(result.warningsCount);
       results['warning-paths'] = said;
     }
+    // What homeserver.yaml names that this backup does not hold (issue #15).
+    for (const [key, lines] of [
+      ['not-included', result.notIncluded],
+      ['missing', result.missing],
+    ] as const) {
+      if (!lines?.length) continue;
+      for (const line of lines) await a.log(`warning: ${line}`);
+      results[key] = lines.join('; ');
+    }
     if (result.swapRecovery) {
       const said = describeSwapRecovery(result.swapRecovery);
       await a.log(`warning: ${said}`);

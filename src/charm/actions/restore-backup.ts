@@ -50,6 +50,9 @@ export const restoreBackup: ActionHandler = async (a) => {
       results['one-time-keys-removed'] = String(result.oneTimeKeysRemoved);
     }
     if (result.previousPath) results['previous-path'] = result.previousPath;
+    if (result.externalPreviousPaths?.length) {
+      results['previous-external'] = result.externalPreviousPaths.join(', ');
+    }
     if (result.swapRecovery) {
       const said = describeSwapRecovery(result.swapRecovery);
       await a.log(`warning: ${said}`);

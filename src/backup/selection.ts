@@ -1,0 +1,281 @@
+/**
+ * What a backup selects, following homeserver.yaml (homeserver.ts): the media
+ * store's local_content and local_thumbnails, the SQLite database (as a
+ * snapshot), the signing key, log_config and the files the config references,
+ * plus the data dir's own globs (scripts/selection.ts SELECTED_GLOBS). Each
+ * selected path is resolved in the workload (every symlink followed): one whose
+ * real path is in the data dir keeps its relative name; one outside it is an
+ * external root, archived as `@external/<real path>` and restored there.
+ */
+import { posix } from 'node:path';
+import { BackupError } from '../errors';
+import { runCommand } from '../workload/command';
+import type { Workload } from '../workload/workload';
+import {
+  type HomeserverPaths,
+  REFERENCED_FILE_KEYS,
+  homeserverPaths,
+  readHomeserverConfig,
+} from './homeserver';
+import { EXTERNAL_PREFIX } from './items';
+import { ROOT_LINK_NAME, isBookkeepingName } from './scripts/common';
+import { selectionProbeCommand } from './scripts/selection';
+
+/** An item outside the data dir: its archive name (`@external/etc/x.key`) and path. */
+export interface ExternalRoot {
+  name: string;
+  path: string;
+}
+
+/** What create archives, and what it says about what it left out. */
+export interface Selection {
+  /** Names for tar, relative to the data dir (outside it: under ROOT_LINK_NAME); not the database. */
+  tarNames: string[];
+  /** Data-dir directories above items, archived without their contents (owner, group, mode). */
+  parents: string[];
+  /** The SQLite database to snapshot: its real path and its name in the archive. */
+  database?: { path: string; archiveName: string };
+  /** Every item's archive name (the database's too), in selection order. */
+  items: string[];
+  /** The items that are SQLite databases. */
+  databases: string[];
+  /** The items outside the data dir. */
+  roots: ExternalRoot[];
+  /**
+   * The media items' names as tar is given them (and names them in its complaints):
+   * a live server's changed or vanished files under these are warnings (create-status.ts).
+   */
+  mediaTarNames: string[];
+  /** Paths homeserver.yaml names that do not exist, left out: one sentence each. */
+  missing: string[];
+  /** What is not in this backup and what backs it up (a PostgreSQL database: pg_dump). */
+  notIncluded: string[];
+}
+
+/** A path homeserver.yaml selects (or defaults to), and what to say if it is missing. */
+interface Candidate {
+  path: string;
+  /** The homeserver.yaml key naming it, when it names it explicitly. */
+  key?: string;
+  database?: boolean;
+  /** local_content or local_thumbnails: Synapse writes and deletes files there while it runs. */
+  media?: boolean;
+  /** Missing and named explicitly: an error, not a warning. */
+  required?: boolean;
+}
+
+/**
+ * Reads homeserver.yaml and probes the selected paths in the workload.
+ * Throws BackupError `invalid-config` for homeserver.yaml that is not YAML, a
+ * signing_key_path that does not exist, several SQLite databases or a selected
+ * path that cannot be archived (it holds the data dir, a newline, or a name
+ * the engine reserves); `empty-selection` when the data dir does not exist.
+ */
+export async function readSelection(workload: Workload, dataDir: string): Promise<Selection> {
+  const config = await readHomeserverConfig(workload, dataDir);
+  const raw = config?.config ?? {};
+  const paths = config?.paths ?? homeserverPaths({}, dataDir);
+  const { candidates, notIncluded } = candidatesOf(raw, paths);
+  const out = await runCommand(
+    workload,
+    selectionProbeCommand(
+      dataDir,
+      candidates.map((c, i) => [String(i), c.path]),
+    ),
+    `looking for the selected paths of ${dataDir}`,
+  );
+  const fields = out.split('\0');
+  if (fields[0] === 'nodir') {
+    throw new BackupError(
+      'empty-selection',
+      `nothing to back up: ${dataDir} does not exist in the workload`,
+    );
+  }
+  const records: { kind: string; path: string; type: string; real: string }[] = [];
+  for (let i = 0; i + 3 < fields.length; i += 4) {
+    records.push({
+      kind: fields[i],
+      path: fields[i + 1],
+      type: fields[i + 2],
+      real: fields[i + 3],
+    });
+  }
+  const realDataDir = records[0]?.real || dataDir;
+  const selection = new SelectionBuilder(dataDir, realDataDir, notIncluded);
+  for (const r of records.slice(1)) {
+    const candidate =
+      r.kind === 'glob' ? { path: posix.join(dataDir, r.path) } : candidates[Number(r.kind)];
+    if (!candidate) continue;
+    if (r.type === '-') selection.missing(candidate);
+    else selection.add(candidate, r.real);
+  }
+  return selection.build();
+}
+
+/** The paths homeserver.yaml selects, and its databases that no backup here holds. */
+function candidatesOf(
+  config: Record<string, unknown>,
+  paths: HomeserverPaths,
+): { candidates: Candidate[]; notIncluded: string[] } {
+  const candidates: Candidate[] = [];
+  if (paths.signingKeyPath) {
+    const key = 'signing_key_path' in config ? 'signing_key_path' : undefined;
+    candidates.push({ path: paths.signingKeyPath, key, required: key !== undefined });
+  }
+  if (paths.logConfig) candidates.push({ path: paths.logConfig, key: 'log_config' });
+  const keys = referenceKeys(config, posix.dirname(paths.configPath));
+  for (const path of paths.referencedFiles) candidates.push({ path, key: keys.get(path) });
+  const mediaKey = 'media_store_path' in config ? 'media_store_path' : undefined;
+  for (const sub of ['local_content', 'local_thumbnails']) {
+    candidates.push({
+      path: posix.join(paths.mediaStorePath, sub),
+      key: mediaKey && `${mediaKey} (${sub})`,
+      media: true,
+    });
+  }
+  const notIncluded: string[] = [];
+  const sqlite = paths.databases.filter((d) => 'path' in d);
+  if (sqlite.length > 1) {
+    throw new BackupError(
+      'invalid-config',
+      `homeserver.yaml names ${sqlite.length} SQLite databases (${sqlite.map((d) => d.name).join(', ')}): a backup holds one`,
+      {
+        remedy: {
+          kind: 'advice',
+          text: 'use one SQLite database, or PostgreSQL and back it up with pg_dump',
+        },
+      },
+    );
+  }
+  for (const d of paths.databases) {
+    if ('path' in d) {
+      // The default (homeserver.db in the data dir) may be missing silently, as before.
+      const named = d.path !== posix.join(posix.dirname(paths.configPath), 'homeserver.db');
+      candidates.push({ path: d.path, key: named ? 'database' : undefined, database: true });
+    } else {
+      const what = d.engine === 'psycopg2' ? 'PostgreSQL' : d.engine;
+      notIncluded.push(
+        `the ${d.name} database (${what}) is not in this backup: back it up with ${d.engine === 'psycopg2' ? 'pg_dump' : 'its own tools'}`,
+      );
+    }
+  }
+  return { candidates, notIncluded };
+}
+
+/** Which homeserver.yaml key names each referenced file (homeserver.ts REFERENCED_FILE_KEYS). */
+function referenceKeys(config: Record<string, unknown>, dataDir: string): Map<string, string> {
+  const keys = new Map<string, string>();
+  const files = Array.isArray(config.app_service_config_files)
+    ? config.app_service_config_files
+    : [];
+  const named: [string, unknown][] = [
+    ...files.map((f): [string, unknown] => ['app_service_config_files', f]),
+    ...REFERENCED_FILE_KEYS.map((k): [string, unknown] => [k, config[k]]),
+  ];
+  for (const [key, value] of named) {
+    if (typeof value !== 'string' || value === '') continue;
+    const path = posix.resolve(dataDir, value);
+    if (!keys.has(path)) keys.set(path, key);
+  }
+  return keys;
+}
+
+class SelectionBuilder {
+  private readonly found: {
+    name: string;
+    tarName: string;
+    root?: ExternalRoot;
+    database?: string;
+    media?: boolean;
+  }[] = [];
+  private readonly absent: string[] = [];
+
+  constructor(
+    private readonly dataDir: string,
+    private readonly realDataDir: string,
+    private readonly notIncluded: string[],
+  ) {}
+
+  missing(c: Candidate): void {
+    if (c.required) {
+      throw new BackupError(
+        'invalid-config',
+        `homeserver.yaml's ${c.key} ${c.path} does not exist: a backup without the signing key could not restore this server's identity`,
+        {
+          remedy: {
+            kind: 'advice',
+            text: 'put the signing key there, or correct signing_key_path, then back up again',
+          },
+        },
+      );
+    }
+    if (c.key)
+      this.absent.push(`${c.path} (homeserver.yaml's ${c.key}) does not exist: not in this backup`);
+  }
+
+  add(c: Candidate, real: string): void {
+    const bad = (why: string) =>
+      new BackupError(
+        'invalid-config',
+        `cannot back up ${c.path}${real !== c.path ? ` (${real})` : ''}: ${why}`,
+        {
+          remedy: {
+            kind: 'advice',
+            text: 'correct homeserver.yaml or move the file, then back up again',
+          },
+        },
+      );
+    if (real.includes('\n') || !real.startsWith('/'))
+      throw bad('its path holds a newline or cannot be resolved');
+    const top = this.realDataDir === '/' ? '/' : `${this.realDataDir}/`;
+    if (real === this.realDataDir || top.startsWith(`${real}/`))
+      throw bad(`it holds the data dir ${this.dataDir}`);
+    if (real.startsWith(top)) {
+      const name = real.slice(top.length);
+      const first = name.split('/')[0];
+      if (isBookkeepingName(first) || first === EXTERNAL_PREFIX)
+        throw bad(`the engine reserves the name ${first}`);
+      this.found.push({
+        name,
+        tarName: name,
+        database: c.database ? real : undefined,
+        media: c.media,
+      });
+    } else {
+      const root = { name: `${EXTERNAL_PREFIX}${real}`, path: real };
+      this.found.push({
+        name: root.name,
+        tarName: `${ROOT_LINK_NAME}${real}`,
+        root,
+        database: c.database ? real : undefined,
+        media: c.media,
+      });
+    }
+  }
+
+  build(): Selection {
+    // Each name once; nothing inside another item (the database wins a tie).
+    const byName = new Map<string, (typeof this.found)[number]>();
+    for (const f of this.found) if (!byName.has(f.name) || f.database) byName.set(f.name, f);
+    const names = [...byName.keys()];
+    const kept = [...byName.values()].filter((f) => !names.some((n) => f.name.startsWith(`${n}/`)));
+    const db = kept.find((f) => f.database);
+    const parents = new Set<string>();
+    for (const f of kept) {
+      if (f.root) continue;
+      const parts = f.name.split('/');
+      for (let i = 1; i < parts.length; i++) parents.add(parts.slice(0, i).join('/'));
+    }
+    return {
+      tarNames: kept.filter((f) => !f.database).map((f) => f.tarName),
+      parents: [...parents],
+      database: db && { path: db.database!, archiveName: db.name },
+      items: kept.map((f) => f.name),
+      databases: db ? [db.name] : [],
+      roots: kept.flatMap((f) => (f.root ? [f.root] : [])),
+      mediaTarNames: kept.filter((f) => f.media).map((f) => f.tarName),
+      missing: this.absent,
+      notIncluded: this.notIncluded,
+    };
+  }
+}

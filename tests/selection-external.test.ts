@@ -1,0 +1,257 @@
+/**
+ * Issue #15: paths outside the data dir (a package or Ansible layout: media in
+ * /var/lib, the signing key and log config in /etc, the database elsewhere; a
+ * media store that is a symlink to another volume) are archived as
+ * `@external/<real path>`, listed in the manifest's roots (format version 2),
+ * and restored where homeserver.yaml says: through the symlink, which stays.
+ * Only entries inside those roots are accepted. Local workload, in-memory store.
+ */
+import { promises as fsp, realpathSync } from 'node:fs';
+import path from 'node:path';
+import { removeLeftoversCommand } from '../src/backup/scripts';
+import { ArchiveRejectedError, TarScanner, confinedEntryPolicy } from '../src/backup/tar';
+import { runCommand } from '../src/workload/command';
+import { LocalWorkload } from '../src/workload/local';
+import { buildTar } from './support/backups';
+import { MemoryStore } from './support/memory-store';
+import { memoryEngine } from './support/memory-engine';
+import { tmpDir } from './support/peers';
+import { inspectSqliteDb } from './support/synapse-tree';
+import { archiveNames, manifestOf, packageLayout, write } from './support/selection';
+
+/** Names in `dir` the engine made (staging or previous copies): none may be left. */
+async function bookkeeping(dir: string): Promise<string[]> {
+  return (await fsp.readdir(dir)).filter((n) => /^\.(synapse-|pre-restore)/.test(n));
+}
+
+describe('paths outside the data dir', () => {
+  test('a package layout: create archives each where homeserver.yaml says; restore puts each back there', async () => {
+    const store = new MemoryStore();
+    const { root, dataDir, etc, media, db } = await packageLayout();
+    const created = await memoryEngine(store, dataDir).create({ id: 'pkg' });
+    expect(created.missing).toBeUndefined();
+    const x = `@external${root}`;
+    expect((await archiveNames(store, dataDir, 'pkg')).sort()).toEqual(
+      [
+        './',
+        'homeserver.yaml',
+        `${x}/etc/example.org.signing.key`,
+        `${x}/etc/log.config`,
+        `${x}/etc/bridge.yaml`,
+        `${x}/media/local_content/`,
+        `${x}/media/local_content/ab/`,
+        `${x}/media/local_content/ab/cd/`,
+        `${x}/media/local_content/ab/cd/m1`,
+        `${x}/media/local_thumbnails/`,
+        `${x}/media/local_thumbnails/ab/`,
+        `${x}/media/local_thumbnails/ab/cd/`,
+        `${x}/media/local_thumbnails/ab/cd/t1`,
+        `${x}/var/homeserver.db`,
+      ].sort(),
+    );
+    const manifest = await manifestOf(store, 'pkg');
+    expect(manifest.version).toBe(2);
+    expect(manifest.signingKeyId).toBe('ed25519:a_pkg');
+    expect(manifest.roots).toEqual(
+      [
+        `${etc}/example.org.signing.key`,
+        `${etc}/log.config`,
+        `${etc}/bridge.yaml`,
+        `${media}/local_content`,
+        `${media}/local_thumbnails`,
+        db,
+      ].map((p) => ({ name: `@external${p}`, path: p })),
+    );
+    expect(manifest.databases).toEqual([`@external${db}`]);
+    await expect(memoryEngine(store, dataDir).verify('pkg')).resolves.toMatchObject({
+      files: created.files,
+    });
+
+    // Each changes or goes; an old WAL sits beside the database.
+    await fsp.rm(path.join(etc, 'example.org.signing.key'));
+    await fsp.writeFile(path.join(etc, 'log.config'), 'changed\n');
+    await fsp.rm(path.join(media, 'local_content'), { recursive: true });
+    await write(path.join(media, 'local_thumbnails/new'), 'after backup');
+    await fsp.rm(db);
+    await fsp.writeFile(`${db}-wal`, 'stale wal of another database');
+    const restored = await memoryEngine(store, dataDir).restore({ id: 'pkg' });
+    expect(restored.oneTimeKeysRemoved).toBe(5);
+    expect(await fsp.readFile(path.join(etc, 'example.org.signing.key'), 'utf8')).toBe(
+      'ed25519 a_pkg c2VlZA\n',
+    );
+    expect((await fsp.stat(path.join(etc, 'example.org.signing.key'))).mode & 0o777).toBe(0o600);
+    expect(await fsp.readFile(path.join(etc, 'log.config'), 'utf8')).toBe('version: 1\n');
+    expect(await fsp.readFile(path.join(media, 'local_content/ab/cd/m1'), 'utf8')).toBe(
+      'media one',
+    );
+    expect(await fsp.readdir(path.join(media, 'local_thumbnails'))).toEqual(['ab']);
+    expect(inspectSqliteDb(db)).toEqual({ events: 300, oneTimeKeys: 0, integrity: 'ok' });
+    expect(await fsp.stat(`${db}-wal`).catch(() => 'gone')).toBe('gone');
+    // Not selected: untouched. Nothing of the engine's is left anywhere.
+    expect(await fsp.readFile(path.join(etc, 'other.conf'), 'utf8')).toBe('not selected\n');
+    expect(await fsp.readFile(path.join(media, 'remote_content/x/r1'), 'utf8')).toBe('remote');
+    for (const d of [dataDir, etc, media, path.dirname(db)])
+      expect(await bookkeeping(d)).toEqual([]);
+  });
+
+  test('keep-previous keeps the replaced external items beside their paths', async () => {
+    const store = new MemoryStore();
+    const { dataDir, etc, media } = await packageLayout();
+    await memoryEngine(store, dataDir).create({ id: 'kp' });
+    await fsp.writeFile(path.join(etc, 'log.config'), 'changed\n');
+    const restored = await memoryEngine(store, dataDir).restore({ id: 'kp', keepPrevious: true });
+    const stamp = path.basename(restored.previousPath!);
+    expect(restored.externalPreviousPaths).toEqual(
+      expect.arrayContaining([`${etc}/${stamp}-log.config`, `${media}/${stamp}-local_content`]),
+    );
+    expect(await fsp.readFile(`${etc}/${stamp}-log.config`, 'utf8')).toBe('changed\n');
+    expect(await fsp.readFile(path.join(etc, 'log.config'), 'utf8')).toBe('version: 1\n');
+  });
+
+  test('restored into another data dir, a backup with external paths is refused unless forced', async () => {
+    const store = new MemoryStore();
+    const { dataDir, etc } = await packageLayout();
+    await memoryEngine(store, dataDir).create({ id: 'elsewhere' });
+    await fsp.writeFile(path.join(etc, 'log.config'), 'changed\n');
+    const scratch = (await tmpDir('scratch-restore')).path;
+    await expect(memoryEngine(store, scratch).restore({ id: 'elsewhere' })).rejects.toMatchObject({
+      code: 'wrong-server',
+      message: expect.stringContaining(
+        `backup elsewhere was taken of ${dataDir} and also restores ${etc}/example.org.signing.key, `,
+      ),
+      remedy: {
+        kind: 'run-again',
+        option: 'force',
+        when: 'if those paths are the ones to replace',
+      },
+    });
+    expect(await fsp.readdir(scratch)).toEqual([]);
+    expect(await fsp.readFile(path.join(etc, 'log.config'), 'utf8')).toBe('changed\n');
+    await memoryEngine(store, scratch).restore({ id: 'elsewhere', force: true });
+    expect(await fsp.readFile(path.join(etc, 'log.config'), 'utf8')).toBe('version: 1\n');
+    expect(await fsp.readdir(scratch)).toContain('homeserver.yaml');
+  });
+
+  test('a symlinked media store: backed up from where it points, restored through it; the symlink stays', async () => {
+    const store = new MemoryStore();
+    const root = realpathSync((await tmpDir('symlinked-media')).path);
+    const dataDir = path.join(root, 'data');
+    const volume = path.join(root, 'mnt/media');
+    await write(path.join(dataDir, 'homeserver.yaml'), 'server_name: "example.org"\n');
+    await write(path.join(dataDir, 'example.org.signing.key'), 'ed25519 a_l c2VlZA\n');
+    await write(path.join(volume, 'local_content/ab/cd/m1'), 'on another volume');
+    await fsp.symlink(volume, path.join(dataDir, 'media_store'));
+    await memoryEngine(store, dataDir).create({ id: 'link' });
+    const names = await archiveNames(store, dataDir, 'link');
+    expect(names).toContain(`@external${volume}/local_content/ab/cd/m1`);
+    expect(names.filter((n) => n.startsWith('media_store'))).toEqual([]);
+    await fsp.rm(path.join(volume, 'local_content/ab/cd/m1'));
+    await memoryEngine(store, dataDir).restore({ id: 'link' });
+    expect((await fsp.lstat(path.join(dataDir, 'media_store'))).isSymbolicLink()).toBe(true);
+    expect(await fsp.readFile(path.join(volume, 'local_content/ab/cd/m1'), 'utf8')).toBe(
+      'on another volume',
+    );
+    expect(await bookkeeping(volume)).toEqual([]);
+  });
+
+  test('homeserver.yaml and the signing key linked from a config dir: backed up from there, restored through the links', async () => {
+    const store = new MemoryStore();
+    const root = realpathSync((await tmpDir('linked-config')).path);
+    const dataDir = path.join(root, 'data');
+    const etc = path.join(root, 'etc/synapse');
+    await write(path.join(etc, 'homeserver.yaml'), 'server_name: "example.org"\n');
+    await write(path.join(etc, 'example.org.signing.key'), 'ed25519 a_ln c2VlZA\n', 0o600);
+    await fsp.mkdir(dataDir);
+    await fsp.symlink(path.join(etc, 'homeserver.yaml'), path.join(dataDir, 'homeserver.yaml'));
+    await fsp.symlink(
+      '../etc/synapse/example.org.signing.key',
+      path.join(dataDir, 'example.org.signing.key'),
+    );
+    await write(path.join(dataDir, 'media_store/local_content/m'), 'media');
+    const created = await memoryEngine(store, dataDir).create({ id: 'ln' });
+    expect(created.missing).toBeUndefined();
+    expect((await archiveNames(store, dataDir, 'ln')).sort()).toEqual(
+      [
+        './',
+        'media_store/',
+        'media_store/local_content/',
+        'media_store/local_content/m',
+        `@external${etc}/homeserver.yaml`,
+        `@external${etc}/example.org.signing.key`,
+      ].sort(),
+    );
+    expect(await manifestOf(store, 'ln')).toMatchObject({ signingKeyId: 'ed25519:a_ln' });
+    await fsp.writeFile(path.join(etc, 'example.org.signing.key'), 'ed25519 a_other c2VlZA\n');
+    await memoryEngine(store, dataDir).restore({ id: 'ln' });
+    expect(await fsp.readFile(path.join(etc, 'example.org.signing.key'), 'utf8')).toBe(
+      'ed25519 a_ln c2VlZA\n',
+    );
+    for (const name of ['homeserver.yaml', 'example.org.signing.key']) {
+      expect((await fsp.lstat(path.join(dataDir, name))).isSymbolicLink()).toBe(true);
+    }
+    expect(await bookkeeping(etc)).toEqual([]);
+  });
+
+  test('restore accepts @external entries only inside the manifest roots, and no symlink between roots', async () => {
+    const scan = async (entries: Parameters<typeof buildTar>[0], roots: string[]) => {
+      const scanner = new TarScanner(confinedEntryPolicy({ roots }));
+      scanner.resume();
+      scanner.end(await buildTar(entries));
+      return new Promise<string>((resolve) => {
+        scanner.on('error', (e: Error) =>
+          resolve(e instanceof ArchiveRejectedError ? e.message : `other: ${e.message}`),
+        );
+        scanner.on('end', () => resolve('accepted'));
+      });
+    };
+    const roots = ['@external/etc/synapse/k.key', '@external/srv/media/local_content'];
+    expect(
+      await scan(
+        [
+          { name: '@external/etc/synapse/k.key', content: 'k' },
+          { name: '@external/srv/media/local_content/a', content: 'a' },
+          { name: '@external/srv/media/local_content/l', type: 'symlink', linkname: 'a' },
+        ],
+        roots,
+      ),
+    ).toBe('accepted');
+    expect(await scan([{ name: '@external/etc/passwd', content: 'x' }], roots)).toBe(
+      'entry "@external/etc/passwd" is outside the data directory and not one of the paths the backup\'s manifest lists: refused',
+    );
+    expect(await scan([{ name: '@external/etc/synapse/k.key', content: 'k' }], [])).toMatch(
+      /not one of the paths the backup's manifest lists/,
+    );
+    expect(
+      await scan(
+        [
+          {
+            name: '@external/srv/media/local_content/l',
+            type: 'symlink',
+            linkname: '../../../etc/synapse/k.key',
+          },
+        ],
+        roots,
+      ),
+    ).toBe(
+      'symlink "@external/srv/media/local_content/l" points out of "@external/srv/media/local_content": refused',
+    );
+    expect(
+      await scan(
+        [{ name: 'media_store/l', type: 'symlink', linkname: '../@external/etc/synapse/k.key' }],
+        roots,
+      ),
+    ).toBe('symlink "media_store/l" points out of the data directory: refused');
+  });
+
+  test("a killed restore's copies staged beside external paths go with its staging dir", async () => {
+    const root = realpathSync((await tmpDir('external-leftovers')).path);
+    const dataDir = path.join(root, 'data');
+    const staging = '.synapse-restore-20260101T000000000Z';
+    await write(path.join(dataDir, staging, '.synapse-restore-roots'), `${root}/etc/k.key\n`);
+    await write(path.join(root, 'etc', `${staging}-k.key`), 'staged');
+    await write(path.join(root, 'etc/k.key'), 'live');
+    await runCommand(new LocalWorkload(), removeLeftoversCommand(dataDir), 'leftovers');
+    expect(await fsp.readdir(dataDir)).toEqual([]);
+    expect(await fsp.readdir(path.join(root, 'etc'))).toEqual(['k.key']);
+  });
+});
