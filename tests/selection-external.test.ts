@@ -6,6 +6,7 @@
  * and restored where homeserver.yaml says: through the symlink, which stays.
  * Only entries inside those roots are accepted. Local workload, in-memory store.
  */
+import { spawnSync } from 'node:child_process';
 import { promises as fsp, realpathSync } from 'node:fs';
 import path from 'node:path';
 import { removeLeftoversCommand } from '../src/backup/scripts';
@@ -18,6 +19,7 @@ import { memoryEngine } from './support/memory-engine';
 import { tmpDir } from './support/peers';
 import { inspectSqliteDb } from './support/synapse-tree';
 import { archiveNames, manifestOf, packageLayout, write } from './support/selection';
+import { MutateAtMarker } from './support/workloads';
 
 /** Names in `dir` the engine made (staging or previous copies): none may be left. */
 async function bookkeeping(dir: string): Promise<string[]> {
@@ -253,5 +255,39 @@ describe('paths outside the data dir', () => {
     await runCommand(new LocalWorkload(), removeLeftoversCommand(dataDir), 'leftovers');
     expect(await fsp.readdir(dataDir)).toEqual([]);
     expect(await fsp.readdir(path.join(root, 'etc'))).toEqual(['k.key']);
+  });
+});
+
+describe("create's entry policy and a live server, outside the data dir", () => {
+  test('a FIFO in an outside media store is left out and named; media vanishing there are warnings', async () => {
+    const store = new MemoryStore();
+    const { root, dataDir, media } = await packageLayout();
+    const lc = path.join(media, 'local_content');
+    spawnSync('mkfifo', [path.join(lc, 'ab/p')]);
+    const gone = path.join(lc, 'gone');
+    for (const f of ['f1', 'f2', 'f3'])
+      await write(path.join(gone, f), Buffer.alloc(2 << 20, 7).toString());
+    const x = `@external${root}/media/local_content`;
+    // Held once tar has named the directory: it is removed while tar waits on its pipe.
+    const held = new MutateAtMarker(new LocalWorkload(), Buffer.from(`local_content/gone/`), () =>
+      fsp.rm(gone, { recursive: true }),
+    );
+    const created = await memoryEngine(store, dataDir, { workload: held }).create({ id: 'live' });
+    expect(held.mutated).toBe(true);
+    expect(created.skipped).toEqual([{ path: `${x}/ab/p`, kind: 'fifo' }]);
+    // tar names them through the selection's root link; the warnings by their archive names.
+    expect(created.warnings.length).toBeGreaterThan(0);
+    for (const w of created.warnings) {
+      expect(w.path.startsWith(`${x}/gone`) ? x : w.path).toBe(x);
+      expect(['changed', 'removed']).toContain(w.kind);
+    }
+    expect((await manifestOf(store, 'live')).skipped).toEqual(created.skipped);
+    await expect(memoryEngine(store, dataDir).verify('live')).resolves.toMatchObject({
+      sha256: created.sha256,
+    });
+    await fsp.rm(lc, { recursive: true });
+    await memoryEngine(store, dataDir).restore({ id: 'live' });
+    expect(await fsp.readFile(path.join(lc, 'ab/cd/m1'), 'utf8')).toBe('media one');
+    await expect(fsp.lstat(path.join(lc, 'ab/p'))).rejects.toThrow(/ENOENT/);
   });
 });

@@ -18,6 +18,8 @@ import {
   TAR_FAILED_EXIT,
 } from './scripts';
 import { TarComplaints } from './tar-complaints';
+import { EXTERNAL_PREFIX } from './items';
+import { ROOT_LINK_NAME } from './scripts/common';
 import { BoundedList, type EntryWarning, type SkippedEntry } from './notes';
 import type { TarScanner } from './tar';
 
@@ -86,9 +88,25 @@ export interface CreateNotes {
 
 export function notesOf(scanner: TarScanner, complaints: TarComplaints): CreateNotes {
   const skipped = new BoundedList<SkippedEntry>();
-  for (const item of [...scanner.skipped.items, ...complaints.sockets.items]) skipped.add(item);
+  for (const item of scanner.skipped.items) skipped.add(item);
+  for (const item of complaints.sockets.items) skipped.add(asArchived(item));
   skipped.count = scanner.skipped.count + complaints.sockets.count;
-  return { skipped, warnings: complaints.warnings };
+  const warnings = new BoundedList<EntryWarning>();
+  for (const item of complaints.warnings.items) warnings.add(asArchived(item));
+  warnings.count = complaints.warnings.count;
+  return { skipped, warnings };
+}
+
+/**
+ * tar's complaints name a path outside the data dir as it was given it
+ * (`.synapse-backup-root/<path>`, scripts/common.ts); the archive, the scanner and
+ * the operator know it as `@external/<path>` (selection.ts).
+ */
+function asArchived<T extends { path: string }>(item: T): T {
+  const link = `${ROOT_LINK_NAME}/`;
+  return item.path.startsWith(link)
+    ? { ...item, path: `${EXTERNAL_PREFIX}/${item.path.slice(link.length)}` }
+    : item;
 }
 
 /** "; only N sockets, FIFOs or device nodes, which a backup leaves out" when there were any. */
