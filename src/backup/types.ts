@@ -134,6 +134,8 @@ export interface RestoreResult {
   files: number;
   plaintextBytes: number;
   durationSeconds: number;
+  /** Seconds of the flush (`sync -f`) of the staged files before the swap (part of the total). */
+  flushSeconds?: number;
   /** Where the replaced files were kept (keepPrevious), else undefined. */
   previousPath?: string;
   /** Rows deleted from e2e_one_time_keys_json; undefined when there was no SQLite database. */
