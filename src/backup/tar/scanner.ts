@@ -15,6 +15,9 @@ import {
   verifyChecksum,
 } from './header';
 
+/** The end-of-archive marker's block. */
+const ZERO_BLOCK = Buffer.alloc(BLOCK);
+
 /**
  * A pass-through that parses tar headers as the bytes flow (ustar, GNU long
  * names, pax), counts entries and lets each header through only after the
@@ -70,11 +73,12 @@ export class TarScanner extends Transform {
       done(err as Error);
       return;
     }
-    // Once anything of this chunk is released, so is everything held before it.
+    // Once anything of this chunk is released, so is everything held before it (pushed
+    // as they are: no concatenated copy of the chunk).
     let out: Buffer | undefined;
     if (release > 0) {
-      const head = release === chunk.length ? chunk : chunk.subarray(0, release);
-      out = this.held.length > 0 ? Buffer.concat([...this.held, head]) : head;
+      out = release === chunk.length ? chunk : chunk.subarray(0, release);
+      for (const held of this.held) this.push(held);
       this.held = [];
     }
     if (release < chunk.length) this.held.push(Buffer.from(chunk.subarray(release)));
@@ -141,7 +145,7 @@ export class TarScanner extends Transform {
   }
 
   private onHeader(block: Buffer): void {
-    if (block.every((b) => b === 0)) {
+    if (block.equals(ZERO_BLOCK)) {
       this.ended = true;
       this.holding = false;
       return;
