@@ -282,6 +282,20 @@ describe('the framed decryption transform', () => {
     );
   });
 
+  test('a plain tar, or nothing at all, is not taken for a message', async () => {
+    const plain = await decrypt(
+      Buffer.concat([Buffer.from('homeserver.yaml'), Buffer.alloc(1000)]),
+    );
+    expect(plain.released.length).toBe(0);
+    expect(described(plain.error).message).toBe(
+      'backup X is not a readable encrypted backup (its header is malformed: Not a supported message format version.)',
+    );
+    const empty = await decrypt(Buffer.alloc(0));
+    expect(described(empty.error).message).toBe(
+      'backup X is truncated (its header is incomplete); it cannot be restored',
+    );
+  });
+
   test('destroyed mid-message: quiet, and nothing of the open frame released', async () => {
     const plaintext = randomBytes(3 * FRAME);
     const message = await encrypt(plaintext);

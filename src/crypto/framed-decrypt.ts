@@ -122,7 +122,7 @@ export class FramedDecryptStream extends Transform {
       info = deserialize.deserializeMessageHeader(bytes, { maxEncryptedDataKeys: false });
     } catch (err) {
       done(
-        new MessageFormatError('damaged', `its header is malformed (${(err as Error).message})`),
+        new MessageFormatError('unreadable', `its header is malformed: ${(err as Error).message}`),
       );
       return;
     }
