@@ -15,9 +15,6 @@ import {
   verifyChecksum,
 } from './header';
 
-/** The end-of-archive marker's block. */
-const ZERO_BLOCK = Buffer.alloc(BLOCK);
-
 /**
  * A pass-through that parses tar headers as the bytes flow (ustar, GNU long
  * names, pax), counts entries and lets each header through only after the
@@ -73,12 +70,11 @@ export class TarScanner extends Transform {
       done(err as Error);
       return;
     }
-    // Once anything of this chunk is released, so is everything held before it (pushed
-    // as they are: no concatenated copy of the chunk).
+    // Once anything of this chunk is released, so is everything held before it.
     let out: Buffer | undefined;
     if (release > 0) {
-      out = release === chunk.length ? chunk : chunk.subarray(0, release);
-      for (const held of this.held) this.push(held);
+      const head = release === chunk.length ? chunk : chunk.subarray(0, release);
+      out = this.held.length > 0 ? Buffer.concat([...this.held, head]) : head;
       this.held = [];
     }
     if (release < chunk.length) this.held.push(Buffer.from(chunk.subarray(release)));
@@ -145,7 +141,7 @@ export class TarScanner extends Transform {
   }
 
   private onHeader(block: Buffer): void {
-    if (block.equals(ZERO_BLOCK)) {
+    if (block.every((b) => b === 0)) {
       this.ended = true;
       this.holding = false;
       return;
