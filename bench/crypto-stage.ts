@@ -16,6 +16,7 @@ import {
   createDecryptStream,
   createEncryptStream,
   createKeyring,
+  createSdkDecryptStream,
 } from '../src/crypto/esdk';
 
 const PASSPHRASE = 'bench-passphrase';
@@ -110,6 +111,9 @@ async function main(): Promise<void> {
     const whole = Buffer.concat(message);
     message.length = 0;
     await measure('decrypt', 'sdk-decryptUnsignedMessageStream', frameLength, msgBytes, () =>
+      pipeline(source(whole.length, whole), createSdkDecryptStream(PASSPHRASE), sink()),
+    );
+    await measure('decrypt', 'framed-decrypt', frameLength, msgBytes, () =>
       pipeline(source(whole.length, whole), createDecryptStream(PASSPHRASE), sink()),
     );
   }

@@ -11,7 +11,20 @@
  *   floor          tar -c | aws s3 cp -            (no encryption: the least work possible)
  *   gpg            tar -c | gpg --symmetric | aws s3 cp -   (the released Python charm's way)
  *   seed           bench/seed_backup.py: tarfile -> aws-encryption-sdk -> boto3 (the seed's design)
+ *   ours (kubernetes)  the engine with workload-exec=kubernetes (bench/kube-engine.ts): tar
+ *                  through the API server's exec, on the rig of tests/support/kube.ts (a real
+ *                  kube-apiserver and etcd, the test kubelet running commands on this host)
  *
+ * The file-count case (--files 50000,100000,200000): Synapse-shaped media stores of small
+ * files (bench/gen_data.py --files), ours (pebble) against `tar -c` (create) and
+ * `tar -c | tar -x` (restore) of the same selection, with the cost per file.
+ *
+ * Restores of ours report the flush of the staged files before the swap (`sync -f`) in
+ * its own column (flushSeconds of the restore's result); it is part of the wall time.
+ *
+ * Cases (--cases, BENCH_CASES; default all): sizes (the 1/4 GiB rows), files (the
+ * file-count rows), kube (ours (kubernetes) at the first size, with the floor beside it
+ * when sizes is not run), stage (the in-memory crypto stages).
  * Each run is timed by GNU time (wall, user+sys of the whole process tree, peak RSS of the
  * largest process); the CPU that MinIO and Pebble (with the tar it runs) spend meanwhile is
  * read from /proc. Throughput is the plain tar's size over wall time. Ratios compare ours
@@ -19,7 +32,7 @@
  *
  * Usage: node .bench/run.js --data-root DIR --sizes 1024,4096 --baselines-at 1024
  *          --venv DIR --out FILE [--repeat N] [--skip seed,gpg,local] [--cli BUNDLE]
- *          [--minio-dir DIR]
+ *          [--minio-dir DIR] [--cases sizes,files,kube,stage] [--files 50000,100000,200000]
  *
  * Noise control (2 shared cores; see README):
  *   - MinIO keeps its data on tmpfs (/dev/shm) when it has room for the largest size three
@@ -40,6 +53,8 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { parseArgs } from 'node:util';
 import { SELECTED_GLOBS, SELECTED_PATHS, SQLITE_SNAPSHOT } from '../src/backup/scripts';
+import { startKubeRig } from '../tests/support/kube';
+import { kubePeerPaths } from '../tests/support/peers';
 
 const REPO = path.resolve(__dirname, '..');
 const DEFAULT_CLI = path.join(REPO, 'build', 'synapse-backup.js');
@@ -52,10 +67,19 @@ interface Measure {
   peakRssMiB: number;
   minioCpuSeconds: number;
   pebbleCpuSeconds: number;
+  /** kube-apiserver, etcd and the kubelet (with the tar it runs), for ours (kubernetes). */
+  kubeCpuSeconds: number;
+  /** Ours' restore: seconds of the flush before the swap (from its --json result). */
+  flushSeconds?: number;
 }
 
 interface Row extends Measure {
+  /** What was archived: "1 GiB", or "50k files" for the file-count case. */
+  label: string;
   sizeMiB: number;
+  /** The file-count case: files in the selection; and wall microseconds per file. */
+  files?: number;
+  usPerFile?: number;
   operation: 'create' | 'restore';
   tool: string;
   bytes: number;
@@ -78,6 +102,8 @@ const { values: args } = parseArgs({
     repeat: { type: 'string', default: '3' },
     'minio-dir': { type: 'string', default: process.env.BENCH_MINIO_DIR ?? '' },
     skip: { type: 'string', default: '' },
+    cases: { type: 'string', default: 'sizes,files,kube,stage' },
+    files: { type: 'string', default: '50000,100000,200000' },
     /** Another build of the CLI to measure as "ours" (e.g. a proposed change). */
     cli: { type: 'string', default: DEFAULT_CLI },
   },
@@ -97,6 +123,11 @@ const sizes = args.sizes!.split(',').map(Number);
 const baselineSizes = new Set(args['baselines-at']!.split(',').map(Number));
 const repeat = Math.max(1, Number(args.repeat));
 const skip = new Set(args.skip!.split(',').filter(Boolean));
+const CASES = ['sizes', 'files', 'kube', 'stage'];
+const cases = new Set(args.cases!.split(',').filter(Boolean));
+for (const c of cases)
+  if (!CASES.includes(c)) throw new Error(`unknown case ${c} (${CASES.join(',')})`);
+const fileCounts = args.files!.split(',').filter(Boolean).map(Number);
 const CLI = path.resolve(args.cli!);
 const peersCache =
   process.env.SYNAPSE_PEERS_CACHE ?? path.join(os.homedir(), '.cache', 'synapse-backup-peers');
@@ -167,6 +198,8 @@ interface Env {
   minio: ChildProcess;
   pebble: ChildProcess;
   env: NodeJS.ProcessEnv;
+  /** The Kubernetes rig, when the kube case runs. */
+  kube?: { configFile: string; pids: number[]; stop: () => Promise<void> };
 }
 
 function sh(script: string, env: NodeJS.ProcessEnv): void {
@@ -194,15 +227,18 @@ function timed(
   extraEnv: NodeJS.ProcessEnv = {},
 ): Measure & { ok: boolean; stderr: string } {
   const timeFile = path.join(e.work, 'time.txt');
+  const kubeCpu = () => (e.kube?.pids ?? []).reduce((sum, pid) => sum + cpuSecondsOf(pid), 0);
   const m0 = cpuSecondsOf(e.minio.pid!);
   const p0 = cpuSecondsOf(e.pebble.pid!);
+  const k0 = kubeCpu();
   const out = spawnSync(
     '/usr/bin/time',
     ['-f', '%e %U %S %M', '-o', timeFile, 'bash', '-c', `set -o pipefail; ${script}`],
-    { env: { ...e.env, ...extraEnv }, stdio: ['ignore', 'ignore', 'pipe'], maxBuffer: 1 << 26 },
+    { env: { ...e.env, ...extraEnv }, stdio: ['ignore', 'pipe', 'pipe'], maxBuffer: 1 << 26 },
   );
   const minioCpuSeconds = cpuSecondsOf(e.minio.pid!) - m0;
   const pebbleCpuSeconds = cpuSecondsOf(e.pebble.pid!) - p0;
+  const kubeCpuSeconds = kubeCpu() - k0;
   const [wall, user, sys, rss] = fs
     .readFileSync(timeFile, 'utf8')
     .trim()
@@ -219,7 +255,22 @@ function timed(
     peakRssMiB: Math.round(rss! / 1024),
     minioCpuSeconds: +minioCpuSeconds.toFixed(2),
     pebbleCpuSeconds: +pebbleCpuSeconds.toFixed(2),
+    kubeCpuSeconds: +kubeCpuSeconds.toFixed(2),
+    flushSeconds: flushSecondsOf(out.stdout.toString()),
   };
+}
+
+/** flushSeconds of a restore's one-line JSON result (ours), else undefined. */
+function flushSecondsOf(stdout: string): number | undefined {
+  const line = stdout.trim().split('\n').at(-1);
+  if (!line?.startsWith('{')) return undefined;
+  try {
+    const parsed = JSON.parse(line) as Record<string, unknown>;
+    const value = parsed.flushSeconds ?? parsed['flush-seconds'];
+    return typeof value === 'number' ? +value.toFixed(2) : undefined;
+  } catch {
+    return undefined;
+  }
 }
 
 /** Seconds for SQLite's online backup of the data dir's homeserver.db (as the engine makes it). */
@@ -282,8 +333,28 @@ function tools(e: Env): Tool[] {
       `${cli(pebble, direct)} restore --id ${id} --data-dir ${q(target)} --json`,
     cleanup: (id) => `${cli(false)} delete --id ${id} --json`,
   });
+  const kubeDriver = `node ${q(path.join(REPO, '.bench', 'kube-engine.js'))}`;
   return [
     ours('ours (pebble)', true, true),
+    {
+      name: 'ours (kubernetes)',
+      create: (dataDir, id) => `${kubeDriver} create --data-dir ${q(dataDir)} --id ${id}`,
+      restore: (id, target) => `${kubeDriver} restore --id ${id} --data-dir ${q(target)}`,
+      cleanup: (id) => `${cli(false)} delete --id ${id} --json`,
+    },
+    {
+      // The file-count case's baselines: what tar alone costs on the same selection.
+      name: 'tar -c',
+      create: (dataDir) => `${tar(dataDir)} | wc -c >/dev/null`,
+      restore: () => 'false',
+      cleanup: () => 'true',
+    },
+    {
+      name: 'tar -c | tar -x',
+      create: () => 'true',
+      restore: (id, target) => `${tar(sourceOf(id))} | tar -x -f - -C ${q(target)}`,
+      cleanup: () => 'true',
+    },
     ours('ours (relay)', true),
     ours('ours (local)', false),
     {
@@ -311,8 +382,15 @@ function tools(e: Env): Tool[] {
   ];
 }
 
+/** The data dir a file-count baseline's restore copies from (its "backup id" is that dir). */
+const sourceDirs = new Map<string, string>();
+const sourceOf = (id: string): string => sourceDirs.get(id) ?? id;
+
 const TOOL_KEYS: Record<string, string> = {
   'ours (pebble)': 'ours',
+  'ours (kubernetes)': 'kube',
+  'tar -c': 'tar',
+  'tar -c | tar -x': 'tar-x',
   'ours (relay)': 'relay',
   'ours (local)': 'local',
   floor: 'floor',
@@ -364,6 +442,9 @@ async function start(): Promise<Env> {
     AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED: 'true',
     SYNAPSE_BACKUP_PASSPHRASE: PASSPHRASE,
     GNUPGHOME: path.join(work, 'gnupg'),
+    BENCH_ENDPOINT: endpoint,
+    BENCH_BUCKET: 'bench',
+    BENCH_PREFIX: 'bench',
   };
   fs.mkdirSync(env.GNUPGHOME!, { mode: 0o700 });
   fs.writeFileSync(path.join(work, 'passphrase'), PASSPHRASE, { mode: 0o600 });
@@ -375,7 +456,47 @@ async function start(): Promise<Env> {
   );
   await waitFor('pebble', () => fs.existsSync(socket), pebble);
   sh(`${q(path.join(venv, 'bin', 'aws'))} --endpoint-url ${endpoint} s3 mb s3://bench`, env);
+  if (cases.has('kube')) e.kube = await startKube(work);
+  if (e.kube) env.BENCH_KUBE_CONFIG = e.kube.configFile;
   return e;
+}
+
+/**
+ * The Kubernetes rig (tests/support/kube.ts: etcd, kube-apiserver, the test kubelet, which
+ * runs the pod's commands on this host), and the pids whose CPU counts as the transport's.
+ */
+async function startKube(work: string): Promise<NonNullable<Env['kube']>> {
+  log('starting the Kubernetes rig (etcd, kube-apiserver, the test kubelet)');
+  const rig = await startKubeRig();
+  const configFile = path.join(work, 'kube.json');
+  fs.writeFileSync(
+    configFile,
+    JSON.stringify({
+      kubeConfig: rig.kubeConfig().exportConfig(),
+      namespace: rig.namespace,
+      pod: rig.pod,
+      container: 'synapse',
+    }),
+    { mode: 0o600 },
+  );
+  const bins = Object.values(kubePeerPaths()).map((p) => fs.realpathSync(p));
+  const pids = fs
+    .readdirSync('/proc')
+    .filter((d) => /^\d+$/.test(d))
+    .map(Number)
+    .filter((pid) => {
+      try {
+        const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
+        return (
+          Number(stat[1]) === process.pid && bins.includes(fs.readlinkSync(`/proc/${pid}/exe`))
+        );
+      } catch {
+        return false;
+      }
+    });
+  if (pids.length < 3)
+    throw new Error(`the Kubernetes rig: found ${pids.length} of its 3 processes`);
+  return { configFile, pids, stop: () => rig.stop() };
 }
 
 function machine(): Record<string, string | number> {
@@ -445,104 +566,182 @@ function median(values: number[]): number {
   return s[Math.floor((s.length - 1) / 2)]!;
 }
 
+type Run = Measure & { ok: boolean; stderr: string; load: number };
+
+/** One data set: a size of the generated data dir, or a file count. */
+interface DataCase {
+  label: string;
+  sizeMiB: number;
+  dataDir: string;
+  tarBytes: number;
+  files?: number;
+  source: { files: number; bytes: number };
+}
+
+function dataCase(label: string, sizeMiB: number, dataDir: string, files?: boolean): DataCase {
+  // Warms the page cache and measures the plain tar once: the common denominator.
+  const tarBytes = Number(
+    spawnSync('bash', [
+      '-c',
+      `tar -c -f - --format=posix -C ${q(dataDir)} -- ${selection(dataDir).map(q).join(' ')} | wc -c`,
+    ]).stdout.toString(),
+  );
+  const source = treeStats(dataDir);
+  // Not the stamp and the two files a backup skips.
+  return { label, sizeMiB, dataDir, tarBytes, source, files: files ? source.files - 3 : undefined };
+}
+
+/** Create (timed), then restore that object (timed), `times` times; the median row of each. */
+async function runTool(
+  e: Env,
+  tool: Tool,
+  data: DataCase,
+  times: number,
+  operations: readonly ('create' | 'restore')[] = ['create', 'restore'],
+): Promise<Row[]> {
+  const key = TOOL_KEYS[tool.name]!;
+  const runs: Record<'create' | 'restore', Run[]> = { create: [], restore: [] };
+  for (let i = 0; i < times; i++) {
+    const id = `${key}-${data.sizeMiB}-${data.files ?? 0}-${Date.now()}`;
+    sourceDirs.set(id, data.dataDir);
+    const target = path.join(e.work, `restore-${id}`);
+    fs.mkdirSync(target);
+    for (const operation of ['create', 'restore'] as const) {
+      const timedRun = operations.includes(operation);
+      if (timedRun) log(`${data.label} ${tool.name} ${operation}${times > 1 ? ` #${i + 1}` : ''}`);
+      await settle(e);
+      const load = loadAverage();
+      const m = timed(
+        e,
+        operation === 'create' ? tool.create(data.dataDir, id) : tool.restore(id, target),
+      );
+      if (!timedRun) continue;
+      if (m.ok && operation === 'restore') {
+        // Everything back? (Ours also checks SHA-256 and counts against its manifest.)
+        const got = treeStats(target);
+        const expectedFiles = data.source.files - 3; // not the stamp and the two skipped files
+        if (got.files !== expectedFiles || got.bytes < data.source.bytes * 0.99 - 1e6) {
+          m.ok = false;
+          m.stderr = `restored ${got.files} files (${got.bytes} bytes), expected ${expectedFiles}`;
+        }
+      }
+      runs[operation].push({ ...m, load });
+      log(
+        `    ${m.ok ? '' : `FAILED (${m.stderr}) `}${m.wallSeconds} s, ${(data.tarBytes / 1e6 / m.wallSeconds).toFixed(0)} MB/s, ${m.peakRssMiB} MiB${m.flushSeconds !== undefined ? `, flush ${m.flushSeconds} s` : ''}`,
+      );
+      if (!m.ok) break;
+    }
+    fs.rmSync(target, { recursive: true, force: true });
+    spawnSync('bash', ['-c', tool.cleanup(id)], { env: e.env, stdio: 'ignore' });
+  }
+  const rows: Row[] = [];
+  for (const operation of ['create', 'restore'] as const) {
+    const list = runs[operation];
+    if (list.length === 0) continue;
+    const best = list.find((r) => r.wallSeconds === median(list.map((x) => x.wallSeconds)))!;
+    const cpuSeconds = +(best.userSeconds + best.sysSeconds).toFixed(2);
+    rows.push({
+      label: data.label,
+      sizeMiB: data.sizeMiB,
+      files: data.files,
+      usPerFile: data.files ? +((best.wallSeconds * 1e6) / data.files).toFixed(1) : undefined,
+      operation,
+      tool: tool.name,
+      bytes: data.tarBytes,
+      wallSeconds: best.wallSeconds,
+      mbPerSecond: +(data.tarBytes / 1e6 / best.wallSeconds).toFixed(1),
+      userSeconds: best.userSeconds,
+      sysSeconds: best.sysSeconds,
+      cpuSeconds,
+      minioCpuSeconds: best.minioCpuSeconds,
+      pebbleCpuSeconds: best.pebbleCpuSeconds,
+      kubeCpuSeconds: best.kubeCpuSeconds,
+      allCpuSeconds: +(
+        cpuSeconds +
+        best.minioCpuSeconds +
+        best.pebbleCpuSeconds +
+        best.kubeCpuSeconds
+      ).toFixed(2),
+      flushSeconds: best.flushSeconds,
+      peakRssMiB: best.peakRssMiB,
+      loadAverage: best.load,
+      ok: list.every((r) => r.ok),
+      note: list.find((r) => !r.ok)?.stderr,
+    });
+  }
+  return rows;
+}
+
+/** The 1 and 4 GiB rows (case sizes), and ours (kubernetes) at the first size (case kube). */
+async function runSizes(e: Env, rows: Row[], snapshots: Record<number, number>): Promise<void> {
+  for (const size of sizes) {
+    const first = size === sizes[0];
+    if (!cases.has('sizes') && !first) continue;
+    const data = dataCase(
+      size >= 1024 ? `${size / 1024} GiB` : `${size} MiB`,
+      size,
+      path.join(dataRoot, `data-${size}`),
+    );
+    if (cases.has('sizes')) {
+      // The engine snapshots homeserver.db with SQLite's online backup (the alternatives
+      // tar the live file): how much of its create time that is.
+      snapshots[size] = timeSnapshot(data.dataDir, e.work);
+      log(`${size} MiB: SQLite snapshot of homeserver.db takes ${snapshots[size]} s`);
+    }
+    for (const tool of tools(e)) {
+      const key = TOOL_KEYS[tool.name]!;
+      if (skip.has(key) || key === 'tar' || key === 'tar-x') continue;
+      if (key === 'kube' && !(first && cases.has('kube'))) continue;
+      // Without the sizes case, only the kube row and the floor beside it.
+      if (!cases.has('sizes') && key !== 'kube' && key !== 'floor') continue;
+      const isBaseline = key === 'gpg' || key === 'seed' || key === 'local' || key === 'relay';
+      if (isBaseline && !baselineSizes.has(size)) continue;
+      const repeated = (key === 'ours' || key === 'floor') && first;
+      rows.push(...(await runTool(e, tool, data, repeated ? repeat : 1)));
+    }
+  }
+}
+
+/** The file-count rows: ours (pebble) against tar -c and tar -c | tar -x, once each. */
+async function runFiles(e: Env, rows: Row[]): Promise<void> {
+  const all = tools(e);
+  const byKey = (key: string) => all.find((t) => TOOL_KEYS[t.name] === key)!;
+  for (const n of fileCounts) {
+    const label = `${n >= 1000 ? `${n / 1000}k` : n} files`;
+    const data = dataCase(label, 0, path.join(dataRoot, `files-${n}`), true);
+    log(
+      `${label}: ${data.files} files in the selection, ${(data.tarBytes / 1e6).toFixed(0)} MB of tar`,
+    );
+    if (!skip.has('ours')) rows.push(...(await runTool(e, byKey('ours'), data, 1)));
+    rows.push(...(await runTool(e, byKey('tar'), data, 1, ['create'])));
+    rows.push(...(await runTool(e, byKey('tar-x'), data, 1, ['restore'])));
+  }
+}
+
 async function main(): Promise<void> {
   const started = Date.now();
-  log('encryption stage alone (in memory, 1 GiB, 1 MiB frames)');
-  const stage = cryptoStage();
+  let stage: unknown[] = [];
+  if (cases.has('stage')) {
+    log('encryption stage alone (in memory, 1 GiB, 1 MiB frames)');
+    stage = cryptoStage();
+  }
   const e = await start();
   const rows: Row[] = [];
   const snapshots: Record<number, number> = {};
   try {
-    for (const size of sizes) {
-      const dataDir = path.join(dataRoot, `data-${size}`);
-      // Warm the page cache and measure the plain tar once: the common denominator.
-      const tarBytes = Number(
-        spawnSync('bash', [
-          '-c',
-          `tar -c -f - --format=posix -C ${q(dataDir)} -- ${selection(dataDir).map(q).join(' ')} | wc -c`,
-        ]).stdout.toString(),
-      );
-      const source = treeStats(dataDir);
-      // The engine snapshots homeserver.db with SQLite's online backup before tar starts (the
-      // alternatives tar the live file): how much of its create time that is.
-      const snapshotSeconds = timeSnapshot(dataDir, e.work);
-      snapshots[size] = snapshotSeconds;
-      log(`${size} MiB: SQLite snapshot of homeserver.db takes ${snapshotSeconds} s`);
-      for (const tool of tools(e)) {
-        const key = TOOL_KEYS[tool.name]!;
-        if (skip.has(key)) continue;
-        const isBaseline = key === 'gpg' || key === 'seed' || key === 'local' || key === 'relay';
-        if (isBaseline && !baselineSizes.has(size)) continue;
-        type Run = Measure & { ok: boolean; stderr: string; load: number };
-        const runs: Record<'create' | 'restore', Run[]> = { create: [], restore: [] };
-        const repeated = (key === 'ours' || key === 'floor') && size === sizes[0];
-        const times = repeated ? repeat : 1;
-        for (let i = 0; i < times; i++) {
-          // Create (timed), then restore that object (timed), then remove it.
-          const id = `${key}-${size}-${Date.now()}`;
-          const target = path.join(e.work, `restore-${id}`);
-          fs.mkdirSync(target);
-          for (const operation of ['create', 'restore'] as const) {
-            log(`${size} MiB ${tool.name} ${operation}${times > 1 ? ` #${i + 1}` : ''}`);
-            await settle(e);
-            const load = loadAverage();
-            const m = timed(
-              e,
-              operation === 'create' ? tool.create(dataDir, id) : tool.restore(id, target),
-            );
-            if (m.ok && operation === 'restore') {
-              // Everything back? (Ours also checks SHA-256 and counts against its manifest.)
-              const got = treeStats(target);
-              const expectedFiles = source.files - 3; // not the stamp and the two cache files
-              if (got.files !== expectedFiles || got.bytes < source.bytes * 0.99) {
-                m.ok = false;
-                m.stderr = `restored ${got.files} files (${got.bytes} bytes), expected ${expectedFiles}`;
-              }
-            }
-            runs[operation].push({ ...m, load });
-            log(
-              `    ${m.ok ? '' : `FAILED (${m.stderr}) `}${m.wallSeconds} s, ${(tarBytes / 1e6 / m.wallSeconds).toFixed(0)} MB/s, ${m.peakRssMiB} MiB`,
-            );
-            if (!m.ok) break;
-          }
-          fs.rmSync(target, { recursive: true, force: true });
-          spawnSync('bash', ['-c', tool.cleanup(id)], { env: e.env, stdio: 'ignore' });
-        }
-        for (const operation of ['create', 'restore'] as const) {
-          const list = runs[operation];
-          if (list.length === 0) continue;
-          const best = list.find((r) => r.wallSeconds === median(list.map((x) => x.wallSeconds)))!;
-          const cpuSeconds = +(best.userSeconds + best.sysSeconds).toFixed(2);
-          rows.push({
-            sizeMiB: size,
-            operation,
-            tool: tool.name,
-            bytes: tarBytes,
-            wallSeconds: best.wallSeconds,
-            mbPerSecond: +(tarBytes / 1e6 / best.wallSeconds).toFixed(1),
-            userSeconds: best.userSeconds,
-            sysSeconds: best.sysSeconds,
-            cpuSeconds,
-            minioCpuSeconds: best.minioCpuSeconds,
-            pebbleCpuSeconds: best.pebbleCpuSeconds,
-            allCpuSeconds: +(cpuSeconds + best.minioCpuSeconds + best.pebbleCpuSeconds).toFixed(2),
-            peakRssMiB: best.peakRssMiB,
-            loadAverage: best.load,
-            ok: list.every((r) => r.ok),
-            note: list.find((r) => !r.ok)?.stderr,
-          });
-        }
-      }
-    }
+    if (cases.has('sizes') || cases.has('kube')) await runSizes(e, rows, snapshots);
+    if (cases.has('files')) await runFiles(e, rows);
 
-    // Ratios: ours over each alternative, same size and operation (their wall / ours).
+    // Ratios: ours over each alternative, same data and operation (their wall / ours). In
+    // the file-count case the alternatives are tar -c (create) and tar -c | tar -x (restore).
     for (const row of rows) {
       if (!row.tool.startsWith('ours')) continue;
       row.ratios = {};
       for (const other of rows) {
-        if (other.sizeMiB !== row.sizeMiB || other.operation !== row.operation) continue;
+        if (other.label !== row.label || other.operation !== row.operation) continue;
         if (other.tool.startsWith('ours')) continue;
-        row.ratios[other.tool] = +(other.wallSeconds / row.wallSeconds).toFixed(2);
+        const name = other.tool.startsWith('tar') ? 'floor' : other.tool;
+        row.ratios[name] = +(other.wallSeconds / row.wallSeconds).toFixed(2);
       }
     }
     const result = {
@@ -552,6 +751,8 @@ async function main(): Promise<void> {
         sizesMiB: sizes,
         baselinesAtMiB: [...baselineSizes],
         repeat,
+        cases: [...cases],
+        fileCounts: cases.has('files') ? fileCounts : [],
         minioDir: e.minioDir.startsWith('/dev/shm') ? 'tmpfs (/dev/shm)' : e.minioDir,
       },
       rows,
@@ -564,6 +765,7 @@ async function main(): Promise<void> {
     process.stdout.write(`${table(result)}\n`);
     log(`wrote ${args.out} (${result.benchSeconds} s)`);
   } finally {
+    await e.kube?.stop().catch(() => undefined);
     stopDaemons();
     await sleep(200);
     fs.rmSync(e.work, { recursive: true, force: true });
@@ -577,6 +779,7 @@ export function table(result: {
   rows: Row[];
   encryptionStage: unknown[];
   snapshotSeconds?: Record<number, number>;
+  // (Older results lack the newer row fields; the table copes.)
   settings?: { repeat?: number; minioDir?: string; sizesMiB?: number[] };
 }): string {
   const m = result.machine;
@@ -584,17 +787,37 @@ export function table(result: {
   const lines = [
     `Machine: ${m.cpu}, ${m.cpus} CPUs, ${m.memoryGiB} GiB RAM, Linux ${m.kernel}; node ${m.node}; MinIO ${String(m.minio).split('@')[1]} and the engine on the same host${st?.minioDir ? `; MinIO data on ${st.minioDir}` : ''}.${st?.repeat && st.repeat > 1 ? ` ours (pebble) and the floor: median of ${st.repeat} runs at ${st.sizesMiB?.[0] ?? '?'} MiB.` : ''}`,
     '',
-    '| size | op | tool | wall s | MB/s | CPU s | all CPU s | peak RSS MiB | vs floor | vs gpg | vs seed |',
-    '|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|',
+    '| size | op | tool | wall s | flush s | MB/s | CPU s | all CPU s | peak RSS MiB | vs floor | vs gpg | vs seed |',
+    '|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|',
   ];
   const ratio = (r: Row, tool: string) => {
     const v = r.ratios?.[tool];
     return v === undefined ? '' : `${v.toFixed(2)}x`;
   };
-  for (const r of result.rows) {
+  // A pipe inside a cell ("tar -c | tar -x") is escaped, or it would split the cell.
+  const tool = (r: Row) => `${r.tool.replace(/\|/g, '\\|')}${r.ok ? '' : ' (FAILED)'}`;
+  const flush = (r: Row) => (r.flushSeconds === undefined ? '' : r.flushSeconds.toFixed(1));
+  // Older results have no label: their size.
+  const label = (r: Row) =>
+    r.label ?? (r.sizeMiB >= 1024 ? `${r.sizeMiB / 1024} GiB` : `${r.sizeMiB} MiB`);
+  const bySize = result.rows.filter((r) => r.files === undefined);
+  const byFiles = result.rows.filter((r) => r.files !== undefined);
+  for (const r of bySize) {
     lines.push(
-      `| ${r.sizeMiB >= 1024 ? `${r.sizeMiB / 1024} GiB` : `${r.sizeMiB} MiB`} | ${r.operation} | ${r.tool}${r.ok ? '' : ' (FAILED)'} | ${r.wallSeconds.toFixed(1)} | ${r.mbPerSecond.toFixed(0)} | ${r.cpuSeconds.toFixed(1)} | ${r.allCpuSeconds.toFixed(1)} | ${r.peakRssMiB} | ${ratio(r, 'floor')} | ${ratio(r, 'gpg')} | ${ratio(r, 'seed')} |`,
+      `| ${label(r)} | ${r.operation} | ${tool(r)} | ${r.wallSeconds.toFixed(1)} | ${flush(r)} | ${r.mbPerSecond.toFixed(0)} | ${r.cpuSeconds.toFixed(1)} | ${r.allCpuSeconds.toFixed(1)} | ${r.peakRssMiB} | ${ratio(r, 'floor')} | ${ratio(r, 'gpg')} | ${ratio(r, 'seed')} |`,
     );
+  }
+  if (byFiles.length > 0) {
+    lines.push(
+      '',
+      '| files | op | tool | wall s | flush s | µs per file | CPU s | all CPU s | peak RSS MiB | vs tar |',
+      '|---:|---|---|---:|---:|---:|---:|---:|---:|---:|',
+    );
+    for (const r of byFiles) {
+      lines.push(
+        `| ${r.files} | ${r.operation} | ${tool(r)} | ${r.wallSeconds.toFixed(1)} | ${flush(r)} | ${r.usPerFile?.toFixed(0) ?? ''} | ${r.cpuSeconds.toFixed(1)} | ${r.allCpuSeconds.toFixed(1)} | ${r.peakRssMiB} | ${ratio(r, 'floor')} |`,
+      );
+    }
   }
   const stage = result.encryptionStage as {
     stage: string;
@@ -602,11 +825,13 @@ export function table(result: {
     mbPerSecond: number;
     mbPerCpuSecond?: number;
   }[];
-  lines.push(
-    '',
-    '| stage alone (in memory, 64 KiB chunks, 1 MiB frames) | MB/s | MB per CPU second |',
-    '|---|---:|---:|',
-  );
+  if (stage.length > 0) {
+    lines.push(
+      '',
+      '| stage alone (in memory, 64 KiB chunks, 1 MiB frames) | MB/s | MB per CPU second |',
+      '|---|---:|---:|',
+    );
+  }
   for (const s of stage) {
     lines.push(
       `| ${s.stage}: ${s.impl} | ${s.mbPerSecond.toFixed(0)} | ${s.mbPerCpuSecond?.toFixed(0) ?? ''} |`,
@@ -621,7 +846,7 @@ export function table(result: {
   }
   lines.push(
     '',
-    'CPU s: user+sys of the tool’s process tree. all CPU s: that plus MinIO and Pebble (with the tar it runs) meanwhile. Ratios: their wall time / ours.',
+    'CPU s: user+sys of the tool’s process tree. all CPU s: that plus MinIO, Pebble (with the tar it runs) and, for ours (kubernetes), kube-apiserver, etcd and the kubelet (with its tar) meanwhile. flush s: ours’ restore flushing the staged files before the swap (in wall s). Ratios: their wall time / ours; for the file counts, tar -c (create) and tar -c | tar -x (restore) of the same selection.',
   );
   return lines.join('\n');
 }

@@ -4,10 +4,12 @@
 #
 #   1. tools: GNU tar, GNU time, gpg, curl (apt-get installs missing ones when run as root)
 #   2. builds build/synapse-backup.js if the sources changed, bundles the bench drivers
-#   3. peers: MinIO and Pebble (scripts/peers/install.sh: cached after the first build, ~6 min)
+#   3. peers: MinIO and Pebble (scripts/peers/install.sh: cached after the first build, ~6 min),
+#      and the Kubernetes rig for the kube case (etcd, kube-apiserver: 12-16 min the first time)
 #   4. meanwhile, a Python venv for the baselines: awscli, boto3 and aws-encryption-sdk, all
 #      pinned (cached in $SYNAPSE_BENCH_CACHE, default ~/.cache/synapse-backup-bench)
 #   5. meanwhile, Synapse-like data dirs of each size (bench/gen_data.py; cached, ~15 s per GiB)
+#      and, for the files case, media stores of 50k, 100k and 200k small files (~2 min in all)
 #   6. runs everything: node .bench/run.js
 #   7. the multipart uploader alone, ours against @aws-sdk/lib-storage: node .bench/upload-ab.js
 #      (bench/upload-ab.ts: 2 runs of each at the first size, 1 at the others)
@@ -17,7 +19,12 @@
 #   BENCH_BASELINES_AT=1024    sizes at which gpg, the seed's design and ours-local also run
 #   BENCH_REPEAT=3             runs of ours (pebble) and the floor at the first size (median kept)
 #   BENCH_MINIO_DIR=           where MinIO keeps data (default: /dev/shm when it has room)
-#   BENCH_SKIP=                any of: seed,gpg,local,relay,floor,ours,upload-ab
+#   BENCH_CASES=sizes,files,kube,stage,upload-ab   what runs (default: all):
+#                              sizes: 1/4 GiB rows; files: the file-count rows; kube: ours through
+#                              the Kubernetes API's exec at the first size; stage: the in-memory
+#                              crypto stages; upload-ab: the uploader alone
+#   BENCH_FILES=50000,100000,200000   file counts of the files case
+#   BENCH_SKIP=                any of: seed,gpg,local,relay,floor,ours,kube,upload-ab
 # Extra arguments go to bench/run.ts (e.g. `npm run bench -- --out /tmp/x.json`).
 set -euo pipefail
 
@@ -28,6 +35,12 @@ sizes="${BENCH_SIZES:-1024,4096}"
 baselines_at="${BENCH_BASELINES_AT:-${sizes%%,*}}"
 repeat="${BENCH_REPEAT:-3}"
 skip="${BENCH_SKIP:-}"
+cases="${BENCH_CASES:-sizes,files,kube,stage,upload-ab}"
+files="${BENCH_FILES:-50000,100000,200000}"
+has_case() { [[ ",$cases," == *",$1,"* ]]; }
+# The upload A/B is skipped by either setting.
+if ! has_case upload-ab; then skip="${skip:+$skip,}upload-ab"; fi
+run_cases="$(tr ',' '\n' <<<"$cases" | grep -vx upload-ab | paste -sd, -)"
 
 # awscli's pins are those of scripts/peers/install.sh's ESDK venv plus what awscli needs.
 BENCH_PINS=(
@@ -69,7 +82,7 @@ if [[ ! -f "$cli_js" || -n "$(find src scripts/bundle.mjs package.json package-l
   npm run --silent build
 fi
 mkdir -p .bench
-for driver in run crypto-stage upload-ab; do
+for driver in run crypto-stage upload-ab kube-engine; do
   npx --no-install esbuild "bench/$driver.ts" --bundle --platform=node --target=node20 \
     --outfile=".bench/$driver.js" --log-level=warning
 done
@@ -93,19 +106,30 @@ make_venv() {
 }
 
 make_data() {
-  local size
-  IFS=, read -r -a size_list <<<"$sizes"
-  for size in "${size_list[@]}"; do
-    log "data: $size MiB in $cache/data-$size"
-    python3 bench/gen_data.py "$cache/data-$size" "$size" >&2
-  done
+  local size n
+  if has_case sizes || has_case kube; then
+    IFS=, read -r -a size_list <<<"$sizes"
+    for size in "${size_list[@]}"; do
+      log "data: $size MiB in $cache/data-$size"
+      python3 bench/gen_data.py "$cache/data-$size" "$size" >&2
+    done
+  fi
+  if has_case files; then
+    IFS=, read -r -a file_list <<<"$files"
+    for n in "${file_list[@]}"; do
+      log "data: $n small files in $cache/files-$n"
+      python3 bench/gen_data.py "$cache/files-$n" 0 --files "$n" >&2
+    done
+  fi
 }
 
 make_venv &
 venv_job=$!
 make_data &
 data_job=$!
-bash scripts/peers/install.sh minio pebble >&2 || {
+peers=(minio pebble)
+if has_case kube; then peers+=(kube); fi
+bash scripts/peers/install.sh "${peers[@]}" >&2 || {
   kill "$venv_job" "$data_job" 2>/dev/null || true
   die "building the peers failed (see above)"
 }
@@ -117,7 +141,7 @@ wait "$data_job" || die "generating the data failed (see above)"
 # ---------------------------------------------------------------- 6. run
 log "preparation took $((SECONDS - t_start)) s; running the benchmark"
 node .bench/run.js --data-root "$cache" --sizes "$sizes" --baselines-at "$baselines_at" \
-  --venv "$venv" --repeat "$repeat" --skip "$skip" "$@"
+  --venv "$venv" --repeat "$repeat" --skip "$skip" --cases "$run_cases" --files "$files" "$@"
 if [[ ",$skip," != *,upload-ab,* ]]; then
   log "the multipart uploader alone: ours against @aws-sdk/lib-storage"
   node .bench/upload-ab.js --sizes "$sizes" --repeat 2

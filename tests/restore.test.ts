@@ -247,7 +247,7 @@ describeWithPeers(['minio', 'pebble'])('a restore that cannot lose data', () => 
       await expectUntouched(
         live,
         () => engine.restore({ id, services: SERVICES, allowMissingManifest: true }),
-        { code: 'corrupt', message: `backup ${id} is truncated (Incomplete message)` },
+        { code: 'corrupt', message: `backup ${id} is truncated (it ends before its final frame)` },
       );
     });
 

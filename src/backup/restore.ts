@@ -120,6 +120,7 @@ export async function restoreBackup(
     files: scanner.files,
     plaintextBytes: extracted.plaintext.bytes,
     durationSeconds: extracted.elapsedSeconds,
+    flushSeconds: extracted.flushSeconds,
     previousPath: kept ? `${ctx.dataDir}/${dirs.previous}` : undefined,
     ...(kept && kept.length ? { externalPreviousPaths: kept } : {}),
     oneTimeKeysRemoved,
@@ -137,7 +138,7 @@ async function extractToStaging(
   manifest: Manifest | undefined,
   dirs: RestoreDirs,
   scanner: TarScanner,
-): Promise<ReadCounts> {
+): Promise<ReadCounts & { flushSeconds: number }> {
   const stagingPath = `${ctx.dataDir}/${dirs.staging}`;
   await runCommand(ctx.workload, makeDirCommand(stagingPath), 'creating the staging directory');
   try {
@@ -156,8 +157,9 @@ async function extractToStaging(
       });
     }
     // On disk before Synapse stops: the swap below is renames only.
+    const flushStart = Date.now();
     await runCommand(ctx.workload, syncCommand(stagingPath), 'flushing the restored files to disk');
-    return extracted;
+    return { ...extracted, flushSeconds: (Date.now() - flushStart) / 1000 };
   } catch (err) {
     await removeTree(ctx, [stagingPath], err);
     throw err;

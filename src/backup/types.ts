@@ -151,6 +151,8 @@ export interface RestoreResult {
   files: number;
   plaintextBytes: number;
   durationSeconds: number;
+  /** Seconds of the flush (`sync -f`) of the staged files before the swap (part of the total). */
+  flushSeconds?: number;
   /** Where the replaced files were kept (keepPrevious), else undefined. */
   previousPath?: string;
   /** Kept too: the replaced items outside the data dir, each beside its path. */

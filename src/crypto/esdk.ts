@@ -4,6 +4,7 @@ import { buildDecrypt } from '@aws-crypto/decrypt-node';
 import { AlgorithmSuiteIdentifier, CommitmentPolicy } from '@aws-crypto/material-management-node';
 import { RawAesKeyringNode, RawAesWrappingSuiteIdentifier } from '@aws-crypto/raw-aes-keyring-node';
 import { BackupError, ConfigError } from '../errors';
+import { FramedDecryptStream, MessageFormatError } from './framed-decrypt';
 import { FramedEncryptStream, startMessage } from './framed-encrypt';
 
 /**
@@ -124,40 +125,54 @@ export function refuseOtherBackup(
 }
 
 /**
- * A duplex: ESDK message in, plaintext out. Errors are mapped by
- * {@link describeDecryptError}. With `expectedId`, the header's
- * `synapse-backup-id` (once the header has authenticated) must be that id, or
- * absent (a message of the original Python design): else the stream fails
- * with `wrong-backup` before any plaintext leaves it.
+ * A transform: ESDK message in, plaintext out (framed-decrypt.ts: suite 0x0478 only,
+ * every frame authenticated before a byte of it is pushed). Errors are mapped by
+ * {@link describeDecryptError}. With `expectedId`, the header's `synapse-backup-id`
+ * (once the header has authenticated) must be that id, or absent (a message of the
+ * original Python design): else the stream fails with `wrong-backup` before any
+ * plaintext leaves it.
  */
-export function createDecryptStream(passphrase: string, expectedId?: string): Duplex {
-  const stream = decryptUnsignedMessageStream(createKeyring(passphrase));
-  if (expectedId === undefined) return stream;
-  let checked = false;
-  stream.once('MessageHeader', (header: MessageHeaderContext) => {
-    const refused = refuseOtherBackup(header, expectedId);
-    if (refused) stream.destroy(refused);
-    else checked = true;
+export function createDecryptStream(passphrase: string, expectedId?: string): Transform {
+  return new FramedDecryptStream(createKeyring(passphrase), {
+    checkHeader:
+      expectedId === undefined ? undefined : (header) => refuseOtherBackup(header, expectedId),
   });
-  // Belt and braces: plaintext before the check is a failure, never output.
-  const push = stream.push.bind(stream);
-  stream.push = (chunk: unknown, encoding?: BufferEncoding): boolean => {
-    if (chunk !== null && !checked) {
-      stream.destroy(new BackupError('decrypt', 'plaintext came before the message header'));
-      return false;
-    }
-    return push(chunk, encoding);
-  };
-  return stream;
 }
 
 /**
- * Turns the SDK's terse errors into the operator's terms. Plaintext of earlier
- * frames may already have been emitted when these fire: callers must never
- * treat output as good before the stream has ended cleanly.
+ * The SDK's own streaming decryption (`decryptUnsignedMessageStream`), for comparison
+ * (bench/crypto-stage.ts) and as a second reader in tests. Same errors as above.
+ */
+export function createSdkDecryptStream(passphrase: string): Duplex {
+  return decryptUnsignedMessageStream(createKeyring(passphrase));
+}
+
+/**
+ * Turns decryption errors (framed-decrypt.ts's, and the SDK's terse ones) into the
+ * operator's terms. Plaintext of earlier frames may already have been emitted when
+ * these fire: callers must never treat output as good before the stream has ended
+ * cleanly.
  */
 export function describeDecryptError(err: unknown, what: string): BackupError {
   if (err instanceof BackupError) return err;
+  if (err instanceof MessageFormatError) {
+    if (err.kind === 'truncated') {
+      return new BackupError(
+        'corrupt',
+        `${what} is truncated (${err.message}); it cannot be restored`,
+      );
+    }
+    if (err.kind === 'damaged') {
+      return new BackupError(
+        'corrupt',
+        `${what} is damaged: its authentication check failed (${err.message}); it cannot be restored`,
+      );
+    }
+    return new BackupError(
+      'decrypt',
+      `${what} is not a readable encrypted backup (${err.message})`,
+    );
+  }
   const message = err instanceof Error ? err.message : String(err);
   if (/unencryptedDataKey has not been set/.test(message)) {
     return new BackupError(
