@@ -171,6 +171,20 @@ describe('the selection follows homeserver.yaml', () => {
     expect(await manifestOf(store, 'nolog')).toMatchObject({ missing: said });
   });
 
+  test('a new server: media_store_path named but no upload yet (no local_content): no warning', async () => {
+    const store = new MemoryStore();
+    const dir = (await tmpDir('selection-new')).path;
+    await write(
+      path.join(dir, 'homeserver.yaml'),
+      `server_name: "example.org"\nmedia_store_path: ${dir}/media_store\n`,
+    );
+    await write(path.join(dir, 'example.org.signing.key'), 'ed25519 a_x c2VlZA\n');
+    await fsp.mkdir(path.join(dir, 'media_store'));
+    const created = await memoryEngine(store, dir).create({ id: 'new' });
+    expect(created.missing).toBeUndefined();
+    expect(created.files).toBe(2);
+  });
+
   test('a data dir that does not exist: a clear error before anything is stored', async () => {
     const store = new MemoryStore();
     const dir = path.join((await tmpDir('selection-gone')).path, 'data');

@@ -209,7 +209,9 @@ class SelectionBuilder {
         },
       );
     }
-    if (c.key)
+    // Synapse makes local_content and local_thumbnails with the first upload: a new
+    // server has neither, which is no sign of a wrong media_store_path.
+    if (c.key && !c.media)
       this.absent.push(`${c.path} (homeserver.yaml's ${c.key}) does not exist: not in this backup`);
   }
 
