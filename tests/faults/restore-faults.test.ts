@@ -168,7 +168,7 @@ describeWithPeers(['minio', 'pebble'])('restore faults through restore-backup', 
     try {
       await failingRestore(
         'good',
-        'cannot decrypt backup good: the passphrase does not match the one it was encrypted with',
+        'cannot decrypt backup good: the passphrase does not match the one it was encrypted with; set backup-passphrase to the passphrase in use when this backup was made',
       );
     } finally {
       bed.setPassphrase(bed.passphrase);
