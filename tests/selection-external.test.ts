@@ -13,6 +13,7 @@ import { removeLeftoversCommand } from '../src/backup/scripts';
 import { ArchiveRejectedError, TarScanner, confinedEntryPolicy } from '../src/backup/tar';
 import { runCommand } from '../src/workload/command';
 import { LocalWorkload } from '../src/workload/local';
+import type { Manifest } from '../src/backup/manifest';
 import { buildTar } from './support/backups';
 import { MemoryStore } from './support/memory-store';
 import { memoryEngine } from './support/memory-engine';
@@ -289,5 +290,75 @@ describe("create's entry policy and a live server, outside the data dir", () => 
     await memoryEngine(store, dataDir).restore({ id: 'live' });
     expect(await fsp.readFile(path.join(lc, 'ab/cd/m1'), 'utf8')).toBe('media one');
     await expect(fsp.lstat(path.join(lc, 'ab/p'))).rejects.toThrow(/ENOENT/);
+  });
+});
+
+describe('the manifest cannot widen what a restore replaces (its selection is bound to the encrypted header)', () => {
+  const refusal = (id: string) =>
+    `backup ${id}'s manifest does not match its encrypted header: the items, roots or data dir it lists were changed after the backup was made; refused, nothing was changed`;
+
+  test('a root widened to its parent, or an item to its folder, is refused by verify and restore; nothing changes', async () => {
+    const store = new MemoryStore();
+    const { dataDir, media } = await packageLayout();
+    await memoryEngine(store, dataDir).create({ id: 'bound' });
+    const key = store.key('bound.manifest.json');
+    const original = await store.getText(key);
+    const m = JSON.parse(original) as Manifest;
+    // Someone who can write the bucket, without the passphrase: the whole media dir.
+    const widened = {
+      ...m,
+      roots: [{ name: `@external${media}`, path: media }],
+      items: m.items!.map((i) => (i.endsWith('/media/local_content') ? `@external${media}` : i)),
+    };
+    await store.putText(key, JSON.stringify(widened), 'application/json');
+    await write(path.join(media, 'precious.txt'), 'not in any backup');
+    await expect(memoryEngine(store, dataDir).verify('bound')).rejects.toMatchObject({
+      code: 'corrupt',
+      message: refusal('bound'),
+    });
+    await expect(memoryEngine(store, dataDir).restore({ id: 'bound' })).rejects.toMatchObject({
+      code: 'corrupt',
+      message: refusal('bound'),
+    });
+    expect(await fsp.readFile(path.join(media, 'precious.txt'), 'utf8')).toBe('not in any backup');
+    expect(await fsp.readFile(path.join(media, 'remote_content/x/r1'), 'utf8')).toBe('remote');
+
+    // Items dropped (to make it look like an older engine's backup): refused too.
+    const bare: Partial<Manifest> = { ...m };
+    delete bare.items;
+    delete bare.databases;
+    await store.putText(key, JSON.stringify(bare), 'application/json');
+    await expect(memoryEngine(store, dataDir).restore({ id: 'bound' })).rejects.toMatchObject({
+      message: refusal('bound'),
+    });
+    // The manifest as written: the restore runs.
+    await store.putText(key, original, 'application/json');
+    await expect(memoryEngine(store, dataDir).restore({ id: 'bound' })).resolves.toMatchObject({
+      backupId: 'bound',
+    });
+  });
+
+  test("a data dir's item widened to its folder (media_store for media_store/local_content) is refused", async () => {
+    const store = new MemoryStore();
+    const dataDir = (await tmpDir('bound-items')).path;
+    await write(path.join(dataDir, 'homeserver.yaml'), 'server_name: "example.org"\n');
+    await write(path.join(dataDir, 'example.org.signing.key'), 'ed25519 a_x c2VlZA\n');
+    await write(path.join(dataDir, 'media_store/local_content/ab/m1'), 'media');
+    await write(path.join(dataDir, 'media_store/remote_content/x/r1'), 'remote cache');
+    await memoryEngine(store, dataDir).create({ id: 'items' });
+    const key = store.key('items.manifest.json');
+    const m = JSON.parse(await store.getText(key)) as Manifest;
+    expect(m.items).toContain('media_store/local_content');
+    const widened = {
+      ...m,
+      items: m.items!.map((i) => (i === 'media_store/local_content' ? 'media_store' : i)),
+    };
+    await store.putText(key, JSON.stringify(widened), 'application/json');
+    await expect(memoryEngine(store, dataDir).restore({ id: 'items' })).rejects.toMatchObject({
+      message: refusal('items'),
+    });
+    expect(await fsp.readFile(path.join(dataDir, 'media_store/remote_content/x/r1'), 'utf8')).toBe(
+      'remote cache',
+    );
   });
 });

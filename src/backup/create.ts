@@ -7,6 +7,7 @@ import { BACKUP_ID_CONTEXT_KEY, createEncryptStream, encryptionParameters } from
 import { BackupError, InterruptedError, errorMessage, remedyOf } from '../errors';
 import { ENGINE_NAME, ENGINE_VERSION } from '../version';
 import { runCommand } from '../workload/command';
+import { SELECTION_CONTEXT_KEY, type BoundSelection, selectionDigest } from './binding';
 import { manifestKey, objectKey } from './catalog';
 import { type EngineContext, checkInterrupted, passphraseOf, progressTicker } from './context';
 import { type ServerIdentity, readServerIdentity } from './identity';
@@ -84,7 +85,11 @@ export async function createBackup(
       new EndGate(tarSucceeded),
       scanner,
       plaintext,
-      createEncryptStream(passphrase, ctx.frameLength, { [BACKUP_ID_CONTEXT_KEY]: id }),
+      createEncryptStream(passphrase, ctx.frameLength, {
+        [BACKUP_ID_CONTEXT_KEY]: id,
+        // What the manifest will list as the selection: a restore refuses a manifest edited after.
+        [SELECTION_CONTEXT_KEY]: selectionDigest(boundSelection(ctx, selection)),
+      }),
       ciphertext,
     ],
     { consumer: upload, onFailure: () => proc.kill(), signal: ctx.signal },
@@ -215,7 +220,6 @@ function manifestOf(
     entries: scanner.entries,
     sha256: plaintext.sha256,
     encryption: encryptionParameters(ctx.frameLength),
-    dataDir: ctx.dataDir,
     serverName: identity.serverName,
     signingKeyId: identity.signingKeyId,
     ...(notes.skipped.count > 0
@@ -224,9 +228,7 @@ function manifestOf(
     ...(notes.warnings.count > 0
       ? { warnings: notes.warnings.items, warningsCount: notes.warnings.count }
       : {}),
-    items: selection.items,
-    databases: selection.databases,
-    ...(selection.roots.length ? { roots: selection.roots } : {}),
+    ...boundSelection(ctx, selection),
     ...(selection.missing.length ? { missing: selection.missing } : {}),
     ...(selection.notIncluded.length ? { notIncluded: selection.notIncluded } : {}),
     engine: { name: ENGINE_NAME, version: ENGINE_VERSION },
@@ -334,4 +336,14 @@ async function cleanUpFailedCreate(
 function settledValue<T>(result: PromiseSettledResult<T>): T {
   if (result.status === 'rejected') throw result.reason;
   return result.value;
+}
+
+/** The manifest's selection fields, which the encrypted header binds (binding.ts). */
+function boundSelection(ctx: EngineContext, selection: Selection): BoundSelection {
+  return {
+    dataDir: ctx.dataDir,
+    items: selection.items,
+    databases: selection.databases,
+    ...(selection.roots.length ? { roots: selection.roots } : {}),
+  };
 }

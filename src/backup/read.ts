@@ -11,6 +11,7 @@ import {
   refuseOtherBackup,
 } from '../crypto/esdk';
 import { BackupError, InterruptedError, errorMessage } from '../errors';
+import { refuseUnboundSelection } from './binding';
 import { completeManifest, objectKey } from './catalog';
 import { type EngineContext, passphraseOf, progressTicker } from './context';
 import { manifestRoots } from './external';
@@ -41,13 +42,14 @@ export async function readArchive(
   phase: Progress['phase'],
   sink: Writable,
   scanner?: TarScanner,
+  manifest?: Manifest,
 ): Promise<ReadCounts> {
   const passphrase = passphraseOf(ctx);
   const { body } = await ctx.store.getStream(objectKey(ctx, id));
   const ciphertext = new ByteCounter();
   const plaintext = new HashingCounter();
   const ticker = progressTicker(ctx, phase, () => plaintext.bytes);
-  const decrypt = createDecryptStream(passphrase, id);
+  const decrypt = createDecryptStream(passphrase, id, bindingCheck(id, manifest));
   const stages: Stage[] = [body, ciphertext, decrypt];
   if (scanner) stages.push(scanner);
   stages.push(plaintext, sink);
@@ -105,7 +107,7 @@ export async function verifyBackup(ctx: EngineContext, id: string): Promise<Veri
   );
   const discard = new Writable({ write: (_chunk, _enc, done) => done() });
   const { plaintext, ciphertext, elapsedSeconds } = await withCleanup(
-    readArchive(ctx, id, 'verify', discard, scanner),
+    readArchive(ctx, id, 'verify', discard, scanner, manifest),
     'the read was stopped; nothing to clean up',
   );
   compareWithManifest(manifest, {
@@ -136,7 +138,7 @@ export async function decryptBackup(
     ? await completeManifest(ctx, id, true)
     : await completeManifest(ctx, id);
   const { plaintext, ciphertext } = await withCleanup(
-    readArchive(ctx, id, 'decrypt', output),
+    readArchive(ctx, id, 'decrypt', output, undefined, manifest),
     'the read was stopped; the output is incomplete',
   );
   if (manifest) {
@@ -163,14 +165,19 @@ export async function withCleanup<T>(read: Promise<T>, cleanedUp: string): Promi
  * Decrypts just the message header: a wrong passphrase, or another backup's
  * object under this id (`wrong-backup`), fails here, before anything is written.
  */
-export async function checkPassphrase(ctx: EngineContext, id: string): Promise<void> {
+export async function checkPassphrase(
+  ctx: EngineContext,
+  id: string,
+  manifest?: Manifest,
+): Promise<void> {
   const passphrase = passphraseOf(ctx);
   const { body } = await ctx.store.getStream(objectKey(ctx, id), { end: 64 * 1024 - 1 });
-  const decrypt = createDecryptStream(passphrase, id);
+  const check = bindingCheck(id, manifest);
+  const decrypt = createDecryptStream(passphrase, id, check);
   try {
     await new Promise<void>((resolve, reject) => {
       decrypt.once('MessageHeader', (header: MessageHeaderContext) => {
-        const refused = refuseOtherBackup(header, id);
+        const refused = refuseOtherBackup(header, id) ?? check?.(header);
         if (refused) reject(refused);
         else resolve();
       });
@@ -186,4 +193,12 @@ export async function checkPassphrase(ctx: EngineContext, id: string): Promise<v
     body.destroy();
     decrypt.destroy();
   }
+}
+
+/** The manifest's selection must be the one the header binds (binding.ts); none without a manifest. */
+function bindingCheck(
+  id: string,
+  manifest: Manifest | undefined,
+): ((header: MessageHeaderContext) => Error | undefined) | undefined {
+  return manifest && ((header) => refuseUnboundSelection(header, id, manifest));
 }

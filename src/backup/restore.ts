@@ -75,7 +75,7 @@ export async function restoreBackup(
     : await completeManifest(ctx, id);
   await refuseOtherServer(ctx, id, manifest?.serverName, request);
   refuseRootsElsewhere(manifest, id, ctx.dataDir, request.force);
-  await checkPassphrase(ctx, id);
+  await checkPassphrase(ctx, id, manifest);
   await checkFreeSpace(ctx, id, manifest);
 
   await runCommand(ctx.workload, removeLeftoversCommand(ctx.dataDir), 'removing leftovers');
@@ -147,7 +147,7 @@ async function extractToStaging(
       { command: tarExtractCommand(stagingPath), directStdin: true },
       `tar extracting into ${stagingPath}`,
     );
-    const extracted = await readArchive(ctx, id, 'restore', sink, scanner);
+    const extracted = await readArchive(ctx, id, 'restore', sink, scanner, manifest);
     if (manifest) {
       compareWithManifest(manifest, {
         plaintextBytes: extracted.plaintext.bytes,

@@ -130,12 +130,17 @@ export function refuseOtherBackup(
  * {@link describeDecryptError}. With `expectedId`, the header's `synapse-backup-id`
  * (once the header has authenticated) must be that id, or absent (a message of the
  * original Python design): else the stream fails with `wrong-backup` before any
- * plaintext leaves it.
+ * plaintext leaves it; then `checkHeader`'s error, if any, fails it the same way.
  */
-export function createDecryptStream(passphrase: string, expectedId?: string): Transform {
+export function createDecryptStream(
+  passphrase: string,
+  expectedId?: string,
+  checkHeader?: (header: MessageHeaderContext) => Error | undefined,
+): Transform {
   return new FramedDecryptStream(createKeyring(passphrase), {
-    checkHeader:
-      expectedId === undefined ? undefined : (header) => refuseOtherBackup(header, expectedId),
+    checkHeader: (header) =>
+      (expectedId === undefined ? undefined : refuseOtherBackup(header, expectedId)) ??
+      checkHeader?.(header),
   });
 }
 
