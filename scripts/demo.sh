@@ -218,7 +218,7 @@ def media_path(kind, mid):  # Synapse's layout: local_content/ab/cd/efgh...
 
 os.makedirs(root)
 write("homeserver.yaml", f"""server_name: "{server}"
-pid_file: /data/homeserver.pid
+pid_file: homeserver.pid
 listeners:
   - port: 8008
     tls: false
@@ -230,10 +230,10 @@ listeners:
 database:
   name: sqlite3
   args:
-    database: /data/homeserver.db
-log_config: "/data/{server}.log.config"
-media_store_path: /data/media_store
-signing_key_path: "/data/{server}.signing.key"
+    database: homeserver.db
+log_config: "{server}.log.config"
+media_store_path: media_store
+signing_key_path: "{server}.signing.key"
 report_stats: false
 trusted_key_servers:
   - server_name: "matrix.org"

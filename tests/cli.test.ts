@@ -221,6 +221,64 @@ describeWithPeers(['minio'])('synapse-backup CLI (built bundle, real MinIO)', ()
     expect(human.out).toMatch(/^created backup pg-2: 2 files, /);
   });
 
+  test('--config-root /data: a volume the official image wrote, mounted elsewhere, backs up its /data/... paths as data-dir items; without it the error names --config-root', async () => {
+    const dir = await tmpDir('cli-config-root');
+    const server = 'cfgroot.example.org';
+    await fsp.writeFile(
+      path.join(dir.path, 'homeserver.yaml'),
+      [
+        `server_name: "${server}"`,
+        'media_store_path: /data/media_store',
+        `signing_key_path: "/data/${server}.signing.key"`,
+        `log_config: "/data/${server}.log.config"`,
+        'pid_file: /data/homeserver.pid',
+        '',
+      ].join('\n'),
+    );
+    await fsp.writeFile(path.join(dir.path, `${server}.signing.key`), 'ed25519 a_cr c2VlZA\n');
+    await fsp.writeFile(path.join(dir.path, `${server}.log.config`), 'version: 1\n');
+    await fsp.mkdir(path.join(dir.path, 'media_store/local_content/ab/cd'), { recursive: true });
+    await fsp.writeFile(path.join(dir.path, 'media_store/local_content/ab/cd/m1'), 'media');
+    const s3 = [
+      ...['--endpoint', minio.endpoint, '--region', 'us-east-1', '--uri-style', 'path'],
+      ...['--bucket', minio.bucket, '--prefix', `${PREFIX}-config-root`],
+    ];
+
+    const without = await cli(['create', '--data-dir', dir.path, '--id', 'cr-0', ...s3], {
+      s3Flags: false,
+    });
+    expect(without.code).toBe(1);
+    expect(errorLine(without)).toContain(
+      `homeserver.yaml's signing_key_path /data/${server}.signing.key does not exist`,
+    );
+    expect(errorLine(without)).toContain('pass --config-root /data');
+
+    const run = await cli(
+      ['create', '--data-dir', dir.path, '--config-root', '/data', '--id', 'cr-1', '--json', ...s3],
+      { s3Flags: false },
+    );
+    expect(run.stderr).toBe('');
+    expect(run.code).toBe(0);
+    expect(JSON.parse(run.out)).toMatchObject({ 'backup-id': 'cr-1', files: 4 });
+
+    const plain = await cli(['decrypt', '--id', 'cr-1', ...s3], { s3Flags: false });
+    expect(plain.code).toBe(0);
+    const tarFile = path.join(dir.path, '..', 'cli-config-root.tar');
+    await fsp.writeFile(tarFile, plain.stdout);
+    const listing = spawnSync('tar', ['-tf', tarFile], { encoding: 'utf8' });
+    expect(listing.status).toBe(0);
+    const names = listing.stdout.split('\n').filter(Boolean);
+    expect(names).toEqual(
+      expect.arrayContaining([
+        'homeserver.yaml',
+        `${server}.signing.key`,
+        `${server}.log.config`,
+        'media_store/local_content/ab/cd/m1',
+      ]),
+    );
+    expect(names.filter((n) => n.includes('external') || n.startsWith('@'))).toEqual([]);
+  });
+
   test('list --json: every backup with its status and size; list: a table', async () => {
     const run = await cli(['list', '--json']);
     expect(run.code).toBe(0);

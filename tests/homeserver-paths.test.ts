@@ -1,4 +1,8 @@
-import { homeserverPaths, parseHomeserverConfig } from '../src/backup/homeserver';
+import {
+  homeserverPaths,
+  parseHomeserverConfig,
+  resolveConfigPath,
+} from '../src/backup/homeserver';
 import { BackupError } from '../src/errors';
 
 describe('homeserverPaths: where homeserver.yaml says Synapse keeps its data', () => {
@@ -72,5 +76,51 @@ describe('homeserverPaths: where homeserver.yaml says Synapse keeps its data', (
       /\/data\/homeserver.yaml is not valid YAML/,
     );
     expect(parseHomeserverConfig('- a\n', '/data').config).toEqual({});
+  });
+});
+
+describe('configRoot: a config written for /data, its volume mounted elsewhere', () => {
+  it('maps <configRoot>/x to <dataDir>/x before anything else; other paths stay', () => {
+    const p = homeserverPaths(
+      {
+        server_name: 'example.org',
+        media_store_path: '/data/media_store',
+        signing_key_path: '/data/example.org.signing.key',
+        database: { name: 'sqlite3', args: { database: '/data/homeserver.db' } },
+        log_config: '/data/example.org.log.config',
+        pid_file: '/data/homeserver.pid',
+        app_service_config_files: ['/data/bridges/irc.yaml', 'relative.yaml'],
+        tls_certificate_path: '/etc/ssl/synapse.crt',
+      },
+      '/mnt/synapse',
+      '/data',
+    );
+    expect(p).toEqual({
+      configPath: '/mnt/synapse/homeserver.yaml',
+      serverName: 'example.org',
+      signingKeyPath: '/mnt/synapse/example.org.signing.key',
+      mediaStorePath: '/mnt/synapse/media_store',
+      databases: [{ engine: 'sqlite3', name: 'master', path: '/mnt/synapse/homeserver.db' }],
+      logConfig: '/mnt/synapse/example.org.log.config',
+      pidFile: '/mnt/synapse/homeserver.pid',
+      referencedFiles: [
+        '/mnt/synapse/bridges/irc.yaml',
+        '/mnt/synapse/relative.yaml',
+        '/etc/ssl/synapse.crt',
+      ],
+    });
+  });
+
+  it('matches whole path components, the root itself and unnormalised spellings', () => {
+    expect(resolveConfigPath('/data', '/mnt/s', '/data')).toBe('/mnt/s');
+    expect(resolveConfigPath('/data/../data/k', '/mnt/s', '/data/')).toBe('/mnt/s/k');
+    expect(resolveConfigPath('/database/k', '/mnt/s', '/data')).toBe('/database/k');
+    expect(resolveConfigPath('/data/k', '/mnt/s')).toBe('/data/k');
+    expect(resolveConfigPath('k', '/mnt/s', '/data')).toBe('/mnt/s/k');
+  });
+
+  it('parseHomeserverConfig passes the config root on', () => {
+    const c = parseHomeserverConfig('signing_key_path: /data/k\n', '/mnt/s', '/data');
+    expect(c.paths.signingKeyPath).toBe('/mnt/s/k');
   });
 });

@@ -13,6 +13,8 @@ export interface EngineContext {
   readonly workload: Workload;
   /** Synapse's data directory inside the workload: an absolute path. */
   readonly dataDir: string;
+  /** See EngineOptions.configRoot: absolute, or undefined. */
+  readonly configRoot: string | undefined;
   /** The bucket's name, for messages. */
   readonly bucket: string;
   /** Undefined when none was given: see {@link passphraseOf}. */

@@ -142,8 +142,8 @@ async function prepareCreate(
   const [existing, leftovers, identityRead, selectionRead] = await Promise.allSettled([
     refuseExisting(ctx, id),
     runCommand(ctx.workload, removeLeftoversCommand(ctx.dataDir), 'removing leftovers'),
-    readServerIdentity(ctx.workload, ctx.dataDir),
-    readSelection(ctx.workload, ctx.dataDir),
+    readServerIdentity(ctx.workload, ctx.dataDir, ctx.configRoot),
+    readSelection(ctx.workload, ctx.dataDir, ctx.configRoot),
   ]);
   try {
     settledValue(existing);

@@ -46,6 +46,10 @@ export class BackupEngine {
     if (!dataDir.startsWith('/')) {
       throw new ConfigError(`the data directory must be an absolute path, not "${dataDir}"`);
     }
+    const configRoot = options.configRoot;
+    if (configRoot !== undefined && !configRoot.startsWith('/')) {
+      throw new ConfigError(`the config root must be an absolute path, not "${configRoot}"`);
+    }
     const frameLength = validateFrameLength(options.frameLength ?? DEFAULT_FRAME_LENGTH);
     const partSize = options.partSize ?? DEFAULT_PART_SIZE;
     if (!Number.isInteger(partSize) || partSize < MIN_PART_SIZE) {
@@ -59,6 +63,7 @@ export class BackupEngine {
       store: options.store ?? new ObjectStore(options.s3),
       workload: options.workload,
       dataDir,
+      configRoot,
       bucket: options.s3.bucket,
       passphrase: options.passphrase,
       frameLength,

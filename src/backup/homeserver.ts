@@ -16,6 +16,10 @@
  * Synapse makes relative paths absolute against its working directory
  * (`Config.abspath`); here they are taken relative to the data dir, which is
  * where the charm and the official image run it.
+ *
+ * `configRoot` (the CLI's --config-root) is where the config's absolute paths
+ * were written for: a volume the official image wrote as /data, mounted
+ * elsewhere. `<configRoot>/x` is read as `<dataDir>/x` before anything else.
  */
 import { posix } from 'node:path';
 import { parse } from 'yaml';
@@ -64,16 +68,37 @@ export interface HomeserverPaths {
 }
 
 /**
+ * A path homeserver.yaml names, as a path in the workload: relative ones against
+ * the data dir; absolute ones under `configRoot` (when given) moved to the same
+ * place under the data dir; others as they are.
+ */
+export function resolveConfigPath(value: string, dataDir: string, configRoot?: string): string {
+  const path = posix.resolve(dataDir, value);
+  if (configRoot === undefined) return path;
+  const rel = posix.relative(posix.resolve(configRoot), path);
+  if (rel === '' || (!rel.startsWith('..') && !posix.isAbsolute(rel))) {
+    return posix.resolve(dataDir, rel);
+  }
+  return path;
+}
+
+/**
  * The paths of a parsed homeserver.yaml (`config`: the YAML's top-level mapping;
  * anything else counts as empty). Pure: nothing is read or checked for existence.
  */
-export function homeserverPaths(config: unknown, dataDir: string): HomeserverPaths {
+export function homeserverPaths(
+  config: unknown,
+  dataDir: string,
+  configRoot?: string,
+): HomeserverPaths {
   const c: Record<string, unknown> =
     config && typeof config === 'object' && !Array.isArray(config)
       ? (config as Record<string, unknown>)
       : {};
   const at = (value: unknown): string | undefined =>
-    typeof value === 'string' && value !== '' ? posix.resolve(dataDir, value) : undefined;
+    typeof value === 'string' && value !== ''
+      ? resolveConfigPath(value, dataDir, configRoot)
+      : undefined;
   const serverName = typeof c.server_name === 'string' ? c.server_name : undefined;
   const signingKeyPath =
     'signing_key' in c
@@ -128,13 +153,14 @@ export interface HomeserverConfig {
 }
 
 /**
- * Reads `<dataDir>/homeserver.yaml` through the workload. Resolves undefined when the
+ * Reads `<dataDir>/homeserver.yaml` through the workload (`configRoot`: see resolveConfigPath). Resolves undefined when the
  * file does not exist; throws BackupError `invalid-config` (from parseHomeserverConfig)
  * when it is not YAML, and the workload's errors when it cannot be read.
  */
 export async function readHomeserverConfig(
   workload: Workload,
   dataDir: string,
+  configRoot?: string,
 ): Promise<HomeserverConfig | undefined> {
   const configPath = posix.join(dataDir, HOMESERVER_CONFIG);
   if (!(await fileExists(workload, configPath))) return undefined;
@@ -143,11 +169,24 @@ export async function readHomeserverConfig(
     readSmallFileCommand(configPath),
     `reading ${configPath}`,
   );
-  return parseHomeserverConfig(text, dataDir);
+  return parseHomeserverConfig(text, dataDir, configRoot);
+}
+
+/** readHomeserverConfig for an engine context: its workload, data dir and config root. */
+export function readHomeserverConfigOf(ctx: {
+  workload: Workload;
+  dataDir: string;
+  configRoot?: string;
+}): Promise<HomeserverConfig | undefined> {
+  return readHomeserverConfig(ctx.workload, ctx.dataDir, ctx.configRoot);
 }
 
 /** Parses homeserver.yaml's text; BackupError `invalid-config` (with the YAML error) if it is not YAML. */
-export function parseHomeserverConfig(text: string, dataDir: string): HomeserverConfig {
+export function parseHomeserverConfig(
+  text: string,
+  dataDir: string,
+  configRoot?: string,
+): HomeserverConfig {
   let parsed: unknown;
   try {
     parsed = parse(text);
@@ -161,5 +200,5 @@ export function parseHomeserverConfig(text: string, dataDir: string): Homeserver
     parsed && typeof parsed === 'object' && !Array.isArray(parsed)
       ? (parsed as Record<string, unknown>)
       : {};
-  return { text, config, paths: homeserverPaths(config, dataDir) };
+  return { text, config, paths: homeserverPaths(config, dataDir, configRoot) };
 }

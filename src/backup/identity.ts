@@ -16,10 +16,14 @@ async function readIfExists(workload: Workload, path: string): Promise<string | 
   return runCommand(workload, readSmallFileCommand(path), `reading ${path}`);
 }
 
-/** Reads server_name from homeserver.yaml and the signing key's id; missing pieces stay undefined. */
+/**
+ * Reads server_name from homeserver.yaml and the signing key's id; missing pieces stay
+ * undefined. `configRoot`: see homeserver.ts resolveConfigPath.
+ */
 export async function readServerIdentity(
   workload: Workload,
   dataDir: string,
+  configRoot?: string,
 ): Promise<ServerIdentity> {
   const configText = await readIfExists(workload, `${dataDir}/homeserver.yaml`);
   if (configText === undefined) return {};
@@ -30,7 +34,7 @@ export async function readServerIdentity(
   } catch {
     return {};
   }
-  const { serverName, signingKeyPath: keyPath } = homeserverPaths(config, dataDir);
+  const { serverName, signingKeyPath: keyPath } = homeserverPaths(config, dataDir, configRoot);
   const keyText = keyPath ? await readIfExists(workload, keyPath) : undefined;
   return { serverName, signingKeyId: keyText ? parseSigningKeyId(keyText) : undefined };
 }

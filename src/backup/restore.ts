@@ -209,7 +209,7 @@ async function refuseOtherServer(
   request: RestoreRequest,
 ): Promise<void> {
   if (!backupServer || request.force) return;
-  const live = await readServerIdentity(ctx.workload, ctx.dataDir);
+  const live = await readServerIdentity(ctx.workload, ctx.dataDir, ctx.configRoot);
   const current = live.serverName ?? request.expectedServerName;
   if (current && current !== backupServer) {
     throw new BackupError(

@@ -14,7 +14,7 @@
 import { BackupError } from '../errors';
 import { runCommand } from '../workload/command';
 import type { EngineContext } from './context';
-import { homeserverPaths, readHomeserverConfig } from './homeserver';
+import { homeserverPaths, readHomeserverConfigOf } from './homeserver';
 
 /**
  * Finds a live Synapse of this data dir in the workload and prints `pid <pid>`
@@ -58,7 +58,7 @@ const UNDER_IT =
 export async function refuseRunningSynapse(ctx: EngineContext, services: string[]): Promise<void> {
   // No homeserver.yaml: a fresh directory, which nothing runs on. One that is
   // not YAML (what the restore may be about to fix) has the default paths.
-  const config = await readHomeserverConfig(ctx.workload, ctx.dataDir).catch((err: unknown) => {
+  const config = await readHomeserverConfigOf(ctx).catch((err: unknown) => {
     if (err instanceof BackupError && err.code === 'invalid-config') {
       return { paths: homeserverPaths({}, ctx.dataDir) };
     }

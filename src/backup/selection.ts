@@ -16,6 +16,7 @@ import {
   REFERENCED_FILE_KEYS,
   homeserverPaths,
   readHomeserverConfig,
+  resolveConfigPath,
 } from './homeserver';
 import { EXTERNAL_PREFIX } from './items';
 import { ROOT_LINK_NAME, isBookkeepingName } from './scripts/common';
@@ -70,12 +71,18 @@ interface Candidate {
  * signing_key_path that does not exist, several SQLite databases or a selected
  * path that cannot be archived (it holds the data dir, a newline, or a name
  * the engine reserves); `empty-selection` when the data dir does not exist.
+ * `configRoot`: where the config's absolute paths were written for (homeserver.ts
+ * resolveConfigPath).
  */
-export async function readSelection(workload: Workload, dataDir: string): Promise<Selection> {
-  const config = await readHomeserverConfig(workload, dataDir);
+export async function readSelection(
+  workload: Workload,
+  dataDir: string,
+  configRoot?: string,
+): Promise<Selection> {
+  const config = await readHomeserverConfig(workload, dataDir, configRoot);
   const raw = config?.config ?? {};
   const paths = config?.paths ?? homeserverPaths({}, dataDir);
-  const { candidates, notIncluded } = candidatesOf(raw, paths);
+  const { candidates, notIncluded } = candidatesOf(raw, paths, configRoot);
   const out = await runCommand(
     workload,
     selectionProbeCommand(
@@ -101,7 +108,7 @@ export async function readSelection(workload: Workload, dataDir: string): Promis
     });
   }
   const realDataDir = records[0]?.real || dataDir;
-  const selection = new SelectionBuilder(dataDir, realDataDir, notIncluded);
+  const selection = new SelectionBuilder(dataDir, realDataDir, notIncluded, configRoot);
   for (const r of records.slice(1)) {
     const candidate =
       r.kind === 'glob' ? { path: posix.join(dataDir, r.path) } : candidates[Number(r.kind)];
@@ -116,6 +123,7 @@ export async function readSelection(workload: Workload, dataDir: string): Promis
 function candidatesOf(
   config: Record<string, unknown>,
   paths: HomeserverPaths,
+  configRoot: string | undefined,
 ): { candidates: Candidate[]; notIncluded: string[] } {
   const candidates: Candidate[] = [];
   if (paths.signingKeyPath) {
@@ -123,7 +131,7 @@ function candidatesOf(
     candidates.push({ path: paths.signingKeyPath, key, required: key !== undefined });
   }
   if (paths.logConfig) candidates.push({ path: paths.logConfig, key: 'log_config' });
-  const keys = referenceKeys(config, posix.dirname(paths.configPath));
+  const keys = referenceKeys(config, posix.dirname(paths.configPath), configRoot);
   for (const path of paths.referencedFiles) candidates.push({ path, key: keys.get(path) });
   const mediaKey = 'media_store_path' in config ? 'media_store_path' : undefined;
   for (const sub of ['local_content', 'local_thumbnails']) {
@@ -163,7 +171,11 @@ function candidatesOf(
 }
 
 /** Which homeserver.yaml key names each referenced file (homeserver.ts REFERENCED_FILE_KEYS). */
-function referenceKeys(config: Record<string, unknown>, dataDir: string): Map<string, string> {
+function referenceKeys(
+  config: Record<string, unknown>,
+  dataDir: string,
+  configRoot: string | undefined,
+): Map<string, string> {
   const keys = new Map<string, string>();
   const files = Array.isArray(config.app_service_config_files)
     ? config.app_service_config_files
@@ -174,7 +186,7 @@ function referenceKeys(config: Record<string, unknown>, dataDir: string): Map<st
   ];
   for (const [key, value] of named) {
     if (typeof value !== 'string' || value === '') continue;
-    const path = posix.resolve(dataDir, value);
+    const path = resolveConfigPath(value, dataDir, configRoot);
     if (!keys.has(path)) keys.set(path, key);
   }
   return keys;
@@ -194,9 +206,23 @@ class SelectionBuilder {
     private readonly dataDir: string,
     private readonly realDataDir: string,
     private readonly notIncluded: string[],
+    private readonly configRoot: string | undefined,
   ) {}
 
+  /**
+   * For a missing path under /data while the data dir is elsewhere and no config
+   * root was given: the config was likely written by the official image for a
+   * volume now mounted at the data dir.
+   */
+  private mountHint(path: string): string | undefined {
+    const image = '/data';
+    if (this.configRoot !== undefined || this.dataDir === image) return undefined;
+    if (!path.startsWith(`${image}/`)) return undefined;
+    return `if homeserver.yaml was written for ${image} and that volume is mounted at ${this.dataDir}, pass --config-root ${image} (its paths under ${image} are then read under ${this.dataDir})`;
+  }
+
   missing(c: Candidate): void {
+    const hint = this.mountHint(c.path);
     if (c.required) {
       throw new BackupError(
         'invalid-config',
@@ -204,7 +230,8 @@ class SelectionBuilder {
         {
           remedy: {
             kind: 'advice',
-            text: 'put the signing key there, or correct signing_key_path, then back up again',
+            text:
+              hint ?? 'put the signing key there, or correct signing_key_path, then back up again',
           },
         },
       );
@@ -212,7 +239,9 @@ class SelectionBuilder {
     // Synapse makes local_content and local_thumbnails with the first upload: a new
     // server has neither, which is no sign of a wrong media_store_path.
     if (c.key && !c.media)
-      this.absent.push(`${c.path} (homeserver.yaml's ${c.key}) does not exist: not in this backup`);
+      this.absent.push(
+        `${c.path} (homeserver.yaml's ${c.key}) does not exist: not in this backup${hint ? `; ${hint}` : ''}`,
+      );
   }
 
   add(c: Candidate, real: string): void {

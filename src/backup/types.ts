@@ -26,6 +26,12 @@ export interface EngineOptions {
   workload: Workload;
   /** Synapse's data directory inside the workload. Default /data. */
   dataDir?: string;
+  /**
+   * Where homeserver.yaml's absolute paths were written for, when the data dir is
+   * that volume mounted elsewhere (the official image's /data at /mnt/synapse):
+   * `<configRoot>/x` in the config is read as `<dataDir>/x`. Absolute. Default none.
+   */
+  configRoot?: string;
   /** ESDK frame length in bytes: a multiple of 128, at most 2^31-1. */
   frameLength?: number;
   /** Multipart part size in bytes (>= 5 MiB). Max backup size = 10,000 x partSize. */

@@ -30,6 +30,10 @@ create, restore, prune:
                                  directory, not through Pebble's websocket (PATH: that
                                  directory as the workload sees it; default the same path,
                                  as when Pebble runs on this host)
+create, restore:
+        [--config-root ROOT]   homeserver.yaml's absolute paths under ROOT are under DIR:
+                                 a volume written for ROOT, mounted at DIR (the official
+                                 image's /data at /mnt/synapse: --config-root /data)
 credentials: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or the AWS SDK's default chain)
 passphrase:  SYNAPSE_BACKUP_PASSPHRASE or --passphrase-file (never a flag value)`;
 
@@ -52,6 +56,7 @@ export const OPTIONS = {
   'direct-output': { type: 'boolean' },
   'workload-dir': { type: 'string' },
   'data-dir': { type: 'string' },
+  'config-root': { type: 'string' },
   id: { type: 'string' },
   'allow-no-manifest': { type: 'boolean' },
   'keep-previous': { type: 'boolean' },
@@ -97,9 +102,17 @@ const WORKLOAD_FLAGS: readonly Flag[] = [
 
 /** The flags of each subcommand besides the common ones (USAGE says the same). */
 const COMMAND_FLAGS: Record<string, readonly Flag[]> = {
-  create: [...WORKLOAD_FLAGS, 'id', 'frame-length', 'part-size', 'queue-size'],
+  create: [...WORKLOAD_FLAGS, 'config-root', 'id', 'frame-length', 'part-size', 'queue-size'],
   list: [],
-  restore: [...WORKLOAD_FLAGS, 'id', 'allow-no-manifest', 'keep-previous', 'force', 'service'],
+  restore: [
+    ...WORKLOAD_FLAGS,
+    'config-root',
+    'id',
+    'allow-no-manifest',
+    'keep-previous',
+    'force',
+    'service',
+  ],
   delete: ['id', 'stale-hours'],
   verify: ['id'],
   decrypt: ['id', 'allow-no-manifest'],

@@ -106,6 +106,7 @@ function engineFor(
     passphrase: needsPassphrase ? readPassphrase(values) : undefined,
     workload,
     dataDir,
+    configRoot: values['config-root'],
     frameLength: wholeNumber(values['frame-length'], 'frame-length'),
     partSize: partMiB === undefined ? undefined : partMiB * 1024 * 1024,
     queueSize: wholeNumber(values['queue-size'], 'queue-size'),
