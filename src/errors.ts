@@ -11,6 +11,7 @@ export type ErrorCode =
   | 'already-exists'
   | 'empty-selection'
   | 'invalid-config'
+  | 'not-included'
   | 'workload'
   | 'workload-command'
   | 'decrypt'

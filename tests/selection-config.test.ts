@@ -137,6 +137,23 @@ describe('the selection follows homeserver.yaml', () => {
       'example.org.signing.key',
       'homeserver.yaml',
     ]);
+
+    // Its restore would leave the live database as it is: refused unless forced.
+    await write(path.join(dir, 'media_store/local_content/ab/new'), 'uploaded after the backup');
+    await expect(memoryEngine(store, dir).restore({ id: 'pg' })).rejects.toMatchObject({
+      code: 'not-included',
+      message: `backup pg does not hold everything Synapse needs (${said}); restoring it alone over the live database would delete media that database still refers to; nothing was changed`,
+      remedy: {
+        kind: 'run-again',
+        option: 'force',
+        when: 'once the database is restored from its dump of the same time',
+      },
+    });
+    expect(await fsp.readFile(path.join(dir, 'media_store/local_content/ab/new'), 'utf8')).toBe(
+      'uploaded after the backup',
+    );
+    const restored = await memoryEngine(store, dir).restore({ id: 'pg', force: true });
+    expect(restored.notIncluded).toEqual([said]);
   });
 
   test('a signing_key_path that does not exist fails the create (nothing stored); a missing log_config is left out and named', async () => {

@@ -102,3 +102,29 @@ export function refuseRootsElsewhere(
     },
   );
 }
+
+/**
+ * A backup taken under a PostgreSQL config holds the media and keys but not the
+ * database (manifest `notIncluded`): restoring it over a database that stays as it
+ * is now deletes media that database still refers to. Refused (`not-included`)
+ * unless `force`, which says the database was restored from its dump of that time.
+ */
+export function refuseWithoutDatabase(
+  manifest: Manifest | undefined,
+  id: string,
+  force: boolean | undefined,
+): void {
+  const notIncluded = manifest?.notIncluded ?? [];
+  if (force || notIncluded.length === 0) return;
+  throw new BackupError(
+    'not-included',
+    `backup ${id} does not hold everything Synapse needs (${notIncluded.join('; ')}); restoring it alone over the live database would delete media that database still refers to; nothing was changed`,
+    {
+      remedy: {
+        kind: 'run-again',
+        option: 'force',
+        when: 'once the database is restored from its dump of the same time',
+      },
+    },
+  );
+}

@@ -30,6 +30,7 @@ import {
   externalTargets,
   manifestRoots,
   refuseRootsElsewhere,
+  refuseWithoutDatabase,
   stageExternal,
 } from './external';
 import { ItemTracker } from './items';
@@ -75,6 +76,7 @@ export async function restoreBackup(
     : await completeManifest(ctx, id);
   await refuseOtherServer(ctx, id, manifest?.serverName, request);
   refuseRootsElsewhere(manifest, id, ctx.dataDir, request.force);
+  refuseWithoutDatabase(manifest, id, request.force);
   await checkPassphrase(ctx, id, manifest);
   await checkFreeSpace(ctx, id, manifest);
 
@@ -125,6 +127,7 @@ export async function restoreBackup(
     ...(kept && kept.length ? { externalPreviousPaths: kept } : {}),
     oneTimeKeysRemoved,
     ...(swapRecovery ? { swapRecovery } : {}),
+    ...(manifest?.notIncluded?.length ? { notIncluded: manifest.notIncluded } : {}),
   };
 }
 

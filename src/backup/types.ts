@@ -167,6 +167,8 @@ export interface RestoreResult {
   oneTimeKeysRemoved?: number;
   /** An earlier restore's interrupted swap, completed or rolled back before this one began. */
   swapRecovery?: SwapRecovery;
+  /** What the backup does not hold (a PostgreSQL database), restored with `force` all the same. */
+  notIncluded?: string[];
 }
 
 export interface PruneRequest {

@@ -76,6 +76,7 @@ const restore: Command = async ({ engine, values, dataDir, print }) => {
       throw err;
     });
   warnSwapRecovery(r);
+  warnSelection(r);
   const notes = [
     r.oneTimeKeysRemoved ? `${r.oneTimeKeysRemoved} one-time keys removed` : undefined,
     r.previousPath

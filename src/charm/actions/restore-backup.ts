@@ -53,6 +53,10 @@ export const restoreBackup: ActionHandler = async (a) => {
     if (result.externalPreviousPaths?.length) {
       results['previous-external'] = result.externalPreviousPaths.join(', ');
     }
+    if (result.notIncluded?.length) {
+      for (const line of result.notIncluded) await a.log(`warning: ${line}`);
+      results['not-included'] = result.notIncluded.join('; ');
+    }
     if (result.swapRecovery) {
       const said = describeSwapRecovery(result.swapRecovery);
       await a.log(`warning: ${said}`);
