@@ -157,3 +157,24 @@ export function redact(text: string, secrets: readonly (string | undefined)[]): 
   }
   return out;
 }
+
+/**
+ * A YAML parse error as one line that quotes no source text. The `yaml`
+ * package's message carries a code frame (the offending line, which can hold
+ * a secret such as registration_shared_secret) after its first line, and some
+ * first lines quote a token; keep the first line only when it quotes nothing,
+ * else fall back to the error code, plus the line and column.
+ */
+export function yamlErrorSummary(err: unknown): string {
+  const { code, linePos } = (err ?? {}) as {
+    code?: unknown;
+    linePos?: readonly { line: number; col: number }[];
+  };
+  const first = errorMessage(err).split('\n')[0].replace(/:\s*$/, '');
+  const head = first.replace(/ at line \d+, column \d+$/, '');
+  const described =
+    typeof code === 'string' ? code.toLowerCase().replace(/_/g, ' ') : 'syntax error';
+  const text = /["'`]/.test(head) || head.length > 120 ? described : head;
+  const pos = linePos?.[0];
+  return pos ? `${text} at line ${pos.line}, column ${pos.col}` : text;
+}

@@ -202,6 +202,19 @@ describeWithPeers(['pebble'])('operable: settings, ingress, application status',
     expect(fs.readFileSync(configPath, 'utf8')).toBe(text);
   });
 
+  it('settings: a homeserver.yaml that is not YAML blocks the unit without quoting its lines (a secret stays out of juju status and the log)', async () => {
+    fs.appendFileSync(configPath, 'registration_shared_secret: SECRETREG: bad\n');
+    const r = await h.hook('config-changed');
+    expect(r.status?.status).toBe('blocked');
+    expect(r.status?.message).toMatch(
+      new RegExp(
+        `^${configPath.replace(/[.]/g, '\\.')} is not valid YAML: .* at line \\d+, column \\d+`,
+      ),
+    );
+    expect(JSON.stringify(r.calls)).not.toContain('SECRETREG');
+    expect(r.stdout + r.stderr).not.toContain('SECRETREG');
+  });
+
   it('ingress v2: app and unit data as the library writes them; the URL is public_baseurl unless public-baseurl is set; removed with the relation', async () => {
     const rel = h.addRelation('ingress', 'traefik');
     const joined = await hook('ingress-relation-joined');
