@@ -667,6 +667,22 @@ describeWithPeers(['minio'])('synapse-backup CLI (built bundle, real MinIO)', ()
     expect(listed.uploads.filter((u) => u.key.includes('cli-symlink'))).toEqual([]);
   });
 
+  test('create with a homeserver.yaml that is not YAML: invalid-config, exit 2, one line that quotes none of it', async () => {
+    const dir = await tmpDir('cli-not-yaml');
+    await makeSynapseTree(dir.path, { mediaFiles: 1 });
+    await fsp.writeFile(
+      path.join(dir.path, 'homeserver.yaml'),
+      'server_name: "x"\nregistration_shared_secret: SECRETREG: bad\n',
+    );
+    const run = await cli(['create', '--data-dir', dir.path, '--id', 'cli-not-yaml']);
+    expect(run.code).toBe(2);
+    expect(run.out).toBe('');
+    expect(errorLine(run)).toMatch(
+      /^synapse-backup: error: \S+\/homeserver\.yaml is not valid YAML \(.+ at line 2, column \d+\): fix it; Synapse cannot start with it either$/,
+    );
+    expect(run.stderr).not.toContain('SECRETREG');
+  });
+
   test('create of a data dir with only empty media folders: empty-selection, exit 2, one line', async () => {
     const dir = await tmpDir('cli-empty');
     await fsp.mkdir(path.join(dir.path, 'media_store/local_content'), { recursive: true });
