@@ -476,6 +476,16 @@ describeWithPeers(['minio'])('synapse-backup CLI (built bundle, real MinIO)', ()
     expect(option.code).toBe(2);
     expect(errorLine(option)).toContain("Unknown option '--frobnicate'");
 
+    // The passphrase as a flag: refused without repeating its value, naming what to use.
+    for (const args of [['--passphrase', 'hunter2-flag'], ['--passphrase=hunter2-flag']]) {
+      const flag = await cli(['list', ...args]);
+      expect(flag.code).toBe(2);
+      expect(flag.out).toBe('');
+      expect(errorLine(flag)).toBe(
+        'synapse-backup: error: the passphrase is never a flag (the process list would show it): set SYNAPSE_BACKUP_PASSPHRASE or pass --passphrase-file',
+      );
+    }
+
     const missing = await cli(['verify']);
     expect(missing.code).toBe(2);
     expect(errorLine(missing)).toBe('synapse-backup: error: verify needs --id');
