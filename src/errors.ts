@@ -59,7 +59,8 @@ export type Operation = 'list' | 'prune' | 'delete';
  * - `set`: change `setting`; `value` when one value is the fix (s3-uri-style=path),
  *   `how` says what to set it to ("to the CA that signed it");
  * - `run-again`: repeat the same run with `option`, `when` says when that is right;
- * - `run`: run `operation` next, `why` says what it does here;
+ * - `run`: run `operation` next, `why` says what it does here; with `staleNowIf`,
+ *   when (that condition) a stale age of 0 (the CLI's `--stale-hours 0`) does it now;
  * - `grant-exec`: the charm may not exec into its pod (Kubernetes RBAC; Juju: `juju trust`);
  * - `stop-synapse`: Synapse runs on the data dir: stop it, or let the run stop
  *   and start `service` (a Pebble service) around the swap; with `pidFile`, a
@@ -69,7 +70,7 @@ export type Operation = 'list' | 'prune' | 'delete';
 export type Remedy =
   | { kind: 'set'; setting: Setting; value?: string; how?: string }
   | { kind: 'run-again'; option: RunOption; when?: string }
-  | { kind: 'run'; operation: Operation; why?: string }
+  | { kind: 'run'; operation: Operation; why?: string; staleNowIf?: string }
   | { kind: 'grant-exec'; app: string }
   | { kind: 'stop-synapse'; service?: string; pidFile?: string; pid?: number }
   | { kind: 'advice'; text: string };
