@@ -60,7 +60,8 @@ export type Operation = 'list' | 'prune' | 'delete';
  * - `set`: change `setting`; `value` when one value is the fix (s3-uri-style=path),
  *   `how` says what to set it to ("to the CA that signed it");
  * - `run-again`: repeat the same run with `option`, `when` says when that is right;
- * - `run`: run `operation` next, `why` says what it does here;
+ * - `run`: run `operation` next, `why` says what it does here; with `staleNowIf`,
+ *   when (that condition) a stale age of 0 (the CLI's `--stale-hours 0`) does it now;
  * - `grant-exec`: the charm may not exec into its pod (Kubernetes RBAC; Juju: `juju trust`);
  * - `stop-synapse`: Synapse runs on the data dir: stop it, or let the run stop
  *   and start `service` (a Pebble service) around the swap; with `pidFile`, a
@@ -70,7 +71,7 @@ export type Operation = 'list' | 'prune' | 'delete';
 export type Remedy =
   | { kind: 'set'; setting: Setting; value?: string; how?: string }
   | { kind: 'run-again'; option: RunOption; when?: string }
-  | { kind: 'run'; operation: Operation; why?: string }
+  | { kind: 'run'; operation: Operation; why?: string; staleNowIf?: string }
   | { kind: 'grant-exec'; app: string }
   | { kind: 'stop-synapse'; service?: string; pidFile?: string; pid?: number }
   | { kind: 'advice'; text: string };
@@ -157,4 +158,25 @@ export function redact(text: string, secrets: readonly (string | undefined)[]): 
     if (secret && secret.length >= 4) out = out.split(secret).join('***');
   }
   return out;
+}
+
+/**
+ * A YAML parse error as one line that quotes no source text. The `yaml`
+ * package's message carries a code frame (the offending line, which can hold
+ * a secret such as registration_shared_secret) after its first line, and some
+ * first lines quote a token; keep the first line only when it quotes nothing,
+ * else fall back to the error code, plus the line and column.
+ */
+export function yamlErrorSummary(err: unknown): string {
+  const { code, linePos } = (err ?? {}) as {
+    code?: unknown;
+    linePos?: readonly { line: number; col: number }[];
+  };
+  const first = errorMessage(err).split('\n')[0].replace(/:\s*$/, '');
+  const head = first.replace(/ at line \d+, column \d+$/, '');
+  const described =
+    typeof code === 'string' ? code.toLowerCase().replace(/_/g, ' ') : 'syntax error';
+  const text = /["'`]/.test(head) || head.length > 120 ? described : head;
+  const pos = linePos?.[0];
+  return pos ? `${text} at line ${pos.line}, column ${pos.col}` : text;
 }

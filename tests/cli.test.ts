@@ -534,6 +534,16 @@ describeWithPeers(['minio'])('synapse-backup CLI (built bundle, real MinIO)', ()
     expect(option.code).toBe(2);
     expect(errorLine(option)).toContain("Unknown option '--frobnicate'");
 
+    // The passphrase as a flag: refused without repeating its value, naming what to use.
+    for (const args of [['--passphrase', 'hunter2-flag'], ['--passphrase=hunter2-flag']]) {
+      const flag = await cli(['list', ...args]);
+      expect(flag.code).toBe(2);
+      expect(flag.out).toBe('');
+      expect(errorLine(flag)).toBe(
+        'synapse-backup: error: the passphrase is never a flag (the process list would show it): set SYNAPSE_BACKUP_PASSPHRASE or pass --passphrase-file',
+      );
+    }
+
     const missing = await cli(['verify']);
     expect(missing.code).toBe(2);
     expect(errorLine(missing)).toBe('synapse-backup: error: verify needs --id');
@@ -725,6 +735,22 @@ describeWithPeers(['minio'])('synapse-backup CLI (built bundle, real MinIO)', ()
     expect(listed.uploads.filter((u) => u.key.includes('cli-symlink'))).toEqual([]);
   });
 
+  test('create with a homeserver.yaml that is not YAML: invalid-config, exit 2, one line that quotes none of it', async () => {
+    const dir = await tmpDir('cli-not-yaml');
+    await makeSynapseTree(dir.path, { mediaFiles: 1 });
+    await fsp.writeFile(
+      path.join(dir.path, 'homeserver.yaml'),
+      'server_name: "x"\nregistration_shared_secret: SECRETREG: bad\n',
+    );
+    const run = await cli(['create', '--data-dir', dir.path, '--id', 'cli-not-yaml']);
+    expect(run.code).toBe(2);
+    expect(run.out).toBe('');
+    expect(errorLine(run)).toMatch(
+      /^synapse-backup: error: \S+\/homeserver\.yaml is not valid YAML \(.+ at line 2, column \d+\): fix it; Synapse cannot start with it either$/,
+    );
+    expect(run.stderr).not.toContain('SECRETREG');
+  });
+
   test('create of a data dir with only empty media folders: empty-selection, exit 2, one line', async () => {
     const dir = await tmpDir('cli-empty');
     await fsp.mkdir(path.join(dir.path, 'media_store/local_content'), { recursive: true });
@@ -837,7 +863,7 @@ describeWithPeers(['minio'])('synapse-backup CLI (built bundle, real MinIO)', ()
     expect(fresh.code).toBe(1);
     expect(errorLine(fresh)).toMatch(
       new RegExp(
-        `^synapse-backup: error: backup abandoned is being created: its pending marker ${PREFIX}/abandoned\\.pending was written \\d+ s ago \\(S3's time\\), and a create may still be running; nothing was deleted; run synapse-backup delete again once the marker is 24 h old if that create was interrupted \\(it then removes the marker and the upload\\); else wait for it to finish$`,
+        `^synapse-backup: error: backup abandoned is being created: its pending marker ${PREFIX}/abandoned\\.pending was written \\d+ s ago \\(S3's time\\), and a create may still be running; nothing was deleted; if you know that create died, run synapse-backup delete --stale-hours 0 now; otherwise run synapse-backup delete again once the marker is 24 h old if that create was interrupted \\(it then removes the marker and the upload\\); else wait for it to finish$`,
       ),
     );
     expect(await uploadsOf()).toHaveLength(1);

@@ -76,6 +76,18 @@ describe('homeserverPaths: where homeserver.yaml says Synapse keeps its data', (
       /\/data\/homeserver.yaml is not valid YAML/,
     );
     expect(parseHomeserverConfig('- a\n', '/data').config).toEqual({});
+    // The yaml package's message quotes the offending line (and some first lines a token).
+    for (const text of ['registration_shared_secret: SECRETREG: bad\n', '- a\nb: SECRETREG\n']) {
+      let message = '';
+      try {
+        parseHomeserverConfig(text, '/data');
+      } catch (err) {
+        message = (err as Error).message;
+      }
+      expect(message).toMatch(/is not valid YAML \(.+ at line \d+, column \d+\)/);
+      expect(message).not.toContain('SECRETREG');
+      expect(message).not.toContain('\n');
+    }
   });
 });
 

@@ -23,7 +23,7 @@
  */
 import { posix } from 'node:path';
 import { parse } from 'yaml';
-import { BackupError, errorMessage } from '../errors';
+import { BackupError, yamlErrorSummary } from '../errors';
 import { fileExists, runCommand } from '../workload/command';
 import type { Workload } from '../workload/workload';
 import { readSmallFileCommand } from './scripts';
@@ -193,7 +193,7 @@ export function parseHomeserverConfig(
   } catch (err) {
     throw new BackupError(
       'invalid-config',
-      `${posix.join(dataDir, HOMESERVER_CONFIG)} is not valid YAML (${errorMessage(err).split('\n')[0]}): fix it; Synapse cannot start with it either`,
+      `${posix.join(dataDir, HOMESERVER_CONFIG)} is not valid YAML (${yamlErrorSummary(err)}): fix it; Synapse cannot start with it either`,
     );
   }
   const config =

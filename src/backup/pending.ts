@@ -114,6 +114,7 @@ export function refuseRunningCreate(
         kind: 'run',
         operation: 'delete',
         why: `again once the marker is ${formatAge(staleAfterSeconds)} old if that create was interrupted (it then removes the marker and the upload); else wait for it to finish`,
+        staleNowIf: 'if you know that create died',
       },
     },
   );

@@ -106,6 +106,8 @@ export async function restoreBackup(
     await stageExternal(ctx, dirs, plan);
     // The last moment to stop without touching the live data.
     checkInterrupted(ctx, unchanged);
+    // Synapse may have started since the first check (the staging took a while).
+    if (!request.services?.length) await refuseRunningSynapse(ctx, []);
   } catch (err) {
     const staged = externalCopies(plan, dirs).staged;
     await removeTree(ctx, [`${ctx.dataDir}/${dirs.staging}`, ...staged], err);

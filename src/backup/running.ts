@@ -20,21 +20,34 @@ import { homeserverPaths, readHomeserverConfigOf } from './homeserver';
  * Finds a live Synapse of this data dir in the workload and prints `pid <pid>`
  * (a live process named by the pid file $1, if any: Synapse writes it when it
  * daemonizes), `proc <pid>` (a `synapse.app.homeserver` process, as Pebble,
- * systemd or the official image run it in the foreground, whose arguments name
- * the config $2 or whose working directory is the data dir $3), or `none`.
- * Paths reach it as arguments, never as script text.
+ * systemd or the official image run it in the foreground, one of whose
+ * arguments, resolved against its working directory with symlinks followed,
+ * is the config $2 or the data dir $3, or whose working directory is the data
+ * dir), or `none`. The data dir and config are resolved too (`pwd -P`,
+ * `readlink -f`): `-c data/homeserver.yaml` run from the parent, or a data dir
+ * reached through a symlink, is found. Paths reach it as arguments, never as
+ * script text.
  */
 const RUNNING_SCRIPT = [
   'if [ -n "$1" ] && [ -f "$1" ]; then',
   '  pid=$(head -c 64 "$1" | tr -cd 0-9 | head -c 12)',
   '  [ -n "$pid" ] && [ -d "/proc/$pid" ] && { echo "pid $pid"; exit 0; }',
   'fi',
+  'rd=$(cd -- "$3" 2>/dev/null && pwd -P) || rd=$3',
+  'rc=$(readlink -f -- "$2" 2>/dev/null) && [ -n "$rc" ] || rc=$2',
   'for d in /proc/[0-9]*; do',
   '  [ "${d#/proc/}" = "$$" ] && continue',
   '  args=$(tr "\\0" "\\n" < "$d/cmdline" 2>/dev/null) || continue',
   '  printf "%s\\n" "$args" | grep -q "synapse[.]app[.]homeserver" || continue',
-  '  if printf "%s\\n" "$args" | grep -qFx -e "$2" -e "--config-path=$2"; then echo "proc ${d#/proc/}"; exit 0; fi',
-  '  [ "$(readlink "$d/cwd" 2>/dev/null)" = "$3" ] && { echo "proc ${d#/proc/}"; exit 0; }',
+  '  cwd=$(readlink "$d/cwd" 2>/dev/null) || cwd=',
+  '  [ -n "$cwd" ] && [ "$cwd" = "$rd" ] && { echo "proc ${d#/proc/}"; exit 0; }',
+  '  hit=$(printf "%s\\n" "$args" | while IFS= read -r a; do',
+  '    a=${a#--config-path=}',
+  '    case $a in /*) ;; "") continue ;; *) [ -n "$cwd" ] || continue; a="$cwd/$a" ;; esac',
+  '    r=$(readlink -f -- "$a" 2>/dev/null) || continue',
+  '    if [ "$r" = "$rc" ] || [ "$r" = "$rd" ]; then echo y; break; fi',
+  '  done)',
+  '  [ -n "$hit" ] && { echo "proc ${d#/proc/}"; exit 0; }',
   'done',
   'echo none',
 ].join('\n');

@@ -8,7 +8,7 @@
  */
 import { dirname, isAbsolute, join } from 'node:path';
 import { type Document, parseDocument } from 'yaml';
-import { errorMessage } from '../errors';
+import { errorMessage, yamlErrorSummary } from '../errors';
 import type { HookTools } from '../juju/hook-tools';
 import type { Workload } from '../workload/workload';
 import { applyRegistrationSecret, readWorkloadFile, writeWorkloadFile } from './registration';
@@ -30,7 +30,10 @@ export interface ConfigureOptions {
 function parse(text: string, path: string, option: string): Document {
   const doc = parseDocument(text);
   if (doc.errors.length) {
-    throw new SettingsError(option, `${path} is not valid YAML: ${doc.errors[0].message}`);
+    throw new SettingsError(
+      option,
+      `${path} is not valid YAML: ${yamlErrorSummary(doc.errors[0])}`,
+    );
   }
   return doc;
 }

@@ -49,14 +49,38 @@ export async function readWorkloadFile(workload: Workload, path: string): Promis
   return current.stdout;
 }
 
-/** Writes `text` to `path` in the workload through stdin (in place: owner and mode stay). */
+/**
+ * Replaces `path` (symlinks followed) with `text`, never truncating it: the
+ * text goes to a hidden temp file in the same directory (`.<name>.tmp-<pid>`,
+ * which no `*.yaml` glob matches), which takes the original's owner and mode,
+ * is synced, and is renamed over it. A killed hook or a full disk leaves the
+ * original whole (and at worst a temp file, removed by the next write).
+ */
+const REPLACE_FILE = [
+  'f=$1',
+  'if [ -e "$f" ]; then f=$(readlink -f -- "$f") || exit 1; fi',
+  'd=$(dirname -- "$f") && b=$(basename -- "$f") || exit 1',
+  'rm -f -- "$d/.$b.tmp-"*',
+  'umask 077',
+  't="$d/.$b.tmp-$$"',
+  'trap \'rm -f -- "$t"\' EXIT',
+  'cat > "$t" || exit 1',
+  'if [ -e "$f" ]; then',
+  '  chown "$(stat -c %u:%g -- "$f")" -- "$t" && chmod "$(stat -c %a -- "$f")" -- "$t" || exit 1',
+  'fi',
+  'sync -- "$t" 2>/dev/null || sync',
+  'mv -f -- "$t" "$f" || exit 1',
+  'sync -- "$d" 2>/dev/null || true',
+].join('\n');
+
+/** Writes `text` to `path` in the workload through stdin (atomically: REPLACE_FILE). */
 export async function writeWorkloadFile(
   workload: Workload,
   path: string,
   text: string,
 ): Promise<void> {
   const proc = workload.exec({
-    command: ['sh', '-c', 'cat > "$1"', 'synapse-charm', path],
+    command: ['sh', '-c', REPLACE_FILE, 'synapse-charm', path],
     stdin: true,
   });
   proc.stdout.resume();

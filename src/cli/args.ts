@@ -232,6 +232,12 @@ export function parseCommandLine(
   argv: string[],
 ): { kind: 'help' } | { kind: 'usage' } | { kind: 'run'; command: string; values: Values } {
   let parsed: { values: Values; positionals: string[] };
+  // Its value is not repeated: it is the passphrase.
+  if (argv.some((a) => a === '--passphrase' || a.startsWith('--passphrase='))) {
+    throw new ConfigError(
+      'the passphrase is never a flag (the process list would show it): set SYNAPSE_BACKUP_PASSPHRASE or pass --passphrase-file',
+    );
+  }
   try {
     parsed = parseArgs({ args: argv, options: OPTIONS, allowPositionals: true });
   } catch (err) {

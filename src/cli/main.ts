@@ -35,7 +35,12 @@ import { describeForCli } from './remedy';
 
 /** Exit statuses for the signals that interrupt a run: 128 + the signal's number. */
 /** Errors of what the operator gave (flags, settings, the data dir's content): exit 2. */
-const BAD_INPUT_CODES = new Set(['config', 'empty-selection', 'unrestorable-entry']);
+const BAD_INPUT_CODES = new Set([
+  'config',
+  'invalid-config',
+  'empty-selection',
+  'unrestorable-entry',
+]);
 
 const SIGNAL_STATUS: Record<string, number> = { SIGINT: 130, SIGTERM: 143 };
 

@@ -42,7 +42,7 @@ export function createNoteLines(r: CreateResult): string[] {
   const lines: string[] = [];
   if (r.skippedCount > 0) {
     lines.push(
-      `left out ${r.skippedCount} entries a restore refuses (they hold no data): ${summarizeNotes(r.skipped, r.skippedCount)}`,
+      `left out ${r.skippedCount === 1 ? '1 entry a restore refuses (it holds' : `${r.skippedCount} entries a restore refuses (they hold`} no data): ${summarizeNotes(r.skipped, r.skippedCount)}`,
     );
   }
   if (r.warningsCount > 0) {

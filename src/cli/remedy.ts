@@ -33,7 +33,14 @@ export function cliRemedy(remedy: Remedy): string {
     case 'run-again':
       return `${remedy.when ? `${remedy.when}, ` : ''}run again with ${RUN_FLAG[remedy.option]}`;
     case 'run':
-      return [`run synapse-backup ${remedy.operation}`, remedy.why].filter(Boolean).join(' ');
+      return [
+        remedy.staleNowIf &&
+          `${remedy.staleNowIf}, run synapse-backup ${remedy.operation} --stale-hours 0 now; otherwise`,
+        `run synapse-backup ${remedy.operation}`,
+        remedy.why,
+      ]
+        .filter(Boolean)
+        .join(' ');
     case 'grant-exec':
       return `give this identity the Kubernetes permission to create pods/exec in the pod's namespace (Juju: \`juju trust ${remedy.app} --scope=cluster\`)`;
     case 'stop-synapse':

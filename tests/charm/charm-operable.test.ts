@@ -202,6 +202,45 @@ describeWithPeers(['pebble'])('operable: settings, ingress, application status',
     expect(fs.readFileSync(configPath, 'utf8')).toBe(text);
   });
 
+  it('settings: a homeserver.yaml that is not YAML blocks the unit without quoting its lines (a secret stays out of juju status and the log)', async () => {
+    fs.appendFileSync(configPath, 'registration_shared_secret: SECRETREG: bad\n');
+    const r = await h.hook('config-changed');
+    expect(r.status?.status).toBe('blocked');
+    expect(r.status?.message).toMatch(
+      new RegExp(
+        `^${configPath.replace(/[.]/g, '\\.')} is not valid YAML: .* at line \\d+, column \\d+`,
+      ),
+    );
+    expect(JSON.stringify(r.calls)).not.toContain('SECRETREG');
+    expect(r.stdout + r.stderr).not.toContain('SECRETREG');
+  });
+
+  it('settings: homeserver.yaml and the log config are replaced by a rename (never truncated in place), keeping their mode; no temp file stays', async () => {
+    fs.chmodSync(configPath, 0o640);
+    fs.chmodSync(logConfigPath, 0o604);
+    // A temp file a killed hook left behind.
+    const stale = path.join(h.dataDir, '.homeserver.yaml.tmp-999999');
+    fs.writeFileSync(stale, 'half written');
+    const inode = fs.statSync(configPath).ino;
+    const logInode = fs.statSync(logConfigPath).ino;
+    h.setConfig({ 'max-upload-size': '7M', 'log-level': 'ERROR' });
+    const r = await hook('config-changed');
+    expect(restarted(r)).toBe(true);
+    // A new file renamed over the old one: a writer killed midway leaves the old one whole.
+    expect(fs.statSync(configPath).ino).not.toBe(inode);
+    expect(fs.statSync(logConfigPath).ino).not.toBe(logInode);
+    expect(fs.statSync(configPath).mode & 0o777).toBe(0o640);
+    expect(fs.statSync(logConfigPath).mode & 0o777).toBe(0o604);
+    const text = fs.readFileSync(configPath, 'utf8');
+    expect(text).toContain('# where logging is configured');
+    expect(parseYaml(text)).toMatchObject({ server_name: 'example.com', max_upload_size: '7M' });
+    expect((parseYaml(fs.readFileSync(logConfigPath, 'utf8')) as { root: unknown }).root).toEqual({
+      level: 'ERROR',
+      handlers: ['console'],
+    });
+    expect(fs.readdirSync(h.dataDir).filter((n) => n.includes('.tmp-'))).toEqual([]);
+  });
+
   it('ingress v2: app and unit data as the library writes them; the URL is public_baseurl unless public-baseurl is set; removed with the relation', async () => {
     const rel = h.addRelation('ingress', 'traefik');
     const joined = await hook('ingress-relation-joined');

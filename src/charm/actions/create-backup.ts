@@ -33,7 +33,11 @@ export const createBackup: ActionHandler = async (a) => {
     if (result.skippedCount > 0) {
       // Bounded (20 listed): a million FIFOs must not blow action-set's argv.
       const said = summarizeNotes(result.skipped, result.skippedCount);
-      await a.log(`left out (a restore refuses them; they hold no data): ${said}`);
+      const what =
+        result.skippedCount === 1
+          ? '1 entry (a restore refuses it; it holds no data)'
+          : `${result.skippedCount} entries (a restore refuses them; they hold no data)`;
+      await a.log(`left out ${what}: ${said}`);
       results.skipped = String(result.skippedCount);
       results['skipped-paths'] = said;
     }
