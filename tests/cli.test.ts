@@ -247,7 +247,8 @@ describeWithPeers(['minio'])('synapse-backup CLI (built bundle, real MinIO)', ()
     const without = await cli(['create', '--data-dir', dir.path, '--id', 'cr-0', ...s3], {
       s3Flags: false,
     });
-    expect(without.code).toBe(1);
+    // invalid-config: a configuration error, exit 2 like the other bad input.
+    expect(without.code).toBe(2);
     expect(errorLine(without)).toContain(
       `homeserver.yaml's signing_key_path /data/${server}.signing.key does not exist`,
     );
