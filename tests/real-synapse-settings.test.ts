@@ -19,7 +19,10 @@ async function getJson(
   urlPath: string,
   init: RequestInit = {},
 ): Promise<{ status: number; body: Record<string, unknown> }> {
-  const res = await fetch(`${SYNAPSE_URL}${urlPath}`, init);
+  const res = await fetch(`${SYNAPSE_URL}${urlPath}`, {
+    ...init,
+    signal: AbortSignal.timeout(30_000),
+  });
   return { status: res.status, body: (await res.json()) as Record<string, unknown> };
 }
 
@@ -55,15 +58,43 @@ describeWithPeers(['pebble', 'synapse'])('settings on a real Synapse', () => {
       })
     ).body['m.upload.size'];
 
-  it('real Synapse: starts with the settings the charm merged into homeserver.yaml and reports them', async () => {
-    expect((await h.hook('config-changed')).exitCode).toBe(0);
-    const ready = await h.hook('synapse-pebble-ready');
-    expect(ready.status).toEqual({
-      status: 'active',
-      message:
-        'public_baseurl https://matrix.settings.test/ (from public-baseurl); backups not configured',
-    });
-    await unit.waitHealthy();
+  // Starting (and restarting) Synapse: generate, the charm's own health wait (90 s at most in
+  // this rig) and ours; a loaded CI machine needs more than jest's default for that.
+  const START_TIMEOUT = 300_000;
+
+  /**
+   * Runs `hook`, failing with its output and Pebble's log (Synapse's) unless it exits 0 and,
+   * with `active`, leaves the unit active.
+   */
+  async function hookOk(name: string, options?: Parameters<JujuHarness['hook']>[1], active = true) {
+    const started = Date.now();
+    const run = await h.hook(name, options);
+    const seconds = ((Date.now() - started) / 1000).toFixed(1);
+    if (run.exitCode !== 0 || (active && run.status?.status !== 'active')) {
+      throw new Error(
+        `${name} (${seconds} s): exit ${run.exitCode}, status ${JSON.stringify(run.status)}\n` +
+          `${run.stderr}\nPebble's log:\n${unit.pebbleLog()}`,
+      );
+    }
+    return run;
+  }
+
+  it(
+    'real Synapse: config-changed and pebble-ready start it with the settings the charm merged',
+    async () => {
+      await hookOk('config-changed', {}, false);
+      const ready = await hookOk('synapse-pebble-ready');
+      expect(ready.status).toEqual({
+        status: 'active',
+        message:
+          'public_baseurl https://matrix.settings.test/ (from public-baseurl); backups not configured',
+      });
+      await unit.waitHealthy();
+    },
+    START_TIMEOUT,
+  );
+
+  it('real Synapse: it reports the settings the charm merged into homeserver.yaml', async () => {
     // public_baseurl: Synapse serves it as the client's base URL.
     const wellKnown = await getJson('/.well-known/matrix/client');
     expect(wellKnown.body).toEqual({
@@ -100,39 +131,47 @@ describeWithPeers(['pebble', 'synapse'])('settings on a real Synapse', () => {
     expect(logConfig.root.level).toBe('WARNING');
   });
 
-  it('real Synapse: a changed value restarts it with the new value; a wrong one blocks and changes nothing', async () => {
-    h.setConfig({ 'max-upload-size': '9M' });
-    const changed = await h.hook('config-changed');
-    expect(changed.status?.status).toBe('active');
-    await unit.waitHealthy();
-    expect(await uploadLimit()).toBe(9 * MIB);
+  it(
+    'real Synapse: a changed value restarts it with the new value; a wrong one blocks and changes nothing',
+    async () => {
+      h.setConfig({ 'max-upload-size': '9M' });
+      const changed = await hookOk('config-changed');
+      expect(changed.status?.status).toBe('active');
+      await unit.waitHealthy();
+      expect(await uploadLimit()).toBe(9 * MIB);
 
-    const file = path.join(unit.dataDir, 'homeserver.yaml');
-    const before = fs.readFileSync(file, 'utf8');
-    h.setConfig({ 'max-upload-size': '9MB' });
-    const wrong = await h.hook('config-changed');
-    expect(wrong.status).toEqual({
-      status: 'blocked',
-      message:
-        'invalid settings: max-upload-size "9MB" is not a size: use a whole number with K, M, G or T (juju config synapse max-upload-size=50M)',
-    });
-    expect(fs.readFileSync(file, 'utf8')).toBe(before);
-    expect(await uploadLimit()).toBe(9 * MIB);
-    h.setConfig({ 'max-upload-size': '9M' });
-    expect((await h.hook('config-changed')).status?.status).toBe('active');
-  });
+      const file = path.join(unit.dataDir, 'homeserver.yaml');
+      const before = fs.readFileSync(file, 'utf8');
+      h.setConfig({ 'max-upload-size': '9MB' });
+      const wrong = await h.hook('config-changed');
+      expect(wrong.status).toEqual({
+        status: 'blocked',
+        message:
+          'invalid settings: max-upload-size "9MB" is not a size: use a whole number with K, M, G or T (juju config synapse max-upload-size=50M)',
+      });
+      expect(fs.readFileSync(file, 'utf8')).toBe(before);
+      expect(await uploadLimit()).toBe(9 * MIB);
+      h.setConfig({ 'max-upload-size': '9M' });
+      expect((await hookOk('config-changed')).status?.status).toBe('active');
+    },
+    START_TIMEOUT,
+  );
 
-  it('real Synapse: without public-baseurl, the ingress URL is its public_baseurl', async () => {
-    h.setConfig({ 'public-baseurl': null });
-    const url = 'http://10.0.0.5/test-model-synapse';
-    const rel = h.addRelation('ingress', 'traefik', { ingress: JSON.stringify({ url }) });
-    const r = await h.hook('ingress-relation-changed', { relationId: rel.id });
-    expect(r.status).toEqual({
-      status: 'active',
-      message: `public_baseurl ${url}/ (from ingress); backups not configured`,
-    });
-    await unit.waitHealthy();
-    const wellKnown = await getJson('/.well-known/matrix/client');
-    expect(wellKnown.body).toEqual({ 'm.homeserver': { base_url: `${url}/` } });
-  });
+  it(
+    'real Synapse: without public-baseurl, the ingress URL is its public_baseurl',
+    async () => {
+      h.setConfig({ 'public-baseurl': null });
+      const url = 'http://10.0.0.5/test-model-synapse';
+      const rel = h.addRelation('ingress', 'traefik', { ingress: JSON.stringify({ url }) });
+      const r = await hookOk('ingress-relation-changed', { relationId: rel.id });
+      expect(r.status).toEqual({
+        status: 'active',
+        message: `public_baseurl ${url}/ (from ingress); backups not configured`,
+      });
+      await unit.waitHealthy();
+      const wellKnown = await getJson('/.well-known/matrix/client');
+      expect(wellKnown.body).toEqual({ 'm.homeserver': { base_url: `${url}/` } });
+    },
+    START_TIMEOUT,
+  );
 });

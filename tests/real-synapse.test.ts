@@ -45,6 +45,10 @@ function directoryModes(root: string, skip: (rel: string) => boolean): Map<strin
   return out;
 }
 
+// Tests that start or restart Synapse: generate, the charm's own health wait (90 s at most in
+// this rig) and ours; a loaded CI machine needs more than jest's default for that.
+const START_TIMEOUT = 300_000;
+
 describeWithPeers(['minio', 'pebble', 'synapse'])('the charm on a real Synapse', () => {
   let minio: MinioPeer;
   let unit: RealSynapseUnit;
@@ -81,34 +85,38 @@ describeWithPeers(['minio', 'pebble', 'synapse'])('the charm on a real Synapse',
     await minio?.stop();
   });
 
-  it('real Synapse: config-changed and pebble-ready generate and start it as 991, /health answers, the unit is active', async () => {
-    const started = Date.now();
-    const changed = await h.hook('config-changed');
-    expect(changed.exitCode).toBe(0);
-    const ready = await h.hook('synapse-pebble-ready');
-    expect(ready.exitCode).toBe(0);
-    // The hook waits for /health: active means Synapse answers, and its version is known.
-    expect(ready.status).toEqual({
-      status: 'active',
-      message: `backups: s3://${minio.bucket}/${PREFIX} at ${minio.endpoint} (from config)`,
-    });
-    expect(h.state.version).toMatch(/^1\.163\.\d+$/);
-    expect(h.state.openPorts).toEqual(['8008/tcp']);
-    console.log(
-      `hooks: config-changed ${changed.durationMs} ms, pebble-ready ${ready.durationMs} ms`,
-    );
-    await unit.waitHealthy();
-    startSeconds = (Date.now() - started) / 1000;
-    console.log(
-      `real Synapse: generated and healthy ${startSeconds.toFixed(1)} s after config-changed`,
-    );
-    const config = fs.readFileSync(path.join(unit.dataDir, 'homeserver.yaml'), 'utf8');
-    expect(config).toContain(`server_name: "${SERVER}"`);
-    expect(fs.statSync(path.join(unit.dataDir, `${SERVER}.signing.key`)).uid).toBe(SYNAPSE_UID);
-    expect(unit.synapseUid()).toBe(SYNAPSE_UID);
-    const status = await h.hook('update-status');
-    expect(status.status).toEqual({ status: 'active', message: expect.any(String) });
-  });
+  it(
+    'real Synapse: config-changed and pebble-ready generate and start it as 991, /health answers, the unit is active',
+    async () => {
+      const started = Date.now();
+      const changed = await h.hook('config-changed');
+      expect(changed.exitCode).toBe(0);
+      const ready = await h.hook('synapse-pebble-ready');
+      expect(ready.exitCode).toBe(0);
+      // The hook waits for /health: active means Synapse answers, and its version is known.
+      expect(ready.status).toEqual({
+        status: 'active',
+        message: `backups: s3://${minio.bucket}/${PREFIX} at ${minio.endpoint} (from config)`,
+      });
+      expect(h.state.version).toMatch(/^1\.163\.\d+$/);
+      expect(h.state.openPorts).toEqual(['8008/tcp']);
+      console.log(
+        `hooks: config-changed ${changed.durationMs} ms, pebble-ready ${ready.durationMs} ms`,
+      );
+      await unit.waitHealthy();
+      startSeconds = (Date.now() - started) / 1000;
+      console.log(
+        `real Synapse: generated and healthy ${startSeconds.toFixed(1)} s after config-changed`,
+      );
+      const config = fs.readFileSync(path.join(unit.dataDir, 'homeserver.yaml'), 'utf8');
+      expect(config).toContain(`server_name: "${SERVER}"`);
+      expect(fs.statSync(path.join(unit.dataDir, `${SERVER}.signing.key`)).uid).toBe(SYNAPSE_UID);
+      expect(unit.synapseUid()).toBe(SYNAPSE_UID);
+      const status = await h.hook('update-status');
+      expect(status.status).toEqual({ status: 'active', message: expect.any(String) });
+    },
+    START_TIMEOUT,
+  );
 
   it('real Synapse: register-user returns a password that logs in, promote-user-admin makes the user an admin', async () => {
     // The charm keeps the registration secret in its Juju secret, and homeserver.yaml has it.
@@ -235,38 +243,42 @@ print(json.dumps({"ok": ok, "messages": messages, "media": len(media), "missing"
     await dir.cleanup();
   });
 
-  it('real Synapse: after more writes, restore-backup brings back exactly the backup state', async () => {
-    for (let i = 0; i < 5; i++) await unit.client.sendText(alice, roomId, `after ${i}`);
-    const late = await unit.client.upload(alice, makePng(30, 30, 999), 'image/png', 'late.png');
-    const r = await h.action('restore-backup', { 'backup-id': backupId });
-    expect(r.failMessage).toBeUndefined();
-    // Synapse stopped only for the swap; the action ends once it answers /health again.
-    expect(r.statuses).toEqual([
-      {
-        status: 'maintenance',
-        message: `restoring backup ${backupId}: staging it (Synapse still serves)`,
-      },
-      { status: 'maintenance', message: `restoring backup ${backupId}: Synapse stopped` },
-      { status: 'active', message: expect.stringMatching(/^backups: s3:\/\//) },
-    ]);
-    await unit.waitHealthy();
-    const again = await unit.client.login('alice', 'alice-password-1');
-    const bodies = await unit.client.messages(again, roomId);
-    expect(bodies.length).toBe(messagesInBackup);
-    expect(bodies.filter((b) => b.startsWith('after '))).toEqual([]);
-    for (const [mxc, png] of media) {
-      expect(await unit.client.download(again, mxc)).toEqual(png);
-      const thumb = await unit.client.thumbnail(again, mxc);
-      expect(thumb.type).toMatch(/^image\//);
-      expect(thumb.data.length).toBeGreaterThan(0);
-    }
-    const gone = await unit.client.download(again, late).then(
-      () => 200,
-      (err: unknown) => (err instanceof MatrixError ? err.status : -1),
-    );
-    expect(gone).toBe(404);
-    expect(await unit.client.oneTimeKeyCount(again)).toBe(0);
-  });
+  it(
+    'real Synapse: after more writes, restore-backup brings back exactly the backup state',
+    async () => {
+      for (let i = 0; i < 5; i++) await unit.client.sendText(alice, roomId, `after ${i}`);
+      const late = await unit.client.upload(alice, makePng(30, 30, 999), 'image/png', 'late.png');
+      const r = await h.action('restore-backup', { 'backup-id': backupId });
+      expect(r.failMessage).toBeUndefined();
+      // Synapse stopped only for the swap; the action ends once it answers /health again.
+      expect(r.statuses).toEqual([
+        {
+          status: 'maintenance',
+          message: `restoring backup ${backupId}: staging it (Synapse still serves)`,
+        },
+        { status: 'maintenance', message: `restoring backup ${backupId}: Synapse stopped` },
+        { status: 'active', message: expect.stringMatching(/^backups: s3:\/\//) },
+      ]);
+      await unit.waitHealthy();
+      const again = await unit.client.login('alice', 'alice-password-1');
+      const bodies = await unit.client.messages(again, roomId);
+      expect(bodies.length).toBe(messagesInBackup);
+      expect(bodies.filter((b) => b.startsWith('after '))).toEqual([]);
+      for (const [mxc, png] of media) {
+        expect(await unit.client.download(again, mxc)).toEqual(png);
+        const thumb = await unit.client.thumbnail(again, mxc);
+        expect(thumb.type).toMatch(/^image\//);
+        expect(thumb.data.length).toBeGreaterThan(0);
+      }
+      const gone = await unit.client.download(again, late).then(
+        () => 200,
+        (err: unknown) => (err instanceof MatrixError ? err.status : -1),
+      );
+      expect(gone).toBe(404);
+      expect(await unit.client.oneTimeKeyCount(again)).toBe(0);
+    },
+    START_TIMEOUT,
+  );
 
   it('real Synapse: after the restore, Synapse (uid 991) writes media again and every directory has its owner and mode back', async () => {
     const skip = (rel: string) => /^(\.|media_store\/(remote|url_cache))/.test(rel);
@@ -299,98 +311,106 @@ print(json.dumps({"ok": ok, "messages": messages, "media": len(media), "missing"
       await rig?.stop();
     });
 
-    it("real Synapse: create and restore through the API server's exec bring back the backup state", async () => {
-      const workload = new KubernetesWorkload({
-        kubeConfig: rig.kubeConfig(),
-        namespace: rig.namespace,
-        pod: rig.pod,
-        container: 'synapse',
-        pebble: { command: [peerPath('pebble')], socket: unit.pebble.socketPath },
-      });
-      const engine = minioEngine(minio, PREFIX, {
-        passphrase: PASSPHRASE,
-        workload,
-        dataDir: unit.dataDir,
-      });
+    it(
+      "real Synapse: create and restore through the API server's exec bring back the backup state",
+      async () => {
+        const workload = new KubernetesWorkload({
+          kubeConfig: rig.kubeConfig(),
+          namespace: rig.namespace,
+          pod: rig.pod,
+          container: 'synapse',
+          pebble: { command: [peerPath('pebble')], socket: unit.pebble.socketPath },
+        });
+        const engine = minioEngine(minio, PREFIX, {
+          passphrase: PASSPHRASE,
+          workload,
+          dataDir: unit.dataDir,
+        });
+        try {
+          const s = await unit.client.login('alice', 'alice-password-1');
+          await unit.client.sendText(s, roomId, 'kube before');
+          const png = makePng(33, 33, 3333);
+          const mxc = await unit.client.upload(s, png, 'image/png', 'kube.png');
+          const expected = await unit.client.messages(s, roomId);
+          const created = await engine.create();
+          await unit.client.sendText(s, roomId, 'kube after');
+          const restored = await engine.restore({ id: created.backupId, services: ['synapse'] });
+          expect(restored.files).toBe(created.files);
+          await unit.waitHealthy();
+          const again = await unit.client.login('alice', 'alice-password-1');
+          expect(await unit.client.messages(again, roomId)).toEqual(expected);
+          expect(await unit.client.download(again, mxc)).toEqual(png);
+          expect(unit.synapseUid()).toBe(SYNAPSE_UID);
+          expect(fs.statSync(path.join(unit.dataDir, 'media_store')).uid).toBe(SYNAPSE_UID);
+        } finally {
+          engine.close();
+        }
+      },
+      START_TIMEOUT,
+    );
+  });
+
+  it(
+    'real Synapse: media_store_path and signing_key_path outside the data dir are backed up there and restored there; Synapse serves the media after',
+    async () => {
+      // A package-style layout: the media store and the signing key move out of the data dir.
+      const ext = path.join(fs.realpathSync(path.dirname(unit.dataDir)), 'ext');
+      const mediaDir = path.join(ext, 'media');
+      const key = path.join(ext, 'etc', `${SERVER}.signing.key`);
+      const workload = new PebbleWorkload({ socketPath: unit.pebble.socketPath });
+      await workload.stopServices(['synapse']);
+      fs.mkdirSync(path.dirname(key), { recursive: true });
+      fs.renameSync(path.join(unit.dataDir, 'media_store'), mediaDir);
+      fs.renameSync(path.join(unit.dataDir, `${SERVER}.signing.key`), key);
+      execFileSync('chown', ['-R', `${SYNAPSE_UID}:${SYNAPSE_UID}`, ext]);
+      const configPath = path.join(unit.dataDir, 'homeserver.yaml');
+      const doc = parseDocument(fs.readFileSync(configPath, 'utf8'));
+      doc.set('media_store_path', mediaDir);
+      doc.set('signing_key_path', key);
+      fs.writeFileSync(configPath, String(doc));
+      await workload.startServices(['synapse']);
+      await unit.waitHealthy();
+      const s = await unit.client.login('alice', 'alice-password-1');
+      const png = makePng(44, 44, 4444);
+      const mxc = await unit.client.upload(s, png, 'image/png', 'outside.png');
+      const keyText = fs.readFileSync(key, 'utf8');
+
+      const r = await h.action('create-backup');
+      expect(r.failMessage).toBeUndefined();
+      expect(r.results.missing).toBeUndefined();
+      const id = String(r.results['backup-id']);
+      const engine = minioEngine(minio, PREFIX, { passphrase: PASSPHRASE });
+      const dir = await tmpDir('real-synapse-external');
+      const tarFile = path.join(dir.path, 'backup.tar');
       try {
-        const s = await unit.client.login('alice', 'alice-password-1');
-        await unit.client.sendText(s, roomId, 'kube before');
-        const png = makePng(33, 33, 3333);
-        const mxc = await unit.client.upload(s, png, 'image/png', 'kube.png');
-        const expected = await unit.client.messages(s, roomId);
-        const created = await engine.create();
-        await unit.client.sendText(s, roomId, 'kube after');
-        const restored = await engine.restore({ id: created.backupId, services: ['synapse'] });
-        expect(restored.files).toBe(created.files);
-        await unit.waitHealthy();
-        const again = await unit.client.login('alice', 'alice-password-1');
-        expect(await unit.client.messages(again, roomId)).toEqual(expected);
-        expect(await unit.client.download(again, mxc)).toEqual(png);
-        expect(unit.synapseUid()).toBe(SYNAPSE_UID);
-        expect(fs.statSync(path.join(unit.dataDir, 'media_store')).uid).toBe(SYNAPSE_UID);
+        await engine.decryptTo(id, fs.createWriteStream(tarFile));
       } finally {
         engine.close();
       }
-    });
-  });
+      const names = execFileSync('tar', ['-tf', tarFile], { encoding: 'utf8' }).split('\n');
+      expect(names).toContain(`@external${key}`);
+      expect(
+        names.filter((n) => n.startsWith(`@external${mediaDir}/local_content/`)).length,
+      ).toBeGreaterThan(4);
+      expect(names.filter((n) => n.startsWith('media_store'))).toEqual([]);
+      await dir.cleanup();
 
-  it('real Synapse: media_store_path and signing_key_path outside the data dir are backed up there and restored there; Synapse serves the media after', async () => {
-    // A package-style layout: the media store and the signing key move out of the data dir.
-    const ext = path.join(fs.realpathSync(path.dirname(unit.dataDir)), 'ext');
-    const mediaDir = path.join(ext, 'media');
-    const key = path.join(ext, 'etc', `${SERVER}.signing.key`);
-    const workload = new PebbleWorkload({ socketPath: unit.pebble.socketPath });
-    await workload.stopServices(['synapse']);
-    fs.mkdirSync(path.dirname(key), { recursive: true });
-    fs.renameSync(path.join(unit.dataDir, 'media_store'), mediaDir);
-    fs.renameSync(path.join(unit.dataDir, `${SERVER}.signing.key`), key);
-    execFileSync('chown', ['-R', `${SYNAPSE_UID}:${SYNAPSE_UID}`, ext]);
-    const configPath = path.join(unit.dataDir, 'homeserver.yaml');
-    const doc = parseDocument(fs.readFileSync(configPath, 'utf8'));
-    doc.set('media_store_path', mediaDir);
-    doc.set('signing_key_path', key);
-    fs.writeFileSync(configPath, String(doc));
-    await workload.startServices(['synapse']);
-    await unit.waitHealthy();
-    const s = await unit.client.login('alice', 'alice-password-1');
-    const png = makePng(44, 44, 4444);
-    const mxc = await unit.client.upload(s, png, 'image/png', 'outside.png');
-    const keyText = fs.readFileSync(key, 'utf8');
-
-    const r = await h.action('create-backup');
-    expect(r.failMessage).toBeUndefined();
-    expect(r.results.missing).toBeUndefined();
-    const id = String(r.results['backup-id']);
-    const engine = minioEngine(minio, PREFIX, { passphrase: PASSPHRASE });
-    const dir = await tmpDir('real-synapse-external');
-    const tarFile = path.join(dir.path, 'backup.tar');
-    try {
-      await engine.decryptTo(id, fs.createWriteStream(tarFile));
-    } finally {
-      engine.close();
-    }
-    const names = execFileSync('tar', ['-tf', tarFile], { encoding: 'utf8' }).split('\n');
-    expect(names).toContain(`@external${key}`);
-    expect(
-      names.filter((n) => n.startsWith(`@external${mediaDir}/local_content/`)).length,
-    ).toBeGreaterThan(4);
-    expect(names.filter((n) => n.startsWith('media_store'))).toEqual([]);
-    await dir.cleanup();
-
-    // Both go; the restore brings them back where homeserver.yaml says.
-    fs.rmSync(path.join(mediaDir, 'local_content'), { recursive: true });
-    fs.writeFileSync(key, 'ed25519 a_other c2VlZA==\n');
-    const restored = await h.action('restore-backup', { 'backup-id': id });
-    expect(restored.failMessage).toBeUndefined();
-    await unit.waitHealthy();
-    expect(fs.readFileSync(key, 'utf8')).toBe(keyText);
-    expect(fs.statSync(key).uid).toBe(SYNAPSE_UID);
-    expect(fs.statSync(path.join(mediaDir, 'local_content')).uid).toBe(SYNAPSE_UID);
-    const again = await unit.client.login('alice', 'alice-password-1');
-    expect(await unit.client.download(again, mxc)).toEqual(png);
-    for (const [earlier, bytes] of media)
-      expect(await unit.client.download(again, earlier)).toEqual(bytes);
-    expect(fs.readdirSync(ext).filter((n) => n.startsWith('.'))).toEqual([]);
-    expect(fs.readdirSync(mediaDir).filter((n) => n.startsWith('.'))).toEqual([]);
-  });
+      // Both go; the restore brings them back where homeserver.yaml says.
+      fs.rmSync(path.join(mediaDir, 'local_content'), { recursive: true });
+      fs.writeFileSync(key, 'ed25519 a_other c2VlZA==\n');
+      const restored = await h.action('restore-backup', { 'backup-id': id });
+      expect(restored.failMessage).toBeUndefined();
+      await unit.waitHealthy();
+      expect(fs.readFileSync(key, 'utf8')).toBe(keyText);
+      expect(fs.statSync(key).uid).toBe(SYNAPSE_UID);
+      expect(fs.statSync(path.join(mediaDir, 'local_content')).uid).toBe(SYNAPSE_UID);
+      const again = await unit.client.login('alice', 'alice-password-1');
+      expect(await unit.client.download(again, mxc)).toEqual(png);
+      for (const [earlier, bytes] of media)
+        expect(await unit.client.download(again, earlier)).toEqual(bytes);
+      expect(fs.readdirSync(ext).filter((n) => n.startsWith('.'))).toEqual([]);
+      expect(fs.readdirSync(mediaDir).filter((n) => n.startsWith('.'))).toEqual([]);
+    },
+    START_TIMEOUT,
+  );
 });

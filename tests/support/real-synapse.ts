@@ -7,6 +7,7 @@
  */
 import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
+import * as net from 'node:net';
 import * as path from 'node:path';
 import { parse as parseYaml } from 'yaml';
 import { JujuHarness } from './juju-harness';
@@ -27,6 +28,8 @@ export interface RealSynapseUnit {
   sharedSecret(): string;
   /** Waits until /health answers OK (bounded). Returns the seconds it took. */
   waitHealthy(timeoutMs?: number): Promise<number>;
+  /** The last `lines` lines of Pebble's log (Synapse's output is in it), for failure messages. */
+  pebbleLog(lines?: number): string;
   /** uid of the running Synapse process (from /proc), or undefined when none runs. */
   synapseUid(): number | undefined;
   stop(): Promise<void>;
@@ -54,6 +57,62 @@ async function takeLock(timeoutMs: number): Promise<() => void> {
       else if (Date.now() > deadline) throw new Error(`port 8008 is held by process ${holder}`);
       else await sleep(500);
     }
+  }
+}
+
+/** Whether something accepts TCP connections on 127.0.0.1:`port`. */
+function listening(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const socket = net.connect({ host: '127.0.0.1', port });
+    socket.setTimeout(2000);
+    socket.once('connect', () => {
+      socket.destroy();
+      resolve(true);
+    });
+    socket.once('timeout', () => {
+      socket.destroy();
+      resolve(true);
+    });
+    socket.once('error', () => resolve(false));
+  });
+}
+
+/** "pid N (command line)" of the processes listening on TCP `port` (from /proc/net/tcp*). */
+function portHolders(port: number): string {
+  const hex = `:${port.toString(16).toUpperCase().padStart(4, '0')}`;
+  const inodes = new Set<string>();
+  for (const table of ['/proc/net/tcp', '/proc/net/tcp6']) {
+    for (const line of fs.readFileSync(table, 'utf8').split('\n').slice(1)) {
+      const cols = line.trim().split(/\s+/);
+      if (cols[1]?.endsWith(hex) && cols[3] === '0A') inodes.add(`socket:[${cols[9]}]`);
+    }
+  }
+  const holders: string[] = [];
+  for (const pid of fs.readdirSync('/proc').filter((e) => /^\d+$/.test(e))) {
+    try {
+      const fds = fs.readdirSync(`/proc/${pid}/fd`);
+      if (fds.some((fd) => inodes.has(fs.readlinkSync(`/proc/${pid}/fd/${fd}`)))) {
+        const cmd = fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').join(' ');
+        holders.push(`pid ${pid} (${cmd.trim()})`);
+      }
+    } catch {
+      // gone, or not ours to read
+    }
+  }
+  return holders.join(', ') || 'an unknown process';
+}
+
+/**
+ * Waits (bounded) until nothing listens on Synapse's port, so that /health answers come from
+ * this rig's Synapse; a previous rig's Synapse may still be exiting.
+ */
+async function waitPortFree(port: number, timeoutMs: number): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (await listening(port)) {
+    if (Date.now() > deadline) {
+      throw new Error(`port ${port} is still in use after ${timeoutMs} ms by ${portHolders(port)}`);
+    }
+    await sleep(250);
   }
 }
 
@@ -85,6 +144,12 @@ export async function startRealSynapseUnit(options: {
   charmDir?: string;
 }): Promise<RealSynapseUnit> {
   const release = await takeLock(300_000);
+  try {
+    await waitPortFree(8008, 30_000);
+  } catch (err) {
+    release();
+    throw err;
+  }
   const python = peerPath('synapse');
   const pebble = await startPebble();
   const root = await tmpDir('real-synapse');
@@ -137,10 +202,14 @@ export async function startRealSynapseUnit(options: {
         if (ok) return (Date.now() - started) / 1000;
         await sleep(200);
       }
-      const log = execFileSync('tail', ['-n', '30', path.join(pebble.dir, 'pebble.log')], {
+      throw new Error(
+        `Synapse did not answer /health in ${timeoutMs} ms; Pebble's log:\n${unit.pebbleLog()}`,
+      );
+    },
+    pebbleLog(lines = 30) {
+      return execFileSync('tail', ['-n', String(lines), path.join(pebble.dir, 'pebble.log')], {
         encoding: 'utf8',
       });
-      throw new Error(`Synapse did not answer /health in ${timeoutMs} ms; Pebble's log:\n${log}`);
     },
     synapseUid() {
       const pid = synapsePids(configPath)[0];
