@@ -12,12 +12,14 @@ import { BackupError } from '../errors';
 import { runCommand } from '../workload/command';
 import type { Workload } from '../workload/workload';
 import {
+  type HomeserverConfig,
   type HomeserverPaths,
   REFERENCED_FILE_KEYS,
   homeserverPaths,
   readHomeserverConfig,
   resolveConfigPath,
 } from './homeserver';
+import { type ServerIdentity, serverIdentityOf } from './identity';
 import { EXTERNAL_PREFIX } from './items';
 import { ROOT_LINK_NAME, isBookkeepingName } from './scripts/common';
 import { selectionProbeCommand } from './scripts/selection';
@@ -80,6 +82,20 @@ export async function readSelection(
   configRoot?: string,
 ): Promise<Selection> {
   const config = await readHomeserverConfig(workload, dataDir, configRoot);
+  return selectionOf(workload, dataDir, config, configRoot);
+}
+
+/**
+ * readSelection of an already read homeserver.yaml (`config`: readHomeserverConfig's,
+ * undefined when there is none: Synapse's defaults), probing its paths in the
+ * workload; the same errors but for the YAML's.
+ */
+export async function selectionOf(
+  workload: Workload,
+  dataDir: string,
+  config: HomeserverConfig | undefined,
+  configRoot?: string,
+): Promise<Selection> {
   const raw = config?.config ?? {};
   const paths = config?.paths ?? homeserverPaths({}, dataDir);
   const { candidates, notIncluded } = candidatesOf(raw, paths, configRoot);
@@ -117,6 +133,23 @@ export async function readSelection(
     else selection.add(candidate, r.real);
   }
   return selection.build();
+}
+
+/**
+ * homeserver.yaml read once (readHomeserverConfig), and both what create takes from
+ * it: the server's identity (identity.ts) and the selection (selectionOf), each
+ * settling on its own (either rejects with the read's error).
+ */
+export function readIdentityAndSelection(ctx: {
+  workload: Workload;
+  dataDir: string;
+  configRoot?: string;
+}): { identity: Promise<ServerIdentity>; selection: Promise<Selection> } {
+  const config = readHomeserverConfig(ctx.workload, ctx.dataDir, ctx.configRoot);
+  return {
+    identity: config.then((c) => serverIdentityOf(ctx.workload, c)),
+    selection: config.then((c) => selectionOf(ctx.workload, ctx.dataDir, c, ctx.configRoot)),
+  };
 }
 
 /** The paths homeserver.yaml selects, and its databases that no backup here holds. */
