@@ -666,7 +666,7 @@ describeWithPeers(['minio'])('synapse-backup CLI (built bundle, real MinIO)', ()
     const bad = await cli(['prune', '--keep-last', 'many']);
     expect(bad.code).toBe(2);
     expect(bad.stderr).toBe(
-      'synapse-backup: error: --keep-last takes a whole number, not "many"\n',
+      'synapse-backup: error: --keep-last takes a whole number of at least 1, not "many"\n',
     );
   });
 
@@ -778,6 +778,30 @@ describeWithPeers(['minio'])('synapse-backup CLI (built bundle, real MinIO)', ()
     expect(errorLine(run)).toMatch(
       /^synapse-backup: error: cannot [^:]+: no S3 credentials are set; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY$/,
     );
+  });
+
+  test('prune --keep-last 0 and -1: exit 2, one line saying it takes a whole number of at least 1, nothing deleted', async () => {
+    const before = JSON.parse((await cli(['list', '--json'])).out) as unknown;
+    const zero = await cli(['prune', '--keep-last', '0']);
+    expect(zero.code).toBe(2);
+    expect(zero.out).toBe('');
+    expect(errorLine(zero)).toBe(
+      'synapse-backup: error: --keep-last takes a whole number of at least 1, not "0": prune always keeps the newest complete backup, so --keep-last 1 keeps only that one; synapse-backup delete --id ID deletes it too',
+    );
+    // parseArgs alone calls a value that starts with a dash "ambiguous".
+    for (const args of [['--keep-last', '-1'], ['--keep-last=-1']]) {
+      const negative = await cli(['prune', ...args]);
+      expect(negative.code).toBe(2);
+      expect(errorLine(negative)).toBe(
+        'synapse-backup: error: --keep-last takes a whole number of at least 1, not "-1"',
+      );
+    }
+    const hours = await cli(['prune', '--stale-hours', '-2']);
+    expect(hours.code).toBe(2);
+    expect(errorLine(hours)).toBe(
+      'synapse-backup: error: --stale-hours takes a whole number, not "-2"',
+    );
+    expect(JSON.parse((await cli(['list', '--json'])).out)).toEqual(before);
   });
 
   test('flags that do not apply to the subcommand: exit 2, one line naming the flag and the subcommand', async () => {
