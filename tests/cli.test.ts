@@ -9,6 +9,7 @@ import { existsSync, promises as fsp, readdirSync, statSync } from 'node:fs';
 import path from 'node:path';
 import {
   CreateMultipartUploadCommand,
+  DeleteObjectCommand,
   ListMultipartUploadsCommand,
   PutObjectCommand,
 } from '@aws-sdk/client-s3';
@@ -612,6 +613,43 @@ describeWithPeers(['minio'])('synapse-backup CLI (built bundle, real MinIO)', ()
     );
     expect(await fsp.readFile(path.join(dst.path, 'media_store/local_content/old'), 'utf8')).toBe(
       'media from the Python charm',
+    );
+  });
+
+  test('restore --allow-no-manifest of a backup with paths outside the data dir: exit 1, one line saying why and what to do; nothing changed', async () => {
+    const root = await tmpDir('cli-f2');
+    const data = path.join(root.path, 'data');
+    const key = path.join(root.path, 'etc/example.org.signing.key');
+    await fsp.mkdir(path.dirname(key), { recursive: true });
+    await fsp.mkdir(data);
+    await fsp.writeFile(
+      path.join(data, 'homeserver.yaml'),
+      `server_name: "example.org"\nsigning_key_path: ${key}\n`,
+    );
+    await fsp.writeFile(key, 'ed25519 a_f2 c2VlZA\n');
+    const created = await cli(['create', '--data-dir', data, '--id', 'cli-f2']);
+    expect(created.code).toBe(0);
+    // A manifest lost (deleted by hand, a bucket tool): only the object is left.
+    await minio.client.send(
+      new DeleteObjectCommand({ Bucket: minio.bucket, Key: `${PREFIX}/cli-f2.manifest.json` }),
+    );
+    await fsp.writeFile(key, 'ed25519 a_new c2VlZA\n');
+    const run = await cli(['restore', '--id', 'cli-f2', '--data-dir', data, '--allow-no-manifest']);
+    expect(run.code).toBe(1);
+    expect(run.out).toBe('');
+    expect(errorLine(run)).toBe(
+      `synapse-backup: error: backup cli-f2 has no manifest and holds a path outside the data dir (${key}): --allow-no-manifest restores a backup of the data dir only (the original charm's), and only the manifest this engine writes says which outside paths a restore may replace; nothing was restored; synapse-backup decrypt --id cli-f2 --allow-no-manifest > cli-f2.tar writes its plain tar (outside paths as @external/<absolute path>) to put back by hand; or restore another backup (synapse-backup list)`,
+    );
+    expect(await fsp.readFile(key, 'utf8')).toBe('ed25519 a_new c2VlZA\n');
+    expect(await fsp.readdir(data)).toEqual(['homeserver.yaml']);
+    expect(await fsp.readdir(path.dirname(key))).toEqual(['example.org.signing.key']);
+    // What the remedy says works: the plain tar holds the outside path.
+    const tar = await cli(['decrypt', '--id', 'cli-f2', '--allow-no-manifest']);
+    expect(tar.code).toBe(0);
+    const listed = spawnSync('tar', ['-t', '-f', '-'], { input: tar.stdout });
+    expect(listed.stdout.toString()).toContain(`@external${key}\n`);
+    await minio.client.send(
+      new DeleteObjectCommand({ Bucket: minio.bucket, Key: `${PREFIX}/cli-f2.tar.enc` }),
     );
   });
 
