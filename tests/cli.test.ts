@@ -797,7 +797,7 @@ describeWithPeers(['minio'])('synapse-backup CLI (built bundle, real MinIO)', ()
     expect(run.code).toBe(2);
     expect(run.out).toBe('');
     expect(errorLine(run)).toBe(
-      `synapse-backup: error: nothing to back up in ${dir.path}: no regular file in the selection (*.key, *.yaml, *.yml, *.log.config, homeserver.db, media_store/local_content/, media_store/local_thumbnails/); check that Synapse's data is there`,
+      `synapse-backup: error: nothing to back up in ${dir.path}: no regular file in what this run selected (no homeserver.yaml in ${dir.path}, so Synapse's default paths; the media store ${dir.path}/media_store (local_content: no regular file, local_thumbnails: missing); the SQLite database ${dir.path}/homeserver.db (missing); no *.key, *.yaml, *.yml or *.log.config file in ${dir.path}); pass --data-dir the directory that holds Synapse's homeserver.yaml`,
     );
   });
 

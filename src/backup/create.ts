@@ -99,7 +99,7 @@ export async function createBackup(
   const notes = notesOf(scanner, complaints);
   // Nothing restorable (no file at all, or only what was left out): not a backup.
   if (failure === undefined && scanner.files === 0) {
-    failure = emptySelection(ctx.dataDir, leftOutNote(notes.skipped));
+    failure = emptySelection(ctx.dataDir, leftOutNote(notes.skipped), selection.lookedAt);
   }
   if (failure === undefined) {
     const counted = { scanner, plaintext, ciphertext, notes };

@@ -9,18 +9,19 @@
  */
 import { posix } from 'node:path';
 import { BackupError } from '../errors';
+import { emptySelection } from './create-status';
 import { runCommand } from '../workload/command';
 import type { Workload } from '../workload/workload';
 import {
   type HomeserverConfig,
   type HomeserverPaths,
-  REFERENCED_FILE_KEYS,
   homeserverPaths,
   readHomeserverConfig,
-  resolveConfigPath,
+  referenceKeys,
 } from './homeserver';
 import { type ServerIdentity, serverIdentityOf } from './identity';
 import { EXTERNAL_PREFIX } from './items';
+import { type ProbedPath, lookedAtOf } from './selection-looked-at';
 import { ROOT_LINK_NAME, isBookkeepingName } from './scripts/common';
 import { selectionProbeCommand } from './scripts/selection';
 
@@ -53,11 +54,15 @@ export interface Selection {
   missing: string[];
   /** What is not in this backup and what backs it up (a PostgreSQL database: pg_dump). */
   notIncluded: string[];
+  /** What this run looked at and found, one phrase each (selection-looked-at.ts). */
+  lookedAt: string[];
 }
 
 /** A path homeserver.yaml selects (or defaults to), and what to say if it is missing. */
 interface Candidate {
   path: string;
+  /** What it is, for the empty selection's message (selection-looked-at.ts). */
+  what?: string;
   /** The homeserver.yaml key naming it, when it names it explicitly. */
   key?: string;
   database?: boolean;
@@ -112,6 +117,7 @@ export async function selectionOf(
     throw new BackupError(
       'empty-selection',
       `nothing to back up: ${dataDir} does not exist in the workload`,
+      { remedy: { kind: 'data-dir' } },
     );
   }
   const records: { kind: string; path: string; type: string; real: string }[] = [];
@@ -125,14 +131,20 @@ export async function selectionOf(
   }
   const realDataDir = records[0]?.real || dataDir;
   const selection = new SelectionBuilder(dataDir, realDataDir, notIncluded, configRoot);
+  const probed: ProbedPath[] = [];
   for (const r of records.slice(1)) {
     const candidate =
       r.kind === 'glob' ? { path: posix.join(dataDir, r.path) } : candidates[Number(r.kind)];
     if (!candidate) continue;
+    if (r.kind !== 'glob') {
+      const what = candidate.what ?? candidate.key ?? 'a file homeserver.yaml names';
+      probed.push({ path: candidate.path, what, media: candidate.media, type: r.type });
+    }
     if (r.type === '-') selection.missing(candidate);
     else selection.add(candidate, r.real);
   }
-  return selection.build();
+  const globs = records.filter((r) => r.kind === 'glob').map((r) => r.path);
+  return { ...selection.build(), lookedAt: lookedAtOf(dataDir, Boolean(config), probed, globs) };
 }
 
 /**
@@ -148,7 +160,13 @@ export function readIdentityAndSelection(ctx: {
   const config = readHomeserverConfig(ctx.workload, ctx.dataDir, ctx.configRoot);
   return {
     identity: config.then((c) => serverIdentityOf(ctx.workload, c)),
-    selection: config.then((c) => selectionOf(ctx.workload, ctx.dataDir, c, ctx.configRoot)),
+    selection: config
+      .then((c) => selectionOf(ctx.workload, ctx.dataDir, c, ctx.configRoot))
+      .then((s) => {
+        // Nothing there at all: say so before tar starts.
+        if (s.items.length === 0) throw emptySelection(ctx.dataDir, '', s.lookedAt);
+        return s;
+      }),
   };
 }
 
@@ -161,7 +179,8 @@ function candidatesOf(
   const candidates: Candidate[] = [];
   if (paths.signingKeyPath) {
     const key = 'signing_key_path' in config ? 'signing_key_path' : undefined;
-    candidates.push({ path: paths.signingKeyPath, key, required: key !== undefined });
+    const what = 'the signing key';
+    candidates.push({ path: paths.signingKeyPath, what, key, required: key !== undefined });
   }
   if (paths.logConfig) candidates.push({ path: paths.logConfig, key: 'log_config' });
   const keys = referenceKeys(config, posix.dirname(paths.configPath), configRoot);
@@ -192,7 +211,8 @@ function candidatesOf(
     if ('path' in d) {
       // The default (homeserver.db in the data dir) may be missing silently, as before.
       const named = d.path !== posix.join(posix.dirname(paths.configPath), 'homeserver.db');
-      candidates.push({ path: d.path, key: named ? 'database' : undefined, database: true });
+      const what = 'the SQLite database';
+      candidates.push({ path: d.path, what, key: named ? 'database' : undefined, database: true });
     } else {
       const what = d.engine === 'psycopg2' ? 'PostgreSQL' : d.engine;
       notIncluded.push(
@@ -201,28 +221,6 @@ function candidatesOf(
     }
   }
   return { candidates, notIncluded };
-}
-
-/** Which homeserver.yaml key names each referenced file (homeserver.ts REFERENCED_FILE_KEYS). */
-function referenceKeys(
-  config: Record<string, unknown>,
-  dataDir: string,
-  configRoot: string | undefined,
-): Map<string, string> {
-  const keys = new Map<string, string>();
-  const files = Array.isArray(config.app_service_config_files)
-    ? config.app_service_config_files
-    : [];
-  const named: [string, unknown][] = [
-    ...files.map((f): [string, unknown] => ['app_service_config_files', f]),
-    ...REFERENCED_FILE_KEYS.map((k): [string, unknown] => [k, config[k]]),
-  ];
-  for (const [key, value] of named) {
-    if (typeof value !== 'string' || value === '') continue;
-    const path = resolveConfigPath(value, dataDir, configRoot);
-    if (!keys.has(path)) keys.set(path, key);
-  }
-  return keys;
 }
 
 class SelectionBuilder {
@@ -317,7 +315,7 @@ class SelectionBuilder {
     }
   }
 
-  build(): Selection {
+  build(): Omit<Selection, 'lookedAt'> {
     // Each name once; nothing inside another item (the database wins a tie).
     const byName = new Map<string, (typeof this.found)[number]>();
     for (const f of this.found) if (!byName.has(f.name) || f.database) byName.set(f.name, f);

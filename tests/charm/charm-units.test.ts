@@ -157,8 +157,8 @@ describe('remedies in the charm', () => {
     ],
     [
       { kind: 'data-dir' },
-      'the charm generates homeserver.yaml once server-name is set and the synapse container is up (see the unit status); or restore a backup into it with restore-backup',
-      'the charm generates homeserver.yaml once server-name is set and the synapse container is up (see the unit status); or restore a backup into it with restore-backup',
+      'the charm writes homeserver.yaml once server-name is set and the synapse container is up (see the unit status); to bring a server back from a backup, run restore-backup',
+      'the charm writes homeserver.yaml once server-name is set and the synapse container is up (see the unit status); to bring a server back from a backup, run restore-backup',
       "pass --data-dir the directory that holds Synapse's homeserver.yaml",
     ],
   ])('%j: from config, from the relation, in the CLI', (remedy, config, fromRelation, cli) => {
