@@ -66,6 +66,10 @@ export type Operation = 'list' | 'prune' | 'delete';
  * - `stop-synapse`: Synapse runs on the data dir: stop it, or let the run stop
  *   and start `service` (a Pebble service) around the swap; with `pidFile`, a
  *   live `pid` there that may be another program (the file then goes);
+ * - `decrypt`: backup `id` cannot be restored as it is; decrypt it to a plain tar
+ *   (with allow-no-manifest) and take its files out by hand, or restore another backup;
+ * - `data-dir`: the run looked in a directory that holds no Synapse data: point it
+ *   at the one that holds homeserver.yaml;
  * - `advice`: anything else, already neutral ("grow the data volume or free space").
  */
 export type Remedy =
@@ -74,6 +78,8 @@ export type Remedy =
   | { kind: 'run'; operation: Operation; why?: string; staleNowIf?: string }
   | { kind: 'grant-exec'; app: string }
   | { kind: 'stop-synapse'; service?: string; pidFile?: string; pid?: number }
+  | { kind: 'decrypt'; id: string }
+  | { kind: 'data-dir' }
   | { kind: 'advice'; text: string };
 
 export interface BackupErrorOptions {

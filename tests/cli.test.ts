@@ -9,6 +9,7 @@ import { existsSync, promises as fsp, readdirSync, statSync } from 'node:fs';
 import path from 'node:path';
 import {
   CreateMultipartUploadCommand,
+  DeleteObjectCommand,
   ListMultipartUploadsCommand,
   PutObjectCommand,
 } from '@aws-sdk/client-s3';
@@ -615,6 +616,43 @@ describeWithPeers(['minio'])('synapse-backup CLI (built bundle, real MinIO)', ()
     );
   });
 
+  test('restore --allow-no-manifest of a backup with paths outside the data dir: exit 1, one line saying why and what to do; nothing changed', async () => {
+    const root = await tmpDir('cli-f2');
+    const data = path.join(root.path, 'data');
+    const key = path.join(root.path, 'etc/example.org.signing.key');
+    await fsp.mkdir(path.dirname(key), { recursive: true });
+    await fsp.mkdir(data);
+    await fsp.writeFile(
+      path.join(data, 'homeserver.yaml'),
+      `server_name: "example.org"\nsigning_key_path: ${key}\n`,
+    );
+    await fsp.writeFile(key, 'ed25519 a_f2 c2VlZA\n');
+    const created = await cli(['create', '--data-dir', data, '--id', 'cli-f2']);
+    expect(created.code).toBe(0);
+    // A manifest lost (deleted by hand, a bucket tool): only the object is left.
+    await minio.client.send(
+      new DeleteObjectCommand({ Bucket: minio.bucket, Key: `${PREFIX}/cli-f2.manifest.json` }),
+    );
+    await fsp.writeFile(key, 'ed25519 a_new c2VlZA\n');
+    const run = await cli(['restore', '--id', 'cli-f2', '--data-dir', data, '--allow-no-manifest']);
+    expect(run.code).toBe(1);
+    expect(run.out).toBe('');
+    expect(errorLine(run)).toBe(
+      `synapse-backup: error: backup cli-f2 has no manifest and holds a path outside the data dir (${key}): --allow-no-manifest restores a backup of the data dir only (the original charm's), and only the manifest this engine writes says which outside paths a restore may replace; nothing was restored; synapse-backup decrypt --id cli-f2 --allow-no-manifest > cli-f2.tar writes its plain tar (outside paths as @external/<absolute path>) to put back by hand; or restore another backup (synapse-backup list)`,
+    );
+    expect(await fsp.readFile(key, 'utf8')).toBe('ed25519 a_new c2VlZA\n');
+    expect(await fsp.readdir(data)).toEqual(['homeserver.yaml']);
+    expect(await fsp.readdir(path.dirname(key))).toEqual(['example.org.signing.key']);
+    // What the remedy says works: the plain tar holds the outside path.
+    const tar = await cli(['decrypt', '--id', 'cli-f2', '--allow-no-manifest']);
+    expect(tar.code).toBe(0);
+    const listed = spawnSync('tar', ['-t', '-f', '-'], { input: tar.stdout });
+    expect(listed.stdout.toString()).toContain(`@external${key}\n`);
+    await minio.client.send(
+      new DeleteObjectCommand({ Bucket: minio.bucket, Key: `${PREFIX}/cli-f2.tar.enc` }),
+    );
+  });
+
   test('delete removes a backup; list no longer shows it', async () => {
     const run = await cli(['delete', '--id', 'cli-2'], {
       env: { SYNAPSE_BACKUP_PASSPHRASE: undefined },
@@ -666,7 +704,7 @@ describeWithPeers(['minio'])('synapse-backup CLI (built bundle, real MinIO)', ()
     const bad = await cli(['prune', '--keep-last', 'many']);
     expect(bad.code).toBe(2);
     expect(bad.stderr).toBe(
-      'synapse-backup: error: --keep-last takes a whole number, not "many"\n',
+      'synapse-backup: error: --keep-last takes a whole number of at least 1, not "many"\n',
     );
   });
 
@@ -759,7 +797,7 @@ describeWithPeers(['minio'])('synapse-backup CLI (built bundle, real MinIO)', ()
     expect(run.code).toBe(2);
     expect(run.out).toBe('');
     expect(errorLine(run)).toBe(
-      `synapse-backup: error: nothing to back up in ${dir.path}: no regular file in the selection (*.key, *.yaml, *.yml, *.log.config, homeserver.db, media_store/local_content/, media_store/local_thumbnails/); check that Synapse's data is there`,
+      `synapse-backup: error: nothing to back up in ${dir.path}: no regular file in what this run selected (no homeserver.yaml in ${dir.path}, so Synapse's default paths; the media store ${dir.path}/media_store (local_content: no regular file, local_thumbnails: missing); the SQLite database ${dir.path}/homeserver.db (missing); no *.key, *.yaml, *.yml or *.log.config file in ${dir.path}); pass --data-dir the directory that holds Synapse's homeserver.yaml`,
     );
   });
 
@@ -778,6 +816,30 @@ describeWithPeers(['minio'])('synapse-backup CLI (built bundle, real MinIO)', ()
     expect(errorLine(run)).toMatch(
       /^synapse-backup: error: cannot [^:]+: no S3 credentials are set; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY$/,
     );
+  });
+
+  test('prune --keep-last 0 and -1: exit 2, one line saying it takes a whole number of at least 1, nothing deleted', async () => {
+    const before = JSON.parse((await cli(['list', '--json'])).out) as unknown;
+    const zero = await cli(['prune', '--keep-last', '0']);
+    expect(zero.code).toBe(2);
+    expect(zero.out).toBe('');
+    expect(errorLine(zero)).toBe(
+      'synapse-backup: error: --keep-last takes a whole number of at least 1, not "0": prune always keeps the newest complete backup, so --keep-last 1 keeps only that one; synapse-backup delete --id ID deletes it too',
+    );
+    // parseArgs alone calls a value that starts with a dash "ambiguous".
+    for (const args of [['--keep-last', '-1'], ['--keep-last=-1']]) {
+      const negative = await cli(['prune', ...args]);
+      expect(negative.code).toBe(2);
+      expect(errorLine(negative)).toBe(
+        'synapse-backup: error: --keep-last takes a whole number of at least 1, not "-1"',
+      );
+    }
+    const hours = await cli(['prune', '--stale-hours', '-2']);
+    expect(hours.code).toBe(2);
+    expect(errorLine(hours)).toBe(
+      'synapse-backup: error: --stale-hours takes a whole number, not "-2"',
+    );
+    expect(JSON.parse((await cli(['list', '--json'])).out)).toEqual(before);
   });
 
   test('flags that do not apply to the subcommand: exit 2, one line naming the flag and the subcommand', async () => {

@@ -246,7 +246,8 @@ for (const transport of ['local', 'pebble'] as Transport[]) {
         const engine = engineFor(src.path);
         await expect(engine.create({ id: 'empty-media' })).rejects.toMatchObject({
           code: 'empty-selection',
-          message: `nothing to back up in ${src.path}: no regular file in the selection (*.key, *.yaml, *.yml, *.log.config, homeserver.db, media_store/local_content/, media_store/local_thumbnails/); check that Synapse's data is there`,
+          message: `nothing to back up in ${src.path}: no regular file in what this run selected (no homeserver.yaml in ${src.path}, so Synapse's default paths; the media store ${src.path}/media_store (local_content: no regular file, local_thumbnails: no regular file); the SQLite database ${src.path}/homeserver.db (missing); no *.key, *.yaml, *.yml or *.log.config file in ${src.path})`,
+          remedy: { kind: 'data-dir' },
         });
         await expectNothingStored(engine, 'empty-media');
         engine.close();
@@ -261,7 +262,7 @@ for (const transport of ['local', 'pebble'] as Transport[]) {
           code: 'empty-selection',
           message: expect.stringMatching(
             new RegExp(
-              `^nothing to back up in ${src.path}: no regular file in the selection \\(.*\\), only 1 socket\\(s\\), FIFO\\(s\\) or device node\\(s\\), which a backup leaves out \\(${LC}/ab/p\\); check that Synapse's data is there$`,
+              `^nothing to back up in ${src.path}: no regular file in what this run selected \\(.*\\), only 1 socket\\(s\\), FIFO\\(s\\) or device node\\(s\\), which a backup leaves out \\(${LC}/ab/p\\)$`,
             ),
           ),
         });

@@ -3,7 +3,11 @@ import { ObjectStore } from '../src/s3/store';
 import { startFaultyProxy } from './support/faulty-proxy';
 import { promises as fsp } from 'node:fs';
 import path from 'node:path';
-import { CreateMultipartUploadCommand, DeleteObjectCommand } from '@aws-sdk/client-s3';
+import {
+  CreateMultipartUploadCommand,
+  DeleteObjectCommand,
+  HeadObjectCommand,
+} from '@aws-sdk/client-s3';
 import { backupsToForget, parseRetention } from '../src/backup/retention';
 import type { BackupInfo } from '../src/backup/types';
 import { buildTar, encrypt, putBackup } from './support/backups';
@@ -83,6 +87,25 @@ describeWithPeers(['minio'])('prune against MinIO', () => {
       'PutObjectCommand',
     ]);
     await expect(store.getText(key)).resolves.toBe('first');
+    store.close();
+  });
+
+  test('putText and putTextIfAbsent write the same object: the text and its Content-Type', async () => {
+    const store = new ObjectStore(minioSettings(minio, 'same-put'));
+    const plain = store.key('plain.json');
+    const conditional = store.key('conditional.json');
+    await store.putText(plain, '{"a":1}', 'application/json');
+    await expect(store.putTextIfAbsent(conditional, '{"a":1}', 'application/json')).resolves.toBe(
+      true,
+    );
+    for (const key of [plain, conditional]) {
+      await expect(store.getText(key)).resolves.toBe('{"a":1}');
+      const head = await store.client.send(
+        new HeadObjectCommand({ Bucket: minio.bucket, Key: key }),
+      );
+      expect(head.ContentType).toBe('application/json');
+      expect(head.ContentLength).toBe(7);
+    }
     store.close();
   });
 

@@ -11,6 +11,8 @@ import path from 'node:path';
 import { MemoryStore } from './support/memory-store';
 import { memoryEngine } from './support/memory-engine';
 import { tmpDir } from './support/peers';
+import type { ExecOptions, ExecProcess } from '../src/workload/workload';
+import { LocalWorkload } from '../src/workload/local';
 import { archiveNames, manifestOf } from './support/selection';
 import { inspectSqliteDb, makeSqliteDb } from './support/synapse-tree';
 
@@ -200,6 +202,36 @@ describe('the selection follows homeserver.yaml', () => {
     const created = await memoryEngine(store, dir).create({ id: 'new' });
     expect(created.missing).toBeUndefined();
     expect(created.files).toBe(2);
+  });
+
+  test('create reads homeserver.yaml once: the identity and the selection are of the same text', async () => {
+    const store = new MemoryStore();
+    const dir = (await tmpDir('selection-read-once')).path;
+    const config = path.join(dir, 'homeserver.yaml');
+    await write(config, `server_name: "example.org"\nmedia_store_path: ${dir}/media_store\n`);
+    await write(path.join(dir, 'example.org.signing.key'), 'ed25519 a_once c2VlZA\n');
+    await write(path.join(dir, 'media_store/local_content/ab/m1'), 'media');
+    // The commands create runs, as this host runs them: which of them read homeserver.yaml.
+    const reads: string[][] = [];
+    class CountingWorkload extends LocalWorkload {
+      override exec(options: ExecOptions): ExecProcess {
+        if (options.command[0] === 'head' && options.command.at(-1) === config) {
+          reads.push(options.command);
+        }
+        return super.exec(options);
+      }
+    }
+    const engine = memoryEngine(store, dir, { workload: new CountingWorkload() });
+    const created = await engine.create({ id: 'once' });
+    expect(created.files).toBe(3);
+    expect(reads).toHaveLength(1);
+    const manifest = await manifestOf(store, 'once');
+    expect(manifest).toMatchObject({ serverName: 'example.org', signingKeyId: 'ed25519:a_once' });
+    expect(manifest.items).toEqual([
+      'example.org.signing.key',
+      'homeserver.yaml',
+      'media_store/local_content',
+    ]);
   });
 
   test('a data dir that does not exist: a clear error before anything is stored', async () => {

@@ -17,7 +17,7 @@ import type { Manifest } from '../src/backup/manifest';
 import { buildTar } from './support/backups';
 import { MemoryStore } from './support/memory-store';
 import { memoryEngine } from './support/memory-engine';
-import { tmpDir } from './support/peers';
+import { describeWithPeers, peerPath, tmpDir } from './support/peers';
 import { inspectSqliteDb } from './support/synapse-tree';
 import { archiveNames, manifestOf, packageLayout, write } from './support/selection';
 import { MutateAtMarker } from './support/workloads';
@@ -104,10 +104,11 @@ describe('paths outside the data dir', () => {
     await fsp.writeFile(path.join(etc, 'log.config'), 'changed\n');
     const restored = await memoryEngine(store, dataDir).restore({ id: 'kp', keepPrevious: true });
     const stamp = path.basename(restored.previousPath!);
+    // Ending in `~`: a config directory's loader skips it (see the real Synapse's, below).
     expect(restored.externalPreviousPaths).toEqual(
-      expect.arrayContaining([`${etc}/${stamp}-log.config`, `${media}/${stamp}-local_content`]),
+      expect.arrayContaining([`${etc}/${stamp}-log.config~`, `${media}/${stamp}-local_content~`]),
     );
-    expect(await fsp.readFile(`${etc}/${stamp}-log.config`, 'utf8')).toBe('changed\n');
+    expect(await fsp.readFile(`${etc}/${stamp}-log.config~`, 'utf8')).toBe('changed\n');
     expect(await fsp.readFile(path.join(etc, 'log.config'), 'utf8')).toBe('version: 1\n');
   });
 
@@ -360,5 +361,37 @@ describe('the manifest cannot widen what a restore replaces (its selection is bo
     expect(await fsp.readFile(path.join(dataDir, 'media_store/remote_content/x/r1'), 'utf8')).toBe(
       'remote cache',
     );
+  });
+});
+
+/**
+ * A kept copy beside a file of a config directory (a Debian `conf.d`) must not be
+ * loaded with it: the real Synapse's loader (synapse.config._base.find_config_files,
+ * which reads every `*.yaml` of a directory, dot-files included) is asked.
+ */
+describeWithPeers(['synapse'])("kept external copies and Synapse's config directory", () => {
+  test("keep-previous beside a config dir's *.yaml: Synapse loads the restored file only", async () => {
+    const store = new MemoryStore();
+    const { dataDir, etc } = await packageLayout();
+    await memoryEngine(store, dataDir).create({ id: 'confd' });
+    await fsp.writeFile(path.join(etc, 'bridge.yaml'), 'id: changed\n');
+    const restored = await memoryEngine(store, dataDir).restore({
+      id: 'confd',
+      keepPrevious: true,
+    });
+    const kept = `${etc}/${path.basename(restored.previousPath!)}-bridge.yaml~`;
+    expect(restored.externalPreviousPaths).toContain(kept);
+    expect(await fsp.readFile(kept, 'utf8')).toBe('id: changed\n');
+    const found = spawnSync(
+      peerPath('synapse'),
+      [
+        '-c',
+        'import json, sys; from synapse.config._base import find_config_files; print(json.dumps(find_config_files([sys.argv[1]])))',
+        etc,
+      ],
+      { encoding: 'utf8' },
+    );
+    expect(found.status).toBe(0);
+    expect(JSON.parse(found.stdout.trim().split('\n').at(-1)!)).toEqual([`${etc}/bridge.yaml`]);
   });
 });

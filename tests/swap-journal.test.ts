@@ -361,6 +361,62 @@ describe('a swap with items outside the data dir, killed, is resolved by the nex
   );
 });
 
+/**
+ * Kept external copies end in `~` (config loaders skip them); an engine before that kept
+ * them without it. Its swap, killed, is still resolved: the copies are renamed as it named
+ * them before the kill, then the next operation rolls back or completes by those names.
+ */
+describe("an earlier engine's external copies (no `~`), killed mid-swap, are resolved by the next operation", () => {
+  const asBefore =
+    `legacy() { item_paths "$1" "$2"; case $1 in root|rootdb) for s in '' -wal -shm -journal; do ` +
+    'if there "$V$s"; then mv -- "$V$s" "${V%?}$s" || return 1; fi; done ;; esac; }; each legacy';
+  const cases: Interruption[] = [
+    {
+      label: 'all live items out, nothing moved in',
+      line: 'each move_in || fail moving-in',
+      replacement: `${asBefore} && ${KILL}`,
+      expect: 'previous',
+    },
+    {
+      label: 'all staged items in, phase not yet "moved"',
+      line: 'journal moved && rm -rf -- "$staging"',
+      replacement: `${asBefore} && ${KILL}`,
+      expect: 'restored',
+    },
+  ];
+
+  test.each(cases.map((at) => [at.label, at] as const))(
+    'killed when %s: the next create resolves it by those names',
+    async (_label, at) => {
+      const store = new MemoryStore();
+      const { root, dataDir, etc, media } = await packageLayout();
+      await engineOn(store, dataDir).create({ id: 'x' });
+      const backedUp = await snapshotTree(root);
+      backedUp.delete('var/homeserver.db');
+      await fsp.writeFile(path.join(etc, 'log.config'), 'changed\n');
+      await fsp.rm(path.join(media, 'local_content/ab/cd/m1'));
+      const previous = await snapshotTree(root);
+      previous.delete('var/homeserver.db');
+      const workload = new Interrupting(at);
+      void engineOn(store, dataDir, { workload })
+        .restore({ id: 'x' })
+        .catch(() => undefined);
+      await workload.over;
+      // What the earlier engine left beside an external path: its name without the `~`.
+      expect((await fsp.readdir(etc)).filter((n) => n.startsWith('.pre-restore-'))).toEqual(
+        expect.arrayContaining([expect.stringMatching(/^\.pre-restore-\d{8}T\d+Z-log\.config$/)]),
+      );
+      await orphanLock(dataDir);
+      const created = await engineOn(store, dataDir).create({ id: 'after' });
+      expect(created.swapRecovery).toMatchObject({ outcome: outcomeOf(at.expect), backupId: 'x' });
+      const tree = await snapshotTree(root);
+      tree.delete('var/homeserver.db');
+      expect(tree).toEqual(at.expect === 'previous' ? previous : backedUp);
+    },
+    60_000,
+  );
+});
+
 test("an earlier engine's journal (format 1: it moved everything) is still rolled back as it was", async () => {
   const store = new MemoryStore();
   const dataDir = (await tmpDir('swap-journal-format1')).path;

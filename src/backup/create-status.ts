@@ -30,11 +30,23 @@ export const SELECTION_DESCRIPTION = [
   ...SELECTED_PATHS.map((p) => `${p}/`),
 ].join(', ');
 
-/** The empty selection: `what` says what was found instead of a file, if anything. */
-export function emptySelection(dataDir: string, what = ''): BackupError {
+/**
+ * The empty selection: `what` says what was found instead of a file, if anything;
+ * `lookedAt` (Selection.lookedAt) names the paths this run selected and what was
+ * at each (without it, the selection's rules). Remedy `data-dir`.
+ */
+export function emptySelection(
+  dataDir: string,
+  what = '',
+  lookedAt?: readonly string[],
+): BackupError {
+  const looked = lookedAt
+    ? `what this run selected (${lookedAt.join('; ')})`
+    : `the selection (${SELECTION_DESCRIPTION})`;
   return new BackupError(
     'empty-selection',
-    `nothing to back up in ${dataDir}: no regular file in the selection (${SELECTION_DESCRIPTION})${what}; check that Synapse's data is there`,
+    `nothing to back up in ${dataDir}: no regular file in ${looked}${what}`,
+    { remedy: { kind: 'data-dir' } },
   );
 }
 

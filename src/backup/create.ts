@@ -10,7 +10,7 @@ import { runCommand } from '../workload/command';
 import { SELECTION_CONTEXT_KEY, type BoundSelection, selectionDigest } from './binding';
 import { manifestKey, objectKey } from './catalog';
 import { type EngineContext, checkInterrupted, passphraseOf, progressTicker } from './context';
-import { type ServerIdentity, readServerIdentity } from './identity';
+import type { ServerIdentity } from './identity';
 import { checkSnapshotSpace } from './space';
 import { defaultBackupId, validateBackupId } from './ids';
 import { releaseBackupId, reserveBackupId } from './pending';
@@ -25,7 +25,7 @@ import {
   watchCreateScript,
 } from './create-status';
 import { ByteCounter, EndGate, HashingCounter } from './stages';
-import { type Selection, readSelection } from './selection';
+import { type Selection, readIdentityAndSelection } from './selection';
 import { resolveInterruptedSwap } from './swap-journal';
 import { TarScanner, createEntryPolicy } from './tar';
 import type { CreateRequest, CreateResult } from './types';
@@ -99,7 +99,7 @@ export async function createBackup(
   const notes = notesOf(scanner, complaints);
   // Nothing restorable (no file at all, or only what was left out): not a backup.
   if (failure === undefined && scanner.files === 0) {
-    failure = emptySelection(ctx.dataDir, leftOutNote(notes.skipped));
+    failure = emptySelection(ctx.dataDir, leftOutNote(notes.skipped), selection.lookedAt);
   }
   if (failure === undefined) {
     const counted = { scanner, plaintext, ciphertext, notes };
@@ -139,11 +139,12 @@ async function prepareCreate(
   id: string,
 ): Promise<{ identity: ServerIdentity; keepFree: number; selection: Selection }> {
   await reserveBackupId(ctx, id);
+  const configured = readIdentityAndSelection(ctx);
   const [existing, leftovers, identityRead, selectionRead] = await Promise.allSettled([
     refuseExisting(ctx, id),
     runCommand(ctx.workload, removeLeftoversCommand(ctx.dataDir), 'removing leftovers'),
-    readServerIdentity(ctx.workload, ctx.dataDir, ctx.configRoot),
-    readSelection(ctx.workload, ctx.dataDir, ctx.configRoot),
+    configured.identity,
+    configured.selection,
   ]);
   try {
     settledValue(existing);

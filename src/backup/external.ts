@@ -9,11 +9,12 @@ import { posix } from 'node:path';
 import { BackupError } from '../errors';
 import { runCommand } from '../workload/command';
 import type { EngineContext } from './context';
-import { EXTERNAL_PREFIX } from './items';
+import { EXTERNAL_PREFIX, externalPath, memberName } from './items';
 import type { Manifest } from './manifest';
 import type { RestoreDirs, SwapPlan } from './restore-swap';
 import { stageExternalCommand } from './scripts/external';
 import { externalCopiesOf } from './scripts/swap';
+import { type EntryPolicy, confinedEntryPolicy } from './tar';
 
 /**
  * The manifest's external roots as archive names, checked: each is
@@ -47,6 +48,33 @@ export function manifestRoots(
     }
     return root.name;
   });
+}
+
+/**
+ * Restore's entry policy: confinedEntryPolicy over the manifest's roots
+ * (manifestRoots). Without a manifest (allow-no-manifest, meant for the Python
+ * charm's backups, which hold the data dir only), the first `@external/...` entry
+ * fails the restore with `corrupt`, saying that only the manifest this engine
+ * wrote says which outside paths a restore may replace, with a `decrypt` remedy.
+ */
+export function restoreEntryPolicy(
+  manifest: Manifest | undefined,
+  id: string,
+  dataDir: string,
+): EntryPolicy {
+  const policy = confinedEntryPolicy({ roots: manifestRoots(manifest, id, dataDir) });
+  if (manifest) return policy;
+  return (entry) => {
+    const path = externalPath(memberName(entry.name));
+    if (path !== undefined) {
+      throw new BackupError(
+        'corrupt',
+        `backup ${id} has no manifest and holds a path outside the data dir (${path}): --allow-no-manifest restores a backup of the data dir only (the original charm's), and only the manifest this engine writes says which outside paths a restore may replace; nothing was restored`,
+        { remedy: { kind: 'decrypt', id } },
+      );
+    }
+    return policy(entry);
+  };
 }
 
 /** The plan's items outside the data dir, as absolute paths. */

@@ -83,6 +83,31 @@ export function resolveConfigPath(value: string, dataDir: string, configRoot?: s
 }
 
 /**
+ * Which homeserver.yaml key names each file it references (REFERENCED_FILE_KEYS and
+ * app_service_config_files), by the path resolveConfigPath makes of it; the first key wins.
+ */
+export function referenceKeys(
+  config: Record<string, unknown>,
+  dataDir: string,
+  configRoot: string | undefined,
+): Map<string, string> {
+  const keys = new Map<string, string>();
+  const files = Array.isArray(config.app_service_config_files)
+    ? config.app_service_config_files
+    : [];
+  const named: [string, unknown][] = [
+    ...files.map((f): [string, unknown] => ['app_service_config_files', f]),
+    ...REFERENCED_FILE_KEYS.map((k): [string, unknown] => [k, config[k]]),
+  ];
+  for (const [key, value] of named) {
+    if (typeof value !== 'string' || value === '') continue;
+    const path = resolveConfigPath(value, dataDir, configRoot);
+    if (!keys.has(path)) keys.set(path, key);
+  }
+  return keys;
+}
+
+/**
  * The paths of a parsed homeserver.yaml (`config`: the YAML's top-level mapping;
  * anything else counts as empty). Pure: nothing is read or checked for existence.
  */

@@ -1,7 +1,7 @@
-import { parse } from 'yaml';
+import { BackupError } from '../errors';
 import { fileExists, runCommand } from '../workload/command';
 import type { Workload } from '../workload/workload';
-import { homeserverPaths } from './homeserver';
+import { type HomeserverConfig, readHomeserverConfig } from './homeserver';
 import { readSmallFileCommand } from './scripts';
 
 /** Which Synapse a data dir belongs to, as recorded in manifests and checked before restores. */
@@ -18,23 +18,32 @@ async function readIfExists(workload: Workload, path: string): Promise<string | 
 
 /**
  * Reads server_name from homeserver.yaml and the signing key's id; missing pieces stay
- * undefined. `configRoot`: see homeserver.ts resolveConfigPath.
+ * undefined, and so does everything when homeserver.yaml is not YAML. `configRoot`:
+ * see homeserver.ts resolveConfigPath.
  */
 export async function readServerIdentity(
   workload: Workload,
   dataDir: string,
   configRoot?: string,
 ): Promise<ServerIdentity> {
-  const configText = await readIfExists(workload, `${dataDir}/homeserver.yaml`);
-  if (configText === undefined) return {};
-  let config: Record<string, unknown> = {};
-  try {
-    const parsed: unknown = parse(configText);
-    if (parsed && typeof parsed === 'object') config = parsed as Record<string, unknown>;
-  } catch {
-    return {};
-  }
-  const { serverName, signingKeyPath: keyPath } = homeserverPaths(config, dataDir, configRoot);
+  const config = await readHomeserverConfig(workload, dataDir, configRoot).catch((err: unknown) => {
+    if (err instanceof BackupError && err.code === 'invalid-config') return undefined;
+    throw err;
+  });
+  return serverIdentityOf(workload, config);
+}
+
+/**
+ * The identity of an already read homeserver.yaml (readHomeserverConfig; undefined
+ * when there is none: {}): its server_name, and the id of the signing key it names,
+ * read through `workload` (undefined when that file is missing or not a key).
+ */
+export async function serverIdentityOf(
+  workload: Workload,
+  config: HomeserverConfig | undefined,
+): Promise<ServerIdentity> {
+  if (!config) return {};
+  const { serverName, signingKeyPath: keyPath } = config.paths;
   const keyText = keyPath ? await readIfExists(workload, keyPath) : undefined;
   return { serverName, signingKeyId: keyText ? parseSigningKeyId(keyText) : undefined };
 }

@@ -28,9 +28,9 @@ import {
 import {
   externalCopies,
   externalTargets,
-  manifestRoots,
   refuseRootsElsewhere,
   refuseWithoutDatabase,
+  restoreEntryPolicy,
   stageExternal,
 } from './external';
 import { ItemTracker } from './items';
@@ -46,7 +46,7 @@ import {
   tarExtractCommand,
 } from './scripts';
 import { resolveInterruptedSwap } from './swap-journal';
-import { ArchiveRejectedError, TarScanner, confinedEntryPolicy } from './tar';
+import { ArchiveRejectedError, TarScanner } from './tar';
 import type { RestoreRequest, RestoreResult } from './types';
 
 /**
@@ -88,7 +88,7 @@ export async function restoreBackup(
     backupId: id,
     keepPrevious: Boolean(request.keepPrevious),
   };
-  const policy = confinedEntryPolicy({ roots: manifestRoots(manifest, id, ctx.dataDir) });
+  const policy = restoreEntryPolicy(manifest, id, ctx.dataDir);
   const tracker = new ItemTracker(manifest?.items);
   const scanner = new TarScanner((entry) => {
     policy(entry);

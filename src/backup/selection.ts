@@ -9,16 +9,19 @@
  */
 import { posix } from 'node:path';
 import { BackupError } from '../errors';
+import { emptySelection } from './create-status';
 import { runCommand } from '../workload/command';
 import type { Workload } from '../workload/workload';
 import {
+  type HomeserverConfig,
   type HomeserverPaths,
-  REFERENCED_FILE_KEYS,
   homeserverPaths,
   readHomeserverConfig,
-  resolveConfigPath,
+  referenceKeys,
 } from './homeserver';
+import { type ServerIdentity, serverIdentityOf } from './identity';
 import { EXTERNAL_PREFIX } from './items';
+import { type ProbedPath, lookedAtOf } from './selection-looked-at';
 import { ROOT_LINK_NAME, isBookkeepingName } from './scripts/common';
 import { selectionProbeCommand } from './scripts/selection';
 
@@ -51,11 +54,15 @@ export interface Selection {
   missing: string[];
   /** What is not in this backup and what backs it up (a PostgreSQL database: pg_dump). */
   notIncluded: string[];
+  /** What this run looked at and found, one phrase each (selection-looked-at.ts). */
+  lookedAt: string[];
 }
 
 /** A path homeserver.yaml selects (or defaults to), and what to say if it is missing. */
 interface Candidate {
   path: string;
+  /** What it is, for the empty selection's message (selection-looked-at.ts). */
+  what?: string;
   /** The homeserver.yaml key naming it, when it names it explicitly. */
   key?: string;
   database?: boolean;
@@ -80,6 +87,20 @@ export async function readSelection(
   configRoot?: string,
 ): Promise<Selection> {
   const config = await readHomeserverConfig(workload, dataDir, configRoot);
+  return selectionOf(workload, dataDir, config, configRoot);
+}
+
+/**
+ * readSelection of an already read homeserver.yaml (`config`: readHomeserverConfig's,
+ * undefined when there is none: Synapse's defaults), probing its paths in the
+ * workload; the same errors but for the YAML's.
+ */
+export async function selectionOf(
+  workload: Workload,
+  dataDir: string,
+  config: HomeserverConfig | undefined,
+  configRoot?: string,
+): Promise<Selection> {
   const raw = config?.config ?? {};
   const paths = config?.paths ?? homeserverPaths({}, dataDir);
   const { candidates, notIncluded } = candidatesOf(raw, paths, configRoot);
@@ -96,6 +117,7 @@ export async function readSelection(
     throw new BackupError(
       'empty-selection',
       `nothing to back up: ${dataDir} does not exist in the workload`,
+      { remedy: { kind: 'data-dir' } },
     );
   }
   const records: { kind: string; path: string; type: string; real: string }[] = [];
@@ -109,14 +131,43 @@ export async function readSelection(
   }
   const realDataDir = records[0]?.real || dataDir;
   const selection = new SelectionBuilder(dataDir, realDataDir, notIncluded, configRoot);
+  const probed: ProbedPath[] = [];
   for (const r of records.slice(1)) {
     const candidate =
       r.kind === 'glob' ? { path: posix.join(dataDir, r.path) } : candidates[Number(r.kind)];
     if (!candidate) continue;
+    if (r.kind !== 'glob') {
+      const what = candidate.what ?? candidate.key ?? 'a file homeserver.yaml names';
+      probed.push({ path: candidate.path, what, media: candidate.media, type: r.type });
+    }
     if (r.type === '-') selection.missing(candidate);
     else selection.add(candidate, r.real);
   }
-  return selection.build();
+  const globs = records.filter((r) => r.kind === 'glob').map((r) => r.path);
+  return { ...selection.build(), lookedAt: lookedAtOf(dataDir, Boolean(config), probed, globs) };
+}
+
+/**
+ * homeserver.yaml read once (readHomeserverConfig), and both what create takes from
+ * it: the server's identity (identity.ts) and the selection (selectionOf), each
+ * settling on its own (either rejects with the read's error).
+ */
+export function readIdentityAndSelection(ctx: {
+  workload: Workload;
+  dataDir: string;
+  configRoot?: string;
+}): { identity: Promise<ServerIdentity>; selection: Promise<Selection> } {
+  const config = readHomeserverConfig(ctx.workload, ctx.dataDir, ctx.configRoot);
+  return {
+    identity: config.then((c) => serverIdentityOf(ctx.workload, c)),
+    selection: config
+      .then((c) => selectionOf(ctx.workload, ctx.dataDir, c, ctx.configRoot))
+      .then((s) => {
+        // Nothing there at all: say so before tar starts.
+        if (s.items.length === 0) throw emptySelection(ctx.dataDir, '', s.lookedAt);
+        return s;
+      }),
+  };
 }
 
 /** The paths homeserver.yaml selects, and its databases that no backup here holds. */
@@ -128,7 +179,8 @@ function candidatesOf(
   const candidates: Candidate[] = [];
   if (paths.signingKeyPath) {
     const key = 'signing_key_path' in config ? 'signing_key_path' : undefined;
-    candidates.push({ path: paths.signingKeyPath, key, required: key !== undefined });
+    const what = 'the signing key';
+    candidates.push({ path: paths.signingKeyPath, what, key, required: key !== undefined });
   }
   if (paths.logConfig) candidates.push({ path: paths.logConfig, key: 'log_config' });
   const keys = referenceKeys(config, posix.dirname(paths.configPath), configRoot);
@@ -159,7 +211,8 @@ function candidatesOf(
     if ('path' in d) {
       // The default (homeserver.db in the data dir) may be missing silently, as before.
       const named = d.path !== posix.join(posix.dirname(paths.configPath), 'homeserver.db');
-      candidates.push({ path: d.path, key: named ? 'database' : undefined, database: true });
+      const what = 'the SQLite database';
+      candidates.push({ path: d.path, what, key: named ? 'database' : undefined, database: true });
     } else {
       const what = d.engine === 'psycopg2' ? 'PostgreSQL' : d.engine;
       notIncluded.push(
@@ -168,28 +221,6 @@ function candidatesOf(
     }
   }
   return { candidates, notIncluded };
-}
-
-/** Which homeserver.yaml key names each referenced file (homeserver.ts REFERENCED_FILE_KEYS). */
-function referenceKeys(
-  config: Record<string, unknown>,
-  dataDir: string,
-  configRoot: string | undefined,
-): Map<string, string> {
-  const keys = new Map<string, string>();
-  const files = Array.isArray(config.app_service_config_files)
-    ? config.app_service_config_files
-    : [];
-  const named: [string, unknown][] = [
-    ...files.map((f): [string, unknown] => ['app_service_config_files', f]),
-    ...REFERENCED_FILE_KEYS.map((k): [string, unknown] => [k, config[k]]),
-  ];
-  for (const [key, value] of named) {
-    if (typeof value !== 'string' || value === '') continue;
-    const path = resolveConfigPath(value, dataDir, configRoot);
-    if (!keys.has(path)) keys.set(path, key);
-  }
-  return keys;
 }
 
 class SelectionBuilder {
@@ -284,7 +315,7 @@ class SelectionBuilder {
     }
   }
 
-  build(): Selection {
+  build(): Omit<Selection, 'lookedAt'> {
     // Each name once; nothing inside another item (the database wins a tie).
     const byName = new Map<string, (typeof this.found)[number]>();
     for (const f of this.found) if (!byName.has(f.name) || f.database) byName.set(f.name, f);

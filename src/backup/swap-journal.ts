@@ -133,7 +133,13 @@ async function completeSwap(ctx: EngineContext, journal: Journal): Promise<SwapR
   if (!journal.keep) {
     await runCommand(
       workload,
-      removeTreeCommand(previousPath, ...external.previous, ...external.companions),
+      // An earlier engine's journal: its copies have the names without the `~`.
+      removeTreeCommand(
+        previousPath,
+        ...external.previous,
+        ...external.companions,
+        ...external.legacy,
+      ),
       'removing the previous files',
     );
   }

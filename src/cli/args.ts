@@ -157,10 +157,50 @@ export function readPassphrase(values: Values): string {
   return fromEnv;
 }
 
+/**
+ * The flags that take a whole number, and the least each takes. --keep-last 0
+ * would read as "keep none", but prune always keeps the newest complete backup
+ * (retention.ts; the charm's backup-retention refuses keep-last=0 too).
+ */
+const WHOLE_NUMBER_FLAGS: Partial<Record<Flag, number>> = {
+  'keep-last': 1,
+  'keep-days': 0,
+  'stale-hours': 0,
+  'frame-length': 0,
+  'part-size': 0,
+  'queue-size': 0,
+};
+
+/**
+ * `value` of `--flag` as a number; undefined when not given. ConfigError (exit 2,
+ * one line) for anything but a whole number at or above the flag's least.
+ */
 export function wholeNumber(value: string | undefined, flag: string): number | undefined {
   if (value === undefined) return undefined;
-  if (!/^\d+$/.test(value)) throw new ConfigError(`--${flag} takes a whole number, not "${value}"`);
+  const least = WHOLE_NUMBER_FLAGS[flag as Flag] ?? 0;
+  if (!/^\d+$/.test(value) || Number(value) < least) {
+    const takes = least > 0 ? `a whole number of at least ${least}` : 'a whole number';
+    const why =
+      flag === 'keep-last' && /^0+$/.test(value)
+        ? ': prune always keeps the newest complete backup, so --keep-last 1 keeps only that one; synapse-backup delete --id ID deletes it too'
+        : '';
+    throw new ConfigError(`--${flag} takes ${takes}, not "${value}"${why}`);
+  }
   return Number(value);
+}
+
+/**
+ * `--keep-last -1`: parseArgs calls a value that starts with a dash ambiguous;
+ * a whole-number flag says what it takes instead (ConfigError).
+ */
+function checkDashValues(argv: readonly string[]): void {
+  argv.forEach((arg, i) => {
+    const flag = arg.slice(2);
+    const next = argv[i + 1];
+    if (arg.startsWith('--') && flag in WHOLE_NUMBER_FLAGS && next?.startsWith('-')) {
+      wholeNumber(next, flag);
+    }
+  });
 }
 
 export function required(value: string | undefined, flag: string, command: string): string {
@@ -238,6 +278,7 @@ export function parseCommandLine(
       'the passphrase is never a flag (the process list would show it): set SYNAPSE_BACKUP_PASSPHRASE or pass --passphrase-file',
     );
   }
+  checkDashValues(argv);
   try {
     parsed = parseArgs({ args: argv, options: OPTIONS, allowPositionals: true });
   } catch (err) {

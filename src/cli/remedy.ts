@@ -45,6 +45,10 @@ export function cliRemedy(remedy: Remedy): string {
       return `give this identity the Kubernetes permission to create pods/exec in the pod's namespace (Juju: \`juju trust ${remedy.app} --scope=cluster\`)`;
     case 'stop-synapse':
       return stopSynapse(remedy);
+    case 'decrypt':
+      return `synapse-backup decrypt --id ${remedy.id} --allow-no-manifest > ${remedy.id}.tar writes its plain tar (outside paths as @external/<absolute path>) to put back by hand; or restore another backup (synapse-backup list)`;
+    case 'data-dir':
+      return "pass --data-dir the directory that holds Synapse's homeserver.yaml";
     case 'advice':
       return remedy.text;
   }

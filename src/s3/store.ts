@@ -133,14 +133,7 @@ export class ObjectStore {
   /** PutObject of `text` (UTF-8) with its Content-Type. */
   async putText(key: string, text: string, contentType: string): Promise<void> {
     try {
-      await this.client.send(
-        new PutObjectCommand({
-          Bucket: this.settings.bucket,
-          Key: key,
-          Body: text,
-          ContentType: contentType,
-        }),
-      );
+      await this.sendText(key, text, contentType);
     } catch (err) {
       throw describeS3Error(err, this.settings, `write ${key}`);
     }
@@ -154,15 +147,7 @@ export class ObjectStore {
    */
   async putTextIfAbsent(key: string, text: string, contentType: string): Promise<boolean> {
     try {
-      await this.client.send(
-        new PutObjectCommand({
-          Bucket: this.settings.bucket,
-          Key: key,
-          Body: text,
-          ContentType: contentType,
-          IfNoneMatch: '*',
-        }),
-      );
+      await this.sendText(key, text, contentType, { IfNoneMatch: '*' });
       return true;
     } catch (err) {
       const status = httpStatusOf(err);
@@ -172,6 +157,24 @@ export class ObjectStore {
     if (await this.head(key)) return false;
     await this.putText(key, text, contentType);
     return (await this.getText(key)) === text;
+  }
+
+  /** The PutObject of putText and putTextIfAbsent: `text` (UTF-8) with its Content-Type; S3's errors as they come. */
+  private async sendText(
+    key: string,
+    text: string,
+    contentType: string,
+    condition: { IfNoneMatch?: '*' } = {},
+  ): Promise<void> {
+    await this.client.send(
+      new PutObjectCommand({
+        Bucket: this.settings.bucket,
+        Key: key,
+        Body: text,
+        ContentType: contentType,
+        ...condition,
+      }),
+    );
   }
 
   /**

@@ -371,7 +371,7 @@ describeWithPeers(['minio', 'pebble'])('charm actions', () => {
     );
     const stamp = path.basename(String(restored.results['previous-path']));
     expect(String(restored.results['previous-external']).split(', ')).toContain(
-      `${layout.etc}/${stamp}-example.org.signing.key`,
+      `${layout.etc}/${stamp}-example.org.signing.key~`,
     );
 
     fs.writeFileSync(

@@ -124,7 +124,7 @@ describeWithPeers(['minio', 'pebble'])('create-backup and what a backup may hold
     const r = await h.action('create-backup');
     expect(r.failed).toBe(true);
     expect(r.failMessage).toBe(
-      `nothing to back up in ${h.dataDir}: no regular file in the selection (*.key, *.yaml, *.yml, *.log.config, homeserver.db, media_store/local_content/, media_store/local_thumbnails/); check that Synapse's data is there`,
+      `nothing to back up in ${h.dataDir}: no regular file in what this run selected (no homeserver.yaml in ${h.dataDir}, so Synapse's default paths; the media store ${h.dataDir}/media_store (local_content: no regular file, local_thumbnails: no regular file); the SQLite database ${h.dataDir}/homeserver.db (missing); no *.key, *.yaml, *.yml or *.log.config file in ${h.dataDir}); the charm writes homeserver.yaml once server-name is set and the synapse container is up (see the unit status); to bring a server back from a backup, run restore-backup`,
     );
     expect(await backupsOf(h)).toMatch(/^no backups in s3:/);
   });

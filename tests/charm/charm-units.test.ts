@@ -149,6 +149,18 @@ describe('remedies in the charm', () => {
       'run prune-backups or abort it with your S3 tools',
       'run synapse-backup prune or abort it with your S3 tools',
     ],
+    [
+      { kind: 'decrypt', id: 'b1' },
+      "restore another backup (list-backups), or take this one's files out by hand with the synapse-backup CLI: synapse-backup decrypt --id b1 --allow-no-manifest > b1.tar",
+      "restore another backup (list-backups), or take this one's files out by hand with the synapse-backup CLI: synapse-backup decrypt --id b1 --allow-no-manifest > b1.tar",
+      'synapse-backup decrypt --id b1 --allow-no-manifest > b1.tar writes its plain tar (outside paths as @external/<absolute path>) to put back by hand; or restore another backup (synapse-backup list)',
+    ],
+    [
+      { kind: 'data-dir' },
+      'the charm writes homeserver.yaml once server-name is set and the synapse container is up (see the unit status); to bring a server back from a backup, run restore-backup',
+      'the charm writes homeserver.yaml once server-name is set and the synapse container is up (see the unit status); to bring a server back from a backup, run restore-backup',
+      "pass --data-dir the directory that holds Synapse's homeserver.yaml",
+    ],
   ])('%j: from config, from the relation, in the CLI', (remedy, config, fromRelation, cli) => {
     expect(charmRemedy(remedy)).toBe(config);
     expect(charmRemedy(remedy, { kind: 'config' })).toBe(config);

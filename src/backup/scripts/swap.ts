@@ -9,7 +9,8 @@
  *   previous at `$previous/NAME`;
  * - `root` / `rootdb`: an absolute path outside the data dir (`@external/...` in
  *   the archive); staged and previous beside it, on its filesystem, as
- *   `DIR/$staging-BASE` and `DIR/$previous-BASE` (see externalPaths).
+ *   `DIR/$staging-BASE` and `DIR/$previous-BASE~` (see externalPaths; an
+ *   earlier engine's `DIR/$previous-BASE` is still found).
  * `db`/`rootdb` are SQLite databases: their `-wal`, `-shm` and `-journal`
  * siblings go with them both ways (an old WAL beside a restored database
  * corrupts it).
@@ -35,20 +36,32 @@ export function itemLines(items: readonly SwapItem[]): string {
 }
 
 /**
+ * The end of a kept (previous) external copy's name, so that the loaders of the
+ * directory it sits in skip it: Synapse reads only `*.yaml` from a config
+ * directory (a Debian `conf.d`), dot-files included; nginx and systemd only
+ * `*.conf`; logrotate and sudoers skip names ending in `~` (a backup copy).
+ */
+export const KEPT_SUFFIX = '~';
+
+/**
  * Where an external root's staged and previous copies are: beside it, on its
  * filesystem, so that the swap is a rename (`/mnt/media/local_content` →
- * `/mnt/media/.synapse-restore-T-local_content`). The same rule as ITEM_PATHS.
+ * `/mnt/media/.synapse-restore-T-local_content`, the live one to
+ * `/mnt/media/.pre-restore-T-local_content~`). The same rule as ITEM_FUNCTIONS'
+ * item_paths; `legacyPrevious`: the previous copy's name before KEPT_SUFFIX, which
+ * an earlier engine's interrupted swap may have left.
  */
 export function externalPaths(
   path: string,
   staging: string,
   previous: string,
-): { staged: string; previous: string } {
+): { staged: string; previous: string; legacyPrevious: string } {
   const dir = posix.dirname(path);
   const base = posix.basename(path);
   return {
     staged: posix.join(dir, `${staging}-${base}`),
-    previous: posix.join(dir, `${previous}-${base}`),
+    previous: posix.join(dir, `${previous}-${base}${KEPT_SUFFIX}`),
+    legacyPrevious: posix.join(dir, `${previous}-${base}`),
   };
 }
 
@@ -58,21 +71,29 @@ export const DATABASE_SIBLINGS = ['-wal', '-shm', '-journal'];
 /**
  * The staged and previous copies of `items` outside the data dir, as absolute
  * paths; `companions`: where a database's -wal, -shm and -journal would be kept
- * beside its previous copy (removed with it).
+ * beside its previous copy (removed with it); `legacy`: the previous copies (and
+ * companions) as an engine before KEPT_SUFFIX named them (for a journal it left).
  */
 export function externalCopiesOf(
   items: readonly SwapItem[],
   staging: string,
   previous: string,
-): { staged: string[]; previous: string[]; companions: string[] } {
-  const out = { staged: [] as string[], previous: [] as string[], companions: [] as string[] };
+): { staged: string[]; previous: string[]; companions: string[]; legacy: string[] } {
+  const out = {
+    staged: [] as string[],
+    previous: [] as string[],
+    companions: [] as string[],
+    legacy: [] as string[],
+  };
   for (const item of items) {
     if (item.kind !== 'root' && item.kind !== 'rootdb') continue;
     const copies = externalPaths(item.name, staging, previous);
     out.staged.push(copies.staged);
     out.previous.push(copies.previous);
+    out.legacy.push(copies.legacyPrevious);
     if (item.kind === 'rootdb') {
       out.companions.push(...DATABASE_SIBLINGS.map((s) => `${copies.previous}${s}`));
+      out.legacy.push(...DATABASE_SIBLINGS.map((s) => `${copies.legacyPrevious}${s}`));
     }
   }
   return out;
@@ -85,11 +106,15 @@ export function externalCopiesOf(
  */
 const ITEM_FUNCTIONS = [
   'there() { [ -e "$1" ] || [ -L "$1" ]; }',
-  // Sets L (live), S (staged), V (previous) of item $2 of kind $1; kind in $kind.
+  // $1 or one of a database's siblings of it is there.
+  `any_there() { for s in '' ${DATABASE_SIBLINGS.join(' ')}; do there "$1$s" && return 0; done; return 1; }`,
+  // Sets L (live), S (staged), V (previous) of item $2 of kind $1; kind in $kind. An
+  // earlier engine's swap kept an external copy without KEPT_SUFFIX: found by that name.
   'item_paths() {',
   '  kind=$1',
   '  case $1 in',
-  '    root|rootdb) d=${2%/*}; b=${2##*/}; L=$2; S=$d/$staging-$b; V=$d/$previous-$b ;;',
+  `    root|rootdb) d=\${2%/*}; b=\${2##*/}; L=$2; S=$d/$staging-$b; V=$d/$previous-$b'${KEPT_SUFFIX}'`,
+  '      if ! any_there "$V" && any_there "$d/$previous-$b"; then V=$d/$previous-$b; fi ;;',
   '    *) L=./$2; S=$staging/$2; V=$previous/$2 ;;',
   '  esac',
   '}',

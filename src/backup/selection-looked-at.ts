@@ -1,0 +1,67 @@
+/**
+ * What a create looked at, as an operator reads it: for the empty selection's
+ * message (create-status.ts emptySelection), which names the actual paths this
+ * run's homeserver.yaml (or Synapse's defaults without one) selected and what
+ * was found at each.
+ */
+import { posix } from 'node:path';
+import { HOMESERVER_CONFIG } from './homeserver';
+import { SELECTED_GLOBS } from './scripts';
+
+/** A selected path as the probe found it (selection.ts). */
+export interface ProbedPath {
+  path: string;
+  /** What it is, e.g. "the signing key", "log_config"; media paths are grouped instead. */
+  what: string;
+  /** local_content or local_thumbnails of a media store. */
+  media?: boolean;
+  /** The probe's type: `f` (not a directory), `d` (a directory) or `-` (missing). */
+  type: string;
+}
+
+const STATE: Record<string, string> = {
+  '-': 'missing',
+  d: 'no regular file',
+  f: 'not a regular file',
+};
+
+/**
+ * One phrase per thing looked at, in selection order, e.g. `no homeserver.yaml,
+ * so Synapse's default paths`, `the media store /d/media_store (local_content: no
+ * regular file, local_thumbnails: missing)`, `the SQLite database /d/homeserver.db
+ * (missing)`, `no *.key, *.yaml, *.yml or *.log.config file in /d`. `globs`: the
+ * data-dir files SELECTED_GLOBS matched (names).
+ */
+export function lookedAtOf(
+  dataDir: string,
+  hasConfig: boolean,
+  probed: readonly ProbedPath[],
+  globs: readonly string[],
+): string[] {
+  const first = hasConfig
+    ? `the paths ${posix.join(dataDir, HOMESERVER_CONFIG)} names`
+    : `no ${HOMESERVER_CONFIG} in ${dataDir}, so Synapse's default paths`;
+  // A media store's folders in one phrase, where its first folder comes.
+  const slots: { text?: string; store?: string }[] = [{ text: first }];
+  const stores = new Map<string, string[]>();
+  for (const p of probed) {
+    const state = STATE[p.type] ?? 'found';
+    if (!p.media) {
+      slots.push({ text: `${p.what} ${p.path} (${state})` });
+      continue;
+    }
+    const store = posix.dirname(p.path);
+    const folders = stores.get(store) ?? [];
+    if (folders.length === 0) slots.push({ store });
+    stores.set(store, [...folders, `${posix.basename(p.path)}: ${state}`]);
+  }
+  const phrases = slots.map(({ text, store }) =>
+    store ? `the media store ${store} (${stores.get(store)?.join(', ')})` : (text ?? ''),
+  );
+  phrases.push(
+    globs.length
+      ? `${dataDir}'s ${globs.join(', ')} (of ${SELECTED_GLOBS.join(', ')})`
+      : `no ${SELECTED_GLOBS.slice(0, -1).join(', ')} or ${SELECTED_GLOBS.at(-1)} file in ${dataDir}`,
+  );
+  return phrases;
+}
