@@ -818,7 +818,7 @@ describeWithPeers(['minio'])('synapse-backup CLI (built bundle, real MinIO)', ()
     );
   });
 
-  test('prune --keep-last 0 and -1: exit 2, one line saying it takes a whole number of at least 1, nothing deleted', async () => {
+  test('prune --keep-last 0 and -1, --keep-days 0: exit 2, one line saying it takes a whole number of at least 1, nothing deleted', async () => {
     const before = JSON.parse((await cli(['list', '--json'])).out) as unknown;
     const zero = await cli(['prune', '--keep-last', '0']);
     expect(zero.code).toBe(2);
@@ -834,6 +834,12 @@ describeWithPeers(['minio'])('synapse-backup CLI (built bundle, real MinIO)', ()
         'synapse-backup: error: --keep-last takes a whole number of at least 1, not "-1"',
       );
     }
+    // keep-days 0 as the charm's backup-retention: refused, not read as "keep none".
+    const days = await cli(['prune', '--keep-days', '0']);
+    expect(days.code).toBe(2);
+    expect(errorLine(days)).toBe(
+      'synapse-backup: error: --keep-days takes a whole number of at least 1, not "0": prune always keeps the newest complete backup, so --keep-last 1 keeps only that one; synapse-backup delete --id ID deletes it too',
+    );
     const hours = await cli(['prune', '--stale-hours', '-2']);
     expect(hours.code).toBe(2);
     expect(errorLine(hours)).toBe(

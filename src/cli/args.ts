@@ -160,11 +160,12 @@ export function readPassphrase(values: Values): string {
 /**
  * The flags that take a whole number, and the least each takes. --keep-last 0
  * would read as "keep none", but prune always keeps the newest complete backup
- * (retention.ts; the charm's backup-retention refuses keep-last=0 too).
+ * (retention.ts; the charm's backup-retention refuses keep-last=0 and
+ * keep-days=0 too, and so does the CLI).
  */
 const WHOLE_NUMBER_FLAGS: Partial<Record<Flag, number>> = {
   'keep-last': 1,
-  'keep-days': 0,
+  'keep-days': 1,
   'stale-hours': 0,
   'frame-length': 0,
   'part-size': 0,
@@ -181,7 +182,7 @@ export function wholeNumber(value: string | undefined, flag: string): number | u
   if (!/^\d+$/.test(value) || Number(value) < least) {
     const takes = least > 0 ? `a whole number of at least ${least}` : 'a whole number';
     const why =
-      flag === 'keep-last' && /^0+$/.test(value)
+      (flag === 'keep-last' || flag === 'keep-days') && /^0+$/.test(value)
         ? ': prune always keeps the newest complete backup, so --keep-last 1 keeps only that one; synapse-backup delete --id ID deletes it too'
         : '';
     throw new ConfigError(`--${flag} takes ${takes}, not "${value}"${why}`);
