@@ -77,8 +77,8 @@ function listening(port: number): Promise<boolean> {
   });
 }
 
-/** "pid N (command line)" of the processes listening on TCP `port` (from /proc/net/tcp*). */
-function portHolders(port: number): string {
+/** The processes listening on TCP `port` (from /proc/net/tcp*): pid and command line. */
+function portHolders(port: number): { pid: number; argv: string[] }[] {
   const hex = `:${port.toString(16).toUpperCase().padStart(4, '0')}`;
   const inodes = new Set<string>();
   for (const table of ['/proc/net/tcp', '/proc/net/tcp6']) {
@@ -87,30 +87,53 @@ function portHolders(port: number): string {
       if (cols[1]?.endsWith(hex) && cols[3] === '0A') inodes.add(`socket:[${cols[9]}]`);
     }
   }
-  const holders: string[] = [];
+  const holders: { pid: number; argv: string[] }[] = [];
   for (const pid of fs.readdirSync('/proc').filter((e) => /^\d+$/.test(e))) {
     try {
       const fds = fs.readdirSync(`/proc/${pid}/fd`);
       if (fds.some((fd) => inodes.has(fs.readlinkSync(`/proc/${pid}/fd/${fd}`)))) {
-        const cmd = fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').join(' ');
-        holders.push(`pid ${pid} (${cmd.trim()})`);
+        const argv = fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0');
+        holders.push({ pid: Number(pid), argv: argv.filter(Boolean) });
       }
     } catch {
       // gone, or not ours to read
     }
   }
-  return holders.join(', ') || 'an unknown process';
+  return holders;
+}
+
+/**
+ * A Synapse left by an earlier rig: synapse.app.homeserver whose config file is gone (each rig
+ * removes its data dir when it stops). Such a process only keeps the port.
+ */
+function isOrphanSynapse(argv: string[]): boolean {
+  if (!argv.includes('synapse.app.homeserver')) return false;
+  const config = argv[argv.indexOf('-c') + 1] ?? argv[argv.indexOf('--config-path') + 1];
+  return config !== undefined && !fs.existsSync(config);
 }
 
 /**
  * Waits (bounded) until nothing listens on Synapse's port, so that /health answers come from
- * this rig's Synapse; a previous rig's Synapse may still be exiting.
+ * this rig's Synapse; a previous rig's Synapse may still be exiting, and one whose data dir is
+ * gone is killed. Throws naming the holder when the port stays taken.
  */
 async function waitPortFree(port: number, timeoutMs: number): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   while (await listening(port)) {
+    const holders = portHolders(port);
+    for (const { pid } of holders.filter((h) => isOrphanSynapse(h.argv))) {
+      console.warn(`real-synapse rig: killing an earlier rig's Synapse on ${port}: pid ${pid}`);
+      try {
+        process.kill(pid, 'SIGKILL');
+      } catch {
+        // gone meanwhile
+      }
+    }
     if (Date.now() > deadline) {
-      throw new Error(`port ${port} is still in use after ${timeoutMs} ms by ${portHolders(port)}`);
+      const named = holders.map((h) => `pid ${h.pid} (${h.argv.join(' ')})`).join(', ');
+      throw new Error(
+        `port ${port} is still in use after ${timeoutMs} ms by ${named || 'an unknown process'}`,
+      );
     }
     await sleep(250);
   }
