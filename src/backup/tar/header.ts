@@ -90,31 +90,51 @@ export function parseNumber(field: Buffer, what: string, offset: number): number
     }
     return value;
   }
-  const text = cString(field).trim();
-  if (text === '') return 0;
-  if (!/^[0-7]+$/.test(text)) {
-    throw new ArchiveRejectedError(
-      `not a tar archive: the header at offset ${offset} has an invalid ${what}`,
-    );
+  // Octal digits up to the first NUL, with blanks around them (what trim() drops in latin1).
+  let end = 0;
+  while (end < field.length && field[end] !== 0) end += 1;
+  let start = 0;
+  while (start < end && isBlank(field[start])) start += 1;
+  while (end > start && isBlank(field[end - 1])) end -= 1;
+  let value = 0;
+  for (let i = start; i < end; i++) {
+    const digit = field[i] - 0x30;
+    if (digit < 0 || digit > 7) {
+      throw new ArchiveRejectedError(
+        `not a tar archive: the header at offset ${offset} has an invalid ${what}`,
+      );
+    }
+    value = value * 8 + digit;
   }
-  return parseInt(text, 8);
+  return value;
+}
+
+/** Tab, newline, vertical tab, form feed, carriage return, space, no-break space. */
+function isBlank(byte: number): boolean {
+  return (byte >= 0x09 && byte <= 0x0d) || byte === 0x20 || byte === 0xa0;
 }
 
 /** Refuses a header whose checksum (unsigned or, as old tars wrote it, signed) does not match. */
 export function verifyChecksum(block: Buffer, offset: number): void {
   const stored = parseNumber(block.subarray(148, 156), 'checksum', offset);
-  let unsigned = 0;
-  let signed = 0;
-  for (let i = 0; i < BLOCK; i++) {
-    const b = i >= 148 && i < 156 ? 0x20 : block[i];
-    unsigned += b;
-    signed += b > 127 ? b - 256 : b;
-  }
-  if (stored !== unsigned && stored !== signed) {
+  // The sum with the checksum field (148-155) counted as 8 spaces.
+  let unsigned = 8 * 0x20;
+  for (let i = 0; i < 148; i++) unsigned += block[i];
+  for (let i = 156; i < BLOCK; i++) unsigned += block[i];
+  if (stored !== unsigned && stored !== signedSum(block)) {
     throw new ArchiveRejectedError(
       `not a tar archive, or a damaged one: header checksum mismatch at offset ${offset}`,
     );
   }
+}
+
+/** The sum old tars wrote: each byte as a signed char, the checksum field as 8 spaces. */
+function signedSum(block: Buffer): number {
+  let sum = 8 * 0x20;
+  for (let i = 0; i < BLOCK; i++) {
+    if (i < 148 || i >= 156) sum += block[i] > 127 ? block[i] - 256 : block[i];
+  }
+  return sum;
 }
 
 /** Records "<length> <key>=<value>\n"; GNU tar drops what follows a malformed one, so refuse it. */
@@ -123,22 +143,29 @@ export function parsePax(data: Buffer): Record<string, string> {
   let pos = 0;
   // GNU tar stops at a NUL where a record should start (padding some writers leave).
   while (pos < data.length && data[pos] !== 0) {
-    const space = data.indexOf(0x20, pos);
-    const digits = space === -1 ? '' : data.subarray(pos, space).toString('latin1');
-    const length = /^[0-9]{1,10}$/.test(digits) ? Number(digits) : NaN;
+    // The length: 1-10 decimal digits, then a space.
+    let space = pos;
+    let length = 0;
+    while (space - pos < 10 && data[space] >= 0x30 && data[space] <= 0x39) {
+      length = length * 10 + data[space] - 0x30;
+      space += 1;
+    }
+    const end = pos + length - 1;
     if (
+      space === pos ||
+      data[space] !== 0x20 ||
       !(length > space - pos + 1) ||
       pos + length > data.length ||
-      data[pos + length - 1] !== 0x0a
+      data[end] !== 0x0a
     ) {
       throw new ArchiveRejectedError('the archive has a malformed pax header');
     }
-    const record = data.subarray(space + 1, pos + length - 1).toString('utf8');
-    const eq = record.indexOf('=');
+    const eq = data.indexOf(0x3d, space + 1);
     // GNU tar skips blanks before the keyword: " size" would be its "size".
-    if (eq <= 0 || record[0] === ' ' || record[0] === '\t')
+    const first = data[space + 1];
+    if (eq === -1 || eq >= end || eq === space + 1 || first === 0x20 || first === 0x09)
       throw new ArchiveRejectedError('the archive has a malformed pax header');
-    out[record.slice(0, eq)] = record.slice(eq + 1);
+    out[data.toString('utf8', space + 1, eq)] = data.toString('utf8', eq + 1, end);
     pos += length;
   }
   return out;
