@@ -914,6 +914,42 @@ describe('the header codec', () => {
     }
   });
 
+  test('checksums read alike wherever the block lies in memory (aligned or not)', () => {
+    const good = headerOf(Buffer.from('n\u00e9\u00ff/\u0080', 'latin1'));
+    const bad = header({ name: 'x', size: 3, checksum: 1 });
+    for (const shift of [0, 1, 2, 3, 4, 5]) {
+      const at = (block: Buffer) => {
+        const backing = Buffer.alloc(BLOCK + 8, 0xff);
+        block.copy(backing, shift);
+        return backing.subarray(shift, shift + BLOCK);
+      };
+      expect(() => verifyChecksum(at(good), 0)).not.toThrow();
+      expect(() => verifyChecksum(at(bad), 0)).toThrow(/checksum mismatch/);
+      // A block of 0xff bytes: the largest sum a block can have.
+      const full = Buffer.alloc(BLOCK, 0xff);
+      full.fill(0x20, 148, 156);
+      const sum = 504 * 0xff + 8 * 0x20;
+      Buffer.from(`${sum.toString(8).padStart(6, '0')}\0 `).copy(full, 148);
+      expect(() => verifyChecksum(at(full), 0)).not.toThrow();
+    }
+  });
+
+  test('pax records: with the keywords wanted, the others are checked but not returned', () => {
+    const data = Buffer.concat([
+      paxData([
+        ['mtime', '1.5'],
+        ['path', 'a/\u00fc'],
+        ['GNU.sparse.major', '1'],
+      ]),
+    ]);
+    expect(parsePax(data, new Set(['path', 'size']))).toEqual({
+      path: 'a/\u00fc',
+      'GNU.sparse.major': '1',
+    });
+    const malformed = Buffer.concat([paxData([['path', 'p']]), Buffer.from('9 mtime=1\n')]);
+    expect(() => parsePax(malformed, new Set(['path']))).toThrow('malformed pax header');
+  });
+
   test.each([
     ['00000000644\0', 0o644],
     ['  644 \0', 0o644],

@@ -37,6 +37,9 @@ export type SkipKind = 'fifo' | 'character-device' | 'block-device' | 'socket';
  */
 export type EntryPolicy = (entry: TarEntry) => SkipKind | void;
 
+/** GNU tar's sparse-file records: restore refuses them. */
+export const SPARSE_PREFIX = 'GNU.sparse';
+
 export class ArchiveRejectedError extends BackupError {
   constructor(message: string) {
     super('archive-rejected', message);
@@ -73,32 +76,42 @@ export function entryType(flag: string): EntryType {
   }
 }
 
-/** A NUL-terminated header field, as latin1 (one char per byte). */
-export function cString(buf: Buffer): string {
-  const end = buf.indexOf(0);
-  return buf.subarray(0, end === -1 ? buf.length : end).toString('latin1');
+/** A NUL-terminated field (bytes `start` to `end` of `block`), as latin1 (one char per byte). */
+export function cString(block: Buffer, start = 0, end = block.length): string {
+  let nul = start;
+  while (nul < end && block[nul] !== 0) nul += 1;
+  return block.toString('latin1', start, nul);
 }
 
-/** A numeric header field: octal text, or GNU base-256; `offset` (bytes) names the header in errors. */
-export function parseNumber(field: Buffer, what: string, offset: number): number {
-  if (field[0] & 0x80) {
+/**
+ * A numeric header field (bytes `start` to `end` of `block`): octal text, or GNU
+ * base-256; `offset` (bytes) names the header in errors.
+ */
+export function parseNumber(
+  block: Buffer,
+  what: string,
+  offset: number,
+  start = 0,
+  end = block.length,
+): number {
+  if (block[start] & 0x80) {
     // GNU base-256: big-endian, first byte's high bit set.
-    let value = field[0] & 0x7f;
-    for (let i = 1; i < field.length; i++) value = value * 256 + field[i];
+    let value = block[start] & 0x7f;
+    for (let i = start + 1; i < end; i++) value = value * 256 + block[i];
     if (!Number.isSafeInteger(value)) {
       throw new ArchiveRejectedError(`tar header at offset ${offset}: ${what} is too large`);
     }
     return value;
   }
   // Octal digits up to the first NUL, with blanks around them (what trim() drops in latin1).
-  let end = 0;
-  while (end < field.length && field[end] !== 0) end += 1;
-  let start = 0;
-  while (start < end && isBlank(field[start])) start += 1;
-  while (end > start && isBlank(field[end - 1])) end -= 1;
+  let last = start;
+  while (last < end && block[last] !== 0) last += 1;
+  let first = start;
+  while (first < last && isBlank(block[first])) first += 1;
+  while (last > first && isBlank(block[last - 1])) last -= 1;
   let value = 0;
-  for (let i = start; i < end; i++) {
-    const digit = field[i] - 0x30;
+  for (let i = first; i < last; i++) {
+    const digit = block[i] - 0x30;
     if (digit < 0 || digit > 7) {
       throw new ArchiveRejectedError(
         `not a tar archive: the header at offset ${offset} has an invalid ${what}`,
@@ -116,16 +129,34 @@ function isBlank(byte: number): boolean {
 
 /** Refuses a header whose checksum (unsigned or, as old tars wrote it, signed) does not match. */
 export function verifyChecksum(block: Buffer, offset: number): void {
-  const stored = parseNumber(block.subarray(148, 156), 'checksum', offset);
+  const stored = parseNumber(block, 'checksum', offset, 148, 156);
   // The sum with the checksum field (148-155) counted as 8 spaces.
-  let unsigned = 8 * 0x20;
-  for (let i = 0; i < 148; i++) unsigned += block[i];
-  for (let i = 156; i < BLOCK; i++) unsigned += block[i];
+  let unsigned = blockSum(block) + 8 * 0x20;
+  for (let i = 148; i < 156; i++) unsigned -= block[i];
   if (stored !== unsigned && stored !== signedSum(block)) {
     throw new ArchiveRejectedError(
       `not a tar archive, or a damaged one: header checksum mismatch at offset ${offset}`,
     );
   }
+}
+
+/**
+ * The sum of a block's 512 bytes. Four at a time when the block is 4-byte aligned
+ * (as a stream's chunks nearly always are): two 16-bit lanes of byte pairs, which
+ * 128 words cannot overflow (at most 128 * 2 * 255).
+ */
+function blockSum(block: Buffer): number {
+  let sum = 0;
+  if ((block.byteOffset & 3) !== 0) {
+    for (let i = 0; i < BLOCK; i++) sum += block[i];
+    return sum;
+  }
+  const words = new Uint32Array(block.buffer, block.byteOffset, BLOCK / 4);
+  for (let i = 0; i < words.length; i++) {
+    const w = words[i];
+    sum += (w & 0x00ff00ff) + ((w >>> 8) & 0x00ff00ff);
+  }
+  return (sum & 0xffff) + (sum >>> 16);
 }
 
 /** The sum old tars wrote: each byte as a signed char, the checksum field as 8 spaces. */
@@ -137,8 +168,12 @@ function signedSum(block: Buffer): number {
   return sum;
 }
 
-/** Records "<length> <key>=<value>\n"; GNU tar drops what follows a malformed one, so refuse it. */
-export function parsePax(data: Buffer): Record<string, string> {
+/**
+ * Records "<length> <key>=<value>\n"; GNU tar drops what follows a malformed one, so
+ * refuse it. With `wanted`, only those keywords (and any GNU.sparse one) are returned:
+ * the others (a create's mtime, atime, ctime) are checked but not decoded.
+ */
+export function parsePax(data: Buffer, wanted?: ReadonlySet<string>): Record<string, string> {
   const out: Record<string, string> = {};
   let pos = 0;
   // GNU tar stops at a NUL where a record should start (padding some writers leave).
@@ -165,7 +200,10 @@ export function parsePax(data: Buffer): Record<string, string> {
     const first = data[space + 1];
     if (eq === -1 || eq >= end || eq === space + 1 || first === 0x20 || first === 0x09)
       throw new ArchiveRejectedError('the archive has a malformed pax header');
-    out[data.toString('utf8', space + 1, eq)] = data.toString('utf8', eq + 1, end);
+    const key = data.toString('utf8', space + 1, eq);
+    if (!wanted || wanted.has(key) || key.startsWith(SPARSE_PREFIX)) {
+      out[key] = data.toString('utf8', eq + 1, end);
+    }
     pos += length;
   }
   return out;

@@ -11,6 +11,7 @@ import {
   display,
   entryType,
   parseNumber,
+  SPARSE_PREFIX,
   parsePax,
   verifyChecksum,
 } from './header';
@@ -18,6 +19,8 @@ import { BoundedList, type SkippedEntry, reportedPath } from '../notes';
 
 /** The end-of-archive marker is two of these. */
 const ZERO_BLOCK = Buffer.alloc(BLOCK);
+/** The pax records the scanner reads (a global header's are refused; GNU.sparse ones too). */
+const PAX_KEYS_READ: ReadonlySet<string> = new Set(['path', 'linkpath', 'size']);
 /** POSIX ustar's magic (bytes 257-262); GNU's is "ustar  ". */
 const USTAR_MAGIC = Buffer.from('ustar\0', 'latin1');
 
@@ -187,7 +190,7 @@ export class TarScanner extends Transform {
     }
     verifyChecksum(block, this.offset - BLOCK);
     const typeflag = block[156] === 0 ? '0' : String.fromCharCode(block[156]);
-    const size = parseNumber(block.subarray(124, 136), 'size', this.offset - BLOCK);
+    const size = parseNumber(block, 'size', this.offset - BLOCK, 124, 136);
     const padded = Math.ceil(size / BLOCK) * BLOCK;
     if (typeflag === 'x' || typeflag === 'g' || typeflag === 'L' || typeflag === 'K') {
       if (size > MAX_META_BYTES) {
@@ -260,9 +263,9 @@ export class TarScanner extends Transform {
       else this.longLink = value;
       return;
     }
-    const records = parsePax(data);
+    const records = parsePax(data, PAX_KEYS_READ);
     for (const key in records) {
-      if (key.startsWith('GNU.sparse')) {
+      if (key.startsWith(SPARSE_PREFIX)) {
         throw new ArchiveRejectedError('the archive contains sparse files, which restore refuses');
       }
     }
@@ -281,15 +284,15 @@ export class TarScanner extends Transform {
   }
 
   private buildEntry(block: Buffer, typeflag: string): TarEntry {
-    let name = cString(block.subarray(0, 100));
+    let name = cString(block, 0, 100);
     // Only POSIX ustar has a prefix field; GNU keeps other data there.
     if (block.compare(USTAR_MAGIC, 0, USTAR_MAGIC.length, 257, 263) === 0) {
-      const prefix = cString(block.subarray(345, 500));
+      const prefix = cString(block, 345, 500);
       if (prefix) name = `${prefix}/${name}`;
     }
     if (this.longName !== null) name = this.longName;
     if (this.pax.path !== undefined) name = Buffer.from(this.pax.path, 'utf8').toString('latin1');
-    let linkname = cString(block.subarray(157, 257));
+    let linkname = cString(block, 157, 257);
     if (this.longLink !== null) linkname = this.longLink;
     if (this.pax.linkpath !== undefined) {
       linkname = Buffer.from(this.pax.linkpath, 'utf8').toString('latin1');
