@@ -55,6 +55,8 @@ async function main(): Promise<void> {
       container: target.container,
     }),
     dataDir: values['data-dir'],
+    // gen_data.py's homeserver.yaml names /data (the charm's mount): read it under dataDir.
+    configRoot: '/data',
   });
   try {
     const result =

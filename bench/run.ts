@@ -328,7 +328,8 @@ function tools(e: Env): Tool[] {
   const ours = (name: string, pebble: boolean, direct = false): Tool => ({
     name,
     create: (dataDir, id) =>
-      `${cli(pebble, direct)} create --data-dir ${q(dataDir)} --id ${id} --json`,
+      // gen_data.py's homeserver.yaml names /data (the charm's mount): read it under dataDir.
+      `${cli(pebble, direct)} create --config-root /data --data-dir ${q(dataDir)} --id ${id} --json`,
     restore: (id, target) =>
       `${cli(pebble, direct)} restore --id ${id} --data-dir ${q(target)} --json`,
     cleanup: (id) => `${cli(false)} delete --id ${id} --json`,

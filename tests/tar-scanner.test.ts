@@ -3,7 +3,13 @@ import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import { Readable, Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import { ArchiveRejectedError, TarScanner, confinedEntryPolicy } from '../src/backup/tar';
+import {
+  ArchiveRejectedError,
+  TarScanner,
+  confinedEntryPolicy,
+  createEntryPolicy,
+} from '../src/backup/tar';
+import { parseNumber, parsePax, verifyChecksum } from '../src/backup/tar/header';
 import { buildTar } from './support/backups';
 import { tmpDir } from './support/peers';
 
@@ -142,6 +148,7 @@ const CHUNKINGS: [string, number[]][] = [
   ['whole', [Number.MAX_SAFE_INTEGER]],
   ['1-byte', [1]],
   ['511-byte', [511]],
+  ['512-byte', [512]],
   ['513-byte', [513]],
   ['64 KiB', [65536]],
   ['random (seed 1)', randomSizes(1)],
@@ -785,5 +792,210 @@ describe('TarScanner with confinedEntryPolicy refuses hostile archives', () => {
     expect(error).toBeUndefined();
     expect([scanner.entries, scanner.files, scanner.contentBytes]).toEqual([4, 2, 1504]);
     expect(emitted.equals(archive)).toBe(true);
+  });
+});
+
+// ---------------------------------------------------------------- chunk boundaries
+
+/** An entry as GNU tar --format=posix writes it: a pax header (times), then its own header. */
+function posixEntry(name: string, content?: string): Buffer {
+  const times = pax([
+    ['mtime', '1795984811.292736585'],
+    ['atime', '1795985041.352291759'],
+    ['ctime', '1795984811.292736585'],
+  ]);
+  const own = content === undefined ? header({ name, type: '5' }) : file(name, content);
+  return Buffer.concat([times, own]);
+}
+
+/** GNU tar's record padding after the end-of-archive marker: zeros to 10 KiB. */
+function recordPadded(archive: Buffer): Buffer {
+  return padded(Buffer.concat([archive, Buffer.alloc(10240 - (archive.length % 10240))]));
+}
+
+describe('TarScanner at chunk boundaries (held headers are released as they came)', () => {
+  const entries = [
+    posixEntry('m/', undefined),
+    posixEntry('m/empty', ''),
+    posixEntry('m/a', 'a'.repeat(700)),
+    posixEntry('m/b', 'b'.repeat(512)),
+  ];
+  const archive = recordPadded(Buffer.concat([...entries, END]));
+  const markerAt = Buffer.concat(entries).length;
+
+  test('two chunks, split at every byte: the same bytes out, counted right', async () => {
+    for (let split = 0; split <= markerAt + 2 * BLOCK + 1; split++) {
+      const chunks = [archive.subarray(0, split), archive.subarray(split)];
+      const { scanner, emitted, error } = await scan(chunks);
+      expect({ split, error: error?.message, complete: scanner.complete }).toEqual({
+        split,
+        error: undefined,
+        complete: true,
+      });
+      expect([scanner.entries, scanner.files, scanner.contentBytes]).toEqual([4, 3, 1212]);
+      expect({ split, identical: emitted.equals(archive) }).toEqual({ split, identical: true });
+    }
+  });
+
+  test('the end-of-archive marker cut into three pieces anywhere: complete, nothing lost', async () => {
+    for (let a = markerAt - 1; a <= markerAt + 2 * BLOCK; a += 17) {
+      for (let b = a + 1; b <= markerAt + 2 * BLOCK + 1; b += 31) {
+        const chunks = [archive.subarray(0, a), archive.subarray(a, b), archive.subarray(b)];
+        const { scanner, emitted, error } = await scan(chunks);
+        expect({ a, b, error: error?.message, complete: scanner.complete }).toEqual({
+          a,
+          b,
+          error: undefined,
+          complete: true,
+        });
+        expect(emitted.equals(archive)).toBe(true);
+      }
+    }
+  });
+
+  test('a byte after the marker is refused wherever the chunks end', async () => {
+    const bad = Buffer.from(archive);
+    bad[markerAt + 2 * BLOCK + 3] = 1;
+    for (const sizes of [[512], [1], [511], [markerAt + BLOCK + 1], [markerAt + 2 * BLOCK + 3]]) {
+      const { error } = await scan(cut(bad, sizes));
+      expect({ sizes, error: error?.message }).toEqual({
+        sizes,
+        error: expect.stringMatching(/data after its end-of-archive marker/),
+      });
+    }
+  });
+
+  test('chunks of exactly 512 bytes, aligned with the headers or one byte off', async () => {
+    for (const sizes of [[512], [1, 512], [511, 512], [1024, 512]]) {
+      const { scanner, emitted, error } = await scan(cut(archive, sizes));
+      expect({ sizes, error: error?.message, entries: scanner.entries }).toEqual({
+        sizes,
+        error: undefined,
+        entries: 4,
+      });
+      expect(emitted.equals(archive)).toBe(true);
+    }
+  });
+
+  test("create's left-out entry loses its held headers at every split, the rest is intact", async () => {
+    const fifo = Buffer.concat([pax([['mtime', '1.5']]), header({ name: 'm/p', type: '6' })]);
+    const kept = Buffer.concat([entries[0], entries[2]]);
+    const withFifo = Buffer.concat([entries[0], fifo, entries[2], END]);
+    const expected = Buffer.concat([kept, END]);
+    const start = entries[0].length - BLOCK;
+    for (let split = start; split <= entries[0].length + fifo.length + BLOCK + 1; split++) {
+      const chunks = [withFifo.subarray(0, split), withFifo.subarray(split)];
+      const { scanner, emitted, error } = await scan(chunks, new TarScanner(createEntryPolicy()));
+      expect({ split, error: error?.message, skipped: scanner.skipped.count }).toEqual({
+        split,
+        error: undefined,
+        skipped: 1,
+      });
+      expect({ split, identical: emitted.equals(expected) }).toEqual({ split, identical: true });
+    }
+  });
+});
+
+describe('the header codec', () => {
+  const headerOf = (name: string | Buffer) => header({ name, size: 3 });
+
+  test('checksums: unsigned, and the signed sum old tars wrote for bytes over 127', () => {
+    const name = Buffer.from('n\u00e9\u00ff', 'latin1');
+    const unsigned = headerOf(name);
+    expect(() => verifyChecksum(unsigned, 0)).not.toThrow();
+    // The signed sum: each byte over 127 counts 256 less.
+    const stored = parseNumber(unsigned.subarray(148, 156), 'checksum', 0);
+    const signed = header({ name, size: 3, checksum: stored - 2 * 256 });
+    expect(() => verifyChecksum(signed, 0)).not.toThrow();
+    for (const wrong of [stored - 256, stored + 1, stored - 1]) {
+      expect(() => verifyChecksum(header({ name, size: 3, checksum: wrong }), 512)).toThrow(
+        /checksum mismatch at offset 512/,
+      );
+    }
+  });
+
+  test('checksums read alike wherever the block lies in memory (aligned or not)', () => {
+    const good = headerOf(Buffer.from('n\u00e9\u00ff/\u0080', 'latin1'));
+    const bad = header({ name: 'x', size: 3, checksum: 1 });
+    for (const shift of [0, 1, 2, 3, 4, 5]) {
+      const at = (block: Buffer) => {
+        const backing = Buffer.alloc(BLOCK + 8, 0xff);
+        block.copy(backing, shift);
+        return backing.subarray(shift, shift + BLOCK);
+      };
+      expect(() => verifyChecksum(at(good), 0)).not.toThrow();
+      expect(() => verifyChecksum(at(bad), 0)).toThrow(/checksum mismatch/);
+      // A block of 0xff bytes: the largest sum a block can have.
+      const full = Buffer.alloc(BLOCK, 0xff);
+      full.fill(0x20, 148, 156);
+      const sum = 504 * 0xff + 8 * 0x20;
+      Buffer.from(`${sum.toString(8).padStart(6, '0')}\0 `).copy(full, 148);
+      expect(() => verifyChecksum(at(full), 0)).not.toThrow();
+    }
+  });
+
+  test('pax records: with the keywords wanted, the others are checked but not returned', () => {
+    const data = Buffer.concat([
+      paxData([
+        ['mtime', '1.5'],
+        ['path', 'a/\u00fc'],
+        ['GNU.sparse.major', '1'],
+      ]),
+    ]);
+    expect(parsePax(data, new Set(['path', 'size']))).toEqual({
+      path: 'a/\u00fc',
+      'GNU.sparse.major': '1',
+    });
+    const malformed = Buffer.concat([paxData([['path', 'p']]), Buffer.from('9 mtime=1\n')]);
+    expect(() => parsePax(malformed, new Set(['path']))).toThrow('malformed pax header');
+  });
+
+  test.each([
+    ['00000000644\0', 0o644],
+    ['  644 \0', 0o644],
+    ['644\0garbage', 0o644],
+    ['\t644\xa0', 0o644],
+    ['\0\0\0', 0],
+    ['   ', 0],
+    ['77777777777\0', 0o77777777777],
+  ])('octal field %j reads as %d', (text, value) => {
+    expect(parseNumber(Buffer.from(text, 'latin1'), 'size', 0)).toBe(value);
+  });
+
+  test.each(['64 4\0', '648\0', '0x1f', '-1', '+7', '6\x85'])(
+    'octal field %j is refused',
+    (text) => {
+      expect(() => parseNumber(Buffer.from(text, 'latin1'), 'size', 1024)).toThrow(
+        'not a tar archive: the header at offset 1024 has an invalid size',
+      );
+    },
+  );
+
+  test.each([
+    ['30 mtime=1795984811.292736585\n', { mtime: '1795984811.292736585' }],
+    ['0011 a=b=c\n', { a: 'b=c' }],
+    ['13 path=d/\u00fc\n', { path: 'd/\u00fc' }],
+    ['6 k=v\n6 x=y\n\0\0', { k: 'v', x: 'y' }],
+    ['5 k=\n', { k: '' }],
+  ])('pax records %j parse', (text, records) => {
+    expect(parsePax(Buffer.from(text, 'utf8'))).toEqual(records);
+  });
+
+  test.each([
+    ['no space after the length', '6k=vv\n'],
+    ['a letter in the length', '6a k=v\n'],
+    ['no length', ' k=v\n'],
+    ['11 digits of length', '00000000006 k=v\n'],
+    ['a length past the data', '9 k=v\n'],
+    ['no newline at the end', '6 k=vX'],
+    ['no "="', '6 kvv\n'],
+    ['an empty keyword', '6 =vv\n'],
+    ['"=" only after the record', '6 kvv\n=\n'],
+    ['a tab before the keyword', '7 \tk=v\n'],
+    ['a length that covers only itself', '2 '],
+  ])('a pax record with %s is refused', (_what, text) => {
+    expect(() => parsePax(Buffer.from(text, 'utf8'))).toThrow(
+      'the archive has a malformed pax header',
+    );
   });
 });

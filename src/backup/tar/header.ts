@@ -37,6 +37,9 @@ export type SkipKind = 'fifo' | 'character-device' | 'block-device' | 'socket';
  */
 export type EntryPolicy = (entry: TarEntry) => SkipKind | void;
 
+/** GNU tar's sparse-file records: restore refuses them. */
+export const SPARSE_PREFIX = 'GNU.sparse';
+
 export class ArchiveRejectedError extends BackupError {
   constructor(message: string) {
     super('archive-rejected', message);
@@ -73,72 +76,134 @@ export function entryType(flag: string): EntryType {
   }
 }
 
-/** A NUL-terminated header field, as latin1 (one char per byte). */
-export function cString(buf: Buffer): string {
-  const end = buf.indexOf(0);
-  return buf.subarray(0, end === -1 ? buf.length : end).toString('latin1');
+/** A NUL-terminated field (bytes `start` to `end` of `block`), as latin1 (one char per byte). */
+export function cString(block: Buffer, start = 0, end = block.length): string {
+  let nul = start;
+  while (nul < end && block[nul] !== 0) nul += 1;
+  return block.toString('latin1', start, nul);
 }
 
-/** A numeric header field: octal text, or GNU base-256; `offset` (bytes) names the header in errors. */
-export function parseNumber(field: Buffer, what: string, offset: number): number {
-  if (field[0] & 0x80) {
+/**
+ * A numeric header field (bytes `start` to `end` of `block`): octal text, or GNU
+ * base-256; `offset` (bytes) names the header in errors.
+ */
+export function parseNumber(
+  block: Buffer,
+  what: string,
+  offset: number,
+  start = 0,
+  end = block.length,
+): number {
+  if (block[start] & 0x80) {
     // GNU base-256: big-endian, first byte's high bit set.
-    let value = field[0] & 0x7f;
-    for (let i = 1; i < field.length; i++) value = value * 256 + field[i];
+    let value = block[start] & 0x7f;
+    for (let i = start + 1; i < end; i++) value = value * 256 + block[i];
     if (!Number.isSafeInteger(value)) {
       throw new ArchiveRejectedError(`tar header at offset ${offset}: ${what} is too large`);
     }
     return value;
   }
-  const text = cString(field).trim();
-  if (text === '') return 0;
-  if (!/^[0-7]+$/.test(text)) {
-    throw new ArchiveRejectedError(
-      `not a tar archive: the header at offset ${offset} has an invalid ${what}`,
-    );
+  // Octal digits up to the first NUL, with blanks around them (what trim() drops in latin1).
+  let last = start;
+  while (last < end && block[last] !== 0) last += 1;
+  let first = start;
+  while (first < last && isBlank(block[first])) first += 1;
+  while (last > first && isBlank(block[last - 1])) last -= 1;
+  let value = 0;
+  for (let i = first; i < last; i++) {
+    const digit = block[i] - 0x30;
+    if (digit < 0 || digit > 7) {
+      throw new ArchiveRejectedError(
+        `not a tar archive: the header at offset ${offset} has an invalid ${what}`,
+      );
+    }
+    value = value * 8 + digit;
   }
-  return parseInt(text, 8);
+  return value;
+}
+
+/** Tab, newline, vertical tab, form feed, carriage return, space, no-break space. */
+function isBlank(byte: number): boolean {
+  return (byte >= 0x09 && byte <= 0x0d) || byte === 0x20 || byte === 0xa0;
 }
 
 /** Refuses a header whose checksum (unsigned or, as old tars wrote it, signed) does not match. */
 export function verifyChecksum(block: Buffer, offset: number): void {
-  const stored = parseNumber(block.subarray(148, 156), 'checksum', offset);
-  let unsigned = 0;
-  let signed = 0;
-  for (let i = 0; i < BLOCK; i++) {
-    const b = i >= 148 && i < 156 ? 0x20 : block[i];
-    unsigned += b;
-    signed += b > 127 ? b - 256 : b;
-  }
-  if (stored !== unsigned && stored !== signed) {
+  const stored = parseNumber(block, 'checksum', offset, 148, 156);
+  // The sum with the checksum field (148-155) counted as 8 spaces.
+  let unsigned = blockSum(block) + 8 * 0x20;
+  for (let i = 148; i < 156; i++) unsigned -= block[i];
+  if (stored !== unsigned && stored !== signedSum(block)) {
     throw new ArchiveRejectedError(
       `not a tar archive, or a damaged one: header checksum mismatch at offset ${offset}`,
     );
   }
 }
 
-/** Records "<length> <key>=<value>\n"; GNU tar drops what follows a malformed one, so refuse it. */
-export function parsePax(data: Buffer): Record<string, string> {
+/**
+ * The sum of a block's 512 bytes. Four at a time when the block is 4-byte aligned
+ * (as a stream's chunks nearly always are): two 16-bit lanes of byte pairs, which
+ * 128 words cannot overflow (at most 128 * 2 * 255).
+ */
+function blockSum(block: Buffer): number {
+  let sum = 0;
+  if ((block.byteOffset & 3) !== 0) {
+    for (let i = 0; i < BLOCK; i++) sum += block[i];
+    return sum;
+  }
+  const words = new Uint32Array(block.buffer, block.byteOffset, BLOCK / 4);
+  for (let i = 0; i < words.length; i++) {
+    const w = words[i];
+    sum += (w & 0x00ff00ff) + ((w >>> 8) & 0x00ff00ff);
+  }
+  return (sum & 0xffff) + (sum >>> 16);
+}
+
+/** The sum old tars wrote: each byte as a signed char, the checksum field as 8 spaces. */
+function signedSum(block: Buffer): number {
+  let sum = 8 * 0x20;
+  for (let i = 0; i < BLOCK; i++) {
+    if (i < 148 || i >= 156) sum += block[i] > 127 ? block[i] - 256 : block[i];
+  }
+  return sum;
+}
+
+/**
+ * Records "<length> <key>=<value>\n"; GNU tar drops what follows a malformed one, so
+ * refuse it. With `wanted`, only those keywords (and any GNU.sparse one) are returned:
+ * the others (a create's mtime, atime, ctime) are checked but not decoded.
+ */
+export function parsePax(data: Buffer, wanted?: ReadonlySet<string>): Record<string, string> {
   const out: Record<string, string> = {};
   let pos = 0;
   // GNU tar stops at a NUL where a record should start (padding some writers leave).
   while (pos < data.length && data[pos] !== 0) {
-    const space = data.indexOf(0x20, pos);
-    const digits = space === -1 ? '' : data.subarray(pos, space).toString('latin1');
-    const length = /^[0-9]{1,10}$/.test(digits) ? Number(digits) : NaN;
+    // The length: 1-10 decimal digits, then a space.
+    let space = pos;
+    let length = 0;
+    while (space - pos < 10 && data[space] >= 0x30 && data[space] <= 0x39) {
+      length = length * 10 + data[space] - 0x30;
+      space += 1;
+    }
+    const end = pos + length - 1;
     if (
+      space === pos ||
+      data[space] !== 0x20 ||
       !(length > space - pos + 1) ||
       pos + length > data.length ||
-      data[pos + length - 1] !== 0x0a
+      data[end] !== 0x0a
     ) {
       throw new ArchiveRejectedError('the archive has a malformed pax header');
     }
-    const record = data.subarray(space + 1, pos + length - 1).toString('utf8');
-    const eq = record.indexOf('=');
+    const eq = data.indexOf(0x3d, space + 1);
     // GNU tar skips blanks before the keyword: " size" would be its "size".
-    if (eq <= 0 || record[0] === ' ' || record[0] === '\t')
+    const first = data[space + 1];
+    if (eq === -1 || eq >= end || eq === space + 1 || first === 0x20 || first === 0x09)
       throw new ArchiveRejectedError('the archive has a malformed pax header');
-    out[record.slice(0, eq)] = record.slice(eq + 1);
+    const key = data.toString('utf8', space + 1, eq);
+    if (!wanted || wanted.has(key) || key.startsWith(SPARSE_PREFIX)) {
+      out[key] = data.toString('utf8', eq + 1, end);
+    }
     pos += length;
   }
   return out;

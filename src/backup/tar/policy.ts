@@ -184,8 +184,13 @@ function normalizeMemberName(raw: string, what = 'entry'): string {
   if (raw.startsWith('/')) {
     throw new ArchiveRejectedError(`${what} ${display(raw)} has an absolute path: refused`);
   }
-  // Most names have no empty, "." or ".." step: they are their own normal form.
+  // Most names have no empty, "." or ".." step: they are their own normal form, and
+  // so is a directory's (tar writes "a/b/") without its one trailing slash.
   if (!ODD_STEP.test(raw)) return raw;
+  if (raw.endsWith('/')) {
+    const dir = raw.slice(0, -1);
+    if (!ODD_STEP.test(dir)) return dir;
+  }
   const parts = raw.split('/').filter((p) => p !== '' && p !== '.');
   if (parts.includes('..')) {
     throw new ArchiveRejectedError(`${what} ${display(raw)} contains "..": refused`);

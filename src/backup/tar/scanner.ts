@@ -11,10 +11,18 @@ import {
   display,
   entryType,
   parseNumber,
+  SPARSE_PREFIX,
   parsePax,
   verifyChecksum,
 } from './header';
 import { BoundedList, type SkippedEntry, reportedPath } from '../notes';
+
+/** The end-of-archive marker is two of these. */
+const ZERO_BLOCK = Buffer.alloc(BLOCK);
+/** The pax records the scanner reads (a global header's are refused; GNU.sparse ones too). */
+const PAX_KEYS_READ: ReadonlySet<string> = new Set(['path', 'linkpath', 'size']);
+/** POSIX ustar's magic (bytes 257-262); GNU's is "ustar  ". */
+const USTAR_MAGIC = Buffer.from('ustar\0', 'latin1');
 
 /**
  * A pass-through that parses tar headers as the bytes flow (ustar, GNU long
@@ -46,7 +54,7 @@ export class TarScanner extends Transform {
   private meta: { kind: string; size: number; chunks: Buffer[]; fill: number } | null = null;
   private metaPadding = 0;
   private pax: Record<string, string> = {};
-  private globalPax: Record<string, string> = {};
+  private globalPax: Record<string, string> | null = null;
   private longName: string | null = null;
   private longLink: string | null = null;
   private ended = false;
@@ -75,10 +83,9 @@ export class TarScanner extends Transform {
       done(err as Error);
       return;
     }
-    done(
-      null,
-      parts.length === 0 ? undefined : parts.length === 1 ? parts[0] : Buffer.concat(parts),
-    );
+    // Each part as it is: joining them would copy every chunk that released held bytes.
+    for (const part of parts) this.push(part);
+    done();
   }
 
   override _flush(done: TransformCallback): void {
@@ -137,14 +144,22 @@ export class TarScanner extends Transform {
         this.holding = true;
         holdStart = pos;
       }
-      const take = Math.min(BLOCK - this.headerFill, chunk.length - pos);
-      chunk.copy(this.header, this.headerFill, pos, pos + take);
-      this.headerFill += take;
-      pos += take;
-      this.offset += take;
-      if (this.headerFill < BLOCK) continue;
-      this.headerFill = 0;
-      const outcome = this.onHeader(this.header);
+      let block: Buffer = this.header;
+      if (this.headerFill === 0 && chunk.length - pos >= BLOCK) {
+        // The whole header is in this chunk: read it where it is.
+        block = chunk.subarray(pos, pos + BLOCK);
+        pos += BLOCK;
+        this.offset += BLOCK;
+      } else {
+        const take = Math.min(BLOCK - this.headerFill, chunk.length - pos);
+        chunk.copy(this.header, this.headerFill, pos, pos + take);
+        this.headerFill += take;
+        pos += take;
+        this.offset += take;
+        if (this.headerFill < BLOCK) continue;
+        this.headerFill = 0;
+      }
+      const outcome = this.onHeader(block);
       if (outcome === 'passed') {
         // What earlier chunks held goes first; this chunk's bytes follow from `from`.
         out.push(...this.held);
@@ -157,7 +172,8 @@ export class TarScanner extends Transform {
     }
     if (this.holding) {
       if (holdStart > from) out.push(chunk.subarray(from, holdStart));
-      this.held.push(Buffer.from(chunk.subarray(Math.max(from, holdStart))));
+      // Streams hand each chunk over for good: a view of it is enough.
+      this.held.push(chunk.subarray(Math.max(from, holdStart)));
     } else if (from < chunk.length) {
       out.push(from === 0 ? chunk : chunk.subarray(from));
     }
@@ -166,14 +182,15 @@ export class TarScanner extends Transform {
 
   /** Parses one header block: its entry passes, is dropped (left out), or is still held. */
   private onHeader(block: Buffer): 'passed' | 'dropped' | 'held' {
-    if (block.every((b) => b === 0)) {
+    // A block whose first byte is not NUL is no zero block: one byte decides for most headers.
+    if (block[0] === 0 && block.equals(ZERO_BLOCK)) {
       this.ended = true;
       this.holding = false;
       return 'passed';
     }
     verifyChecksum(block, this.offset - BLOCK);
     const typeflag = block[156] === 0 ? '0' : String.fromCharCode(block[156]);
-    const size = parseNumber(block.subarray(124, 136), 'size', this.offset - BLOCK);
+    const size = parseNumber(block, 'size', this.offset - BLOCK, 124, 136);
     const padded = Math.ceil(size / BLOCK) * BLOCK;
     if (typeflag === 'x' || typeflag === 'g' || typeflag === 'L' || typeflag === 'K') {
       if (size > MAX_META_BYTES) {
@@ -238,7 +255,7 @@ export class TarScanner extends Transform {
     if (!meta) return;
     this.meta = null;
     this.skip = this.metaPadding;
-    const data = Buffer.concat(meta.chunks);
+    const data = meta.chunks.length === 1 ? meta.chunks[0] : Buffer.concat(meta.chunks);
     if (meta.kind === 'L' || meta.kind === 'K') {
       const end = data.indexOf(0);
       const value = data.subarray(0, end === -1 ? data.length : end).toString('latin1');
@@ -246,9 +263,11 @@ export class TarScanner extends Transform {
       else this.longLink = value;
       return;
     }
-    const records = parsePax(data);
-    if (Object.keys(records).some((k) => k.startsWith('GNU.sparse'))) {
-      throw new ArchiveRejectedError('the archive contains sparse files, which restore refuses');
+    const records = parsePax(data, PAX_KEYS_READ);
+    for (const key in records) {
+      if (key.startsWith(SPARSE_PREFIX)) {
+        throw new ArchiveRejectedError('the archive contains sparse files, which restore refuses');
+      }
     }
     if (meta.kind === 'g') {
       // GNU tar applies a global header's records to every entry after it.
@@ -259,21 +278,21 @@ export class TarScanner extends Transform {
       }
       this.globalPax = { ...this.globalPax, ...records };
     } else {
-      this.pax = { ...this.globalPax, ...records };
+      // Most archives have no global header: then an entry's records are its own.
+      this.pax = this.globalPax ? { ...this.globalPax, ...records } : records;
     }
   }
 
   private buildEntry(block: Buffer, typeflag: string): TarEntry {
-    const magic = block.subarray(257, 263).toString('latin1');
-    let name = cString(block.subarray(0, 100));
+    let name = cString(block, 0, 100);
     // Only POSIX ustar has a prefix field; GNU keeps other data there.
-    if (magic === 'ustar\0') {
-      const prefix = cString(block.subarray(345, 500));
+    if (block.compare(USTAR_MAGIC, 0, USTAR_MAGIC.length, 257, 263) === 0) {
+      const prefix = cString(block, 345, 500);
       if (prefix) name = `${prefix}/${name}`;
     }
     if (this.longName !== null) name = this.longName;
     if (this.pax.path !== undefined) name = Buffer.from(this.pax.path, 'utf8').toString('latin1');
-    let linkname = cString(block.subarray(157, 257));
+    let linkname = cString(block, 157, 257);
     if (this.longLink !== null) linkname = this.longLink;
     if (this.pax.linkpath !== undefined) {
       linkname = Buffer.from(this.pax.linkpath, 'utf8').toString('latin1');
