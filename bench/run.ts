@@ -58,6 +58,8 @@ import { kubePeerPaths } from '../tests/support/peers';
 
 const REPO = path.resolve(__dirname, '..');
 const DEFAULT_CLI = path.join(REPO, 'build', 'synapse-backup.js');
+/** Node's flags as the charm's dispatch and the CLI's shebang give them. */
+const NODE_FLAGS = '--max-semi-space-size=1';
 const PASSPHRASE = 'bench passphrase, not a secret';
 
 interface Measure {
@@ -317,7 +319,7 @@ function tools(e: Env): Tool[] {
   const aws = `${q(path.join(venv, 'bin', 'aws'))} --endpoint-url ${q(e.endpoint)}`;
   const py = q(path.join(venv, 'bin', 'python'));
   const cli = (pebble: boolean, direct = false) =>
-    `node ${q(CLI)} --bucket ${e.bucket} --prefix bench --endpoint ${q(e.endpoint)} --uri-style path` +
+    `node ${NODE_FLAGS} ${q(CLI)} --bucket ${e.bucket} --prefix bench --endpoint ${q(e.endpoint)} --uri-style path` +
     (pebble ? ` --pebble-socket ${q(e.socket)}` : '') +
     (direct ? ' --direct' : '');
   const tar = (dataDir: string) =>
@@ -334,7 +336,7 @@ function tools(e: Env): Tool[] {
       `${cli(pebble, direct)} restore --id ${id} --data-dir ${q(target)} --json`,
     cleanup: (id) => `${cli(false)} delete --id ${id} --json`,
   });
-  const kubeDriver = `node ${q(path.join(REPO, '.bench', 'kube-engine.js'))}`;
+  const kubeDriver = `node ${NODE_FLAGS} ${q(path.join(REPO, '.bench', 'kube-engine.js'))}`;
   return [
     ours('ours (pebble)', true, true),
     {

@@ -826,7 +826,8 @@ describeWithPeers(['kube', 'minio', 'pebble'])(
 /** Runs the bundled rss-child with plain node; resolves with its report. */
 function runChild(script: string, config: ChildConfig): Promise<ChildReport> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [script], {
+    // Node's flags as the charm's dispatch gives them.
+    const child = spawn(process.execPath, ['--max-semi-space-size=1', script], {
       env: { ...process.env, RSS_CHILD_CONFIG: JSON.stringify(config) },
       stdio: ['ignore', 'pipe', 'pipe'],
     });
