@@ -24,9 +24,9 @@
 import { posix } from 'node:path';
 import { parse } from 'yaml';
 import { BackupError, yamlErrorSummary } from '../errors';
-import { fileExists, runCommand } from '../workload/command';
+import { runCommand } from '../workload/command';
 import type { Workload } from '../workload/workload';
-import { readSmallFileCommand } from './scripts';
+import { readSmallFileIfExistsCommand } from './scripts';
 
 /** The config file's name in the data dir, as the charm and the official image write it. */
 export const HOMESERVER_CONFIG = 'homeserver.yaml';
@@ -188,13 +188,21 @@ export async function readHomeserverConfig(
   configRoot?: string,
 ): Promise<HomeserverConfig | undefined> {
   const configPath = posix.join(dataDir, HOMESERVER_CONFIG);
-  if (!(await fileExists(workload, configPath))) return undefined;
-  const text = await runCommand(
-    workload,
-    readSmallFileCommand(configPath),
-    `reading ${configPath}`,
-  );
-  return parseHomeserverConfig(text, dataDir, configRoot);
+  const text = await readSmallFileIfExists(workload, configPath);
+  return text === undefined ? undefined : parseHomeserverConfig(text, dataDir, configRoot);
+}
+
+/**
+ * A small file's text (at most 1 MiB), or undefined when `path` is not a regular
+ * file, in one workload command. Throws WorkloadCommandError ("reading <path>
+ * exited with status N: ...") when it cannot be read.
+ */
+export async function readSmallFileIfExists(
+  workload: Workload,
+  path: string,
+): Promise<string | undefined> {
+  const out = await runCommand(workload, readSmallFileIfExistsCommand(path), `reading ${path}`);
+  return out.startsWith('+') ? out.slice(1) : undefined;
 }
 
 /** readHomeserverConfig for an engine context: its workload, data dir and config root. */

@@ -8,9 +8,9 @@
 import { errorMessage } from '../errors';
 import { fileExists, runCommand } from '../workload/command';
 import type { EngineContext } from './context';
-import { JOURNAL_NAME, journalPhaseCommand, removeTreeCommand } from './scripts';
+import { JOURNAL_NAME, removeTreeCommand } from './scripts';
 import { type SwapItem, itemRollbackCommand, itemSwapCommand } from './scripts/swap';
-import { removeOneTimeKeys } from './swap-journal';
+import { removeKeysAndRecordPhase } from './swap-journal';
 
 /** The hidden directories of one restore, as names in the data dir. */
 export interface RestoreDirs {
@@ -65,12 +65,7 @@ export async function swapIn(
       `moving the restored files into ${dataDir}`,
     );
     try {
-      const removed = await removeOneTimeKeys(ctx, restoredDatabase(dataDir, plan.items));
-      await runCommand(
-        workload,
-        journalPhaseCommand(dataDir, 'keys-removed'),
-        'recording the swap journal phase',
-      );
+      const removed = await removeKeysAndRecordPhase(ctx, restoredDatabase(dataDir, plan.items));
       await workload.startServices(services);
       return removed;
     } catch (err) {

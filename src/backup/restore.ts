@@ -14,7 +14,7 @@ import { formatBytes } from '../format';
 import { CommandSink, runCommand } from '../workload/command';
 import { completeManifest, objectKey } from './catalog';
 import { type EngineContext, checkInterrupted, passphraseOf } from './context';
-import { readServerIdentity } from './identity';
+import { type HomeserverConfig, readHomeserverConfigOf } from './homeserver';
 import { refuseRunningSynapse } from './running';
 import { validateBackupId } from './ids';
 import type { Manifest } from './manifest';
@@ -39,13 +39,12 @@ import {
   PREVIOUS_PREFIX,
   STAGING_PREFIX,
   freeSpaceCommand,
-  makeDirCommand,
+  prepareStagingCommand,
   removeJournalCommand,
-  removeLeftoversCommand,
   syncCommand,
   tarExtractCommand,
 } from './scripts';
-import { resolveInterruptedSwap } from './swap-journal';
+import { type SwapRecovery, resolveInterruptedSwap } from './swap-journal';
 import { ArchiveRejectedError, TarScanner } from './tar';
 import type { RestoreRequest, RestoreResult } from './types';
 
@@ -67,20 +66,7 @@ export async function restoreBackup(
 ): Promise<RestoreResult> {
   passphraseOf(ctx);
   const id = validateBackupId(request.id);
-  const swapRecovery = await resolveInterruptedSwap(ctx, request.services ?? []);
-  checkInterrupted(ctx, `${ctx.dataDir} is unchanged`);
-  // Never under a Synapse the swap would not stop (running.ts).
-  await refuseRunningSynapse(ctx, request.services ?? []);
-  const manifest = request.allowMissingManifest
-    ? await completeManifest(ctx, id, true)
-    : await completeManifest(ctx, id);
-  await refuseOtherServer(ctx, id, manifest?.serverName, request);
-  refuseRootsElsewhere(manifest, id, ctx.dataDir, request.force);
-  refuseWithoutDatabase(manifest, id, request.force);
-  await checkPassphrase(ctx, id, manifest);
-  await checkFreeSpace(ctx, id, manifest);
-
-  await runCommand(ctx.workload, removeLeftoversCommand(ctx.dataDir), 'removing leftovers');
+  const { swapRecovery, manifest } = await checkBeforeRestore(ctx, id, request);
   const stamp = new Date().toISOString().replace(/[-:.]/g, '');
   const dirs: RestoreDirs = {
     staging: `${STAGING_PREFIX}${stamp}`,
@@ -145,7 +131,12 @@ async function extractToStaging(
   scanner: TarScanner,
 ): Promise<ReadCounts & { flushSeconds: number }> {
   const stagingPath = `${ctx.dataDir}/${dirs.staging}`;
-  await runCommand(ctx.workload, makeDirCommand(stagingPath), 'creating the staging directory');
+  // An interrupted run's leftovers go first (scripts/common.ts removeLeftoversCommand).
+  await runCommand(
+    ctx.workload,
+    prepareStagingCommand(ctx.dataDir, stagingPath),
+    'creating the staging directory',
+  );
   try {
     const sink = new CommandSink(
       ctx.workload,
@@ -206,16 +197,72 @@ function planSwap(id: string, tracker: ItemTracker, manifest: Manifest | undefin
   return plan;
 }
 
-/** Refuses a backup of another server name than the live one, unless `force`. */
-async function refuseOtherServer(
+/**
+ * Every check before anything changes, reported in this order: an interrupted
+ * swap that cannot be resolved, a stop signal, a running Synapse (running.ts),
+ * the manifest (catalog.ts completeManifest), another server's backup, roots
+ * elsewhere, no database, the passphrase and binding (the header), free space.
+ * The S3 reads have no side effects and go while the workload's run (the
+ * journal; then homeserver.yaml and df together), so the checks cost about the
+ * longest chain rather than their sum; the error thrown is the first in the
+ * order above, as when they ran one by one, and only once every read ended.
+ */
+async function checkBeforeRestore(
   ctx: EngineContext,
+  id: string,
+  request: RestoreRequest,
+): Promise<{ manifest: Manifest | undefined; swapRecovery: SwapRecovery | undefined }> {
+  const services = request.services ?? [];
+  const manifestRead = started(
+    request.allowMissingManifest ? completeManifest(ctx, id, true) : completeManifest(ctx, id),
+  );
+  const headerRead = started(manifestRead.then((m) => checkPassphrase(ctx, id, m)));
+  const reads: Promise<unknown>[] = [manifestRead, headerRead];
+  try {
+    const swapRecovery = await resolveInterruptedSwap(ctx, services);
+    checkInterrupted(ctx, `${ctx.dataDir} is unchanged`);
+    // homeserver.yaml after the journal is resolved: a rollback may have changed it.
+    const configRead = started(readHomeserverConfigOf(ctx));
+    const freeRead = started(freeBytes(ctx));
+    reads.push(configRead, freeRead);
+    // Never under a Synapse the swap would not stop (running.ts).
+    await refuseRunningSynapse(ctx, services, configRead);
+    const manifest = await manifestRead;
+    await refuseOtherServer(id, manifest?.serverName, request, configRead);
+    refuseRootsElsewhere(manifest, id, ctx.dataDir, request.force);
+    refuseWithoutDatabase(manifest, id, request.force);
+    await headerRead;
+    await checkFreeSpace(ctx, id, manifest, await freeRead);
+    return { manifest, swapRecovery };
+  } catch (err) {
+    await Promise.allSettled(reads);
+    throw err;
+  }
+}
+
+/** `promise`, marked handled: it is awaited later, and may reject before that. */
+function started<T>(promise: Promise<T>): Promise<T> {
+  promise.catch(() => undefined);
+  return promise;
+}
+
+/**
+ * Refuses a backup of another server name than the live one (server_name of
+ * homeserver.yaml as `configRead` read it; none, or not YAML: the request's
+ * expectedServerName), unless `force`.
+ */
+async function refuseOtherServer(
   id: string,
   backupServer: string | undefined,
   request: RestoreRequest,
+  configRead: Promise<HomeserverConfig | undefined>,
 ): Promise<void> {
   if (!backupServer || request.force) return;
-  const live = await readServerIdentity(ctx.workload, ctx.dataDir, ctx.configRoot);
-  const current = live.serverName ?? request.expectedServerName;
+  const config = await configRead.catch((err: unknown) => {
+    if (err instanceof BackupError && err.code === 'invalid-config') return undefined;
+    throw err;
+  });
+  const current = config?.paths.serverName ?? request.expectedServerName;
   if (current && current !== backupServer) {
     throw new BackupError(
       'wrong-server',
@@ -225,19 +272,24 @@ async function refuseOtherServer(
   }
 }
 
-/** Refuses when the data dir's filesystem cannot hold the staged copy (plaintext bytes). */
-async function checkFreeSpace(
-  ctx: EngineContext,
-  id: string,
-  manifest: Manifest | undefined,
-): Promise<void> {
-  const needed = manifest?.plaintextBytes ?? (await ctx.store.head(objectKey(ctx, id)))?.size ?? 0;
+/** The bytes free for the data dir (df in the workload); NaN when df printed no number. */
+async function freeBytes(ctx: EngineContext): Promise<number> {
   const output = await runCommand(
     ctx.workload,
     freeSpaceCommand(ctx.dataDir),
     `checking free space in ${ctx.dataDir}`,
   );
-  const free = Number(output.trim());
+  return Number(output.trim());
+}
+
+/** Refuses when the data dir's filesystem cannot hold the staged copy (plaintext bytes). */
+async function checkFreeSpace(
+  ctx: EngineContext,
+  id: string,
+  manifest: Manifest | undefined,
+  free: number,
+): Promise<void> {
+  const needed = manifest?.plaintextBytes ?? (await ctx.store.head(objectKey(ctx, id)))?.size ?? 0;
   if (!Number.isFinite(free)) return;
   if (free < needed) {
     throw new BackupError(

@@ -14,7 +14,7 @@
 import { BackupError } from '../errors';
 import { runCommand } from '../workload/command';
 import type { EngineContext } from './context';
-import { homeserverPaths, readHomeserverConfigOf } from './homeserver';
+import { type HomeserverConfig, homeserverPaths, readHomeserverConfigOf } from './homeserver';
 
 /**
  * Finds a live Synapse of this data dir in the workload and prints `pid <pid>`
@@ -66,12 +66,17 @@ const UNDER_IT =
  * is not checked: an active service there runs on another one. Nothing found
  * (a stale pid file whose process is gone) resolves. The message says what to
  * do; a live pid in the pid file may be another program's (a reused pid): the
- * remedy names the file to remove then.
+ * remedy names the file to remove then. `configRead`: the data dir's
+ * homeserver.yaml as readHomeserverConfigOf reads it (read now when not given).
  */
-export async function refuseRunningSynapse(ctx: EngineContext, services: string[]): Promise<void> {
+export async function refuseRunningSynapse(
+  ctx: EngineContext,
+  services: string[],
+  configRead: Promise<HomeserverConfig | undefined> = readHomeserverConfigOf(ctx),
+): Promise<void> {
   // No homeserver.yaml: a fresh directory, which nothing runs on. One that is
   // not YAML (what the restore may be about to fix) has the default paths.
-  const config = await readHomeserverConfigOf(ctx).catch((err: unknown) => {
+  const config = await configRead.catch((err: unknown) => {
     if (err instanceof BackupError && err.code === 'invalid-config') {
       return { paths: homeserverPaths({}, ctx.dataDir) };
     }

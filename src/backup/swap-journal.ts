@@ -13,18 +13,18 @@
  * which moved everything in the data dir) is rolled back as that engine did.
  */
 import { BackupError, errorMessage } from '../errors';
-import { fileExists, runCommand } from '../workload/command';
+import { commandFailure, execCollect, runCommand } from '../workload/command';
 import type { EngineContext } from './context';
 import { type SwapItem, externalCopiesOf, itemRollbackCommand } from './scripts/swap';
 import {
   JOURNAL_NAME,
+  KEYS_DONE_MARK,
   PREVIOUS_PREFIX,
   STAGING_PREFIX,
   type SwapPhase,
-  journalPhaseCommand,
   readJournalCommand,
   removeJournalCommand,
-  removeOneTimeKeysCommand,
+  removeKeysAndSetPhaseCommand,
   removeTreeCommand,
   rollbackCommand,
 } from './scripts';
@@ -116,12 +116,7 @@ async function completeSwap(ctx: EngineContext, journal: Journal): Promise<SwapR
   const { workload, dataDir } = ctx;
   let oneTimeKeysRemoved: number | undefined;
   if (journal.phase !== 'keys-removed') {
-    oneTimeKeysRemoved = await removeOneTimeKeys(ctx, databaseOf(ctx, journal));
-    await runCommand(
-      workload,
-      journalPhaseCommand(dataDir, 'keys-removed'),
-      'recording the swap journal phase',
-    );
+    oneTimeKeysRemoved = await removeKeysAndRecordPhase(ctx, databaseOf(ctx, journal));
   }
   const previousPath = `${dataDir}/${journal.previous}`;
   const external = externalCopiesOf(journal.items, journal.staging, journal.previous);
@@ -244,20 +239,31 @@ function databaseOf(ctx: EngineContext, journal: Journal): string | undefined {
 }
 
 /**
- * Deletes the restored one-time keys from the SQLite database at `db` (default
- * `<data dir>/homeserver.db`); undefined when there is none.
+ * Deletes the restored one-time keys from the SQLite database at `db` (none: no
+ * database restored), then sets the journal's phase `keys-removed`, in one workload
+ * command (scripts/restore.ts removeKeysAndSetPhaseCommand). Returns the keys
+ * removed (undefined without a database at `db`). Throws WorkloadCommandError
+ * as the two steps did: "removing one-time keys from the restored database
+ * exited with status N: ..." or "recording the swap journal phase exited ...".
  */
-export async function removeOneTimeKeys(
+export async function removeKeysAndRecordPhase(
   ctx: EngineContext,
-  db: string | undefined = `${ctx.dataDir}/homeserver.db`,
+  db: string | undefined,
 ): Promise<number | undefined> {
-  if (db === undefined || !(await fileExists(ctx.workload, db))) return undefined;
-  const out = await runCommand(
-    ctx.workload,
-    removeOneTimeKeysCommand(db),
-    'removing one-time keys from the restored database',
-  );
-  return out.trim() ? Number(out.trim()) : 0;
+  const result = await execCollect(ctx.workload, {
+    command: removeKeysAndSetPhaseCommand(ctx.dataDir, db, 'keys-removed'),
+  });
+  const lines = result.stdout.split('\n');
+  if (result.exitCode !== 0) {
+    const what = lines.includes(KEYS_DONE_MARK)
+      ? 'recording the swap journal phase'
+      : 'removing one-time keys from the restored database';
+    throw commandFailure(what, result.status, result.stderr);
+  }
+  const keys = lines.find((line) => line.startsWith('keys='));
+  if (keys === undefined) return undefined;
+  const count = keys.slice('keys='.length).trim();
+  return count ? Number(count) : 0;
 }
 
 /** One line for logs and action output: what resolving the interrupted swap did. */

@@ -51,23 +51,32 @@ export function sh(script: string[], ...args: string[]): string[] {
  * only complete copy of the restored files).
  */
 export function removeLeftoversCommand(dataDir: string): string[] {
-  return sh(
-    [
-      'cd -- "$1" || exit 0',
-      `rm -f -- ${SNAPSHOT_NAME} ${ROOT_LINK_NAME}`,
-      `keep=$(sed -n 's/^staging=//p' -- ${JOURNAL_NAME} 2>/dev/null)`,
-      `for d in ${STAGING_PREFIX}*; do`,
-      '  [ -d "$d" ] && [ "$d" != "$keep" ] || continue',
-      ...REMOVE_EXTERNAL_STAGED,
-      '  rm -rf -- "$d"',
-      'done',
-      'exit 0',
-    ],
-    dataDir,
-  );
+  return sh(REMOVE_LEFTOVERS, dataDir);
 }
+
+/** removeLeftoversCommand's lines: the data dir is $1; always exit 0. */
+export const REMOVE_LEFTOVERS = [
+  'cd -- "$1" || exit 0',
+  `rm -f -- ${SNAPSHOT_NAME} ${ROOT_LINK_NAME}`,
+  `keep=$(sed -n 's/^staging=//p' -- ${JOURNAL_NAME} 2>/dev/null)`,
+  `for d in ${STAGING_PREFIX}*; do`,
+  '  [ -d "$d" ] && [ "$d" != "$keep" ] || continue',
+  ...REMOVE_EXTERNAL_STAGED,
+  '  rm -rf -- "$d"',
+  'done',
+  'exit 0',
+];
 
 /** Prints a small file (homeserver.yaml, a signing key), at most 1 MiB. */
 export function readSmallFileCommand(path: string): string[] {
   return ['head', '-c', '1048576', '--', path];
+}
+
+/**
+ * One round trip for "is it a regular file, and what does it hold": prints
+ * nothing when `path` is not a regular file, else `+` and then at most 1 MiB of
+ * it; head's status. See readSmallFileIfExists (identity.ts).
+ */
+export function readSmallFileIfExistsCommand(path: string): string[] {
+  return sh(['[ -f "$1" ] || exit 0', 'printf +', 'exec head -c 1048576 -- "$1"'], path);
 }

@@ -24,12 +24,16 @@
  * - tarExtractCommand: extracts stdin into a directory; tar's status.
  * - freeSpaceCommand: prints the bytes free for the data dir; df's status.
  * - makeDirCommand: mkdir; non-zero if the directory exists.
+ * - prepareStagingCommand: removeLeftoversCommand, then makeDirCommand; mkdir's status.
  * - syncCommand: flushes the data dir's filesystem; sync's status.
  * - rollbackCommand: undoes an earlier engine's swap (journal format 1) from
  *   the phase it reached; non-zero (set -e) on the first failed step.
  * - removeTreeCommand: rm -rf; rm's status.
  * - removeOneTimeKeysCommand: prints the rows deleted (nothing without the
  *   table); python's status.
+ * - removeKeysAndSetPhaseCommand: the same (when the database exists) as
+ *   `keys=N`, then `keys-done`, then sets the journal's phase; python's status
+ *   before the mark, the phase step's after it.
  *
  * swap.ts
  * - itemSwapCommand: the backup's items in, their live copies aside, journaled
@@ -48,6 +52,8 @@
  *   dirs (never the one a swap journal names); always 0 (a missing data dir is
  *   nothing to remove).
  * - readSmallFileCommand: prints at most 1 MiB of a file; head's status.
+ * - readSmallFileIfExistsCommand: nothing when it is not a regular file, else
+ *   `+` and at most 1 MiB of it; head's status.
  *
  * lock.ts (lock.ts in the engine: one operation at a time per data dir)
  * - takeLockCommand: 0 when taken; 75 (LOCK_HELD_EXIT) printing the holder.
@@ -62,6 +68,7 @@ export {
   SNAPSHOT_NAME,
   STAGING_PREFIX,
   readSmallFileCommand,
+  readSmallFileIfExistsCommand,
   removeLeftoversCommand,
 } from './common';
 export { SELECTED_GLOBS, SELECTED_PATHS, selectionProbeCommand } from './selection';
@@ -76,8 +83,11 @@ export {
   tarCreateCommand,
 } from './create';
 export {
+  KEYS_DONE_MARK,
   freeSpaceCommand,
   makeDirCommand,
+  prepareStagingCommand,
+  removeKeysAndSetPhaseCommand,
   removeOneTimeKeysCommand,
   removeTreeCommand,
   rollbackCommand,

@@ -1,5 +1,5 @@
 /** The restore's scripts: free space, staging, extraction, the swap and its rollback, one-time keys. */
-import { JOURNAL_NAME, PREVIOUS_PREFIX, STAGING_PREFIX, sh } from './common';
+import { JOURNAL_NAME, PREVIOUS_PREFIX, REMOVE_LEFTOVERS, STAGING_PREFIX, sh } from './common';
 import { SET_PHASE_FUNCTION, type SwapPhase } from './journal';
 import { LOCK_NAME } from './lock';
 
@@ -11,6 +11,15 @@ export function freeSpaceCommand(dataDir: string): string[] {
 /** Creates an empty directory; fails if it exists. */
 export function makeDirCommand(path: string): string[] {
   return ['mkdir', '-m', '0700', '--', path];
+}
+
+/**
+ * removeLeftoversCommand (common.ts) of `dataDir`, then makeDirCommand of `staging`
+ * (a path), in one round trip: the leftovers' removal never fails, so a non-zero
+ * status is mkdir's.
+ */
+export function prepareStagingCommand(dataDir: string, staging: string): string[] {
+  return sh(['(', ...REMOVE_LEFTOVERS, ')', 'exec mkdir -m 0700 -- "$2"'], dataDir, staging);
 }
 
 /** Removes trees the engine created (staging, previous copies). */
@@ -84,27 +93,64 @@ export function rollbackCommand(
   );
 }
 
+/** The Python that deletes the one-time keys of the database sys.argv[1]; prints the rows deleted. */
+const REMOVE_ONE_TIME_KEYS_PY = [
+  'import sqlite3, sys',
+  'db = sqlite3.connect(sys.argv[1])',
+  'tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type=\'table\'")}',
+  'if "e2e_one_time_keys_json" in tables:',
+  '    n = db.execute("DELETE FROM e2e_one_time_keys_json").rowcount',
+  '    db.commit()',
+  '    print(n)',
+  'db.close()',
+];
+
 /**
  * Synapse's backup guide: restored one-time keys cause decryption errors, so
  * they are deleted from the restored database. A database without the table
  * (a fresh or Postgres-backed server) is left alone.
  */
 export function removeOneTimeKeysCommand(dbPath: string): string[] {
-  return [
-    'python3',
-    '-c',
+  return ['python3', '-c', REMOVE_ONE_TIME_KEYS_PY.join('\n'), dbPath];
+}
+
+/** What removeKeysAndSetPhaseCommand prints before it records the phase. */
+export const KEYS_DONE_MARK = 'keys-done';
+
+/**
+ * After a swap, in one round trip: removeOneTimeKeysCommand on the database $2
+ * when it is a regular file (none: '' or a missing file), printing `keys=<its
+ * output>`, then `keys-done` (KEYS_DONE_MARK), then journalPhaseCommand's step in
+ * the data dir $1 with phase $3. A failure before the mark is python's (its
+ * status), after it the journal's (non-zero without a journal).
+ */
+export function removeKeysAndSetPhaseCommand(
+  dataDir: string,
+  dbPath: string | undefined,
+  phase: SwapPhase,
+): string[] {
+  return sh(
     [
-      'import sqlite3, sys',
-      'db = sqlite3.connect(sys.argv[1])',
-      'tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type=\'table\'")}',
-      'if "e2e_one_time_keys_json" in tables:',
-      '    n = db.execute("DELETE FROM e2e_one_time_keys_json").rowcount',
-      '    db.commit()',
-      '    print(n)',
-      'db.close()',
-    ].join('\n'),
-    dbPath,
-  ];
+      'if [ -n "$2" ] && [ -f "$2" ]; then',
+      '  out=$(python3 - "$2" <<\'PYTHON\'',
+      ...REMOVE_ONE_TIME_KEYS_PY,
+      'PYTHON',
+      '  ) || exit $?',
+      '  echo "keys=$out"',
+      'fi',
+      `echo ${KEYS_DONE_MARK}`,
+      'set -eu',
+      'cd -- "$1"',
+      ...SET_PHASE_FUNCTION,
+      '[ -f "$J" ] || { echo "no swap journal in $PWD" >&2; exit 1; }',
+      // $3 as $2, the phase argument of journalPhaseCommand's line.
+      'shift',
+      'set_phase "$2"',
+    ],
+    dataDir,
+    dbPath ?? '',
+    phase,
+  );
 }
 
 /**

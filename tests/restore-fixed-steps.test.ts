@@ -1,0 +1,169 @@
+/**
+ * The restore's fixed steps, merged into fewer workload commands (issue #17):
+ * each merged command still names the step that failed, and the checks that
+ * now run together still report the first refusal in the order they had.
+ * Real parts: this host's sh, tar and python3 (the local workload), the
+ * in-memory store.
+ */
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import type { EngineContext } from '../src/backup/context';
+import { readSmallFileIfExists } from '../src/backup/homeserver';
+import { removeKeysAndRecordPhase } from '../src/backup/swap-journal';
+import { LocalWorkload } from '../src/workload/local';
+import type { ExecOptions, ExecProcess } from '../src/workload/workload';
+import { memoryEngine, memorySynapseDir } from './support/memory-engine';
+import { MemoryStore } from './support/memory-store';
+import { inspectSqliteDb, snapshotTree } from './support/synapse-tree';
+
+const JOURNAL = '.synapse-swap.journal';
+let root: string;
+
+beforeEach(() => {
+  root = fs.realpathSync(fs.mkdtempSync(path.join(os.tmpdir(), 'fixed-steps-')));
+});
+afterEach(() => fs.rmSync(root, { recursive: true, force: true }));
+
+const ctxFor = (dataDir: string) =>
+  ({ workload: new LocalWorkload(), dataDir }) as unknown as EngineContext;
+
+describe('one-time keys and the journal phase, one command', () => {
+  let dataDir: string;
+  let db: string;
+  beforeEach(async () => {
+    dataDir = await memorySynapseDir('fixed-steps-keys');
+    db = path.join(dataDir, 'homeserver.db');
+    fs.writeFileSync(path.join(dataDir, JOURNAL), 'staging=.synapse-restore-x\nphase=moved\n');
+  });
+  afterEach(() => fs.rmSync(dataDir, { recursive: true, force: true }));
+
+  it('deletes the keys, records keys-removed and returns the count', async () => {
+    const before = inspectSqliteDb(db).oneTimeKeys;
+    expect(before).toBeGreaterThan(0);
+    await expect(removeKeysAndRecordPhase(ctxFor(dataDir), db)).resolves.toBe(before);
+    expect(inspectSqliteDb(db).oneTimeKeys).toBe(0);
+    expect(fs.readFileSync(path.join(dataDir, JOURNAL), 'utf8')).toContain('phase=keys-removed');
+    // Again: none left; no database: undefined (the phase is still recorded).
+    await expect(removeKeysAndRecordPhase(ctxFor(dataDir), db)).resolves.toBe(0);
+    const missing = path.join(dataDir, 'missing.db');
+    await expect(removeKeysAndRecordPhase(ctxFor(dataDir), missing)).resolves.toBeUndefined();
+    await expect(removeKeysAndRecordPhase(ctxFor(dataDir), undefined)).resolves.toBeUndefined();
+  });
+
+  it("a database python's sqlite3 cannot read fails as the keys step, the phase untouched", async () => {
+    fs.writeFileSync(db, 'not a database, just text that is long enough to have a header\n');
+    await expect(removeKeysAndRecordPhase(ctxFor(dataDir), db)).rejects.toMatchObject({
+      code: 'workload-command',
+      message: expect.stringMatching(
+        /^removing one-time keys from the restored database exited with status 1: .*not a database/,
+      ),
+    });
+    expect(fs.readFileSync(path.join(dataDir, JOURNAL), 'utf8')).toContain('phase=moved');
+  });
+
+  it('a missing journal fails as the phase step, after the keys went', async () => {
+    fs.rmSync(path.join(dataDir, JOURNAL));
+    await expect(removeKeysAndRecordPhase(ctxFor(dataDir), db)).rejects.toMatchObject({
+      code: 'workload-command',
+      message: `recording the swap journal phase exited with status 1: no swap journal in ${dataDir}`,
+    });
+    expect(inspectSqliteDb(db).oneTimeKeys).toBe(0);
+  });
+});
+
+describe('readSmallFileIfExists: one command', () => {
+  it('tells a missing file, a directory, an empty file and text apart', async () => {
+    const workload = new LocalWorkload();
+    fs.mkdirSync(path.join(root, 'dir'));
+    fs.writeFileSync(path.join(root, 'empty'), '');
+    fs.writeFileSync(path.join(root, 'text'), '+plus first\nsecond line\n');
+    await expect(readSmallFileIfExists(workload, path.join(root, 'nope'))).resolves.toBeUndefined();
+    await expect(readSmallFileIfExists(workload, path.join(root, 'dir'))).resolves.toBeUndefined();
+    await expect(readSmallFileIfExists(workload, path.join(root, 'empty'))).resolves.toBe('');
+    await expect(readSmallFileIfExists(workload, path.join(root, 'text'))).resolves.toBe(
+      '+plus first\nsecond line\n',
+    );
+  });
+});
+
+describe('a restore whose merged steps fail', () => {
+  it('a failing keys step after the swap names it, and the previous files come back', async () => {
+    const store = new MemoryStore();
+    const src = await memorySynapseDir('fixed-steps-src');
+    const dst = await memorySynapseDir('fixed-steps-dst', { mediaFiles: 3 });
+    fs.writeFileSync(
+      path.join(root, 'python3'),
+      '#!/bin/sh\necho "python3 stand-in: boom" >&2\nexit 3\n',
+      {
+        mode: 0o755,
+      },
+    );
+    const local = new LocalWorkload();
+    // python3 fails in the keys step only (PATH with a failing python3 first).
+    const workload = Object.assign(Object.create(local) as LocalWorkload, {
+      exec(options: ExecOptions): ExecProcess {
+        if (!options.command.some((a) => a.includes('e2e_one_time_keys_json'))) {
+          return local.exec(options);
+        }
+        const env = { PATH: `${root}:${process.env.PATH ?? '/usr/bin:/bin'}` };
+        return local.exec({ ...options, environment: { ...options.environment, ...env } });
+      },
+    });
+    try {
+      await memoryEngine(store, src).create({ id: 'k' });
+      const before = await snapshotTree(dst);
+      const engine = memoryEngine(store, dst, { workload });
+      await expect(engine.restore({ id: 'k', services: [] })).rejects.toMatchObject({
+        code: 'workload-command',
+        message: expect.stringContaining(
+          'removing one-time keys from the restored database exited with status 3: python3 stand-in: boom',
+        ),
+      });
+      engine.close();
+      expect(await snapshotTree(dst)).toEqual(before);
+      expect(fs.existsSync(path.join(dst, JOURNAL))).toBe(false);
+    } finally {
+      fs.rmSync(src, { recursive: true, force: true });
+      fs.rmSync(dst, { recursive: true, force: true });
+    }
+  });
+});
+
+describe('the checks, run together, refuse in their order', () => {
+  it('a wrong passphrase and too little space: the passphrase is named; a missing backup with a bad journal: the journal', async () => {
+    const store = new MemoryStore();
+    const src = await memorySynapseDir('fixed-steps-order-src');
+    const dst = await memorySynapseDir('fixed-steps-order-dst');
+    try {
+      await memoryEngine(store, src).create({ id: 'o' });
+      const before = await snapshotTree(dst);
+      const local = new LocalWorkload();
+      // df says 1 KiB is free: the space check would refuse too.
+      const tight = Object.assign(Object.create(local) as LocalWorkload, {
+        exec(options: ExecOptions): ExecProcess {
+          if (!options.command.some((a) => a.includes('df -Pk'))) return local.exec(options);
+          return local.exec({ ...options, command: ['echo', '1024'] });
+        },
+      });
+      const wrong = memoryEngine(store, dst, { workload: tight, passphrase: 'not the passphrase' });
+      await expect(wrong.restore({ id: 'o', services: [] })).rejects.toMatchObject({
+        code: 'wrong-passphrase',
+      });
+      wrong.close();
+      const right = memoryEngine(store, dst, { workload: tight });
+      await expect(right.restore({ id: 'o', services: [] })).rejects.toMatchObject({
+        code: 'no-space',
+      });
+      expect(await snapshotTree(dst)).toEqual(before);
+      fs.writeFileSync(path.join(dst, JOURNAL), 'phase=nonsense\n');
+      await expect(right.restore({ id: 'absent', services: [] })).rejects.toMatchObject({
+        code: 'unfinished-swap',
+      });
+      right.close();
+    } finally {
+      fs.rmSync(src, { recursive: true, force: true });
+      fs.rmSync(dst, { recursive: true, force: true });
+    }
+  });
+});
