@@ -5,11 +5,13 @@
  * Real parts: this host's sh, tar and python3 (the local workload), the
  * in-memory store.
  */
+import { type ChildProcess, spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import type { EngineContext } from '../src/backup/context';
 import { readSmallFileIfExists } from '../src/backup/homeserver';
+import { refuseRunningSynapse } from '../src/backup/running';
 import { removeKeysAndRecordPhase } from '../src/backup/swap-journal';
 import { LocalWorkload } from '../src/workload/local';
 import type { ExecOptions, ExecProcess } from '../src/workload/workload';
@@ -165,5 +167,76 @@ describe('the checks, run together, refuse in their order', () => {
       fs.rmSync(src, { recursive: true, force: true });
       fs.rmSync(dst, { recursive: true, force: true });
     }
+  });
+});
+
+/** A grep that refuses -a (as one without it would), else this host's. */
+const GREP_WITHOUT_A = [
+  '#!/bin/sh',
+  'for a; do case $a in -a) echo "grep: invalid option -- a" >&2; exit 2 ;; esac; done',
+  'PATH=$(printf %s "$PATH" | cut -d: -f2-) exec grep "$@"',
+  '',
+].join('\n');
+
+describe('the running-Synapse check: one grep over /proc, else every process', () => {
+  const children: ChildProcess[] = [];
+  afterEach(async () => {
+    for (const child of children.splice(0)) {
+      const exited = new Promise((r) => child.once('exit', r));
+      process.kill(-child.pid!, 'SIGKILL');
+      await exited;
+    }
+  });
+
+  /** A stand-in Synapse: `sh` whose argv is `synapse.app.homeserver -c <config>`. */
+  async function fakeSynapse(config: string): Promise<number> {
+    const child = spawn('sh', ['-c', 'sleep 300', 'synapse.app.homeserver', '-c', config], {
+      detached: true,
+      stdio: 'ignore',
+    });
+    children.push(child);
+    await new Promise((r) => child.once('spawn', r));
+    return child.pid!;
+  }
+
+  /** The check with `grep` as given by `grepScript` (a sh wrapper), or this host's. */
+  function check(dataDir: string, grepScript?: string): Promise<void> {
+    const local = new LocalWorkload();
+    let workload: LocalWorkload = local;
+    if (grepScript) {
+      const bin = path.join(root, 'bin');
+      fs.mkdirSync(bin, { recursive: true });
+      fs.writeFileSync(path.join(bin, 'grep'), grepScript, { mode: 0o755 });
+      const env = { PATH: `${bin}:${process.env.PATH ?? '/usr/bin:/bin'}` };
+      workload = Object.assign(Object.create(local) as LocalWorkload, {
+        exec: (options: ExecOptions): ExecProcess =>
+          local.exec({ ...options, environment: { ...options.environment, ...env } }),
+      });
+    }
+    return refuseRunningSynapse({ workload, dataDir } as unknown as EngineContext, []);
+  }
+
+  it.each([
+    ['a grep with -a', undefined],
+    ['a grep without -a (every process is looked at)', GREP_WITHOUT_A],
+  ])('finds a running Synapse of the data dir with %s', async (_label, grep) => {
+    const dataDir = path.join(root, 'data');
+    fs.mkdirSync(dataDir);
+    fs.writeFileSync(path.join(dataDir, 'homeserver.yaml'), 'server_name: "grep.test"\n');
+    await expect(check(dataDir, grep)).resolves.toBeUndefined();
+    const pid = await fakeSynapse(path.join(dataDir, 'homeserver.yaml'));
+    await expect(check(dataDir, grep)).rejects.toMatchObject({
+      code: 'busy',
+      message: expect.stringContaining(`process ${pid} is synapse.app.homeserver`),
+    });
+  });
+
+  it('is not fooled by another check of the same data dir running meanwhile', async () => {
+    const dataDir = path.join(root, 'data');
+    fs.mkdirSync(dataDir);
+    fs.writeFileSync(path.join(dataDir, 'homeserver.yaml'), 'server_name: "grep.test"\n');
+    await expect(
+      Promise.all([check(dataDir), check(dataDir), check(dataDir), check(dataDir)]),
+    ).resolves.toEqual([undefined, undefined, undefined, undefined]);
   });
 });

@@ -35,7 +35,17 @@ const RUNNING_SCRIPT = [
   'fi',
   'rd=$(cd -- "$3" 2>/dev/null && pwd -P) || rd=$3',
   'rc=$(readlink -f -- "$2" 2>/dev/null) && [ -n "$rc" ] || rc=$2',
-  'for d in /proc/[0-9]*; do',
+  // The candidates: one grep over every cmdline instead of three programs a process;
+  // every process when grep cannot (no -a, or too many pids for one command line).
+  "pat='synapse[.]app[.]homeserver'",
+  'all=y',
+  // (Never the name itself in this text: this sh's argv would match in another check.)
+  `if printf 'x\\0synapse.%s\\0' app.homeserver | grep -q -a -s -e "$pat" 2>/dev/null; then`,
+  '  if hits=$(cd /proc && grep -l -a -s -e "$pat" -- [0-9]*/cmdline 2>/dev/null; [ $? -le 2 ]); then all=n; fi',
+  'fi',
+  'if [ $all = y ]; then set -- /proc/[0-9]*',
+  "else set -- $(printf '%s\\n' $hits | sed -n 's,^\\([0-9]*\\)/cmdline$,/proc/\\1,p'); fi",
+  'for d; do',
   '  [ "${d#/proc/}" = "$$" ] && continue',
   '  args=$(tr "\\0" "\\n" < "$d/cmdline" 2>/dev/null) || continue',
   '  printf "%s\\n" "$args" | grep -q "synapse[.]app[.]homeserver" || continue',
