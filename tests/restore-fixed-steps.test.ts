@@ -11,8 +11,10 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import type { EngineContext } from '../src/backup/context';
 import { readSmallFileIfExists } from '../src/backup/homeserver';
+import { memberName } from '../src/backup/items';
 import { refuseRunningSynapse } from '../src/backup/running';
 import { removeKeysAndRecordPhase } from '../src/backup/swap-journal';
+import { type TarEntry, confinedEntryPolicy } from '../src/backup/tar';
 import { LocalWorkload } from '../src/workload/local';
 import type { ExecOptions, ExecProcess } from '../src/workload/workload';
 import { memoryEngine, memorySynapseDir } from './support/memory-engine';
@@ -238,5 +240,48 @@ describe('the running-Synapse check: one grep over /proc, else every process', (
     await expect(
       Promise.all([check(dataDir), check(dataDir), check(dataDir), check(dataDir)]),
     ).resolves.toEqual([undefined, undefined, undefined, undefined]);
+  });
+});
+
+describe('entry names: the common forms skip the split, the odd ones still normalize', () => {
+  const NAMES = [
+    'a',
+    'a/',
+    'a/b/',
+    './',
+    '.',
+    '',
+    './a/b',
+    'a//b/',
+    'a/./b',
+    'a/.',
+    '.hidden/',
+    '..',
+    'a/..b/',
+    'x/y//',
+  ];
+  it('memberName is the split-and-join form of every name', () => {
+    const reference = (raw: string) =>
+      raw
+        .split('/')
+        .filter((p) => p !== '' && p !== '.')
+        .join('/') || '.';
+    for (const raw of NAMES) expect([raw, memberName(raw)]).toEqual([raw, reference(raw)]);
+  });
+
+  it('the restore policy takes a trailing slash as the same name, and still refuses ".." and absolute names', () => {
+    const policy = confinedEntryPolicy();
+    policy({ name: 'media_store/', type: 'directory' } as TarEntry);
+    policy({ name: 'media_store/f', type: 'file' } as TarEntry);
+    // The hard link finds the file by its normal name.
+    expect(() =>
+      policy({ name: 'media_store/g', type: 'hardlink', linkname: './media_store//f' } as TarEntry),
+    ).not.toThrow();
+    for (const name of ['../x/', 'a/../', '/etc/', 'a/../b']) {
+      expect(() => policy({ name, type: 'directory' } as TarEntry)).toThrow(/refused/);
+    }
+    expect(() => policy({ name: '.synapse-swap.journal/', type: 'directory' } as TarEntry)).toThrow(
+      /bookkeeping/,
+    );
   });
 });

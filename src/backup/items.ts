@@ -20,6 +20,9 @@ const MAX_DIRS = 10_000;
 
 /** An entry's name without `./`, empty parts or a trailing slash ('.' for the root). */
 export function memberName(raw: string): string {
+  // Most names have no empty or "." step but a directory's trailing slash: no split.
+  const body = raw.endsWith('/') ? raw.slice(0, -1) : raw;
+  if (!ODD_STEP.test(body)) return body;
   return (
     raw
       .split('/')
@@ -27,6 +30,9 @@ export function memberName(raw: string): string {
       .join('/') || '.'
   );
 }
+
+/** An empty or "." step of a path (a leading `./`, `//`, a trailing slash). */
+const ODD_STEP = /(^|\/)\.?(\/|$)/;
 
 /** The absolute path an `@external/...` archive name stands for; undefined for a data-dir name. */
 export function externalPath(name: string): string | undefined {
@@ -58,20 +64,27 @@ export class ItemTracker {
       if (entry.type === 'directory') this.rootFromArchive = true;
       return;
     }
-    const parts = name.split('/');
-    if (entry.type === 'directory' && parts.length <= 3 && this.dirs.size < MAX_DIRS) {
+    // The ends of the name's first steps (no split: this runs for every entry).
+    const first = name.indexOf('/');
+    const second = first === -1 ? -1 : name.indexOf('/', first + 1);
+    const third = second === -1 ? -1 : name.indexOf('/', second + 1);
+    if (entry.type === 'directory' && third === -1 && this.dirs.size < MAX_DIRS) {
       this.dirs.add(name);
     }
     if (this.listed) {
-      for (let i = 1; i <= Math.min(parts.length, this.depth); i++) {
-        const prefix = parts.slice(0, i).join('/');
+      let end = first;
+      for (let i = 1; i <= this.depth; i++) {
+        const prefix = end === -1 ? name : name.slice(0, end);
         if (this.listed.has(prefix)) this.present.add(prefix);
+        if (end === -1) break;
+        end = name.indexOf('/', end + 1);
       }
-    } else if (parts[0] === MEDIA_DIR && (parts.length > 1 || entry.type !== 'directory')) {
-      this.derived.add(parts.slice(0, 2).join('/'));
-    } else if (parts[0] !== MEDIA_DIR) {
-      this.derived.add(parts[0]);
+      return;
     }
+    const top = first === -1 ? name : name.slice(0, first);
+    if (top !== MEDIA_DIR) this.derived.add(top);
+    else if (first !== -1) this.derived.add(second === -1 ? name : name.slice(0, second));
+    else if (entry.type !== 'directory') this.derived.add(name);
   }
 
   /**
