@@ -84,6 +84,9 @@ export async function refuseRunningSynapse(
   services: string[],
   configRead: Promise<HomeserverConfig | undefined> = readHomeserverConfigOf(ctx),
 ): Promise<void> {
+  // Listed while homeserver.yaml is read. A transport that cannot list services
+  // (no Pebble in the workload) leaves the process checks.
+  const listing = ctx.workload.serviceStatus([]).catch(() => []);
   // No homeserver.yaml: a fresh directory, which nothing runs on. One that is
   // not YAML (what the restore may be about to fix) has the default paths.
   const config = await configRead.catch((err: unknown) => {
@@ -93,8 +96,7 @@ export async function refuseRunningSynapse(
     throw err;
   });
   if (!config) return;
-  // A transport that cannot list services (no Pebble in the workload) leaves the process checks.
-  const listed = await ctx.workload.serviceStatus([]).catch(() => []);
+  const listed = await listing;
   const active = listed.filter(
     (s) => /synapse/i.test(s.name) && s.current === 'active' && !services.includes(s.name),
   );
