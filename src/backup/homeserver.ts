@@ -24,9 +24,9 @@
 import { posix } from 'node:path';
 import { parse } from 'yaml';
 import { BackupError, yamlErrorSummary } from '../errors';
-import { runCommand } from '../workload/command';
+import { fileExists, runCommand } from '../workload/command';
 import type { Workload } from '../workload/workload';
-import { readSmallFileIfExistsCommand } from './scripts';
+import { readSmallFileCommand, readSmallFileIfExistsCommand } from './scripts';
 
 /** The config file's name in the data dir, as the charm and the official image write it. */
 export const HOMESERVER_CONFIG = 'homeserver.yaml';
@@ -188,8 +188,13 @@ export async function readHomeserverConfig(
   configRoot?: string,
 ): Promise<HomeserverConfig | undefined> {
   const configPath = posix.join(dataDir, HOMESERVER_CONFIG);
-  const text = await readSmallFileIfExists(workload, configPath);
-  return text === undefined ? undefined : parseHomeserverConfig(text, dataDir, configRoot);
+  if (!(await fileExists(workload, configPath))) return undefined;
+  const text = await runCommand(
+    workload,
+    readSmallFileCommand(configPath),
+    `reading ${configPath}`,
+  );
+  return parseHomeserverConfig(text, dataDir, configRoot);
 }
 
 /**
@@ -205,13 +210,20 @@ export async function readSmallFileIfExists(
   return out.startsWith('+') ? out.slice(1) : undefined;
 }
 
-/** readHomeserverConfig for an engine context: its workload, data dir and config root. */
-export function readHomeserverConfigOf(ctx: {
+/**
+ * readHomeserverConfig for an engine context (its workload, data dir and config
+ * root), in one workload command (readSmallFileIfExists): the restore's checks.
+ */
+export async function readHomeserverConfigOf(ctx: {
   workload: Workload;
   dataDir: string;
   configRoot?: string;
 }): Promise<HomeserverConfig | undefined> {
-  return readHomeserverConfig(ctx.workload, ctx.dataDir, ctx.configRoot);
+  const text = await readSmallFileIfExists(
+    ctx.workload,
+    posix.join(ctx.dataDir, HOMESERVER_CONFIG),
+  );
+  return text === undefined ? undefined : parseHomeserverConfig(text, ctx.dataDir, ctx.configRoot);
 }
 
 /** Parses homeserver.yaml's text; BackupError `invalid-config` (with the YAML error) if it is not YAML. */
