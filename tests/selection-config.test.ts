@@ -215,7 +215,8 @@ describe('the selection follows homeserver.yaml', () => {
     const reads: string[][] = [];
     class CountingWorkload extends LocalWorkload {
       override exec(options: ExecOptions): ExecProcess {
-        if (options.command[0] === 'head' && options.command.at(-1) === config) {
+        const reading = options.command.join(' ').includes('head -c');
+        if (reading && options.command.at(-1) === config) {
           reads.push(options.command);
         }
         return super.exec(options);

@@ -24,9 +24,9 @@
 import { posix } from 'node:path';
 import { parse } from 'yaml';
 import { BackupError, yamlErrorSummary } from '../errors';
-import { fileExists, runCommand } from '../workload/command';
+import { runCommand } from '../workload/command';
 import type { Workload } from '../workload/workload';
-import { readSmallFileCommand, readSmallFileIfExistsCommand } from './scripts';
+import { readSmallFileIfExistsCommand } from './scripts';
 
 /** The config file's name in the data dir, as the charm and the official image write it. */
 export const HOMESERVER_CONFIG = 'homeserver.yaml';
@@ -178,26 +178,6 @@ export interface HomeserverConfig {
 }
 
 /**
- * Reads `<dataDir>/homeserver.yaml` through the workload (`configRoot`: see resolveConfigPath). Resolves undefined when the
- * file does not exist; throws BackupError `invalid-config` (from parseHomeserverConfig)
- * when it is not YAML, and the workload's errors when it cannot be read.
- */
-export async function readHomeserverConfig(
-  workload: Workload,
-  dataDir: string,
-  configRoot?: string,
-): Promise<HomeserverConfig | undefined> {
-  const configPath = posix.join(dataDir, HOMESERVER_CONFIG);
-  if (!(await fileExists(workload, configPath))) return undefined;
-  const text = await runCommand(
-    workload,
-    readSmallFileCommand(configPath),
-    `reading ${configPath}`,
-  );
-  return parseHomeserverConfig(text, dataDir, configRoot);
-}
-
-/**
  * A small file's text (at most 1 MiB), or undefined when `path` is not a regular
  * file, in one workload command. Throws WorkloadCommandError ("reading <path>
  * exited with status N: ...") when it cannot be read.
@@ -211,19 +191,28 @@ export async function readSmallFileIfExists(
 }
 
 /**
- * readHomeserverConfig for an engine context (its workload, data dir and config
- * root), in one workload command (readSmallFileIfExists): the restore's checks.
+ * Reads `<dataDir>/homeserver.yaml` through the workload, in one workload command
+ * (readSmallFileIfExists; `configRoot`: see resolveConfigPath). Resolves undefined
+ * when the file does not exist; throws BackupError `invalid-config` (from
+ * parseHomeserverConfig) when it is not YAML, and the workload's errors when it
+ * cannot be read.
  */
-export async function readHomeserverConfigOf(ctx: {
+export async function readHomeserverConfig(
+  workload: Workload,
+  dataDir: string,
+  configRoot?: string,
+): Promise<HomeserverConfig | undefined> {
+  const text = await readSmallFileIfExists(workload, posix.join(dataDir, HOMESERVER_CONFIG));
+  return text === undefined ? undefined : parseHomeserverConfig(text, dataDir, configRoot);
+}
+
+/** readHomeserverConfig for an engine context: its workload, data dir and config root. */
+export function readHomeserverConfigOf(ctx: {
   workload: Workload;
   dataDir: string;
   configRoot?: string;
 }): Promise<HomeserverConfig | undefined> {
-  const text = await readSmallFileIfExists(
-    ctx.workload,
-    posix.join(ctx.dataDir, HOMESERVER_CONFIG),
-  );
-  return text === undefined ? undefined : parseHomeserverConfig(text, ctx.dataDir, ctx.configRoot);
+  return readHomeserverConfig(ctx.workload, ctx.dataDir, ctx.configRoot);
 }
 
 /** Parses homeserver.yaml's text; BackupError `invalid-config` (with the YAML error) if it is not YAML. */

@@ -1,19 +1,12 @@
 import { BackupError } from '../errors';
-import { fileExists, runCommand } from '../workload/command';
 import type { Workload } from '../workload/workload';
-import { type HomeserverConfig, readHomeserverConfig } from './homeserver';
-import { readSmallFileCommand } from './scripts';
+import { type HomeserverConfig, readHomeserverConfig, readSmallFileIfExists } from './homeserver';
 
 /** Which Synapse a data dir belongs to, as recorded in manifests and checked before restores. */
 export interface ServerIdentity {
   serverName?: string;
   /** e.g. `ed25519:a_AbCd` */
   signingKeyId?: string;
-}
-
-async function readIfExists(workload: Workload, path: string): Promise<string | undefined> {
-  if (!(await fileExists(workload, path))) return undefined;
-  return runCommand(workload, readSmallFileCommand(path), `reading ${path}`);
 }
 
 /**
@@ -44,7 +37,7 @@ export async function serverIdentityOf(
 ): Promise<ServerIdentity> {
   if (!config) return {};
   const { serverName, signingKeyPath: keyPath } = config.paths;
-  const keyText = keyPath ? await readIfExists(workload, keyPath) : undefined;
+  const keyText = keyPath ? await readSmallFileIfExists(workload, keyPath) : undefined;
   return { serverName, signingKeyId: keyText ? parseSigningKeyId(keyText) : undefined };
 }
 
