@@ -3,7 +3,7 @@
  * authenticates every frame), the tar scanner and the counters into a sink,
  * then compared with the manifest. Used by verify, decrypt and restore.
  */
-import { type Readable, Writable } from 'node:stream';
+import { Writable } from 'node:stream';
 import {
   type MessageHeaderContext,
   createDecryptStream,
@@ -35,7 +35,6 @@ export interface ReadCounts {
  * Throws the first failing stage's BackupError (`interrupted` when ctx.signal
  * is aborted), `wrong-passphrase`, `corrupt` or `wrong-backup` (the header's
  * backup id is another's) from decryption, else an `s3` error for the read itself.
- * `opened`: the object's GET, when the caller started it already (restore: during its checks).
  */
 export async function readArchive(
   ctx: EngineContext,
@@ -44,10 +43,9 @@ export async function readArchive(
   sink: Writable,
   scanner?: TarScanner,
   manifest?: Manifest,
-  opened?: Promise<{ body: Readable }>,
 ): Promise<ReadCounts> {
   const passphrase = passphraseOf(ctx);
-  const { body } = await (opened ?? ctx.store.getStream(objectKey(ctx, id)));
+  const { body } = await ctx.store.getStream(objectKey(ctx, id));
   const ciphertext = new ByteCounter();
   const plaintext = new HashingCounter();
   const ticker = progressTicker(ctx, phase, () => plaintext.bytes);

@@ -9,7 +9,6 @@
  * previous files back. The swap is journaled (swap-journal.ts): a process
  * killed mid-swap leaves a journal that the next operation resolves.
  */
-import type { Readable } from 'node:stream';
 import { BackupError } from '../errors';
 import { formatBytes } from '../format';
 import { CommandSink, runCommand } from '../workload/command';
@@ -67,7 +66,7 @@ export async function restoreBackup(
 ): Promise<RestoreResult> {
   passphraseOf(ctx);
   const id = validateBackupId(request.id);
-  const { swapRecovery, manifest, opened } = await checkBeforeRestore(ctx, id, request);
+  const { swapRecovery, manifest } = await checkBeforeRestore(ctx, id, request);
   const stamp = new Date().toISOString().replace(/[-:.]/g, '');
   const dirs: RestoreDirs = {
     staging: `${STAGING_PREFIX}${stamp}`,
@@ -83,7 +82,7 @@ export async function restoreBackup(
   });
   const unchanged = `the staging dir was removed; ${ctx.dataDir} is unchanged`;
   const extracted = await withCleanup(
-    extractToStaging(ctx, id, manifest, dirs, scanner, opened),
+    extractToStaging(ctx, id, manifest, dirs, scanner),
     unchanged,
   );
   dirs.rootFromArchive = tracker.rootFromArchive;
@@ -130,7 +129,6 @@ async function extractToStaging(
   manifest: Manifest | undefined,
   dirs: RestoreDirs,
   scanner: TarScanner,
-  opened: Promise<{ body: Readable }>,
 ): Promise<ReadCounts & { flushSeconds: number }> {
   const stagingPath = `${ctx.dataDir}/${dirs.staging}`;
   // An interrupted run's leftovers go first (scripts/common.ts removeLeftoversCommand).
@@ -138,17 +136,14 @@ async function extractToStaging(
     ctx.workload,
     prepareStagingCommand(ctx.dataDir, stagingPath),
     'creating the staging directory',
-  ).catch((err: unknown) => {
-    closeBody(opened);
-    throw err;
-  });
+  );
   try {
     const sink = new CommandSink(
       ctx.workload,
       { command: tarExtractCommand(stagingPath), directStdin: true },
       `tar extracting into ${stagingPath}`,
     );
-    const extracted = await readArchive(ctx, id, 'restore', sink, scanner, manifest, opened);
+    const extracted = await readArchive(ctx, id, 'restore', sink, scanner, manifest);
     if (manifest) {
       compareWithManifest(manifest, {
         plaintextBytes: extracted.plaintext.bytes,
@@ -216,19 +211,8 @@ async function checkBeforeRestore(
   ctx: EngineContext,
   id: string,
   request: RestoreRequest,
-): Promise<{
-  manifest: Manifest | undefined;
-  swapRecovery: SwapRecovery | undefined;
-  opened: Promise<{ body: Readable }>;
-}> {
+): Promise<{ manifest: Manifest | undefined; swapRecovery: SwapRecovery | undefined }> {
   const services = request.services ?? [];
-  // The archive's GET starts now too (a read: nothing changes before the checks pass).
-  const opened = started(ctx.store.getStream(objectKey(ctx, id)));
-  // Until the pipeline takes it, an error waits in the stream (the pipeline reports it).
-  opened.then(
-    ({ body }) => body.on('error', () => undefined),
-    () => undefined,
-  );
   const manifestRead = started(
     request.allowMissingManifest ? completeManifest(ctx, id, true) : completeManifest(ctx, id),
   );
@@ -249,20 +233,11 @@ async function checkBeforeRestore(
     refuseWithoutDatabase(manifest, id, request.force);
     await headerRead;
     await checkFreeSpace(ctx, id, manifest, await freeRead);
-    return { manifest, swapRecovery, opened };
+    return { manifest, swapRecovery };
   } catch (err) {
-    closeBody(opened);
     await Promise.allSettled(reads);
     throw err;
   }
-}
-
-/** Ends the archive's GET that no read will consume (its connection is released). */
-function closeBody(opened: Promise<{ body: Readable }>): void {
-  opened.then(
-    ({ body }) => body.destroy(),
-    () => undefined,
-  );
 }
 
 /** `promise`, marked handled: it is awaited later, and may reject before that. */
