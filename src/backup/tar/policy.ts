@@ -1,3 +1,4 @@
+import { randomInt } from 'node:crypto';
 import { posix } from 'node:path';
 import { isBookkeepingName } from '../scripts/common';
 import { BackupError } from '../../errors';
@@ -35,15 +36,21 @@ import {
  * filesystem, which writes a hard link only to a member it archived earlier) a
  * hard link's target is checked by kind alone (not a symlink; a left-out one is
  * left out), without keeping every file's name: 35-40 MB at 200k files. Restore and
- * verify keep a 53-bit hash of each regular file's name instead of the name (about
- * 8 MB at 200k files): two names that collide (odds about 2e-6 at 200k files) only
- * let a hard link to a non-file through to tar -x, which then fails the extraction.
+ * verify keep a 53-bit hash of each regular file's name (seeded at random for each
+ * archive read) instead of the name: about 8 MB at 200k files. A hard link's target
+ * must be among those hashes and not a symlink (symlink names are kept exactly), so
+ * a collision can only let through a hard link to a directory or to a name the
+ * archive does not hold, which link(2) refuses and tar -x fails on; or refuse a valid
+ * hard link after a directory of a colliding name, which the next read (another seed)
+ * accepts. Unkeyed odds at 200k names are about 2e-6 a read.
  */
 export function confinedEntryPolicy(
   options: { leaveOutNoData?: boolean; ownTar?: boolean; roots?: readonly string[] } = {},
 ): EntryPolicy {
   const symlinks = new Set<string>();
-  const regularFiles = new NameHashSet();
+  const regularFiles = new NameHashSet(randomInt(0x7fffffff));
+  /** Symlinks that a later file or hard link of the same name replaced: a hard link may target those. */
+  const nowFiles = new Set<string>();
   const roots = options.roots ?? [];
   /** Create's left-out entries, by name: a hard link to one is left out too. */
   const leftOut = new Map<string, SkipKind>();
@@ -62,20 +69,11 @@ export function confinedEntryPolicy(
         `entry ${display(entry.name)} has a name the restore uses for its own bookkeeping (${display(top)}): refused`,
       );
     }
-    if (symlinks.size > 0) {
-      const parts = name.split('/');
-      for (let i = 1; i < parts.length; i++) {
-        const parent = parts.slice(0, i).join('/');
-        if (symlinks.has(parent)) {
-          throw new ArchiveRejectedError(
-            `entry ${display(entry.name)} is inside ${display(parent)}, which the archive made a symlink: refused`,
-          );
-        }
-      }
-    }
+    if (symlinks.size > 0) refuseInsideSymlink(name, entry.name, symlinks);
     switch (entry.type) {
       case 'file':
         if (!options.ownTar) regularFiles.add(name);
+        if (symlinks.has(name)) nowFiles.add(name);
         return;
       case 'directory':
         regularFiles.delete(name);
@@ -89,19 +87,22 @@ export function confinedEntryPolicy(
           roots,
         );
         symlinks.add(name);
+        nowFiles.delete(name);
         regularFiles.delete(name);
         return;
       case 'hardlink': {
         const target = normalizeMemberName(entry.linkname, 'hard link target');
         const targetKind = leftOut.get(target);
         if (targetKind) return leaveOut(name, targetKind, '');
-        const earlierFile = options.ownTar ? !symlinks.has(target) : regularFiles.has(target);
+        const notSymlink = !symlinks.has(target) || nowFiles.has(target);
+        const earlierFile = notSymlink && (options.ownTar || regularFiles.has(target));
         if (!earlierFile) {
           throw new ArchiveRejectedError(
             `hard link ${display(entry.name)} points to ${display(entry.linkname)}, which is not a file earlier in the archive: refused`,
           );
         }
         if (!options.ownTar) regularFiles.add(name);
+        if (symlinks.has(name)) nowFiles.add(name);
         return;
       }
       case 'device': {
@@ -118,29 +119,47 @@ export function confinedEntryPolicy(
   };
 }
 
-/** FNV-1a over the name's UTF-16 code units, two 32-bit lanes folded into 53 bits. */
-function nameHash(name: string): number {
+/**
+ * FNV-1a over the name's UTF-16 code units in two 32-bit lanes (the second started
+ * from `seed`), folded into 53 bits: 32 from the first lane, 21 from the second.
+ */
+function nameHash(name: string, seed: number): number {
   let a = 0x811c9dc5;
-  let b = 0x050c5d1f;
+  let b = seed ^ 0x050c5d1f;
   for (let i = 0; i < name.length; i++) {
     const c = name.charCodeAt(i);
     a = Math.imul(a ^ c, 0x01000193);
     b = Math.imul(b ^ c, 0x01000193) ^ (b >>> 15);
   }
+  b ^= b >>> 16;
   return (a >>> 0) * 0x200000 + ((b >>> 0) & 0x1fffff);
 }
 
 /** A set of names kept as nameHash values (numbers), not strings. */
 class NameHashSet {
   private readonly hashes = new Set<number>();
+  constructor(private readonly seed: number) {}
   add(name: string): void {
-    this.hashes.add(nameHash(name));
+    this.hashes.add(nameHash(name, this.seed));
   }
   delete(name: string): void {
-    this.hashes.delete(nameHash(name));
+    this.hashes.delete(nameHash(name, this.seed));
   }
   has(name: string): boolean {
-    return this.hashes.has(nameHash(name));
+    return this.hashes.has(nameHash(name, this.seed));
+  }
+}
+
+/** Refuses an entry below a name the archive made a symlink (it would be written through it). */
+function refuseInsideSymlink(name: string, raw: string, symlinks: ReadonlySet<string>): void {
+  const parts = name.split('/');
+  for (let i = 1; i < parts.length; i++) {
+    const parent = parts.slice(0, i).join('/');
+    if (symlinks.has(parent)) {
+      throw new ArchiveRejectedError(
+        `entry ${display(raw)} is inside ${display(parent)}, which the archive made a symlink: refused`,
+      );
+    }
   }
 }
 
