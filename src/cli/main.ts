@@ -1,4 +1,4 @@
-#!/usr/bin/env -S node --max-semi-space-size=1
+#!/usr/bin/env node
 /**
  * `synapse-backup`: the backup engine without Juju (recovery, or a host's own
  * cron). Usage and options: args.ts; the subcommands: commands.ts. Failure
