@@ -801,6 +801,21 @@ describeWithPeers(['minio'])('synapse-backup CLI (built bundle, real MinIO)', ()
     );
   });
 
+  test("create of a compose file's folder (Synapse's data dir is below it): empty-selection, exit 2, nothing stored", async () => {
+    const dir = await tmpDir('cli-compose');
+    await fsp.writeFile(path.join(dir.path, 'docker-compose.yml'), 'services: {}\n');
+    await fsp.mkdir(path.join(dir.path, 'data'));
+    await fsp.writeFile(path.join(dir.path, 'data', 'homeserver.yaml'), 'server_name: x\n');
+    const before = (await cli(['list', '--json'])).out;
+    const run = await cli(['create', '--data-dir', dir.path, '--id', 'cli-compose']);
+    expect(run.code).toBe(2);
+    expect(run.out).toBe('');
+    expect(errorLine(run)).toBe(
+      `synapse-backup: error: nothing of Synapse's to back up in ${dir.path}: no homeserver.yaml, signing key, SQLite database or media store there, only docker-compose.yml; pass --data-dir the directory that holds Synapse's homeserver.yaml`,
+    );
+    expect((await cli(['list', '--json'])).out).toBe(before);
+  });
+
   test('no credentials anywhere: a configuration error naming the variables, exit 2', async () => {
     const run = await cli(['list'], {
       env: {

@@ -5,6 +5,7 @@
  * was found at each.
  */
 import { posix } from 'node:path';
+import { BackupError } from '../errors';
 import { HOMESERVER_CONFIG } from './homeserver';
 import { SELECTED_GLOBS } from './scripts';
 
@@ -64,4 +65,32 @@ export function lookedAtOf(
       : `no ${SELECTED_GLOBS.slice(0, -1).join(', ')} or ${SELECTED_GLOBS.at(-1)} file in ${dataDir}`,
   );
   return phrases;
+}
+
+/** homeserver.yaml, a database, a signing key (`*.key`) or a media folder: Synapse's own data. */
+function isSynapseItem(item: string, databases: readonly string[]): boolean {
+  return (
+    item === HOMESERVER_CONFIG ||
+    databases.includes(item) ||
+    item.endsWith('.key') ||
+    /(^|\/)local_(content|thumbnails)$/.test(item)
+  );
+}
+
+/**
+ * Throws BackupError `empty-selection` (remedy `data-dir`) when the selection holds none of
+ * Synapse's data, only stray files: `--data-dir` named a compose file's folder, say.
+ */
+export function refuseStraySelection(
+  dataDir: string,
+  items: readonly string[],
+  databases: readonly string[],
+): void {
+  if (items.some((item) => isSynapseItem(item, databases))) return;
+  const shown = items.slice(0, 5).join(', ') + (items.length > 5 ? ', ...' : '');
+  throw new BackupError(
+    'empty-selection',
+    `nothing of Synapse's to back up in ${dataDir}: no homeserver.yaml, signing key, SQLite database or media store there, only ${shown}`,
+    { remedy: { kind: 'data-dir' } },
+  );
 }

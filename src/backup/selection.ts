@@ -21,7 +21,7 @@ import {
 } from './homeserver';
 import { type ServerIdentity, serverIdentityOf } from './identity';
 import { EXTERNAL_PREFIX } from './items';
-import { type ProbedPath, lookedAtOf } from './selection-looked-at';
+import { type ProbedPath, lookedAtOf, refuseStraySelection } from './selection-looked-at';
 import { ROOT_LINK_NAME, isBookkeepingName } from './scripts/common';
 import { selectionProbeCommand } from './scripts/selection';
 
@@ -165,6 +165,7 @@ export function readIdentityAndSelection(ctx: {
       .then((s) => {
         // Nothing there at all: say so before tar starts.
         if (s.items.length === 0) throw emptySelection(ctx.dataDir, '', s.lookedAt);
+        refuseStraySelection(ctx.dataDir, s.items, s.databases);
         return s;
       }),
   };
