@@ -853,7 +853,7 @@ describeWithPeers(['minio'])('synapse-backup CLI (built bundle, real MinIO)', ()
     const days = await cli(['prune', '--keep-days', '0']);
     expect(days.code).toBe(2);
     expect(errorLine(days)).toBe(
-      'synapse-backup: error: --keep-days takes a whole number of at least 1, not "0": prune always keeps the newest complete backup, so --keep-last 1 keeps only that one; synapse-backup delete --id ID deletes it too',
+      'synapse-backup: error: --keep-days takes a whole number of at least 1, not "0": --keep-days 1 keeps the backups younger than a day (prune always keeps the newest complete backup)',
     );
     const hours = await cli(['prune', '--stale-hours', '-2']);
     expect(hours.code).toBe(2);

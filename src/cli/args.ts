@@ -181,10 +181,13 @@ export function wholeNumber(value: string | undefined, flag: string): number | u
   const least = WHOLE_NUMBER_FLAGS[flag as Flag] ?? 0;
   if (!/^\d+$/.test(value) || Number(value) < least) {
     const takes = least > 0 ? `a whole number of at least ${least}` : 'a whole number';
+    const zero = /^0+$/.test(value);
     const why =
-      (flag === 'keep-last' || flag === 'keep-days') && /^0+$/.test(value)
+      flag === 'keep-last' && zero
         ? ': prune always keeps the newest complete backup, so --keep-last 1 keeps only that one; synapse-backup delete --id ID deletes it too'
-        : '';
+        : flag === 'keep-days' && zero
+          ? ': --keep-days 1 keeps the backups younger than a day (prune always keeps the newest complete backup)'
+          : '';
     throw new ConfigError(`--${flag} takes ${takes}, not "${value}"${why}`);
   }
   return Number(value);
