@@ -8,7 +8,7 @@
  */
 import { promises as fsp } from 'node:fs';
 import * as path from 'node:path';
-import { SNAPSHOT_NAME } from '../../src/backup/scripts';
+import { KEYS_DONE_MARK, SNAPSHOT_NAME } from '../../src/backup/scripts';
 import { describeWithPeers } from '../support/peers';
 import { inspectSqliteDb } from '../support/synapse-tree';
 import { FaultBed, until, within } from './support/bed';
@@ -124,10 +124,11 @@ describeWithPeers(['minio', 'pebble'])('the charm killed mid-create', () => {
     const yaml = path.join(bed.h.dataDir, 'homeserver.yaml');
     const backedUpYaml = await fsp.readFile(yaml, 'utf8');
     await fsp.writeFile(yaml, `${backedUpYaml}# changed after the backup\n`);
-    // The restore checks for homeserver.db right after the swap: its answer is held there.
-    const hold = bed.pebbleProxy.holdOutput(
-      (c) => c[0] === 'sh' && /echo yes/.test(c[2] ?? '') && c.at(-1)!.endsWith('/homeserver.db'),
-      0,
+    // Right after the swap the restore removes the one-time keys and records that in the
+    // journal, in one command (removeKeysAndSetPhaseCommand): its request is held before
+    // Pebble runs it.
+    const hold = bed.pebbleProxy.holdExec(
+      (c) => c[0] === 'sh' && (c[2] ?? '').includes(`echo ${KEYS_DONE_MARK}`),
     );
     const restore = await bed.run('restore-backup', { 'backup-id': id }, async () => {
       await within('the swap to finish', hold.reached);

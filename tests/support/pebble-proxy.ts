@@ -46,6 +46,11 @@ export interface PebbleProxy {
   scannedBytes(): number;
   /** Holds the stdout of the next command matching `match` once `afterBytes` of it passed. */
   holdOutput(match: (command: string[]) => boolean, afterBytes: number): OutputHold;
+  /**
+   * Holds the next exec request matching `match` before Pebble sees it (the command has not
+   * run). Released, it goes on to Pebble only if its client is still connected.
+   */
+  holdExec(match: (command: string[]) => boolean): OutputHold;
   /** Destroys every open connection, both sides (new ones are accepted as usual). */
   dropAll(): void;
   close(): Promise<void>;
@@ -144,6 +149,7 @@ export async function startPebbleProxy(
   let canary: Buffer | undefined;
   const sockets = new Set<net.Socket>();
   const holds: PendingHold[] = [];
+  const execHolds: Omit<PendingHold, 'afterBytes'>[] = [];
   let secrets: Buffer[] = [];
   let scanned = 0;
 
@@ -191,6 +197,18 @@ export async function startPebbleProxy(
         };
         execs.push(exec);
       }
+      const index = exec ? execHolds.findIndex((h) => h.match(exec.command)) : -1;
+      if (index < 0) return forward(body, exec);
+      const [held] = execHolds.splice(index, 1);
+      let gone = false;
+      req.socket.once('close', () => (gone = true));
+      held.reached();
+      void held.released.then(() =>
+        setImmediate(() => (gone || req.socket.destroyed ? res.destroy() : forward(body, exec))),
+      );
+    });
+
+    function forward(body: Buffer, exec: ExecRecord | undefined): void {
       const out = http.request(
         {
           socketPath: targetSocket,
@@ -223,7 +241,7 @@ export async function startPebbleProxy(
       out.on('socket', track);
       out.on('error', () => res.destroy());
       out.end(body);
-    });
+    }
   });
 
   server.on('connection', track);
@@ -314,6 +332,21 @@ export async function startPebbleProxy(
         release() {
           // A hold no command met yet is withdrawn.
           if (holds.includes(hold)) holds.splice(holds.indexOf(hold), 1);
+          release();
+        },
+      };
+    },
+    holdExec(match) {
+      let reached!: () => void;
+      let release!: () => void;
+      const reachedP = new Promise<void>((r) => (reached = r));
+      const released = new Promise<void>((r) => (release = r));
+      const hold = { match, reached, released };
+      execHolds.push(hold);
+      return {
+        reached: reachedP,
+        release() {
+          if (execHolds.includes(hold)) execHolds.splice(execHolds.indexOf(hold), 1);
           release();
         },
       };
