@@ -12,9 +12,11 @@ import {
   PutObjectCommand,
   type S3Client,
   UploadPartCommand,
+  type UploadPartCommandOutput,
 } from '@aws-sdk/client-s3';
 import { BackupError } from '../errors';
 import { describeS3Error } from './errors';
+import { PartIntegrity } from './part-integrity';
 import type { S3Settings } from './settings';
 
 /** How ObjectStore.upload cuts and sends a body: `partSize` bytes (>= 5 MiB), at most `queueSize` parts in flight. */
@@ -53,30 +55,6 @@ export function uploadPartSize(partNumber: number, partSize: number): number {
   return Math.ceil(rest / (MAX_PARTS - SMALL_PARTS) / mib) * mib;
 }
 
-/**
- * Over TLS, the parts of a backup are signed without hashing their bodies
- * (`UNSIGNED-PAYLOAD`, what the AWS CLI does over HTTPS): TLS already protects
- * them in transit, and the SHA-256 of every byte costs about 0.7 s of CPU per
- * GiB here and as much again in the server that checks it. Over plain HTTP the
- * payload stays signed, so a body altered on the way is refused by the server.
- */
-function skipPayloadHashOverTls<T extends PutObjectCommand | UploadPartCommand>(
-  command: T,
-  settings: S3Settings,
-): T {
-  const tls = !settings.endpoint || settings.endpoint.startsWith('https:');
-  if (!tls) return command;
-  (command.middlewareStack as PutObjectCommand['middlewareStack']).add(
-    (next) => async (args) => {
-      const request = args.request as { headers?: Record<string, string> };
-      if (request.headers) request.headers['x-amz-content-sha256'] = 'UNSIGNED-PAYLOAD';
-      return next(args);
-    },
-    { step: 'build', name: 'synapseBackupUnsignedPayload' },
-  );
-  return command;
-}
-
 interface Part {
   number: number;
   buffer: Buffer;
@@ -113,6 +91,8 @@ export class MultipartSink extends Writable {
   /** Resumes a write or the final step that waits for a buffer or for the last part. */
   private wake: (() => void) | undefined;
   private readonly requests = new AbortController();
+  /** How each part's body is protected on the way (src/s3/part-integrity.ts). */
+  private readonly integrity: PartIntegrity;
 
   constructor(
     private readonly client: S3Client,
@@ -122,6 +102,7 @@ export class MultipartSink extends Writable {
   ) {
     super({ highWaterMark: 1024 * 1024 });
     this.maxBuffers = options.queueSize + 1;
+    this.integrity = new PartIntegrity(settings);
   }
 
   override _write(chunk: Buffer, _enc: BufferEncoding, done: (err?: Error | null) => void): void {
@@ -189,17 +170,18 @@ export class MultipartSink extends Writable {
     if (this.partCount === 0) {
       // Everything fits in one part: a single PutObject.
       const body = this.current ? this.current.subarray(0, this.filled) : Buffer.alloc(0);
-      await this.client.send(
-        skipPayloadHashOverTls(
+      await this.integrity.send(
+        this.client,
+        (crc32) =>
           new PutObjectCommand({
             Bucket: this.settings.bucket,
             Key: this.key,
             Body: body,
             ContentLength: body.length,
             ContentType: 'application/octet-stream',
+            ChecksumCRC32: crc32,
           }),
-          this.settings,
-        ),
+        body,
         { abortSignal: this.requests.signal },
       );
       return;
@@ -293,19 +275,21 @@ export class MultipartSink extends Writable {
 
   private async uploadPart(part: Part): Promise<void> {
     const UploadId = await this.uploadId!;
-    const out = await this.client.send(
-      skipPayloadHashOverTls(
+    const body = part.buffer.subarray(0, part.length);
+    const out = await this.integrity.send<UploadPartCommandOutput>(
+      this.client,
+      (crc32) =>
         new UploadPartCommand({
           Bucket: this.settings.bucket,
           Key: this.key,
           UploadId,
           PartNumber: part.number,
-          Body: part.buffer.subarray(0, part.length),
+          Body: body,
           ContentLength: part.length,
           ChecksumAlgorithm: this.settings.checksumMode === 'WHEN_SUPPORTED' ? 'CRC32' : undefined,
+          ChecksumCRC32: crc32,
         }),
-        this.settings,
-      ),
+      body,
       { abortSignal: this.requests.signal },
     );
     if (!out.ETag) throw new Error(`the server returned no ETag for part ${part.number}`);

@@ -69,7 +69,14 @@ export type Fault =
    * gets no answer; any other (GetObject) is forwarded and its answer stops
    * after `afterBytes` of body. S3 has stopped answering.
    */
-  | { kind: 'stall-body'; afterBytes: number };
+  | { kind: 'stall-body'; afterBytes: number }
+  /** Forward with byte `at` of the request body inverted: corrupted on the way. */
+  | { kind: 'flip-byte'; at: number }
+  /**
+   * Forward, and drop the `x-amz-checksum-*` headers from the answer: a server
+   * that does not do S3's additional checksums (it neither checks nor echoes them).
+   */
+  | { kind: 'strip-checksums' };
 
 export const internalError = (): Fault => ({
   kind: 'error',
@@ -100,6 +107,8 @@ export interface FaultRule {
   skip?: number;
   /** Apply to at most this many requests (default: all). */
   times?: number;
+  /** Only requests that carry this header (lower case), when given. */
+  header?: string;
 }
 
 export interface ProxyLogEntry {
@@ -109,6 +118,10 @@ export interface ProxyLogEntry {
   /** The fault applied, if any. */
   fault?: Fault['kind'];
   status?: number;
+  /** The request's `x-amz-content-sha256`: `UNSIGNED-PAYLOAD` or the body's signed SHA-256. */
+  payload?: string;
+  /** The request's `x-amz-checksum-crc32`, if it had one. */
+  crc32?: string;
 }
 
 export interface FaultyProxy {
@@ -155,11 +168,12 @@ export async function startFaultyProxy(target: string): Promise<FaultyProxy> {
   let refusing = false;
   let stalledNow = 0;
 
-  const pick = (op: S3Op, path: string): Fault | undefined => {
+  const pick = (op: S3Op, path: string, req: http.IncomingMessage): Fault | undefined => {
     for (const rule of rules) {
       const ops = Array.isArray(rule.op) ? rule.op : [rule.op];
       if (!ops.includes(op) || (rule.key && !rule.key.test(new URL(path, 'http://p').pathname)))
         continue;
+      if (rule.header && req.headers[rule.header] === undefined) continue;
       rule.seen++;
       if (rule.seen <= (rule.skip ?? 0)) continue;
       if (rule.applied >= (rule.times ?? Infinity)) continue;
@@ -179,6 +193,7 @@ export async function startFaultyProxy(target: string): Promise<FaultyProxy> {
     res: http.ServerResponse,
     entry: ProxyLogEntry,
     resetAfter?: number,
+    change?: Extract<Fault, { kind: 'flip-byte' | 'strip-checksums' }>,
   ): void => {
     readBody(req, res);
     const headers = { ...req.headers };
@@ -196,7 +211,13 @@ export async function startFaultyProxy(target: string): Promise<FaultyProxy> {
       },
       (up) => {
         entry.status = up.statusCode;
-        res.writeHead(up.statusCode ?? 502, up.headers);
+        const answer = { ...up.headers };
+        if (change?.kind === 'strip-checksums') {
+          for (const name of Object.keys(answer)) {
+            if (name.startsWith('x-amz-checksum-')) delete answer[name];
+          }
+        }
+        res.writeHead(up.statusCode ?? 502, answer);
         up.pipe(res);
         up.on('error', () => res.destroy());
       },
@@ -207,6 +228,21 @@ export async function startFaultyProxy(target: string): Promise<FaultyProxy> {
         res.end();
       } else res.destroy();
     });
+    if (change?.kind === 'flip-byte') {
+      let bytes = 0;
+      req.on('data', (chunk: Buffer) => {
+        if (change.at >= bytes && change.at < bytes + chunk.length) {
+          const copy = Buffer.from(chunk);
+          copy[change.at - bytes] ^= 0xff;
+          chunk = copy;
+        }
+        bytes += chunk.length;
+        if (!out.write(chunk)) req.pause();
+      });
+      out.on('drain', () => req.resume());
+      req.on('end', () => out.end());
+      return;
+    }
     if (resetAfter === undefined) {
       req.pipe(out);
       return;
@@ -283,7 +319,7 @@ export async function startFaultyProxy(target: string): Promise<FaultyProxy> {
 
   /** Applies the first rule that takes this request, or forwards it. */
   const handle = (req: http.IncomingMessage, res: http.ServerResponse, entry: ProxyLogEntry) => {
-    const fault = pick(entry.op, entry.path);
+    const fault = pick(entry.op, entry.path, req);
     if (!fault) return forward(req, res, entry);
     entry.fault = fault.kind;
     switch (fault.kind) {
@@ -304,6 +340,9 @@ export async function startFaultyProxy(target: string): Promise<FaultyProxy> {
       }
       case 'reset':
         return forward(req, res, entry, fault.afterBytes);
+      case 'flip-byte':
+      case 'strip-checksums':
+        return forward(req, res, entry, undefined, fault);
       case 'stall-body':
         return stallBody(req, res, entry, fault.afterBytes);
       case 'stall': {
@@ -324,6 +363,10 @@ export async function startFaultyProxy(target: string): Promise<FaultyProxy> {
     const path = req.url ?? '/';
     const op = classifyS3Request(req.method ?? 'GET', path);
     const entry: ProxyLogEntry = { op, method: req.method ?? '', path };
+    const payload = req.headers['x-amz-content-sha256'];
+    if (typeof payload === 'string') entry.payload = payload;
+    const crc32 = req.headers['x-amz-checksum-crc32'];
+    if (typeof crc32 === 'string') entry.crc32 = crc32;
     log.push(entry);
     const { pathname } = new URL(path, 'http://proxy');
     if (op === 'CreateMultipartUpload' || op === 'UploadPart' || op === 'PutObject') {
