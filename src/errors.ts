@@ -32,6 +32,8 @@ export type ErrorCode =
   | 'too-large'
   | 'wrong-server'
   | 'no-space'
+  /** The data dir a restore goes to does not exist. */
+  | 'no-data-dir'
   | 'unfinished-swap'
   | 'interrupted';
 

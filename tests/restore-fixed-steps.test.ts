@@ -172,6 +172,48 @@ describe('the checks, run together, refuse in their order', () => {
   });
 });
 
+describe('a data dir that does not exist (the CLI through Pebble makes none)', () => {
+  it('is refused by name with how to make it, and nothing is created; df printing nothing is not "0 B free"', async () => {
+    const store = new MemoryStore();
+    const src = await memorySynapseDir('fixed-steps-nodir-src');
+    const dst = path.join(root, 'not', 'there');
+    try {
+      await memoryEngine(store, src).create({ id: 'n' });
+      const engine = memoryEngine(store, dst);
+      await expect(engine.restore({ id: 'n', services: [] })).rejects.toMatchObject({
+        code: 'no-data-dir',
+        message: `the data dir ${dst} does not exist (or is not a directory): nothing was restored`,
+        remedy: {
+          kind: 'advice',
+          text: `create it, owned by the user Synapse runs as (the official image's: install -d -o 991 -g 991 ${dst}), then run the restore again`,
+        },
+      });
+      engine.close();
+      expect(fs.existsSync(path.join(root, 'not'))).toBe(false);
+
+      // A df that prints no number: the space check is skipped, not failed with 0 B.
+      const there = await memorySynapseDir('fixed-steps-nodf-dst');
+      const local = new LocalWorkload();
+      const silentDf = Object.assign(Object.create(local) as LocalWorkload, {
+        exec(options: ExecOptions): ExecProcess {
+          if (!options.command.some((a) => a.includes('df -Pk'))) return local.exec(options);
+          return local.exec({ ...options, command: ['true'] });
+        },
+      });
+      const restored = memoryEngine(store, there, { workload: silentDf });
+      await expect(restored.restore({ id: 'n', services: [], force: true })).resolves.toMatchObject(
+        {
+          backupId: 'n',
+        },
+      );
+      restored.close();
+      fs.rmSync(there, { recursive: true, force: true });
+    } finally {
+      fs.rmSync(src, { recursive: true, force: true });
+    }
+  });
+});
+
 /** A grep that refuses -a (as one without it would), else this host's. */
 const GREP_WITHOUT_A = [
   '#!/bin/sh',

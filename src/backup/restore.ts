@@ -39,6 +39,7 @@ import {
   PREVIOUS_PREFIX,
   STAGING_PREFIX,
   freeSpaceCommand,
+  NO_DATA_DIR,
   prepareStagingCommand,
   removeJournalCommand,
   syncCommand,
@@ -272,14 +273,32 @@ async function refuseOtherServer(
   }
 }
 
-/** The bytes free for the data dir (df in the workload); NaN when df printed no number. */
+/**
+ * The bytes free for the data dir (df in the workload); NaN when df printed no
+ * number. Rejects with `no-data-dir` when the data dir is not a directory: the
+ * restore stages inside it, and only the operator knows its owner and mode.
+ */
 async function freeBytes(ctx: EngineContext): Promise<number> {
-  const output = await runCommand(
-    ctx.workload,
-    freeSpaceCommand(ctx.dataDir),
-    `checking free space in ${ctx.dataDir}`,
-  );
-  return Number(output.trim());
+  const output = (
+    await runCommand(
+      ctx.workload,
+      freeSpaceCommand(ctx.dataDir),
+      `checking free space in ${ctx.dataDir}`,
+    )
+  ).trim();
+  if (output === NO_DATA_DIR) {
+    throw new BackupError(
+      'no-data-dir',
+      `the data dir ${ctx.dataDir} does not exist (or is not a directory): nothing was restored`,
+      {
+        remedy: {
+          kind: 'advice',
+          text: `create it, owned by the user Synapse runs as (the official image's: install -d -o 991 -g 991 ${ctx.dataDir}), then run the restore again`,
+        },
+      },
+    );
+  }
+  return output === '' ? NaN : Number(output);
 }
 
 /** Refuses when the data dir's filesystem cannot hold the staged copy (plaintext bytes). */

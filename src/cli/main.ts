@@ -40,6 +40,7 @@ const BAD_INPUT_CODES = new Set([
   'invalid-config',
   'empty-selection',
   'unrestorable-entry',
+  'no-data-dir',
 ]);
 
 const SIGNAL_STATUS: Record<string, number> = { SIGINT: 130, SIGTERM: 143 };

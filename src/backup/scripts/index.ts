@@ -22,7 +22,8 @@
  *
  * restore.ts
  * - tarExtractCommand: extracts stdin into a directory; tar's status.
- * - freeSpaceCommand: prints the bytes free for the data dir; df's status.
+ * - freeSpaceCommand: prints the bytes free for the data dir (NO_DATA_DIR when it is
+ *   missing); df's status.
  * - makeDirCommand: mkdir; non-zero if the directory exists.
  * - prepareStagingCommand: removeLeftoversCommand, then makeDirCommand; mkdir's status.
  * - syncCommand: flushes the data dir's filesystem; sync's status.
@@ -85,6 +86,7 @@ export {
 export {
   KEYS_DONE_MARK,
   freeSpaceCommand,
+  NO_DATA_DIR,
   makeDirCommand,
   prepareStagingCommand,
   removeKeysAndSetPhaseCommand,

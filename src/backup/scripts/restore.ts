@@ -3,9 +3,22 @@ import { JOURNAL_NAME, PREVIOUS_PREFIX, REMOVE_LEFTOVERS, STAGING_PREFIX, sh } f
 import { SET_PHASE_FUNCTION, type SwapPhase } from './journal';
 import { LOCK_NAME } from './lock';
 
-/** Prints the bytes available to unprivileged writers on the data dir's filesystem. */
+/** The line freeSpaceCommand prints instead of a number when the data dir is not a directory. */
+export const NO_DATA_DIR = 'no-data-dir';
+
+/**
+ * Prints the bytes available to unprivileged writers on the data dir's
+ * filesystem, or {@link NO_DATA_DIR} when the data dir is not a directory.
+ */
 export function freeSpaceCommand(dataDir: string): string[] {
-  return sh(['set -e', `df -Pk -- "$1" | awk 'NR==2 { print $4 * 1024 }'`], dataDir);
+  return sh(
+    [
+      'set -e',
+      `[ -d "$1" ] || { echo ${NO_DATA_DIR}; exit 0; }`,
+      `df -Pk -- "$1" | awk 'NR==2 { print $4 * 1024 }'`,
+    ],
+    dataDir,
+  );
 }
 
 /** Creates an empty directory; fails if it exists. */
