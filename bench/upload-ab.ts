@@ -12,7 +12,10 @@
  *   chunks): incompressible and cheap to make (its own rate is printed first).
  * - Both contestants: part size 16 MiB and 2 parts in flight (the engine's defaults;
  *   the sink cuts its first 2,000 parts at half that, see uploadPartSize), a client
- *   from createS3Client with checksums WHEN_REQUIRED, path-style, plain HTTP.
+ *   from createS3Client with checksums WHEN_REQUIRED, path-style, plain HTTP. Each
+ *   part goes as the sink sends it over plain HTTP (src/s3/part-integrity.ts):
+ *   `UNSIGNED-PAYLOAD` with its CRC32; lib-storage's client gets the same through
+ *   {@link protectLikeTheSink}, so the A/B compares the uploaders, not the signing.
  * - Each upload runs in a child process of its own (this script with --child), so
  *   the peak RSS (VmHWM at the end) is that contestant's; wall time is the upload's,
  *   from the first byte to CompleteMultipartUpload, without Node's start-up.
@@ -37,6 +40,7 @@ import { parseArgs } from 'node:util';
 import { DeleteObjectCommand, HeadObjectCommand, type S3Client } from '@aws-sdk/client-s3';
 import { Upload } from '@aws-sdk/lib-storage';
 import { createS3Client } from '../src/s3/client';
+import { crc32Base64 } from '../src/s3/part-integrity';
 import { parseS3Settings, type S3Settings } from '../src/s3/settings';
 import { ObjectStore } from '../src/s3/store';
 import { type Minio, settle, startMinio } from './minio';
@@ -122,6 +126,7 @@ async function upload(config: ChildConfig, settings: S3Settings, client: S3Clien
     }
     return;
   }
+  protectLikeTheSink(client);
   await new Upload({
     client,
     params: {
@@ -134,6 +139,36 @@ async function upload(config: ChildConfig, settings: S3Settings, client: S3Clien
     queueSize: QUEUE_SIZE,
     leavePartsOnError: false,
   }).done();
+}
+
+/**
+ * Makes `client` send PutObject and UploadPart bodies as the sink does over plain
+ * HTTP: `UNSIGNED-PAYLOAD`, with the body's CRC32 in `x-amz-checksum-crc32`.
+ */
+function protectLikeTheSink(client: S3Client): void {
+  const marked = new WeakSet<object>();
+  client.middlewareStack.add(
+    (next, context) => async (args) => {
+      const input = args.input as { Body?: unknown; ChecksumCRC32?: string };
+      const name = (context as { commandName?: string }).commandName ?? '';
+      if (/^(UploadPart|PutObject)Command$/.test(name) && input.Body instanceof Uint8Array) {
+        input.ChecksumCRC32 = crc32Base64(input.Body);
+        marked.add(context);
+      }
+      return next(args);
+    },
+    { step: 'initialize', name: 'uploadAbCrc32' },
+  );
+  client.middlewareStack.add(
+    (next, context) => async (args) => {
+      const request = args.request as { headers?: Record<string, string> };
+      if (marked.has(context) && request.headers) {
+        request.headers['x-amz-content-sha256'] = 'UNSIGNED-PAYLOAD';
+      }
+      return next(args);
+    },
+    { step: 'build', name: 'uploadAbUnsigned' },
+  );
 }
 
 /** One upload, in this process; prints a ChildReport. */
