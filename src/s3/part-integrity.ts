@@ -28,9 +28,9 @@
  * on the way"): versitygw, Garage, SeaweedFS 4.19+ and LocalStack check the
  * CRC32 of a part of an upload created without an algorithm, refuse a wrong
  * one with 400 and echo it; Swift's s3api checks it but does not echo it, and
- * Ceph Reef, older SeaweedFS and Garage's pre-checksum releases ignore it (both:
- * signed from then on); Backblaze B2 refuses the header with 400 and Cloudflare
- * R2 with 501 (both HTTPS only, so `tls` there anyway).
+ * Ceph Reef, SeaweedFS before 4.19 and Garage before 1.0 ignore it (both:
+ * signed from then on); Backblaze B2 refuses the header with 400, Cloudflare R2
+ * with 501 (HTTPS only, so `tls` there anyway).
  */
 import * as zlib from 'node:zlib';
 import type {
