@@ -54,7 +54,7 @@ describeWithPeers(['minio'])('parts over plain HTTP', () => {
     proxy.log.length = 0;
   });
 
-  const store = () =>
+  const store = (checksumMode?: string) =>
     new ObjectStore(
       parseS3Settings({
         bucket: minio.bucket,
@@ -62,6 +62,7 @@ describeWithPeers(['minio'])('parts over plain HTTP', () => {
         uriStyle: 'path',
         accessKeyId: minio.accessKeyId,
         secretAccessKey: minio.secretAccessKey,
+        checksumMode,
       }),
     );
   const fetch = async (key: string) => {
@@ -69,8 +70,8 @@ describeWithPeers(['minio'])('parts over plain HTTP', () => {
     return Buffer.from(await out.Body!.transformToByteArray());
   };
   /** Uploads `data` (3 parts and a bit) one part at a time; returns what reached the server. */
-  const upload = async (key: string, data: Buffer) => {
-    const s = store();
+  const upload = async (key: string, data: Buffer, checksumMode?: string) => {
+    const s = store(checksumMode);
     try {
       await s.upload(key, Readable.from([data]), { partSize: PART, queueSize: 1 });
     } finally {
@@ -150,6 +151,58 @@ describeWithPeers(['minio'])('parts over plain HTTP', () => {
       ['PutObject', 501, false],
       ['PutObject', 200, true],
     ]);
+  });
+
+  test('an upload created without a checksum completes without part checksums, though the server echoed them (versitygw, Garage, LocalStack refuse them)', async () => {
+    // versitygw 1.8 (run here: 400 InvalidPart), LocalStack (400 InvalidPart) and
+    // Garage (400 InvalidDigest) refuse a completion listing a part checksum for
+    // an upload created without an algorithm; MinIO lets it pass, so the proxy plays them.
+    proxy.addRule({
+      op: 'CompleteMultipartUpload',
+      fault: {
+        kind: 'error-if-body',
+        body: /<ChecksumCRC32>/,
+        status: 400,
+        code: 'InvalidPart',
+        message: 'One or more of the specified parts could not be found.',
+      },
+    });
+    const data = randomBytes(2 * PART + 5);
+    expect(sha256(await upload('crc-complete.bin', data))).toBe(sha256(data));
+    const sent = parts();
+    expect(sent).toHaveLength(3);
+    for (const e of sent) {
+      expect(e.payload).toBe('UNSIGNED-PAYLOAD');
+      expect(e.answerCrc32).toBe(e.crc32); // checked and echoed: no part went again signed
+    }
+    const complete = proxy.log.filter((e) => e.op === 'CompleteMultipartUpload');
+    expect(complete.map((e) => e.status)).toEqual([200]);
+    expect(complete[0].body).toMatch(/<ETag>/);
+    expect(complete[0].body).not.toMatch(/Checksum/);
+  });
+
+  test('with checksum mode when_supported the upload is created with CRC32 and the completion lists every part CRC32', async () => {
+    // S3 refuses a completion of a CRC32 upload that leaves a part's checksum out.
+    proxy.addRule({
+      op: 'CompleteMultipartUpload',
+      fault: {
+        kind: 'error-if-body',
+        body: /^(?![\s\S]*<ChecksumCRC32>)/,
+        status: 400,
+        code: 'InvalidRequest',
+        message: 'The upload was created using a crc32 checksum.',
+      },
+    });
+    const data = randomBytes(2 * PART + 5);
+    expect(sha256(await upload('crc-complete-ws.bin', data, 'when_supported'))).toBe(sha256(data));
+    const sent = parts();
+    expect(sent.map((e) => e.answerCrc32)).toEqual(
+      [0, 1, 2].map((i) => crc32Base64(data.subarray(i * PART, (i + 1) * PART))),
+    );
+    const [complete] = proxy.log.filter((e) => e.op === 'CompleteMultipartUpload');
+    expect(complete.status).toBe(200);
+    const listed = [...complete.body!.matchAll(/<ChecksumCRC32>([^<]+)</g)].map((m) => m[1]);
+    expect(listed).toEqual(sent.map((e) => e.answerCrc32));
   });
 
   test('an error that is not about the checksum is not retried signed: it is the upload error', async () => {

@@ -16,7 +16,7 @@ import {
 } from '@aws-sdk/client-s3';
 import { BackupError } from '../errors';
 import { describeS3Error } from './errors';
-import { PartIntegrity } from './part-integrity';
+import { PartIntegrity, completedPart, uploadChecksumAlgorithm } from './part-integrity';
 import type { S3Settings } from './settings';
 
 /** How ObjectStore.upload cuts and sends a body: `partSize` bytes (>= 5 MiB), at most `queueSize` parts in flight. */
@@ -265,7 +265,7 @@ export class MultipartSink extends Writable {
         Key: this.key,
         ContentType: 'application/octet-stream',
         // As lib-storage does: with checksums on, the parts carry CRC32s the completion lists.
-        ChecksumAlgorithm: this.settings.checksumMode === 'WHEN_SUPPORTED' ? 'CRC32' : undefined,
+        ChecksumAlgorithm: uploadChecksumAlgorithm(this.settings),
       }),
       { abortSignal: this.requests.signal },
     );
@@ -286,22 +286,14 @@ export class MultipartSink extends Writable {
           PartNumber: part.number,
           Body: body,
           ContentLength: part.length,
-          ChecksumAlgorithm: this.settings.checksumMode === 'WHEN_SUPPORTED' ? 'CRC32' : undefined,
+          ChecksumAlgorithm: uploadChecksumAlgorithm(this.settings),
           ChecksumCRC32: crc32,
         }),
       body,
       { abortSignal: this.requests.signal },
     );
     if (!out.ETag) throw new Error(`the server returned no ETag for part ${part.number}`);
-    this.completed.push({
-      PartNumber: part.number,
-      ETag: out.ETag,
-      ChecksumCRC32: out.ChecksumCRC32,
-      ChecksumCRC32C: out.ChecksumCRC32C,
-      ChecksumCRC64NVME: out.ChecksumCRC64NVME,
-      ChecksumSHA1: out.ChecksumSHA1,
-      ChecksumSHA256: out.ChecksumSHA256,
-    });
+    this.completed.push(completedPart(part.number, out, this.settings));
   }
 
   private fail(err: Error): void {

@@ -21,9 +21,25 @@
  *   is every later one, which every S3 server checks. No part is left that
  *   nothing checked.
  * - Without `zlib.crc32` (Node before 20.15) plain HTTP starts `signed`.
+ * - CompleteMultipartUpload lists a part's CRC32 only when the upload was
+ *   created with `ChecksumAlgorithm: CRC32` ({@link completedPart}).
+ *
+ * Seen on other S3 servers over plain HTTP (README, "How a part is protected
+ * on the way"): versitygw, Garage, SeaweedFS 4.19+ and LocalStack check the
+ * CRC32 of a part of an upload created without an algorithm, refuse a wrong
+ * one with 400 and echo it; Swift's s3api checks it but does not echo it, and
+ * Ceph Reef, SeaweedFS before 4.19 and Garage before 1.0 ignore it (both:
+ * signed from then on); Backblaze B2 refuses the header with 400, Cloudflare R2
+ * with 501 (HTTPS only, so `tls` there anyway).
  */
 import * as zlib from 'node:zlib';
-import type { PutObjectCommand, S3Client, UploadPartCommand } from '@aws-sdk/client-s3';
+import type {
+  CompletedPart,
+  PutObjectCommand,
+  S3Client,
+  UploadPartCommand,
+  UploadPartCommandOutput,
+} from '@aws-sdk/client-s3';
 import { httpStatusOf } from './errors';
 import type { S3Settings } from './settings';
 
@@ -50,6 +66,34 @@ export function crc32Base64(body: Uint8Array): string {
 export function initialProtection(settings: S3Settings): PayloadProtection {
   if (!settings.endpoint || settings.endpoint.startsWith('https:')) return 'tls';
   return nativeCrc32 ? 'crc32' : 'signed';
+}
+
+/**
+ * The checksum algorithm a multipart upload to `settings` is created with
+ * (CreateMultipartUpload's and each UploadPart's `ChecksumAlgorithm`): `CRC32`
+ * under checksum mode `when_supported` (as lib-storage does), else none.
+ */
+export function uploadChecksumAlgorithm(settings: S3Settings): 'CRC32' | undefined {
+  return settings.checksumMode === 'WHEN_SUPPORTED' ? 'CRC32' : undefined;
+}
+
+/**
+ * What CompleteMultipartUpload lists for part `number` from its UploadPart
+ * answer `out`: its ETag, and its `ChecksumCRC32` only when the upload was
+ * created with CRC32 ({@link uploadChecksumAlgorithm}; S3 then wants one for
+ * every part). An upload created without an algorithm gets none, even for a
+ * part whose answer echoed the CRC32 the server checked: versitygw 1.8 and
+ * LocalStack refuse such a completion with 400 `InvalidPart`, Garage with 400
+ * `InvalidDigest` (it compares them with the checksum it stored: none).
+ */
+export function completedPart(
+  number: number,
+  out: Pick<UploadPartCommandOutput, 'ETag' | 'ChecksumCRC32'>,
+  settings: S3Settings,
+): CompletedPart {
+  const part: CompletedPart = { PartNumber: number, ETag: out.ETag };
+  if (uploadChecksumAlgorithm(settings) === 'CRC32') part.ChecksumCRC32 = out.ChecksumCRC32;
+  return part;
 }
 
 /** Makes SigV4 sign `command` with `UNSIGNED-PAYLOAD` instead of its body's SHA-256. */

@@ -76,7 +76,13 @@ export type Fault =
    * Forward, and drop the `x-amz-checksum-*` headers from the answer: a server
    * that does not do S3's additional checksums (it neither checks nor echoes them).
    */
-  | { kind: 'strip-checksums' };
+  | { kind: 'strip-checksums' }
+  /**
+   * Read the whole (small) body, as the server does with a CompleteMultipartUpload,
+   * and answer with this S3 error when it matches `body`; otherwise forward it as
+   * read. The body is kept in the log entry either way.
+   */
+  | { kind: 'error-if-body'; body: RegExp; status: number; code: string; message: string };
 
 export const internalError = (): Fault => ({
   kind: 'error',
@@ -122,6 +128,10 @@ export interface ProxyLogEntry {
   payload?: string;
   /** The request's `x-amz-checksum-crc32`, if it had one. */
   crc32?: string;
+  /** The answer's `x-amz-checksum-crc32` as the client got it (after 'strip-checksums'). */
+  answerCrc32?: string;
+  /** The request body, for the requests an 'error-if-body' rule read whole. */
+  body?: string;
 }
 
 export interface FaultyProxy {
@@ -148,7 +158,10 @@ interface LiveRule extends FaultRule {
   applied: number;
 }
 
-function errorXml(fault: Extract<Fault, { kind: 'error' }>, resource: string): string {
+function errorXml(
+  fault: Extract<Fault, { kind: 'error' | 'error-if-body' }>,
+  resource: string,
+): string {
   const esc = (s: string) => s.replace(/&/g, '&amp;').replace(/</g, '&lt;');
   return (
     '<?xml version="1.0" encoding="UTF-8"?>\n' +
@@ -194,8 +207,9 @@ export async function startFaultyProxy(target: string): Promise<FaultyProxy> {
     entry: ProxyLogEntry,
     resetAfter?: number,
     change?: Extract<Fault, { kind: 'flip-byte' | 'strip-checksums' }>,
+    bodyRead?: Buffer,
   ): void => {
-    readBody(req, res);
+    if (!bodyRead) readBody(req, res);
     const headers = { ...req.headers };
     // Unsigned hop-by-hop headers: the proxy speaks for itself to the server.
     delete headers.expect;
@@ -217,6 +231,8 @@ export async function startFaultyProxy(target: string): Promise<FaultyProxy> {
             if (name.startsWith('x-amz-checksum-')) delete answer[name];
           }
         }
+        const echoed = answer['x-amz-checksum-crc32'];
+        if (typeof echoed === 'string') entry.answerCrc32 = echoed;
         res.writeHead(up.statusCode ?? 502, answer);
         up.pipe(res);
         up.on('error', () => res.destroy());
@@ -228,6 +244,10 @@ export async function startFaultyProxy(target: string): Promise<FaultyProxy> {
         res.end();
       } else res.destroy();
     });
+    if (bodyRead) {
+      out.end(bodyRead);
+      return;
+    }
     if (change?.kind === 'flip-byte') {
       let bytes = 0;
       req.on('data', (chunk: Buffer) => {
@@ -317,6 +337,22 @@ export async function startFaultyProxy(target: string): Promise<FaultyProxy> {
     req.pipe(out);
   };
 
+  /** Answers with the S3 error `fault` names, once the request body has been read. */
+  const answerError = (
+    res: http.ServerResponse,
+    entry: ProxyLogEntry,
+    fault: Extract<Fault, { kind: 'error' | 'error-if-body' }>,
+  ): void => {
+    const body = errorXml(fault, new URL(entry.path, 'http://proxy').pathname);
+    entry.status = fault.status;
+    res.writeHead(fault.status, {
+      'Content-Type': 'application/xml',
+      'Content-Length': Buffer.byteLength(body),
+      'x-amz-request-id': 'FAULTYPROXY',
+    });
+    res.end(body);
+  };
+
   /** Applies the first rule that takes this request, or forwards it. */
   const handle = (req: http.IncomingMessage, res: http.ServerResponse, entry: ProxyLogEntry) => {
     const fault = pick(entry.op, entry.path, req);
@@ -326,15 +362,18 @@ export async function startFaultyProxy(target: string): Promise<FaultyProxy> {
       case 'error': {
         readBody(req, res);
         req.resume();
+        req.on('end', () => answerError(res, entry, fault));
+        return;
+      }
+      case 'error-if-body': {
+        readBody(req, res);
+        const chunks: Buffer[] = [];
+        req.on('data', (chunk: Buffer) => chunks.push(chunk));
         req.on('end', () => {
-          const body = errorXml(fault, new URL(entry.path, 'http://proxy').pathname);
-          entry.status = fault.status;
-          res.writeHead(fault.status, {
-            'Content-Type': 'application/xml',
-            'Content-Length': Buffer.byteLength(body),
-            'x-amz-request-id': 'FAULTYPROXY',
-          });
-          res.end(body);
+          const body = Buffer.concat(chunks);
+          entry.body = body.toString('utf8');
+          if (fault.body.test(entry.body)) answerError(res, entry, fault);
+          else forward(req, res, entry, undefined, undefined, body);
         });
         return;
       }
