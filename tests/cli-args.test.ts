@@ -100,6 +100,10 @@ describe('synapse-backup argument handling (built bundle)', () => {
     });
     // A flag whose value is not a number: named too, not "argument is ambiguous".
     await refused(['verify', '--id', '--json'], '--id needs a value; see synapse-backup --help');
+    await refused(
+      ['verify', '--id', '-x'],
+      '--id needs a value: "-x" starts with a dash, so it is not taken as one; write --id=-x if it is the value',
+    );
     // A negative value is still a value, refused as a number.
     await refused(
       ['prune', '--keep-last', '-1'],

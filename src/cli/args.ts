@@ -225,13 +225,14 @@ export function makeRestoreDir(dir: string): () => void {
  * the argument after a flag that takes a value as that value even when it is the
  * next flag (`--keep-last --endpoint URL`), and calls a value that starts with a
  * dash ambiguous (`--keep-last -1`). Here a flag followed by another flag (or by
- * nothing) gets an empty value and is listed in `missing`, and a number flag's
- * dash value is joined to it (`--keep-last=-1`) for its number check to refuse;
- * both are reported after the flags that do not apply to the command.
+ * nothing) gets an empty value and is listed in `missing` (another flag's dash
+ * value too, with it: `--id -x`), and a number flag's dash value is joined to it
+ * (`--keep-last=-1`) for its number check to refuse; both are reported after the
+ * flags that do not apply to the command.
  */
-function prepareArgv(argv: readonly string[]): { args: string[]; missing: string[] } {
+function prepareArgv(argv: readonly string[]): { args: string[]; missing: Missing[] } {
   const args: string[] = [];
-  const missing: string[] = [];
+  const missing: Missing[] = [];
   for (let i = 0; i < argv.length; i += 1) {
     const arg = argv[i];
     if (arg === '--') {
@@ -247,10 +248,14 @@ function prepareArgv(argv: readonly string[]): { args: string[]; missing: string
     if (!takesValue) {
       args.push(arg);
     } else if (next === undefined || next.startsWith('--') || next === '-h') {
-      missing.push(name);
+      missing.push({ flag: name });
       args.push(`${arg}=`);
     } else if (next.startsWith('-') && NUMBER_FLAGS.includes(name)) {
       args.push(`${arg}=${next}`);
+      i += 1;
+    } else if (next.startsWith('-') && next.length > 1) {
+      missing.push({ flag: name, dashValue: next });
+      args.push(`${arg}=`);
       i += 1;
     } else {
       args.push(arg, next);
@@ -260,20 +265,25 @@ function prepareArgv(argv: readonly string[]): { args: string[]; missing: string
   return { args, missing };
 }
 
+/** A flag given no value, and the dash argument after it not taken as one. */
+type Missing = { flag: string; dashValue?: string };
+
 /** ConfigError for a flag given no value: `--keep-last needs a number (...)`. */
-function refuseMissing(missing: readonly string[]): void {
-  const flag = missing[0];
-  if (flag === undefined) return;
+function refuseMissing(missing: readonly Missing[]): void {
+  if (missing.length === 0) return;
+  const { flag, dashValue } = missing[0];
   if (NUMBER_FLAGS.includes(flag)) throw needsNumber(flag);
+  if (dashValue !== undefined) {
+    throw new ConfigError(
+      `--${flag} needs a value: "${dashValue}" starts with a dash, so it is not taken as one; write --${flag}=${dashValue} if it is the value`,
+    );
+  }
   throw new ConfigError(`--${flag} needs a value; see synapse-backup --help`);
 }
 
 type Token = { kind: string; name?: string; value?: string };
 
-/**
- * ConfigError for the first flag given more than once (but --service, which
- * names one service each time): parseArgs would keep the last silently.
- */
+/** ConfigError for the first flag given twice (not --service): parseArgs keeps the last. */
 function refuseRepeats(tokens: readonly Token[]): void {
   const given = new Map<string, (string | undefined)[]>();
   for (const token of tokens) {
