@@ -858,7 +858,7 @@ describeWithPeers(['minio'])('synapse-backup CLI (built bundle, real MinIO)', ()
     const hours = await cli(['prune', '--stale-hours', '-2']);
     expect(hours.code).toBe(2);
     expect(errorLine(hours)).toBe(
-      'synapse-backup: error: --stale-hours takes a whole number, not "-2"',
+      'synapse-backup: error: --stale-hours takes a number of hours >= 0 (0.5 is half an hour), not "-2"',
     );
     expect(JSON.parse((await cli(['list', '--json'])).out)).toEqual(before);
   });

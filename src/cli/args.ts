@@ -7,6 +7,7 @@ import { mkdirSync, readFileSync, rmdirSync, statSync } from 'node:fs';
 import * as path from 'node:path';
 import { parseArgs } from 'node:util';
 import { ConfigError, errorMessage } from '../errors';
+import { NUMBER_FLAGS, checkNumbers, needsNumber } from './numbers';
 
 export const USAGE = `usage:
   synapse-backup create  --data-dir DIR [--id ID] [--frame-length BYTES] [--part-size MIB]
@@ -21,6 +22,7 @@ export const USAGE = `usage:
   synapse-backup decrypt --id ID [--allow-no-manifest]   # plain tar on stdout
   synapse-backup prune   [--keep-last N] [--keep-days N] [--stale-hours H] [--dry-run]
                          [--data-dir DIR]   also remove what interrupted runs left in DIR
+  H: hours >= 0, fractions too (0.5 is half an hour), as the charm's stale-hours; default 24
 common: --bucket B [--prefix P] [--endpoint URL] [--region R] [--uri-style host|path] [--json]
         [--passphrase-file F] [--ca-file PEM] [--checksum when_required|when_supported]
 create, restore, prune:
@@ -157,56 +159,6 @@ export function readPassphrase(values: Values): string {
   return fromEnv;
 }
 
-/**
- * The flags that take a whole number, and the least each takes. --keep-last 0
- * would read as "keep none", but prune always keeps the newest complete backup
- * (retention.ts; the charm's backup-retention refuses keep-last=0 and
- * keep-days=0 too, and so does the CLI).
- */
-const WHOLE_NUMBER_FLAGS: Partial<Record<Flag, number>> = {
-  'keep-last': 1,
-  'keep-days': 1,
-  'stale-hours': 0,
-  'frame-length': 0,
-  'part-size': 0,
-  'queue-size': 0,
-};
-
-/**
- * `value` of `--flag` as a number; undefined when not given. ConfigError (exit 2,
- * one line) for anything but a whole number at or above the flag's least.
- */
-export function wholeNumber(value: string | undefined, flag: string): number | undefined {
-  if (value === undefined) return undefined;
-  const least = WHOLE_NUMBER_FLAGS[flag as Flag] ?? 0;
-  if (!/^\d+$/.test(value) || Number(value) < least) {
-    const takes = least > 0 ? `a whole number of at least ${least}` : 'a whole number';
-    const zero = /^0+$/.test(value);
-    const why =
-      flag === 'keep-last' && zero
-        ? ': prune always keeps the newest complete backup, so --keep-last 1 keeps only that one; synapse-backup delete --id ID deletes it too'
-        : flag === 'keep-days' && zero
-          ? ': --keep-days 1 keeps the backups younger than a day (prune always keeps the newest complete backup)'
-          : '';
-    throw new ConfigError(`--${flag} takes ${takes}, not "${value}"${why}`);
-  }
-  return Number(value);
-}
-
-/**
- * `--keep-last -1`: parseArgs calls a value that starts with a dash ambiguous;
- * a whole-number flag says what it takes instead (ConfigError).
- */
-function checkDashValues(argv: readonly string[]): void {
-  argv.forEach((arg, i) => {
-    const flag = arg.slice(2);
-    const next = argv[i + 1];
-    if (arg.startsWith('--') && flag in WHOLE_NUMBER_FLAGS && next?.startsWith('-')) {
-      wholeNumber(next, flag);
-    }
-  });
-}
-
 export function required(value: string | undefined, flag: string, command: string): string {
   if (!value) throw new ConfigError(`${command} needs --${flag}`);
   return value;
@@ -269,27 +221,109 @@ export function makeRestoreDir(dir: string): () => void {
 }
 
 /**
+ * argv as parseArgs should read it, and the flags given no value. parseArgs takes
+ * the argument after a flag that takes a value as that value even when it is the
+ * next flag (`--keep-last --endpoint URL`), and calls a value that starts with a
+ * dash ambiguous (`--keep-last -1`). Here a flag followed by another flag (or by
+ * nothing) gets an empty value and is listed in `missing` (another flag's dash
+ * value too, with it: `--id -x`), and a number flag's dash value is joined to it
+ * (`--keep-last=-1`) for its number check to refuse; both are reported after the
+ * flags that do not apply to the command.
+ */
+function prepareArgv(argv: readonly string[]): { args: string[]; missing: Missing[] } {
+  const args: string[] = [];
+  const missing: Missing[] = [];
+  for (let i = 0; i < argv.length; i += 1) {
+    const arg = argv[i];
+    if (arg === '--') {
+      args.push(...argv.slice(i));
+      break;
+    }
+    const name = arg.slice(2);
+    const takesValue =
+      arg.startsWith('--') &&
+      Object.hasOwn(OPTIONS, name) &&
+      OPTIONS[name as Flag].type === 'string';
+    const next = argv[i + 1];
+    if (!takesValue) {
+      args.push(arg);
+    } else if (next === undefined || next.startsWith('--') || next === '-h') {
+      missing.push({ flag: name });
+      args.push(`${arg}=`);
+    } else if (next.startsWith('-') && NUMBER_FLAGS.includes(name)) {
+      args.push(`${arg}=${next}`);
+      i += 1;
+    } else if (next.startsWith('-') && next.length > 1) {
+      missing.push({ flag: name, dashValue: next });
+      args.push(`${arg}=`);
+      i += 1;
+    } else {
+      args.push(arg, next);
+      i += 1;
+    }
+  }
+  return { args, missing };
+}
+
+/** A flag given no value, and the dash argument after it not taken as one. */
+type Missing = { flag: string; dashValue?: string };
+
+/** ConfigError for a flag given no value: `--keep-last needs a number (...)`. */
+function refuseMissing(missing: readonly Missing[]): void {
+  if (missing.length === 0) return;
+  const { flag, dashValue } = missing[0];
+  if (NUMBER_FLAGS.includes(flag)) throw needsNumber(flag);
+  if (dashValue !== undefined) {
+    throw new ConfigError(
+      `--${flag} needs a value: "${dashValue}" starts with a dash, so it is not taken as one; write --${flag}=${dashValue} if it is the value`,
+    );
+  }
+  throw new ConfigError(`--${flag} needs a value; see synapse-backup --help`);
+}
+
+type Token = { kind: string; name?: string; value?: string };
+
+/** ConfigError for the first flag given twice (not --service): parseArgs keeps the last. */
+function refuseRepeats(tokens: readonly Token[]): void {
+  const given = new Map<string, (string | undefined)[]>();
+  for (const token of tokens) {
+    if (token.kind !== 'option' || !token.name || token.name === 'service') continue;
+    given.set(token.name, [...(given.get(token.name) ?? []), token.value]);
+  }
+  for (const [name, values] of given) {
+    if (values.length < 2) continue;
+    const times = values.length === 2 ? 'twice' : `${values.length} times`;
+    const shown = values.every((v) => v === undefined)
+      ? ''
+      : ` (${values.map((v) => JSON.stringify(v ?? '')).join(', then ')})`;
+    throw new ConfigError(`--${name} is given ${times}${shown}; give it once`);
+  }
+}
+
+/**
  * Parses argv: `help` for --help, `usage` with no command, else the command and its
- * values, with the options each command needs checked before anything is read.
+ * values, with the options each command needs checked before anything is read: first
+ * the flags the command does not take, then repeated flags, flags given no value,
+ * number values, and the options the command needs.
  */
 export function parseCommandLine(
   argv: string[],
 ): { kind: 'help' } | { kind: 'usage' } | { kind: 'run'; command: string; values: Values } {
-  let parsed: { values: Values; positionals: string[] };
+  let parsed: { values: Values; positionals: string[]; tokens: Token[] };
   // Its value is not repeated: it is the passphrase.
   if (argv.some((a) => a === '--passphrase' || a.startsWith('--passphrase='))) {
     throw new ConfigError(
       'the passphrase is never a flag (the process list would show it): set SYNAPSE_BACKUP_PASSPHRASE or pass --passphrase-file',
     );
   }
-  checkDashValues(argv);
+  const { args, missing } = prepareArgv(argv);
   try {
-    parsed = parseArgs({ args: argv, options: OPTIONS, allowPositionals: true });
+    parsed = parseArgs({ args, options: OPTIONS, allowPositionals: true, tokens: true });
   } catch (err) {
     // Unknown option, missing option value, ...: a usage error like an unknown command.
     throw new ConfigError(`${errorMessage(err).split('. ')[0]}; see synapse-backup --help`);
   }
-  const { values, positionals } = parsed;
+  const { values, positionals, tokens } = parsed;
   const command = positionals[0];
   if (values.help) return { kind: 'help' };
   if (!command) return { kind: 'usage' };
@@ -298,6 +332,9 @@ export function parseCommandLine(
   }
   if (positionals.length > 1) throw new ConfigError(`unexpected argument "${positionals[1]}"`);
   refuseForeignFlags(command, values);
+  refuseRepeats(tokens);
+  refuseMissing(missing);
+  checkNumbers(values);
   if (values.service && !values['pebble-socket']) {
     throw new ConfigError(
       '--service needs --pebble-socket: on this host the CLI manages no services; stop Synapse yourself',

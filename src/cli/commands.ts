@@ -6,7 +6,8 @@ import type { BackupEngine } from '../backup/engine';
 import { describeRetention } from '../backup/retention';
 import { ConfigError } from '../errors';
 import { formatBackupTable, formatBytes } from '../format';
-import { type Values, makeRestoreDir, required, wholeNumber } from './args';
+import { type Values, makeRestoreDir, required } from './args';
+import { hours, wholeNumber } from './numbers';
 import {
   createNoteLines,
   endProgressLine,
@@ -90,7 +91,7 @@ const restore: Command = async ({ engine, values, dataDir, print }) => {
 };
 
 const remove: Command = async ({ engine, values, print }) => {
-  const staleHours = wholeNumber(values['stale-hours'], 'stale-hours');
+  const staleHours = hours(values['stale-hours'], 'stale-hours');
   const r = await engine.delete(required(values.id, 'id', 'delete'), {
     staleAfterSeconds: staleHours === undefined ? undefined : staleHours * 3600,
   });
@@ -127,7 +128,7 @@ const prune: Command = async ({ engine, values, dataDir, print }) => {
     keepLast: wholeNumber(values['keep-last'], 'keep-last'),
     keepDays: wholeNumber(values['keep-days'], 'keep-days'),
   };
-  const staleHours = wholeNumber(values['stale-hours'], 'stale-hours') ?? 24;
+  const staleHours = hours(values['stale-hours'], 'stale-hours') ?? 24;
   const r = await engine.prune(policy, {
     dryRun: values['dry-run'],
     staleAfterSeconds: staleHours * 3600,

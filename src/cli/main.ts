@@ -27,8 +27,8 @@ import {
   readCaFile,
   readPassphrase,
   secrets,
-  wholeNumber,
 } from './args';
+import { wholeNumber } from './numbers';
 import { COMMAND_HANDLERS } from './commands';
 import { endProgressLine, printer, showProgress } from './output';
 import { describeForCli } from './remedy';
