@@ -11,6 +11,7 @@ import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import { PassThrough } from 'node:stream';
 import { removeLeftoversCommand } from '../src/backup/scripts';
+import { describeSwapRecovery } from '../src/backup/swap-journal';
 import type { EngineOptions } from '../src/backup/types';
 import { runCommand } from '../src/workload/command';
 import { LocalWorkload } from '../src/workload/local';
@@ -408,6 +409,23 @@ describe('a swap with items outside the data dir, killed, is resolved by the nex
       await orphanLock(dataDir);
       const created = await engineOn(store, dataDir).create({ id: 'after' });
       expect(created.swapRecovery).toMatchObject({ outcome: outcomeOf(at.expect), backupId: 'x' });
+      // Completed, it names the paths outside the data dir it replaced; rolled back, none.
+      const outside = [
+        `${etc}/example.org.signing.key`,
+        `${etc}/log.config`,
+        `${etc}/bridge.yaml`,
+        `${media}/local_content`,
+        `${media}/local_thumbnails`,
+        db,
+      ];
+      expect(created.swapRecovery?.replacedOutside).toEqual(
+        at.expect === 'restored' ? outside : undefined,
+      );
+      expect(describeSwapRecovery(created.swapRecovery!)).toBe(
+        at.expect === 'restored'
+          ? `an interrupted restore of backup x (phase moving-in) was completed: the restored files stay, also at ${outside.join(', ')}`
+          : `an interrupted restore of backup x (phase moving-in) was rolled back: the previous files are back`,
+      );
       // The data dir, the external dirs: wholly one state, nothing of the engine's left.
       expect(await layoutTree(root)).toEqual(at.expect === 'previous' ? previous : backedUp);
       expect(inspectSqliteDb(db)).toMatchObject({

@@ -41,6 +41,8 @@ export interface SwapRecovery {
   previousPath?: string;
   /** Completed with the previous files kept: those of items outside the data dir. */
   externalPreviousPaths?: string[];
+  /** Completed: the paths outside the data dir it replaced (absent when none). */
+  replacedOutside?: string[];
   /** Completed: one-time keys deleted now (undefined: none to delete, or done before). */
   oneTimeKeysRemoved?: number;
 }
@@ -139,10 +141,12 @@ async function completeSwap(ctx: EngineContext, journal: Journal): Promise<SwapR
     );
   }
   await runCommand(workload, removeJournalCommand(dataDir), 'removing the swap journal');
+  const outside = journal.items.filter((i) => i.kind === 'root' || i.kind === 'rootdb');
   return {
     outcome: 'completed',
     backupId: journal.backup,
     phase: journal.phase,
+    ...(outside.length ? { replacedOutside: outside.map((i) => i.name) } : {}),
     previousPath: journal.keep ? previousPath : undefined,
     ...(journal.keep && external.previous.length
       ? { externalPreviousPaths: external.previous }
@@ -324,5 +328,8 @@ export function describeSwapRecovery(recovery: SwapRecovery): string {
   const kept = recovery.previousPath
     ? `; the previous files are kept in ${[recovery.previousPath, ...(recovery.externalPreviousPaths ?? [])].join(', ')}`
     : '';
-  return `${what} was completed: the restored files stay${kept}`;
+  const outside = recovery.replacedOutside?.length
+    ? `, also at ${recovery.replacedOutside.slice(0, 10).join(', ')}${recovery.replacedOutside.length > 10 ? ` (${recovery.replacedOutside.length - 10} more)` : ''}`
+    : '';
+  return `${what} was completed: the restored files stay${outside}${kept}`;
 }
