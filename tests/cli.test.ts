@@ -21,6 +21,7 @@ import {
   startMinio,
   tmpDir,
 } from './support/peers';
+import { packageLayout } from './support/selection';
 import {
   inspectSqliteDb,
   makeSynapseTree,
@@ -338,6 +339,8 @@ describeWithPeers(['minio'])('synapse-backup CLI (built bundle, real MinIO)', ()
       files: created.files,
       'one-time-keys-removed': 5,
     });
+    // Nothing outside the data dir: no such key.
+    expect(JSON.parse(run.out)).not.toHaveProperty('replaced-outside');
 
     const expected = withoutSkipped(await snapshotTree(src.path));
     const actual = await snapshotTree(dst.path);
@@ -404,6 +407,46 @@ describeWithPeers(['minio'])('synapse-backup CLI (built bundle, real MinIO)', ()
     );
     expect(await fsp.readFile(path.join(dst.path, 'homeserver.yaml'), 'utf8')).toContain(
       'server_name: "example.org"',
+    );
+  });
+
+  test('restore of a backup with paths outside the data dir names them: a human clause, --json replaced-outside (and external-previous-paths with --keep-previous)', async () => {
+    const { dataDir, etc, media, db } = await packageLayout();
+    const created = await cli(['create', '--data-dir', dataDir, '--id', 'cli-pkg']);
+    expect(created.code).toBe(0);
+    const key = path.join(etc, 'example.org.signing.key');
+    await fsp.writeFile(key, 'ed25519 a_new c2VlZA\n');
+    const outside = [
+      key,
+      `${etc}/log.config`,
+      `${etc}/bridge.yaml`,
+      `${media}/local_content`,
+      `${media}/local_thumbnails`,
+      db,
+    ];
+
+    const run = await cli(['restore', '--id', 'cli-pkg', '--data-dir', dataDir]);
+    expect(run.stderr).toBe('');
+    expect(run.code).toBe(0);
+    expect(run.out).toMatch(
+      new RegExp(
+        `^restored backup cli-pkg into ${dataDir}: \\d+ files, [^;]+; also replaced ${outside.join(', ')}; 5 one-time keys removed\n$`,
+      ),
+    );
+    expect(await fsp.readFile(key, 'utf8')).toBe('ed25519 a_pkg c2VlZA\n');
+
+    await fsp.writeFile(key, 'ed25519 a_new c2VlZA\n');
+    const json = await cli([
+      'restore',
+      ...['--id', 'cli-pkg', '--data-dir', dataDir, '--keep-previous', '--json'],
+    ]);
+    expect(json.code).toBe(0);
+    const r = JSON.parse(json.out) as Record<string, unknown>;
+    expect(r['replaced-outside']).toEqual(outside);
+    const stamp = path.basename(String(r['previous-path']));
+    expect(r['external-previous-paths']).toContain(`${etc}/${stamp}-example.org.signing.key~`);
+    expect(await fsp.readFile(`${etc}/${stamp}-example.org.signing.key~`, 'utf8')).toBe(
+      'ed25519 a_new c2VlZA\n',
     );
   });
 

@@ -79,6 +79,8 @@ describe('paths outside the data dir', () => {
     await fsp.writeFile(`${db}-wal`, 'stale wal of another database');
     const restored = await memoryEngine(store, dataDir).restore({ id: 'pkg' });
     expect(restored.oneTimeKeysRemoved).toBe(5);
+    // The result names every outside path it replaced (the manifest's roots, in order).
+    expect(restored.replacedOutside).toEqual(manifest.roots!.map((r) => r.path));
     expect(await fsp.readFile(path.join(etc, 'example.org.signing.key'), 'utf8')).toBe(
       'ed25519 a_pkg c2VlZA\n',
     );
@@ -109,6 +111,9 @@ describe('paths outside the data dir', () => {
       expect.arrayContaining([`${etc}/${stamp}-log.config~`, `${media}/${stamp}-local_content~`]),
     );
     expect(await fsp.readFile(`${etc}/${stamp}-log.config~`, 'utf8')).toBe('changed\n');
+    expect(restored.replacedOutside).toEqual(
+      expect.arrayContaining([`${etc}/log.config`, `${media}/local_content`]),
+    );
     expect(await fsp.readFile(path.join(etc, 'log.config'), 'utf8')).toBe('version: 1\n');
   });
 

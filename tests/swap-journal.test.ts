@@ -11,6 +11,7 @@ import { promises as fsp } from 'node:fs';
 import path from 'node:path';
 import { PassThrough } from 'node:stream';
 import { removeLeftoversCommand } from '../src/backup/scripts';
+import { describeSwapRecovery } from '../src/backup/swap-journal';
 import type { EngineOptions } from '../src/backup/types';
 import { runCommand } from '../src/workload/command';
 import { LocalWorkload } from '../src/workload/local';
@@ -264,6 +265,64 @@ describe('a swap killed at each phase is resolved by the next operation', () => 
     expect(store.keys()).toEqual([]);
   });
 
+  // The read command appends `staged=N` (-1: no staging dir), an internal count that the
+  // message once quoted with the journal's text; it now says in words what is known.
+  test.each([
+    {
+      label: 'empty',
+      journal: '',
+      dirs: [] as string[],
+      said: 'it is empty',
+    },
+    {
+      label: 'with a phase the swap never writes, its staging dir gone',
+      journal:
+        'staging=.synapse-restore-20261130T0200\nprevious=.pre-restore-20261130T0200\nbackup=b7\nkeep=0\nphase=halfway\n',
+      dirs: ['.pre-restore-20261130T0200'],
+      said: 'its phase "halfway" is not one the swap writes; it records backup b7, its previous files in .pre-restore-20261130T0200, and its staging dir .synapse-restore-20261130T0200 is gone',
+    },
+    {
+      label: 'with a bad phase, its staging dir still there',
+      journal:
+        'staging=.synapse-restore-20261130T0200\nprevious=.pre-restore-20261130T0200\nbackup=b7\nphase=\n',
+      dirs: ['.pre-restore-20261130T0200', '.synapse-restore-20261130T0200/homeserver.db'],
+      said: 'it records no phase; it records backup b7, its previous files in .pre-restore-20261130T0200, and its staging dir .synapse-restore-20261130T0200 still holds 1 entry',
+    },
+  ])(
+    'a journal that cannot be read ($label): restore says what it knows and what to do, not staged=-1',
+    async ({ journal, dirs, said }) => {
+      const store = new MemoryStore();
+      const dataDir = (await tmpDir('swap-journal-unreadable')).path;
+      await makeSynapseTree(dataDir, { mediaFiles: 1 });
+      await engineOn(store, dataDir).create({ id: 'b7' });
+      await fsp.writeFile(path.join(dataDir, JOURNAL), journal);
+      for (const d of dirs) {
+        if (d.includes('/')) {
+          await fsp.mkdir(path.join(dataDir, path.dirname(d)), { recursive: true });
+          await fsp.writeFile(path.join(dataDir, d), 'staged');
+        } else await fsp.mkdir(path.join(dataDir, d));
+      }
+      const before = await snapshotTree(dataDir);
+      const err = await engineOn(store, dataDir)
+        .restore({ id: 'b7' })
+        .then(
+          () => undefined,
+          (e: unknown) => e,
+        );
+      expect(err).toMatchObject({
+        code: 'unfinished-swap',
+        message: `${dataDir}/${JOURNAL} records an interrupted restore but cannot be read: ${said}`,
+        remedy: {
+          kind: 'advice',
+          text: `the swap it records may be half done: compare the data dir with its .pre-restore-* dirs (the files the swap moved aside; those of paths outside the data dir are beside them, named .pre-restore-<time>-<name>~) and any .synapse-restore-* dir (restored files not yet moved in), put back by hand what belongs, then remove ${JOURNAL} and run again`,
+        },
+      });
+      expect((err as Error).message).not.toContain('staged=');
+      expect(await snapshotTree(dataDir)).toEqual(before);
+    },
+    60_000,
+  );
+
   // A rename the swap cannot make: media_store/local_content is a mount point (its own
   // volume, as a pod may mount it), which rename(2) refuses with EBUSY. Root only (mount).
   (process.getuid?.() === 0 ? test : test.skip)(
@@ -350,6 +409,23 @@ describe('a swap with items outside the data dir, killed, is resolved by the nex
       await orphanLock(dataDir);
       const created = await engineOn(store, dataDir).create({ id: 'after' });
       expect(created.swapRecovery).toMatchObject({ outcome: outcomeOf(at.expect), backupId: 'x' });
+      // Completed, it names the paths outside the data dir it replaced; rolled back, none.
+      const outside = [
+        `${etc}/example.org.signing.key`,
+        `${etc}/log.config`,
+        `${etc}/bridge.yaml`,
+        `${media}/local_content`,
+        `${media}/local_thumbnails`,
+        db,
+      ];
+      expect(created.swapRecovery?.replacedOutside).toEqual(
+        at.expect === 'restored' ? outside : undefined,
+      );
+      expect(describeSwapRecovery(created.swapRecovery!)).toBe(
+        at.expect === 'restored'
+          ? `an interrupted restore of backup x (phase moving-in) was completed: the restored files stay, also at ${outside.join(', ')}`
+          : `an interrupted restore of backup x (phase moving-in) was rolled back: the previous files are back`,
+      );
       // The data dir, the external dirs: wholly one state, nothing of the engine's left.
       expect(await layoutTree(root)).toEqual(at.expect === 'previous' ? previous : backedUp);
       expect(inspectSqliteDb(db)).toMatchObject({

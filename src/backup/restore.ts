@@ -106,6 +106,7 @@ export async function restoreBackup(
   // The last step: until here an interrupted run is completed by the next operation.
   await runCommand(ctx.workload, removeJournalCommand(ctx.dataDir), 'removing the swap journal');
   checkInterrupted(ctx, `the swap had begun, so it was finished: backup ${id} is restored`);
+  const outside = externalTargets(plan);
   return {
     backupId: id,
     files: scanner.files,
@@ -113,6 +114,7 @@ export async function restoreBackup(
     durationSeconds: extracted.elapsedSeconds,
     flushSeconds: extracted.flushSeconds,
     previousPath: kept ? `${ctx.dataDir}/${dirs.previous}` : undefined,
+    ...(outside.length ? { replacedOutside: outside } : {}),
     ...(kept && kept.length ? { externalPreviousPaths: kept } : {}),
     oneTimeKeysRemoved,
     ...(swapRecovery ? { swapRecovery } : {}),

@@ -41,6 +41,8 @@ export interface SwapRecovery {
   previousPath?: string;
   /** Completed with the previous files kept: those of items outside the data dir. */
   externalPreviousPaths?: string[];
+  /** Completed: the paths outside the data dir it replaced (absent when none). */
+  replacedOutside?: string[];
   /** Completed: one-time keys deleted now (undefined: none to delete, or done before). */
   oneTimeKeysRemoved?: number;
 }
@@ -139,10 +141,12 @@ async function completeSwap(ctx: EngineContext, journal: Journal): Promise<SwapR
     );
   }
   await runCommand(workload, removeJournalCommand(dataDir), 'removing the swap journal');
+  const outside = journal.items.filter((i) => i.kind === 'root' || i.kind === 'rootdb');
   return {
     outcome: 'completed',
     backupId: journal.backup,
     phase: journal.phase,
+    ...(outside.length ? { replacedOutside: outside.map((i) => i.name) } : {}),
     previousPath: journal.keep ? previousPath : undefined,
     ...(journal.keep && external.previous.length
       ? { externalPreviousPaths: external.previous }
@@ -162,6 +166,11 @@ async function rollBack(ctx: EngineContext, journal: Journal): Promise<SwapRecov
   return { outcome: 'rolled-back', backupId: journal.backup, phase: journal.phase };
 }
 
+/** A name the swap writes: `prefix` and more, a plain name in the data dir. */
+function plainName(name: string, prefix: string): boolean {
+  return name.startsWith(prefix) && !name.includes('/') && name.length > prefix.length;
+}
+
 /** The journal's lines; `unfinished-swap` when a name or the phase is not one the swap writes. */
 function parseJournal(ctx: EngineContext, text: string): Journal {
   const fields = new Map<string, string>();
@@ -172,23 +181,12 @@ function parseJournal(ctx: EngineContext, text: string): Journal {
   const staging = fields.get('staging') ?? '';
   const previous = fields.get('previous') ?? '';
   const phase = fields.get('phase') as SwapPhase;
-  const plainName = (name: string, prefix: string) =>
-    name.startsWith(prefix) && !name.includes('/') && name.length > prefix.length;
   if (
     !plainName(staging, STAGING_PREFIX) ||
     !plainName(previous, PREVIOUS_PREFIX) ||
     !PHASES.includes(phase)
   ) {
-    throw new BackupError(
-      'unfinished-swap',
-      `${ctx.dataDir}/${JOURNAL_NAME} records an interrupted restore but cannot be read: ${JSON.stringify(text.slice(0, 300))}`,
-      {
-        remedy: {
-          kind: 'advice',
-          text: `check the data dir by hand (previous files are in ${PREVIOUS_PREFIX}* dirs), then remove ${JOURNAL_NAME}`,
-        },
-      },
-    );
+    throw unreadableJournal(ctx, text, fields);
   }
   return {
     staging,
@@ -200,6 +198,62 @@ function parseJournal(ctx: EngineContext, text: string): Journal {
     format: fields.get('format') === '2' ? 2 : 1,
     items: journalItems(ctx, text),
   };
+}
+
+/**
+ * `unfinished-swap` for a journal whose names or phase are not the swap's: says
+ * in words what is wrong, what the journal still tells (backup, previous dir,
+ * whether the staging dir is there: the read command's `staged=N`, -1 when
+ * gone, is never quoted), and what to check by hand.
+ */
+function unreadableJournal(
+  ctx: EngineContext,
+  text: string,
+  fields: ReadonlyMap<string, string>,
+): BackupError {
+  const quote = (value: string) => JSON.stringify(value.slice(0, 100));
+  const staging = fields.get('staging') ?? '';
+  const previous = fields.get('previous') ?? '';
+  const phase = fields.get('phase') ?? '';
+  const wrong: string[] = [];
+  const known: string[] = [];
+  if (!text.replace(/^staged=-?\d+$/m, '').trim()) {
+    wrong.push('it is empty');
+  } else {
+    if (!staging) wrong.push('it names no staging dir');
+    else if (!plainName(staging, STAGING_PREFIX))
+      wrong.push(`its staging dir ${quote(staging)} is not a ${STAGING_PREFIX}<time> name`);
+    if (!previous) wrong.push('it names no previous dir');
+    else if (!plainName(previous, PREVIOUS_PREFIX))
+      wrong.push(`its previous dir ${quote(previous)} is not a ${PREVIOUS_PREFIX}<time> name`);
+    if (!phase) wrong.push('it records no phase');
+    else if (!PHASES.includes(phase as SwapPhase))
+      wrong.push(`its phase ${quote(phase)} is not one the swap writes`);
+    const backup = fields.get('backup');
+    if (backup) known.push(`backup ${/^[\w.-]{1,100}$/.test(backup) ? backup : quote(backup)}`);
+    if (plainName(previous, PREVIOUS_PREFIX)) known.push(`its previous files in ${previous}`);
+    const staged = Number(fields.get('staged') ?? '-1');
+    if (plainName(staging, STAGING_PREFIX)) {
+      const what =
+        fields.get('format') === '2'
+          ? `${staged} of its items`
+          : `${staged} ${staged === 1 ? 'entry' : 'entries'}`;
+      known.push(`its staging dir ${staging} ${staged < 0 ? 'is gone' : `still holds ${what}`}`);
+    }
+  }
+  const told = known.length
+    ? `; it records ${known.length > 1 ? `${known.slice(0, -1).join(', ')}, and ${known[known.length - 1]}` : known[0]}`
+    : '';
+  return new BackupError(
+    'unfinished-swap',
+    `${ctx.dataDir}/${JOURNAL_NAME} records an interrupted restore but cannot be read: ${wrong.join('; ')}${told}`,
+    {
+      remedy: {
+        kind: 'advice',
+        text: `the swap it records may be half done: compare the data dir with its ${PREVIOUS_PREFIX}* dirs (the files the swap moved aside; those of paths outside the data dir are beside them, named ${PREVIOUS_PREFIX}<time>-<name>~) and any ${STAGING_PREFIX}* dir (restored files not yet moved in), put back by hand what belongs, then remove ${JOURNAL_NAME} and run again`,
+      },
+    },
+  );
 }
 
 /** A format-2 journal's items; `unfinished-swap` for a name that could leave its place. */
@@ -274,5 +328,8 @@ export function describeSwapRecovery(recovery: SwapRecovery): string {
   const kept = recovery.previousPath
     ? `; the previous files are kept in ${[recovery.previousPath, ...(recovery.externalPreviousPaths ?? [])].join(', ')}`
     : '';
-  return `${what} was completed: the restored files stay${kept}`;
+  const outside = recovery.replacedOutside?.length
+    ? `, also at ${recovery.replacedOutside.slice(0, 10).join(', ')}${recovery.replacedOutside.length > 10 ? ` (${recovery.replacedOutside.length - 10} more)` : ''}`
+    : '';
+  return `${what} was completed: the restored files stay${outside}${kept}`;
 }

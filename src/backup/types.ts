@@ -161,7 +161,13 @@ export interface RestoreResult {
   flushSeconds?: number;
   /** Where the replaced files were kept (keepPrevious), else undefined. */
   previousPath?: string;
-  /** Kept too: the replaced items outside the data dir, each beside its path. */
+  /**
+   * The paths outside the data dir this restore replaced (a format-2 backup's
+   * roots: absolute, in the manifest's order; a database's -wal, -shm and
+   * -journal went with it). Absent when there were none.
+   */
+  replacedOutside?: string[];
+  /** Kept too (keepPrevious): the replaced items outside the data dir, each beside its path. */
   externalPreviousPaths?: string[];
   /** Rows deleted from e2e_one_time_keys_json; undefined when there was no SQLite database. */
   oneTimeKeysRemoved?: number;

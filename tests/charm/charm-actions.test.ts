@@ -354,6 +354,16 @@ describeWithPeers(['minio', 'pebble'])('charm actions', () => {
       }),
       'backup-passphrase': pkg.addSecret({ passphrase }),
     });
+    // Twelve app service files: 17 paths outside the data dir, more than a result lists.
+    const bridges = Array.from({ length: 12 }, (_, i) => `${layout.etc}/bridge-${i}.yaml`);
+    for (const b of bridges) fs.writeFileSync(b, 'id: bridge\n');
+    const yamlPath = path.join(layout.dataDir, 'homeserver.yaml');
+    fs.writeFileSync(
+      yamlPath,
+      fs
+        .readFileSync(yamlPath, 'utf8')
+        .replace(/^app_service_config_files: .*$/m, `app_service_config_files: [${bridges}]`),
+    );
     const created = await pkg.action('create-backup');
     outputs.push(created);
     expect(created.failMessage).toBeUndefined();
@@ -373,6 +383,32 @@ describeWithPeers(['minio', 'pebble'])('charm actions', () => {
     expect(String(restored.results['previous-external']).split(', ')).toContain(
       `${layout.etc}/${stamp}-example.org.signing.key~`,
     );
+    // What it replaced outside the data dir: the first 10 and a count in the results, all in the log.
+    const outside = [
+      keyPath,
+      `${layout.etc}/log.config`,
+      ...bridges,
+      `${layout.media}/local_content`,
+      `${layout.media}/local_thumbnails`,
+      layout.db,
+    ];
+    expect(restored.results['replaced-outside-count']).toBe('17');
+    expect(restored.results['previous-external-count']).toBe('17');
+    for (const key of ['replaced-outside', 'previous-external']) {
+      const listed = String(restored.results[key]);
+      expect([key, listed]).toEqual([key, expect.stringMatching(/ \(7 more\)$/)]);
+      expect(listed.replace(/ \(7 more\)$/, '').split(', ')).toHaveLength(10);
+    }
+    expect(outside).toEqual(
+      expect.arrayContaining(
+        String(restored.results['replaced-outside'])
+          .replace(/ \(7 more\)$/, '')
+          .split(', '),
+      ),
+    );
+    const logged = restored.logs.find((l) => l.includes('; also replaced '));
+    expect(logged).toBeDefined();
+    expect(logged!.split('; also replaced ')[1]!.split(', ').sort()).toEqual([...outside].sort());
 
     fs.writeFileSync(
       path.join(layout.dataDir, 'homeserver.yaml'),

@@ -37,8 +37,10 @@ export const restoreBackup: ActionHandler = async (a) => {
       keepPrevious: booleanParam(a, 'keep-previous'),
       expectedServerName: a.config.serverName,
     });
+    const outside = result.replacedOutside ?? [];
     await a.log(
-      `restored backup ${result.backupId}: ${result.files} files, ${formatBytes(result.plaintextBytes)}`,
+      `restored backup ${result.backupId}: ${result.files} files, ${formatBytes(result.plaintextBytes)}` +
+        (outside.length ? `; also replaced ${outside.join(', ')}` : ''),
     );
     const results: ActionResults = {
       'backup-id': result.backupId,
@@ -49,9 +51,14 @@ export const restoreBackup: ActionHandler = async (a) => {
     if (result.oneTimeKeysRemoved !== undefined) {
       results['one-time-keys-removed'] = String(result.oneTimeKeysRemoved);
     }
+    if (outside.length) {
+      results['replaced-outside'] = firstPaths(outside);
+      results['replaced-outside-count'] = String(outside.length);
+    }
     if (result.previousPath) results['previous-path'] = result.previousPath;
     if (result.externalPreviousPaths?.length) {
-      results['previous-external'] = result.externalPreviousPaths.join(', ');
+      results['previous-external'] = firstPaths(result.externalPreviousPaths);
+      results['previous-external-count'] = String(result.externalPreviousPaths.length);
     }
     if (result.notIncluded?.length) {
       for (const line of result.notIncluded) await a.log(`warning: ${line}`);
@@ -67,3 +74,13 @@ export const restoreBackup: ActionHandler = async (a) => {
     reporter.stop();
   }
 };
+
+/** Paths an action result lists at most (the log has them all; a -count key counts them). */
+export const RESULT_PATHS_SHOWN = 10;
+
+/** The first RESULT_PATHS_SHOWN of `paths`, comma-separated, and `(N more)` when there are more. */
+function firstPaths(paths: readonly string[]): string {
+  const shown = paths.slice(0, RESULT_PATHS_SHOWN).join(', ');
+  const more = paths.length - RESULT_PATHS_SHOWN;
+  return more > 0 ? `${shown} (${more} more)` : shown;
+}
