@@ -539,9 +539,12 @@ function defaultMinioDir(work: string): string {
  * to 20 s) until MinIO uses under 5% of a CPU.
  */
 async function settle(e: Env): Promise<void> {
+  // MinIO may still be moving a deleted object in: ENOTEMPTY then, so retry (it ended a run once).
   fs.rmSync(path.join(e.minioDir, '.minio.sys', 'tmp', '.trash'), {
     recursive: true,
     force: true,
+    maxRetries: 20,
+    retryDelay: 100,
   });
   spawnSync('sync');
   for (let i = 0; i < 40; i++) {
