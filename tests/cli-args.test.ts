@@ -79,18 +79,38 @@ describe('synapse-backup argument handling (built bundle)', () => {
       ],
       [
         ['create', '--data-dir', '/tmp', '--part-size', '--json'],
-        '--part-size needs a number (a whole number)',
+        '--part-size needs a number (a whole number of at least 5 (MiB))',
       ],
       [
         ['create', '--data-dir', '/tmp', '--queue-size', '--id', 'q'],
-        '--queue-size needs a number (a whole number)',
+        '--queue-size needs a number (a whole number from 1 to 16)',
       ],
       [
         ['create', '--data-dir', '/tmp', '--frame-length', '--json'],
-        '--frame-length needs a number (a whole number)',
+        '--frame-length needs a number (a whole number from 128 to 2147483647)',
       ],
     ];
     for (const [args, said] of cases) await refused(args, said);
+    // Out of the engine's range: refused by the flag's name before anything runs.
+    const ranges: [string[], string][] = [
+      [
+        ['create', '--data-dir', '/tmp', '--part-size', '4'],
+        '--part-size takes a whole number of at least 5 (MiB), not "4"',
+      ],
+      [
+        ['create', '--data-dir', '/tmp', '--queue-size', '0'],
+        '--queue-size takes a whole number from 1 to 16, not "0"',
+      ],
+      [
+        ['create', '--data-dir', '/tmp', '--queue-size', '17'],
+        '--queue-size takes a whole number from 1 to 16, not "17"',
+      ],
+      [
+        ['create', '--data-dir', '/tmp', '--frame-length', '0'],
+        '--frame-length takes a whole number from 128 to 2147483647, not "0"',
+      ],
+    ];
+    for (const [args, said] of ranges) await refused(args, said);
     // Last on the line: parseArgs alone says "argument missing".
     const last = await cli([...NOWHERE, 'prune', '--keep-last']);
     expect(last).toEqual({
@@ -135,6 +155,11 @@ describe('synapse-backup argument handling (built bundle)', () => {
       '--data-dir is given twice ("x", then "y"); give it once',
     );
     await refused(['list', '--json', '--json'], '--json is given twice; give it once');
+    // An endpoint may hold user:password: the values are not echoed (NOWHERE adds a third).
+    await refused(
+      ['list', '--endpoint=http://u:sekrit@h', '--endpoint', 'http://u:sekrit@h'],
+      '--endpoint is given 3 times; give it once',
+    );
     // NOWHERE gives --bucket b after it.
     await refused(
       ['list', '--bucket', 'a'],

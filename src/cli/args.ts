@@ -293,9 +293,11 @@ function refuseRepeats(tokens: readonly Token[]): void {
   for (const [name, values] of given) {
     if (values.length < 2) continue;
     const times = values.length === 2 ? 'twice' : `${values.length} times`;
-    const shown = values.every((v) => v === undefined)
-      ? ''
-      : ` (${values.map((v) => JSON.stringify(v ?? '')).join(', then ')})`;
+    // An endpoint URL may carry user:password: never echoed.
+    const shown =
+      values.every((v) => v === undefined) || name === 'endpoint'
+        ? ''
+        : ` (${values.map((v) => JSON.stringify(v ?? '')).join(', then ')})`;
     throw new ConfigError(`--${name} is given ${times}${shown}; give it once`);
   }
 }

@@ -13,9 +13,17 @@ import { ConfigError } from '../errors';
 const WHOLE_NUMBER_LEAST: Record<string, number> = {
   'keep-last': 1,
   'keep-days': 1,
-  'frame-length': 0,
-  'part-size': 0,
-  'queue-size': 0,
+  // The engine's own limits (src/s3/settings.ts, src/crypto): S3's 5 MiB least part,
+  // 1-16 parts in flight, the ESDK's 128-byte least frame.
+  'frame-length': 128,
+  'part-size': 5,
+  'queue-size': 1,
+};
+
+/** The most a whole-number flag takes, where there is a limit. */
+const WHOLE_NUMBER_MOST: Record<string, number> = {
+  'queue-size': 16,
+  'frame-length': 2147483647,
 };
 
 /**
@@ -32,7 +40,10 @@ export const NUMBER_FLAGS: readonly string[] = [...Object.keys(WHOLE_NUMBER_LEAS
 function takes(flag: string): string {
   if (HOURS_FLAGS.has(flag)) return 'a number of hours >= 0 (0.5 is half an hour)';
   const least = WHOLE_NUMBER_LEAST[flag] ?? 0;
-  return least > 0 ? `a whole number of at least ${least}` : 'a whole number';
+  const most = WHOLE_NUMBER_MOST[flag];
+  const unit = flag === 'part-size' ? ' (MiB)' : '';
+  if (most !== undefined) return `a whole number from ${least} to ${most}${unit}`;
+  return least > 0 ? `a whole number of at least ${least}${unit}` : `a whole number${unit}`;
 }
 
 /** The ConfigError for `--flag` given no value (the next argument a flag, or none). */
@@ -48,7 +59,8 @@ export function needsNumber(flag: string): ConfigError {
 export function wholeNumber(value: string | undefined, flag: string): number | undefined {
   if (value === undefined) return undefined;
   const least = WHOLE_NUMBER_LEAST[flag] ?? 0;
-  if (!/^\d+$/.test(value) || Number(value) < least) {
+  const most = WHOLE_NUMBER_MOST[flag] ?? Infinity;
+  if (!/^\d+$/.test(value) || Number(value) < least || Number(value) > most) {
     const zero = /^0+$/.test(value);
     const why =
       flag === 'keep-last' && zero
