@@ -430,7 +430,7 @@ describeWithPeers(['minio'])('synapse-backup CLI (built bundle, real MinIO)', ()
     expect(run.code).toBe(0);
     expect(run.out).toMatch(
       new RegExp(
-        `^restored backup cli-pkg into ${dataDir}: \\d+ files, [^;]+; also replaced ${outside.join(', ')}; 5 one-time keys removed\n$`,
+        `^restored backup cli-pkg into ${dataDir}: \\d+ files, [^;]+; also restored ${outside.join(', ')}; 5 one-time keys removed\n$`,
       ),
     );
     expect(await fsp.readFile(key, 'utf8')).toBe('ed25519 a_pkg c2VlZA\n');

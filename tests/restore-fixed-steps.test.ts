@@ -173,43 +173,78 @@ describe('the checks, run together, refuse in their order', () => {
 });
 
 describe('a data dir that does not exist (the CLI through Pebble makes none)', () => {
-  it('is refused by name with how to make it, and nothing is created; df printing nothing is not "0 B free"', async () => {
+  const advice = (dir: string, make = 'create it') =>
+    `${make} where Synapse runs, owned by the user Synapse runs as (the official image's: install -d -o 991 -g 991 ${dir}), then run the restore again`;
+
+  it("is refused by name with how to make it, before another server's name; nothing is created", async () => {
     const store = new MemoryStore();
     const src = await memorySynapseDir('fixed-steps-nodir-src');
     const dst = path.join(root, 'not', 'there');
+    const file = path.join(root, 'a-file');
+    fs.writeFileSync(file, 'not a directory\n');
     try {
       await memoryEngine(store, src).create({ id: 'n' });
       const engine = memoryEngine(store, dst);
-      await expect(engine.restore({ id: 'n', services: [] })).rejects.toMatchObject({
+      // Another server's backup would need --force: the missing dir is named first.
+      await expect(
+        engine.restore({ id: 'n', services: [], expectedServerName: 'other.example' }),
+      ).rejects.toMatchObject({
         code: 'no-data-dir',
-        message: `the data dir ${dst} does not exist (or is not a directory): nothing was restored`,
-        remedy: {
-          kind: 'advice',
-          text: `create it, owned by the user Synapse runs as (the official image's: install -d -o 991 -g 991 ${dst}), then run the restore again`,
-        },
+        message: `the data dir ${dst} does not exist: nothing was restored`,
+        remedy: { kind: 'advice', text: advice(dst) },
       });
       engine.close();
       expect(fs.existsSync(path.join(root, 'not'))).toBe(false);
-
-      // A df that prints no number: the space check is skipped, not failed with 0 B.
-      const there = await memorySynapseDir('fixed-steps-nodf-dst');
-      const local = new LocalWorkload();
-      const silentDf = Object.assign(Object.create(local) as LocalWorkload, {
-        exec(options: ExecOptions): ExecProcess {
-          if (!options.command.some((a) => a.includes('df -Pk'))) return local.exec(options);
-          return local.exec({ ...options, command: ['true'] });
-        },
+      const onFile = memoryEngine(store, file);
+      await expect(onFile.restore({ id: 'n', services: [] })).rejects.toMatchObject({
+        code: 'no-data-dir',
+        message: `the data dir ${file} is not a directory (something else has its name): nothing was restored`,
+        remedy: { kind: 'advice', text: advice(file, 'move that aside and create the directory') },
       });
-      const restored = memoryEngine(store, there, { workload: silentDf });
-      await expect(restored.restore({ id: 'n', services: [], force: true })).resolves.toMatchObject(
-        {
-          backupId: 'n',
-        },
-      );
-      restored.close();
-      fs.rmSync(there, { recursive: true, force: true });
+      onFile.close();
+      expect(fs.readFileSync(file, 'utf8')).toBe('not a directory\n');
     } finally {
       fs.rmSync(src, { recursive: true, force: true });
+    }
+  });
+
+  it('a df that fails is a refusal with its complaint; one that prints no number skips the check, never "0 B free"', async () => {
+    const store = new MemoryStore();
+    const src = await memorySynapseDir('fixed-steps-nodf-src');
+    const there = await memorySynapseDir('fixed-steps-nodf-dst');
+    const fakeBin = path.join(root, 'bin');
+    fs.mkdirSync(fakeBin);
+    const local = new LocalWorkload();
+    const withDf = (script: string) => {
+      fs.writeFileSync(path.join(fakeBin, 'df'), script, { mode: 0o755 });
+      return Object.assign(Object.create(local) as LocalWorkload, {
+        exec(options: ExecOptions): ExecProcess {
+          if (!options.command.some((a) => a.includes('df -Pk'))) return local.exec(options);
+          const env = { PATH: `${fakeBin}:${process.env.PATH ?? '/usr/bin:/bin'}` };
+          return local.exec({ ...options, environment: { ...options.environment, ...env } });
+        },
+      });
+    };
+    try {
+      await memoryEngine(store, src).create({ id: 'n' });
+      const before = await snapshotTree(there);
+      const failing = memoryEngine(store, there, {
+        workload: withDf('#!/bin/sh\necho "df: /x: Stale file handle" >&2\nexit 1\n'),
+      });
+      await expect(failing.restore({ id: 'n', services: [], force: true })).rejects.toMatchObject({
+        code: 'workload-command',
+        message: expect.stringContaining('df: /x: Stale file handle'),
+      });
+      failing.close();
+      expect(await snapshotTree(there)).toEqual(before);
+      const silent = memoryEngine(store, there, { workload: withDf('#!/bin/sh\nexit 0\n') });
+      await expect(silent.restore({ id: 'n', services: [], force: true })).resolves.toMatchObject({
+        backupId: 'n',
+      });
+      silent.close();
+    } finally {
+      fs.rmSync(src, { recursive: true, force: true });
+      fs.rmSync(there, { recursive: true, force: true });
     }
   });
 });

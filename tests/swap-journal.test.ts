@@ -273,6 +273,7 @@ describe('a swap killed at each phase is resolved by the next operation', () => 
       journal: '',
       dirs: [] as string[],
       said: 'it is empty',
+      how: 'it records no step, so nothing says how far a swap got',
     },
     {
       label: 'with a phase the swap never writes, its staging dir gone',
@@ -280,6 +281,15 @@ describe('a swap killed at each phase is resolved by the next operation', () => 
         'staging=.synapse-restore-20261130T0200\nprevious=.pre-restore-20261130T0200\nbackup=b7\nkeep=0\nphase=halfway\n',
       dirs: ['.pre-restore-20261130T0200'],
       said: 'its phase "halfway" is not one the swap writes; it records backup b7, its previous files in .pre-restore-20261130T0200, and its staging dir .synapse-restore-20261130T0200 is gone',
+      how: 'the swap it records may be half done',
+    },
+    {
+      label: 'of format 2 with paths outside the data dir, its phase gone',
+      journal:
+        'format=2\nstaging=.synapse-restore-20261130T0200\nprevious=.pre-restore-20261130T0200\nbackup=b7\nroot=/etc/synapse/example.org.signing.key\nrootdb=/var/lib/synapse/homeserver.db\nitem=media_store\n',
+      dirs: ['.pre-restore-20261130T0200'],
+      said: 'it records no phase; it records backup b7, its previous files in .pre-restore-20261130T0200, its paths outside the data dir /etc/synapse/example.org.signing.key, /var/lib/synapse/homeserver.db, and its staging dir .synapse-restore-20261130T0200 is gone',
+      how: 'the swap it records may be half done',
     },
     {
       label: 'with a bad phase, its staging dir still there',
@@ -287,10 +297,11 @@ describe('a swap killed at each phase is resolved by the next operation', () => 
         'staging=.synapse-restore-20261130T0200\nprevious=.pre-restore-20261130T0200\nbackup=b7\nphase=\n',
       dirs: ['.pre-restore-20261130T0200', '.synapse-restore-20261130T0200/homeserver.db'],
       said: 'it records no phase; it records backup b7, its previous files in .pre-restore-20261130T0200, and its staging dir .synapse-restore-20261130T0200 still holds 1 entry',
+      how: 'the swap it records may be half done',
     },
   ])(
     'a journal that cannot be read ($label): restore says what it knows and what to do, not staged=-1',
-    async ({ journal, dirs, said }) => {
+    async ({ journal, dirs, said, how }) => {
       const store = new MemoryStore();
       const dataDir = (await tmpDir('swap-journal-unreadable')).path;
       await makeSynapseTree(dataDir, { mediaFiles: 1 });
@@ -314,7 +325,7 @@ describe('a swap killed at each phase is resolved by the next operation', () => 
         message: `${dataDir}/${JOURNAL} records an interrupted restore but cannot be read: ${said}`,
         remedy: {
           kind: 'advice',
-          text: `the swap it records may be half done: compare the data dir with its .pre-restore-* dirs (the files the swap moved aside; those of paths outside the data dir are beside them, named .pre-restore-<time>-<name>~) and any .synapse-restore-* dir (restored files not yet moved in), put back by hand what belongs, then remove ${JOURNAL} and run again`,
+          text: `${how}: compare the data dir with its .pre-restore-* dirs (the files the swap moved aside) and any .synapse-restore-* dir (restored files not yet moved in), and each path outside the data dir with its .pre-restore-<time>-<name>~ and .synapse-restore-<time>-<name> beside it; put back by hand what belongs, then remove ${JOURNAL} and run again`,
         },
       });
       expect((err as Error).message).not.toContain('staged=');

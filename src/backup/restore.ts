@@ -40,6 +40,7 @@ import {
   STAGING_PREFIX,
   freeSpaceCommand,
   NO_DATA_DIR,
+  NOT_A_DIR,
   prepareStagingCommand,
   removeJournalCommand,
   syncCommand,
@@ -202,7 +203,8 @@ function planSwap(id: string, tracker: ItemTracker, manifest: Manifest | undefin
 
 /**
  * Every check before anything changes, reported in this order: an interrupted
- * swap that cannot be resolved, a stop signal, a running Synapse (running.ts),
+ * swap that cannot be resolved, a stop signal, a data dir that is missing,
+ * a running Synapse (running.ts),
  * the manifest (catalog.ts completeManifest), another server's backup, roots
  * elsewhere, no database, the passphrase and binding (the header), free space.
  * The S3 reads have no side effects and go while the workload's run (the
@@ -228,6 +230,8 @@ async function checkBeforeRestore(
     const configRead = started(readHomeserverConfigOf(ctx));
     const freeRead = started(freeBytes(ctx));
     reads.push(configRead, freeRead);
+    // Before anything else about the data dir: no other refusal, nor --force, helps there.
+    await refuseMissingDataDir(freeRead);
     // Never under a Synapse the swap would not stop (running.ts).
     await refuseRunningSynapse(ctx, services, configRead);
     const manifest = await manifestRead;
@@ -277,8 +281,10 @@ async function refuseOtherServer(
 
 /**
  * The bytes free for the data dir (df in the workload); NaN when df printed no
- * number. Rejects with `no-data-dir` when the data dir is not a directory: the
- * restore stages inside it, and only the operator knows its owner and mode.
+ * number (the space check is then skipped). Rejects with `no-data-dir` when the
+ * data dir does not exist or is not a directory: the restore stages inside it,
+ * and only the operator knows its owner and mode (the CLI makes a missing one
+ * on its own host, never in a workload); with `workload-command` when df fails.
  */
 async function freeBytes(ctx: EngineContext): Promise<number> {
   const output = (
@@ -288,19 +294,31 @@ async function freeBytes(ctx: EngineContext): Promise<number> {
       `checking free space in ${ctx.dataDir}`,
     )
   ).trim();
-  if (output === NO_DATA_DIR) {
+  if (output === NO_DATA_DIR || output === NOT_A_DIR) {
+    const what =
+      output === NO_DATA_DIR
+        ? 'does not exist'
+        : 'is not a directory (something else has its name)';
+    const make = output === NO_DATA_DIR ? 'create it' : 'move that aside and create the directory';
     throw new BackupError(
       'no-data-dir',
-      `the data dir ${ctx.dataDir} does not exist (or is not a directory): nothing was restored`,
+      `the data dir ${ctx.dataDir} ${what}: nothing was restored`,
       {
         remedy: {
           kind: 'advice',
-          text: `create it, owned by the user Synapse runs as (the official image's: install -d -o 991 -g 991 ${ctx.dataDir}), then run the restore again`,
+          text: `${make} where Synapse runs, owned by the user Synapse runs as (the official image's: install -d -o 991 -g 991 ${ctx.dataDir}), then run the restore again`,
         },
       },
     );
   }
   return output === '' ? NaN : Number(output);
+}
+
+/** Rejects at once when `freeRead` did with `no-data-dir`; any other outcome waits for its turn. */
+async function refuseMissingDataDir(freeRead: Promise<number>): Promise<void> {
+  await freeRead.catch((err: unknown) => {
+    if (err instanceof BackupError && err.code === 'no-data-dir') throw err;
+  });
 }
 
 /** Refuses when the data dir's filesystem cannot hold the staged copy (plaintext bytes). */

@@ -232,6 +232,12 @@ function unreadableJournal(
     const backup = fields.get('backup');
     if (backup) known.push(`backup ${/^[\w.-]{1,100}$/.test(backup) ? backup : quote(backup)}`);
     if (plainName(previous, PREVIOUS_PREFIX)) known.push(`its previous files in ${previous}`);
+    const outside =
+      text.match(/^root(db)?=\/.*$/gm)?.map((l) => l.replace(/^root(db)?=/, '')) ?? [];
+    if (outside.length) {
+      const more = outside.length > 10 ? ` (${outside.length - 10} more)` : '';
+      known.push(`its paths outside the data dir ${outside.slice(0, 10).join(', ')}${more}`);
+    }
     const staged = Number(fields.get('staged') ?? '-1');
     if (plainName(staging, STAGING_PREFIX)) {
       const what =
@@ -250,7 +256,7 @@ function unreadableJournal(
     {
       remedy: {
         kind: 'advice',
-        text: `the swap it records may be half done: compare the data dir with its ${PREVIOUS_PREFIX}* dirs (the files the swap moved aside; those of paths outside the data dir are beside them, named ${PREVIOUS_PREFIX}<time>-<name>~) and any ${STAGING_PREFIX}* dir (restored files not yet moved in), put back by hand what belongs, then remove ${JOURNAL_NAME} and run again`,
+        text: `${wrong[0] === 'it is empty' ? 'it records no step, so nothing says how far a swap got' : 'the swap it records may be half done'}: compare the data dir with its ${PREVIOUS_PREFIX}* dirs (the files the swap moved aside) and any ${STAGING_PREFIX}* dir (restored files not yet moved in), and each path outside the data dir with its ${PREVIOUS_PREFIX}<time>-<name>~ and ${STAGING_PREFIX}<time>-<name> beside it; put back by hand what belongs, then remove ${JOURNAL_NAME} and run again`,
       },
     },
   );

@@ -79,7 +79,7 @@ const restore: Command = async ({ engine, values, dataDir, print }) => {
   warnSwapRecovery(r);
   warnSelection(r);
   const notes = [
-    r.replacedOutside ? `also replaced ${r.replacedOutside.join(', ')}` : undefined,
+    r.replacedOutside ? `also restored ${r.replacedOutside.join(', ')}` : undefined,
     r.oneTimeKeysRemoved ? `${r.oneTimeKeysRemoved} one-time keys removed` : undefined,
     r.previousPath
       ? `previous files kept in ${[r.previousPath, ...(r.externalPreviousPaths ?? [])].join(', ')}`

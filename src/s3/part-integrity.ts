@@ -19,7 +19,11 @@
  *   a checksum, a server that rejects the header) switches the upload to signed
  *   payloads (`signed`): that part is sent again with its SHA-256 signed, and so
  *   is every later one, which every S3 server checks. No part is left that
- *   nothing checked.
+ *   nothing checked. Parts already sent unsigned when the first such answer
+ *   comes (at most the queue size) each get their own answer, so on a server
+ *   that ignores the header they all go twice; nothing is remembered between
+ *   uploads. The echo is taken as proof: a server that echoed a CRC32 it had
+ *   not computed would be trusted (none known).
  * - Without `zlib.crc32` (Node before 20.15) plain HTTP starts `signed`.
  * - CompleteMultipartUpload lists a part's CRC32 only when the upload was
  *   created with `ChecksumAlgorithm: CRC32` ({@link completedPart}).

@@ -406,9 +406,9 @@ describeWithPeers(['minio', 'pebble'])('charm actions', () => {
           .split(', '),
       ),
     );
-    const logged = restored.logs.find((l) => l.includes('; also replaced '));
+    const logged = restored.logs.find((l) => l.includes('; also restored '));
     expect(logged).toBeDefined();
-    expect(logged!.split('; also replaced ')[1]!.split(', ').sort()).toEqual([...outside].sort());
+    expect(logged!.split('; also restored ')[1]!.split(', ').sort()).toEqual([...outside].sort());
 
     fs.writeFileSync(
       path.join(layout.dataDir, 'homeserver.yaml'),

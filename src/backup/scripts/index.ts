@@ -87,6 +87,7 @@ export {
   KEYS_DONE_MARK,
   freeSpaceCommand,
   NO_DATA_DIR,
+  NOT_A_DIR,
   makeDirCommand,
   prepareStagingCommand,
   removeKeysAndSetPhaseCommand,

@@ -3,19 +3,24 @@ import { JOURNAL_NAME, PREVIOUS_PREFIX, REMOVE_LEFTOVERS, STAGING_PREFIX, sh } f
 import { SET_PHASE_FUNCTION, type SwapPhase } from './journal';
 import { LOCK_NAME } from './lock';
 
-/** The line freeSpaceCommand prints instead of a number when the data dir is not a directory. */
+/** The line freeSpaceCommand prints instead of a number when the data dir does not exist. */
 export const NO_DATA_DIR = 'no-data-dir';
+/** The line freeSpaceCommand prints when the data dir is there but not a directory. */
+export const NOT_A_DIR = 'not-a-directory';
 
 /**
  * Prints the bytes available to unprivileged writers on the data dir's
- * filesystem, or {@link NO_DATA_DIR} when the data dir is not a directory.
+ * filesystem, or {@link NO_DATA_DIR} / {@link NOT_A_DIR}. df's status when it
+ * fails (its complaint on stderr): never an empty answer read as "no space".
  */
 export function freeSpaceCommand(dataDir: string): string[] {
   return sh(
     [
       'set -e',
-      `[ -d "$1" ] || { echo ${NO_DATA_DIR}; exit 0; }`,
-      `df -Pk -- "$1" | awk 'NR==2 { print $4 * 1024 }'`,
+      `[ -e "$1" ] || { echo ${NO_DATA_DIR}; exit 0; }`,
+      `[ -d "$1" ] || { echo ${NOT_A_DIR}; exit 0; }`,
+      'out=$(df -Pk -- "$1")',
+      `printf '%s\n' "$out" | awk 'NR==2 { print $4 * 1024 }'`,
     ],
     dataDir,
   );

@@ -40,7 +40,7 @@ export const restoreBackup: ActionHandler = async (a) => {
     const outside = result.replacedOutside ?? [];
     await a.log(
       `restored backup ${result.backupId}: ${result.files} files, ${formatBytes(result.plaintextBytes)}` +
-        (outside.length ? `; also replaced ${outside.join(', ')}` : ''),
+        (outside.length ? `; also restored ${outside.join(', ')}` : ''),
     );
     const results: ActionResults = {
       'backup-id': result.backupId,
