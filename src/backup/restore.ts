@@ -203,10 +203,10 @@ function planSwap(id: string, tracker: ItemTracker, manifest: Manifest | undefin
 
 /**
  * Every check before anything changes, reported in this order: an interrupted
- * swap that cannot be resolved, a stop signal, a data dir that is missing,
- * a running Synapse (running.ts),
- * the manifest (catalog.ts completeManifest), another server's backup, roots
- * elsewhere, no database, the passphrase and binding (the header), free space.
+ * swap that cannot be resolved, a stop signal, a running Synapse (running.ts),
+ * the manifest (catalog.ts completeManifest), a missing data dir, another
+ * server's backup, roots elsewhere, no database, the passphrase and binding (the
+ * header), free space.
  * The S3 reads have no side effects and go while the workload's run (the
  * journal; then homeserver.yaml and df together), so the checks cost about the
  * longest chain rather than their sum; the error thrown is the first in the
@@ -230,11 +230,11 @@ async function checkBeforeRestore(
     const configRead = started(readHomeserverConfigOf(ctx));
     const freeRead = started(freeBytes(ctx));
     reads.push(configRead, freeRead);
-    // Before anything else about the data dir: no other refusal, nor --force, helps there.
-    await refuseMissingDataDir(freeRead);
     // Never under a Synapse the swap would not stop (running.ts).
     await refuseRunningSynapse(ctx, services, configRead);
     const manifest = await manifestRead;
+    // Before the refusals --force overrides: neither it nor another option helps there.
+    await refuseMissingDataDir(freeRead);
     await refuseOtherServer(id, manifest?.serverName, request, configRead);
     refuseRootsElsewhere(manifest, id, ctx.dataDir, request.force);
     refuseWithoutDatabase(manifest, id, request.force);
