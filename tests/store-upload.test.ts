@@ -1,9 +1,9 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { Readable } from 'node:stream';
-import { HeadObjectCommand } from '@aws-sdk/client-s3';
+import { GetObjectCommand, HeadObjectCommand } from '@aws-sdk/client-s3';
 import { parseS3Settings } from '../src/s3/settings';
 import { MAX_PARTS, MIN_PART_SIZE, ObjectStore, uploadPartSize } from '../src/s3/store';
-import { type MinioPeer, describeWithPeers, readObject, startMinio } from './support/peers';
+import { type MinioPeer, describeWithPeers, startMinio } from './support/peers';
 
 /** The multipart uploader in src/s3/store.ts against MinIO. */
 
@@ -80,7 +80,10 @@ describeWithPeers(['minio'])('multipart upload', () => {
       }),
     );
 
-  const fetch = (key: string) => readObject(minio, key);
+  const fetch = async (key: string) => {
+    const out = await minio.client.send(new GetObjectCommand({ Bucket: minio.bucket, Key: key }));
+    return Buffer.from(await out.Body!.transformToByteArray());
+  };
   const etag = async (key: string) =>
     (await minio.client.send(new HeadObjectCommand({ Bucket: minio.bucket, Key: key }))).ETag;
 

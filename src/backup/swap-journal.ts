@@ -14,7 +14,6 @@
  */
 import { BackupError, errorMessage } from '../errors';
 import { commandFailure, execCollect, runCommand } from '../workload/command';
-import { formatFirst } from '../format';
 import type { EngineContext } from './context';
 import { type SwapItem, externalCopiesOf, itemRollbackCommand } from './scripts/swap';
 import {
@@ -218,8 +217,7 @@ function unreadableJournal(
   const phase = fields.get('phase') ?? '';
   const wrong: string[] = [];
   const known: string[] = [];
-  const empty = !text.replace(/^staged=-?\d+$/m, '').trim();
-  if (empty) {
+  if (!text.replace(/^staged=-?\d+$/m, '').trim()) {
     wrong.push('it is empty');
   } else {
     if (!staging) wrong.push('it names no staging dir');
@@ -236,7 +234,10 @@ function unreadableJournal(
     if (plainName(previous, PREVIOUS_PREFIX)) known.push(`its previous files in ${previous}`);
     const outside =
       text.match(/^root(db)?=\/.*$/gm)?.map((l) => l.replace(/^root(db)?=/, '')) ?? [];
-    if (outside.length) known.push(`its paths outside the data dir ${formatFirst(outside)}`);
+    if (outside.length) {
+      const more = outside.length > 10 ? ` (${outside.length - 10} more)` : '';
+      known.push(`its paths outside the data dir ${outside.slice(0, 10).join(', ')}${more}`);
+    }
     const staged = Number(fields.get('staged') ?? '-1');
     if (plainName(staging, STAGING_PREFIX)) {
       const what =
@@ -255,7 +256,7 @@ function unreadableJournal(
     {
       remedy: {
         kind: 'advice',
-        text: `${empty ? 'it records no step, so nothing says how far a swap got' : 'the swap it records may be half done'}: compare the data dir with its ${PREVIOUS_PREFIX}* dirs (the files the swap moved aside) and any ${STAGING_PREFIX}* dir (restored files not yet moved in), and each path outside the data dir with its ${PREVIOUS_PREFIX}<time>-<name>~ and ${STAGING_PREFIX}<time>-<name> beside it; put back by hand what belongs, then remove ${JOURNAL_NAME} and run again`,
+        text: `${wrong[0] === 'it is empty' ? 'it records no step, so nothing says how far a swap got' : 'the swap it records may be half done'}: compare the data dir with its ${PREVIOUS_PREFIX}* dirs (the files the swap moved aside) and any ${STAGING_PREFIX}* dir (restored files not yet moved in), and each path outside the data dir with its ${PREVIOUS_PREFIX}<time>-<name>~ and ${STAGING_PREFIX}<time>-<name> beside it; put back by hand what belongs, then remove ${JOURNAL_NAME} and run again`,
       },
     },
   );
@@ -334,7 +335,7 @@ export function describeSwapRecovery(recovery: SwapRecovery): string {
     ? `; the previous files are kept in ${[recovery.previousPath, ...(recovery.externalPreviousPaths ?? [])].join(', ')}`
     : '';
   const outside = recovery.replacedOutside?.length
-    ? `, also at ${formatFirst(recovery.replacedOutside)}`
+    ? `, also at ${recovery.replacedOutside.slice(0, 10).join(', ')}${recovery.replacedOutside.length > 10 ? ` (${recovery.replacedOutside.length - 10} more)` : ''}`
     : '';
   return `${what} was completed: the restored files stay${outside}${kept}`;
 }
