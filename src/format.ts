@@ -1,4 +1,4 @@
-/** Formatting shared by the CLI, the engine and the charm's actions: sizes and tables. */
+/** Formatting shared by the CLI, the engine and the charm's actions: sizes, lists and tables. */
 import type { BackupInfo } from './backup/types';
 
 const UNITS = ['B', 'KiB', 'MiB', 'GiB', 'TiB', 'PiB'];
@@ -13,6 +13,18 @@ export function formatBytes(bytes: number): string {
     unit++;
   }
   return unit === 0 ? `${value} B` : `${value.toFixed(1)} ${UNITS[unit]}`;
+}
+
+/** Paths a message or an action result lists at most; the rest are counted. */
+export const PATHS_SHOWN = 10;
+
+/**
+ * The first `shown` of `items`, comma-separated, then ` (N more)` when there are
+ * more: "a, b (3 more)".
+ */
+export function formatFirst(items: readonly string[], shown = PATHS_SHOWN): string {
+  const more = items.length - shown;
+  return `${items.slice(0, shown).join(', ')}${more > 0 ? ` (${more} more)` : ''}`;
 }
 
 /** Left-aligned columns separated by two spaces; trailing spaces trimmed. */

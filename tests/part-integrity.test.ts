@@ -1,12 +1,10 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { Readable } from 'node:stream';
-import { GetObjectCommand } from '@aws-sdk/client-s3';
 import { crc32Base64, initialProtection } from '../src/s3/part-integrity';
 import { parseS3Settings } from '../src/s3/settings';
 import { ObjectStore } from '../src/s3/store';
 import { type FaultyProxy, type ProxyLogEntry, startFaultyProxy } from './support/faulty-proxy';
-import { type MinioPeer, describeWithPeers } from './support/peers';
-import { startMinio } from './support/peers';
+import { type MinioPeer, describeWithPeers, readObject, startMinio } from './support/peers';
 
 /**
  * How parts travel over plain HTTP (src/s3/part-integrity.ts): unsigned with a
@@ -65,10 +63,7 @@ describeWithPeers(['minio'])('parts over plain HTTP', () => {
         checksumMode,
       }),
     );
-  const fetch = async (key: string) => {
-    const out = await minio.client.send(new GetObjectCommand({ Bucket: minio.bucket, Key: key }));
-    return Buffer.from(await out.Body!.transformToByteArray());
-  };
+  const fetch = (key: string) => readObject(minio, key);
   /** Uploads `data` (3 parts and a bit) one part at a time; returns what reached the server. */
   const upload = async (key: string, data: Buffer, checksumMode?: string) => {
     const s = store(checksumMode);

@@ -1,9 +1,9 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { Readable } from 'node:stream';
-import { GetObjectCommand, HeadObjectCommand } from '@aws-sdk/client-s3';
+import { HeadObjectCommand } from '@aws-sdk/client-s3';
 import { parseS3Settings } from '../src/s3/settings';
 import { MAX_PARTS, MIN_PART_SIZE, ObjectStore, uploadPartSize } from '../src/s3/store';
-import { type MinioPeer, describeWithPeers, startMinio } from './support/peers';
+import { type MinioPeer, describeWithPeers, readObject, startMinio } from './support/peers';
 
 /** The multipart uploader in src/s3/store.ts against MinIO. */
 
@@ -80,10 +80,7 @@ describeWithPeers(['minio'])('multipart upload', () => {
       }),
     );
 
-  const fetch = async (key: string) => {
-    const out = await minio.client.send(new GetObjectCommand({ Bucket: minio.bucket, Key: key }));
-    return Buffer.from(await out.Body!.transformToByteArray());
-  };
+  const fetch = (key: string) => readObject(minio, key);
   const etag = async (key: string) =>
     (await minio.client.send(new HeadObjectCommand({ Bucket: minio.bucket, Key: key }))).ETag;
 

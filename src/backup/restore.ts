@@ -295,11 +295,13 @@ async function freeBytes(ctx: EngineContext): Promise<number> {
     )
   ).trim();
   if (output === NO_DATA_DIR || output === NOT_A_DIR) {
-    const what =
+    const [what, make] =
       output === NO_DATA_DIR
-        ? 'does not exist'
-        : 'is not a directory (something else has its name)';
-    const make = output === NO_DATA_DIR ? 'create it' : 'move that aside and create the directory';
+        ? ['does not exist', 'create it']
+        : [
+            'is not a directory (something else has its name)',
+            'move that aside and create the directory',
+          ];
     throw new BackupError(
       'no-data-dir',
       `the data dir ${ctx.dataDir} ${what}: nothing was restored`,

@@ -14,6 +14,7 @@
  */
 import { BackupError, errorMessage } from '../errors';
 import { commandFailure, execCollect, runCommand } from '../workload/command';
+import { formatFirst } from '../format';
 import type { EngineContext } from './context';
 import { type SwapItem, externalCopiesOf, itemRollbackCommand } from './scripts/swap';
 import {
@@ -217,7 +218,8 @@ function unreadableJournal(
   const phase = fields.get('phase') ?? '';
   const wrong: string[] = [];
   const known: string[] = [];
-  if (!text.replace(/^staged=-?\d+$/m, '').trim()) {
+  const empty = !text.replace(/^staged=-?\d+$/m, '').trim();
+  if (empty) {
     wrong.push('it is empty');
   } else {
     if (!staging) wrong.push('it names no staging dir');
@@ -234,10 +236,7 @@ function unreadableJournal(
     if (plainName(previous, PREVIOUS_PREFIX)) known.push(`its previous files in ${previous}`);
     const outside =
       text.match(/^root(db)?=\/.*$/gm)?.map((l) => l.replace(/^root(db)?=/, '')) ?? [];
-    if (outside.length) {
-      const more = outside.length > 10 ? ` (${outside.length - 10} more)` : '';
-      known.push(`its paths outside the data dir ${outside.slice(0, 10).join(', ')}${more}`);
-    }
+    if (outside.length) known.push(`its paths outside the data dir ${formatFirst(outside)}`);
     const staged = Number(fields.get('staged') ?? '-1');
     if (plainName(staging, STAGING_PREFIX)) {
       const what =
@@ -256,7 +255,7 @@ function unreadableJournal(
     {
       remedy: {
         kind: 'advice',
-        text: `${wrong[0] === 'it is empty' ? 'it records no step, so nothing says how far a swap got' : 'the swap it records may be half done'}: compare the data dir with its ${PREVIOUS_PREFIX}* dirs (the files the swap moved aside) and any ${STAGING_PREFIX}* dir (restored files not yet moved in), and each path outside the data dir with its ${PREVIOUS_PREFIX}<time>-<name>~ and ${STAGING_PREFIX}<time>-<name> beside it; put back by hand what belongs, then remove ${JOURNAL_NAME} and run again`,
+        text: `${empty ? 'it records no step, so nothing says how far a swap got' : 'the swap it records may be half done'}: compare the data dir with its ${PREVIOUS_PREFIX}* dirs (the files the swap moved aside) and any ${STAGING_PREFIX}* dir (restored files not yet moved in), and each path outside the data dir with its ${PREVIOUS_PREFIX}<time>-<name>~ and ${STAGING_PREFIX}<time>-<name> beside it; put back by hand what belongs, then remove ${JOURNAL_NAME} and run again`,
       },
     },
   );
@@ -335,7 +334,7 @@ export function describeSwapRecovery(recovery: SwapRecovery): string {
     ? `; the previous files are kept in ${[recovery.previousPath, ...(recovery.externalPreviousPaths ?? [])].join(', ')}`
     : '';
   const outside = recovery.replacedOutside?.length
-    ? `, also at ${recovery.replacedOutside.slice(0, 10).join(', ')}${recovery.replacedOutside.length > 10 ? ` (${recovery.replacedOutside.length - 10} more)` : ''}`
+    ? `, also at ${formatFirst(recovery.replacedOutside)}`
     : '';
   return `${what} was completed: the restored files stay${outside}${kept}`;
 }

@@ -124,11 +124,6 @@ export class PartIntegrity {
     this.current = initialProtection(settings);
   }
 
-  /** What the next part is sent with. */
-  get protection(): PayloadProtection {
-    return this.current;
-  }
-
   /**
    * Sends the command `build(crc32)` makes for `body` (`crc32`: the
    * `ChecksumCRC32` to set, or undefined), and resolves with its answer once the

@@ -21,7 +21,7 @@ import * as https from 'node:https';
 import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { CreateBucketCommand, S3Client } from '@aws-sdk/client-s3';
+import { CreateBucketCommand, GetObjectCommand, S3Client } from '@aws-sdk/client-s3';
 import { NodeHttpHandler } from '@smithy/node-http-handler';
 
 /**
@@ -629,4 +629,10 @@ export function pythonEsdk(): PythonEsdk {
       });
     },
   };
+}
+
+/** The bytes of object `key` in `peer`'s bucket, read with its own client (not the code under test). */
+export async function readObject(peer: MinioPeer, key: string): Promise<Buffer> {
+  const out = await peer.client.send(new GetObjectCommand({ Bucket: peer.bucket, Key: key }));
+  return Buffer.from(await out.Body!.transformToByteArray());
 }

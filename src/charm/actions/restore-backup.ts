@@ -2,6 +2,7 @@ import { describeSwapRecovery } from '../../backup/swap-journal';
 import type { ActionResults } from '../../juju/hook-tools';
 import { SERVICE_NAME } from '../overrides';
 import { formatBytes, formatSeconds, ProgressReporter } from '../format';
+import { formatFirst } from '../../format';
 import { serviceState } from '../synapse';
 import { booleanParam, requireBackupId, type ActionHandler } from './context';
 
@@ -52,12 +53,12 @@ export const restoreBackup: ActionHandler = async (a) => {
       results['one-time-keys-removed'] = String(result.oneTimeKeysRemoved);
     }
     if (outside.length) {
-      results['replaced-outside'] = firstPaths(outside);
+      results['replaced-outside'] = formatFirst(outside);
       results['replaced-outside-count'] = String(outside.length);
     }
     if (result.previousPath) results['previous-path'] = result.previousPath;
     if (result.externalPreviousPaths?.length) {
-      results['previous-external'] = firstPaths(result.externalPreviousPaths);
+      results['previous-external'] = formatFirst(result.externalPreviousPaths);
       results['previous-external-count'] = String(result.externalPreviousPaths.length);
     }
     if (result.notIncluded?.length) {
@@ -74,13 +75,3 @@ export const restoreBackup: ActionHandler = async (a) => {
     reporter.stop();
   }
 };
-
-/** Paths an action result lists at most (the log has them all; a -count key counts them). */
-export const RESULT_PATHS_SHOWN = 10;
-
-/** The first RESULT_PATHS_SHOWN of `paths`, comma-separated, and `(N more)` when there are more. */
-function firstPaths(paths: readonly string[]): string {
-  const shown = paths.slice(0, RESULT_PATHS_SHOWN).join(', ');
-  const more = paths.length - RESULT_PATHS_SHOWN;
-  return more > 0 ? `${shown} (${more} more)` : shown;
-}
