@@ -253,10 +253,13 @@ describe('KubernetesWorkload without a cluster', () => {
         const [, , , exitMarker, ...argv] = query.getAll('command');
         const send = (channel: number, text: string) =>
           ws.send(Buffer.concat([Buffer.from([channel]), Buffer.from(text)]));
-        // The command line on stdout, the end marker on stderr (unless the command is
-        // "lost"), then v4's Success status, then close.
+        // The command line on stdout, the end markers on stdout and stderr (unless the
+        // command is "lost"), then v4's Success status, then close.
         send(1, `${argv.join(' ')}\n`);
-        if (argv[0] !== 'lost') send(2, `\n${exitMarker} 0\n`);
+        if (argv[0] !== 'lost') {
+          send(1, `\n${exitMarker} 0\n`);
+          send(2, `\n${exitMarker} 0\n`);
+        }
         ws.send(
           Buffer.concat([Buffer.from([3]), Buffer.from('{"metadata":{},"status":"Success"}')]),
         );
@@ -414,6 +417,45 @@ describeWithPeers(['kube', 'minio', 'pebble'])(
         expect(n).toBe(total);
         expect(await proc.wait()).toEqual({ exitCode: 0 });
       });
+
+      test('output still in flight when the command exits arrives whole, however slowly it is read', async () => {
+        // The kubelet closes its connection as soon as the command has exited and its output
+        // is written to the socket; with a slow reader most of that output is still queued
+        // there, and a frame from the API server (its SPDY ping, every 5 s) reaching the closed
+        // socket resets it: the queued tail never arrives and the API server reports Success.
+        const total = 64 * MiB;
+        const dir = await tmpDir('kube-inflight');
+        const exited = path.join(dir.path, 'exited');
+        const proc = workload.exec({
+          command: [
+            'sh',
+            '-c',
+            'head -c "$1" /dev/zero && touch "$2"',
+            'sh',
+            String(total),
+            exited,
+          ],
+        });
+        proc.stderr.resume();
+        const exists = () =>
+          fsp.access(exited).then(
+            () => true,
+            () => false,
+          );
+        let n = 0;
+        // Read slowly (1 MiB per 100 ms) until the command has exited with its output queued ...
+        while (!(await exists())) {
+          const chunk = proc.stdout.read(MiB) as Buffer | null;
+          if (chunk) n += chunk.length;
+          await sleep(100);
+        }
+        // ... then not at all for long enough that the API server pings the kubelet twice.
+        await sleep(11_000);
+        const status = proc.wait().catch((e: unknown) => e);
+        for await (const chunk of proc.stdout) n += (chunk as Buffer).length;
+        expect(await status).toEqual({ exitCode: 0 });
+        expect(n).toBe(total);
+      }, 60_000);
 
       test('a command killed by a signal in the workload reports 128+signal', async () => {
         const result = await run(

@@ -20,18 +20,26 @@ export const STATUS = 3;
 export const CLOSE = 255;
 
 /**
- * Runs argv under `sh`, which writes `\n<marker> <exit code>\n` on stderr once it
- * has exited: the proof that the command ran to its end (see KubernetesExecProcess).
+ * Runs argv under `sh`, which writes `\n<marker> <exit code>\n` on stdout and on stderr
+ * once it has exited: each proves that its stream arrived whole (see KubernetesExecProcess).
+ *
+ * Without `stdin` the command's input is /dev/null, and the shell then waits for a line (or
+ * EOF) on its own stdin before it exits: the client sends it once both markers have
+ * arrived. The kubelet closes its connection as soon as the command has exited, and output
+ * still queued in that connection then (a slow reader leaves megabytes there) can be lost
+ * to a reset while the API server reports Success; held until the client has everything,
+ * the command's exit leaves nothing in flight but the status.
  */
-export function exitMarkerWrap(marker: string, argv: string[]): string[] {
-  return [
-    '/bin/sh',
-    '-c',
-    '"$@"; s=$?; printf \'\\n%s %d\\n\' "$0" "$s" >&2; exit "$s"',
-    marker,
-    ...argv,
-  ];
+export function exitMarkerWrap(marker: string, argv: string[], stdin: boolean): string[] {
+  const mark = 'printf \'\\n%s %d\\n\' "$0" "$s"';
+  const script = stdin
+    ? `"$@"; s=$?; ${mark}; ${mark} >&2; exit "$s"`
+    : `"$@" </dev/null; s=$?; ${mark}; ${mark} >&2; read -r ack; exit "$s"`;
+  return ['/bin/sh', '-c', script, marker, ...argv];
 }
+
+/** The client's word to a command run without stdin that both markers arrived (see exitMarkerWrap). */
+export const MARKERS_RECEIVED = Buffer.from([STDIN, 0x0a]);
 
 /**
  * The API server refused the exec (403): Juju's default role lacks `get` on `pods/exec`.
@@ -97,12 +105,13 @@ export class ChannelOutput extends RemoteOutput {
 }
 
 /**
- * Stderr, which ends with the exit marker (exitMarkerWrap): the last
+ * Stdout or stderr, which ends with the exit marker (exitMarkerWrap): the last
  * `holdBack` bytes received are held back until the status, when the marker
  * is taken off (takeExitMarker) and the rest is pushed.
  */
 export class MarkedOutput extends ChannelOutput {
   private tail: Buffer = Buffer.alloc(0);
+  private readonly ending: RegExp;
 
   constructor(
     private readonly marker: string,
@@ -111,6 +120,7 @@ export class MarkedOutput extends ChannelOutput {
     onAbandon: () => void,
   ) {
     super(onFull, onRead, onAbandon);
+    this.ending = new RegExp(`\n${marker} (\\d{1,3})\n$`);
   }
 
   /** "\n<marker> <0-255>\n" fits in this many bytes. */
@@ -129,11 +139,15 @@ export class MarkedOutput extends ChannelOutput {
 
   /** Strips `\n<marker> <code>\n` from the held-back end; returns the code, or null if absent. */
   takeExitMarker(): number | null {
-    const tail = this.tail.toString('latin1');
-    const match = new RegExp(`\n${this.marker} (\\d{1,3})\n$`).exec(tail);
+    const match = this.ending.exec(this.tail.toString('latin1'));
     if (!match) return null;
     this.tail = this.tail.subarray(0, match.index);
     return Number(match[1]);
+  }
+
+  /** The stream ends with the marker (so far): everything before it has arrived. */
+  get markerArrived(): boolean {
+    return this.ending.test(this.tail.toString('latin1'));
   }
 
   /** Pushes what is held back (the marker taken off, if it was there), then ends. */

@@ -6,8 +6,8 @@ import { RemoteProcess, type SettleHow } from '../remote-process';
 import type { ExecOptions } from '../workload';
 import {
   CLOSE,
-  ChannelOutput,
   KubernetesForbiddenError,
+  MARKERS_RECEIVED,
   MarkedOutput,
   STATUS,
   STDERR,
@@ -66,10 +66,13 @@ function toBuffer(data: WebSocket.RawData): Buffer {
  * CLOSE frame for stdin's EOF. The websocket is driven directly, not through
  * client-node's `Exec`, which ignores backpressure and a dropped connection.
  *
- * The command runs under `/bin/sh` (exitMarkerWrap), whose last words on stderr
- * are an end marker with the exit code, held back from the stderr stream and
- * checked against the status: a v5 API server says Success also when it merely
- * lost the kubelet, which would pass a truncated archive off as a whole one.
+ * The command runs under `/bin/sh` (exitMarkerWrap), whose last words on stdout
+ * and on stderr are an end marker with the exit code, held back from each stream
+ * and checked against the status: a v5 API server says Success also when it merely
+ * lost the kubelet, which would pass a truncated archive off as a whole one. A
+ * command without stdin is held at its end until both markers have arrived here
+ * (MARKERS_RECEIVED on stdin): the kubelet drops its connection once the command
+ * has exited, and output still queued in it then would be lost.
  *
  * kill() ends the command as far as this process is concerned: wait() resolves
  * as killed and the connection is dropped. Kubernetes has no signal for an
@@ -77,12 +80,14 @@ function toBuffer(data: WebSocket.RawData): Buffer {
  * or EOF on stdin (tar extracting one); a command that does neither runs on.
  */
 export class KubernetesExecProcess extends RemoteProcess<WebSocket> {
-  readonly stdout: ChannelOutput;
+  readonly stdout: MarkedOutput;
   readonly stderr: MarkedOutput;
   /** Names this run in its exit marker (see exitMarkerWrap). */
   private readonly marker = `synapse-backup-exit-${randomBytes(8).toString('hex')}`;
   private socket: WebSocket | null = null;
   private paused = false;
+  /** MARKERS_RECEIVED was sent (or is not needed: the command reads stdin to its EOF). */
+  private acknowledged: boolean;
   /** The handshake was answered with an HTTP error: its body, not the socket's error, says why. */
   private refusedHandshake = false;
 
@@ -98,16 +103,18 @@ export class KubernetesExecProcess extends RemoteProcess<WebSocket> {
       options.stdin ? { maxMessageBytes: MAX_STDIN_FRAME, splitChunks: true } : null,
     );
     const flow = [() => this.pause(), () => this.resumeIfWanted()] as const;
-    this.stdout = new ChannelOutput(...flow, () => this.abandon('stdout'));
+    this.acknowledged = Boolean(options.stdin);
+    this.stdout = new MarkedOutput(this.marker, ...flow, () => this.abandon('stdout'));
     this.stderr = new MarkedOutput(this.marker, ...flow, () => this.abandon('stderr'));
     this.connect().catch((err: Error) => this.settle(err));
   }
 
   private async connect(): Promise<void> {
     const query = new URLSearchParams();
-    for (const arg of exitMarkerWrap(this.marker, this.argv)) query.append('command', arg);
+    const stdin = Boolean(this.options.stdin);
+    for (const arg of exitMarkerWrap(this.marker, this.argv, stdin)) query.append('command', arg);
     query.set('container', this.target.container);
-    query.set('stdin', String(Boolean(this.options.stdin)));
+    query.set('stdin', 'true'); // without the caller's input, for MARKERS_RECEIVED
     query.set('stdout', 'true');
     query.set('stderr', 'true');
     query.set('tty', 'false');
@@ -157,9 +164,10 @@ export class KubernetesExecProcess extends RemoteProcess<WebSocket> {
     if (this.settled || !isBinary || frame.length === 0) return;
     const channel = frame[0];
     const data = frame.subarray(1);
-    if (channel === STDOUT) this.stdout.deliver(data);
-    else if (channel === STDERR) this.stderr.deliver(data);
-    else if (channel === STATUS) this.onStatus(data.toString('utf8'));
+    if (channel === STDOUT || channel === STDERR) {
+      (channel === STDOUT ? this.stdout : this.stderr).deliver(data);
+      this.acknowledgeIfComplete();
+    } else if (channel === STATUS) this.onStatus(data.toString('utf8'));
     else if (channel === CLOSE) {
       // The server ending an output stream early (v5); the status still follows.
       const closed = data[0];
@@ -168,10 +176,21 @@ export class KubernetesExecProcess extends RemoteProcess<WebSocket> {
     }
   }
 
+  /** Both markers are here: the command (run without stdin) may exit (see exitMarkerWrap). */
+  private acknowledgeIfComplete(): void {
+    if (this.acknowledged || !this.stdout.markerArrived || !this.stderr.markerArrived) return;
+    this.acknowledged = true;
+    const socket = this.socket;
+    // A closed socket ends the command's stdin all the same.
+    if (socket?.readyState === WebSocket.OPEN) socket.send(MARKERS_RECEIVED, { binary: true });
+  }
+
   /** The status frame is the last word: all output has arrived before it. */
   private onStatus(text: string): void {
     const status = parseStatus(text);
-    const marked = this.stderr.takeExitMarker();
+    const fromStdout = this.stdout.takeExitMarker();
+    const fromStderr = this.stderr.takeExitMarker();
+    const marked = fromStdout !== null && fromStdout === fromStderr ? fromStderr : null;
     if (status?.status === 'Success') {
       // An API server that translates v5 to SPDY reports Success when its connection
       // to the kubelet merely ended (a node gone, a kubelet restarted): only the
