@@ -425,38 +425,52 @@ describeWithPeers(['kube', 'minio', 'pebble'])(
         // 3.5 MB in Send-Q); the kernel discards them when that closed socket is reset (once
         // the API server writes to it again, e.g. its SPDY ping), and the API server then
         // reports Success. The command must not end before the client has its output.
+        // Whether the reset comes before that socket has emptied is a race (before the fix one
+        // command lost its tail in 10 of 17 runs), so three run at once (before the fix: all
+        // three lost 0.6 to 4.2 MB in each of 3 runs).
         const total = 64 * MiB;
         const dir = await tmpDir('kube-inflight');
-        const exited = path.join(dir.path, 'exited');
-        const proc = workload.exec({
-          command: [
-            'sh',
-            '-c',
-            'head -c "$1" /dev/zero && touch "$2"',
-            'sh',
-            String(total),
-            exited,
-          ],
-        });
-        proc.stderr.resume();
-        const exists = () =>
-          fsp.access(exited).then(
-            () => true,
-            () => false,
-          );
-        let n = 0;
-        // Read slowly (1 MiB per 100 ms) until the command has written all of its output ...
-        while (!proc.stdout.destroyed && !(await exists())) {
-          const chunk = proc.stdout.read(MiB) as Buffer | null;
-          if (chunk) n += chunk.length;
-          await sleep(100);
-        }
-        // ... then not at all for a while (11 s: failed 5 of 5 runs before; 0, 3 or 6 s did not).
-        await sleep(11_000);
-        const status = proc.wait().catch((e: unknown) => e);
-        for await (const chunk of proc.stdout) n += (chunk as Buffer).length;
-        expect(await status).toEqual({ exitCode: 0 });
-        expect(n).toBe(total);
+        const readSlowly = async (i: number) => {
+          const exited = path.join(dir.path, `exited-${i}`);
+          const proc = workload.exec({
+            command: [
+              'sh',
+              '-c',
+              'head -c "$1" /dev/zero && touch "$2"',
+              'sh',
+              String(total),
+              exited,
+            ],
+          });
+          proc.stderr.resume();
+          const status = proc.wait().catch((e: unknown) => e);
+          // Read slowly throughout (a pause of 100 ms after each MiB), like an upload to a slow
+          // S3, and not at all for a while (11 s) once the command has written all its output.
+          const chunks = proc.stdout[Symbol.asyncIterator]() as AsyncIterator<Buffer>;
+          let n = 0;
+          let stalled = false;
+          for (let mib = 0; ;) {
+            const next = await chunks.next().catch(() => null);
+            if (!next || next.done) break;
+            n += next.value.length;
+            if (Math.floor(n / MiB) === mib) continue;
+            mib = Math.floor(n / MiB);
+            await sleep(100);
+            if (
+              !stalled &&
+              (await fsp.access(exited).then(
+                () => true,
+                () => false,
+              ))
+            ) {
+              stalled = true;
+              await sleep(11_000);
+            }
+          }
+          return { status: await status, bytes: n };
+        };
+        const whole = { status: { exitCode: 0 }, bytes: total };
+        expect(await Promise.all([0, 1, 2].map(readSlowly))).toEqual([whole, whole, whole]);
       }, 60_000);
 
       test('a command killed by a signal in the workload reports 128+signal', async () => {
