@@ -172,14 +172,32 @@ export function removeKeysAndSetPhaseCommand(
 }
 
 /**
- * GNU tar extracting stdin into `dir`, which must exist. Without
+ * GNU tar extracting stdin into `dir`, which must exist; tar's status. Without
  * `--delay-directory-restore`: tar sets a directory's mode and mtime once it
  * has left the directory, which is right for archives in tar's own order (ours);
  * the option keeps every directory until the end and is quadratic in their
  * number (40,000 media directories here: 66 s with it, 15 s without, the same
  * modes and mtimes). An archive in another order can only fail the extraction
  * (a file under a read-only directory), before anything is swapped.
+ *
+ * While tar runs, a background loop flushes `dir`'s filesystem every
+ * FLUSH_EVERY_SECONDS (`sync -f`), so that the disk writes the restored files
+ * while the engine still decrypts, and the flush before the swap (syncCommand,
+ * which stays: it is what makes the swap safe) only has the tail left. The loop
+ * holds none of the command's streams, stops once tar's pid (the script execs
+ * tar) is gone, and stops for good where `sync -f` is missing (no whole-system
+ * sync every second).
  */
 export function tarExtractCommand(dir: string): string[] {
-  return ['tar', '--extract', '--file=-', '--numeric-owner', '--preserve-permissions', '-C', dir];
+  return sh(
+    [
+      'shell=$$',
+      `( while sleep ${FLUSH_EVERY_SECONDS} && kill -0 "$shell" 2>/dev/null; do sync -f -- "$1" || exit 0; done ) </dev/null >/dev/null 2>&1 &`,
+      'exec tar --extract --file=- --numeric-owner --preserve-permissions -C "$1"',
+    ],
+    dir,
+  );
 }
+
+/** How often tarExtractCommand's loop flushes the restored files while tar writes them. */
+export const FLUSH_EVERY_SECONDS = 1;
