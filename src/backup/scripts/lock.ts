@@ -9,6 +9,14 @@ import { LOCK_NAME, sh } from './common';
 export { LOCK_NAME };
 /** takeLockCommand's and takeOverLockCommand's status when another run holds the lock. */
 export const LOCK_HELD_EXIT = 75;
+/**
+ * takeOverLockCommand's status when a command the stale holder started in the
+ * workload still runs (its pid on stdout): the holder's engine is gone, its
+ * command is not.
+ */
+export const LOCK_RUNNING_EXIT = 76;
+/** `<lock>/run.<pid>`: a command run under the lock, by its pid in the workload. */
+export const RUN_FILE_PREFIX = 'run.';
 
 const LOCK_PATH = `lock="$1/${LOCK_NAME}"`;
 /** Prints `<seconds since the holder file was last touched> <holder line>`. */
@@ -43,15 +51,64 @@ export function takeLockCommand(dataDir: string, holder: string): string[] {
 }
 
 /**
+ * Runs `command` (argv) as a command of the lock's holder: records
+ * `<lock>/run.<its pid>` (two `cksum` lines: of this wrapper's /proc cmdline and
+ * of `command`'s argv, which it execs in the same process, so the pid and the
+ * process stay the same) and then execs it; the wrapper's status is the
+ * command's (127 when it is not found). Nothing is recorded when the lock dir is
+ * missing. The file goes with the lock (release, takeover). The pid is the
+ * workload's: its own pid namespace, whatever the transport.
+ */
+export function recordRunCommand(dataDir: string, command: readonly string[]): string[] {
+  return [
+    'sh',
+    '-c',
+    [
+      LOCK_PATH,
+      'shift',
+      `if [ -d "$lock" ]; then { cksum < /proc/$$/cmdline; printf '%s\\0' "$@" | cksum; } 2>/dev/null > "$lock/${RUN_FILE_PREFIX}$$" || :; fi`,
+      'exec "$@"',
+    ].join('\n'),
+    'synapse-backup-run',
+    dataDir,
+    ...command,
+  ];
+}
+
+/**
+ * sh lines: exits LOCK_RUNNING_EXIT printing the pid of a command recorded in
+ * $lock (recordRunCommand) that still runs: a live process (kill -0, or EPERM:
+ * its /proc entry) whose /proc cmdline's cksum is one recorded for that pid
+ * (a reused pid runs something else; a zombie's is empty). Without a readable
+ * cmdline a live pid counts as running. Dead ones are ignored.
+ */
+const REFUSE_LIVE_RUNS = [
+  `for r in "$lock"/${RUN_FILE_PREFIX}*; do`,
+  `  p=\${r##*/${RUN_FILE_PREFIX}}`,
+  "  case $p in ''|*[!0-9]*) continue ;; esac",
+  '  kill -0 "$p" 2>/dev/null || [ -d "/proc/$p" ] || continue',
+  '  if [ -r "/proc/$p/cmdline" ]; then',
+  '    sum=$(cksum < "/proc/$p/cmdline" 2>/dev/null) || continue',
+  '    grep -qxF -- "$sum" "$r" 2>/dev/null || continue',
+  '  fi',
+  '  echo "$p"',
+  `  exit ${LOCK_RUNNING_EXIT}`,
+  'done',
+];
+
+/**
  * Takes over a stale lock: only if its holder line is still `stale` ($2) (a
  * rename, so two takers cannot both win), then takes it for `holder` ($3).
- * LOCK_HELD_EXIT when the lock changed hands meanwhile.
+ * LOCK_HELD_EXIT when the lock changed hands meanwhile; LOCK_RUNNING_EXIT,
+ * printing its pid, when a command the stale holder started still runs (the
+ * lock is then left as it is). Dead commands' records go with the old lock.
  */
 export function takeOverLockCommand(dataDir: string, stale: string, holder: string): string[] {
   return sh(
     [
       LOCK_PATH,
-      '[ "$(cat -- "$lock/holder" 2>/dev/null)" = "$2" ] || exit 75',
+      `[ "$(cat -- "$lock/holder" 2>/dev/null)" = "$2" ] || exit ${LOCK_HELD_EXIT}`,
+      ...REFUSE_LIVE_RUNS,
       'mv -- "$lock" "$lock.stale.$$" 2>/dev/null || exit 75',
       'rm -rf -- "$lock.stale.$$"',
       'mkdir -m 0700 -- "$lock" 2>/dev/null || exit 75',
