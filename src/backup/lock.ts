@@ -38,6 +38,7 @@ interface Holder {
   host?: string;
   pid?: number;
   since?: string;
+  token?: string;
 }
 
 /**
@@ -53,12 +54,13 @@ export async function withDataDirLock<T>(
   operation: string,
   run: (locked: EngineContext) => Promise<T>,
 ): Promise<T> {
+  const token = randomBytes(6).toString('hex');
   const holder = JSON.stringify({
     operation,
     host: hostname(),
     pid: process.pid,
     since: new Date().toISOString(),
-    token: randomBytes(6).toString('hex'),
+    token,
   });
   await takeLock(ctx, holder);
   const beat = setInterval(() => {
@@ -68,7 +70,7 @@ export async function withDataDirLock<T>(
   }, LOCK_HEARTBEAT_MS);
   beat.unref();
   try {
-    return await run({ ...ctx, workload: new RecordingWorkload(ctx.workload, ctx.dataDir) });
+    return await run({ ...ctx, workload: new RecordingWorkload(ctx.workload, ctx.dataDir, token) });
   } finally {
     clearInterval(beat);
     // A lock left by a failed release goes stale and is taken over.
@@ -95,7 +97,7 @@ async function takeLock(ctx: EngineContext, holder: string): Promise<void> {
     const stale = staleReason(parseHolder(held), age);
     if (!stale) break;
     const over = await execCollect(ctx.workload, {
-      command: takeOverLockCommand(ctx.dataDir, held, holder),
+      command: takeOverLockCommand(ctx.dataDir, held, holder, parseHolder(held).token ?? ''),
     });
     if (over.exitCode === 0) {
       ctx.onNotice?.(
@@ -103,7 +105,7 @@ async function takeLock(ctx: EngineContext, holder: string): Promise<void> {
       );
       return;
     }
-    if (over.exitCode === LOCK_RUNNING_EXIT) throw stillRunning(ctx, held, over.stdout);
+    if (over.exitCode === LOCK_RUNNING_EXIT) throw stillRunning(ctx, held, stale, over.stdout);
     if (over.exitCode !== LOCK_HELD_EXIT) throw commandFailure(what, over.status, over.stderr);
   }
   throw new BackupError(
@@ -113,14 +115,22 @@ async function takeLock(ctx: EngineContext, holder: string): Promise<void> {
   );
 }
 
-/** `busy`: the stale holder's command `stdout` (its pid) still runs in the workload. */
-function stillRunning(ctx: EngineContext, held: string, stdout: string): BackupError {
-  const pid = Number(stdout.trim().split('\n')[0]);
-  const holder = describeHolder(parseHolder(held));
+/**
+ * `busy`: the lock `held` is stale (`stale` says why), but processes its holder
+ * started in the workload (`stdout`: their pids, space-separated) still run.
+ */
+function stillRunning(
+  ctx: EngineContext,
+  held: string,
+  stale: string,
+  stdout: string,
+): BackupError {
+  const pids = stdout.trim().split(/\s+/).map(Number).filter(Number.isInteger);
+  const which = `${pids.length === 1 ? 'process' : 'processes'} ${pids.join(', ')}`;
   return new BackupError(
     'busy',
-    `${ctx.dataDir} is in use by process ${pid} in the workload, a command that ${holder} started and that still runs after its run was stopped: the lock was not taken over, nothing was started`,
-    { remedy: { kind: 'stop-process', pid } },
+    `${ctx.dataDir} is in use by ${which} in the workload, started by ${describeHolder(parseHolder(held))}: its lock is stale (${stale}) but what it started still runs; the lock was not taken over, nothing was started`,
+    { remedy: { kind: 'stop-process', pids } },
   );
 }
 
@@ -135,6 +145,7 @@ class RecordingWorkload implements Workload {
   constructor(
     private readonly inner: Workload,
     private readonly dataDir: string,
+    private readonly token: string,
   ) {
     this.description = inner.description;
     if (inner.removeStale) this.removeStale = () => inner.removeStale!();
@@ -144,7 +155,7 @@ class RecordingWorkload implements Workload {
     if (!options.command[0]) return this.inner.exec(options);
     return this.inner.exec({
       ...options,
-      command: recordRunCommand(this.dataDir, options.command),
+      command: recordRunCommand(this.dataDir, this.token, options.command),
     });
   }
 

@@ -162,10 +162,10 @@ describe('remedies in the charm', () => {
       "pass --data-dir the directory that holds Synapse's homeserver.yaml",
     ],
     [
-      { kind: 'stop-process', pid: 4242 },
-      'wait for process 4242 to finish, or stop it with `juju ssh --container synapse <unit> kill 4242`, then run the action again',
-      'wait for process 4242 to finish, or stop it with `juju ssh --container synapse <unit> kill 4242`, then run the action again',
-      'wait for process 4242 to finish, or stop it with `kill 4242` where the workload runs (this host; with --pebble-socket, the container Pebble runs in), then run again',
+      { kind: 'stop-process', pids: [4242, 4250] },
+      'wait for them to finish, or stop them with `juju ssh --container synapse <unit> kill 4242 4250`, then run the action again',
+      'wait for them to finish, or stop them with `juju ssh --container synapse <unit> kill 4242 4250`, then run the action again',
+      'wait for them to finish, or stop them with `kill 4242 4250` where the workload runs (this host; with --pebble-socket, the container Pebble runs in), then run again',
     ],
   ])('%j: from config, from the relation, in the CLI', (remedy, config, fromRelation, cli) => {
     expect(charmRemedy(remedy)).toBe(config);
