@@ -10,7 +10,7 @@
  * A holder's engine may be gone (SIGKILL) while a command it started in the
  * workload still runs (the local transport's own process group, a Pebble or
  * Kubernetes exec): every command run under the lock records its pid in the
- * lock dir (scripts/lock.ts recordRunCommand), and a stale lock with a live one
+ * lock dir (scripts/lock.ts recordRunLauncher), and a stale lock with a live one
  * is not taken over (`busy`, naming it).
  */
 import { randomBytes } from 'node:crypto';
@@ -22,7 +22,7 @@ import type { EngineContext } from './context';
 import {
   LOCK_HELD_EXIT,
   LOCK_RUNNING_EXIT,
-  recordRunCommand,
+  recordRunLauncher,
   releaseLockCommand,
   takeLockCommand,
   takeOverLockCommand,
@@ -136,7 +136,7 @@ function stillRunning(
 
 /**
  * The workload of a run that holds the lock: each command is run through
- * recordRunCommand, so that its pid is in the lock dir while it may run.
+ * recordRunLauncher, so that its pid is in the lock dir while it may run.
  */
 class RecordingWorkload implements Workload {
   readonly description: string;
@@ -152,11 +152,7 @@ class RecordingWorkload implements Workload {
   }
 
   exec(options: ExecOptions) {
-    if (!options.command[0]) return this.inner.exec(options);
-    return this.inner.exec({
-      ...options,
-      command: recordRunCommand(this.dataDir, this.token, options.command),
-    });
+    return this.inner.exec({ ...options, launcher: recordRunLauncher(this.dataDir, this.token) });
   }
 
   stopServices(names: string[]) {

@@ -59,20 +59,16 @@ export function takeLockCommand(dataDir: string, holder: string): string[] {
 export const RUN_MARKER_ENV = 'SYNAPSE_BACKUP_RUN';
 
 /**
- * Runs `command` (argv) as a command of the holder whose token is `token`:
- * records `<lock>/run.<its pid>` (two `cksum` lines: of this wrapper's /proc
- * cmdline and of `command`'s argv, which it execs in the same process, so the
- * pid stays the same), sets RUN_MARKER_ENV to `token` and execs it; the
- * wrapper's status is the command's (127 when it is not found). Nothing is
- * recorded when the lock dir is missing. The file goes with the lock (release,
- * takeover). The pid is the workload's: its own pid namespace, whatever the
- * transport.
+ * The launcher (ExecOptions.launcher) of a command run under the lock of the
+ * holder whose token is `token`: records `<lock>/run.<its pid>` (two `cksum`
+ * lines: of this launcher's /proc cmdline and of the command's argv, which it
+ * execs in the same process, so the pid stays the same), sets RUN_MARKER_ENV to
+ * `token` and execs the command; its status is the command's (127 when it is
+ * not found). Nothing is recorded when the lock dir is missing. The file goes
+ * with the lock (release, takeover). The pid is the workload's: its own pid
+ * namespace, whatever the transport.
  */
-export function recordRunCommand(
-  dataDir: string,
-  token: string,
-  command: readonly string[],
-): string[] {
+export function recordRunLauncher(dataDir: string, token: string): string[] {
   return [
     'sh',
     '-c',
@@ -86,14 +82,13 @@ export function recordRunCommand(
     'synapse-backup-run',
     dataDir,
     token,
-    ...command,
   ];
 }
 
 /**
  * sh lines: exits LOCK_RUNNING_EXIT printing the pids (one line, ascending)
  * of what the stale holder (token $4) started that still runs:
- * - a command recorded in $lock (recordRunCommand) that is alive (kill -0, or
+ * - a command recorded in $lock (recordRunLauncher) that is alive (kill -0, or
  *   EPERM: its /proc entry) and whose /proc cmdline's cksum is one recorded for
  *   that pid (a reused pid runs something else; a zombie's is empty); without a
  *   readable cmdline a live pid counts;
