@@ -211,16 +211,21 @@ describeWithPeers(['minio', 'pebble'])('a killed run whose workload command goes
       expect(processesIn(data).length).toBeGreaterThan(0);
 
       // Refused: the killed run's lock is stale, its command is not. Named: every
-      // process of it (all blocked, so the same before and after).
+      // process of it that was there before and is still there after (Pebble may end
+      // the exec's first process meanwhile).
+      const earlier = processesIn(data);
       const refused = await cli(['restore', '--data-dir', data, '--id', 'base', ...flags]);
-      const running = processesIn(data);
-      expect(running.map((pid) => argvOf(pid)).filter((argv) => !blocked(argv))).toEqual([]);
-      expect(running.filter((pid) => argvOf(pid).includes(SNAPSHOT))).toHaveLength(1);
-      const kill = `kill ${running.join(' ')}`;
+      const later = processesIn(data);
+      expect(later.map((pid) => argvOf(pid)).filter((argv) => !blocked(argv))).toEqual([]);
+      expect(later.filter((pid) => argvOf(pid).includes(SNAPSHOT))).toHaveLength(1);
       expect(refused.code).toBe(1);
+      const named = /is in use by process(?:es)? ([\d, ]+) in the workload/.exec(refused.stderr);
+      const running = (named?.[1] ?? '').split(', ').map(Number);
+      expect(running.filter((pid) => !earlier.includes(pid))).toEqual([]);
+      expect(later.filter((pid) => !running.includes(pid))).toEqual([]);
       expect(refused.stderr).toMatch(
         new RegExp(
-          `^synapse-backup: error: ${data} is in use by process(es)? ${running.join(', ')} in the workload, started by create-backup killed \\(host ${hostname()}, pid ${killed.child.pid}, since [0-9T:.Z-]+\\): its lock is stale \\(its holder, pid ${killed.child.pid} on this host, is gone\\) but what it started still runs; the lock was not taken over, nothing was started; wait for (it|them) to finish, or stop (it|them) with \`${kill}\` where the workload runs \\(this host; with --pebble-socket, the container Pebble runs in\\), then run again\n$`,
+          `^synapse-backup: error: ${data} is in use by process(es)? ${running.join(', ')} in the workload, started by create-backup killed \\(host ${hostname()}, pid ${killed.child.pid}, since [0-9T:.Z-]+\\): its lock is stale \\(its holder, pid ${killed.child.pid} on this host, is gone\\) but what it started still runs; the lock was not taken over, nothing was started; wait for (it|them) to finish, or stop (it|them) with \`kill ${running.join(' ')}\` where the workload runs \\(this host; with --pebble-socket, the container Pebble runs in\\), then run again\n$`,
         ),
       );
       expect(await synapseFiles(data)).toEqual(before);
@@ -228,7 +233,7 @@ describeWithPeers(['minio', 'pebble'])('a killed run whose workload command goes
       expect(holder).toMatchObject({ operation: 'create-backup killed', pid: killed.child.pid });
 
       if (viaPebble) {
-        for (const pid of running) process.kill(pid, 'SIGTERM');
+        for (const pid of later) process.kill(pid, 'SIGTERM');
         await until('its processes are gone', () => processesIn(data).length === 0);
         await db.release();
       } else {
