@@ -72,6 +72,9 @@ export type Operation = 'list' | 'prune' | 'delete';
  *   (with allow-no-manifest) and take its files out by hand, or restore another backup;
  * - `data-dir`: the run looked in a directory that holds no Synapse data: point it
  *   at the one that holds homeserver.yaml;
+ * - `stop-process`: processes `pids` in the workload (started by a run whose engine
+ *   was killed) still work on the data dir: wait for them to end, or kill them, then
+ *   run again;
  * - `advice`: anything else, already neutral ("grow the data volume or free space").
  */
 export type Remedy =
@@ -82,6 +85,7 @@ export type Remedy =
   | { kind: 'stop-synapse'; service?: string; pidFile?: string; pid?: number }
   | { kind: 'decrypt'; id: string }
   | { kind: 'data-dir' }
+  | { kind: 'stop-process'; pids: number[] }
   | { kind: 'advice'; text: string };
 
 export interface BackupErrorOptions {

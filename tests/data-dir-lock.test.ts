@@ -2,9 +2,10 @@
  * Issue #13, case 3: one operation at a time per data dir. Create, restore and
  * prune's workload cleanup hold `<data dir>/.synapse-backup.lock`; another
  * run is refused naming the holder; a stale lock is taken over and said so.
- * In-memory store, this host's sh.
+ * In-memory store, this host's sh. Then a killed run's commands, still running.
  */
-import { promises as fsp } from 'node:fs';
+import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
+import { existsSync, promises as fsp, readFileSync } from 'node:fs';
 import { hostname } from 'node:os';
 import path from 'node:path';
 import type { Readable } from 'node:stream';
@@ -134,5 +135,105 @@ describe("the data dir's lock", () => {
     await expect(engine.create({ id: 'x' })).resolves.toMatchObject({ backupId: 'x' });
     expect(notices).toHaveLength(1);
     expect(notices[0]).toMatch(/: its holder has not refreshed it for 6\d\d s$/);
+  });
+});
+
+/**
+ * A killed run's commands (scripts/lock.ts recordRunCommand): `<lock>/run.<pid>`
+ * holds cksum lines of the command's /proc cmdline; its children carry
+ * SYNAPSE_BACKUP_RUN=<the holder's token>. A stale lock is not taken over while
+ * one of them runs.
+ */
+describe("the data dir's lock and a killed run's commands", () => {
+  const TOKEN = 'a1b2c3d4e5f6';
+  const gone = { operation: 'create-backup k', host: hostname(), pid: 2 ** 22 + 7, since: 'then' };
+  const children: ChildProcess[] = [];
+  afterEach(() => {
+    for (const child of children.splice(0)) child.kill('SIGKILL');
+  });
+
+  /** A stale lock of `gone` (its pid is no process) on a new data dir, with `runs` recorded. */
+  async function staleLock(runs: Record<number, string>): Promise<string> {
+    const data = await synapseDir();
+    await fsp.mkdir(path.join(data, LOCK));
+    await fsp.writeFile(
+      path.join(data, LOCK, 'holder'),
+      `${JSON.stringify({ ...gone, token: TOKEN })}\n`,
+    );
+    for (const [pid, sums] of Object.entries(runs)) {
+      await fsp.writeFile(path.join(data, LOCK, `run.${pid}`), sums);
+    }
+    return data;
+  }
+
+  /** A process of this test that sleeps until killed, and the cksum line of its cmdline. */
+  async function sleeper(env: NodeJS.ProcessEnv = {}): Promise<{ pid: number; sum: string }> {
+    const child = spawn('sleep', ['600'], { stdio: 'ignore', env: { ...process.env, ...env } });
+    children.push(child);
+    await new Promise((resolve) => child.once('spawn', resolve));
+    const pid = child.pid!;
+    // Until exec has replaced node's fork with sleep.
+    while ((await fsp.readFile(`/proc/${pid}/cmdline`, 'utf8')) !== 'sleep\x00600\x00') {
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    const sum = execFileSync('sh', ['-c', 'cksum < "/proc/$1/cmdline"', 'sh', String(pid)], {
+      encoding: 'utf8',
+    });
+    return { pid, sum };
+  }
+
+  const refusal = (data: string, pid: number) =>
+    `${data} is in use by process ${pid} in the workload, started by create-backup k (host ${hostname()}, pid ${gone.pid}, since then): its lock is stale (its holder, pid ${gone.pid} on this host, is gone) but what it started still runs; the lock was not taken over, nothing was started`;
+
+  test('a recorded command that still runs: refused naming it, nothing started; taken over once it is killed', async () => {
+    const live = await sleeper();
+    const data = await staleLock({ [live.pid]: `1 2\n${live.sum}` });
+    const store = new MemoryStore();
+    const notices: string[] = [];
+    const engine = engineOn(store, data, { onNotice: (m) => notices.push(m) });
+    await expect(engine.create({ id: 'during' })).rejects.toMatchObject({
+      code: 'busy',
+      message: refusal(data, live.pid),
+      remedy: { kind: 'stop-process', pids: [live.pid] },
+    });
+    expect(store.keys()).toEqual([]);
+    expect(notices).toEqual([]);
+    expect(JSON.parse(await fsp.readFile(path.join(data, LOCK, 'holder'), 'utf8'))).toMatchObject(
+      gone,
+    );
+
+    process.kill(live.pid, 'SIGKILL');
+    while (
+      existsSync(`/proc/${live.pid}/cmdline`) &&
+      readFileSync(`/proc/${live.pid}/cmdline`).length
+    ) {
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    await expect(engine.create({ id: 'after' })).resolves.toMatchObject({ backupId: 'after' });
+    expect(notices).toHaveLength(1);
+    expect(await exists(path.join(data, LOCK))).toBe(false);
+  });
+
+  test("a child of a killed command (the holder's token in its environment) is found when the command is gone", async () => {
+    const child = await sleeper({ SYNAPSE_BACKUP_RUN: TOKEN });
+    const data = await staleLock({ [gone.pid + 1]: 'x' });
+    await expect(engineOn(new MemoryStore(), data).create({ id: 'during' })).rejects.toMatchObject({
+      code: 'busy',
+      message: refusal(data, child.pid),
+    });
+  });
+
+  test('recorded pids that are dead, or reused by another program, do not block: taken over, said so', async () => {
+    const reused = await sleeper();
+    // Another run's token: not this holder's.
+    await sleeper({ SYNAPSE_BACKUP_RUN: 'another' });
+    const data = await staleLock({ [gone.pid + 1]: reused.sum, [reused.pid]: '1 2\n3 4\n' });
+    const notices: string[] = [];
+    const engine = engineOn(new MemoryStore(), data, { onNotice: (m) => notices.push(m) });
+    await expect(engine.create({ id: 'after' })).resolves.toMatchObject({ backupId: 'after' });
+    expect(notices).toEqual([
+      `took over the lock of ${data} from create-backup k (host ${hostname()}, pid ${gone.pid}, since then): its holder, pid ${gone.pid} on this host, is gone`,
+    ]);
+    expect(await exists(path.join(data, LOCK))).toBe(false);
   });
 });

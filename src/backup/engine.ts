@@ -85,8 +85,8 @@ export class BackupEngine {
    * Throws `busy` naming the holder while another run holds the data dir's lock.
    */
   create(request: CreateRequest = {}): Promise<CreateResult> {
-    return withDataDirLock(this.ctx, `create-backup ${request.id ?? '(default id)'}`, () =>
-      createBackup(this.ctx, request),
+    return withDataDirLock(this.ctx, `create-backup ${request.id ?? '(default id)'}`, (ctx) =>
+      createBackup(ctx, request),
     );
   }
 
@@ -104,8 +104,8 @@ export class BackupEngine {
    * Throws `busy` naming the holder while another run holds the data dir's lock.
    */
   restore(request: RestoreRequest): Promise<RestoreResult> {
-    return withDataDirLock(this.ctx, `restore-backup ${request.id}`, () =>
-      restoreBackup(this.ctx, request),
+    return withDataDirLock(this.ctx, `restore-backup ${request.id}`, (ctx) =>
+      restoreBackup(ctx, request),
     );
   }
 
@@ -119,9 +119,7 @@ export class BackupEngine {
     if (request.dryRun || request.workloadLeftovers === false) {
       return pruneBackups(this.ctx, policy, request);
     }
-    return withDataDirLock(this.ctx, 'prune-backups', () =>
-      pruneBackups(this.ctx, policy, request),
-    );
+    return withDataDirLock(this.ctx, 'prune-backups', (ctx) => pruneBackups(ctx, policy, request));
   }
 
   /** Writes the plain tar of a backup to `output` (recovery without Juju). */

@@ -6,14 +6,23 @@
  * LOCK_HEARTBEAT_MS. A lock is stale, and taken over (and said so through
  * `onNotice`), when its holder was a process of this host that is gone, or
  * when it has not been refreshed for LOCK_STALE_SECONDS.
+ *
+ * A holder's engine may be gone (SIGKILL) while a command it started in the
+ * workload still runs (the local transport's own process group, a Pebble or
+ * Kubernetes exec): every command run under the lock records its pid in the
+ * lock dir (scripts/lock.ts recordRunLauncher), and a stale lock with a live one
+ * is not taken over (`busy`, naming it).
  */
 import { randomBytes } from 'node:crypto';
 import { hostname } from 'node:os';
 import { BackupError } from '../errors';
 import { commandFailure, execCollect, runCommand } from '../workload/command';
+import type { ExecOptions, Workload } from '../workload/workload';
 import type { EngineContext } from './context';
 import {
   LOCK_HELD_EXIT,
+  LOCK_RUNNING_EXIT,
+  recordRunLauncher,
   releaseLockCommand,
   takeLockCommand,
   takeOverLockCommand,
@@ -29,24 +38,29 @@ interface Holder {
   host?: string;
   pid?: number;
   since?: string;
+  token?: string;
 }
 
 /**
  * Runs `run` holding the data dir's lock for `operation` (e.g. "create-backup
- * 20261129120000"). Throws `busy` naming the holder when another live run has
- * it, or the workload's errors; the lock is released whatever `run` does.
+ * 20261129120000"), with a context whose workload records each command it runs
+ * in the lock dir (see the module's docstring). Throws `busy` naming the holder
+ * when another live run has it, or naming the process when a command of a gone
+ * holder still runs in the workload, or the workload's errors; the lock is
+ * released whatever `run` does.
  */
 export async function withDataDirLock<T>(
   ctx: EngineContext,
   operation: string,
-  run: () => Promise<T>,
+  run: (locked: EngineContext) => Promise<T>,
 ): Promise<T> {
+  const token = randomBytes(6).toString('hex');
   const holder = JSON.stringify({
     operation,
     host: hostname(),
     pid: process.pid,
     since: new Date().toISOString(),
-    token: randomBytes(6).toString('hex'),
+    token,
   });
   await takeLock(ctx, holder);
   const beat = setInterval(() => {
@@ -56,7 +70,7 @@ export async function withDataDirLock<T>(
   }, LOCK_HEARTBEAT_MS);
   beat.unref();
   try {
-    return await run();
+    return await run({ ...ctx, workload: new RecordingWorkload(ctx.workload, ctx.dataDir, token) });
   } finally {
     clearInterval(beat);
     // A lock left by a failed release goes stale and is taken over.
@@ -83,7 +97,7 @@ async function takeLock(ctx: EngineContext, holder: string): Promise<void> {
     const stale = staleReason(parseHolder(held), age);
     if (!stale) break;
     const over = await execCollect(ctx.workload, {
-      command: takeOverLockCommand(ctx.dataDir, held, holder),
+      command: takeOverLockCommand(ctx.dataDir, held, holder, parseHolder(held).token ?? ''),
     });
     if (over.exitCode === 0) {
       ctx.onNotice?.(
@@ -91,6 +105,7 @@ async function takeLock(ctx: EngineContext, holder: string): Promise<void> {
       );
       return;
     }
+    if (over.exitCode === LOCK_RUNNING_EXIT) throw stillRunning(ctx, held, stale, over.stdout);
     if (over.exitCode !== LOCK_HELD_EXIT) throw commandFailure(what, over.status, over.stderr);
   }
   throw new BackupError(
@@ -98,6 +113,59 @@ async function takeLock(ctx: EngineContext, holder: string): Promise<void> {
     `${ctx.dataDir} is in use by ${describeHolder(parseHolder(held))}: one operation at a time`,
     { remedy: { kind: 'advice', text: 'wait for it to finish, then retry' } },
   );
+}
+
+/**
+ * `busy`: the lock `held` is stale (`stale` says why), but processes its holder
+ * started in the workload (`stdout`: their pids, space-separated) still run.
+ */
+function stillRunning(
+  ctx: EngineContext,
+  held: string,
+  stale: string,
+  stdout: string,
+): BackupError {
+  const pids = stdout.trim().split(/\s+/).map(Number).filter(Number.isInteger);
+  const which = `${pids.length === 1 ? 'process' : 'processes'} ${pids.join(', ')}`;
+  return new BackupError(
+    'busy',
+    `${ctx.dataDir} is in use by ${which} in the workload, started by ${describeHolder(parseHolder(held))}: its lock is stale (${stale}) but what it started still runs; the lock was not taken over, nothing was started`,
+    { remedy: { kind: 'stop-process', pids } },
+  );
+}
+
+/**
+ * The workload of a run that holds the lock: each command is run through
+ * recordRunLauncher, so that its pid is in the lock dir while it may run.
+ */
+class RecordingWorkload implements Workload {
+  readonly description: string;
+  readonly removeStale?: () => Promise<string[]>;
+
+  constructor(
+    private readonly inner: Workload,
+    private readonly dataDir: string,
+    private readonly token: string,
+  ) {
+    this.description = inner.description;
+    if (inner.removeStale) this.removeStale = () => inner.removeStale!();
+  }
+
+  exec(options: ExecOptions) {
+    return this.inner.exec({ ...options, launcher: recordRunLauncher(this.dataDir, this.token) });
+  }
+
+  stopServices(names: string[]) {
+    return this.inner.stopServices(names);
+  }
+
+  startServices(names: string[]) {
+    return this.inner.startServices(names);
+  }
+
+  serviceStatus(names: string[]) {
+    return this.inner.serviceStatus(names);
+  }
 }
 
 function parseHolder(line: string): Holder {

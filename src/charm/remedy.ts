@@ -86,6 +86,10 @@ export function charmRemedy(remedy: Remedy, source: SettingsSource = CONFIG): st
       return `restore another backup (list-backups), or take this one's files out by hand with the synapse-backup CLI: synapse-backup decrypt --id ${remedy.id} --allow-no-manifest > ${remedy.id}.tar`;
     case 'data-dir':
       return 'the charm writes homeserver.yaml once server-name is set and the synapse container is up (see the unit status); to bring a server back from a backup, run restore-backup';
+    case 'stop-process': {
+      const them = remedy.pids.length === 1 ? 'it' : 'them';
+      return `wait for ${them} to finish, or stop ${them} with \`juju ssh --container synapse <unit> kill ${remedy.pids.join(' ')}\`, then run the action again`;
+    }
     case 'advice':
       return remedy.text;
   }

@@ -5,7 +5,13 @@ import type WebSocket from 'ws';
 import { BackupError, errorMessage } from '../errors';
 import { runCommand } from './command';
 import { type ExecTarget, KubernetesExecProcess } from './kubernetes/exec';
-import type { ExecOptions, ExecProcess, ServiceStatus, Workload } from './workload';
+import {
+  type ExecOptions,
+  type ExecProcess,
+  type ServiceStatus,
+  type Workload,
+  launchedCommand,
+} from './workload';
 
 export { KubernetesForbiddenError } from './kubernetes/exec';
 
@@ -203,7 +209,7 @@ function inClusterConfig(rootDir?: string): KubeConfig {
  * and the working directory with `sh -c 'cd …'`.
  */
 export function wrapCommand(options: ExecOptions): string[] {
-  let argv = options.command;
+  let argv = launchedCommand(options);
   const env = Object.entries(options.environment ?? {});
   for (const [name] of env) {
     if (!ENV_NAME.test(name)) {

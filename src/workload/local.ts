@@ -2,7 +2,14 @@ import { spawn } from 'node:child_process';
 import type { Readable } from 'node:stream';
 import { BackupError } from '../errors';
 import { minimalEnvironment } from './environment';
-import type { ExecOptions, ExecProcess, ExitStatus, ServiceStatus, Workload } from './workload';
+import {
+  type ExecOptions,
+  type ExecProcess,
+  type ExitStatus,
+  type ServiceStatus,
+  type Workload,
+  launchedCommand,
+} from './workload';
 
 /** Process groups of the commands running now (their leaders' pids). */
 const liveGroups = new Set<number>();
@@ -38,8 +45,8 @@ export class LocalWorkload implements Workload {
   readonly description = 'local host';
 
   exec(options: ExecOptions): ExecProcess {
-    const [file, ...args] = options.command;
-    if (!file) throw new BackupError('workload', 'empty command');
+    if (!options.command[0]) throw new BackupError('workload', 'empty command');
+    const [file, ...args] = launchedCommand(options) as [string, ...string[]];
     const child = spawn(file, args, {
       cwd: options.workingDir,
       // Never process.env: the CLI holds the passphrase and S3 secret key there.
@@ -51,7 +58,11 @@ export class LocalWorkload implements Workload {
     if (pid !== undefined) liveGroups.add(pid);
     const exited = new Promise<ExitStatus>((resolve, reject) => {
       child.once('error', (err) =>
-        reject(new BackupError('workload', `cannot run ${file}: ${err.message}`, { cause: err })),
+        reject(
+          new BackupError('workload', `cannot run ${options.command[0]}: ${err.message}`, {
+            cause: err,
+          }),
+        ),
       );
       child.once('close', (code, signal) =>
         resolve({ exitCode: code, signal: signal ?? undefined }),

@@ -13,6 +13,18 @@ export interface ExecOptions {
   directStdout?: boolean;
   /** Bulk input: the same for stdin (with `stdin: true`). */
   directStdin?: boolean;
+  /**
+   * argv the transport runs `command` through, its words before the command's: a
+   * program that execs the command in its own process (the same pid), such as
+   * the data dir lock's recorder (src/backup/scripts/lock.ts). `command` stays
+   * the command's own (its name in messages).
+   */
+  launcher?: readonly string[];
+}
+
+/** What the transport runs: `launcher` (if any), then `command`. */
+export function launchedCommand(options: ExecOptions): string[] {
+  return [...(options.launcher ?? []), ...options.command];
 }
 
 export interface ExitStatus {

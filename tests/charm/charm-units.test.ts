@@ -161,6 +161,12 @@ describe('remedies in the charm', () => {
       'the charm writes homeserver.yaml once server-name is set and the synapse container is up (see the unit status); to bring a server back from a backup, run restore-backup',
       "pass --data-dir the directory that holds Synapse's homeserver.yaml",
     ],
+    [
+      { kind: 'stop-process', pids: [4242, 4250] },
+      'wait for them to finish, or stop them with `juju ssh --container synapse <unit> kill 4242 4250`, then run the action again',
+      'wait for them to finish, or stop them with `juju ssh --container synapse <unit> kill 4242 4250`, then run the action again',
+      'wait for them to finish, or stop them with `kill 4242 4250` where the workload runs (this host; with --pebble-socket, the container Pebble runs in), then run again',
+    ],
   ])('%j: from config, from the relation, in the CLI', (remedy, config, fromRelation, cli) => {
     expect(charmRemedy(remedy)).toBe(config);
     expect(charmRemedy(remedy, { kind: 'config' })).toBe(config);

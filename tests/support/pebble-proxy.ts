@@ -13,8 +13,20 @@
 import * as http from 'node:http';
 import * as net from 'node:net';
 
+/**
+ * `argv` without the launcher of a command run under the data dir's lock
+ * (src/backup/scripts/lock.ts recordRunLauncher: sh -c SCRIPT synapse-backup-run
+ * DATA_DIR TOKEN, then the command).
+ */
+export function withoutLauncher(argv: string[]): string[] {
+  return argv[0] === 'sh' && argv[3] === 'synapse-backup-run' ? argv.slice(6) : argv;
+}
+
 export interface ExecRecord {
+  /** The command as the engine asked for it: without the data dir lock's launcher. */
   command: string[];
+  /** What Pebble was asked to run: the launcher (if any), then the command. */
+  launched: string[];
   environment?: Record<string, string>;
   workingDir?: string;
   /** The request body as sent. */
@@ -190,7 +202,8 @@ export async function startPebbleProxy(
           'working-dir'?: string;
         };
         exec = {
-          command: parsed.command,
+          command: withoutLauncher(parsed.command),
+          launched: parsed.command,
           environment: parsed.environment,
           workingDir: parsed['working-dir'],
           body: body.toString(),

@@ -58,7 +58,10 @@
  *
  * lock.ts (lock.ts in the engine: one operation at a time per data dir)
  * - takeLockCommand: 0 when taken; 75 (LOCK_HELD_EXIT) printing the holder.
- * - takeOverLockCommand: 0 when a stale lock was taken over; 75 when it changed hands.
+ * - takeOverLockCommand: 0 when a stale lock was taken over; 75 when it changed hands;
+ *   76 (LOCK_RUNNING_EXIT) printing the pid of a command of the stale holder that still runs.
+ * - recordRunLauncher: the launcher of a command under the lock (its pid recorded in
+ *   the lock dir, the holder's token in its environment); the command's status.
  * - touchLockCommand: the holder's heartbeat; 1 when the lock is not its own.
  * - releaseLockCommand: removes the lock if it is still the holder's; always 0.
  */
@@ -100,6 +103,9 @@ export {
 export {
   LOCK_HELD_EXIT,
   LOCK_NAME,
+  LOCK_RUNNING_EXIT,
+  RUN_FILE_PREFIX,
+  recordRunLauncher,
   releaseLockCommand,
   takeLockCommand,
   takeOverLockCommand,

@@ -1,7 +1,7 @@
 import { BackupError } from '../../errors';
 import { KILLED, RemoteOutput, RemoteProcess, type SettleHow } from '../remote-process';
 import { deferred } from '../settling';
-import type { ExecOptions, ExitStatus } from '../workload';
+import { type ExecOptions, type ExitStatus, launchedCommand } from '../workload';
 import type { PebbleChange, PebbleClient } from './client';
 import { UnixWebSocket } from './websocket';
 
@@ -114,7 +114,8 @@ export class PebbleExecProcess extends RemoteProcess<UnixWebSocket> {
   }
 
   private async run(): Promise<ExitStatus> {
-    const { command, environment, workingDir } = this.options;
+    const { environment, workingDir } = this.options;
+    const command = launchedCommand(this.options);
     const { changeId, result } = await this.client.async<{ 'task-id': string }>(
       'POST',
       '/v1/exec',
