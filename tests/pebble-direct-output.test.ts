@@ -10,6 +10,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { readdirSync, readFileSync, symlinkSync } from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
+import { recordRunLauncher } from '../src/backup/scripts';
 import { PebbleWorkload } from '../src/workload/pebble';
 import type { ExecProcess, Workload } from '../src/workload/workload';
 import { minioEngine } from './support/engines';
@@ -213,6 +214,38 @@ describeWithPeers(['minio', 'pebble'])('Pebble direct output', () => {
         expect.stringMatching(/Pebble refused POST \/v1\/exec \(400\): .*python3/),
       ]);
       expect(leftovers(shared)).toEqual([]);
+    } finally {
+      await bare.stop();
+    }
+  });
+
+  test("no python3, under the data dir lock's launcher: still refused by Pebble, still relayed", async () => {
+    // The launcher (sh) runs behind the wrapper, not in front of it: Pebble is asked for
+    // python3 itself, refuses, and the relay runs the launcher and the command.
+    const bin = await tmpDir('direct-no-python-launcher');
+    symlinkSync('/bin/sh', path.join(bin.path, 'sh'));
+    const bare = await startPebble({ path: bin.path });
+    try {
+      const reasons: string[] = [];
+      const w = new PebbleWorkload({
+        socketPath: bare.socketPath,
+        sharedDir: { local: shared, workload: shared },
+        onDirectStreamUnavailable: (reason) => reasons.push(reason),
+      });
+      const proc = w.exec({
+        command: ['sh', '-c', script],
+        environment: { MARK: 'launched' },
+        launcher: recordRunLauncher(shared, 'launcher-test-token'),
+        directStdout: true,
+      });
+      expect(await relayed(proc)).toEqual({
+        out: 'launched',
+        err: 'to stderr',
+        status: { exitCode: 4 },
+      });
+      expect(reasons).toEqual([
+        expect.stringMatching(/Pebble refused POST \/v1\/exec \(400\): .*python3/),
+      ]);
     } finally {
       await bare.stop();
     }

@@ -9,6 +9,7 @@ import { spawnSync } from 'node:child_process';
 import { promises as fsp, readFileSync, readdirSync } from 'node:fs';
 import path from 'node:path';
 import { tarExtractCommand } from '../src/backup/scripts';
+import { RUN_MARKER_ENV } from '../src/backup/scripts/lock';
 import { PebbleWorkload } from '../src/workload/pebble';
 import type { ExecProcess } from '../src/workload/workload';
 import { readAll } from './support/streams';
@@ -42,6 +43,22 @@ function processesNaming(dir: string): number[] {
       const stat = readFileSync(`/proc/${entry}/stat`, 'utf8');
       const state = stat.slice(stat.lastIndexOf(')') + 2)[0];
       if (state !== 'Z' && cmdline.split('\0').includes(dir)) found.push(Number(entry));
+    } catch {
+      // gone meanwhile
+    }
+  }
+  return found;
+}
+
+/** Command lines (NUL-separated) of live processes whose environment holds `entry`. */
+function processesWithEnvironment(entry: string): string[] {
+  const found: string[] = [];
+  for (const pid of readdirSync('/proc')) {
+    if (!/^\d+$/.test(pid)) continue;
+    try {
+      if (readFileSync(`/proc/${pid}/environ`, 'utf8').split('\0').includes(entry)) {
+        found.push(readFileSync(`/proc/${pid}/cmdline`, 'utf8'));
+      }
     } catch {
       // gone meanwhile
     }
@@ -85,9 +102,13 @@ describeWithPeers(['pebble'])('the restore flushes while tar extracts', () => {
   });
 
   /** Starts the extraction into a new dir and writes the archive's first half. */
-  async function startExtraction(archive: Buffer) {
+  async function startExtraction(archive: Buffer, environment?: Record<string, string>) {
     const dir = (await tmpDir('flush-dst')).path;
-    const proc: ExecProcess = workload.exec({ command: tarExtractCommand(dir), stdin: true });
+    const proc: ExecProcess = workload.exec({
+      command: tarExtractCommand(dir),
+      stdin: true,
+      environment,
+    });
     const stderr = readAll(proc.stderr);
     proc.stdin!.write(archive.subarray(0, archive.length / 2));
     return { dir, proc, stderr };
@@ -95,13 +116,19 @@ describeWithPeers(['pebble'])('the restore flushes while tar extracts', () => {
 
   test("flushes the target's filesystem while tar still reads, and the loop ends with tar", async () => {
     const archive = await archiveOf(1 << 20);
-    const { dir, proc, stderr } = await startExtraction(archive);
+    // The data dir lock's run marker, as its launcher sets it (src/backup/scripts/lock.ts).
+    const marker = `${RUN_MARKER_ENV}=flush-test-${process.pid}`;
+    const { dir, proc, stderr } = await startExtraction(archive, {
+      [RUN_MARKER_ENV]: marker.split('=')[1]!,
+    });
     // tar waits for the rest of the archive: the flush must come meanwhile.
     const calls = await until('a flush during the extraction', async () => {
       const c = await syncCalls(log);
       return c.length > 0 ? c : undefined;
     });
     expect(calls[0]).toMatch(new RegExp(` -f -- ${dir}$`));
+    // Only tar carries the marker: a takeover after a killed restore waits for it alone.
+    expect(processesWithEnvironment(marker).map((c) => c.split('\0')[0])).toEqual(['tar']);
     proc.stdin!.end(archive.subarray(archive.length / 2));
     const status = await proc.wait();
     expect({ status: status.exitCode, stderr: (await stderr).toString() }).toEqual({

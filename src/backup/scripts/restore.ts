@@ -1,7 +1,7 @@
 /** The restore's scripts: free space, staging, extraction, the swap and its rollback, one-time keys. */
 import { JOURNAL_NAME, PREVIOUS_PREFIX, REMOVE_LEFTOVERS, STAGING_PREFIX, sh } from './common';
 import { SET_PHASE_FUNCTION, type SwapPhase } from './journal';
-import { LOCK_NAME } from './lock';
+import { LOCK_NAME, RUN_MARKER_ENV } from './lock';
 
 /** The line freeSpaceCommand prints instead of a number when the data dir does not exist. */
 export const NO_DATA_DIR = 'no-data-dir';
@@ -185,14 +185,16 @@ export function removeKeysAndSetPhaseCommand(
  * while the engine still decrypts, and the flush before the swap (syncCommand,
  * which stays: it is what makes the swap safe) only has the tail left. The loop
  * holds none of the command's streams, stops once tar's pid (the script execs
- * tar) is gone, and stops for good where `sync -f` is missing (no whole-system
- * sync every second).
+ * tar) is gone, and stops for good where `sync -f` fails (BusyBox built without
+ * its sync options ignores them and syncs everything, which only costs time). It
+ * does not carry the data dir lock's run marker (RUN_MARKER_ENV): after a killed
+ * restore, the next run waits for tar, not for the flushes.
  */
 export function tarExtractCommand(dir: string): string[] {
   return sh(
     [
-      'shell=$$',
-      `( while sleep ${FLUSH_EVERY_SECONDS} && kill -0 "$shell" 2>/dev/null; do sync -f -- "$1" || exit 0; done ) </dev/null >/dev/null 2>&1 &`,
+      // Its own sh, without the lock's run marker: a takeover waits for tar, not for it.
+      `${RUN_MARKER_ENV}= sh -c 'while sleep ${FLUSH_EVERY_SECONDS} && kill -0 "$2" 2>/dev/null; do sync -f -- "$1" || exit 0; done' synapse-backup-flush "$1" "$$" </dev/null >/dev/null 2>&1 &`,
       'exec tar --extract --file=- --numeric-owner --preserve-permissions -C "$1"',
     ],
     dir,

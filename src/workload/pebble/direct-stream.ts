@@ -6,7 +6,7 @@ import { PassThrough, Readable } from 'node:stream';
 import { BackupError, errorMessage } from '../../errors';
 import { KILLED } from '../remote-process';
 import { deferred, destroyQuietly } from '../settling';
-import type { ExecOptions, ExecProcess, ExitStatus } from '../workload';
+import { type ExecOptions, type ExecProcess, type ExitStatus, launchedCommand } from '../workload';
 import { PebbleRefusedError, type PebbleClient } from './client';
 import { PebbleExecProcess } from './exec';
 import {
@@ -127,13 +127,16 @@ export class DirectStreamProcess implements ExecProcess {
       client,
       {
         ...options,
+        // The launcher (if any) behind the wrapper: Pebble is asked for python3 itself, so a
+        // workload without it refuses the exec and the relay takes over (the launcher is sh).
         command: [
           'python3',
           '-c',
           connectAndExec(this.stream),
           this.workloadPath,
-          ...options.command,
+          ...launchedCommand(options),
         ],
+        launcher: undefined,
         environment: { ...options.environment, [TOKEN_ENV]: this.token.toString('hex') },
         stdin: false,
       },
