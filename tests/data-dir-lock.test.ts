@@ -182,8 +182,9 @@ describe("the data dir's lock and a killed run's commands", () => {
     return { pid, sum };
   }
 
+  /** The refusal, naming `pid` by its /proc comm as the takeover script reads it. */
   const refusal = (data: string, pid: number) =>
-    `${data} is in use by process ${pid} in the workload, started by create-backup k (host ${hostname()}, pid ${gone.pid}, since then): its lock is stale (its holder, pid ${gone.pid} on this host, is gone) but what it started still runs; the lock was not taken over, nothing was started`;
+    `${data} is in use by process ${pid} (${readFileSync(`/proc/${pid}/comm`, 'utf8').trim()}) in the workload, started by create-backup k (host ${hostname()}, pid ${gone.pid}, since then): its lock is stale (its holder, pid ${gone.pid} on this host, is gone) but what it started still runs; the lock was not taken over, nothing was started`;
 
   test('a recorded command that still runs: refused naming it, nothing started; taken over once it is killed', async () => {
     const live = await sleeper();

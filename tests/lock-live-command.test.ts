@@ -219,13 +219,18 @@ describeWithPeers(['minio', 'pebble'])('a killed run whose workload command goes
       expect(later.map((pid) => argvOf(pid)).filter((argv) => !blocked(argv))).toEqual([]);
       expect(later.filter((pid) => argvOf(pid).includes(SNAPSHOT))).toHaveLength(1);
       expect(refused.code).toBe(1);
-      const named = /is in use by process(?:es)? ([\d, ]+) in the workload/.exec(refused.stderr);
-      const running = (named?.[1] ?? '').split(', ').map(Number);
+      // "<pid> (<its /proc comm>)", comma-separated.
+      const named = /is in use by process(?:es)? (.+?) in the workload/.exec(refused.stderr);
+      const pairs = [...(named?.[1] ?? '').matchAll(/(\d+) \(([^)]*)\)/g)];
+      const running = pairs.map((m) => Number(m[1]));
+      const listed = pairs.map(
+        (m) => `${m[1]} \\(${m[2]!.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}\\)`,
+      );
       expect(running.filter((pid) => !earlier.includes(pid))).toEqual([]);
       expect(later.filter((pid) => !running.includes(pid))).toEqual([]);
       expect(refused.stderr).toMatch(
         new RegExp(
-          `^synapse-backup: error: ${data} is in use by process(es)? ${running.join(', ')} in the workload, started by create-backup killed \\(host ${hostname()}, pid ${killed.child.pid}, since [0-9T:.Z-]+\\): its lock is stale \\(its holder, pid ${killed.child.pid} on this host, is gone\\) but what it started still runs; the lock was not taken over, nothing was started; wait for (it|them) to finish, or stop (it|them) with \`kill ${running.join(' ')}\` where the workload runs \\(this host; with --pebble-socket, the container Pebble runs in\\), then run again\n$`,
+          `^synapse-backup: error: ${data} is in use by process(es)? ${listed.join(', ')} in the workload, started by create-backup killed \\(host ${hostname()}, pid ${killed.child.pid}, since [0-9T:.Z-]+\\): its lock is stale \\(its holder, pid ${killed.child.pid} on this host, is gone\\) but what it started still runs; the lock was not taken over, nothing was started; wait for (it|them) to finish, or stop (it|them) with \`kill ${running.join(' ')}\` where the workload runs \\(this host; with --pebble-socket, the container Pebble runs in\\), then run again\n$`,
         ),
       );
       expect(await synapseFiles(data)).toEqual(before);

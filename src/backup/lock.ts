@@ -117,7 +117,7 @@ async function takeLock(ctx: EngineContext, holder: string): Promise<void> {
 
 /**
  * `busy`: the lock `held` is stale (`stale` says why), but processes its holder
- * started in the workload (`stdout`: their pids, space-separated) still run.
+ * started in the workload (`stdout`: `<pid> <command name>` lines) still run.
  */
 function stillRunning(
   ctx: EngineContext,
@@ -125,8 +125,14 @@ function stillRunning(
   stale: string,
   stdout: string,
 ): BackupError {
-  const pids = stdout.trim().split(/\s+/).map(Number).filter(Number.isInteger);
-  const which = `${pids.length === 1 ? 'process' : 'processes'} ${pids.join(', ')}`;
+  const running = stdout
+    .split('\n')
+    .map((line) => /^(\d+) (.*)$/.exec(line))
+    .filter((m): m is RegExpExecArray => m !== null)
+    .map((m) => ({ pid: Number(m[1]), name: m[2]!.trim() || '?' }));
+  const pids = running.map((r) => r.pid);
+  const named = running.map((r) => `${r.pid} (${r.name})`).join(', ');
+  const which = `${pids.length === 1 ? 'process' : 'processes'} ${named}`;
   return new BackupError(
     'busy',
     `${ctx.dataDir} is in use by ${which} in the workload, started by ${describeHolder(parseHolder(held))}: its lock is stale (${stale}) but what it started still runs; the lock was not taken over, nothing was started`,

@@ -86,8 +86,8 @@ export function recordRunLauncher(dataDir: string, token: string): string[] {
 }
 
 /**
- * sh lines: exits LOCK_RUNNING_EXIT printing the pids (one line, ascending)
- * of what the stale holder (token $4) started that still runs:
+ * sh lines: exits LOCK_RUNNING_EXIT printing `<pid> <its /proc comm>` lines
+ * (ascending pids) of what the stale holder (token $4) started that still runs:
  * - a command recorded in $lock (recordRunLauncher) that is alive (kill -0, or
  *   EPERM: its /proc entry) and whose /proc cmdline's cksum is one recorded for
  *   that pid (a reused pid runs something else; a zombie's is empty); without a
@@ -116,7 +116,7 @@ const REFUSE_LIVE_RUNS = [
   '  done',
   'fi',
   'if [ -n "$live" ]; then',
-  `  printf '%s\\n' $live | sort -un | tr '\\n' ' '`,
+  `  for p in $(printf '%s\\n' $live | sort -un); do printf '%s %s\\n' "$p" "$(cat "/proc/$p/comm" 2>/dev/null || echo '?')"; done`,
   `  exit ${LOCK_RUNNING_EXIT}`,
   'fi',
 ];
