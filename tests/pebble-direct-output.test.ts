@@ -188,9 +188,15 @@ describeWithPeers(['minio', 'pebble'])('Pebble direct output', () => {
     ]);
   });
 
-  test('no python3 in the workload: Pebble refuses the wrapper, and the relay runs the command', async () => {
-    // Pebble looks commands up on its own PATH: one with a shell and no python3.
-    const bin = await tmpDir('direct-no-python');
+  /**
+   * Runs `run` against a Pebble whose PATH has a shell and no python3 (Pebble looks
+   * commands up on its own PATH), with the reasons the direct stream was unavailable.
+   */
+  async function withoutPython(
+    name: string,
+    run: (w: PebbleWorkload, reasons: string[]) => Promise<void>,
+  ): Promise<void> {
+    const bin = await tmpDir(name);
     symlinkSync('/bin/sh', path.join(bin.path, 'sh'));
     const bare = await startPebble({ path: bin.path });
     try {
@@ -200,6 +206,15 @@ describeWithPeers(['minio', 'pebble'])('Pebble direct output', () => {
         sharedDir: { local: shared, workload: shared },
         onDirectStreamUnavailable: (reason) => reasons.push(reason),
       });
+      await run(w, reasons);
+    } finally {
+      await bare.stop();
+    }
+  }
+  const refusedPython = /Pebble refused POST \/v1\/exec \(400\): .*python3/;
+
+  test('no python3 in the workload: Pebble refuses the wrapper, and the relay runs the command', async () => {
+    await withoutPython('direct-no-python', async (w, reasons) => {
       const proc = w.exec({
         command: ['sh', '-c', script],
         environment: { MARK: 'no python' },
@@ -210,28 +225,15 @@ describeWithPeers(['minio', 'pebble'])('Pebble direct output', () => {
         err: 'to stderr',
         status: { exitCode: 4 },
       });
-      expect(reasons).toEqual([
-        expect.stringMatching(/Pebble refused POST \/v1\/exec \(400\): .*python3/),
-      ]);
+      expect(reasons).toEqual([expect.stringMatching(refusedPython)]);
       expect(leftovers(shared)).toEqual([]);
-    } finally {
-      await bare.stop();
-    }
+    });
   });
 
   test("no python3, under the data dir lock's launcher: still refused by Pebble, still relayed", async () => {
     // The launcher (sh) runs behind the wrapper, not in front of it: Pebble is asked for
     // python3 itself, refuses, and the relay runs the launcher and the command.
-    const bin = await tmpDir('direct-no-python-launcher');
-    symlinkSync('/bin/sh', path.join(bin.path, 'sh'));
-    const bare = await startPebble({ path: bin.path });
-    try {
-      const reasons: string[] = [];
-      const w = new PebbleWorkload({
-        socketPath: bare.socketPath,
-        sharedDir: { local: shared, workload: shared },
-        onDirectStreamUnavailable: (reason) => reasons.push(reason),
-      });
+    await withoutPython('direct-no-python-launcher', async (w, reasons) => {
       const proc = w.exec({
         command: ['sh', '-c', script],
         environment: { MARK: 'launched' },
@@ -243,12 +245,8 @@ describeWithPeers(['minio', 'pebble'])('Pebble direct output', () => {
         err: 'to stderr',
         status: { exitCode: 4 },
       });
-      expect(reasons).toEqual([
-        expect.stringMatching(/Pebble refused POST \/v1\/exec \(400\): .*python3/),
-      ]);
-    } finally {
-      await bare.stop();
-    }
+      expect(reasons).toEqual([expect.stringMatching(refusedPython)]);
+    });
   });
 
   test('a command that fails after connecting is not run again', async () => {
