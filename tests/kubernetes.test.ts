@@ -471,7 +471,7 @@ describeWithPeers(['kube', 'minio', 'pebble'])(
         };
         const whole = { status: { exitCode: 0 }, bytes: total };
         expect(await Promise.all([0, 1, 2].map(readSlowly))).toEqual([whole, whole, whole]);
-      }, 60_000);
+      }, 120_000);
 
       test('a command killed by a signal in the workload reports 128+signal', async () => {
         const result = await run(
