@@ -1,6 +1,6 @@
 /**
  * The restore's extraction flushes the restored files to disk while tar still writes them
- * (src/backup/scripts/restore.ts tarExtractCommand), so that the flush before the swap only
+ * (src/backup/scripts/restore.ts extractionFlushLauncher), so that the flush before the swap only
  * has the tail left; its background loop ends with tar, holds none of the command's streams,
  * and gives up where `sync -f` fails. Through real Pebble, with `sync` on PATH a wrapper that
  * logs each call before running the real one.
@@ -8,7 +8,7 @@
 import { spawnSync } from 'node:child_process';
 import { promises as fsp, readFileSync, readdirSync } from 'node:fs';
 import path from 'node:path';
-import { tarExtractCommand } from '../src/backup/scripts';
+import { extractionFlushLauncher, tarExtractCommand } from '../src/backup/scripts';
 import { RUN_MARKER_ENV } from '../src/backup/scripts/lock';
 import { PebbleWorkload } from '../src/workload/pebble';
 import type { ExecProcess } from '../src/workload/workload';
@@ -106,6 +106,7 @@ describeWithPeers(['pebble'])('the restore flushes while tar extracts', () => {
     const dir = (await tmpDir('flush-dst')).path;
     const proc: ExecProcess = workload.exec({
       command: tarExtractCommand(dir),
+      launcher: extractionFlushLauncher(dir),
       stdin: true,
       environment,
     });

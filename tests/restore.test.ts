@@ -117,12 +117,11 @@ describeWithPeers(['minio', 'pebble'])('a restore that cannot lose data', () => 
                   : script.includes('each move_in')
                     ? 'swap'
                     : undefined;
-        // The extraction execs tar beside its background flusher (scripts/restore.ts).
         const step =
-          cmd === 'sh' && script?.includes('exec tar --extract')
-            ? 'extract'
-            : cmd === 'sh' && script?.includes('sync -f')
-              ? 'sync'
+          cmd === 'sh' && script?.includes('sync -f')
+            ? 'sync'
+            : cmd === 'tar' && options.command[1] === '--extract'
+              ? 'extract'
               : cmd === 'rm' && options.command.at(-1)?.includes('.pre-restore-')
                 ? 'remove previous'
                 : cmd === 'sh' && script?.includes('each move_in')

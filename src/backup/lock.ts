@@ -158,7 +158,9 @@ class RecordingWorkload implements Workload {
   }
 
   exec(options: ExecOptions) {
-    return this.inner.exec({ ...options, launcher: recordRunLauncher(this.dataDir, this.token) });
+    // After the command's own launcher (if any), so that the recorder execs the command itself.
+    const launcher = [...(options.launcher ?? []), ...recordRunLauncher(this.dataDir, this.token)];
+    return this.inner.exec({ ...options, launcher });
   }
 
   stopServices(names: string[]) {

@@ -44,6 +44,7 @@ import {
   prepareStagingCommand,
   removeJournalCommand,
   syncCommand,
+  extractionFlushLauncher,
   tarExtractCommand,
 } from './scripts';
 import { type SwapRecovery, resolveInterruptedSwap } from './swap-journal';
@@ -144,7 +145,11 @@ async function extractToStaging(
   try {
     const sink = new CommandSink(
       ctx.workload,
-      { command: tarExtractCommand(stagingPath), directStdin: true },
+      {
+        command: tarExtractCommand(stagingPath),
+        launcher: extractionFlushLauncher(stagingPath),
+        directStdin: true,
+      },
       `tar extracting into ${stagingPath}`,
     );
     const extracted = await readArchive(ctx, id, 'restore', sink, scanner, manifest);

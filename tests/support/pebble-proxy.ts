@@ -14,11 +14,19 @@ import * as http from 'node:http';
 import * as net from 'node:net';
 
 /**
- * `argv` without the launcher of a command run under the data dir's lock
- * (src/backup/scripts/lock.ts recordRunLauncher: sh -c SCRIPT synapse-backup-run
- * DATA_DIR TOKEN, then the command).
+ * `argv` without the launchers in front of the command: the restore's flush loop
+ * (src/backup/scripts/restore.ts extractionFlushLauncher: sh -c SCRIPT
+ * synapse-backup DIR) and the data dir lock's (src/backup/scripts/lock.ts
+ * recordRunLauncher: sh -c SCRIPT synapse-backup-run DATA_DIR TOKEN).
  */
 export function withoutLauncher(argv: string[]): string[] {
+  if (
+    argv[0] === 'sh' &&
+    argv[2]?.includes('synapse-backup-flush') &&
+    argv[3] === 'synapse-backup'
+  ) {
+    return withoutLauncher(argv.slice(5));
+  }
   return argv[0] === 'sh' && argv[3] === 'synapse-backup-run' ? argv.slice(6) : argv;
 }
 

@@ -22,6 +22,7 @@
  *
  * restore.ts
  * - tarExtractCommand: extracts stdin into a directory; tar's status.
+ * - extractionFlushLauncher: its launcher, flushing the directory's filesystem while tar writes.
  * - freeSpaceCommand: prints the bytes free for the data dir (NO_DATA_DIR when it is
  *   missing); df's status.
  * - makeDirCommand: mkdir; non-zero if the directory exists.
@@ -98,6 +99,7 @@ export {
   removeTreeCommand,
   rollbackCommand,
   syncCommand,
+  extractionFlushLauncher,
   tarExtractCommand,
 } from './restore';
 export {

@@ -178,28 +178,36 @@ export function removeKeysAndSetPhaseCommand(
  * the option keeps every directory until the end and is quadratic in their
  * number (40,000 media directories here: 66 s with it, 15 s without, the same
  * modes and mtimes). An archive in another order can only fail the extraction
- * (a file under a read-only directory), before anything is swapped.
- *
- * While tar runs, a background loop flushes `dir`'s filesystem every
- * FLUSH_EVERY_SECONDS (`sync -f`), so that the disk writes the restored files
- * while the engine still decrypts, and the flush before the swap (syncCommand,
- * which stays: it is what makes the swap safe) only has the tail left. The loop
- * holds none of the command's streams, stops once tar's pid (the script execs
- * tar) is gone, and stops for good where `sync -f` fails (BusyBox built without
- * its sync options ignores them and syncs everything, which only costs time). It
- * does not carry the data dir lock's run marker (RUN_MARKER_ENV): after a killed
- * restore, the next run waits for tar, not for the flushes.
+ * (a file under a read-only directory), before anything is swapped. Run it
+ * through extractionFlushLauncher.
  */
 export function tarExtractCommand(dir: string): string[] {
+  return ['tar', '--extract', '--file=-', '--numeric-owner', '--preserve-permissions', '-C', dir];
+}
+
+/**
+ * The launcher (ExecOptions.launcher, before the data dir lock's own) of the
+ * extraction into `dir`: starts a background loop that flushes `dir`'s
+ * filesystem every FLUSH_EVERY_SECONDS (`sync -f`), then execs the command (tar:
+ * the same pid). The disk writes the restored files while the engine still
+ * decrypts, and the flush before the swap (syncCommand, which stays: it is what
+ * makes the swap safe) only has the tail left. The loop holds none of the
+ * command's streams, stops once that pid is gone, and stops for good where
+ * `sync -f` fails (BusyBox built without its sync options ignores them and syncs
+ * everything, which only costs time). It does not carry the lock's run marker
+ * (RUN_MARKER_ENV): after a killed restore, the next run waits for tar, not for
+ * the flushes.
+ */
+export function extractionFlushLauncher(dir: string): string[] {
   return sh(
     [
-      // Its own sh, without the lock's run marker: a takeover waits for tar, not for it.
       `${RUN_MARKER_ENV}= sh -c 'while sleep ${FLUSH_EVERY_SECONDS} && kill -0 "$2" 2>/dev/null; do sync -f -- "$1" || exit 0; done' synapse-backup-flush "$1" "$$" </dev/null >/dev/null 2>&1 &`,
-      'exec tar --extract --file=- --numeric-owner --preserve-permissions -C "$1"',
+      'shift',
+      'exec "$@"',
     ],
     dir,
   );
 }
 
-/** How often tarExtractCommand's loop flushes the restored files while tar writes them. */
+/** How often extractionFlushLauncher's loop flushes the restored files while tar writes them. */
 export const FLUSH_EVERY_SECONDS = 1;
