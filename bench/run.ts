@@ -430,12 +430,7 @@ async function start(): Promise<Env> {
     path.join(work, 'minio.log'),
   );
   const pebbleDir = path.join(work, 'pebble');
-  const pebble = daemon(
-    pebbleBin,
-    ['run', '--create-dirs', '--hold'],
-    { ...process.env, PEBBLE: pebbleDir },
-    path.join(work, 'pebble.log'),
-  );
+  const pebble = startPebble(work);
   const socket = path.join(pebbleDir, '.pebble.socket');
   const endpoint = `http://127.0.0.1:${port}`;
   const env: NodeJS.ProcessEnv = {
@@ -539,7 +534,41 @@ function defaultMinioDir(work: string): string {
  * objects, which it otherwise frees in the background), syncs dirty pages, and waits (up
  * to 20 s) until MinIO uses under 5% of a CPU.
  */
+function startPebble(work: string): ChildProcess {
+  const pebbleDir = path.join(work, 'pebble');
+  return daemon(
+    pebbleBin,
+    ['run', '--create-dirs', '--hold'],
+    { ...process.env, PEBBLE: pebbleDir },
+    path.join(work, 'pebble.log'),
+  );
+}
+
+/**
+ * Pebble with an empty state for the next run. Pebble keeps every finished change (up to 1000,
+ * for 7 days: pruneMaxChanges and pruneWait in pebble's internals/overlord/overlord.go) and
+ * writes its whole state file, fsynced, on every change of state, so an exec costs more the
+ * more changes the daemon holds: the bench's own earlier runs (about 800 changes by the file
+ * counts) would otherwise decide the later rows (README: "Pebble's state").
+ */
+async function freshPebble(e: Env): Promise<void> {
+  const old = e.pebble;
+  if (old.exitCode === null) {
+    const exited = new Promise((resolve) => old.once('exit', resolve));
+    old.kill('SIGTERM');
+    await Promise.race([exited, sleep(5000)]);
+    if (old.exitCode === null && old.signalCode === null) old.kill('SIGKILL');
+  }
+  const pebbleDir = path.join(e.work, 'pebble');
+  for (const name of ['.pebble.state', '.pebble.socket']) {
+    fs.rmSync(path.join(pebbleDir, name), { force: true });
+  }
+  e.pebble = startPebble(e.work);
+  await waitFor('pebble', () => fs.existsSync(e.socket), e.pebble);
+}
+
 async function settle(e: Env): Promise<void> {
+  await freshPebble(e);
   // MinIO may still be moving a deleted object in: ENOTEMPTY then, so retry (it ended a run once).
   fs.rmSync(path.join(e.minioDir, '.minio.sys', 'tmp', '.trash'), {
     recursive: true,
