@@ -264,7 +264,7 @@ export class SynapseCharm {
       succeeded = true;
       return 0;
     } catch (err) {
-      const message = this.tools.redact(actionFailureMessage(name, err));
+      const message = this.tools.redact(actionFailureMessage(name, err, this.ctx.unitName));
       if (s3 && isS3Failure(err)) await recordCheck(this.tools, s3, { ok: false, message });
       if (!(err instanceof ActionFailure || err instanceof BackupError)) {
         await this.tools

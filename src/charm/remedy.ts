@@ -60,7 +60,11 @@ function providerRemedy(
  * list-backups to see the ids"; with `source` a relation, a `set` remedy names
  * the provider's key and the `juju config` command that sets it.
  */
-export function charmRemedy(remedy: Remedy, source: SettingsSource = CONFIG): string {
+export function charmRemedy(
+  remedy: Remedy,
+  source: SettingsSource = CONFIG,
+  unit = '<unit>',
+): string {
   switch (remedy.kind) {
     case 'set': {
       const fromRelation =
@@ -88,7 +92,7 @@ export function charmRemedy(remedy: Remedy, source: SettingsSource = CONFIG): st
       return 'the charm writes homeserver.yaml once server-name is set and the synapse container is up (see the unit status); to bring a server back from a backup, run restore-backup';
     case 'stop-process': {
       const them = remedy.pids.length === 1 ? 'it' : 'them';
-      return `wait for ${them} to finish, or stop ${them} with \`juju ssh --container synapse <unit> kill ${remedy.pids.join(' ')}\`, then run the action again`;
+      return `wait for ${them} to finish, or stop ${them} with \`juju ssh --container synapse ${unit} kill ${remedy.pids.join(' ')}\`, then run the action again`;
     }
     case 'advice':
       return remedy.text;
@@ -97,8 +101,13 @@ export function charmRemedy(remedy: Remedy, source: SettingsSource = CONFIG): st
 
 /**
  * The operator's line for an error in the charm: message, then the remedy in
- * charm terms (for S3 settings from `source`, by default the s3-* options).
+ * charm terms (for S3 settings from `source`, by default the s3-* options;
+ * `unit`, e.g. "synapse/0", where a remedy names a `juju ssh` command).
  */
-export function describeForCharm(err: unknown, source: SettingsSource = CONFIG): string {
-  return describeError(err, (remedy) => charmRemedy(remedy, source));
+export function describeForCharm(
+  err: unknown,
+  source: SettingsSource = CONFIG,
+  unit?: string,
+): string {
+  return describeError(err, (remedy) => charmRemedy(remedy, source, unit));
 }

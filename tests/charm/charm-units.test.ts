@@ -2,6 +2,7 @@ import { resultKeyForId } from '../../src/charm/actions/list-backups';
 import { decodeCaChain, decodeRelationValue } from '../../src/charm/backup-setup';
 import { formatBytes, formatTable, ProgressReporter } from '../../src/charm/format';
 import { loadOverrides } from '../../src/charm/overrides';
+import { actionFailureMessage } from '../../src/charm/actions/context';
 import { charmRemedy, describeForCharm } from '../../src/charm/remedy';
 import { BackupError, type Remedy } from '../../src/errors';
 import { cliRemedy } from '../../src/cli/remedy';
@@ -172,6 +173,15 @@ describe('remedies in the charm', () => {
     expect(charmRemedy(remedy, { kind: 'config' })).toBe(config);
     expect(charmRemedy(remedy, relation)).toBe(fromRelation);
     expect(cliRemedy(remedy)).toBe(cli);
+  });
+
+  it("names the unit in a stop-process remedy's juju ssh command", () => {
+    const err = new BackupError('busy', '/data is in use by processes 4242 (tar) in the workload', {
+      remedy: { kind: 'stop-process', pids: [4242] },
+    });
+    expect(actionFailureMessage('restore-backup', err, 'synapse/3')).toBe(
+      '/data is in use by processes 4242 (tar) in the workload; wait for it to finish, or stop it with `juju ssh --container synapse synapse/3 kill 4242`, then run the action again',
+    );
   });
 
   it('describes an error as its message, then the remedy for where the settings come from', () => {

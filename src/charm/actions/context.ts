@@ -66,8 +66,8 @@ export class ActionFailure extends Error {
   }
 }
 
-/** The action-fail text for `err` (not yet redacted). */
-export function actionFailureMessage(name: string, err: unknown): string {
+/** The action-fail text for `err` (not yet redacted); `unit` (e.g. "synapse/0") for `juju ssh` remedies. */
+export function actionFailureMessage(name: string, err: unknown, unit?: string): string {
   if (err instanceof ActionFailure) return err.message;
   if (err instanceof InterruptedError) {
     return `${name} was interrupted (${err.signalName})${err.cleanedUp ? `: ${err.cleanedUp}` : ''}`;
@@ -76,7 +76,7 @@ export function actionFailureMessage(name: string, err: unknown): string {
     if (err.code === 'not-found' && !err.remedy && !/list-backups/.test(err.message)) {
       return `${err.message}; run list-backups to see the backups that exist`;
     }
-    return describeForCharm(err);
+    return describeForCharm(err, undefined, unit);
   }
   if (err instanceof ActionResultError)
     return `${name} produced results Juju cannot take: ${err.message}`;
