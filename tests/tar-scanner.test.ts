@@ -950,6 +950,24 @@ describe('the header codec', () => {
     expect(() => parsePax(malformed, new Set(['path']))).toThrow('malformed pax header');
   });
 
+  test('pax records: a time keyword is returned when wanted, and only the bytes from start to stop are read', () => {
+    const records = paxData([
+      ['atime', '2.5'],
+      ['ctime', '3.5'],
+      ['mtime', '1.5'],
+      ['mtimes', 'x'],
+    ]);
+    expect(parsePax(records, new Set(['ctime', 'mtimes']))).toEqual({ ctime: '3.5', mtimes: 'x' });
+    expect(parsePax(records)).toEqual({ atime: '2.5', ctime: '3.5', mtime: '1.5', mtimes: 'x' });
+    const path = paxData([['path', 'inner']]);
+    const framed = Buffer.concat([Buffer.from('garbage'), path, Buffer.from('7 junk')]);
+    expect(parsePax(framed, new Set(['path']), 7, 7 + path.length)).toEqual({ path: 'inner' });
+    // A record that runs past `stop` is malformed, whatever follows in the buffer.
+    expect(() => parsePax(framed, new Set(['path']), 7, 7 + path.length - 1)).toThrow(
+      'malformed pax header',
+    );
+  });
+
   test.each([
     ['00000000644\0', 0o644],
     ['  644 \0', 0o644],

@@ -76,7 +76,7 @@ export function confinedEntryPolicy(
         if (symlinks.has(name)) nowFiles.add(name);
         return;
       case 'directory':
-        regularFiles.delete(name);
+        if (!options.ownTar) regularFiles.delete(name);
         return;
       case 'symlink':
         checkSymlink(name, entry.name, entry.linkname);
@@ -88,7 +88,7 @@ export function confinedEntryPolicy(
         );
         symlinks.add(name);
         nowFiles.delete(name);
-        regularFiles.delete(name);
+        if (!options.ownTar) regularFiles.delete(name);
         return;
       case 'hardlink': {
         const target = normalizeMemberName(entry.linkname, 'hard link target');
@@ -222,8 +222,20 @@ function adviceFor(type: TarEntry['type']): string {
   }
 }
 
-/** An empty, "." or ".." step of a path. */
-const ODD_STEP = /(^|\/)\.{0,2}(\/|$)/;
+/** Whether `path` has an empty, "." or ".." step (what /(^|\/)\.{0,2}(\/|$)/ matches). */
+function hasOddStep(path: string): boolean {
+  let start = 0;
+  for (let i = 0; i <= path.length; i++) {
+    if (i < path.length && path.charCodeAt(i) !== 0x2f) continue;
+    const length = i - start;
+    if (length === 0) return true;
+    if (length <= 2 && path.charCodeAt(start) === 0x2e) {
+      if (length === 1 || path.charCodeAt(start + 1) === 0x2e) return true;
+    }
+    start = i + 1;
+  }
+  return false;
+}
 
 function normalizeMemberName(raw: string, what = 'entry'): string {
   if (raw.includes('\0') || raw === '') {
@@ -234,10 +246,10 @@ function normalizeMemberName(raw: string, what = 'entry'): string {
   }
   // Most names have no empty, "." or ".." step: they are their own normal form, and
   // so is a directory's (tar writes "a/b/") without its one trailing slash.
-  if (!ODD_STEP.test(raw)) return raw;
+  if (!hasOddStep(raw)) return raw;
   if (raw.endsWith('/')) {
     const dir = raw.slice(0, -1);
-    if (!ODD_STEP.test(dir)) return dir;
+    if (!hasOddStep(dir)) return dir;
   }
   const parts = raw.split('/').filter((p) => p !== '' && p !== '.');
   if (parts.includes('..')) {

@@ -21,8 +21,17 @@ import { BoundedList, type SkippedEntry, reportedPath } from '../notes';
 const ZERO_BLOCK = Buffer.alloc(BLOCK);
 /** The pax records the scanner reads (a global header's are refused; GNU.sparse ones too). */
 const PAX_KEYS_READ: ReadonlySet<string> = new Set(['path', 'linkpath', 'size']);
-/** POSIX ustar's magic (bytes 257-262); GNU's is "ustar  ". */
-const USTAR_MAGIC = Buffer.from('ustar\0', 'latin1');
+/** Whether the header at `base` has POSIX ustar's magic "ustar\0" (bytes 257-262); GNU's is "ustar  ". */
+function isUstar(block: Buffer, base: number): boolean {
+  return (
+    block[base + 257] === 0x75 &&
+    block[base + 258] === 0x73 &&
+    block[base + 259] === 0x74 &&
+    block[base + 260] === 0x61 &&
+    block[base + 261] === 0x72 &&
+    block[base + 262] === 0
+  );
+}
 
 /**
  * A pass-through that parses tar headers as the bytes flow (ustar, GNU long
@@ -125,12 +134,9 @@ export class TarScanner extends Transform {
         break;
       }
       if (this.meta) {
-        const take = Math.min(this.meta.size - this.meta.fill, chunk.length - pos);
-        this.meta.chunks.push(chunk.subarray(pos, pos + take));
-        this.meta.fill += take;
+        const take = this.takeMeta(this.meta, chunk, pos);
         pos += take;
         this.offset += take;
-        if (this.meta.fill === this.meta.size) this.finishMeta();
         continue;
       }
       if (this.skip > 0) {
@@ -145,9 +151,11 @@ export class TarScanner extends Transform {
         holdStart = pos;
       }
       let block: Buffer = this.header;
+      let base = 0;
       if (this.headerFill === 0 && chunk.length - pos >= BLOCK) {
         // The whole header is in this chunk: read it where it is.
-        block = chunk.subarray(pos, pos + BLOCK);
+        block = chunk;
+        base = pos;
         pos += BLOCK;
         this.offset += BLOCK;
       } else {
@@ -159,7 +167,7 @@ export class TarScanner extends Transform {
         if (this.headerFill < BLOCK) continue;
         this.headerFill = 0;
       }
-      const outcome = this.onHeader(block);
+      const outcome = this.onHeader(block, base);
       if (outcome === 'passed') {
         // What earlier chunks held goes first; this chunk's bytes follow from `from`.
         out.push(...this.held);
@@ -180,17 +188,21 @@ export class TarScanner extends Transform {
     return out;
   }
 
-  /** Parses one header block: its entry passes, is dropped (left out), or is still held. */
-  private onHeader(block: Buffer): 'passed' | 'dropped' | 'held' {
+  /**
+   * Parses one header block (the 512 bytes of `block` from `base`): its entry passes,
+   * is dropped (left out), or is still held.
+   */
+  private onHeader(block: Buffer, base: number): 'passed' | 'dropped' | 'held' {
     // A block whose first byte is not NUL is no zero block: one byte decides for most headers.
-    if (block[0] === 0 && block.equals(ZERO_BLOCK)) {
+    if (block[base] === 0 && block.compare(ZERO_BLOCK, 0, BLOCK, base, base + BLOCK) === 0) {
       this.ended = true;
       this.holding = false;
       return 'passed';
     }
-    verifyChecksum(block, this.offset - BLOCK);
-    const typeflag = block[156] === 0 ? '0' : String.fromCharCode(block[156]);
-    const size = parseNumber(block, 'size', this.offset - BLOCK, 124, 136);
+    verifyChecksum(block, this.offset - BLOCK, base);
+    const flag = block[base + 156];
+    const typeflag = flag === 0 ? '0' : String.fromCharCode(flag);
+    const size = parseNumber(block, 'size', this.offset - BLOCK, base + 124, base + 136);
     const padded = Math.ceil(size / BLOCK) * BLOCK;
     if (typeflag === 'x' || typeflag === 'g' || typeflag === 'L' || typeflag === 'K') {
       if (size > MAX_META_BYTES) {
@@ -204,10 +216,10 @@ export class TarScanner extends Transform {
       }
       this.meta = { kind: typeflag, size, chunks: [], fill: 0 };
       this.metaPadding = padded - size;
-      if (size === 0) this.finishMeta();
+      if (size === 0) this.finishHeldMeta();
       return 'held';
     }
-    const entry = this.buildEntry(block, typeflag);
+    const entry = this.buildEntry(block, base, typeflag);
     // GNU tar ignores a pax size that is not plain digits (" 512", "0x200") and
     // uses the header's: refuse rather than read a different layout than it does.
     const paxSize = this.pax.size;
@@ -250,20 +262,41 @@ export class TarScanner extends Transform {
     return 'passed';
   }
 
-  private finishMeta(): void {
+  /** Takes what `chunk` holds of the metadata record being read from `pos`; returns how many bytes. */
+  private takeMeta(meta: NonNullable<TarScanner['meta']>, chunk: Buffer, pos: number): number {
+    if (meta.fill === 0 && chunk.length - pos >= meta.size) {
+      // The whole record is in this chunk (nearly always): parse it where it is.
+      this.finishMeta(chunk, pos, pos + meta.size);
+      return meta.size;
+    }
+    const take = Math.min(meta.size - meta.fill, chunk.length - pos);
+    meta.chunks.push(chunk.subarray(pos, pos + take));
+    meta.fill += take;
+    if (meta.fill === meta.size) this.finishHeldMeta();
+    return take;
+  }
+
+  /** Ends a metadata record collected over several chunks (or an empty one). */
+  private finishHeldMeta(): void {
+    const chunks = this.meta?.chunks ?? [];
+    const data = chunks.length === 1 ? chunks[0] : Buffer.concat(chunks);
+    this.finishMeta(data, 0, data.length);
+  }
+
+  /** Reads the current metadata record: bytes `start` to `end` of `data`. */
+  private finishMeta(data: Buffer, start: number, end: number): void {
     const meta = this.meta;
     if (!meta) return;
     this.meta = null;
     this.skip = this.metaPadding;
-    const data = meta.chunks.length === 1 ? meta.chunks[0] : Buffer.concat(meta.chunks);
     if (meta.kind === 'L' || meta.kind === 'K') {
-      const end = data.indexOf(0);
-      const value = data.subarray(0, end === -1 ? data.length : end).toString('latin1');
+      const nul = data.indexOf(0, start);
+      const value = data.toString('latin1', start, nul === -1 || nul > end ? end : nul);
       if (meta.kind === 'L') this.longName = value;
       else this.longLink = value;
       return;
     }
-    const records = parsePax(data, PAX_KEYS_READ);
+    const records = parsePax(data, PAX_KEYS_READ, start, end);
     for (const key in records) {
       if (key.startsWith(SPARSE_PREFIX)) {
         throw new ArchiveRejectedError('the archive contains sparse files, which restore refuses');
@@ -283,16 +316,16 @@ export class TarScanner extends Transform {
     }
   }
 
-  private buildEntry(block: Buffer, typeflag: string): TarEntry {
-    let name = cString(block, 0, 100);
+  private buildEntry(block: Buffer, base: number, typeflag: string): TarEntry {
+    let name = cString(block, base, base + 100);
     // Only POSIX ustar has a prefix field; GNU keeps other data there.
-    if (block.compare(USTAR_MAGIC, 0, USTAR_MAGIC.length, 257, 263) === 0) {
-      const prefix = cString(block, 345, 500);
+    if (isUstar(block, base)) {
+      const prefix = cString(block, base + 345, base + 500);
       if (prefix) name = `${prefix}/${name}`;
     }
     if (this.longName !== null) name = this.longName;
     if (this.pax.path !== undefined) name = Buffer.from(this.pax.path, 'utf8').toString('latin1');
-    let linkname = cString(block, 157, 257);
+    let linkname = cString(block, base + 157, base + 257);
     if (this.longLink !== null) linkname = this.longLink;
     if (this.pax.linkpath !== undefined) {
       linkname = Buffer.from(this.pax.linkpath, 'utf8').toString('latin1');
