@@ -530,11 +530,7 @@ function defaultMinioDir(work: string): string {
   return path.join(work, 'minio');
 }
 
-/**
- * Leaves MinIO with nothing to do before the next timed run: empties its trash (deleted
- * objects, which it otherwise frees in the background), syncs dirty pages, and waits (up
- * to 20 s) until MinIO uses under 5% of a CPU.
- */
+/** Starts Pebble (`pebble run --create-dirs --hold`) with its directory under `work`. */
 function startPebble(work: string): ChildProcess {
   const pebbleDir = path.join(work, 'pebble');
   return daemon(
@@ -558,7 +554,12 @@ async function freshPebble(e: Env): Promise<void> {
     const exited = new Promise((resolve) => old.once('exit', resolve));
     old.kill('SIGTERM');
     await Promise.race([exited, sleep(5000)]);
-    if (old.exitCode === null && old.signalCode === null) old.kill('SIGKILL');
+    if (old.exitCode === null && old.signalCode === null) {
+      old.kill('SIGKILL');
+      // Gone before its socket and state are removed, so that it cannot remove the new one's.
+      await Promise.race([exited, sleep(5000)]);
+      if (old.exitCode === null && old.signalCode === null) throw new Error('pebble did not exit');
+    }
   }
   const pebbleDir = path.join(e.work, 'pebble');
   for (const name of ['.pebble.state', '.pebble.socket']) {
@@ -568,6 +569,11 @@ async function freshPebble(e: Env): Promise<void> {
   await waitFor('pebble', () => fs.existsSync(e.socket), e.pebble);
 }
 
+/**
+ * Readies the next timed run: restarts Pebble with an empty state (freshPebble), empties
+ * MinIO's trash (deleted objects, which it otherwise frees in the background), syncs dirty
+ * pages, and waits (up to 20 s) until MinIO uses under 5% of a CPU.
+ */
 async function settle(e: Env): Promise<void> {
   await freshPebble(e);
   // MinIO may still be moving a deleted object in: ENOTEMPTY then, so retry (it ended a run once).

@@ -837,6 +837,47 @@ describe('TarScanner at chunk boundaries (held headers are released as they came
     }
   });
 
+  test('headers at any byte offset of their ArrayBuffer, one ending at its last byte: read and checked alike', async () => {
+    // Names with bytes over 127: there a wrong unsigned sum is not rescued by the signed one.
+    const own = [posixEntry('m/', undefined), posixEntry('m/\u00e9t\u00e9', 'a'.repeat(700))];
+    const last = posixEntry('m/\u00fc', 'b'.repeat(512));
+    const body = Buffer.concat([...own, last]);
+    const whole = recordPadded(Buffer.concat([body, END]));
+    // The middle chunk runs from m/été's own header (after its pax header) to the end of
+    // m/ü's header: the first header in it has high bytes, the last ends at its last byte.
+    const from = own[0].length + 2 * BLOCK;
+    const cutAt = body.length - BLOCK;
+    const lastHeader = cutAt - BLOCK;
+    for (const shift of [0, 1, 2, 3, 4, 8]) {
+      for (const spare of [0, 1, 3]) {
+        // Its bytes start `shift` bytes into an ArrayBuffer whose length is no multiple of 4:
+        // four bytes at a time where a header is aligned in it, else byte by byte.
+        const memory = new ArrayBuffer(shift + cutAt - from + spare);
+        // Non-zero bytes around it: a sum off by a word would count them.
+        new Uint8Array(memory).fill(0xff);
+        const middle = Buffer.from(memory, shift, cutAt - from);
+        whole.copy(middle, 0, from, cutAt);
+        const chunks = [whole.subarray(0, from), middle, whole.subarray(cutAt)];
+        const good = await scan(chunks);
+        expect({ shift, spare, error: good.error?.message }).toEqual({
+          shift,
+          spare,
+          error: undefined,
+        });
+        expect(good.emitted.equals(whole)).toBe(true);
+        expect([good.scanner.entries, good.scanner.files]).toEqual([3, 2]);
+        // The same bytes with m/ü's header damaged: refused wherever it lies.
+        middle[lastHeader - from + 10] ^= 0x01;
+        const bad = await scan(chunks);
+        expect({ shift, spare, error: bad.error?.message }).toEqual({
+          shift,
+          spare,
+          error: `not a tar archive, or a damaged one: header checksum mismatch at offset ${lastHeader}`,
+        });
+      }
+    }
+  });
+
   test('the end-of-archive marker cut into three pieces anywhere: complete, nothing lost', async () => {
     for (let a = markerAt - 1; a <= markerAt + 2 * BLOCK; a += 17) {
       for (let b = a + 1; b <= markerAt + 2 * BLOCK + 1; b += 31) {

@@ -145,8 +145,16 @@ export function verifyChecksum(buf: Buffer, offset: number, base = 0): void {
   }
 }
 
-/** The 32-bit view of the last ArrayBuffer a header was summed in (chunks hold many headers). */
+/**
+ * The 32-bit view of the last ArrayBuffer a header was summed in (chunks hold many headers).
+ * It keeps that buffer alive until the next one or forgetChecksumView (a scanner's end).
+ */
 let wordsOf: { buffer: ArrayBufferLike; words: Uint32Array } | undefined;
+
+/** Lets go of the buffer the checksum's 32-bit view was made for. */
+export function forgetChecksumView(): void {
+  wordsOf = undefined;
+}
 
 /**
  * The sum of a block's 512 bytes. Four at a time when the block is 4-byte aligned

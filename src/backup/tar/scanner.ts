@@ -9,6 +9,7 @@ import {
   type TarEntry,
   cString,
   display,
+  forgetChecksumView,
   entryType,
   parseNumber,
   SPARSE_PREFIX,
@@ -97,7 +98,13 @@ export class TarScanner extends Transform {
     done();
   }
 
+  override _destroy(err: Error | null, done: (error: Error | null) => void): void {
+    forgetChecksumView();
+    done(err);
+  }
+
   override _flush(done: TransformCallback): void {
+    forgetChecksumView();
     if (!this.ended) {
       done(
         new ArchiveRejectedError(
