@@ -106,7 +106,6 @@ export {
   LOCK_HELD_EXIT,
   LOCK_NAME,
   LOCK_RUNNING_EXIT,
-  RUN_FILE_PREFIX,
   recordRunLauncher,
   releaseLockCommand,
   takeLockCommand,
