@@ -278,6 +278,30 @@ describeWithPeers(['minio', 'pebble'])('a restore that cannot lose data', () => 
       );
     });
 
+    test('a backup that names no server over a data dir that does, unless forced', async () => {
+      // Made where there was no homeserver.yaml (a wrong --data-dir): media alone.
+      const mediaOnly = await tmpDir('media-only');
+      const foreign = path.join(mediaOnly.path, 'media_store', 'local_content', 'zz', 'yy');
+      await fsp.mkdir(foreign, { recursive: true });
+      await fsp.writeFile(path.join(foreign, 'foreign'), "not this server's");
+      const id = newId();
+      await engineFor(mediaOnly.path).create({ id });
+      const live = await tmpDir('live');
+      await makeSynapseTree(live.path, { mediaFiles: 3 });
+      const engine = engineFor(live.path);
+      await expectUntouched(live.path, () => engine.restore({ id, services: SERVICES }), {
+        code: 'wrong-server',
+        message: `backup ${id} names no server (it was made where there was no homeserver.yaml) but this Synapse is "example.org"`,
+        remedy: { kind: 'run-again', option: 'force', when: 'if that is what you want' },
+      });
+      await expect(engine.restore({ id, services: SERVICES, force: true })).resolves.toMatchObject({
+        backupId: id,
+      });
+      expect(
+        await fsp.readFile(path.join(live.path, 'media_store/local_content/zz/yy/foreign'), 'utf8'),
+      ).toBe("not this server's");
+    });
+
     test.each([
       ['an absolute path', [{ name: '/tmp/evil', content: 'x' }], 'has an absolute path'],
       ['".."', [{ name: 'a/../../evil', content: 'x' }], 'contains ".."'],

@@ -1,6 +1,8 @@
 import { BackupError } from '../errors';
 import type { Workload } from '../workload/workload';
 import { type HomeserverConfig, readHomeserverConfig, readSmallFileIfExists } from './homeserver';
+import type { Manifest } from './manifest';
+import type { RestoreRequest } from './types';
 
 /** Which Synapse a data dir belongs to, as recorded in manifests and checked before restores. */
 export interface ServerIdentity {
@@ -45,4 +47,43 @@ export async function serverIdentityOf(
 export function parseSigningKeyId(text: string): string | undefined {
   const [algorithm, version] = text.trim().split(/\s+/);
   return algorithm && version ? `${algorithm}:${version}` : undefined;
+}
+
+/**
+ * Refuses a backup of another server name than the live one (server_name of
+ * homeserver.yaml as `configRead` read it; none, or not YAML: the request's
+ * expectedServerName), unless `force`; and a backup whose manifest names no
+ * server (made where there was no homeserver.yaml: media alone, say) over a
+ * data dir whose homeserver.yaml names one, which would replace that server's
+ * media with files of unknown origin.
+ */
+export async function refuseOtherServer(
+  id: string,
+  manifest: Manifest | undefined,
+  request: Pick<RestoreRequest, 'force' | 'expectedServerName'>,
+  configRead: Promise<HomeserverConfig | undefined>,
+): Promise<void> {
+  const backupServer = manifest?.serverName;
+  if (request.force || (!backupServer && !manifest)) return;
+  const config = await configRead.catch((err: unknown) => {
+    if (err instanceof BackupError && err.code === 'invalid-config') return undefined;
+    throw err;
+  });
+  if (!backupServer) {
+    const live = config?.paths.serverName;
+    if (!live) return;
+    throw new BackupError(
+      'wrong-server',
+      `backup ${id} names no server (it was made where there was no homeserver.yaml) but this Synapse is "${live}": restoring it would replace this server's files with ones of unknown origin`,
+      { remedy: { kind: 'run-again', option: 'force', when: 'if that is what you want' } },
+    );
+  }
+  const current = config?.paths.serverName ?? request.expectedServerName;
+  if (current && current !== backupServer) {
+    throw new BackupError(
+      'wrong-server',
+      `backup ${id} is of server "${backupServer}" but this Synapse is "${current}": restoring it would replace this server's identity`,
+      { remedy: { kind: 'run-again', option: 'force', when: 'if that is what you want' } },
+    );
+  }
 }

@@ -14,10 +14,11 @@ import { formatBytes } from '../format';
 import { CommandSink, runCommand } from '../workload/command';
 import { completeManifest, objectKey } from './catalog';
 import { type EngineContext, checkInterrupted, passphraseOf } from './context';
-import { type HomeserverConfig, readHomeserverConfigOf } from './homeserver';
+import { readHomeserverConfigOf } from './homeserver';
 import { refuseRunningSynapse } from './running';
 import { validateBackupId } from './ids';
 import type { Manifest } from './manifest';
+import { refuseOtherServer } from './identity';
 import {
   type ReadCounts,
   checkPassphrase,
@@ -240,7 +241,7 @@ async function checkBeforeRestore(
     const manifest = await manifestRead;
     // Before the refusals --force overrides: neither it nor another option helps there.
     await refuseMissingDataDir(freeRead);
-    await refuseOtherServer(id, manifest?.serverName, request, configRead);
+    await refuseOtherServer(id, manifest, request, configRead);
     refuseRootsElsewhere(manifest, id, ctx.dataDir, request.force);
     refuseWithoutDatabase(manifest, id, request.force);
     await headerRead;
@@ -256,32 +257,6 @@ async function checkBeforeRestore(
 function started<T>(promise: Promise<T>): Promise<T> {
   promise.catch(() => undefined);
   return promise;
-}
-
-/**
- * Refuses a backup of another server name than the live one (server_name of
- * homeserver.yaml as `configRead` read it; none, or not YAML: the request's
- * expectedServerName), unless `force`.
- */
-async function refuseOtherServer(
-  id: string,
-  backupServer: string | undefined,
-  request: RestoreRequest,
-  configRead: Promise<HomeserverConfig | undefined>,
-): Promise<void> {
-  if (!backupServer || request.force) return;
-  const config = await configRead.catch((err: unknown) => {
-    if (err instanceof BackupError && err.code === 'invalid-config') return undefined;
-    throw err;
-  });
-  const current = config?.paths.serverName ?? request.expectedServerName;
-  if (current && current !== backupServer) {
-    throw new BackupError(
-      'wrong-server',
-      `backup ${id} is of server "${backupServer}" but this Synapse is "${current}": restoring it would replace this server's identity`,
-      { remedy: { kind: 'run-again', option: 'force', when: 'if that is what you want' } },
-    );
-  }
 }
 
 /**
