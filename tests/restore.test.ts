@@ -325,9 +325,11 @@ describeWithPeers(['minio', 'pebble'])('a restore that cannot lose data', () => 
         ...entries,
       ]);
       const id = newId();
+      // As a create records it from the archive's homeserver.yaml.
       await putBackup(minio.client, minio.bucket, prefix, id, tar, await encrypt(tar, PASSPHRASE), {
         files: 2 + entries.length,
         entries: 2 + entries.length,
+        serverName: 'example.org',
       });
       const engine = engineFor(live.path);
       await expectUntouched(live.path, () => engine.restore({ id, services: SERVICES }), {

@@ -91,10 +91,8 @@ describeWithPeers(['minio', 'pebble'])('restore faults through restore-backup', 
       id,
       tar,
       await encrypt(tar, bed.passphrase),
-      {
-        files: 2 + entries.length,
-        entries: 2 + entries.length,
-      },
+      // As a create records it from the archive's homeserver.yaml.
+      { files: 2 + entries.length, entries: 2 + entries.length, serverName: 'example.org' },
     );
   }
 
@@ -214,6 +212,7 @@ describeWithPeers(['minio', 'pebble'])('restore faults through restore-backup', 
     await putBackup(bed.minio.client, bed.minio.bucket, PREFIX, 'plain', tar, tar, {
       files: 1,
       entries: 1,
+      serverName: 'example.org',
     });
     await failingRestore('plain', /^backup plain is not a readable encrypted backup \(.+\)$/);
   });

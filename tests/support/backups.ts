@@ -67,7 +67,7 @@ export async function putBackup(
   id: string,
   plaintext: Buffer,
   ciphertext: Buffer,
-  options: { files: number; entries: number; withManifest?: boolean },
+  options: { files: number; entries: number; withManifest?: boolean; serverName?: string },
 ): Promise<void> {
   const key = (name: string) => (prefix ? `${prefix}/${name}` : name);
   await client.send(
@@ -89,6 +89,7 @@ export async function putBackup(
     encryption: encryptionParameters(4096),
     dataDir: '/data',
     engine: { name: 'test', version: '0' },
+    ...(options.serverName ? { serverName: options.serverName } : {}),
   };
   await client.send(
     new PutObjectCommand({
