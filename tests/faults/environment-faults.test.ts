@@ -91,7 +91,8 @@ describeWithPeers(['minio', 'pebble'])("the engine's environment and workload co
     sampler.start();
     let sample;
     try {
-      const result = await engine.create();
+      // An id of its own: the default (the UTC second) collided when two of these ran in one second.
+      const result = await engine.create({ id: `env-${Date.now()}-${process.hrtime.bigint()}` });
       observed(`backup ${result.backupId} complete`);
     } finally {
       sample = sampler.stop();
