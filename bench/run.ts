@@ -44,7 +44,9 @@
  *   - ours (pebble) and the floor, which decide the main ratio, run --repeat times (default 3)
  *     at every size and the median is kept (the 4 GiB floor's create took 13.9 to 20.3 s in
  *     single runs); so do the file-count creates, ours and tar -c (seconds each, where one
- *     slow moment moved the ratio by 0.1); everything else runs once.
+ *     slow moment moved the ratio by 0.1); everything else runs once. The repeated runs are
+ *     interleaved (ours, floor, floor, ours, ours, floor), so that a slow stretch of the VM
+ *     falls on both sides of the ratio rather than on all of one tool's runs.
  *   - The in-memory encryption stage runs first, while nothing else runs.
  */
 import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
@@ -634,51 +636,77 @@ function dataCase(label: string, sizeMiB: number, dataDir: string, files?: boole
   return { label, sizeMiB, dataDir, tarBytes, source, files: files ? source.files - 3 : undefined };
 }
 
-/** Create (timed), then restore that object (timed), `times` times; the median row of each. */
-async function runTool(
+/** Create (timed), then restore that object (timed): one attempt of `tool`. */
+async function runOnce(
   e: Env,
   tool: Tool,
+  data: DataCase,
+  label: string,
+  operations: readonly ('create' | 'restore')[],
+): Promise<Partial<Record<'create' | 'restore', Run>>> {
+  const key = TOOL_KEYS[tool.name]!;
+  const got: Partial<Record<'create' | 'restore', Run>> = {};
+  const id = `${key}-${data.sizeMiB}-${data.files ?? 0}-${Date.now()}`;
+  sourceDirs.set(id, data.dataDir);
+  const target = path.join(e.work, `restore-${id}`);
+  fs.mkdirSync(target);
+  for (const operation of ['create', 'restore'] as const) {
+    const timedRun = operations.includes(operation);
+    // An untimed create still makes the object a timed restore reads; an untimed restore is not run.
+    if (!timedRun && operation === 'restore') continue;
+    if (timedRun) log(`${data.label} ${tool.name} ${operation}${label}`);
+    await settle(e);
+    const load = loadAverage();
+    const m = timed(
+      e,
+      operation === 'create' ? tool.create(data.dataDir, id) : tool.restore(id, target),
+    );
+    if (!timedRun) continue;
+    if (m.ok && operation === 'restore') {
+      // Everything back? (Ours also checks SHA-256 and counts against its manifest.)
+      const restored = treeStats(target);
+      const expectedFiles = data.source.files - 3; // not the stamp and the two skipped files
+      if (restored.files !== expectedFiles || restored.bytes < data.source.bytes * 0.99 - 1e6) {
+        m.ok = false;
+        m.stderr = `restored ${restored.files} files (${restored.bytes} bytes), expected ${expectedFiles}`;
+      }
+    }
+    got[operation] = { ...m, load };
+    log(
+      `    ${m.ok ? '' : `FAILED (${m.stderr}) `}${m.wallSeconds} s, ${(data.tarBytes / 1e6 / m.wallSeconds).toFixed(0)} MB/s, ${m.peakRssMiB} MiB${m.flushSeconds !== undefined ? `, flush ${m.flushSeconds} s` : ''}`,
+    );
+    if (!m.ok) break;
+  }
+  fs.rmSync(target, { recursive: true, force: true });
+  spawnSync('bash', ['-c', tool.cleanup(id)], { env: e.env, stdio: 'ignore' });
+  return got;
+}
+
+/**
+ * Runs each of `list` `times` times, interleaved: attempt i runs them in order, the next one
+ * in reverse (ours, floor, floor, ours, ours, …), so that a slow stretch of the VM falls on
+ * both sides of a ratio rather than on one tool's runs. Returns each tool's median rows.
+ */
+async function runTools(
+  e: Env,
+  list: Tool[],
   data: DataCase,
   times: number,
   operations: readonly ('create' | 'restore')[] = ['create', 'restore'],
 ): Promise<Row[]> {
-  const key = TOOL_KEYS[tool.name]!;
-  const runs: Record<'create' | 'restore', Run[]> = { create: [], restore: [] };
+  const runs = new Map(list.map((t) => [t, { create: [] as Run[], restore: [] as Run[] }]));
   for (let i = 0; i < times; i++) {
-    const id = `${key}-${data.sizeMiB}-${data.files ?? 0}-${Date.now()}`;
-    sourceDirs.set(id, data.dataDir);
-    const target = path.join(e.work, `restore-${id}`);
-    fs.mkdirSync(target);
-    for (const operation of ['create', 'restore'] as const) {
-      const timedRun = operations.includes(operation);
-      // An untimed create still makes the object a timed restore reads; an untimed restore is not run.
-      if (!timedRun && operation === 'restore') continue;
-      if (timedRun) log(`${data.label} ${tool.name} ${operation}${times > 1 ? ` #${i + 1}` : ''}`);
-      await settle(e);
-      const load = loadAverage();
-      const m = timed(
-        e,
-        operation === 'create' ? tool.create(data.dataDir, id) : tool.restore(id, target),
-      );
-      if (!timedRun) continue;
-      if (m.ok && operation === 'restore') {
-        // Everything back? (Ours also checks SHA-256 and counts against its manifest.)
-        const got = treeStats(target);
-        const expectedFiles = data.source.files - 3; // not the stamp and the two skipped files
-        if (got.files !== expectedFiles || got.bytes < data.source.bytes * 0.99 - 1e6) {
-          m.ok = false;
-          m.stderr = `restored ${got.files} files (${got.bytes} bytes), expected ${expectedFiles}`;
-        }
-      }
-      runs[operation].push({ ...m, load });
-      log(
-        `    ${m.ok ? '' : `FAILED (${m.stderr}) `}${m.wallSeconds} s, ${(data.tarBytes / 1e6 / m.wallSeconds).toFixed(0)} MB/s, ${m.peakRssMiB} MiB${m.flushSeconds !== undefined ? `, flush ${m.flushSeconds} s` : ''}`,
-      );
-      if (!m.ok) break;
+    for (const tool of i % 2 === 0 ? list : [...list].reverse()) {
+      const got = await runOnce(e, tool, data, times > 1 ? ` #${i + 1}` : '', operations);
+      if (got.create) runs.get(tool)!.create.push(got.create);
+      if (got.restore) runs.get(tool)!.restore.push(got.restore);
     }
-    fs.rmSync(target, { recursive: true, force: true });
-    spawnSync('bash', ['-c', tool.cleanup(id)], { env: e.env, stdio: 'ignore' });
   }
+  return list.flatMap((tool) => medianRows(tool, data, runs.get(tool)!));
+}
+
+/** The median run (by wall time) of each operation, as a row. */
+function medianRows(tool: Tool, data: DataCase, runs: Record<'create' | 'restore', Run[]>): Row[] {
   const rows: Row[] = [];
   for (const operation of ['create', 'restore'] as const) {
     const list = runs[operation];
@@ -733,24 +761,31 @@ async function runSizes(e: Env, rows: Row[], snapshots: Record<number, number>):
       snapshots[size] = timeSnapshot(data.dataDir, e.work);
       log(`${size} MiB: SQLite snapshot of homeserver.db takes ${snapshots[size]} s`);
     }
-    for (const tool of tools(e)) {
+    const selected = tools(e).filter((tool) => {
       const key = TOOL_KEYS[tool.name]!;
-      if (skip.has(key) || key === 'tar' || key === 'tar-x') continue;
-      if (key === 'kube' && !(first && cases.has('kube'))) continue;
+      if (skip.has(key) || key === 'tar' || key === 'tar-x') return false;
+      if (key === 'kube' && !(first && cases.has('kube'))) return false;
       // Without the sizes case, only the kube row and the floor beside it.
-      if (!cases.has('sizes') && key !== 'kube' && key !== 'floor') continue;
+      if (!cases.has('sizes') && key !== 'kube' && key !== 'floor') return false;
       const isBaseline = key === 'gpg' || key === 'seed' || key === 'local' || key === 'relay';
-      if (isBaseline && !baselineSizes.has(size)) continue;
-      const repeated = key === 'ours' || key === 'floor';
-      rows.push(...(await runTool(e, tool, data, repeated ? repeat : 1)));
+      return !(isBaseline && !baselineSizes.has(size));
+    });
+    // ours (pebble) and the floor decide the main ratio: --repeat runs each, interleaved.
+    const repeated = selected.filter((t) => ['ours', 'floor'].includes(TOOL_KEYS[t.name]!));
+    const sized = await runTools(e, repeated, data, repeat);
+    for (const tool of selected) {
+      if (!repeated.includes(tool)) sized.push(...(await runTools(e, [tool], data, 1)));
     }
+    const order = (r: Row) => selected.findIndex((t) => t.name === r.tool);
+    rows.push(...sized.sort((a, b) => order(a) - order(b)));
   }
 }
 
 /**
  * The file-count rows: ours (pebble) against tar -c and tar -c | tar -x. The creates, ours and
- * tar -c, are the median of --repeat runs (a few seconds each at 50,000 files, where one slow
- * moment of the VM moved the ratio by 0.1); the restores, tens of seconds each, run once.
+ * tar -c, are the median of --repeat runs, interleaved (a few seconds each at 50,000 files,
+ * where one slow moment of the VM moved the ratio by 0.1); the restores, tens of seconds
+ * each, run once.
  */
 async function runFiles(e: Env, rows: Row[]): Promise<void> {
   const all = tools(e);
@@ -761,12 +796,12 @@ async function runFiles(e: Env, rows: Row[]): Promise<void> {
     log(
       `${label}: ${data.files} files in the selection, ${(data.tarBytes / 1e6).toFixed(0)} MB of tar`,
     );
-    if (!skip.has('ours')) {
-      rows.push(...(await runTool(e, byKey('ours'), data, repeat, ['create'])));
-      rows.push(...(await runTool(e, byKey('ours'), data, 1, ['restore'])));
-    }
-    rows.push(...(await runTool(e, byKey('tar'), data, repeat, ['create'])));
-    rows.push(...(await runTool(e, byKey('tar-x'), data, 1, ['restore'])));
+    const ours = skip.has('ours') ? [] : [byKey('ours')];
+    const created = await runTools(e, [...ours, byKey('tar')], data, repeat, ['create']);
+    const restored = await runTools(e, [...ours, byKey('tar-x')], data, 1, ['restore']);
+    // Rows in the table's order: ours create, ours restore, tar -c, tar -c | tar -x.
+    rows.push(...created.slice(0, ours.length), ...restored.slice(0, ours.length));
+    rows.push(...created.slice(ours.length), ...restored.slice(ours.length));
   }
 }
 
