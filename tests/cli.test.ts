@@ -50,6 +50,8 @@ interface CliOptions {
   /** Default true: add --endpoint, --region, --uri-style, --bucket and --prefix. */
   s3Flags?: boolean;
   cwd?: string;
+  /** The umask the bundle runs with (through sh); default the test's own. */
+  umask?: number;
 }
 
 /** Newest mtime of the files below `dir`. */
@@ -127,8 +129,22 @@ describeWithPeers(['minio'])('synapse-backup CLI (built bundle, real MinIO)', ()
             ...['--endpoint', minio.endpoint, '--region', 'us-east-1', '--uri-style', 'path'],
             ...['--bucket', options.bucket ?? minio.bucket, '--prefix', PREFIX],
           ];
+    const argv = [BUNDLE, ...args, ...flags];
+    const [command, commandArgs] =
+      options.umask === undefined
+        ? [process.execPath, argv]
+        : [
+            '/bin/sh',
+            [
+              '-c',
+              `umask ${options.umask.toString(8)} && exec "$@"`,
+              'sh',
+              process.execPath,
+              ...argv,
+            ],
+          ];
     const run = await new Promise<CliRun>((resolve, reject) => {
-      const child = spawn(process.execPath, [BUNDLE, ...args, ...flags], {
+      const child = spawn(command, commandArgs, {
         env,
         cwd: options.cwd ?? ROOT,
         stdio: ['ignore', 'pipe', 'pipe'],
@@ -357,7 +373,7 @@ describeWithPeers(['minio'])('synapse-backup CLI (built bundle, real MinIO)', ()
     });
   });
 
-  test('restore makes a missing directory, and takes a relative path from the current one', async () => {
+  test('restore makes a missing directory, and takes a relative path from the current one; an unknown id exits 2', async () => {
     const parent = await tmpDir('cli-rel');
     const run = await cli(['restore', '--id', 'cli-1', '--data-dir', 'new/data'], {
       cwd: parent.path,
@@ -374,17 +390,17 @@ describeWithPeers(['minio'])('synapse-backup CLI (built bundle, real MinIO)', ()
     const failed = await cli(['restore', '--id', 'no-such-backup', '--data-dir', 'other/data'], {
       cwd: parent.path,
     });
-    expect(failed.code).toBe(1);
+    expect(failed.code).toBe(2);
     expect(errorLine(failed)).toContain('backup no-such-backup does not exist');
     expect(errorLine(failed)).toContain('; run synapse-backup list to see the ids');
     expect(existsSync(path.join(parent.path, 'other'))).toBe(false);
   });
 
-  test("restore over another server's data needs --force; --keep-previous keeps the old files", async () => {
+  test("restore over another server's data needs --force (exit 2 without it); --keep-previous keeps the old files", async () => {
     const dst = await tmpDir('cli-other');
     await fsp.writeFile(path.join(dst.path, 'homeserver.yaml'), 'server_name: "other.org"\n');
     const refused = await cli(['restore', '--id', 'cli-1', '--data-dir', dst.path]);
-    expect(refused.code).toBe(1);
+    expect(refused.code).toBe(2);
     expect(refused.out).toBe('');
     expect(errorLine(refused)).toContain(
       'backup cli-1 is of server "example.org" but this Synapse is "other.org"',
@@ -475,7 +491,7 @@ describeWithPeers(['minio'])('synapse-backup CLI (built bundle, real MinIO)', ()
     expect(names.filter((n) => /remote_|url_cache/.test(n))).toEqual([]);
   });
 
-  test('--passphrase-file works without the environment variable', async () => {
+  test('--passphrase-file works without the environment variable; a wrong one exits 2', async () => {
     const dir = await tmpDir('cli-pass');
     const file = path.join(dir.path, 'passphrase');
     await fsp.writeFile(file, `${PASSPHRASE}\n`, { mode: 0o600 });
@@ -490,7 +506,7 @@ describeWithPeers(['minio'])('synapse-backup CLI (built bundle, real MinIO)', ()
     const wrong = await cli(['verify', '--id', 'cli-1', '--passphrase-file', wrongFile], {
       env: noEnv,
     });
-    expect(wrong.code).toBe(1);
+    expect(wrong.code).toBe(2);
     expect(errorLine(wrong)).toBe(
       'synapse-backup: error: cannot decrypt backup cli-1: the passphrase does not match the one it was encrypted with; set SYNAPSE_BACKUP_PASSPHRASE or --passphrase-file to the passphrase in use when this backup was made',
     );
@@ -520,17 +536,20 @@ describeWithPeers(['minio'])('synapse-backup CLI (built bundle, real MinIO)', ()
     ['verify', ['verify', '--id', 'cli-1']],
     ['restore', ['restore', '--id', 'cli-1', '--data-dir', '<dst>']],
     ['delete', ['delete', '--id', 'cli-1']],
-  ])('%s on a missing bucket: one error line naming the bucket', async (_, args) => {
-    const dst = await tmpDir('cli-nobucket');
-    const argv = args.map((a) => (a === '<src>' ? src.path : a === '<dst>' ? dst.path : a));
-    const run = await cli(argv, { bucket: 'no-such-bucket-here' });
-    expect(run.code).toBe(1);
-    expect(run.out).toBe('');
-    const line = errorLine(run);
-    expect(line).toContain('bucket "no-such-bucket-here" does not exist');
-    expect(line).toContain(minio.endpoint);
-    expect(line).toContain('; pass --bucket to an existing bucket, or create it');
-  });
+  ])(
+    '%s on a missing bucket: exit 2, one error line naming the bucket and saying to create it',
+    async (_, args) => {
+      const dst = await tmpDir('cli-nobucket');
+      const argv = args.map((a) => (a === '<src>' ? src.path : a === '<dst>' ? dst.path : a));
+      const run = await cli(argv, { bucket: 'no-such-bucket-here' });
+      expect(run.code).toBe(2);
+      expect(run.out).toBe('');
+      const line = errorLine(run);
+      expect(line).toContain('bucket "no-such-bucket-here" does not exist');
+      expect(line).toContain(minio.endpoint);
+      expect(line).toContain('; pass --bucket to an existing bucket, or create it');
+    },
+  );
 
   test('an endpoint whose TLS certificate is not trusted: the error says --ca-file; with it, list works', async () => {
     const tls = await startMinio({ tls: true });
@@ -657,6 +676,93 @@ describeWithPeers(['minio'])('synapse-backup CLI (built bundle, real MinIO)', ()
     expect(await fsp.readFile(path.join(dst.path, 'media_store/local_content/old'), 'utf8')).toBe(
       'media from the Python charm',
     );
+  });
+
+  test("a restore makes a missing data dir 0700 whatever the umask, its parents 0755 less the umask; the swap then gives it the archive's ./ mode", async () => {
+    const noRoot = await buildTar([
+      { name: 'homeserver.yaml', content: 'server_name: "mode.example.org"\n' },
+    ]);
+    const withRoot = await buildTar([
+      { name: './', type: 'directory' }, // mode 0755 (buildTar's for directories)
+      { name: 'homeserver.yaml', content: 'server_name: "mode.example.org"\n' },
+    ]);
+    const put = async (id: string, tar: Buffer, entries: number) =>
+      putBackup(minio.client, minio.bucket, PREFIX, id, tar, await encrypt(tar, PASSPHRASE), {
+        files: 1,
+        entries,
+        serverName: 'mode.example.org',
+      });
+    await put('mode-noroot', noRoot, 1);
+    await put('mode-root', withRoot, 2);
+    const root = await tmpDir('cli-mode');
+    const modeOf = (p: string) => statSync(p).mode & 0o7777;
+
+    // umask 0: mkdir's own default would be 0777 for both.
+    const data = path.join(root.path, 'new/data');
+    const run = await cli(['restore', '--id', 'mode-noroot', '--data-dir', data], { umask: 0 });
+    expect(run.stderr).toBe('');
+    expect(run.code).toBe(0);
+    expect(modeOf(data).toString(8)).toBe('700');
+    expect(modeOf(path.dirname(data)).toString(8)).toBe('755');
+    expect(await fsp.readdir(data)).toEqual(['homeserver.yaml']);
+
+    // umask 077 takes the parents' group and other bits too; the data dir is 0700 either way.
+    const tight = path.join(root.path, 'tight/data');
+    const tightRun = await cli(['restore', '--id', 'mode-noroot', '--data-dir', tight], {
+      umask: 0o077,
+    });
+    expect(tightRun.code).toBe(0);
+    expect(modeOf(tight).toString(8)).toBe('700');
+    expect(modeOf(path.dirname(tight)).toString(8)).toBe('700');
+
+    // A backup with ./ (every create's): the data dir takes the backed-up one's mode, as an
+    // existing data dir does.
+    const fromArchive = path.join(root.path, 'archived/data');
+    const archived = await cli(['restore', '--id', 'mode-root', '--data-dir', fromArchive], {
+      umask: 0o077,
+    });
+    expect(archived.stderr).toBe('');
+    expect(archived.code).toBe(0);
+    expect(modeOf(fromArchive).toString(8)).toBe('755');
+    for (const id of ['mode-noroot', 'mode-root']) {
+      expect((await cli(['delete', '--id', id])).code).toBe(0);
+    }
+  });
+
+  test('a damaged object (one byte changed inside a frame) exits 1, not 2: it is no bad input', async () => {
+    const tar = await buildTar([
+      { name: 'homeserver.yaml', content: 'server_name: "damaged.example.org"\n' },
+    ]);
+    const ciphertext = await encrypt(tar, PASSPHRASE);
+    ciphertext[ciphertext.length - 40] ^= 1; // inside the final frame's content
+    await putBackup(minio.client, minio.bucket, PREFIX, 'damaged', tar, ciphertext, {
+      files: 1,
+      entries: 1,
+    });
+    const run = await cli(['verify', '--id', 'damaged']);
+    expect(run.code).toBe(1);
+    expect(errorLine(run)).toMatch(
+      /^synapse-backup: error: backup damaged is damaged: its authentication check failed /,
+    );
+    expect((await cli(['delete', '--id', 'damaged'])).code).toBe(0);
+  });
+
+  test('one file is "1 file" in the human lines of create, verify and restore; --json keeps files: 1', async () => {
+    const one = await tmpDir('cli-one');
+    await fsp.writeFile(path.join(one.path, 'homeserver.yaml'), 'server_name: "one.example.org"\n');
+    const created = await cli(['create', '--data-dir', one.path, '--id', 'cli-one']);
+    expect(created.stderr).toBe('');
+    expect(created.code).toBe(0);
+    expect(created.out).toMatch(/^created backup cli-one: 1 file, .* archived, /);
+    const verified = await cli(['verify', '--id', 'cli-one']);
+    expect(verified.out).toMatch(/^backup cli-one is good: 1 file, /);
+    const dst = await tmpDir('cli-one-dst');
+    const restored = await cli(['restore', '--id', 'cli-one', '--data-dir', dst.path]);
+    expect(restored.code).toBe(0);
+    expect(restored.out).toMatch(new RegExp(`^restored backup cli-one into ${dst.path}: 1 file, `));
+    const json = await cli(['verify', '--id', 'cli-one', '--json']);
+    expect(JSON.parse(json.out)).toMatchObject({ 'backup-id': 'cli-one', files: 1, ok: true });
+    expect((await cli(['delete', '--id', 'cli-one'])).code).toBe(0);
   });
 
   test('restore --allow-no-manifest of a backup with paths outside the data dir: exit 1, one line saying why and what to do; nothing changed', async () => {

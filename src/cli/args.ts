@@ -3,7 +3,7 @@
  * passphrase, the CA file, the data directory). Every problem is a ConfigError
  * (exit 2, one line).
  */
-import { mkdirSync, readFileSync, rmdirSync, statSync } from 'node:fs';
+import { readFileSync, statSync } from 'node:fs';
 import * as path from 'node:path';
 import { parseArgs } from 'node:util';
 import { ConfigError, errorMessage } from '../errors';
@@ -195,29 +195,6 @@ export function dataDirFor(command: string, values: Values): string | undefined 
     throw new ConfigError(`the data directory ${dir} does not exist`);
   }
   return dir;
-}
-
-/**
- * Makes a missing restore directory on this host (tar needs it to exist). Returns an undo
- * that removes what it made if it is still empty, for a restore that fails before writing.
- */
-export function makeRestoreDir(dir: string): () => void {
-  let first: string | undefined;
-  try {
-    first = mkdirSync(dir, { recursive: true, mode: 0o700 });
-  } catch (err) {
-    throw new ConfigError(`cannot create the data directory ${dir}: ${errorMessage(err)}`);
-  }
-  return () => {
-    if (!first) return;
-    for (let d = dir; d.length >= first.length; d = path.dirname(d)) {
-      try {
-        rmdirSync(d);
-      } catch {
-        return;
-      }
-    }
-  };
 }
 
 /**

@@ -6,9 +6,11 @@ import type { BackupEngine } from '../backup/engine';
 import { describeRetention } from '../backup/retention';
 import { ConfigError } from '../errors';
 import { formatBackupTable, formatBytes } from '../format';
-import { type Values, makeRestoreDir, required } from './args';
+import { type Values, required } from './args';
+import { makeRestoreDir } from './restore-dir';
 import { hours, wholeNumber } from './numbers';
 import {
+  counted,
   createNoteLines,
   endProgressLine,
   warnSelection,
@@ -32,7 +34,7 @@ const create: Command = async ({ engine, values, print }) => {
   warnSelection(r);
   print(
     [
-      `created backup ${r.backupId}: ${r.files} files, ${formatBytes(r.plaintextBytes)} archived, ${formatBytes(r.size)} stored, sha256 ${r.sha256}, ${r.durationSeconds.toFixed(1)} s`,
+      `created backup ${r.backupId}: ${counted(r.files, 'file')}, ${formatBytes(r.plaintextBytes)} archived, ${formatBytes(r.size)} stored, sha256 ${r.sha256}, ${r.durationSeconds.toFixed(1)} s`,
       ...createNoteLines(r),
     ].join('\n'),
     {
@@ -80,13 +82,13 @@ const restore: Command = async ({ engine, values, dataDir, print }) => {
   warnSelection(r);
   const notes = [
     r.replacedOutside ? `also restored ${r.replacedOutside.join(', ')}` : undefined,
-    r.oneTimeKeysRemoved ? `${r.oneTimeKeysRemoved} one-time keys removed` : undefined,
+    r.oneTimeKeysRemoved ? `${counted(r.oneTimeKeysRemoved, 'one-time key')} removed` : undefined,
     r.previousPath
       ? `previous files kept in ${[r.previousPath, ...(r.externalPreviousPaths ?? [])].join(', ')}`
       : undefined,
   ].filter(Boolean);
   print(
-    `restored backup ${r.backupId} into ${dataDir}: ${r.files} files, ${formatBytes(r.plaintextBytes)}${notes.map((n) => `; ${n}`).join('')}`,
+    `restored backup ${r.backupId} into ${dataDir}: ${counted(r.files, 'file')}, ${formatBytes(r.plaintextBytes)}${notes.map((n) => `; ${n}`).join('')}`,
     r,
   );
 };
@@ -105,7 +107,7 @@ const remove: Command = async ({ engine, values, print }) => {
 const verify: Command = async ({ engine, values, print }) => {
   const r = await engine.verify(required(values.id, 'id', 'verify'));
   print(
-    `backup ${r.backupId} is good: ${r.files} files, ${formatBytes(r.plaintextBytes)}, sha256 ${r.sha256}`,
+    `backup ${r.backupId} is good: ${counted(r.files, 'file')}, ${formatBytes(r.plaintextBytes)}, sha256 ${r.sha256}`,
     { ...r, ok: true },
   );
 };

@@ -3,8 +3,9 @@
  * `synapse-backup`: the backup engine without Juju (recovery, or a host's own
  * cron). Usage and options: args.ts; the subcommands: commands.ts. Failure
  * prints one line, `synapse-backup: error: <reason>; <remedy in this CLI's
- * terms>`, and exits 2 for usage and configuration errors and for data a backup
- * cannot hold (an empty selection, an entry a restore would refuse), 1 otherwise.
+ * terms>`, and exits 2 for bad input (BAD_INPUT_CODES: usage and configuration
+ * errors, a wrong passphrase, an unknown id, a missing bucket, another server's
+ * backup, data a backup cannot hold), 1 otherwise.
  *
  * SIGTERM and SIGINT interrupt the running operation (its AbortSignal): the
  * upload is aborted, the staging dir or snapshot removed (a restore's swap
@@ -33,16 +34,30 @@ import { COMMAND_HANDLERS } from './commands';
 import { endProgressLine, printer, showProgress } from './output';
 import { describeForCli } from './remedy';
 
-/** Exit statuses for the signals that interrupt a run: 128 + the signal's number. */
-/** Errors of what the operator gave (flags, settings, the data dir's content): exit 2. */
+/**
+ * Errors of what the operator gave (flags, settings, the data dir's content, an
+ * id): exit 2. `wrong-passphrase` is the wrapped data key failing to open, which
+ * a damaged object only gives if the damage is in the header's few bytes that
+ * key authenticates (its encryption context, the wrapped key): damage anywhere
+ * else is `corrupt` (exit 1). `not-found` is an unknown id; `s3-bucket` a bucket
+ * that does not exist or is in another region; `wrong-server` a backup of
+ * another server_name (or none) over this one. `busy` (another run holds the
+ * data dir or the id) is no bad input: exit 1, as are S3, workload and data
+ * faults.
+ */
 const BAD_INPUT_CODES = new Set([
   'config',
   'invalid-config',
   'empty-selection',
   'unrestorable-entry',
   'no-data-dir',
+  'wrong-passphrase',
+  'not-found',
+  's3-bucket',
+  'wrong-server',
 ]);
 
+/** Exit statuses for the signals that interrupt a run: 128 + the signal's number. */
 const SIGNAL_STATUS: Record<string, number> = { SIGINT: 130, SIGTERM: 143 };
 
 /** A second signal this long after the first exits at once, without the cleanup. */

@@ -4,6 +4,14 @@ import { summarizeNotes } from '../backup/notes';
 import type { CreateResult, Progress, PruneResult } from '../backup/types';
 import { formatBytes } from '../format';
 
+/**
+ * `n` and the noun for that many: "1 file", "0 files", "2 media files";
+ * `many` when the plural is not `one` + "s".
+ */
+export function counted(n: number, one: string, many = `${one}s`): string {
+  return `${n} ${n === 1 ? one : many}`;
+}
+
 /** Set once a progress line has been drawn on stderr (which then needs a newline). */
 let progressShown = false;
 
@@ -47,7 +55,7 @@ export function createNoteLines(r: CreateResult): string[] {
   }
   if (r.warningsCount > 0) {
     lines.push(
-      `warning: ${r.warningsCount} media changed or vanished while being read (a live server): ${summarizeNotes(r.warnings, r.warningsCount)}`,
+      `warning: ${counted(r.warningsCount, 'media file')} changed or vanished while being read (a live server): ${summarizeNotes(r.warnings, r.warningsCount)}`,
     );
   }
   return lines;
