@@ -15,6 +15,14 @@ export function formatBytes(bytes: number): string {
   return unit === 0 ? `${value} B` : `${value.toFixed(1)} ${UNITS[unit]}`;
 }
 
+/**
+ * `n` and the noun for that many: "1 file", "0 files", "2 media files";
+ * `many` when the plural is not `one` + "s".
+ */
+export function counted(n: number, one: string, many = `${one}s`): string {
+  return `${n} ${n === 1 ? one : many}`;
+}
+
 /** Paths a message or an action result lists at most; the rest are counted. */
 export const PATHS_SHOWN = 10;
 

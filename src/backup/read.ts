@@ -11,6 +11,7 @@ import {
   refuseOtherBackup,
 } from '../crypto/esdk';
 import { BackupError, InterruptedError, errorMessage } from '../errors';
+import { counted } from '../format';
 import { refuseUnboundSelection } from './binding';
 import { completeManifest, objectKey } from './catalog';
 import { type EngineContext, passphraseOf, progressTicker } from './context';
@@ -87,7 +88,7 @@ export function compareWithManifest(
     problems.push(`SHA-256 ${counts.sha256}, manifest says ${manifest.sha256}`);
   }
   if (counts.files !== undefined && counts.files !== manifest.files) {
-    problems.push(`${counts.files} files, manifest says ${manifest.files}`);
+    problems.push(`${counted(counts.files, 'file')}, manifest says ${manifest.files}`);
   }
   if (problems.length > 0) {
     throw new BackupError(

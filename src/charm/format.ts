@@ -2,7 +2,7 @@
 import type { Progress } from '../backup/types';
 import { formatBytes } from '../format';
 
-export { formatBytes, formatTable } from '../format';
+export { counted, formatBytes, formatTable } from '../format';
 
 export function formatSeconds(seconds: number): string {
   return (Math.round(seconds * 10) / 10).toFixed(1);

@@ -5,12 +5,11 @@
 import type { BackupEngine } from '../backup/engine';
 import { describeRetention } from '../backup/retention';
 import { ConfigError } from '../errors';
-import { formatBackupTable, formatBytes } from '../format';
+import { counted, formatBackupTable, formatBytes } from '../format';
 import { type Values, required } from './args';
 import { makeRestoreDir } from './restore-dir';
 import { hours, wholeNumber } from './numbers';
 import {
-  counted,
   createNoteLines,
   endProgressLine,
   warnSelection,

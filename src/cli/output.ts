@@ -2,15 +2,7 @@
 import { type SwapRecovery, describeSwapRecovery } from '../backup/swap-journal';
 import { summarizeNotes } from '../backup/notes';
 import type { CreateResult, Progress, PruneResult } from '../backup/types';
-import { formatBytes } from '../format';
-
-/**
- * `n` and the noun for that many: "1 file", "0 files", "2 media files";
- * `many` when the plural is not `one` + "s".
- */
-export function counted(n: number, one: string, many = `${one}s`): string {
-  return `${n} ${n === 1 ? one : many}`;
-}
+import { counted, formatBytes } from '../format';
 
 /** Set once a progress line has been drawn on stderr (which then needs a newline). */
 let progressShown = false;

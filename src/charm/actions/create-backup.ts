@@ -1,7 +1,7 @@
 import { SERVICE_NAME } from '../overrides';
 import { serviceState } from '../synapse';
 import { describeSwapRecovery } from '../../backup/swap-journal';
-import { formatBytes, formatSeconds, ProgressReporter } from '../format';
+import { counted, formatBytes, formatSeconds, ProgressReporter } from '../format';
 import { describeRetention } from '../../backup/retention';
 import { summarizeNotes } from '../../backup/notes';
 import type { ActionResults } from '../../juju/hook-tools';
@@ -21,7 +21,7 @@ export const createBackup: ActionHandler = async (a) => {
     );
     const result = await engine.create({ services });
     await a.log(
-      `backup ${result.backupId} complete: ${result.files} files, ${formatBytes(result.plaintextBytes)} archived, ${formatBytes(result.size)} stored, ${formatSeconds(result.durationSeconds)} s`,
+      `backup ${result.backupId} complete: ${counted(result.files, 'file')}, ${formatBytes(result.plaintextBytes)} archived, ${formatBytes(result.size)} stored, ${formatSeconds(result.durationSeconds)} s`,
     );
     const results: ActionResults = {
       'backup-id': result.backupId,

@@ -1,7 +1,7 @@
 import { describeSwapRecovery } from '../../backup/swap-journal';
 import type { ActionResults } from '../../juju/hook-tools';
 import { SERVICE_NAME } from '../overrides';
-import { formatBytes, formatSeconds, ProgressReporter } from '../format';
+import { counted, formatBytes, formatSeconds, ProgressReporter } from '../format';
 import { formatFirst } from '../../format';
 import { serviceState } from '../synapse';
 import { booleanParam, requireBackupId, type ActionHandler } from './context';
@@ -40,7 +40,7 @@ export const restoreBackup: ActionHandler = async (a) => {
     });
     const outside = result.replacedOutside ?? [];
     await a.log(
-      `restored backup ${result.backupId}: ${result.files} files, ${formatBytes(result.plaintextBytes)}` +
+      `restored backup ${result.backupId}: ${counted(result.files, 'file')}, ${formatBytes(result.plaintextBytes)}` +
         (outside.length ? `; also restored ${outside.join(', ')}` : ''),
     );
     const results: ActionResults = {

@@ -1,4 +1,4 @@
-import { formatBytes, formatSeconds, ProgressReporter } from '../format';
+import { counted, formatBytes, formatSeconds, ProgressReporter } from '../format';
 import { requireBackupId, type ActionHandler } from './context';
 
 export const verifyBackup: ActionHandler = async (a) => {
@@ -10,7 +10,7 @@ export const verifyBackup: ActionHandler = async (a) => {
   try {
     const result = await engine.verify(id);
     await a.log(
-      `backup ${result.backupId} is intact: ${result.files} files, ${formatBytes(result.plaintextBytes)}`,
+      `backup ${result.backupId} is intact: ${counted(result.files, 'file')}, ${formatBytes(result.plaintextBytes)}`,
     );
     return {
       'backup-id': result.backupId,
