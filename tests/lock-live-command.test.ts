@@ -54,6 +54,32 @@ function processesIn(dir: string): number[] {
   return pids.sort((a, b) => a - b);
 }
 
+/** Whether `pid` has `file` open (one of its /proc fds links to it). */
+function hasOpen(pid: number, file: string): boolean {
+  let fds: string[];
+  try {
+    fds = readdirSync(`/proc/${pid}/fd`);
+  } catch {
+    return false; // gone
+  }
+  return fds.some((fd) => {
+    try {
+      return readlinkSync(`/proc/${pid}/fd/${fd}`) === file;
+    } catch {
+      return false;
+    }
+  });
+}
+
+/** Sends `signal` to `pid` unless it has ended meanwhile. */
+function signalIfAlive(pid: number, signal: NodeJS.Signals): void {
+  try {
+    process.kill(pid, signal);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ESRCH') throw err;
+  }
+}
+
 /** The data dir's files but for the engine's own (dot) names: the lock, the snapshot. */
 async function synapseFiles(dir: string): Promise<[string, unknown][]> {
   return [...withoutSkipped(await snapshotTree(dir))].filter(([name]) => !name.startsWith('.'));
@@ -127,7 +153,7 @@ describeWithPeers(['minio', 'pebble'])('a killed run whose workload command goes
     for (const holder of holders.splice(0)) await holder.release();
     // A failed test leaves the killed create's processes: never to outlive it.
     for (const dir of leftovers.splice(0)) {
-      for (const pid of processesIn(dir)) process.kill(pid, 'SIGKILL');
+      for (const pid of processesIn(dir)) signalIfAlive(pid, 'SIGKILL');
     }
   });
   afterAll(async () => {
@@ -190,25 +216,37 @@ describeWithPeers(['minio', 'pebble'])('a killed run whose workload command goes
       expect(`${base.code} ${base.stderr}`).toMatch(/^0 /);
       const before = await synapseFiles(data);
 
-      const db = await holdDatabase(path.join(data, 'homeserver.db'));
+      const dbPath = path.join(data, 'homeserver.db');
+      const db = await holdDatabase(dbPath);
       holders.push(db);
       const killed = start(['create', '--data-dir', data, '--id', 'killed', ...flags]);
-      // Its snapshot is waiting for the database: the create is under way.
+      // Its snapshot's python3 has the database open, so it waits for the lock (up to
+      // 60 s): the create script runs. Not the snapshot file's name in an argv alone: the
+      // create's removal of leftovers (`rm -f -- <snapshot> ...`, in the data dir, before
+      // the script) has it too, and a kill then leaves nothing running; so has a python3
+      // launcher (pyenv's shim) before it hands over.
+      let snapshot = 0;
       await until(
-        'the create snapshots',
-        () => processesIn(data).some((pid) => argvOf(pid).includes(SNAPSHOT)),
+        "the create's snapshot waits for the database",
+        () => {
+          const pids = processesIn(data);
+          snapshot = pids.find((p) => argvOf(p).includes(SNAPSHOT) && hasOpen(p, dbPath)) ?? 0;
+          return snapshot !== 0;
+        },
         stderrOf(killed),
       );
       killed.child.kill('SIGKILL');
       expect(await killed.done).toMatchObject({ signal: 'SIGKILL' });
-      // Blocked: the create script's sh, tar, dd and the snapshot's python3 (once a
-      // python3 launcher such as pyenv's has handed over).
+      // Blocked: the create script's sh, tar, dd and the snapshot's python3.
       const blocked = (argv: string[]) =>
         ['sh', 'tar', 'dd'].includes(argv[0] ?? '') || argv.includes(SNAPSHOT);
-      await until('only the blocked create is left in the data dir', () =>
-        processesIn(data).every((pid) => blocked(argvOf(pid))),
+      await until(
+        'only the blocked create, its snapshot among them, is left in the data dir',
+        () => {
+          const left = processesIn(data);
+          return left.includes(snapshot) && left.every((pid) => blocked(argvOf(pid)));
+        },
       );
-      expect(processesIn(data).length).toBeGreaterThan(0);
 
       // Refused: the killed run's lock is stale, its command is not. Named: every
       // process of it that was there before and is still there after (Pebble may end
@@ -217,7 +255,7 @@ describeWithPeers(['minio', 'pebble'])('a killed run whose workload command goes
       const refused = await cli(['restore', '--data-dir', data, '--id', 'base', ...flags]);
       const later = processesIn(data);
       expect(later.map((pid) => argvOf(pid)).filter((argv) => !blocked(argv))).toEqual([]);
-      expect(later.filter((pid) => argvOf(pid).includes(SNAPSHOT))).toHaveLength(1);
+      expect(later.filter((pid) => argvOf(pid).includes(SNAPSHOT))).toEqual([snapshot]);
       expect(refused.code).toBe(1);
       // "<pid> (<its /proc comm>)", comma-separated.
       const named = /is in use by process(?:es)? (.+?) in the workload/.exec(refused.stderr);
@@ -238,7 +276,7 @@ describeWithPeers(['minio', 'pebble'])('a killed run whose workload command goes
       expect(holder).toMatchObject({ operation: 'create-backup killed', pid: killed.child.pid });
 
       if (viaPebble) {
-        for (const pid of later) process.kill(pid, 'SIGTERM');
+        for (const pid of later) signalIfAlive(pid, 'SIGTERM');
         await until('its processes are gone', () => processesIn(data).length === 0);
         await db.release();
       } else {
