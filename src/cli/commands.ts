@@ -11,6 +11,8 @@ import { hours, wholeNumber } from './numbers';
 import {
   createNoteLines,
   endProgressLine,
+  noHomeserverYamlWarning,
+  staleConfigWarning,
   warnSelection,
   warnSwapRecovery,
   workloadCleanupLines,
@@ -49,6 +51,7 @@ const create: Command = async ({ engine, values, print }) => {
       ...(r.swapRecovery ? { 'swap-recovery': r.swapRecovery } : {}),
       ...(r.missing ? { missing: r.missing } : {}),
       ...(r.notIncluded ? { 'not-included': r.notIncluded } : {}),
+      ...(r.noHomeserverYaml ? { 'no-homeserver-yaml': noHomeserverYamlWarning(r) } : {}),
     },
   );
 };
@@ -78,6 +81,8 @@ const restore: Command = async ({ engine, values, dataDir, print }) => {
     });
   warnSwapRecovery(r);
   warnSelection(r);
+  const stale = staleConfigWarning(r);
+  if (stale) process.stderr.write(`synapse-backup: warning: ${stale}\n`);
   const notes = [
     r.replacedOutside ? `also restored ${r.replacedOutside.join(', ')}` : undefined,
     r.oneTimeKeysRemoved ? `${r.oneTimeKeysRemoved} one-time keys removed` : undefined,
@@ -87,7 +92,7 @@ const restore: Command = async ({ engine, values, dataDir, print }) => {
   ].filter(Boolean);
   print(
     `restored backup ${r.backupId} into ${dataDir}: ${r.files} files, ${formatBytes(r.plaintextBytes)}${notes.map((n) => `; ${n}`).join('')}`,
-    r,
+    stale ? { ...r, staleConfigPaths: { ...r.staleConfigPaths, warning: stale } } : r,
   );
 };
 
