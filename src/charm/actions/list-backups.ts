@@ -65,7 +65,6 @@ export const listBackups: ActionHandler = async (a) => {
 function entry(b: BackupInfo): ActionResults {
   const e: ActionResults = { created: b.created, size: String(b.size), status: b.status };
   if (b.reason) e.reason = b.reason;
-  if (b.serverName) e['server-name'] = b.serverName;
   if (!isValidActionKeySegment(b.backupId)) e.id = b.backupId;
   return e;
 }
