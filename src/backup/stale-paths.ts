@@ -90,7 +90,9 @@ export function staleConfigPathsOf(
     path: resolveConfigPath(value, dataDir, configRoot),
   }));
   const elsewhere = named.filter(
-    (n) => !isUnder(n.path, dataDir) && !restored.outside.some((o) => isUnder(n.path, o)),
+    (n) =>
+      !isUnder(n.path, dataDir) &&
+      !restored.outside.some((o) => isUnder(n.path, o) || isUnder(o, n.path)),
   );
   const candidates: string[] = [];
   if (restored.backupDataDir && restored.backupDataDir !== dataDir) {
