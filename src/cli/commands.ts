@@ -82,7 +82,10 @@ const restore: Command = async ({ engine, values, dataDir, print }) => {
   warnSwapRecovery(r);
   warnSelection(r);
   const stale = staleConfigWarning(r);
-  if (stale) process.stderr.write(`synapse-backup: warning: ${stale}\n`);
+  if (stale) {
+    endProgressLine();
+    process.stderr.write(`synapse-backup: warning: ${stale}\n`);
+  }
   const notes = [
     r.replacedOutside ? `also restored ${r.replacedOutside.join(', ')}` : undefined,
     r.oneTimeKeysRemoved ? `${r.oneTimeKeysRemoved} one-time keys removed` : undefined,
