@@ -59,5 +59,20 @@ export function formatBackupTable(backups: BackupInfo[]): string {
   const reasons = backups.flatMap((b) =>
     b.reason ? [`backup ${b.backupId} is unreadable: ${b.reason}`] : [],
   );
-  return [backups.length === 0 ? `${table}\n(no backups)` : table, ...reasons].join('\n');
+  const table0 = backups.length === 0 ? `${table}\n(no backups)` : table;
+  return [table0, ...reasons, ...noServerLines(backups)].join('\n');
+}
+
+/**
+ * A line for each complete backup whose manifest names no server (it was made where
+ * there was no homeserver.yaml: Synapse's default paths, or a wrong data dir).
+ */
+export function noServerLines(backups: readonly BackupInfo[]): string[] {
+  return backups.flatMap((b) =>
+    b.status === 'complete' && !b.serverName
+      ? [
+          `backup ${b.backupId} names no server: it was made where there was no homeserver.yaml (Synapse's default paths)`,
+        ]
+      : [],
+  );
 }

@@ -23,7 +23,9 @@ import {
 } from './support/peers';
 import { packageLayout } from './support/selection';
 import {
+  GENERATED_PATH_KEYS,
   inspectSqliteDb,
+  makeGeneratedSynapseTree,
   makeSynapseTree,
   snapshotTree,
   withoutSkipped,
@@ -296,6 +298,113 @@ describeWithPeers(['minio'])('synapse-backup CLI (built bundle, real MinIO)', ()
       ]),
     );
     expect(names.filter((n) => n.includes('external') || n.startsWith('@'))).toEqual([]);
+  });
+
+  test('create of a dir with media_store but no homeserver.yaml: complete, with a warning naming --data-dir (stderr, --json no-homeserver-yaml); list says it names no server; with homeserver.yaml none of it', async () => {
+    const dir = await tmpDir('cli-no-config');
+    for (const f of ['local_content/ab/cd/m1', 'local_thumbnails/ab/cd/t1']) {
+      await fsp.mkdir(path.dirname(path.join(dir.path, 'media_store', f)), { recursive: true });
+      await fsp.writeFile(path.join(dir.path, 'media_store', f), f);
+    }
+    const s3 = [
+      ...['--endpoint', minio.endpoint, '--region', 'us-east-1', '--uri-style', 'path'],
+      ...['--bucket', minio.bucket, '--prefix', `${PREFIX}-no-config`],
+    ];
+    const said = `no homeserver.yaml in ${dir.path}: backed up media_store alone, with Synapse's default paths; the backup names no server; if Synapse's config lives elsewhere, pass --data-dir the directory that holds its homeserver.yaml`;
+    const json = await cli(['create', '--data-dir', dir.path, '--id', 'nc-1', '--json', ...s3], {
+      s3Flags: false,
+    });
+    expect(json.code).toBe(0);
+    expect(json.stderr).toBe(`synapse-backup: warning: ${said}\n`);
+    expect(JSON.parse(json.out)).toMatchObject({
+      'backup-id': 'nc-1',
+      files: 2,
+      'no-homeserver-yaml': said,
+    });
+    const human = await cli(['create', '--data-dir', dir.path, '--id', 'nc-2', ...s3], {
+      s3Flags: false,
+    });
+    expect(human.code).toBe(0);
+    expect(human.stderr).toBe(`synapse-backup: warning: ${said}\n`);
+    expect(human.out).toMatch(/^created backup nc-2: 2 files, [^\n]*\n$/);
+
+    // The normal case: a data dir with its homeserver.yaml.
+    const named = await cli(['create', '--data-dir', src.path, '--id', 'nc-3', '--json', ...s3], {
+      s3Flags: false,
+    });
+    expect(named.code).toBe(0);
+    expect(named.stderr).toBe('');
+    expect(JSON.parse(named.out)).not.toHaveProperty('no-homeserver-yaml');
+
+    const list = await cli(['list', ...s3], { s3Flags: false });
+    expect(list.code).toBe(0);
+    const noServer = (id: string) =>
+      `backup ${id} names no server: it was made where there was no homeserver.yaml (Synapse's default paths)`;
+    expect(list.out.trimEnd().split('\n').slice(-2)).toEqual([noServer('nc-1'), noServer('nc-2')]);
+    expect(list.out).not.toContain('nc-3 names');
+  });
+
+  test("restore into another data dir than the backup's, of a generated homeserver.yaml (absolute paths): a warning naming the keys, old and new dirs and the fix (--json stale-config-paths), homeserver.yaml as it was; into the backup's own dir none", async () => {
+    const old = await tmpDir('cli-generated');
+    await makeGeneratedSynapseTree(old.path);
+    const s3 = [
+      ...['--endpoint', minio.endpoint, '--region', 'us-east-1', '--uri-style', 'path'],
+      ...['--bucket', minio.bucket, '--prefix', `${PREFIX}-generated`],
+    ];
+    const opts = { s3Flags: false };
+    const created = await cli(['create', '--data-dir', old.path, '--id', 'gen-1', ...s3], opts);
+    expect(created.code).toBe(0);
+    expect(created.stderr).toBe('');
+
+    const dst = await tmpDir('cli-generated-new');
+    const json = await cli(
+      ['restore', '--id', 'gen-1', '--data-dir', dst.path, '--json', ...s3],
+      opts,
+    );
+    expect(json.code).toBe(0);
+    const stale = (JSON.parse(json.out) as Record<string, unknown>)['stale-config-paths'] as {
+      warning: string;
+    };
+    const named = ['media_store', 'homeserver.db', 'example.org.signing.key'];
+    named.push('example.org.log.config', 'homeserver.pid');
+    expect(stale).toEqual({
+      'old-data-dir': old.path,
+      'data-dir': dst.path,
+      keys: GENERATED_PATH_KEYS.map((key, i) => ({
+        key,
+        path: `${old.path}/${named[i]}`,
+        'new-path': `${dst.path}/${named[i]}`,
+      })),
+      warning: expect.any(String),
+    });
+    expect(json.stderr).toBe(`synapse-backup: warning: ${stale.warning}\n`);
+    expect(stale.warning).toBe(
+      `homeserver.yaml in ${dst.path} still names paths under ${old.path}, not ${dst.path} where backup gen-1 put their files: ` +
+        GENERATED_PATH_KEYS.map((key, i) => `${key} ${old.path}/${named[i]}`).join(', ') +
+        `; so a Synapse started on ${dst.path} would use the files under ${old.path}, and the next create would back them up as @external/...: ` +
+        `edit ${GENERATED_PATH_KEYS.join(', ')} in ${dst.path}/homeserver.yaml to name ${dst.path} instead of ${old.path}, or restore into ${old.path} (--data-dir ${old.path}); ` +
+        `if Synapse runs in a container that mounts ${dst.path} as ${old.path}, nothing is wrong (--config-root ${old.path} says so)`,
+    );
+    // Restored where the restore was told, and homeserver.yaml not rewritten.
+    expect(
+      await fsp.readFile(path.join(dst.path, 'media_store/local_content/ab/cd/m1'), 'utf8'),
+    ).toBe('media one');
+    expect(await fsp.readFile(path.join(dst.path, 'homeserver.yaml'), 'utf8')).toBe(
+      await fsp.readFile(path.join(old.path, 'homeserver.yaml'), 'utf8'),
+    );
+    const human = await cli(['restore', '--id', 'gen-1', '--data-dir', dst.path, ...s3], opts);
+    expect(human.code).toBe(0);
+    expect(human.stderr).toBe(`synapse-backup: warning: ${stale.warning}\n`);
+    expect(human.out).toMatch(new RegExp(`^restored backup gen-1 into ${dst.path}: 5 files, `));
+
+    // The normal case: back into the dir it was made of.
+    const home = await cli(
+      ['restore', '--id', 'gen-1', '--data-dir', old.path, '--json', ...s3],
+      opts,
+    );
+    expect(home.code).toBe(0);
+    expect(home.stderr).toBe('');
+    expect(JSON.parse(home.out)).not.toHaveProperty('stale-config-paths');
   });
 
   test('list --json: every backup with its status and size; list: a table', async () => {

@@ -104,6 +104,7 @@ describe('small pieces', () => {
         created: '2026-11-26T07:08:09.000Z',
         size: 1536,
         status: 'complete',
+        serverName: 'example.org',
       },
       { backupId: 'x', created: '2026-11-26T07:09:00.000Z', size: 10, status: 'incomplete' },
     ]);
@@ -113,5 +114,17 @@ describe('small pieces', () => {
       'x               2026-11-26T07:09:00.000Z  10 B     incomplete',
     ]);
     expect(formatBytes(3 * 1024 ** 3)).toBe('3.0 GiB');
+  });
+
+  test('the backup table names, under it, each complete backup that names no server', () => {
+    const at = '2026-11-26T07:08:09.000Z';
+    const table = formatBackupTable([
+      { backupId: 'named', created: at, size: 1, status: 'complete', serverName: 'example.org' },
+      { backupId: 'media', created: at, size: 1, status: 'complete' },
+      { backupId: 'half', created: at, size: 1, status: 'incomplete' },
+    ]);
+    expect(table.split('\n').slice(4)).toEqual([
+      "backup media names no server: it was made where there was no homeserver.yaml (Synapse's default paths)",
+    ]);
   });
 });

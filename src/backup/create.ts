@@ -26,6 +26,7 @@ import {
 } from './create-status';
 import { ByteCounter, EndGate, HashingCounter } from './stages';
 import { type Selection, readIdentityAndSelection } from './selection';
+import { selectionNotes } from './selection-looked-at';
 import { resolveInterruptedSwap } from './swap-journal';
 import { TarScanner, createEntryPolicy } from './tar';
 import type { CreateRequest, CreateResult } from './types';
@@ -118,8 +119,8 @@ export async function createBackup(
         warnings: notes.warnings.items,
         warningsCount: notes.warnings.count,
         ...(swapRecovery ? { swapRecovery } : {}),
-        ...(selection.missing.length ? { missing: selection.missing } : {}),
-        ...(selection.notIncluded.length ? { notIncluded: selection.notIncluded } : {}),
+        ...selectionNotes(selection),
+        ...(selection.noHomeserverYaml ? { noHomeserverYaml: selection.noHomeserverYaml } : {}),
       };
     } catch (err) {
       failure = err;
@@ -230,8 +231,7 @@ function manifestOf(
       ? { warnings: notes.warnings.items, warningsCount: notes.warnings.count }
       : {}),
     ...boundSelection(ctx, selection),
-    ...(selection.missing.length ? { missing: selection.missing } : {}),
-    ...(selection.notIncluded.length ? { notIncluded: selection.notIncluded } : {}),
+    ...selectionNotes(selection),
     engine: { name: ENGINE_NAME, version: ENGINE_VERSION },
   };
 }

@@ -16,6 +16,7 @@ import { completeManifest, objectKey } from './catalog';
 import { type EngineContext, checkInterrupted, passphraseOf } from './context';
 import { readHomeserverConfigOf } from './homeserver';
 import { refuseRunningSynapse } from './running';
+import { checkStaleConfigPaths } from './stale-paths';
 import { validateBackupId } from './ids';
 import type { Manifest } from './manifest';
 import { refuseOtherServer } from './identity';
@@ -62,7 +63,9 @@ import type { RestoreRequest, RestoreResult } from './types';
  * `interrupted` (ctx.signal: before the swap, the staging dir is removed;
  * once the swap began it is finished first, and the message says so),
  * or ConfigError without a passphrase; before the swap, the live data is as
- * it was. An earlier interrupted swap is resolved first (`swapRecovery`).
+ * it was. An earlier interrupted swap is resolved first (`swapRecovery`). Into
+ * another data dir than the backup's, homeserver.yaml paths still naming the old
+ * one are reported (`staleConfigPaths`, stale-paths.ts), never rewritten.
  */
 export async function restoreBackup(
   ctx: EngineContext,
@@ -110,6 +113,12 @@ export async function restoreBackup(
   await runCommand(ctx.workload, removeJournalCommand(ctx.dataDir), 'removing the swap journal');
   checkInterrupted(ctx, `the swap had begun, so it was finished: backup ${id} is restored`);
   const outside = externalTargets(plan);
+  const items = plan.items.filter((i) => i.kind === 'item' || i.kind === 'db').map((i) => i.name);
+  const stale = await checkStaleConfigPaths(ctx, {
+    backupDataDir: manifest?.dataDir,
+    items,
+    outside,
+  });
   return {
     backupId: id,
     files: scanner.files,
@@ -122,6 +131,7 @@ export async function restoreBackup(
     oneTimeKeysRemoved,
     ...(swapRecovery ? { swapRecovery } : {}),
     ...(manifest?.notIncluded?.length ? { notIncluded: manifest.notIncluded } : {}),
+    ...(stale ? { staleConfigPaths: stale } : {}),
   };
 }
 

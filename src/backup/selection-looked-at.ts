@@ -67,6 +67,38 @@ export function lookedAtOf(
   return phrases;
 }
 
+/**
+ * The create's warning when the data dir has no homeserver.yaml (Selection's
+ * `noHomeserverYaml`; nothing when `hasConfig` or nothing was selected): Synapse's
+ * default paths were taken, which is right for a server run that way but also what
+ * a wrong --data-dir gives. `items`: the selection's archive names, named by their
+ * top folder or file: `no homeserver.yaml in /d: backed up media_store alone, with
+ * Synapse's default paths; the backup names no server`.
+ */
+export function noConfigNote(
+  dataDir: string,
+  hasConfig: boolean,
+  items: readonly string[],
+): { noHomeserverYaml?: string } {
+  if (hasConfig || items.length === 0) return {};
+  const tops = [...new Set(items.map((item) => item.split('/')[0]))];
+  const shown = tops.slice(0, 5).join(', ') + (tops.length > 5 ? ', ...' : '');
+  return {
+    noHomeserverYaml: `no ${HOMESERVER_CONFIG} in ${dataDir}: backed up ${shown} alone, with Synapse's default paths; the backup names no server`,
+  };
+}
+
+/** What homeserver.yaml names that a backup does not hold, for create's result and manifest. */
+export function selectionNotes(s: { missing: string[]; notIncluded: string[] }): {
+  missing?: string[];
+  notIncluded?: string[];
+} {
+  return {
+    ...(s.missing.length ? { missing: s.missing } : {}),
+    ...(s.notIncluded.length ? { notIncluded: s.notIncluded } : {}),
+  };
+}
+
 /** homeserver.yaml, a database, a signing key (`*.key`) or a media folder: Synapse's own data. */
 function isSynapseItem(item: string, databases: readonly string[]): boolean {
   return (

@@ -21,7 +21,7 @@ import {
 } from './homeserver';
 import { type ServerIdentity, serverIdentityOf } from './identity';
 import { EXTERNAL_PREFIX } from './items';
-import { type ProbedPath, lookedAtOf, refuseStraySelection } from './selection-looked-at';
+import * as lookedAt from './selection-looked-at';
 import { ROOT_LINK_NAME, isBookkeepingName } from './scripts/common';
 import { selectionProbeCommand } from './scripts/selection';
 
@@ -56,6 +56,8 @@ export interface Selection {
   notIncluded: string[];
   /** What this run looked at and found, one phrase each (selection-looked-at.ts). */
   lookedAt: string[];
+  /** Set when there is no homeserver.yaml: what was taken by Synapse's defaults (a warning). */
+  noHomeserverYaml?: string;
 }
 
 /** A path homeserver.yaml selects (or defaults to), and what to say if it is missing. */
@@ -131,7 +133,7 @@ export async function selectionOf(
   }
   const realDataDir = records[0]?.real || dataDir;
   const selection = new SelectionBuilder(dataDir, realDataDir, notIncluded, configRoot);
-  const probed: ProbedPath[] = [];
+  const probed: lookedAt.ProbedPath[] = [];
   for (const r of records.slice(1)) {
     const candidate =
       r.kind === 'glob' ? { path: posix.join(dataDir, r.path) } : candidates[Number(r.kind)];
@@ -144,7 +146,9 @@ export async function selectionOf(
     else selection.add(candidate, r.real);
   }
   const globs = records.filter((r) => r.kind === 'glob').map((r) => r.path);
-  return { ...selection.build(), lookedAt: lookedAtOf(dataDir, Boolean(config), probed, globs) };
+  const built = selection.build();
+  const seen = lookedAt.lookedAtOf(dataDir, !!config, probed, globs);
+  return { ...built, lookedAt: seen, ...lookedAt.noConfigNote(dataDir, !!config, built.items) };
 }
 
 /**
@@ -165,7 +169,7 @@ export function readIdentityAndSelection(ctx: {
       .then((s) => {
         // Nothing there at all: say so before tar starts.
         if (s.items.length === 0) throw emptySelection(ctx.dataDir, '', s.lookedAt);
-        refuseStraySelection(ctx.dataDir, s.items, s.databases);
+        lookedAt.refuseStraySelection(ctx.dataDir, s.items, s.databases);
         return s;
       }),
   };

@@ -1,3 +1,4 @@
+import type { StaleConfigPaths } from './stale-paths';
 import type { SwapRecovery } from './swap-journal';
 import type { S3Settings } from '../s3/settings';
 import type { Workload } from '../workload/workload';
@@ -88,6 +89,11 @@ export interface CreateResult {
   missing?: string[];
   /** What is not in this backup and what backs it up ("... PostgreSQL ... pg_dump"). */
   notIncluded?: string[];
+  /**
+   * Set when the data dir had no homeserver.yaml: a sentence naming what was backed
+   * up by Synapse's default paths (a right data dir of such a server, or a wrong one).
+   */
+  noHomeserverYaml?: string;
 }
 
 export interface BackupInfo {
@@ -175,6 +181,12 @@ export interface RestoreResult {
   swapRecovery?: SwapRecovery;
   /** What the backup does not hold (a PostgreSQL database), restored with `force` all the same. */
   notIncluded?: string[];
+  /**
+   * homeserver.yaml's keys that still name paths under another data dir (the
+   * backup's) than the one restored into (stale-paths.ts); homeserver.yaml is
+   * never rewritten. Absent when there are none.
+   */
+  staleConfigPaths?: StaleConfigPaths;
 }
 
 export interface PruneRequest {

@@ -12,6 +12,8 @@ import { hours, wholeNumber } from './numbers';
 import {
   createNoteLines,
   endProgressLine,
+  noHomeserverYamlWarning,
+  staleConfigWarning,
   warnSelection,
   warnSwapRecovery,
   workloadCleanupLines,
@@ -50,6 +52,7 @@ const create: Command = async ({ engine, values, print }) => {
       ...(r.swapRecovery ? { 'swap-recovery': r.swapRecovery } : {}),
       ...(r.missing ? { missing: r.missing } : {}),
       ...(r.notIncluded ? { 'not-included': r.notIncluded } : {}),
+      ...(r.noHomeserverYaml ? { 'no-homeserver-yaml': noHomeserverYamlWarning(r) } : {}),
     },
   );
 };
@@ -79,6 +82,11 @@ const restore: Command = async ({ engine, values, dataDir, print }) => {
     });
   warnSwapRecovery(r);
   warnSelection(r);
+  const stale = staleConfigWarning(r);
+  if (stale) {
+    endProgressLine();
+    process.stderr.write(`synapse-backup: warning: ${stale}\n`);
+  }
   const notes = [
     r.replacedOutside ? `also restored ${r.replacedOutside.join(', ')}` : undefined,
     r.oneTimeKeysRemoved ? `${counted(r.oneTimeKeysRemoved, 'one-time key')} removed` : undefined,
@@ -88,7 +96,7 @@ const restore: Command = async ({ engine, values, dataDir, print }) => {
   ].filter(Boolean);
   print(
     `restored backup ${r.backupId} into ${dataDir}: ${counted(r.files, 'file')}, ${formatBytes(r.plaintextBytes)}${notes.map((n) => `; ${n}`).join('')}`,
-    r,
+    stale ? { ...r, staleConfigPaths: { ...r.staleConfigPaths, warning: stale } } : r,
   );
 };
 

@@ -1,7 +1,8 @@
 /** The CLI's output: one line or JSON object on stdout, a progress line on stderr. */
 import { type SwapRecovery, describeSwapRecovery } from '../backup/swap-journal';
 import { summarizeNotes } from '../backup/notes';
-import type { CreateResult, Progress, PruneResult } from '../backup/types';
+import { describeStaleConfigPaths, staleKeysOf } from '../backup/stale-paths';
+import type { CreateResult, Progress, PruneResult, RestoreResult } from '../backup/types';
 import { counted, formatBytes } from '../format';
 
 /** Set once a progress line has been drawn on stderr (which then needs a newline). */
@@ -57,11 +58,38 @@ export function createNoteLines(r: CreateResult): string[] {
  * Warns on stderr, one line each, about what homeserver.yaml names that a backup
  * does not hold: missing paths, a PostgreSQL database (pg_dump).
  */
-export function warnSelection(r: { missing?: string[]; notIncluded?: string[] }): void {
-  const lines = [...(r.notIncluded ?? []), ...(r.missing ?? [])];
+export function warnSelection(r: {
+  missing?: string[];
+  notIncluded?: string[];
+  noHomeserverYaml?: string;
+}): void {
+  const noConfig = noHomeserverYamlWarning(r);
+  const lines = [...(r.notIncluded ?? []), ...(r.missing ?? []), ...(noConfig ? [noConfig] : [])];
   if (lines.length === 0) return;
   endProgressLine();
   for (const line of lines) process.stderr.write(`synapse-backup: warning: ${line}\n`);
+}
+
+/**
+ * create's warning when the data dir had no homeserver.yaml, with the CLI's fix:
+ * `no homeserver.yaml in /d: backed up media_store alone, ...; if Synapse's config
+ * lives elsewhere, pass --data-dir the directory that holds its homeserver.yaml`.
+ */
+export function noHomeserverYamlWarning(r: { noHomeserverYaml?: string }): string | undefined {
+  if (!r.noHomeserverYaml) return undefined;
+  return `${r.noHomeserverYaml}; if Synapse's config lives elsewhere, pass --data-dir the directory that holds its homeserver.yaml`;
+}
+
+/**
+ * restore's warning when homeserver.yaml still names the backup's other data dir
+ * (stale-paths.ts), with the CLI's fixes: edit those keys, or restore into the old
+ * dir; or, when a container mounts the new dir as the old one, --config-root.
+ */
+export function staleConfigWarning(r: RestoreResult): string | undefined {
+  const s = r.staleConfigPaths;
+  if (!s) return undefined;
+  const [old, dir] = [s.oldDataDir, s.dataDir];
+  return `${describeStaleConfigPaths(s, r.backupId)}: edit ${staleKeysOf(s)} in ${dir}/homeserver.yaml to name ${dir} instead of ${old}, or restore into ${old} (--data-dir ${old}); if Synapse runs in a container that mounts ${dir} as ${old}, nothing is wrong (--config-root ${old} says so)`;
 }
 
 /** What prune removed in the workload, for the human output (none in a dry run). */

@@ -27,7 +27,9 @@ import {
 } from '../support/peers';
 import { packageLayout } from '../support/selection';
 import {
+  GENERATED_PATH_KEYS,
   inspectSqliteDb,
+  makeGeneratedSynapseTree,
   makeSynapseTree,
   snapshotTree,
   withoutSkipped,
@@ -421,6 +423,74 @@ describeWithPeers(['minio', 'pebble'])('charm actions', () => {
     expect(pg.failMessage).toBeUndefined();
     expect(pg.results['not-included']).toBe(said);
     expect(pg.logs).toContain(`warning: ${said}`);
+  });
+
+  it("create-backup without homeserver.yaml warns (no-homeserver-yaml); restore-backup of a host's backup whose generated homeserver.yaml names that host's dir warns (stale-config-paths) and rewrites nothing", async () => {
+    // The charm restores into its own data dir only: a backup of another dir (the
+    // CLI's, of a host being migrated) is the one way it meets this.
+    const dir = await tmpDir('charm-migrate');
+    const mig = await JujuHarness.create({ pebbleSocket: pebble.socketPath, dataDir: dir.path });
+    mig.setConfig({
+      'server-name': 'example.org',
+      's3-endpoint': minio.endpoint,
+      's3-bucket': minio.bucket,
+      's3-path': 'synapse/migrate',
+      's3-uri-style': 'path',
+      's3-credentials': mig.addSecret({
+        'access-key': minio.accessKeyId,
+        'secret-key': minio.secretAccessKey,
+      }),
+      'backup-passphrase': mig.addSecret({ passphrase }),
+    });
+    fs.mkdirSync(path.join(dir.path, 'media_store/local_content/ab'), { recursive: true });
+    fs.writeFileSync(path.join(dir.path, 'media_store/local_content/ab/m0'), 'media zero');
+    const bare = await mig.action('create-backup');
+    outputs.push(bare);
+    expect(bare.failMessage).toBeUndefined();
+    const said = `no homeserver.yaml in ${dir.path}: backed up media_store alone, with Synapse's default paths; the backup names no server; the charm generates ${dir.path}/homeserver.yaml once server-name is set`;
+    expect(bare.results['no-homeserver-yaml']).toBe(said);
+    expect(bare.logs).toContain(`warning: ${said}`);
+    const listed = await mig.action('list-backups');
+    outputs.push(listed);
+    expect(String(listed.results.formatted).split('\n').at(-1)).toBe(
+      `backup ${String(bare.results['backup-id'])} names no server: it was made where there was no homeserver.yaml (Synapse's default paths)`,
+    );
+
+    const host = await tmpDir('charm-migrate-host');
+    await makeGeneratedSynapseTree(host.path);
+    const engine = minioEngine(minio, 'synapse/migrate', { passphrase, dataDir: host.path });
+    await engine.create({ id: 'host-1' });
+    engine.close();
+    const restored = await mig.action('restore-backup', { 'backup-id': 'host-1' });
+    outputs.push(restored);
+    expect(restored.failMessage).toBeUndefined();
+    const keys = GENERATED_PATH_KEYS.join(', ');
+    expect(restored.results['stale-config-keys']).toBe(keys);
+    const stale = String(restored.results['stale-config-paths']);
+    expect(stale).toMatch(
+      new RegExp(
+        `^homeserver\\.yaml in ${dir.path} still names paths under ${host.path}, not ${dir.path} where backup host-1 put their files: media_store_path ${host.path}/media_store, `,
+      ),
+    );
+    expect(
+      stale.endsWith(
+        `: edit ${keys} in ${dir.path}/homeserver.yaml (in the synapse container) to name ${dir.path} instead of ${host.path}, then restart Synapse`,
+      ),
+    ).toBe(true);
+    expect(restored.logs).toContain(`warning: ${stale}`);
+    expect(fs.readFileSync(path.join(dir.path, 'media_store/local_content/ab/cd/m1'), 'utf8')).toBe(
+      'media one',
+    );
+    // The charm's reconcile adds its own settings; the paths are as the host's.
+    const paths = (file: string) => {
+      const c = parseYaml(fs.readFileSync(file, 'utf8')) as Record<string, unknown>;
+      return ['pid_file', 'database', 'log_config', 'media_store_path', 'signing_key_path'].map(
+        (k) => c[k],
+      );
+    };
+    expect(paths(path.join(dir.path, 'homeserver.yaml'))).toEqual(
+      paths(path.join(host.path, 'homeserver.yaml')),
+    );
   });
 
   it('prune-backups and backup-retention', async () => {

@@ -139,3 +139,45 @@ export function withoutSkipped(snap: Map<string, TreeEntry>): Map<string, TreeEn
   }
   return out;
 }
+
+/**
+ * A data dir as `python -m synapse.app.homeserver --generate-config --data-directory
+ * <root>` leaves it (Synapse 1.163): homeserver.yaml naming every path absolutely
+ * under `root` (pid_file, the database's args.database, log_config, media_store_path,
+ * signing_key_path; the text as the generator writes them), plus a SQLite database
+ * and one medium, as after a first upload.
+ */
+export async function makeGeneratedSynapseTree(root: string): Promise<void> {
+  await fsp.mkdir(path.join(root, 'media_store/local_content/ab/cd'), { recursive: true });
+  await fsp.writeFile(
+    path.join(root, 'homeserver.yaml'),
+    [
+      'server_name: "example.org"',
+      `pid_file: ${root}/homeserver.pid`,
+      'database:',
+      '  name: sqlite3',
+      '  args:',
+      `    database: ${root}/homeserver.db`,
+      `log_config: "${root}/example.org.log.config"`,
+      `media_store_path: ${root}/media_store`,
+      'report_stats: false',
+      `signing_key_path: "${root}/example.org.signing.key"`,
+      '',
+    ].join('\n'),
+  );
+  await fsp.writeFile(path.join(root, 'example.org.signing.key'), 'ed25519 a_gen c2VlZA\n', {
+    mode: 0o600,
+  });
+  await fsp.writeFile(path.join(root, 'example.org.log.config'), 'version: 1\n');
+  await fsp.writeFile(path.join(root, 'media_store/local_content/ab/cd/m1'), 'media one');
+  makeSqliteDb(path.join(root, 'homeserver.db'));
+}
+
+/** The keys makeGeneratedSynapseTree's homeserver.yaml names paths with, in its order. */
+export const GENERATED_PATH_KEYS = [
+  'media_store_path',
+  'database.args.database',
+  'signing_key_path',
+  'log_config',
+  'pid_file',
+];

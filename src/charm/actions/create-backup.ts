@@ -56,6 +56,12 @@ export const createBackup: ActionHandler = async (a) => {
       for (const line of lines) await a.log(`warning: ${line}`);
       results[key] = lines.join('; ');
     }
+    if (result.noHomeserverYaml) {
+      // The charm's data dir is fixed: its homeserver.yaml comes with server-name.
+      const said = `${result.noHomeserverYaml}; the charm generates ${a.overrides.dataDir}/homeserver.yaml once server-name is set`;
+      await a.log(`warning: ${said}`);
+      results['no-homeserver-yaml'] = said;
+    }
     if (result.swapRecovery) {
       const said = describeSwapRecovery(result.swapRecovery);
       await a.log(`warning: ${said}`);

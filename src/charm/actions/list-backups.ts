@@ -2,6 +2,7 @@ import { createHash } from 'node:crypto';
 import type { BackupInfo } from '../../backup/types';
 import { isValidActionKeySegment, type ActionResults } from '../../juju/hook-tools';
 import { formatBytes, formatTable } from '../format';
+import { noServerLines } from '../../format';
 import type { ActionHandler } from './context';
 
 /** Most backups listed in the results (they travel in action-set's argv). */
@@ -45,6 +46,7 @@ export const listBackups: ActionHandler = async (a) => {
       ),
     );
     if (hidden > 0) lines.push(`(${hidden} older backups not shown)`);
+    lines.push(...noServerLines(shown));
   }
   if (uploads.length > 0) {
     lines.push(

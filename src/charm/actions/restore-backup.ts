@@ -1,3 +1,4 @@
+import { describeStaleConfigPaths, staleKeysOf } from '../../backup/stale-paths';
 import { describeSwapRecovery } from '../../backup/swap-journal';
 import type { ActionResults } from '../../juju/hook-tools';
 import { SERVICE_NAME } from '../overrides';
@@ -64,6 +65,16 @@ export const restoreBackup: ActionHandler = async (a) => {
     if (result.notIncluded?.length) {
       for (const line of result.notIncluded) await a.log(`warning: ${line}`);
       results['not-included'] = result.notIncluded.join('; ');
+    }
+    if (result.staleConfigPaths) {
+      // Only a backup made elsewhere (the CLI's of another dir) can hit this: the
+      // charm always restores into its own data dir.
+      const s = result.staleConfigPaths;
+      const keys = staleKeysOf(s);
+      const said = `${describeStaleConfigPaths(s, result.backupId)}: edit ${keys} in ${s.dataDir}/homeserver.yaml (in the synapse container) to name ${s.dataDir} instead of ${s.oldDataDir}, then restart Synapse`;
+      await a.log(`warning: ${said}`);
+      results['stale-config-paths'] = said;
+      results['stale-config-keys'] = keys;
     }
     if (result.swapRecovery) {
       const said = describeSwapRecovery(result.swapRecovery);
