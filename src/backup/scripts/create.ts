@@ -44,7 +44,10 @@ const SNAPSHOT_EXPLAINED_EXIT = 3;
  * an argument, never interpolated, so odd characters cannot change the script;
  * `keepFreeBytes` ($1) is what the snapshot leaves free on the data dir's
  * filesystem for Synapse: it stops, failing the script, when the free space
- * falls below it (0: no watch; see src/backup/space.ts).
+ * falls below it (0: no watch; see src/backup/space.ts). tar writes 128 KiB
+ * records (`--blocking-factor=256`; GNU tar's default is 10 KiB): fewer, larger
+ * reads and writes, about 1 CPU s less of tar per 4 GiB here (README, tar's
+ * record size).
  */
 export function tarCreateCommand(
   dataDir: string,
@@ -64,7 +67,7 @@ export function tarCreateCommand(
     'rm -f -- "$snap" "$root"',
     `if printf '%s' "$names" | grep -q '^${rootPattern}/'; then ln -s / "$root"; fi`,
     ...namesAsTheyCome(),
-    `archive() { names | tar --create --file=- --format=posix --numeric-owner "--transform=s|^${snapshotPattern}$|$dbname|S" '--transform=s|^${rootPattern}/|@external/|S' --no-recursion . "$@" --recursion --null --verbatim-files-from --files-from=- 3>&-; }`,
+    `archive() { names | tar --create --file=- --blocking-factor=256 --format=posix --numeric-owner "--transform=s|^${snapshotPattern}$|$dbname|S" '--transform=s|^${rootPattern}/|@external/|S' --no-recursion . "$@" --recursion --null --verbatim-files-from --files-from=- 3>&-; }`,
     ...REBLOCKED_ARCHIVE,
     'rm -f -- "$snap" "$root"',
     // 141: the snapshot's script met a broken pipe because tar had failed: tar's status says why.
