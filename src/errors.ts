@@ -34,6 +34,8 @@ export type ErrorCode =
   | 'no-space'
   /** The data dir a restore goes to does not exist. */
   | 'no-data-dir'
+  /** The data dir a restore goes to holds files but none of Synapse's (a mistyped one). */
+  | 'foreign-data-dir'
   | 'unfinished-swap'
   | 'interrupted';
 
@@ -72,6 +74,9 @@ export type Operation = 'list' | 'prune' | 'delete';
  *   (with allow-no-manifest) and take its files out by hand, or restore another backup;
  * - `data-dir`: the run looked in a directory that holds no Synapse data: point it
  *   at the one that holds homeserver.yaml;
+ * - `restore-dir`: a restore's data dir `dir` holds files but none of Synapse's: point
+ *   the restore at the directory that holds homeserver.yaml, or a new or empty one; or,
+ *   if Synapse's files really belong there beside those, run again with `force`;
  * - `stop-process`: processes `pids` in the workload (started by a run whose engine
  *   was killed) still work on the data dir: wait for them to end, or kill them, then
  *   run again;
@@ -85,6 +90,7 @@ export type Remedy =
   | { kind: 'stop-synapse'; service?: string; pidFile?: string; pid?: number }
   | { kind: 'decrypt'; id: string }
   | { kind: 'data-dir' }
+  | { kind: 'restore-dir'; dir: string }
   | { kind: 'stop-process'; pids: number[] }
   | { kind: 'advice'; text: string };
 

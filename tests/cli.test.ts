@@ -535,6 +535,56 @@ describeWithPeers(['minio'])('synapse-backup CLI (built bundle, real MinIO)', ()
     );
   });
 
+  test("restore into a compose file's folder or a media store (none of Synapse's files there): exit 2, one line naming what is there and the fix, the dir as it was; --force restores", async () => {
+    const deploy = await tmpDir('cli-restore-compose');
+    await fsp.chmod(deploy.path, 0o755);
+    await fsp.writeFile(path.join(deploy.path, 'docker-compose.yml'), 'services: {}\n');
+    await fsp.writeFile(path.join(deploy.path, '.env'), 'POSTGRES_PASSWORD=x\n');
+    await fsp.mkdir(path.join(deploy.path, 'data'));
+    const stateOf = async (dir: string) => {
+      const st = statSync(dir);
+      return [st.uid, st.gid, st.mode & 0o7777, [...(await snapshotTree(dir))]];
+    };
+    const before = await stateOf(deploy.path);
+    const fix =
+      "pass --data-dir the directory that holds Synapse's homeserver.yaml, or a new or empty directory; if Synapse's files really belong there beside those, run again with --force";
+    const refused = await cli(['restore', '--id', 'cli-1', '--data-dir', deploy.path]);
+    expect(refused.code).toBe(2);
+    expect(refused.out).toBe('');
+    expect(errorLine(refused)).toBe(
+      `synapse-backup: error: the data dir ${deploy.path} holds none of Synapse's files (no homeserver.yaml, signing key, SQLite database or media store), only .env, data, docker-compose.yml: restoring backup cli-1 there would put Synapse's files among them and give ${deploy.path} the backed-up data dir's owner and mode; nothing was restored; ${fix}`,
+    );
+    expect(await stateOf(deploy.path)).toEqual(before);
+
+    const media = path.join(deploy.path, 'data', 'media_store');
+    for (const folder of ['local_content', 'local_thumbnails', 'remote_content']) {
+      await fsp.mkdir(path.join(media, folder), { recursive: true });
+    }
+    const mediaBefore = await stateOf(media);
+    const wrong = await cli(['restore', '--id', 'cli-1', '--data-dir', media]);
+    expect(wrong.code).toBe(2);
+    expect(errorLine(wrong)).toBe(
+      `synapse-backup: error: the data dir ${media} holds none of Synapse's files (no homeserver.yaml, signing key, SQLite database or media store), only local_content, local_thumbnails, remote_content (a media store's folders: Synapse's data dir is likely ${path.dirname(media)}): restoring backup cli-1 there would put Synapse's files among them and give ${media} the backed-up data dir's owner and mode; nothing was restored; ${fix}`,
+    );
+    expect(await stateOf(media)).toEqual(mediaBefore);
+
+    const forced = await cli(['restore', '--id', 'cli-1', '--data-dir', deploy.path, '--force']);
+    expect(forced.stderr).toBe('');
+    expect(forced.code).toBe(0);
+    expect((await fsp.readdir(deploy.path)).sort()).toEqual(
+      [
+        '.env',
+        'data',
+        'docker-compose.yml',
+        'example.org.log.config',
+        'example.org.signing.key',
+        'homeserver.db',
+        'homeserver.yaml',
+        'media_store',
+      ].sort(),
+    );
+  });
+
   test('restore of a backup with paths outside the data dir names them: a human clause, --json replaced-outside (and external-previous-paths with --keep-previous)', async () => {
     const { dataDir, etc, media, db } = await packageLayout();
     const created = await cli(['create', '--data-dir', dataDir, '--id', 'cli-pkg']);
@@ -787,7 +837,7 @@ describeWithPeers(['minio'])('synapse-backup CLI (built bundle, real MinIO)', ()
     );
   });
 
-  test("a restore makes a missing data dir 0700 whatever the umask, its parents 0755 less the umask; the swap then gives it the archive's ./ mode", async () => {
+  test("a restore makes a missing data dir 0700 and its parents 0755 whatever the umask; the swap then gives it the archive's ./ mode", async () => {
     const noRoot = await buildTar([
       { name: 'homeserver.yaml', content: 'server_name: "mode.example.org"\n' },
     ]);
@@ -815,14 +865,17 @@ describeWithPeers(['minio'])('synapse-backup CLI (built bundle, real MinIO)', ()
     expect(modeOf(path.dirname(data)).toString(8)).toBe('755');
     expect(await fsp.readdir(data)).toEqual(['homeserver.yaml']);
 
-    // umask 077 takes the parents' group and other bits too; the data dir is 0700 either way.
-    const tight = path.join(root.path, 'tight/data');
+    // umask 077 (mkdir -p would make 0700 parents, closed to Synapse's user): the same modes.
+    const tight = path.join(root.path, 'tight/deeper/data');
     const tightRun = await cli(['restore', '--id', 'mode-noroot', '--data-dir', tight], {
       umask: 0o077,
     });
     expect(tightRun.code).toBe(0);
     expect(modeOf(tight).toString(8)).toBe('700');
-    expect(modeOf(path.dirname(tight)).toString(8)).toBe('700');
+    expect(modeOf(path.dirname(tight)).toString(8)).toBe('755');
+    expect(modeOf(path.join(root.path, 'tight')).toString(8)).toBe('755');
+    // A parent that was there keeps its mode.
+    expect(modeOf(root.path).toString(8)).toBe('700');
 
     // A backup with ./ (every create's): the data dir takes the backed-up one's mode, as an
     // existing data dir does.

@@ -40,9 +40,6 @@ import { type RestoreDirs, type SwapPlan, removeTree, swapIn } from './restore-s
 import {
   PREVIOUS_PREFIX,
   STAGING_PREFIX,
-  freeSpaceCommand,
-  NO_DATA_DIR,
-  NOT_A_DIR,
   prepareStagingCommand,
   removeJournalCommand,
   syncCommand,
@@ -50,13 +47,16 @@ import {
   tarExtractCommand,
 } from './scripts';
 import { type SwapRecovery, resolveInterruptedSwap } from './swap-journal';
+import { readRestoreTarget, refuseForeignDataDir, refuseMissingDataDir } from './restore-target';
 import { ArchiveRejectedError, TarScanner } from './tar';
 import type { RestoreRequest, RestoreResult } from './types';
 
 /**
  * Restores backup `request.id` into the data dir (see the protocol above).
  * Throws `not-found`, `corrupt` (no manifest unless allowMissingManifest),
- * `wrong-server` (unless force), `wrong-passphrase`, `no-space`,
+ * `no-data-dir`, `foreign-data-dir` (the data dir holds files but none of
+ * Synapse's, unless force: restore-target.ts), `wrong-server` (unless force),
+ * `wrong-passphrase`, `no-space`,
  * `archive-rejected`, `manifest-mismatch`, `workload-command`,
  * `unfinished-swap` (an earlier interrupted swap that could not be resolved),
  * `busy` (Synapse runs on the data dir and is not among `services`: running.ts),
@@ -220,8 +220,9 @@ function planSwap(id: string, tracker: ItemTracker, manifest: Manifest | undefin
 /**
  * Every check before anything changes, reported in this order: an interrupted
  * swap that cannot be resolved, a stop signal, a running Synapse (running.ts),
- * the manifest (catalog.ts completeManifest), a missing data dir, another
- * server's backup, roots elsewhere, no database, the passphrase and binding (the
+ * the manifest (catalog.ts completeManifest), a missing data dir, a data dir
+ * that holds files but none of Synapse's (restore-target.ts), another server's
+ * backup, roots elsewhere, no database, the passphrase and binding (the
  * header), free space.
  * The S3 reads have no side effects and go while the workload's run (the
  * journal; then homeserver.yaml and df together), so the checks cost about the
@@ -244,18 +245,21 @@ async function checkBeforeRestore(
     checkInterrupted(ctx, `${ctx.dataDir} is unchanged`);
     // homeserver.yaml after the journal is resolved: a rollback may have changed it.
     const configRead = started(readHomeserverConfigOf(ctx));
-    const freeRead = started(freeBytes(ctx));
-    reads.push(configRead, freeRead);
+    const targetRead = started(readRestoreTarget(ctx));
+    reads.push(configRead, targetRead);
     // Never under a Synapse the swap would not stop (running.ts).
     await refuseRunningSynapse(ctx, services, configRead);
     const manifest = await manifestRead;
     // Before the refusals --force overrides: neither it nor another option helps there.
-    await refuseMissingDataDir(freeRead);
+    await refuseMissingDataDir(targetRead);
+    // A df that failed is reported in its turn, at the free-space check.
+    const target = await targetRead.catch(() => undefined);
+    if (target) refuseForeignDataDir(ctx.dataDir, id, target.entries, manifest, request.force);
     await refuseOtherServer(id, manifest, request, configRead);
     refuseRootsElsewhere(manifest, id, ctx.dataDir, request.force);
     refuseWithoutDatabase(manifest, id, request.force);
     await headerRead;
-    await checkFreeSpace(ctx, id, manifest, await freeRead);
+    await checkFreeSpace(ctx, id, manifest, (await targetRead).free);
     return { manifest, swapRecovery };
   } catch (err) {
     await Promise.allSettled(reads);
@@ -267,50 +271,6 @@ async function checkBeforeRestore(
 function started<T>(promise: Promise<T>): Promise<T> {
   promise.catch(() => undefined);
   return promise;
-}
-
-/**
- * The bytes free for the data dir (df in the workload); NaN when df printed no
- * number (the space check is then skipped). Rejects with `no-data-dir` when the
- * data dir does not exist or is not a directory: the restore stages inside it,
- * and only the operator knows its owner and mode (the CLI makes a missing one
- * on its own host, never in a workload); with `workload-command` when df fails.
- */
-async function freeBytes(ctx: EngineContext): Promise<number> {
-  const output = (
-    await runCommand(
-      ctx.workload,
-      freeSpaceCommand(ctx.dataDir),
-      `checking free space in ${ctx.dataDir}`,
-    )
-  ).trim();
-  if (output === NO_DATA_DIR || output === NOT_A_DIR) {
-    const [what, make] =
-      output === NO_DATA_DIR
-        ? ['does not exist', 'create it']
-        : [
-            'is not a directory (something else has its name)',
-            'move that aside and create the directory',
-          ];
-    throw new BackupError(
-      'no-data-dir',
-      `the data dir ${ctx.dataDir} ${what}: nothing was restored`,
-      {
-        remedy: {
-          kind: 'advice',
-          text: `${make} where Synapse runs, owned by the user Synapse runs as (the official image's: install -d -o 991 -g 991 ${ctx.dataDir}), then run the restore again`,
-        },
-      },
-    );
-  }
-  return output === '' ? NaN : Number(output);
-}
-
-/** Rejects at once when `freeRead` did with `no-data-dir`; any other outcome waits for its turn. */
-async function refuseMissingDataDir(freeRead: Promise<number>): Promise<void> {
-  await freeRead.catch((err: unknown) => {
-    if (err instanceof BackupError && err.code === 'no-data-dir') throw err;
-  });
 }
 
 /** Refuses when the data dir's filesystem cannot hold the staged copy (plaintext bytes). */

@@ -99,8 +99,11 @@ export function selectionNotes(s: { missing: string[]; notIncluded: string[] }):
   };
 }
 
-/** homeserver.yaml, a database, a signing key (`*.key`) or a media folder: Synapse's own data. */
-function isSynapseItem(item: string, databases: readonly string[]): boolean {
+/**
+ * homeserver.yaml, a database, a signing key (`*.key`) or a media folder: Synapse's own
+ * data. `item`: an archive name (`media_store/local_content`); `databases`: the database items.
+ */
+export function isSynapseItem(item: string, databases: readonly string[]): boolean {
   return (
     item === HOMESERVER_CONFIG ||
     databases.includes(item) ||

@@ -149,7 +149,11 @@ export interface RestoreRequest {
   allowMissingManifest?: boolean;
   /** Keep the replaced files in `<data dir>/.pre-restore-<time>` after a successful restore. */
   keepPrevious?: boolean;
-  /** Restore a backup of another server name. */
+  /**
+   * Restore a backup of another server name (or one naming none over a data dir
+   * that names one), one without the database or with roots elsewhere, and into
+   * a data dir that holds files but none of Synapse's.
+   */
   force?: boolean;
   /**
    * The server name this Synapse should have (the charm's server-name), used

@@ -90,6 +90,8 @@ export function charmRemedy(
       return `restore another backup (list-backups), or take this one's files out by hand with the synapse-backup CLI: synapse-backup decrypt --id ${remedy.id} --allow-no-manifest > ${remedy.id}.tar`;
     case 'data-dir':
       return 'the charm writes homeserver.yaml once server-name is set and the synapse container is up (see the unit status); to bring a server back from a backup, run restore-backup';
+    case 'restore-dir':
+      return `see what they are with \`juju ssh --container synapse ${unit} ls -la ${remedy.dir}\` and move them off the data volume; if Synapse's files really belong there beside them, run again with force=true`;
     case 'stop-process': {
       const them = remedy.pids.length === 1 ? 'it' : 'them';
       return `wait for ${them} to finish, or stop ${them} with \`juju ssh --container synapse ${unit} kill ${remedy.pids.join(' ')}\`, then run the action again`;

@@ -5,7 +5,8 @@
  * prints one line, `synapse-backup: error: <reason>; <remedy in this CLI's
  * terms>`, and exits 2 for bad input (BAD_INPUT_CODES: usage and configuration
  * errors, a wrong passphrase, an unknown id, a missing bucket, another server's
- * backup, data a backup cannot hold), 1 otherwise.
+ * backup, data a backup cannot hold, a restore's data dir that holds none of
+ * Synapse's files), 1 otherwise.
  *
  * SIGTERM and SIGINT interrupt the running operation (its AbortSignal): the
  * upload is aborted, the staging dir or snapshot removed (a restore's swap
@@ -41,7 +42,8 @@ import { describeForCli } from './remedy';
  * key authenticates (its encryption context, the wrapped key): damage anywhere
  * else is `corrupt` (exit 1). `not-found` is an unknown id; `s3-bucket` a bucket
  * that does not exist or is in another region; `wrong-server` a backup of
- * another server_name (or none) over this one. `busy` (another run holds the
+ * another server_name (or none) over this one; `foreign-data-dir` a restore's
+ * --data-dir that holds files but none of Synapse's. `busy` (another run holds the
  * data dir or the id) is no bad input: exit 1, as are S3, workload and data
  * faults.
  */
@@ -51,6 +53,7 @@ const BAD_INPUT_CODES = new Set([
   'empty-selection',
   'unrestorable-entry',
   'no-data-dir',
+  'foreign-data-dir',
   'wrong-passphrase',
   'not-found',
   's3-bucket',

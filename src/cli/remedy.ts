@@ -49,6 +49,8 @@ export function cliRemedy(remedy: Remedy): string {
       return `synapse-backup decrypt --id ${remedy.id} --allow-no-manifest > ${remedy.id}.tar writes its plain tar (outside paths as @external/<absolute path>) to put back by hand; or restore another backup (synapse-backup list)`;
     case 'data-dir':
       return "pass --data-dir the directory that holds Synapse's homeserver.yaml";
+    case 'restore-dir':
+      return "pass --data-dir the directory that holds Synapse's homeserver.yaml, or a new or empty directory; if Synapse's files really belong there beside those, run again with --force";
     case 'stop-process': {
       const them = remedy.pids.length === 1 ? 'it' : 'them';
       return `wait for ${them} to finish, or stop ${them} with \`kill ${remedy.pids.join(' ')}\` where the workload runs (this host; with --pebble-socket, the container Pebble runs in), then run again`;

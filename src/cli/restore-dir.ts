@@ -6,15 +6,16 @@ import { ConfigError, errorMessage } from '../errors';
 /** The mode of a data dir the restore makes, whatever the umask: the restore then fills it. */
 export const NEW_DATA_DIR_MODE = 0o700;
 /**
- * The mode of missing parents (less what the umask takes, as `mkdir -p`): Synapse's
- * user (991 in the official image) must be able to pass through them to the data dir.
+ * The mode of missing parents, whatever the umask: Synapse's user (991 in the
+ * official image) must be able to pass through them to the data dir, which a
+ * `umask 077` shell's `mkdir -p` (0700, root's) would not let it.
  */
 const PARENT_MODE = 0o755;
 
 /**
  * Makes a missing restore directory `dir` (absolute) on this host, mode
  * {@link NEW_DATA_DIR_MODE} (tar needs it to exist), and its missing parents, mode
- * {@link PARENT_MODE} less the umask. The swap then gives the data dir the owner,
+ * {@link PARENT_MODE}, both whatever the umask. The swap then gives the data dir the owner,
  * group and mode of the archive's `./` (the backed-up data dir's), as it does an
  * existing one; a backup without `./` (the original Python charm's) leaves it 0700.
  * Returns an undo that removes what it made if it is still empty, for a restore that
@@ -25,6 +26,12 @@ export function makeRestoreDir(dir: string): () => void {
   let first: string | undefined;
   try {
     const firstParent = mkdirSync(path.dirname(dir), { recursive: true, mode: PARENT_MODE });
+    if (firstParent) {
+      // mkdir took the umask off: each parent it made gets PARENT_MODE itself.
+      for (let d = path.dirname(dir); d.length >= firstParent.length; d = path.dirname(d)) {
+        chmodSync(d, PARENT_MODE);
+      }
+    }
     first = made(dir) ? (firstParent ?? dir) : firstParent;
   } catch (err) {
     throw new ConfigError(`cannot create the data directory ${dir}: ${errorMessage(err)}`);

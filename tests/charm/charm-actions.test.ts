@@ -338,6 +338,64 @@ describeWithPeers(['minio', 'pebble'])('charm actions', () => {
     });
   });
 
+  it("restore-backup on a fresh unit (no server-name yet, only the volume's lost+found) restores; into a data dir holding none of Synapse's files it fails, naming them, and changes nothing; force=true restores", async () => {
+    const source = await tmpDir('charm-fresh-src');
+    await makeSynapseTree(source.path, { mediaFiles: 2 });
+    const engine = minioEngine(minio, 'synapse/fresh', { passphrase, dataDir: source.path });
+    await engine.create({ id: 'fresh-1' });
+    engine.close();
+    const unitFor = async (dir: string) => {
+      const unit = await JujuHarness.create({ pebbleSocket: pebble.socketPath, dataDir: dir });
+      unit.setConfig({
+        's3-endpoint': minio.endpoint,
+        's3-bucket': minio.bucket,
+        's3-path': 'synapse/fresh',
+        's3-uri-style': 'path',
+        's3-credentials': unit.addSecret({
+          'access-key': minio.accessKeyId,
+          'secret-key': minio.secretAccessKey,
+        }),
+        'backup-passphrase': unit.addSecret({ passphrase }),
+      });
+      return unit;
+    };
+
+    const fresh = await tmpDir('charm-fresh');
+    fs.mkdirSync(path.join(fresh.path, 'lost+found'));
+    const restored = await (
+      await unitFor(fresh.path)
+    ).action('restore-backup', {
+      'backup-id': 'fresh-1',
+    });
+    outputs.push(restored);
+    expect(restored.failMessage).toBeUndefined();
+    expect(restored.results['backup-id']).toBe('fresh-1');
+    expect(fs.readFileSync(path.join(fresh.path, 'homeserver.yaml'), 'utf8')).toBe(
+      fs.readFileSync(path.join(source.path, 'homeserver.yaml'), 'utf8'),
+    );
+
+    const other = await tmpDir('charm-foreign');
+    fs.writeFileSync(path.join(other.path, 'notes.txt'), 'not Synapse\n');
+    fs.mkdirSync(path.join(other.path, 'backup.d'));
+    const before = await snapshotTree(other.path);
+    const beforeMode = fs.statSync(other.path).mode;
+    const unit = await unitFor(other.path);
+    const refused = await unit.action('restore-backup', { 'backup-id': 'fresh-1' });
+    outputs.push(refused);
+    expect(refused.failed).toBe(true);
+    expect(refused.failMessage).toBe(
+      `the data dir ${other.path} holds none of Synapse's files (no homeserver.yaml, signing key, SQLite database or media store), only backup.d, notes.txt: restoring backup fresh-1 there would put Synapse's files among them and give ${other.path} the backed-up data dir's owner and mode; nothing was restored; see what they are with \`juju ssh --container synapse synapse/0 ls -la ${other.path}\` and move them off the data volume; if Synapse's files really belong there beside them, run again with force=true`,
+    );
+    expect(await snapshotTree(other.path)).toEqual(before);
+    expect(fs.statSync(other.path).mode).toBe(beforeMode);
+    const forced = await unit.action('restore-backup', { 'backup-id': 'fresh-1', force: true });
+    outputs.push(forced);
+    expect(forced.failMessage).toBeUndefined();
+    expect(fs.readdirSync(other.path)).toEqual(
+      expect.arrayContaining(['homeserver.yaml', 'notes.txt', 'backup.d', 'media_store']),
+    );
+  });
+
   it('create-backup follows homeserver.yaml outside the data dir, restore-backup puts it back there; a PostgreSQL database is named as not included', async () => {
     const layout = await packageLayout();
     const pkg = await JujuHarness.create({

@@ -10,8 +10,11 @@ export const NOT_A_DIR = 'not-a-directory';
 
 /**
  * Prints the bytes available to unprivileged writers on the data dir's
- * filesystem, or {@link NO_DATA_DIR} / {@link NOT_A_DIR}. df's status when it
- * fails (its complaint on stderr): never an empty answer read as "no space".
+ * filesystem on its first line (empty when df printed no number), then the
+ * data dir's top-level names, each ended by a NUL (dot-files too: the restore
+ * refuses a directory that holds files but none of Synapse's); or only
+ * {@link NO_DATA_DIR} / {@link NOT_A_DIR}. df's status when it fails (its
+ * complaint on stderr): never an empty answer read as "no space".
  */
 export function freeSpaceCommand(dataDir: string): string[] {
   return sh(
@@ -20,7 +23,11 @@ export function freeSpaceCommand(dataDir: string): string[] {
       `[ -e "$1" ] || { echo ${NO_DATA_DIR}; exit 0; }`,
       `[ -d "$1" ] || { echo ${NOT_A_DIR}; exit 0; }`,
       'out=$(df -Pk -- "$1")',
-      `printf '%s\n' "$out" | awk 'NR==2 { print $4 * 1024 }'`,
+      `printf '%s\n' "$out" | awk 'NR==2 { n = $4 * 1024 } END { print n }'`,
+      'for f in "$1"/* "$1"/.[!.]* "$1"/..?*; do',
+      '  [ -e "$f" ] || [ -L "$f" ] || continue',
+      `  printf '%s\\0' "\${f##*/}"`,
+      'done',
     ],
     dataDir,
   );

@@ -207,6 +207,29 @@ const JOURNAL_WITH_ITEMS = [
 ];
 
 /**
+ * sh `own_previous KIND NAME`: the directories the swap made in the previous dir
+ * above a data-dir item (`$previous/media_store` for `media_store/local_content`)
+ * take the owner and group of the live directory they stand for (else the data
+ * dir's), so that Synapse's user can remove a kept previous dir; the items moved
+ * into them keep their own. Run while `$previous` itself is still the engine's
+ * (0700), with Synapse stopped; best effort, always 0.
+ */
+const OWN_PREVIOUS_FUNCTION = [
+  'own_previous() {',
+  '  case $1 in root|rootdb) return 0 ;; esac',
+  '  p=$previous/$2',
+  '  p=${p%/*}',
+  '  while [ "$p" != "$previous" ]; do',
+  '    r=./${p#"$previous"/}',
+  '    [ -d "$r" ] || r=.',
+  '    chown -h --reference="$r" -- "$p" 2>/dev/null || true',
+  '    p=${p%/*}',
+  '  done',
+  '  return 0',
+  '}',
+];
+
+/**
  * The swap: each item's live copy into the previous dir ($3) or beside it,
  * each staged copy from $2 (or beside it) into place; renames on one
  * filesystem, journaled (phases moving-out, moving-in, moved). `items` ($7:
@@ -215,7 +238,9 @@ const JOURNAL_WITH_ITEMS = [
  * failed, the journal stays for the next operation). With `rootFromArchive`
  * ($4 = 1) the data dir takes the staging dir's owner, group and mode (the
  * archive's `./`); each directory of `parents` ($8, lines: the archive's
- * entries for the data-dir items' parents) takes its staged copy's.
+ * entries for the data-dir items' parents) takes its staged copy's. With
+ * `keepPrevious` ($6 = 1) the previous dir and the directories made in it take
+ * the (restored) data dir's owner and group (OWN_PREVIOUS_FUNCTION).
  */
 export function itemSwapCommand(
   dataDir: string,
@@ -238,6 +263,7 @@ export function itemSwapCommand(
       ...SET_PHASE_FUNCTION.slice(2),
       ...ITEM_FUNCTIONS,
       ...ROLLBACK_FUNCTION,
+      ...OWN_PREVIOUS_FUNCTION,
       'fail() { rollback "$1" || exit 1; exit 1; }',
       'journal moving-out || { rm -f -- "$J" "$JT"; exit 1; }',
       'mkdir -m 0700 -- "$previous" || { rm -f -- "$J" "$JT"; exit 1; }',
@@ -254,6 +280,10 @@ export function itemSwapCommand(
       '  chown --reference="$staging/$p" -- "./$p" 2>/dev/null || true',
       '  chmod --reference="$staging/$p" -- "./$p" 2>/dev/null || true',
       'done',
+      'if [ "$keep" = 1 ]; then',
+      '  each own_previous',
+      '  chown -h --reference=. -- "$previous" 2>/dev/null || true',
+      'fi',
       // Only the items' parents are left in staging: it goes once the journal says so.
       'journal moved && rm -rf -- "$staging"',
       'exit 0',
