@@ -506,22 +506,37 @@ describeWithPeers(['minio', 'pebble'])('charm actions', () => {
       'backups: backup-retention "keep-weekly=2" is not valid: use keep-last=N and/or keep-days=N',
     );
 
+    // The prefix holds other servers' backups too (other-org-1 of the forced restore's test):
+    // retention applies to each server's complete backups on its own.
+    const complete = async () => {
+      const engine = minioEngine(minio, 'synapse/prod');
+      const { backups } = await engine.list().finally(() => engine.close());
+      return backups.filter((b) => b.status === 'complete');
+    };
+    const servers = [...new Set((await complete()).map((b) => b.serverName ?? '-'))];
+    expect(servers).toEqual(expect.arrayContaining([serverName, 'other.org']));
+
     h.setConfig({ 'backup-retention': 'keep-last=1' });
     const dry = await action('prune-backups', { 'dry-run': true });
     expect(dry.failed).toBe(false);
     expect(dry.results['dry-run']).toBe('true');
-    expect(dry.results.kept).toBe('1');
+    expect(dry.results.kept).toBe(String(servers.length));
+    expect(dry.results['kept-by-server']).toContain('other.org: other-org-1');
     const listedBefore = await action('list-backups');
     const idsBefore = Object.keys(listedBefore.results.backups as object);
-    expect(idsBefore.length).toBeGreaterThan(1);
+    expect(idsBefore.length).toBeGreaterThan(servers.length);
 
     // create-backup applies the policy once its own backup is complete.
     const created = await action('create-backup');
     expect(created.failed).toBe(false);
     const newest = created.results['backup-id'] as string;
     expect(created.results.pruned).not.toBe('');
-    const listed = await action('list-backups');
-    expect(Object.keys(listed.results.backups as object)).toEqual([newest]);
+    expect(created.results['pruned-by-server']).toContain('other.org: none');
+    // Each server kept its newest alone; this one's is the new backup.
+    const left = await complete();
+    expect(left.map((b) => b.serverName ?? '-').sort()).toEqual([...servers].sort());
+    expect(left.find((b) => b.serverName === serverName)?.backupId).toBe(newest);
+    expect(left.find((b) => b.serverName === 'other.org')?.backupId).toBe('other-org-1');
 
     // A socket left by a charm killed between opening it and tar connecting.
     const stale = '.synapse-backup-00000000000000cc.sock';
@@ -532,7 +547,12 @@ describeWithPeers(['minio', 'pebble'])('charm actions', () => {
     ]);
     const again = await action('prune-backups', { 'stale-hours': 0 });
     expect(again.logs).toContain(`removed stale sockets: ${stale}`);
-    expect(again.results).toMatchObject({ 'dry-run': 'false', forgotten: 'none', kept: '1' });
+    expect(again.results).toMatchObject({
+      'dry-run': 'false',
+      forgotten: 'none',
+      kept: String(servers.length),
+    });
+    expect(again.results['kept-by-server']).toContain(`${serverName}: ${newest}`);
     h.setConfig({ 'backup-retention': null });
   });
 
