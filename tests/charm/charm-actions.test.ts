@@ -506,37 +506,42 @@ describeWithPeers(['minio', 'pebble'])('charm actions', () => {
       'backups: backup-retention "keep-weekly=2" is not valid: use keep-last=N and/or keep-days=N',
     );
 
-    // The prefix holds other servers' backups too (other-org-1 of the forced restore's test):
-    // retention applies to each server's complete backups on its own.
+    // The prefix holds other servers' backups too (other-org-1 of the forced restore's test,
+    // example.org's of the first ones): retention applies to each server's on its own.
     const complete = async () => {
       const engine = minioEngine(minio, 'synapse/prod');
       const { backups } = await engine.list().finally(() => engine.close());
       return backups.filter((b) => b.status === 'complete');
     };
-    const servers = [...new Set((await complete()).map((b) => b.serverName ?? '-'))];
-    expect(servers).toEqual(expect.arrayContaining([serverName, 'other.org']));
+    const before = await complete();
+    const servers = [...new Set(before.map((b) => b.serverName ?? '-'))].sort();
+    expect(servers).toEqual(expect.arrayContaining(['example.org', 'other.org']));
+    const others = servers.filter((s) => s !== serverName);
+    const othersNewest = (backups: typeof before) =>
+      others.map((s) => backups.filter((b) => (b.serverName ?? '-') === s).at(-1)?.backupId);
 
     h.setConfig({ 'backup-retention': 'keep-last=1' });
     const dry = await action('prune-backups', { 'dry-run': true });
     expect(dry.failed).toBe(false);
     expect(dry.results['dry-run']).toBe('true');
     expect(dry.results.kept).toBe(String(servers.length));
-    expect(dry.results['kept-by-server']).toContain('other.org: other-org-1');
+    for (const s of servers) expect(dry.results['kept-by-server']).toContain(`${s}: `);
     const listedBefore = await action('list-backups');
-    const idsBefore = Object.keys(listedBefore.results.backups as object);
-    expect(idsBefore.length).toBeGreaterThan(servers.length);
+    expect(Object.keys(listedBefore.results.backups as object).length).toBeGreaterThanOrEqual(
+      servers.length,
+    );
 
     // create-backup applies the policy once its own backup is complete.
     const created = await action('create-backup');
     expect(created.failed).toBe(false);
     const newest = created.results['backup-id'] as string;
     expect(created.results.pruned).not.toBe('');
-    expect(created.results['pruned-by-server']).toContain('other.org: none');
-    // Each server kept its newest alone; this one's is the new backup.
+    for (const s of others) expect(created.results['pruned-by-server']).toContain(`${s}: none`);
+    // Each server kept its newest alone: this one's is the new backup, the others' are as before.
     const left = await complete();
-    expect(left.map((b) => b.serverName ?? '-').sort()).toEqual([...servers].sort());
+    expect([...left.map((b) => b.serverName ?? '-')].sort()).toEqual(servers);
     expect(left.find((b) => b.serverName === serverName)?.backupId).toBe(newest);
-    expect(left.find((b) => b.serverName === 'other.org')?.backupId).toBe('other-org-1');
+    expect(othersNewest(left)).toEqual(othersNewest(before));
 
     // A socket left by a charm killed between opening it and tar connecting.
     const stale = '.synapse-backup-00000000000000cc.sock';
