@@ -66,6 +66,9 @@ export type Operation = 'list' | 'prune' | 'delete';
  * - `run-again`: repeat the same run with `option`, `when` says when that is right;
  * - `run`: run `operation` next, `why` says what it does here; with `staleNowIf`,
  *   when (that condition) a stale age of 0 (the CLI's `--stale-hours 0`) does it now;
+ *   `id`, the backup the operation is for (delete's); `sameAs`, a setting that must be
+ *   the one the backup was created with (s3-path: a backup under another prefix is
+ *   not found under this one);
  * - `grant-exec`: the charm may not exec into its pod (Kubernetes RBAC; Juju: `juju trust`);
  * - `stop-synapse`: Synapse runs on the data dir: stop it, or let the run stop
  *   and start `service` (a Pebble service) around the swap; with `pidFile`, a
@@ -85,7 +88,14 @@ export type Operation = 'list' | 'prune' | 'delete';
 export type Remedy =
   | { kind: 'set'; setting: Setting; value?: string; how?: string }
   | { kind: 'run-again'; option: RunOption; when?: string }
-  | { kind: 'run'; operation: Operation; why?: string; staleNowIf?: string }
+  | {
+      kind: 'run';
+      operation: Operation;
+      why?: string;
+      staleNowIf?: string;
+      id?: string;
+      sameAs?: Setting;
+    }
   | { kind: 'grant-exec'; app: string }
   | { kind: 'stop-synapse'; service?: string; pidFile?: string; pid?: number }
   | { kind: 'decrypt'; id: string }

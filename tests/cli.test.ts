@@ -730,7 +730,10 @@ describeWithPeers(['minio'])('synapse-backup CLI (built bundle, real MinIO)', ()
       const caFile = path.join(dir.path, 'ca.pem');
       await fsp.writeFile(caFile, tls.caCert!);
       const trusted = await cli(['list', ...flags, '--ca-file', caFile], { s3Flags: false, env });
-      expect(trusted.stderr).toBe('');
+      // The bucket is empty: list says where it looked, no error.
+      expect(trusted.stderr).toBe(
+        `synapse-backup: no backups at the top of bucket "${tls.bucket}" (no --prefix); if they were created with --prefix, pass the same one\n`,
+      );
       expect(trusted.code).toBe(0);
     } finally {
       await dir.cleanup();
@@ -769,7 +772,9 @@ describeWithPeers(['minio'])('synapse-backup CLI (built bundle, real MinIO)', ()
 
     const missing = await cli(['verify']);
     expect(missing.code).toBe(2);
-    expect(errorLine(missing)).toBe('synapse-backup: error: verify needs --id');
+    expect(errorLine(missing)).toBe(
+      'synapse-backup: error: verify needs --id; pass --id ID (synapse-backup list shows the ids)',
+    );
 
     const bare = await cli([], { s3Flags: false });
     expect(bare.code).toBe(2);
@@ -1258,7 +1263,7 @@ describeWithPeers(['minio'])('synapse-backup CLI (built bundle, real MinIO)', ()
     expect(fresh.code).toBe(1);
     expect(errorLine(fresh)).toMatch(
       new RegExp(
-        `^synapse-backup: error: backup abandoned is being created: its pending marker ${PREFIX}/abandoned\\.pending was written \\d+ s ago \\(S3's time\\), and a create may still be running; nothing was deleted; if you know that create died, run synapse-backup delete --stale-hours 0 now; otherwise run synapse-backup delete again once the marker is 24 h old if that create was interrupted \\(it then removes the marker and the upload\\); else wait for it to finish$`,
+        `^synapse-backup: error: backup abandoned is being created: its pending marker ${PREFIX}/abandoned\\.pending was written \\d+ s ago \\(S3's time\\), and a create may still be running; nothing was deleted; if you know that create died, run synapse-backup delete --id abandoned --stale-hours 0 now; otherwise run synapse-backup delete --id abandoned again once the marker is 24 h old if that create was interrupted \\(it then removes the marker and the upload\\); else wait for it to finish$`,
       ),
     );
     expect(await uploadsOf()).toHaveLength(1);

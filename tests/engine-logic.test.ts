@@ -250,11 +250,17 @@ describe('engine logic on an in-memory store', () => {
     const engine = engineOn(store, await synapseDir());
     await expect(engine.delete('nothing')).rejects.toMatchObject({
       code: 'not-found',
-      message: 'backup nothing does not exist in bucket "memory"',
-      remedy: { kind: 'run', operation: 'list', why: 'to see the ids' },
+      message: 'backup nothing does not exist under prefix "backups/" in bucket "memory"',
+      remedy: { kind: 'run', operation: 'list', why: 'to see the ids', sameAs: 's3-path' },
     });
     store.bucketExists = false;
     await expect(engine.verify('nothing')).rejects.toMatchObject({ code: 's3-bucket' });
+    // Without a prefix, the message says the bucket's top was looked at.
+    const top = engineOn(new MemoryStore(''), await synapseDir());
+    await expect(top.delete('nothing')).rejects.toMatchObject({
+      code: 'not-found',
+      message: 'backup nothing does not exist at the top of bucket "memory" (no prefix)',
+    });
   });
 
   test('without a passphrase, list, delete and prune work; the rest say which setting', async () => {

@@ -103,11 +103,19 @@ function backupInfo(backupId: string, found: Found, read: ManifestRead | undefin
 /**
  * Every backup under the prefix, by id (see {@link backupInfo} for the
  * statuses), and the in-progress uploads. Throws the store's errors for the
- * listings; a manifest that cannot be read makes its backup `unreadable`,
- * or, with `strict` (what prune uses), is thrown as it came (`s3`, ...).
+ * listings (the backups' listing's, when both fail); a manifest that cannot be
+ * read makes its backup `unreadable`, or, with `strict` (what prune uses), is
+ * thrown as it came (`s3`, ...).
  */
 export async function listBackups(ctx: EngineContext, strict = false): Promise<ListResult> {
-  const [objects, uploads] = await Promise.all([ctx.store.list(), ctx.store.listUploads()]);
+  const [listed, uploadsListed] = await Promise.allSettled([
+    ctx.store.list(),
+    ctx.store.listUploads(),
+  ]);
+  // Both fail alike (no credentials, a bad key): the backups' listing is what was asked for.
+  if (listed.status === 'rejected') throw listed.reason;
+  if (uploadsListed.status === 'rejected') throw uploadsListed.reason;
+  const [objects, uploads] = [listed.value, uploadsListed.value];
   const backups: BackupInfo[] = [];
   for (const [backupId, found] of groupById(ctx, objects)) {
     const read = found.manifest ? await readManifest(ctx, found.manifest.key) : undefined;
@@ -192,11 +200,26 @@ export async function completeManifest(
   return manifest;
 }
 
-/** An id that is not there. A missing bucket also answers 404 to HEAD: name that instead. */
+/**
+ * Where backups are looked for, for messages: `under prefix "x/" in bucket "b"`, or
+ * `at the top of bucket "b" (no prefix)`.
+ */
+export function whereInBucket(ctx: EngineContext): string {
+  const prefix = ctx.store.key('');
+  return prefix
+    ? `under prefix "${prefix}" in bucket "${ctx.bucket}"`
+    : `at the top of bucket "${ctx.bucket}" (no prefix)`;
+}
+
+/**
+ * An id that is not there, saying where it was looked for (the prefix, which must be
+ * the one the backup was created with). A missing bucket also answers 404 to HEAD:
+ * name that instead.
+ */
 export async function notFound(ctx: EngineContext, id: string): Promise<BackupError> {
   await ctx.store.checkBucket();
-  return new BackupError('not-found', `backup ${id} does not exist in bucket "${ctx.bucket}"`, {
-    remedy: { kind: 'run', operation: 'list', why: 'to see the ids' },
+  return new BackupError('not-found', `backup ${id} does not exist ${whereInBucket(ctx)}`, {
+    remedy: { kind: 'run', operation: 'list', why: 'to see the ids', sameAs: 's3-path' },
   });
 }
 

@@ -112,7 +112,8 @@ export class BackupEngine {
   /**
    * Applies the retention policy to complete backups and removes what
    * interrupted runs left: in-progress uploads and incomplete backups older
-   * than `staleAfterSeconds`. The newest complete backup is never removed.
+   * than `staleAfterSeconds`. Each server's newest complete backup is never
+   * removed (the policy applies to each server_name on its own: retention.ts).
    */
   prune(policy: RetentionPolicy, request: PruneRequest = {}): Promise<PruneResult> {
     // The data dir's leftovers are only removed while no other run uses it.

@@ -113,6 +113,7 @@ export function refuseRunningCreate(
       remedy: {
         kind: 'run',
         operation: 'delete',
+        id,
         why: `again once the marker is ${formatAge(staleAfterSeconds)} old if that create was interrupted (it then removes the marker and the upload); else wait for it to finish`,
         staleNowIf: 'if you know that create died',
       },

@@ -1,5 +1,6 @@
 /**
- * Pruning: the retention policy on complete backups, and what interrupted
+ * Pruning: the retention policy on complete backups (each server_name's on
+ * its own: servers sharing a prefix never count against each other), and what interrupted
  * runs left, removed only when it is positively known to be removable (see
  * README "Retention and leftovers"): complete backups the policy drops;
  * incomplete ones (object or manifest alone) older than the stale age; the
@@ -12,7 +13,7 @@ import { runCommand } from '../workload/command';
 import { deleteBackup, listBackups, manifestKey, objectKey } from './catalog';
 import type { EngineContext } from './context';
 import { pendingKey } from './pending';
-import { type RetentionPolicy, backupsToForget } from './retention';
+import { type RetentionPolicy, backupsToForget, retentionGroups } from './retention';
 import { removeLeftoversCommand } from './scripts';
 import { resolveInterruptedSwap } from './swap-journal';
 import type { BackupInfo, PruneRequest, PruneResult } from './types';
@@ -38,6 +39,7 @@ export async function pruneBackups(
     backups.filter((b) => b.pendingSince && !isOld(b.pendingSince)).map((b) => b.backupId),
   );
   const settled = backups.filter((b) => !live.has(b.backupId));
+  const groups = retentionGroups(settled, policy, now);
   const forgotten = backupsToForget(settled, policy, now);
   // An object alone may be the original Python charm's backup (no manifests, restorable
   // with allow-no-manifest): only a manifest alone is known to be removable here; an
@@ -55,6 +57,15 @@ export async function pruneBackups(
     uploadsAborted: staleUploads.map((u) => u.key),
     pendingRemoved: [],
     kept: settled.filter((b) => b.status === 'complete').length - forgotten.length,
+    ...(groups.length > 1
+      ? {
+          servers: groups.map((g) => ({
+            serverName: g.serverName ?? null,
+            kept: g.kept.map((b) => b.backupId),
+            forgotten: [...g.forgotten].reverse().map((b) => b.backupId),
+          })),
+        }
+      : {}),
     leftoversRemoved: false,
     staleRemoved: [],
   };

@@ -1,10 +1,12 @@
 import { ConfigError } from '../errors';
-import type { BackupInfo } from './types';
+import type { BackupInfo, ServerRetention } from './types';
 
 /**
  * Which complete backups to keep, in restic's terms: `keep-last=N` keeps the
- * N newest, `keep-days=D` keeps every backup younger than D days. A backup is
- * kept when any rule keeps it; the newest complete backup is always kept.
+ * N newest, `keep-days=D` keeps every backup younger than D days, of each
+ * server_name on its own (backups naming no server are one more server). A
+ * backup is kept when any rule keeps it; each server's newest complete backup
+ * is always kept.
  * Written `keep-last=7,keep-days=30`; empty keeps everything.
  */
 export interface RetentionPolicy {
@@ -39,22 +41,87 @@ export function describeRetention(policy: RetentionPolicy): string {
   return parts.length ? `keep ${parts.join(' and ')}` : 'keep all backups';
 }
 
-/** The complete backups the policy lets go, oldest first. */
+/**
+ * One server's share of a prune: the complete backups whose manifest names
+ * `serverName` (undefined: those that name none, a group of their own), the
+ * ones the policy keeps and the ones it lets go, each newest first.
+ */
+export interface RetentionGroup {
+  serverName: string | undefined;
+  kept: BackupInfo[];
+  forgotten: BackupInfo[];
+}
+
+/** Newest first: by creation time, then by id. */
+function newestFirst(a: BackupInfo, b: BackupInfo): number {
+  return b.created.localeCompare(a.created) || b.backupId.localeCompare(a.backupId);
+}
+
+/**
+ * The policy applied to each server's complete backups on its own (servers
+ * sharing a bucket and prefix never count against each other; each keeps at
+ * least its newest). Groups by server name, the one naming no server last.
+ */
+export function retentionGroups(
+  backups: BackupInfo[],
+  policy: RetentionPolicy,
+  now: Date,
+): RetentionGroup[] {
+  const byServer = new Map<string | undefined, BackupInfo[]>();
+  for (const b of backups) {
+    if (b.status !== 'complete') continue;
+    const name = b.serverName || undefined;
+    byServer.set(name, [...(byServer.get(name) ?? []), b]);
+  }
+  const names = [...byServer.keys()].sort((a, b) =>
+    a === undefined ? 1 : b === undefined ? -1 : a.localeCompare(b),
+  );
+  const cutoff = policy.keepDays !== undefined ? now.getTime() - policy.keepDays * 86_400_000 : 0;
+  const noRule = policy.keepLast === undefined && policy.keepDays === undefined;
+  const keeps = (backup: BackupInfo, index: number) =>
+    noRule ||
+    index === 0 ||
+    (policy.keepLast !== undefined && index < policy.keepLast) ||
+    (policy.keepDays !== undefined && Date.parse(backup.created) >= cutoff);
+  return names.map((serverName) => {
+    const complete = [...byServer.get(serverName)!].sort(newestFirst);
+    return {
+      serverName,
+      kept: complete.filter((b, i) => keeps(b, i)),
+      forgotten: complete.filter((b, i) => !keeps(b, i)),
+    };
+  });
+}
+
+/** The complete backups the policy lets go (of every server, each on its own), oldest first. */
 export function backupsToForget(
   backups: BackupInfo[],
   policy: RetentionPolicy,
   now: Date,
 ): BackupInfo[] {
-  if (policy.keepLast === undefined && policy.keepDays === undefined) return [];
-  const complete = backups
-    .filter((b) => b.status === 'complete')
-    .sort((a, b) => b.created.localeCompare(a.created) || b.backupId.localeCompare(a.backupId));
-  const cutoff = policy.keepDays !== undefined ? now.getTime() - policy.keepDays * 86_400_000 : 0;
-  const forget = complete.filter((backup, index) => {
-    if (index === 0) return false;
-    if (policy.keepLast !== undefined && index < policy.keepLast) return false;
-    if (policy.keepDays !== undefined && Date.parse(backup.created) >= cutoff) return false;
-    return true;
-  });
-  return forget.reverse();
+  return retentionGroups(backups, policy, now)
+    .flatMap((g) => g.forgotten)
+    .sort(newestFirst)
+    .reverse();
+}
+
+/** A group's server as the operator reads it: its name, or "(no server name)". */
+export function serverLabel(serverName: string | undefined): string {
+  return serverName ?? '(no server name)';
+}
+
+/**
+ * `field` of each server's share, e.g. "example.org: a, b; other.org: none"
+ * (forgotten) or "example.org: c; other.org: d, e" (kept).
+ */
+export function describeByServer(
+  servers: readonly ServerRetention[],
+  field: 'kept' | 'forgotten',
+): string {
+  return servers
+    .map((s) => {
+      const ids = s[field];
+      return `${serverLabel(s.serverName ?? undefined)}: ${ids.length ? ids.join(', ') : 'none'}`;
+    })
+    .join('; ');
 }

@@ -215,6 +215,16 @@ export interface PruneRequest {
   services?: string[];
 }
 
+/** One server's share of a prune's retention (PruneResult.servers). */
+export interface ServerRetention {
+  /** The server_name the backups' manifests name; null for backups that name none. */
+  serverName: string | null;
+  /** Its complete backups the policy keeps, newest first. */
+  kept: string[];
+  /** Its complete backups the policy removed (in a dry run, would remove), oldest first. */
+  forgotten: string[];
+}
+
 export interface PruneResult {
   dryRun: boolean;
   /** Complete backups removed by the retention policy. */
@@ -226,6 +236,13 @@ export interface PruneResult {
   /** Ids whose stale pending markers (`<id>.pending`, see backup/pending.ts) were removed. */
   pendingRemoved: string[];
   kept: number;
+  /**
+   * Each server's share of the retention policy (applied to each server_name's
+   * complete backups on its own), only when the complete backups name more than
+   * one server (those naming none count as one more): what the policy kept and
+   * what it let go of each. Absent with one server, whose ids are `forgotten`.
+   */
+  servers?: ServerRetention[];
   /**
    * True when the data dir's leftovers were removed (if there were any); false in a
    * dry run, without `workloadLeftovers`, or when it failed.

@@ -76,8 +76,17 @@ export function charmRemedy(
     }
     case 'run-again':
       return `${remedy.when ? `${remedy.when}, ` : ''}run again with ${remedy.option}=true`;
-    case 'run':
-      return [`run ${ACTION[remedy.operation]}`, remedy.why].filter(Boolean).join(' ');
+    case 'run': {
+      const said = [`run ${ACTION[remedy.operation]}`, remedy.why].filter(Boolean).join(' ');
+      if (!remedy.sameAs) return said;
+      // Action failures are worded without their settings' source: name both places.
+      const key = PROVIDER_KEY[remedy.sameAs]?.key;
+      const setting =
+        source.kind === 'relation' && key
+          ? `${key} on ${source.provider}`
+          : `${remedy.sameAs}${key ? ` (or ${key} on the s3-integrator)` : ''}`;
+      return `${said}; ${setting} must be the one the backup was created with`;
+    }
     case 'grant-exec':
       return `run \`juju trust ${remedy.app} --scope=cluster\``;
     case 'stop-synapse': {

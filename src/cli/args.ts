@@ -144,10 +144,14 @@ export function readPassphrase(values: Values): string {
     try {
       fromFile = readFileSync(values['passphrase-file'], 'utf8').replace(/\r?\n$/, '');
     } catch (err) {
-      throw new ConfigError(`cannot read the passphrase file: ${errorMessage(err)}`);
+      throw new ConfigError(
+        `cannot read the passphrase file: ${errorMessage(err)}; pass --passphrase-file a file this user can read that holds the passphrase, or set SYNAPSE_BACKUP_PASSPHRASE instead`,
+      );
     }
     if (!fromFile) {
-      throw new ConfigError(`the passphrase file ${values['passphrase-file']} is empty`);
+      throw new ConfigError(
+        `the passphrase file ${values['passphrase-file']} is empty; write the passphrase into it (one line), or set SYNAPSE_BACKUP_PASSPHRASE instead`,
+      );
     }
     secrets.push(fromFile);
     return fromFile;
@@ -159,8 +163,17 @@ export function readPassphrase(values: Values): string {
   return fromEnv;
 }
 
+/** What create's and restore's missing or wrong --data-dir should be. */
+const DATA_DIR_HINT = "pass --data-dir the directory that holds Synapse's homeserver.yaml";
+/** The remedy for a missing required flag (`required`). */
+const REQUIRED_FLAG_HINT: Record<string, string> = {
+  id: 'pass --id ID (synapse-backup list shows the ids)',
+  'data-dir': DATA_DIR_HINT,
+};
+
 export function required(value: string | undefined, flag: string, command: string): string {
-  if (!value) throw new ConfigError(`${command} needs --${flag}`);
+  const hint = REQUIRED_FLAG_HINT[flag] ?? 'see synapse-backup --help';
+  if (!value) throw new ConfigError(`${command} needs --${flag}; ${hint}`);
   return value;
 }
 
@@ -168,7 +181,9 @@ export function readCaFile(file: string): string {
   try {
     return readFileSync(file, 'utf8');
   } catch (err) {
-    throw new ConfigError(`cannot read the CA file: ${errorMessage(err)}`);
+    throw new ConfigError(
+      `cannot read the CA file: ${errorMessage(err)}; pass --ca-file a PEM file this user can read`,
+    );
   }
 }
 
@@ -187,12 +202,16 @@ export function dataDirFor(command: string, values: Values): string | undefined 
     isDir = statSync(dir).isDirectory();
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code !== 'ENOENT') {
-      throw new ConfigError(`cannot use the data directory ${dir}: ${errorMessage(err)}`);
+      throw new ConfigError(
+        `cannot use the data directory ${dir}: ${errorMessage(err)}; run as a user who may read it (Synapse's, or root), or pass another --data-dir`,
+      );
     }
   }
-  if (isDir === false) throw new ConfigError(`the data directory ${dir} is not a directory`);
+  if (isDir === false) {
+    throw new ConfigError(`the data directory ${dir} is not a directory; ${DATA_DIR_HINT}`);
+  }
   if (isDir === undefined && command === 'create') {
-    throw new ConfigError(`the data directory ${dir} does not exist`);
+    throw new ConfigError(`the data directory ${dir} does not exist; ${DATA_DIR_HINT}`);
   }
   return dir;
 }
@@ -309,7 +328,9 @@ export function parseCommandLine(
   if (!COMMANDS.includes(command)) {
     throw new ConfigError(`unknown command "${command}"; see synapse-backup --help`);
   }
-  if (positionals.length > 1) throw new ConfigError(`unexpected argument "${positionals[1]}"`);
+  const extra = positionals[1];
+  if (extra !== undefined)
+    throw new ConfigError(`unexpected argument "${extra}"; see synapse-backup --help`);
   refuseForeignFlags(command, values);
   refuseRepeats(tokens);
   refuseMissing(missing);

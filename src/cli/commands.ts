@@ -3,8 +3,9 @@
  * Each prints one human line (or table) or, with --json, one JSON object.
  */
 import type { BackupEngine } from '../backup/engine';
-import { describeRetention } from '../backup/retention';
+import { describeByServer, describeRetention } from '../backup/retention';
 import { ConfigError } from '../errors';
+import { normalizePrefix } from '../s3/settings';
 import { counted, formatBackupTable, formatBytes } from '../format';
 import { type Values, required } from './args';
 import { makeRestoreDir } from './restore-dir';
@@ -57,13 +58,27 @@ const create: Command = async ({ engine, values, print }) => {
   );
 };
 
-const list: Command = async ({ engine, print }) => {
+const list: Command = async ({ engine, values, print }) => {
   const r = await engine.list();
   const uploads = r.uploads.map(
     (u) => `in-progress upload: ${u.key} (started ${u.initiated ?? '?'})`,
   );
   print([formatBackupTable(r.backups), ...uploads].join('\n'), r);
+  if (r.backups.length === 0 && r.uploads.length === 0) {
+    process.stderr.write(`synapse-backup: ${nothingListed(values)}\n`);
+  }
 };
+
+/**
+ * list's note on stderr when it found nothing: where it looked, and that --prefix
+ * must be the one the backups were created with.
+ */
+function nothingListed(values: Values): string {
+  const prefix = normalizePrefix(values.prefix ?? '');
+  return prefix
+    ? `no backups under prefix "${prefix}/" in bucket "${values.bucket}"; if they were created with another --prefix (or none), pass that one`
+    : `no backups at the top of bucket "${values.bucket}" (no --prefix); if they were created with --prefix, pass the same one`;
+}
 
 const restore: Command = async ({ engine, values, dataDir, print }) => {
   const id = required(values.id, 'id', 'restore');
@@ -124,14 +139,40 @@ const decrypt: Command = async ({ engine, values }) => {
   if (process.stdout.isTTY) {
     throw new ConfigError('decrypt writes a tar archive: redirect stdout to a file or a pipe');
   }
-  const r = await engine.decryptTo(id, process.stdout, {
-    allowMissingManifest: values['allow-no-manifest'],
+  // A reader that stops early (`| head -c 100`) closes the pipe: writes fail with EPIPE.
+  let pipeClosed = false;
+  process.stdout.on('error', (err: NodeJS.ErrnoException) => {
+    if (err.code === 'EPIPE') pipeClosed = true;
   });
+  const r = await engine
+    .decryptTo(id, process.stdout, { allowMissingManifest: values['allow-no-manifest'] })
+    .catch((err: unknown) => {
+      if (!pipeClosed && !isBrokenPipe(err)) throw err;
+      return undefined;
+    });
+  if (!r) {
+    // No failure of the backup: the output was cut where the reader stopped. Silent, with
+    // the status of a process killed by SIGPIPE (128 + 13), as tar or cat in a pipeline.
+    endProgressLine();
+    process.exitCode = BROKEN_PIPE_STATUS;
+    return;
+  }
   endProgressLine();
   process.stderr.write(
     `decrypted backup ${id}: ${formatBytes(r.plaintextBytes)}, sha256 ${r.sha256}\n`,
   );
 };
+
+/** decrypt's exit status when its reader closed the pipe early: 128 + SIGPIPE (13). */
+export const BROKEN_PIPE_STATUS = 141;
+
+/** True when `err`, or an error it was caused by, is a write to a closed pipe (EPIPE). */
+function isBrokenPipe(err: unknown): boolean {
+  for (let e = err, depth = 0; e instanceof Error && depth < 8; e = e.cause, depth += 1) {
+    if ((e as NodeJS.ErrnoException).code === 'EPIPE') return true;
+  }
+  return false;
+}
 
 const prune: Command = async ({ engine, values, dataDir, print }) => {
   const policy = {
@@ -148,13 +189,16 @@ const prune: Command = async ({ engine, values, dataDir, print }) => {
   warnSwapRecovery(r);
   const items = (names: string[]) => (names.length ? names.join(', ') : 'none');
   const [remove, abort] = r.dryRun ? ['would remove', 'would abort'] : ['removed', 'aborted'];
+  // Backups of several servers share the prefix: the policy applies to each server's own.
+  const servers = r.servers;
+  const each = servers ? ' of each server' : '';
   print(
     [
-      `${remove} by the retention policy (${describeRetention(policy)}): ${items(r.forgotten)}`,
+      `${remove} by the retention policy (${describeRetention(policy)}${each}): ${servers ? describeByServer(servers, 'forgotten') : items(r.forgotten)}`,
       `${remove} incomplete backups older than ${staleHours} h: ${items(r.incompleteRemoved)}`,
       `${abort} unfinished uploads older than ${staleHours} h: ${items(r.uploadsAborted)}`,
       `${remove} pending markers of runs older than ${staleHours} h: ${items(r.pendingRemoved)}`,
-      `complete backups kept: ${r.kept}`,
+      `complete backups kept: ${r.kept}${servers ? ` (${describeByServer(servers, 'kept')})` : ''}`,
       ...workloadCleanupLines(r, dataDir),
     ].join('\n'),
     r,

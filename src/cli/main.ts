@@ -111,7 +111,9 @@ function engineFor(
     throw new ConfigError('--direct is for Pebble: give --pebble-socket too');
   }
   if (values['workload-dir'] && !direct) {
-    throw new ConfigError('--workload-dir goes with --direct');
+    throw new ConfigError(
+      '--workload-dir goes with --direct; pass --direct too, or leave --workload-dir out',
+    );
   }
   const pebbleMode = direct ? 'pebble' : 'pebble-relay';
   const workload = createWorkload(values['pebble-socket'] ? pebbleMode : 'local', {

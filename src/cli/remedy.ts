@@ -32,15 +32,17 @@ export function cliRemedy(remedy: Remedy): string {
     }
     case 'run-again':
       return `${remedy.when ? `${remedy.when}, ` : ''}run again with ${RUN_FLAG[remedy.option]}`;
-    case 'run':
-      return [
-        remedy.staleNowIf &&
-          `${remedy.staleNowIf}, run synapse-backup ${remedy.operation} --stale-hours 0 now; otherwise`,
-        `run synapse-backup ${remedy.operation}`,
+    case 'run': {
+      const run = `run synapse-backup ${remedy.operation}${remedy.id ? ` --id ${remedy.id}` : ''}`;
+      const said = [
+        remedy.staleNowIf && `${remedy.staleNowIf}, ${run} --stale-hours 0 now; otherwise`,
+        run,
         remedy.why,
       ]
         .filter(Boolean)
         .join(' ');
+      return remedy.sameAs ? `${said}; ${sameAs(remedy.sameAs)}` : said;
+    }
     case 'grant-exec':
       return `give this identity the Kubernetes permission to create pods/exec in the pod's namespace (Juju: \`juju trust ${remedy.app} --scope=cluster\`)`;
     case 'stop-synapse':
@@ -58,6 +60,12 @@ export function cliRemedy(remedy: Remedy): string {
     case 'advice':
       return remedy.text;
   }
+}
+
+/** "--prefix must be the one the backup was created with (...)": a setting a backup is found by. */
+function sameAs(setting: Setting): string {
+  const none = setting === 's3-path' ? ' (none if it was created without one)' : '';
+  return `${FLAG[setting]} must be the one the backup was created with${none}`;
 }
 
 function stopSynapse(remedy: Extract<Remedy, { kind: 'stop-synapse' }>): string {

@@ -34,7 +34,9 @@ export function makeRestoreDir(dir: string): () => void {
     }
     first = made(dir) ? (firstParent ?? dir) : firstParent;
   } catch (err) {
-    throw new ConfigError(`cannot create the data directory ${dir}: ${errorMessage(err)}`);
+    throw new ConfigError(
+      `cannot create the data directory ${dir}: ${errorMessage(err)}; create it first (\`install -d -o 991 -g 991 ${dir}\` for the official image's user), or pass another --data-dir`,
+    );
   }
   return () => {
     if (!first) return;

@@ -211,7 +211,12 @@ export class ObjectStore {
         }
       }
     } catch (err) {
-      throw describeS3Error(err, this.settings, `list bucket "${this.settings.bucket}"`);
+      const under = Prefix ? ` under prefix "${Prefix}"` : '';
+      throw describeS3Error(
+        err,
+        this.settings,
+        `list backups in bucket "${this.settings.bucket}"${under}`,
+      );
     }
     return out;
   }
@@ -262,7 +267,11 @@ export class ObjectStore {
         UploadIdMarker = page.NextUploadIdMarker;
       }
     } catch (err) {
-      throw describeS3Error(err, this.settings, 'list in-progress uploads');
+      throw describeS3Error(
+        err,
+        this.settings,
+        `list in-progress uploads in bucket "${this.settings.bucket}"`,
+      );
     }
     return out;
   }

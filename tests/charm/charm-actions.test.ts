@@ -564,22 +564,42 @@ describeWithPeers(['minio', 'pebble'])('charm actions', () => {
       'backups: backup-retention "keep-weekly=2" is not valid: use keep-last=N and/or keep-days=N',
     );
 
+    // The prefix holds other servers' backups too (other-org-1 of the forced restore's test,
+    // example.org's of the first ones): retention applies to each server's on its own.
+    const complete = async () => {
+      const engine = minioEngine(minio, 'synapse/prod');
+      const { backups } = await engine.list().finally(() => engine.close());
+      return backups.filter((b) => b.status === 'complete');
+    };
+    const before = await complete();
+    const servers = [...new Set(before.map((b) => b.serverName ?? '-'))].sort();
+    expect(servers).toEqual(expect.arrayContaining(['example.org', 'other.org']));
+    const others = servers.filter((s) => s !== serverName);
+    const othersNewest = (backups: typeof before) =>
+      others.map((s) => backups.filter((b) => (b.serverName ?? '-') === s).at(-1)?.backupId);
+
     h.setConfig({ 'backup-retention': 'keep-last=1' });
     const dry = await action('prune-backups', { 'dry-run': true });
     expect(dry.failed).toBe(false);
     expect(dry.results['dry-run']).toBe('true');
-    expect(dry.results.kept).toBe('1');
+    expect(dry.results.kept).toBe(String(servers.length));
+    for (const s of servers) expect(dry.results['kept-by-server']).toContain(`${s}: `);
     const listedBefore = await action('list-backups');
-    const idsBefore = Object.keys(listedBefore.results.backups as object);
-    expect(idsBefore.length).toBeGreaterThan(1);
+    expect(Object.keys(listedBefore.results.backups as object).length).toBeGreaterThanOrEqual(
+      servers.length,
+    );
 
     // create-backup applies the policy once its own backup is complete.
     const created = await action('create-backup');
     expect(created.failed).toBe(false);
     const newest = created.results['backup-id'] as string;
     expect(created.results.pruned).not.toBe('');
-    const listed = await action('list-backups');
-    expect(Object.keys(listed.results.backups as object)).toEqual([newest]);
+    for (const s of others) expect(created.results['pruned-by-server']).toContain(`${s}: none`);
+    // Each server kept its newest alone: this one's is the new backup, the others' are as before.
+    const left = await complete();
+    expect([...left.map((b) => b.serverName ?? '-')].sort()).toEqual(servers);
+    expect(left.find((b) => b.serverName === serverName)?.backupId).toBe(newest);
+    expect(othersNewest(left)).toEqual(othersNewest(before));
 
     // A socket left by a charm killed between opening it and tar connecting.
     const stale = '.synapse-backup-00000000000000cc.sock';
@@ -590,7 +610,12 @@ describeWithPeers(['minio', 'pebble'])('charm actions', () => {
     ]);
     const again = await action('prune-backups', { 'stale-hours': 0 });
     expect(again.logs).toContain(`removed stale sockets: ${stale}`);
-    expect(again.results).toMatchObject({ 'dry-run': 'false', forgotten: 'none', kept: '1' });
+    expect(again.results).toMatchObject({
+      'dry-run': 'false',
+      forgotten: 'none',
+      kept: String(servers.length),
+    });
+    expect(again.results['kept-by-server']).toContain(`${serverName}: ${newest}`);
     h.setConfig({ 'backup-retention': null });
   });
 

@@ -363,7 +363,7 @@ scenario(`integration scenario on the ${backend} backend`, () => {
       const r = await act(action, { 'backup-id': UNKNOWN_ID });
       expect([action, failure(r)]).toEqual([
         action,
-        `backup ${UNKNOWN_ID} does not exist in bucket "${s3.bucket}"; run list-backups to see the ids`,
+        `backup ${UNKNOWN_ID} does not exist under prefix "${PREFIX}/" in bucket "${s3.bucket}"; run list-backups to see the ids; s3-path (or path on the s3-integrator) must be the one the backup was created with`,
       ]);
     }
     expect(await ids()).toEqual([kept]);

@@ -2,11 +2,11 @@ import { SERVICE_NAME } from '../overrides';
 import { serviceState } from '../synapse';
 import { describeSwapRecovery } from '../../backup/swap-journal';
 import { counted, formatBytes, formatSeconds, ProgressReporter } from '../format';
-import { describeRetention } from '../../backup/retention';
+import { describeByServer, describeRetention } from '../../backup/retention';
 import { summarizeNotes } from '../../backup/notes';
 import type { ActionResults } from '../../juju/hook-tools';
 import { describeForCharm } from '../remedy';
-import type { ActionHandler } from './context';
+import type { ActionContext, ActionHandler } from './context';
 
 export const createBackup: ActionHandler = async (a) => {
   const reporter = new ProgressReporter(a.log, 'create-backup');
@@ -68,23 +68,44 @@ export const createBackup: ActionHandler = async (a) => {
       results['swap-recovery'] = said;
     }
     if (setup.retention.keepLast !== undefined || setup.retention.keepDays !== undefined) {
-      // The backup is good whatever happens here: a failed prune is reported, not fatal.
-      try {
-        // Retention only: create itself has just removed the data dir's leftovers.
-        const pruned = await engine.prune(setup.retention, { workloadLeftovers: false });
-        const removed = [...pruned.forgotten, ...pruned.incompleteRemoved];
-        await a.log(
-          `backup-retention (${describeRetention(setup.retention)}): removed ${removed.length ? removed.join(', ') : 'nothing'}`,
-        );
-        results.pruned = removed.join(', ');
-      } catch (err) {
-        const message = `backup ${result.backupId} is complete, but applying backup-retention failed: ${describeForCharm(err, setup.settingsSource)}; run prune-backups to retry`;
-        await a.log(message);
-        results['prune-error'] = message;
-      }
+      await applyRetention(a, engine, setup, result.backupId, results);
     }
     return results;
   } finally {
     reporter.stop();
   }
 };
+
+type Engine = Awaited<ReturnType<ActionContext['engine']>>['engine'];
+type Setup = Awaited<ReturnType<ActionContext['engine']>>['setup'];
+
+/**
+ * backup-retention after a complete backup `backupId`, into `results` (`pruned`, and
+ * `pruned-by-server` when several servers share the prefix). The backup is good
+ * whatever happens here: a failed prune is reported (`prune-error`), not fatal.
+ */
+async function applyRetention(
+  a: ActionContext,
+  engine: Engine,
+  setup: Setup,
+  backupId: string,
+  results: ActionResults,
+): Promise<void> {
+  try {
+    // Retention only: create itself has just removed the data dir's leftovers.
+    const pruned = await engine.prune(setup.retention, { workloadLeftovers: false });
+    const removed = [...pruned.forgotten, ...pruned.incompleteRemoved];
+    // Backups of several servers share the prefix: the policy applied to each server's own.
+    const byServer = pruned.servers && describeByServer(pruned.servers, 'forgotten');
+    const each = byServer ? ' of each server' : '';
+    await a.log(
+      `backup-retention (${describeRetention(setup.retention)}${each}): removed ${removed.length ? removed.join(', ') : 'nothing'}${byServer ? ` (by the policy, by server: ${byServer})` : ''}`,
+    );
+    results.pruned = removed.join(', ');
+    if (byServer) results['pruned-by-server'] = byServer;
+  } catch (err) {
+    const message = `backup ${backupId} is complete, but applying backup-retention failed: ${describeForCharm(err, setup.settingsSource)}; run prune-backups to retry`;
+    await a.log(message);
+    results['prune-error'] = message;
+  }
+}

@@ -1,7 +1,7 @@
 import { serviceState } from '../synapse';
 import { SERVICE_NAME } from '../overrides';
 import { describeSwapRecovery } from '../../backup/swap-journal';
-import { describeRetention } from '../../backup/retention';
+import { describeByServer, describeRetention } from '../../backup/retention';
 import { ActionFailure, booleanParam, type ActionHandler } from './context';
 
 export const pruneBackups: ActionHandler = async (a) => {
@@ -53,6 +53,13 @@ export const pruneBackups: ActionHandler = async (a) => {
     'uploads-aborted': list(result.uploadsAborted),
     'pending-removed': list(result.pendingRemoved),
     kept: String(result.kept),
+    // Backups of several servers share the prefix: the policy applied to each server's own.
+    ...(result.servers
+      ? {
+          'forgotten-by-server': describeByServer(result.servers, 'forgotten'),
+          'kept-by-server': describeByServer(result.servers, 'kept'),
+        }
+      : {}),
     ...(result.swapRecovery ? { 'swap-recovery': describeSwapRecovery(result.swapRecovery) } : {}),
   };
 };
