@@ -165,6 +165,41 @@ describeWithPeers(['minio', 'pebble', 'synapse'])(
       expect(synapsePid()).not.toBe(before);
     });
 
+    test('real Synapse: the charm refuses when another process still holds the database once synapse stopped, and starts synapse again', async () => {
+      const db = path.join(unit.dataDir, 'homeserver.db');
+      const holder = spawn(
+        'python3',
+        [
+          '-c',
+          'import sys, time\nf = open(sys.argv[1], "rb")\nprint("held", flush=True)\ntime.sleep(300)',
+          db,
+        ],
+        { stdio: ['ignore', 'pipe', 'ignore'] },
+      );
+      const exited = new Promise((r) => holder.once('exit', r));
+      try {
+        await new Promise((r) => holder.stdout.once('data', r));
+        const before = await stable();
+        const synapseBefore = synapsePid();
+        const r = await unit.h.action('restore-backup', { 'backup-id': 'live' });
+        expect(r.failed).toBe(true);
+        const comm = fs.readFileSync(`/proc/${holder.pid}/comm`, 'utf8').trim();
+        // Its name only: python's -c program is not quoted (another program's argv may hold secrets).
+        expect(r.failMessage).toContain(
+          `with synapse stopped, process ${holder.pid} (${comm}) has ${db} open, a database this restore would replace; restoring under it would lose the writes it makes afterwards; nothing was changed; synapse started again`,
+        );
+        expect(r.failMessage).not.toContain('time.sleep');
+        expect(r.failMessage).toContain(`kill ${holder.pid}\``);
+        expect(await stable()).toBe(before);
+        expect(fs.readdirSync(unit.dataDir).filter((n) => n.startsWith('.synapse-'))).toEqual([]);
+        await unit.waitHealthy(90_000);
+        expect(synapsePid()).not.toBe(synapseBefore);
+      } finally {
+        holder.kill('SIGKILL');
+        await exited;
+      }
+    });
+
     test('real Synapse: the charm, which stops the service itself, is not refused', async () => {
       const r = await unit.h.action('restore-backup', { 'backup-id': 'live' });
       expect(r.failMessage).toBeUndefined();

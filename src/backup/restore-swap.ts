@@ -9,7 +9,12 @@ import { errorMessage } from '../errors';
 import { fileExists, runCommand } from '../workload/command';
 import type { EngineContext } from './context';
 import { JOURNAL_NAME, removeTreeCommand } from './scripts';
-import { type SwapItem, itemRollbackCommand, itemSwapCommand } from './scripts/swap';
+import {
+  type SwapItem,
+  externalCopiesOf,
+  itemRollbackCommand,
+  itemSwapCommand,
+} from './scripts/swap';
 import { removeKeysAndRecordPhase } from './swap-journal';
 
 /** The hidden directories of one restore, as names in the data dir. */
@@ -42,16 +47,20 @@ export function restoredDatabase(dataDir: string, items: readonly SwapItem[]): s
  * failure after the swap moves the previous files back; any failure removes
  * the staging directory and starts the services, unless the swap was left
  * unfinished (its journal is there: Synapse then stays stopped). Returns the
- * one-time keys removed.
+ * one-time keys removed. `stopped`, once the services are stopped and before
+ * anything moves (running.ts refuseOpenDatabases): when it throws, the staged
+ * copies go, the services start again and its error is thrown.
  */
 export async function swapIn(
   ctx: EngineContext,
   services: string[],
   dirs: RestoreDirs,
   plan: SwapPlan,
+  stopped?: () => Promise<void>,
 ): Promise<number | undefined> {
   const { workload, dataDir } = ctx;
   await workload.stopServices(services);
+  if (stopped) await beforeTheSwap(ctx, services, dirs, plan, stopped);
   try {
     await runCommand(
       workload,
@@ -92,6 +101,28 @@ export async function swapIn(
       await removeTree(ctx, [`${dataDir}/${dirs.staging}`], err);
       await workload.startServices(services).catch(() => undefined);
     }
+    throw err;
+  }
+}
+
+/** Runs `check` with the services stopped; on its failure cleans up and starts them again. */
+async function beforeTheSwap(
+  ctx: EngineContext,
+  services: string[],
+  dirs: RestoreDirs,
+  plan: SwapPlan,
+  check: () => Promise<void>,
+): Promise<void> {
+  try {
+    await check();
+  } catch (err) {
+    const { staged } = externalCopiesOf(plan.items, dirs.staging, dirs.previous);
+    await removeTree(ctx, [`${ctx.dataDir}/${dirs.staging}`, ...staged], err);
+    const started = await ctx.workload.startServices(services).then(
+      () => `${services.join(', ')} started again`,
+      (e: unknown) => `${services.join(', ')} could not be started again: ${errorMessage(e)}`,
+    );
+    if (err instanceof Error) err.message += `; ${started}`;
     throw err;
   }
 }

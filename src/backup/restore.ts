@@ -15,7 +15,13 @@ import { CommandSink, runCommand } from '../workload/command';
 import { completeManifest, objectKey } from './catalog';
 import { type EngineContext, checkInterrupted, passphraseOf } from './context';
 import { readHomeserverConfigOf } from './homeserver';
-import { refuseRunningSynapse } from './running';
+import {
+  configDatabases,
+  manifestDatabases,
+  planDatabases,
+  refuseOpenDatabases,
+  refuseRunningSynapse,
+} from './running';
 import { checkStaleConfigPaths } from './stale-paths';
 import { validateBackupId } from './ids';
 import type { Manifest } from './manifest';
@@ -73,7 +79,7 @@ export async function restoreBackup(
 ): Promise<RestoreResult> {
   passphraseOf(ctx);
   const id = validateBackupId(request.id);
-  const { swapRecovery, manifest } = await checkBeforeRestore(ctx, id, request);
+  const { swapRecovery, manifest, liveDatabases } = await checkBeforeRestore(ctx, id, request);
   const stamp = new Date().toISOString().replace(/[-:.]/g, '');
   const dirs: RestoreDirs = {
     staging: `${STAGING_PREFIX}${stamp}`,
@@ -100,14 +106,19 @@ export async function restoreBackup(
     // The last moment to stop without touching the live data.
     checkInterrupted(ctx, unchanged);
     // Synapse may have started since the first check (the staging took a while).
-    if (!request.services?.length) await refuseRunningSynapse(ctx, []);
+    const databases = planDatabases(plan.items, ctx.dataDir);
+    if (!request.services?.length) await refuseRunningSynapse(ctx, [], undefined, databases);
   } catch (err) {
     const staged = externalCopies(plan, dirs).staged;
     await removeTree(ctx, [`${ctx.dataDir}/${dirs.staging}`, ...staged], err);
     throw err;
   }
   // From here on a signal waits: the swap is finished (or rolled back) first.
-  const oneTimeKeysRemoved = await swapIn(ctx, request.services ?? [], dirs, plan);
+  // With services named: what holds a database once they stopped (running.ts).
+  const services = request.services ?? [];
+  const held = [...planDatabases(plan.items, ctx.dataDir), ...liveDatabases];
+  const recheck = services.length ? () => refuseOpenDatabases(ctx, services, held) : undefined;
+  const oneTimeKeysRemoved = await swapIn(ctx, services, dirs, plan, recheck);
   const kept = await removePrevious(ctx, dirs, plan);
   // The last step: until here an interrupted run is completed by the next operation.
   await runCommand(ctx.workload, removeJournalCommand(ctx.dataDir), 'removing the swap journal');
@@ -233,7 +244,7 @@ async function checkBeforeRestore(
   ctx: EngineContext,
   id: string,
   request: RestoreRequest,
-): Promise<{ manifest: Manifest | undefined; swapRecovery: SwapRecovery | undefined }> {
+): Promise<{ manifest?: Manifest; swapRecovery?: SwapRecovery; liveDatabases: string[] }> {
   const services = request.services ?? [];
   const manifestRead = started(
     request.allowMissingManifest ? completeManifest(ctx, id, true) : completeManifest(ctx, id),
@@ -247,8 +258,11 @@ async function checkBeforeRestore(
     const configRead = started(readHomeserverConfigOf(ctx));
     const targetRead = started(readRestoreTarget(ctx));
     reads.push(configRead, targetRead);
-    // Never under a Synapse the swap would not stop (running.ts).
-    await refuseRunningSynapse(ctx, services, configRead);
+    // Never under a Synapse the swap would not stop, nor one holding a database it replaces.
+    const toReplace = manifestRead
+      .catch(() => undefined)
+      .then((m) => manifestDatabases(m, ctx.dataDir));
+    await refuseRunningSynapse(ctx, services, configRead, toReplace);
     const manifest = await manifestRead;
     // Before the refusals --force overrides: neither it nor another option helps there.
     await refuseMissingDataDir(targetRead);
@@ -260,7 +274,8 @@ async function checkBeforeRestore(
     refuseWithoutDatabase(manifest, id, request.force);
     await headerRead;
     await checkFreeSpace(ctx, id, manifest, (await targetRead).free);
-    return { manifest, swapRecovery };
+    const liveDatabases = await configRead.then(configDatabases, () => []);
+    return { manifest, swapRecovery, liveDatabases };
   } catch (err) {
     await Promise.allSettled(reads);
     throw err;
