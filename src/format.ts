@@ -71,7 +71,7 @@ export function noServerLines(backups: readonly BackupInfo[]): string[] {
   return backups.flatMap((b) =>
     b.status === 'complete' && !b.serverName
       ? [
-          `backup ${b.backupId} names no server: it was made where there was no homeserver.yaml (Synapse's default paths)`,
+          `backup ${b.backupId} names no server: its homeserver.yaml had no server_name, or there was none (Synapse's default paths)`,
         ]
       : [],
   );

@@ -239,6 +239,16 @@ describeWithPeers(['minio'])('synapse-backup CLI (built bundle, real MinIO)', ()
     expect(human.code).toBe(0);
     expect(human.stderr).toBe(`synapse-backup: warning: ${said}\n`);
     expect(human.out).toMatch(/^created backup pg-2: 2 files, /);
+    // Restoring it over the live database without --force: bad input (exit 2), nothing changed.
+    const before = await fsp.readFile(path.join(dir.path, 'example.org.signing.key'), 'utf8');
+    const refused = await cli(['restore', '--data-dir', dir.path, '--id', 'pg-1', ...s3], {
+      s3Flags: false,
+    });
+    expect(refused.code).toBe(2);
+    expect(refused.stderr).toContain(
+      `backup pg-1 does not hold everything Synapse needs (${said})`,
+    );
+    expect(await fsp.readFile(path.join(dir.path, 'example.org.signing.key'), 'utf8')).toBe(before);
   });
 
   test('--config-root /data: a volume the official image wrote, mounted elsewhere, backs up its /data/... paths as data-dir items; without it the error names --config-root', async () => {
@@ -339,7 +349,7 @@ describeWithPeers(['minio'])('synapse-backup CLI (built bundle, real MinIO)', ()
     const list = await cli(['list', ...s3], { s3Flags: false });
     expect(list.code).toBe(0);
     const noServer = (id: string) =>
-      `backup ${id} names no server: it was made where there was no homeserver.yaml (Synapse's default paths)`;
+      `backup ${id} names no server: its homeserver.yaml had no server_name, or there was none (Synapse's default paths)`;
     expect(list.out.trimEnd().split('\n').slice(-2)).toEqual([noServer('nc-1'), noServer('nc-2')]);
     expect(list.out).not.toContain('nc-3 names');
   });

@@ -124,7 +124,7 @@ describe('small pieces', () => {
       { backupId: 'half', created: at, size: 1, status: 'incomplete' },
     ]);
     expect(table.split('\n').slice(4)).toEqual([
-      "backup media names no server: it was made where there was no homeserver.yaml (Synapse's default paths)",
+      "backup media names no server: its homeserver.yaml had no server_name, or there was none (Synapse's default paths)",
     ]);
   });
 });

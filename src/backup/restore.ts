@@ -268,10 +268,15 @@ async function checkBeforeRestore(
     await refuseMissingDataDir(targetRead);
     // A df that failed is reported in its turn, at the free-space check.
     const target = await targetRead.catch(() => undefined);
-    if (target) refuseForeignDataDir(ctx.dataDir, id, target.entries, manifest, request.force);
-    await refuseOtherServer(id, manifest, request, configRead);
-    refuseRootsElsewhere(manifest, id, ctx.dataDir, request.force);
-    refuseWithoutDatabase(manifest, id, request.force);
+    await refuseUnlessForced(
+      [
+        () => target && refuseForeignDataDir(ctx.dataDir, id, target.entries, manifest, false),
+        () => refuseOtherServer(id, manifest, { ...request, force: false }, configRead),
+        () => refuseRootsElsewhere(manifest, id, ctx.dataDir, false),
+        () => refuseWithoutDatabase(manifest, id, false),
+      ],
+      request.force,
+    );
     await headerRead;
     await checkFreeSpace(ctx, id, manifest, (await targetRead).free);
     const liveDatabases = await configRead.then(configDatabases, () => []);
@@ -280,6 +285,39 @@ async function checkBeforeRestore(
     await Promise.allSettled(reads);
     throw err;
   }
+}
+
+/** The codes of the refusals `--force` (`force=true`) overrides. */
+const FORCEABLE = new Set(['foreign-data-dir', 'wrong-server', 'not-included']);
+
+/**
+ * Runs every check `--force` overrides (each as unforced) and, unless `force`,
+ * refuses once with all that apply: the first's code and remedy, every reason
+ * in its message. An operator told to force is then told all it overrides (a
+ * foreign dir's refusal alone had hidden the paths outside it a forced restore
+ * also replaces). Other errors propagate as they come.
+ */
+async function refuseUnlessForced(
+  checks: (() => unknown)[],
+  force: boolean | undefined,
+): Promise<void> {
+  if (force) return;
+  const refused: BackupError[] = [];
+  for (const check of checks) {
+    try {
+      await check();
+    } catch (err) {
+      if (!(err instanceof BackupError && FORCEABLE.has(err.code))) throw err;
+      refused.push(err);
+    }
+  }
+  const [first, ...rest] = refused;
+  if (!first) return;
+  if (rest.length === 0) throw first;
+  const also = rest.map((e) => e.message.replace(/; nothing was (changed|restored)$/, ''));
+  throw new BackupError(first.code, `${first.message}; also, ${also.join('; also, ')}`, {
+    remedy: first.remedy,
+  });
 }
 
 /** `promise`, marked handled: it is awaited later, and may reject before that. */

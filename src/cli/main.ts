@@ -43,7 +43,9 @@ import { describeForCli } from './remedy';
  * else is `corrupt` (exit 1). `not-found` is an unknown id; `s3-bucket` a bucket
  * that does not exist or is in another region; `wrong-server` a backup of
  * another server_name (or none) over this one; `foreign-data-dir` a restore's
- * --data-dir that holds files but none of Synapse's. `busy` (another run holds the
+ * --data-dir that holds files but none of Synapse's; `not-included` a backup
+ * without the database (a PostgreSQL server's) over a live one, unless --force.
+ * `busy` (another run holds the
  * data dir or the id) is no bad input: exit 1, as are S3, workload and data
  * faults.
  */
@@ -58,6 +60,7 @@ const BAD_INPUT_CODES = new Set([
   'not-found',
   's3-bucket',
   'wrong-server',
+  'not-included',
 ]);
 
 /** Exit statuses for the signals that interrupt a run: 128 + the signal's number. */

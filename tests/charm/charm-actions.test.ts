@@ -511,7 +511,7 @@ describeWithPeers(['minio', 'pebble'])('charm actions', () => {
     const listed = await mig.action('list-backups');
     outputs.push(listed);
     expect(String(listed.results.formatted).split('\n').at(-1)).toBe(
-      `backup ${String(bare.results['backup-id'])} names no server: it was made where there was no homeserver.yaml (Synapse's default paths)`,
+      `backup ${String(bare.results['backup-id'])} names no server: its homeserver.yaml had no server_name, or there was none (Synapse's default paths)`,
     );
 
     const host = await tmpDir('charm-migrate-host');
