@@ -13,7 +13,7 @@
  * real Synapse (plain-synapse.ts), `unshare --mount` and `mount --bind` as root,
  * MinIO, the built CLI.
  */
-import { execFileSync, spawn } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import path from 'node:path';
@@ -24,20 +24,13 @@ import {
   type MinioPeer,
   type TmpDir,
 } from './support/peers';
+import { CLI_BUNDLE, runCli } from './support/cli-run';
 import { type PlainSynapse, startPlainSynapse } from './support/plain-synapse';
 
-const ROOT = path.resolve(__dirname, '..');
-const BUNDLE = path.join(ROOT, 'build', 'synapse-backup.js');
 const PASSPHRASE = `held ${randomBytes(8).toString('hex')}`;
 const PREFIX = 'held';
 const UNDER_IT =
   'restoring under it would lose the writes it makes afterwards; nothing was changed; stop Synapse first (when Pebble runs it, --pebble-socket with --service NAME stops it for the swap and starts it after)';
-
-interface Run {
-  code: number | null;
-  out: string;
-  err: string;
-}
 
 /** `unshare --mount` works here (root, a kernel that allows it): else the case-1 test fails, never skips. */
 function unshareWorks(): string | undefined {
@@ -55,7 +48,7 @@ describeWithPeers(['minio', 'synapse'])('restore while a Synapse holds the files
   const running: PlainSynapse[] = [];
 
   beforeAll(async () => {
-    if (!fs.existsSync(BUNDLE))
+    if (!fs.existsSync(CLI_BUNDLE))
       throw new Error('build/synapse-backup.js is missing: npm run build');
     minio = await startMinio();
     root = await tmpDir('held');
@@ -68,35 +61,7 @@ describeWithPeers(['minio', 'synapse'])('restore while a Synapse holds the files
     await minio?.stop();
   });
 
-  function cli(args: string[]): Promise<Run> {
-    return new Promise((resolve, reject) => {
-      const child = spawn(
-        process.execPath,
-        [
-          BUNDLE,
-          ...args,
-          ...['--endpoint', minio.endpoint, '--uri-style', 'path', '--bucket', minio.bucket],
-          ...['--prefix', PREFIX],
-        ],
-        {
-          env: {
-            PATH: process.env.PATH ?? '/usr/bin:/bin',
-            AWS_ACCESS_KEY_ID: minio.accessKeyId,
-            AWS_SECRET_ACCESS_KEY: minio.secretAccessKey,
-            SYNAPSE_BACKUP_PASSPHRASE: PASSPHRASE,
-            AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED: 'true',
-          },
-          stdio: ['ignore', 'pipe', 'pipe'],
-        },
-      );
-      let out = '';
-      let err = '';
-      child.stdout.on('data', (c: Buffer) => (out += c.toString()));
-      child.stderr.on('data', (c: Buffer) => (err += c.toString()));
-      child.once('error', reject);
-      child.once('close', (code) => resolve({ code, out, err }));
-    });
-  }
+  const cli = (args: string[]) => runCli(args, { minio, prefix: PREFIX, passphrase: PASSPHRASE });
 
   async function start(name: string, mountAt?: string): Promise<{ dir: string; s: PlainSynapse }> {
     const dir = path.join(root.path, name);

@@ -12,20 +12,13 @@ import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import path from 'node:path';
 import { describeWithPeers, startMinio, tmpDir, type MinioPeer } from './support/peers';
+import { CLI_BUNDLE, runCli } from './support/cli-run';
 import { type RealSynapseUnit, startRealSynapseUnit } from './support/real-synapse';
 import { snapshotTree } from './support/synapse-tree';
 
-const ROOT = path.resolve(__dirname, '..');
-const BUNDLE = path.join(ROOT, 'build', 'synapse-backup.js');
 const SERVER = 'running.test';
 const PASSPHRASE = `running ${randomBytes(8).toString('hex')}`;
 const PREFIX = 'running';
-
-interface Run {
-  code: number | null;
-  out: string;
-  err: string;
-}
 
 describeWithPeers(['minio', 'pebble', 'synapse'])(
   'restore in place under a running Synapse',
@@ -35,7 +28,7 @@ describeWithPeers(['minio', 'pebble', 'synapse'])(
     let pidFile: string;
 
     beforeAll(async () => {
-      if (!fs.existsSync(BUNDLE))
+      if (!fs.existsSync(CLI_BUNDLE))
         throw new Error('build/synapse-backup.js is missing: npm run build');
       minio = await startMinio();
       unit = await startRealSynapseUnit({
@@ -69,35 +62,7 @@ describeWithPeers(['minio', 'pebble', 'synapse'])(
       await minio?.stop();
     });
 
-    function cli(args: string[]): Promise<Run> {
-      return new Promise((resolve, reject) => {
-        const child = spawn(
-          process.execPath,
-          [
-            BUNDLE,
-            ...args,
-            ...['--endpoint', minio.endpoint, '--uri-style', 'path', '--bucket', minio.bucket],
-            ...['--prefix', PREFIX],
-          ],
-          {
-            env: {
-              PATH: process.env.PATH ?? '/usr/bin:/bin',
-              AWS_ACCESS_KEY_ID: minio.accessKeyId,
-              AWS_SECRET_ACCESS_KEY: minio.secretAccessKey,
-              SYNAPSE_BACKUP_PASSPHRASE: PASSPHRASE,
-              AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED: 'true',
-            },
-            stdio: ['ignore', 'pipe', 'pipe'],
-          },
-        );
-        let out = '';
-        let err = '';
-        child.stdout.on('data', (c: Buffer) => (out += c.toString()));
-        child.stderr.on('data', (c: Buffer) => (err += c.toString()));
-        child.once('error', reject);
-        child.once('close', (code) => resolve({ code, out, err }));
-      });
-    }
+    const cli = (args: string[]) => runCli(args, { minio, prefix: PREFIX, passphrase: PASSPHRASE });
 
     /** The live synapse.app.homeserver process of this unit's config. */
     const synapsePid = () => {

@@ -121,8 +121,31 @@ it("names the process's own config path, not the symlinked data dir it was given
   );
 });
 
-it('reads a container path in its argv through --config-root (/srv/data/homeserver.yaml as this data dir)', async () => {
-  const pid = await standIn(['synapse.app.homeserver', '-c', '/srv/data/homeserver.yaml']);
+/**
+ * A stand-in in a mount namespace of its own (as a container is), `mounted` bind-mounted
+ * at /srv/data over a tmpfs on /srv; its argv names synapse.app.homeserver and
+ * /srv/data/homeserver.yaml, a path this host does not have.
+ */
+async function containerStandIn(mounted: string): Promise<number> {
+  const script =
+    'set -e; mount -t tmpfs held /srv; mkdir /srv/data; mount --bind "$MOUNTED" /srv/data; echo up; sleep 300; exit 0';
+  const child = spawn(
+    'unshare',
+    ['--mount', 'sh', '-c', script, 'synapse.app.homeserver', '-c', '/srv/data/homeserver.yaml'],
+    {
+      detached: true,
+      stdio: ['ignore', 'pipe', 'ignore'],
+      env: { ...process.env, MOUNTED: mounted },
+    },
+  );
+  children.push(child);
+  await new Promise((r) => child.stdout!.once('data', r));
+  return child.pid!;
+}
+
+it("reads a container path in its argv through --config-root, in the process's own mount namespace: this dir mounted there is found, another dir mounted at the same path is not", async () => {
+  expect(fs.existsSync('/srv/data')).toBe(false);
+  const pid = await containerStandIn(dataDir);
   // Without --config-root, /srv/data is not this dir (and holds nothing open here).
   await expect(refuseRunningSynapse(ctxFor(dataDir), [])).resolves.toBeUndefined();
   for (const configRoot of ['/srv/data', '/srv/data/']) {
@@ -131,10 +154,16 @@ it('reads a container path in its argv through --config-root (/srv/data/homeserv
       `Synapse is running on ${dataDir}: process ${pid} is synapse.app.homeserver with /srv/data/homeserver.yaml; ${UNDER_IT}`,
     );
   }
-  // A path that only starts like the root is not under it.
-  await standIn(['synapse.app.homeserver', '-c', '/srv/database/homeserver.yaml']);
   await killChildren(1);
+  // Another container's /srv/data (another server's dir) is not this one.
+  const other = path.join(root, 'other');
+  fs.mkdirSync(other);
+  fs.writeFileSync(path.join(other, 'homeserver.yaml'), 'server_name: other.org\n');
+  await containerStandIn(other);
+  // Nor is a path that only starts like the root, on a process this host can see into.
+  await standIn(['synapse.app.homeserver', '-c', '/srv/database/homeserver.yaml']);
   await expect(refuseRunningSynapse(ctxFor(dataDir, '/srv/data'), [])).resolves.toBeUndefined();
+  await killChildren(2);
 });
 
 it('refuses while any process holds the database open, whatever its name; its -wal too', async () => {

@@ -16,7 +16,11 @@ import { sh } from './common';
  * joined to its working directory) is the config $rc or the data dir $rd,
  * symlinks followed (`config`: that argument, as the process wrote it). An
  * argument under $cr (--config-root: where a container mounts the data dir,
- * /srv/data/homeserver.yaml) is read under $dd first. One grep over every
+ * /srv/data/homeserver.yaml) is looked up in the process's own root
+ * (/proc/PID/root, its mount namespace) and is this dir's only if it is the
+ * same file or dir there (`-ef`): another container's /srv/data is not. Where
+ * that root cannot be read (not root, another user's process), it is read
+ * under $dd instead. One grep over every
  * cmdline finds the candidates; every process when grep cannot (no -a, or too
  * many pids for one command line). Never the names themselves in this text:
  * this sh's argv would match in another check running meanwhile.
@@ -42,7 +46,13 @@ const FIND_PROCESS = [
   '      a=${a#--config-path=}',
   '      case $a in /*) ;; "") continue ;; *) [ -n "$cwd" ] || continue; a="$cwd/$a" ;; esac',
   '      m=$a',
-  '      if [ -n "$cr" ]; then case $a in "$cr"|"$cr"/*) m=$dd${a#"$cr"} ;; esac; fi',
+  '      if [ -n "$cr" ]; then case $a in "$cr"|"$cr"/*)',
+  '        if [ -e "$d/root/." ]; then',
+  '          if [ "$d/root$a" -ef "$rc" ] || [ "$d/root$a" -ef "$rd" ]; then printf "%s\\n" "$a"; break; fi',
+  '          continue',
+  '        fi',
+  '        m=$dd${a#"$cr"} ;;',
+  '      esac; fi',
   '      r=$(readlink -f -- "$m" 2>/dev/null) || continue',
   '      if [ "$r" = "$rc" ] || [ "$r" = "$rd" ]; then printf "%s\\n" "$a"; break; fi',
   '    done)',
