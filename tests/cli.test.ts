@@ -610,6 +610,24 @@ describeWithPeers(['minio'])('synapse-backup CLI (built bundle, real MinIO)', ()
       db,
     ];
 
+    // The create said what it archived outside the data dir, which this restore replaces.
+    const said = created.out.split('\n')[1] ?? '';
+    expect(said).toMatch(
+      /^also archived, outside the data dir \(homeserver.yaml names them; a restore replaces them there\): /,
+    );
+    for (const p of outside) expect(said).toContain(p);
+    const createdJson = await cli([
+      'create',
+      '--data-dir',
+      dataDir,
+      '--id',
+      'cli-pkg-json',
+      '--json',
+    ]);
+    expect(createdJson.code).toBe(0);
+    const archived = (JSON.parse(createdJson.out) as Record<string, string[]>)['archived-outside'];
+    expect([...archived!].sort()).toEqual([...outside].sort());
+
     const run = await cli(['restore', '--id', 'cli-pkg', '--data-dir', dataDir]);
     expect(run.stderr).toBe('');
     expect(run.code).toBe(0);

@@ -26,7 +26,7 @@ import {
 } from './create-status';
 import { ByteCounter, EndGate, HashingCounter } from './stages';
 import { type Selection, readIdentityAndSelection } from './selection';
-import { selectionNotes } from './selection-looked-at';
+import { resultNotes, selectionNotes } from './selection-looked-at';
 import { resolveInterruptedSwap } from './swap-journal';
 import { TarScanner, createEntryPolicy } from './tar';
 import type { CreateRequest, CreateResult } from './types';
@@ -120,7 +120,7 @@ export async function createBackup(
         warningsCount: notes.warnings.count,
         ...(swapRecovery ? { swapRecovery } : {}),
         ...selectionNotes(selection),
-        ...(selection.noHomeserverYaml ? { noHomeserverYaml: selection.noHomeserverYaml } : {}),
+        ...resultNotes(selection),
       };
     } catch (err) {
       failure = err;

@@ -8,6 +8,7 @@ import { posix } from 'node:path';
 import { BackupError } from '../errors';
 import { HOMESERVER_CONFIG } from './homeserver';
 import { SELECTED_GLOBS } from './scripts';
+import { externalPath } from './items';
 
 /** A selected path as the probe found it (selection.ts). */
 export interface ProbedPath {
@@ -96,6 +97,22 @@ export function selectionNotes(s: { missing: string[]; notIncluded: string[] }):
   return {
     ...(s.missing.length ? { missing: s.missing } : {}),
     ...(s.notIncluded.length ? { notIncluded: s.notIncluded } : {}),
+  };
+}
+
+/**
+ * What a create's result (not its manifest) says of its selection: `noHomeserverYaml`,
+ * and `archivedOutside`, the absolute paths outside the data dir it archived (as
+ * `@external/...`, from homeserver.yaml's absolute paths), which a restore puts back there.
+ */
+export function resultNotes(s: { noHomeserverYaml?: string; items: readonly string[] }): {
+  noHomeserverYaml?: string;
+  archivedOutside?: string[];
+} {
+  const outside = s.items.flatMap((i) => externalPath(i) ?? []);
+  return {
+    ...(s.noHomeserverYaml ? { noHomeserverYaml: s.noHomeserverYaml } : {}),
+    ...(outside.length ? { archivedOutside: outside } : {}),
   };
 }
 

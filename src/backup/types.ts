@@ -94,6 +94,11 @@ export interface CreateResult {
    * up by Synapse's default paths (a right data dir of such a server, or a wrong one).
    */
   noHomeserverYaml?: string;
+  /**
+   * Paths outside the data dir archived as `@external/...` (homeserver.yaml names
+   * them absolutely): a restore of this backup replaces them there.
+   */
+  archivedOutside?: string[];
 }
 
 export interface BackupInfo {

@@ -54,6 +54,7 @@ const create: Command = async ({ engine, values, print }) => {
       ...(r.missing ? { missing: r.missing } : {}),
       ...(r.notIncluded ? { 'not-included': r.notIncluded } : {}),
       ...(r.noHomeserverYaml ? { 'no-homeserver-yaml': noHomeserverYamlWarning(r) } : {}),
+      ...(r.archivedOutside ? { 'archived-outside': r.archivedOutside } : {}),
     },
   );
 };

@@ -3,7 +3,7 @@ import { type SwapRecovery, describeSwapRecovery } from '../backup/swap-journal'
 import { summarizeNotes } from '../backup/notes';
 import { describeStaleConfigPaths, staleKeysOf } from '../backup/stale-paths';
 import type { CreateResult, Progress, PruneResult, RestoreResult } from '../backup/types';
-import { counted, formatBytes } from '../format';
+import { counted, formatBytes, formatFirst } from '../format';
 
 /** Set once a progress line has been drawn on stderr (which then needs a newline). */
 let progressShown = false;
@@ -44,6 +44,11 @@ export function createNoteLines(r: CreateResult): string[] {
   if (r.skippedCount > 0) {
     lines.push(
       `left out ${r.skippedCount === 1 ? '1 entry a restore refuses (it holds' : `${r.skippedCount} entries a restore refuses (they hold`} no data): ${summarizeNotes(r.skipped, r.skippedCount)}`,
+    );
+  }
+  if (r.archivedOutside) {
+    lines.push(
+      `also archived, outside the data dir (homeserver.yaml names them; a restore replaces them there): ${formatFirst(r.archivedOutside)}`,
     );
   }
   if (r.warningsCount > 0) {

@@ -2,6 +2,7 @@ import { SERVICE_NAME } from '../overrides';
 import { serviceState } from '../synapse';
 import { describeSwapRecovery } from '../../backup/swap-journal';
 import { counted, formatBytes, formatSeconds, ProgressReporter } from '../format';
+import { formatFirst } from '../../format';
 import { describeByServer, describeRetention } from '../../backup/retention';
 import { summarizeNotes } from '../../backup/notes';
 import type { ActionResults } from '../../juju/hook-tools';
@@ -61,6 +62,11 @@ export const createBackup: ActionHandler = async (a) => {
       const said = `${result.noHomeserverYaml}; the charm generates ${a.overrides.dataDir}/homeserver.yaml once server-name is set`;
       await a.log(`warning: ${said}`);
       results['no-homeserver-yaml'] = said;
+    }
+    if (result.archivedOutside) {
+      const said = formatFirst(result.archivedOutside);
+      await a.log(`also archived, outside the data dir (homeserver.yaml names them): ${said}`);
+      results['archived-outside'] = said;
     }
     if (result.swapRecovery) {
       const said = describeSwapRecovery(result.swapRecovery);
