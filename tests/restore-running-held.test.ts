@@ -136,7 +136,7 @@ describeWithPeers(['minio', 'synapse'])('restore while a Synapse holds the files
     const comm = fs.readFileSync(`/proc/${s.pid}/comm`, 'utf8').trim();
     // Its name and its config path, never the rest of its command line.
     expect(refused.err).toBe(
-      `synapse-backup: error: Synapse is running on ${c}: process ${s.pid} (${comm}, --config-path ${a}/homeserver.yaml) has ${a}/homeserver.db open, a database this restore would replace; ${UNDER_IT}\n`,
+      `synapse-backup: error: Synapse is running on ${a}: process ${s.pid} (${comm}, --config-path ${a}/homeserver.yaml) has ${a}/homeserver.db open, a database this restore would replace, or that homeserver.yaml in ${c} names; ${UNDER_IT}\n`,
     );
     expect(refused.code).toBe(1);
     expect(liveState([a])).toBe(before);

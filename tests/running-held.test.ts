@@ -250,3 +250,38 @@ it("as a user who may not read other users' fds: those processes are skipped and
   expect(asNobody.code).toBe(0);
   expect(asNobody.out).toMatch(/^none [1-9]\d*\n$/);
 });
+
+it("as a user who may not read another user's working directory: a relative config path is read under the data dir (it may be this one)", async () => {
+  if (process.getuid?.() !== 0) throw new Error('this test runs as root (it drops to nobody)');
+  // nobody may look into the data dir, not into the process's working directory.
+  fs.chmodSync(root, 0o755);
+  fs.chmodSync(dataDir, 0o755);
+  const child = spawn(
+    'sh',
+    ['-c', 'sleep 300; exit 0', 'synapse.app.homeserver', '-c', 'homeserver.yaml'],
+    { cwd: dataDir, detached: true, stdio: 'ignore' },
+  );
+  children.push(child);
+  await new Promise((r) => child.once('spawn', r));
+  const [cmd, ...args] = runningCheckCommand({
+    pidFile: '',
+    configPath: path.join(dataDir, 'homeserver.yaml'),
+    dataDir,
+    configRoot: '',
+    byProcess: true,
+    databases: [],
+  });
+  const run = (uid?: number) =>
+    new Promise<{ code: number; out: string; err: string }>((resolve) => {
+      const as = uid === undefined ? {} : { uid, gid: uid, env: { PATH: '/usr/bin:/bin' } };
+      execFile(cmd, args, { cwd: '/', ...as }, (error, out, err) =>
+        resolve({ code: error ? Number(error.code) : 0, out, err }),
+      );
+    });
+  // As root its working directory is read: the data dir itself.
+  expect((await run()).out).toBe(`proc ${child.pid} m\ncwd ${dataDir}\n`);
+  // As nobody it cannot be: the relative path, read under the data dir, is reported as given.
+  const asNobody = await run(65534);
+  expect(asNobody.err).toBe('');
+  expect(asNobody.out).toBe(`proc ${child.pid} m\nconfig homeserver.yaml\n`);
+});

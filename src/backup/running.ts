@@ -17,6 +17,7 @@
  *   path it opened it by. With services named, the same open-files check runs
  *   once they are stopped, just before the swap (refuseOpenDatabases).
  */
+import { posix } from 'node:path';
 import { BackupError } from '../errors';
 import { runCommand } from '../workload/command';
 import type { EngineContext } from './context';
@@ -143,7 +144,12 @@ export async function refuseRunningSynapse(
     );
   }
   if (found.how === 'proc') {
-    const what = found.config !== undefined ? `with ${found.config}` : `in ${found.cwd}`;
+    const what =
+      found.config === undefined
+        ? `in ${found.cwd}`
+        : found.config.startsWith('/')
+          ? `with ${found.config}`
+          : `with ${found.config}, a relative path, and a working directory this user may not read (it may be this data dir's; run as root to tell)`;
     throw new BackupError(
       'busy',
       `Synapse is running on ${ctx.dataDir}: process ${found.pid} is ${found.name} ${what}; ${UNDER_IT}`,
@@ -151,9 +157,16 @@ export async function refuseRunningSynapse(
     );
   }
   if (found.how === 'open') {
+    // Outside the data dir (an @external database, or one its homeserver.yaml names
+    // elsewhere): the Synapse is running there, not on the data dir.
+    const inside = found.holder.path.startsWith(`${ctx.dataDir}/`);
+    const where = inside ? ctx.dataDir : posix.dirname(found.holder.path);
+    const which = inside
+      ? 'a database this restore would replace'
+      : `a database this restore would replace, or that homeserver.yaml in ${ctx.dataDir} names`;
     throw new BackupError(
       'busy',
-      `Synapse is running on ${ctx.dataDir}: ${describeHolder(found.holder)}, a database this restore would replace; ${UNDER_IT}`,
+      `Synapse is running on ${where}: ${describeHolder(found.holder)}, ${which}; ${UNDER_IT}`,
       { remedy: { kind: 'stop-synapse' } },
     );
   }

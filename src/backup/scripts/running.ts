@@ -13,7 +13,9 @@ import { sh } from './common';
  * `synapse_homeserver` (pip's console script, NixOS's wrapper: `s`); it is this
  * data dir's when its working directory is the data dir (`cwd`, as it reads
  * it), or one of its arguments (`--config-path=` stripped, a relative one
- * joined to its working directory) is the config $rc or the data dir $rd,
+ * joined to its working directory; where that cannot be read, as non-root
+ * another user's, read under the data dir, and reported relative, since it may
+ * be this one) is the config $rc or the data dir $rd,
  * symlinks followed (`config`: that argument, as the process wrote it). An
  * argument under $cr (--config-root: where a container mounts the data dir,
  * /srv/data/homeserver.yaml) is looked up in the process's own root
@@ -44,7 +46,18 @@ const FIND_PROCESS = [
   '    fi',
   '    hit=$(printf "%s\\n" "$args" | while IFS= read -r a; do',
   '      a=${a#--config-path=}',
-  '      case $a in /*) ;; "") continue ;; *) [ -n "$cwd" ] || continue; a="$cwd/$a" ;; esac',
+  '      case $a in',
+  '        /*) ;;',
+  '        "") continue ;;',
+  '        *)',
+  '          if [ -z "$cwd" ]; then',
+  "            # Its working directory is unreadable (another user's process, as non-root):",
+  '            # a relative path that is this config or data dir from here may be it.',
+  '            if [ "$rd/$a" -ef "$rc" ] || [ "$rd/$a" -ef "$rd" ]; then printf "%s\\n" "$a"; break; fi',
+  '            continue',
+  '          fi',
+  '          a="$cwd/$a" ;;',
+  '      esac',
   '      m=$a',
   '      if [ -n "$cr" ]; then case $a in "$cr"|"$cr"/*)',
   '        if [ -e "$d/root/." ]; then',
