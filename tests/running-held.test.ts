@@ -81,6 +81,20 @@ function quoted(pid: number): string {
   return [read('comm').trim(), config].filter(Boolean).join(', ');
 }
 
+/** `argv` from `/`, as `uid` (and its gid) when given: its status and both outputs. */
+function runAs(
+  [cmd, ...args]: string[],
+  uid?: number,
+): Promise<{ code: number; out: string; err: string }> {
+  return new Promise((resolve) => {
+    // As another user: a PATH it can read (this host's python3 may be a shim under /root).
+    const as = uid === undefined ? {} : { uid, gid: uid, env: { PATH: '/usr/bin:/bin' } };
+    execFile(cmd!, args, { cwd: '/', ...as }, (error, out, err) =>
+      resolve({ code: error ? Number(error.code) : 0, out, err }),
+    );
+  });
+}
+
 const ctxFor = (dir: string, configRoot?: string) =>
   ({ workload: new LocalWorkload(), dataDir: dir, configRoot }) as unknown as EngineContext;
 
@@ -234,14 +248,7 @@ it("as a user who may not read other users' fds: those processes are skipped and
     byProcess: true,
     databases: [db],
   });
-  const run = (uid?: number) =>
-    new Promise<{ code: number; out: string; err: string }>((resolve) => {
-      // As nobody: a PATH it can read (this host's python3 may be a shim under /root).
-      const as = uid === undefined ? {} : { uid, gid: uid, env: { PATH: '/usr/bin:/bin' } };
-      execFile(cmd, args, { cwd: '/', ...as }, (error, out, err) =>
-        resolve({ code: error ? Number(error.code) : 0, out, err }),
-      );
-    });
+  const run = (uid?: number) => runAs([cmd, ...args], uid);
   const asRoot = await run();
   expect(asRoot).toMatchObject({ code: 0, err: '' });
   expect(JSON.parse(asRoot.out.replace(/^open /, ''))).toMatchObject({ pid, path: db });
@@ -271,13 +278,7 @@ it("as a user who may not read another user's working directory: a relative conf
     byProcess: true,
     databases: [],
   });
-  const run = (uid?: number) =>
-    new Promise<{ code: number; out: string; err: string }>((resolve) => {
-      const as = uid === undefined ? {} : { uid, gid: uid, env: { PATH: '/usr/bin:/bin' } };
-      execFile(cmd, args, { cwd: '/', ...as }, (error, out, err) =>
-        resolve({ code: error ? Number(error.code) : 0, out, err }),
-      );
-    });
+  const run = (uid?: number) => runAs([cmd, ...args], uid);
   // As root its working directory is read: the data dir itself.
   expect((await run()).out).toBe(`proc ${child.pid} m\ncwd ${dataDir}\n`);
   // As nobody it cannot be: the relative path, read under the data dir, is reported as given.
