@@ -106,7 +106,7 @@ export async function stageExternal(
 }
 
 /**
- * Refuses, unless `force`, a backup with roots outside the data dir restored
+ * Refuses (`--force` overrides it: restore.ts) a backup with roots outside the data dir restored
  * into another data dir than the one it was taken of (a scratch dir, another
  * installation): its roots would land at this host's paths all the same.
  */
@@ -114,10 +114,9 @@ export function refuseRootsElsewhere(
   manifest: Manifest | undefined,
   id: string,
   dataDir: string,
-  force: boolean | undefined,
 ): void {
   const roots = manifest?.roots ?? [];
-  if (force || roots.length === 0 || !manifest?.dataDir || manifest.dataDir === dataDir) return;
+  if (roots.length === 0 || !manifest?.dataDir || manifest.dataDir === dataDir) return;
   throw new BackupError(
     'wrong-server',
     `backup ${id} was taken of ${manifest.dataDir} and also restores ${roots.map((r) => r.path).join(', ')}, outside it; restoring it into ${dataDir} would replace those paths on this host too`,
@@ -134,16 +133,12 @@ export function refuseRootsElsewhere(
 /**
  * A backup taken under a PostgreSQL config holds the media and keys but not the
  * database (manifest `notIncluded`): restoring it over a database that stays as it
- * is now deletes media that database still refers to. Refused (`not-included`)
- * unless `force`, which says the database was restored from its dump of that time.
+ * is now deletes media that database still refers to. Refused (`not-included`);
+ * `--force` overrides it (restore.ts), saying the database was restored from its dump of that time.
  */
-export function refuseWithoutDatabase(
-  manifest: Manifest | undefined,
-  id: string,
-  force: boolean | undefined,
-): void {
+export function refuseWithoutDatabase(manifest: Manifest | undefined, id: string): void {
   const notIncluded = manifest?.notIncluded ?? [];
-  if (force || notIncluded.length === 0) return;
+  if (notIncluded.length === 0) return;
   throw new BackupError(
     'not-included',
     `backup ${id} does not hold everything Synapse needs (${notIncluded.join('; ')}); restoring it alone over the live database would delete media that database still refers to; nothing was changed`,

@@ -52,7 +52,7 @@ export function parseSigningKeyId(text: string): string | undefined {
 /**
  * Refuses a backup of another server name than the live one (server_name of
  * homeserver.yaml as `configRead` read it; none, or not YAML: the request's
- * expectedServerName), unless `force`; and a backup whose manifest names no
+ * expectedServerName); and a backup whose manifest names no
  * server (made where there was no homeserver.yaml: media alone, say) over a
  * data dir whose homeserver.yaml names one, which would replace that server's
  * media with files of unknown origin.
@@ -60,11 +60,11 @@ export function parseSigningKeyId(text: string): string | undefined {
 export async function refuseOtherServer(
   id: string,
   manifest: Manifest | undefined,
-  request: Pick<RestoreRequest, 'force' | 'expectedServerName'>,
+  request: Pick<RestoreRequest, 'expectedServerName'>,
   configRead: Promise<HomeserverConfig | undefined>,
 ): Promise<void> {
   const backupServer = manifest?.serverName;
-  if (request.force || (!backupServer && !manifest)) return;
+  if (!backupServer && !manifest) return;
   const config = await configRead.catch((err: unknown) => {
     if (err instanceof BackupError && err.code === 'invalid-config') return undefined;
     throw err;

@@ -107,7 +107,8 @@ function synapseNames(manifest: Manifest | undefined): (name: string) => boolean
 
 /**
  * Throws BackupError `foreign-data-dir` (remedy `restore-dir`) when the data dir
- * holds entries but none of Synapse's (see synapseNames), unless `force`. An empty
+ * holds entries but none of Synapse's (see synapseNames); `--force` overrides it
+ * (restore.ts refuseUnlessForced). An empty
  * data dir (countsAsEmpty) is a fresh restore's and passes. The message names the
  * first five entries (sorted) and, for a media store's folders, its parent.
  */
@@ -116,9 +117,7 @@ export function refuseForeignDataDir(
   id: string,
   entries: readonly string[],
   manifest: Manifest | undefined,
-  force: boolean | undefined,
 ): void {
-  if (force) return;
   const found = entries.filter((name) => !countsAsEmpty(name)).sort();
   const isSynapse = synapseNames(manifest);
   if (found.length === 0 || found.some(isSynapse)) return;

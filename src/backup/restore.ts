@@ -270,10 +270,10 @@ async function checkBeforeRestore(
     const target = await targetRead.catch(() => undefined);
     await refuseUnlessForced(
       [
-        () => target && refuseForeignDataDir(ctx.dataDir, id, target.entries, manifest, false),
-        () => refuseOtherServer(id, manifest, { ...request, force: false }, configRead),
-        () => refuseRootsElsewhere(manifest, id, ctx.dataDir, false),
-        () => refuseWithoutDatabase(manifest, id, false),
+        () => target && refuseForeignDataDir(ctx.dataDir, id, target.entries, manifest),
+        () => refuseOtherServer(id, manifest, request, configRead),
+        () => refuseRootsElsewhere(manifest, id, ctx.dataDir),
+        () => refuseWithoutDatabase(manifest, id),
       ],
       request.force,
     );
